@@ -1,0 +1,83 @@
+//! Error codes of the wire protocol and the errors of decoding frames.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The `code` of an `error` frame (DESIGN.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed: fix it before retrying.
+    BadRequest,
+    /// Missing or invalid credentials.
+    Unauthorized,
+    /// Credentials are valid but do not allow this action.
+    Forbidden,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// A frame or message exceeds a size limit.
+    TooLarge,
+    /// Too many requests: slow down.
+    RateLimited,
+    /// The storage engine is unreachable: retry later.
+    Unavailable,
+    /// A server bug: report it.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire spelling, e.g. `bad_request`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a frame, offset or channel name was rejected. Every variant maps to `bad_request`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    /// The text is not a JSON object.
+    #[error("frame is not a JSON object: {0}")]
+    NotJson(String),
+    /// The object has no string `type`.
+    #[error("frame has no \"type\" field")]
+    MissingType,
+    /// `type` names no frame this side understands.
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    /// The frame's fields do not match its type.
+    #[error("invalid {kind} frame: {reason}")]
+    InvalidFrame {
+        /// The frame's `type`.
+        kind: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An offset outside the grammar `$`, `0`, `<ms>-<seq>`.
+    #[error("invalid offset {0:?}: expected \"$\", \"0\" or \"<ms>-<seq>\"")]
+    BadOffset(String),
+    /// A channel name outside the rules.
+    #[error("invalid channel name: {0}")]
+    BadChannel(String),
+}
+
+impl ProtocolError {
+    /// The wire code for this error (always `bad_request`).
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::BadRequest
+    }
+}

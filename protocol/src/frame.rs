@@ -1,0 +1,187 @@
+//! Every frame of wire protocol v1 as typed Rust (DESIGN.md §5, `docs/protocol.md`).
+//!
+//! Frames are JSON objects tagged by `type`. Unknown fields are ignored so that newer peers can
+//! add optional fields without breaking older ones.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::offset::{Offset, StreamId};
+
+/// The protocol version this crate speaks, sent in `connected`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A JSON object of message fields.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// A frame sent by a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Optional first frame carrying credentials.
+    Connect {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// A JWT, required when the server has auth enabled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Start receiving a channel, optionally from an offset (default `$`), or join a
+    /// consumer group when `group` and `consumer` are given.
+    Subscribe {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// Where to start: `$` (default), `0`, or the last offset already seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<Offset>,
+        /// Consumer group name (consumer-group subscriptions only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// Consumer name within the group.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consumer: Option<String>,
+    },
+    /// Stop receiving a channel.
+    Unsubscribe {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+    },
+    /// Append a message to a channel.
+    Publish {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// The message: a non-empty JSON object.
+        fields: Fields,
+        /// Keep about this many entries in the channel (`XADD MAXLEN ~`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maxlen: Option<u64>,
+        /// Makes a retried publish return the first offset instead of writing twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+    /// Acknowledge consumer-group entries.
+    Ack {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// Consumer group name.
+        group: String,
+        /// Entries to acknowledge.
+        offsets: Vec<StreamId>,
+    },
+    /// Liveness check.
+    Ping {
+        /// Request id.
+        id: u64,
+    },
+}
+
+impl ClientFrame {
+    /// The request id this frame carries.
+    pub fn id(&self) -> u64 {
+        match self {
+            ClientFrame::Connect { id, .. }
+            | ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Ack { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+}
+
+/// One message of a channel: a stream entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The entry's position in the channel.
+    pub offset: StreamId,
+    /// The entry's fields.
+    pub fields: Fields,
+}
+
+/// A frame sent by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Reply to `connect`.
+    Connected {
+        /// Request id.
+        id: u64,
+        /// Server-assigned connection id (for logs and support).
+        client: String,
+        /// Protocol version, [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Reply to `subscribe`.
+    Subscribed {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// Delivery starts with the first message after this offset.
+        offset: StreamId,
+        /// Whether messages after the requested offset were already trimmed away.
+        truncated: bool,
+    },
+    /// Reply to `unsubscribe`.
+    Unsubscribed {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+    },
+    /// Reply to `publish`.
+    Published {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// The offset the engine assigned.
+        offset: StreamId,
+    },
+    /// Reply to `ack`.
+    Acked {
+        /// Request id.
+        id: u64,
+        /// How many entries were acknowledged.
+        count: u64,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// Request id.
+        id: u64,
+    },
+    /// Messages of one channel, in offset order.
+    Messages {
+        /// Channel name.
+        channel: String,
+        /// One or more messages.
+        messages: Vec<Message>,
+    },
+    /// Messages in `(from, to]` were removed before they could be delivered.
+    Gap {
+        /// Channel name.
+        channel: String,
+        /// The last offset the subscriber had (exclusive).
+        from: StreamId,
+        /// The highest removed offset (inclusive).
+        to: StreamId,
+    },
+    /// A request failed, or the connection has a problem.
+    Error {
+        /// The request this answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+}

@@ -1,0 +1,20 @@
+//! Wire protocol v1 of redistribute.
+//!
+//! This crate owns what client and server must agree on: the frames ([`frame`]), their JSON
+//! encoding ([`codec`]), stream offsets ([`offset`]), channel-name rules ([`channel`]), error
+//! codes ([`error`]) and the sans-IO client [`session`] that both the native and the browser
+//! client drive. It does no I/O, reads no clock and draws no randomness: time and random numbers
+//! are inputs.
+
+pub mod channel;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod offset;
+pub mod session;
+
+pub use channel::{validate_channel, MAX_CHANNEL_LEN};
+pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError};
+pub use error::{ErrorCode, ProtocolError};
+pub use frame::{ClientFrame, Fields, Message, ServerFrame, PROTOCOL_VERSION};
+pub use offset::{Offset, StreamId};
