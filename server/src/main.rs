@@ -1,1 +1,143 @@
-fn main() {}
+//! `redistribute`: the server binary. Parses flags, initializes logging, binds, and runs
+//! [`redistribute_server::serve`] until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use redistribute_server::{serve, App, ConfigValues};
+use tokio_util::sync::CancellationToken;
+
+/// Real-time channels over WebSocket, stored in Redis Streams.
+#[derive(Parser)]
+#[command(name = "redistribute", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "REDISTRIBUTE_LISTEN")]
+    listen: Option<String>,
+    /// Redis URL (redis://host:port); without it the embedded engine runs.
+    #[arg(long, env = "REDISTRIBUTE_REDIS")]
+    redis: Vec<String>,
+    /// TOML config file with the same keys as the flags (snake case).
+    #[arg(long, env = "REDISTRIBUTE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Prefix of stream keys in Redis [default: rd:].
+    #[arg(long, env = "REDISTRIBUTE_PREFIX")]
+    prefix: Option<String>,
+    /// How long Redis readers block in XREAD, in ms [default: 10000].
+    #[arg(long, env = "REDISTRIBUTE_REDIS_BLOCK_MS")]
+    redis_block_ms: Option<u64>,
+    /// Most channels per Redis reader connection [default: 256].
+    #[arg(long, env = "REDISTRIBUTE_REDIS_KEYS_PER_READER")]
+    redis_keys_per_reader: Option<usize>,
+    /// How long idempotency keys are remembered, in seconds [default: 600].
+    #[arg(long, env = "REDISTRIBUTE_IDEMPOTENCY_TTL_SECS")]
+    idempotency_ttl_secs: Option<u64>,
+    /// Largest inbound frame in bytes [default: 1048576].
+    #[arg(long, env = "REDISTRIBUTE_MAX_FRAME_BYTES")]
+    max_frame_bytes: Option<usize>,
+    /// Most subscriptions per connection [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_MAX_SUBSCRIPTIONS")]
+    max_subscriptions: Option<usize>,
+    /// Live queue capacity per connection, in batches [default: 1024].
+    #[arg(long, env = "REDISTRIBUTE_QUEUE_BATCHES")]
+    queue_batches: Option<usize>,
+    /// How long a request may wait on the engine, in ms [default: 5000].
+    #[arg(long, env = "REDISTRIBUTE_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    fn values(&self) -> ConfigValues {
+        ConfigValues {
+            listen: self.listen.clone(),
+            redis: Some(self.redis.clone()),
+            prefix: self.prefix.clone(),
+            redis_block_ms: self.redis_block_ms,
+            redis_keys_per_reader: self.redis_keys_per_reader,
+            idempotency_ttl_secs: self.idempotency_ttl_secs,
+            max_frame_bytes: self.max_frame_bytes,
+            max_subscriptions: self.max_subscriptions,
+            queue_batches: self.queue_batches,
+            request_timeout_ms: self.request_timeout_ms,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_server(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ConfigValues::from_file(path)?,
+        None => ConfigValues::default(),
+    };
+    let config = args.values().or(file).build()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (`listen`): {e}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let app = App::start(config, shutdown.clone()).await?;
+    println!(
+        "redistribute listening on http://{} (WebSocket at /ws), engine: {}",
+        listener.local_addr()?,
+        app.engine_description()
+    );
+    tokio::spawn(wait_for_signal(shutdown));
+    serve(listener, app).await?;
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

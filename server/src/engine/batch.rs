@@ -1,0 +1,254 @@
+//! [`Batch`]: consecutive entries of one channel, encoded once as a complete `messages` frame.
+//!
+//! Fan-out hands the same `Batch` (behind an `Arc`) to every subscriber, so a message is
+//! serialized once per instance however many clients receive it. A subscriber that already has
+//! some of the entries (at the history/live seam) takes a suffix of the encoded items, which is
+//! a plain slice of the same buffer.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use redistribute_protocol::StreamId;
+
+/// Closing bytes of every `messages` frame.
+const FRAME_END: &str = "]}";
+
+/// Consecutive entries of one channel with their `messages` frame encoded once.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    channel: Arc<str>,
+    ids: Vec<StreamId>,
+    /// Byte offset in `frame` where each entry's JSON object starts.
+    starts: Vec<u32>,
+    frame: Utf8Bytes,
+}
+
+impl Batch {
+    /// The channel the entries belong to.
+    pub fn channel(&self) -> &Arc<str> {
+        &self.channel
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the batch has no entries (never true for batches built by [`BatchBuilder`]).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Offset of the last entry.
+    pub fn last_id(&self) -> StreamId {
+        *self.ids.last().expect("batches are never empty")
+    }
+
+    /// Offset of the first entry.
+    pub fn first_id(&self) -> StreamId {
+        self.ids[0]
+    }
+
+    /// Offsets of all entries, ascending.
+    pub fn ids(&self) -> &[StreamId] {
+        &self.ids
+    }
+
+    /// The complete `messages` frame with every entry.
+    pub fn frame(&self) -> &Utf8Bytes {
+        &self.frame
+    }
+
+    /// Index of the first entry with an offset greater than `after`.
+    pub fn first_index_after(&self, after: StreamId) -> usize {
+        self.ids.partition_point(|id| *id <= after)
+    }
+
+    /// The comma-separated JSON objects of the entries from `index` on (no brackets).
+    pub fn items_from(&self, index: usize) -> &str {
+        let start = self.starts[index] as usize;
+        &self.frame.as_str()[start..self.frame.len() - FRAME_END.len()]
+    }
+}
+
+/// Appends the JSON text of `s` as a string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    // serde_json escapes exactly as JSON requires; writing into a String cannot fail.
+    let escaped = serde_json::to_string(s).expect("strings always serialize");
+    let _ = out.write_str(&escaped);
+}
+
+/// Whether `text` is one complete JSON value.
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+/// Builds a [`Batch`] entry by entry.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    channel: Arc<str>,
+    ids: Vec<StreamId>,
+    starts: Vec<u32>,
+    out: String,
+}
+
+impl BatchBuilder {
+    /// Starts a batch for `channel` (a validated name: no JSON escaping needed).
+    pub fn new(channel: Arc<str>) -> Self {
+        let mut out = String::with_capacity(64 + channel.len());
+        out.push_str("{\"type\":\"messages\",\"channel\":\"");
+        out.push_str(&channel);
+        out.push_str("\",\"messages\":[");
+        BatchBuilder {
+            channel,
+            ids: Vec::new(),
+            starts: Vec::new(),
+            out,
+        }
+    }
+
+    /// Starts an entry; follow with [`BatchBuilder::field`] calls and [`BatchBuilder::end_entry`].
+    pub fn begin_entry(&mut self, id: StreamId) {
+        if !self.ids.is_empty() {
+            self.out.push(',');
+        }
+        self.ids.push(id);
+        self.starts.push(self.out.len() as u32);
+        use std::fmt::Write;
+        let _ = write!(self.out, "{{\"offset\":\"{id}\",\"fields\":{{");
+    }
+
+    /// Adds a field whose value is stored JSON text; text that is not valid JSON (written by
+    /// another producer) is delivered as a JSON string.
+    pub fn field(&mut self, first: bool, name: &str, stored_value: &str) {
+        if !first {
+            self.out.push(',');
+        }
+        push_json_str(&mut self.out, name);
+        self.out.push(':');
+        if is_json(stored_value) {
+            self.out.push_str(stored_value.trim());
+        } else {
+            push_json_str(&mut self.out, stored_value);
+        }
+    }
+
+    /// Adds a field whose value is already known to be one valid JSON value.
+    pub fn field_json(&mut self, first: bool, name: &str, json: &str) {
+        if !first {
+            self.out.push(',');
+        }
+        push_json_str(&mut self.out, name);
+        self.out.push(':');
+        self.out.push_str(json);
+    }
+
+    /// Ends the current entry.
+    pub fn end_entry(&mut self) {
+        self.out.push_str("}}");
+    }
+
+    /// Appends an already-encoded entry (a JSON object from another batch).
+    pub fn push_encoded(&mut self, id: StreamId, item: &str) {
+        if !self.ids.is_empty() {
+            self.out.push(',');
+        }
+        self.ids.push(id);
+        self.starts.push(self.out.len() as u32);
+        self.out.push_str(item);
+    }
+
+    /// Number of entries so far.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no entry was added.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Finishes the frame; `None` when no entry was added.
+    pub fn finish(mut self) -> Option<Batch> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        self.out.push_str(FRAME_END);
+        Some(Batch {
+            channel: self.channel,
+            ids: self.ids,
+            starts: self.starts,
+            frame: Utf8Bytes::from(self.out),
+        })
+    }
+}
+
+/// Builds the `messages` frame text for the given item lists of one channel.
+pub fn messages_frame<'a>(channel: &str, items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"type\":\"messages\",\"channel\":\"");
+    out.push_str(channel);
+    out.push_str("\",\"messages\":[");
+    for (i, part) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(part);
+    }
+    out.push_str(FRAME_END);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redistribute_protocol::{decode_server, ServerFrame};
+
+    fn sample() -> Batch {
+        let mut b = BatchBuilder::new("chat".into());
+        b.begin_entry(StreamId::new(1, 0));
+        b.field(true, "text", "\"hi\"");
+        b.field(false, "n", "42");
+        b.end_entry();
+        b.begin_entry(StreamId::new(2, 0));
+        b.field(true, "raw", "not json {");
+        b.field(false, "we\"ird", "{\"a\":[1,2]}");
+        b.end_entry();
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn frame_is_a_valid_messages_frame() {
+        let batch = sample();
+        let ServerFrame::Messages { channel, messages } = decode_server(batch.frame()).unwrap()
+        else {
+            panic!("not a messages frame");
+        };
+        assert_eq!(channel, "chat");
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].fields["text"], "hi");
+        assert_eq!(messages[0].fields["n"], 42);
+        assert_eq!(messages[1].fields["raw"], "not json {");
+        assert_eq!(messages[1].fields["we\"ird"]["a"][1], 2);
+    }
+
+    #[test]
+    fn suffix_after_an_offset() {
+        let batch = sample();
+        assert_eq!(batch.first_index_after(StreamId::new(0, 5)), 0);
+        assert_eq!(batch.first_index_after(StreamId::new(1, 0)), 1);
+        assert_eq!(batch.first_index_after(StreamId::new(9, 0)), 2);
+        let frame = messages_frame("chat", [batch.items_from(1)]);
+        let ServerFrame::Messages { messages, .. } = decode_server(&frame).unwrap() else {
+            panic!()
+        };
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].offset, StreamId::new(2, 0));
+    }
+
+    #[test]
+    fn empty_builder_gives_none() {
+        assert!(BatchBuilder::new("c".into()).finish().is_none());
+    }
+}

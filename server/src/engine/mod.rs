@@ -1,0 +1,144 @@
+//! Storage engines: where channels live as streams.
+//!
+//! An [`Engine`] appends messages ([`Engine::publish`]), reads history ([`Engine::read`]),
+//! reports a channel's [`Position`], and feeds newly appended entries of *watched* channels to
+//! a [`LiveSink`] (the hub) in offset order, once per instance however many clients listen.
+//! Two engines implement it with the same semantics: [`redis::RedisEngine`] (Redis Streams) and
+//! [`embedded::EmbeddedEngine`] (in-process, the default).
+
+pub mod batch;
+pub mod embedded;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redistribute_protocol::{Fields, StreamId};
+use thiserror::Error;
+use tokio::sync::watch;
+
+pub use batch::{Batch, BatchBuilder};
+
+/// Most fields one message may have.
+pub const MAX_FIELDS: usize = 1024;
+
+/// A request to append one message.
+#[derive(Debug, Clone)]
+pub struct PublishRequest<'a> {
+    /// Validated channel name.
+    pub channel: &'a str,
+    /// The message fields (non-empty).
+    pub fields: &'a Fields,
+    /// Keep about this many entries (trimming older ones).
+    pub maxlen: Option<u64>,
+    /// Deduplicates retried publishes.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Where a channel stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// The last ID ever assigned in the channel (`0-0` if none).
+    pub last_id: StreamId,
+    /// The highest ID removed by trimming, if anything was trimmed.
+    pub trimmed_through: Option<StreamId>,
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, Clone, Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached: retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backing store answered something unexpected (a bug or a foreign key type).
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// Receives live entries of watched channels, in offset order per channel.
+pub trait LiveSink: Send + Sync + 'static {
+    /// Hands over newly appended entries of one channel.
+    fn deliver(&self, batch: Arc<Batch>);
+}
+
+/// Signals that a watched channel's live feed has fixed its starting point: from then on every
+/// entry appended after that point reaches the sink.
+pub type ReadySender = watch::Sender<bool>;
+
+/// A storage engine; see the module docs.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Short name for logs and the startup line (`redis`, `embedded`).
+    fn name(&self) -> &'static str;
+
+    /// Appends a message; returns its offset only once it is stored.
+    async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamId, EngineError>;
+
+    /// Reads up to `limit` entries with offsets greater than `after`.
+    async fn read(
+        &self,
+        channel: &Arc<str>,
+        after: StreamId,
+        limit: usize,
+    ) -> Result<Option<Batch>, EngineError>;
+
+    /// The channel's last assigned ID and trim watermark.
+    async fn position(&self, channel: &str) -> Result<Position, EngineError>;
+
+    /// Starts feeding the channel's new entries to the sink; `ready` is set to `true` once the
+    /// starting point is fixed. Must not block (it is called under the hub's lock).
+    fn watch(&self, channel: Arc<str>, ready: ReadySender);
+
+    /// Stops feeding the channel. Must not block.
+    fn unwatch(&self, channel: &Arc<str>);
+
+    /// Counters for tests and metrics.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+}
+
+/// Counters an engine exposes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Live readers running (blocking connections for Redis).
+    pub readers: usize,
+    /// Channels being watched.
+    pub watched: usize,
+    /// `CLIENT UNBLOCK` commands that woke a reader.
+    pub unblocks: u64,
+}
+
+/// Tuning shared by both engines.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: Duration,
+    /// Most entries a live read returns per channel.
+    pub read_count: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            idempotency_ttl: Duration::from_secs(600),
+            read_count: 512,
+        }
+    }
+}
+
+/// How many entries to trim at once past `maxlen`, so trimming is amortized (like `MAXLEN ~`).
+pub fn trim_slack(maxlen: u64) -> u64 {
+    (maxlen / 16).max(1)
+}
+
+/// Encodes each field value as the JSON text stored in the engine.
+pub fn stored_fields(fields: &Fields) -> impl Iterator<Item = (&str, String)> {
+    fields.iter().map(|(k, v)| {
+        (
+            k.as_str(),
+            serde_json::to_string(v).expect("JSON values serialize"),
+        )
+    })
+}

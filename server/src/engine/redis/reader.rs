@@ -1,0 +1,405 @@
+//! Live readers: dedicated Redis connections blocked in `XREAD` over watched channels.
+//!
+//! Channels are spread over readers, each covering at most `keys_per_reader` keys, because
+//! Redis pays O(keys) for every `XREAD`. Changes to a reader's set are queued in its
+//! [`Control`] (coalesced per channel) and picked up before its next `XREAD`; if the reader is
+//! blocked, its unblocker sends one `CLIENT UNBLOCK <id>` for however many changes arrived
+//! together, and repeats it only if the `XREAD` had not reached Redis yet.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::interfaces::ClientLike;
+use fred::prelude::Client;
+use fred::types::config::Options;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use parking_lot::Mutex;
+use redistribute_protocol::StreamId;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{build_client, map_err, parse, Shared};
+use crate::engine::{EngineError, EngineStats, LiveSink, ReadySender};
+
+/// A pending change to a reader's channel set.
+enum Op {
+    Add(ReadySender),
+    Remove,
+}
+
+/// What the pool and a reader task share.
+#[derive(Default)]
+struct Control {
+    /// Changes not yet applied, last one per channel wins.
+    pending: Mutex<HashMap<Arc<str>, Op>>,
+    /// Generation of the newest change queued.
+    wanted: AtomicU64,
+    /// Generation the reader has applied.
+    applied: AtomicU64,
+    /// Wakes an idle reader (one with no channels).
+    wake: tokio::sync::Notify,
+    /// Wakes the unblocker.
+    unblock: tokio::sync::Notify,
+    /// Signalled each time the reader applies changes.
+    applied_signal: tokio::sync::Notify,
+    /// The reader connection's `CLIENT ID` (-1 while unknown).
+    client_id: AtomicI64,
+    /// Whether the reader is inside `XREAD` (or about to send it).
+    in_read: AtomicBool,
+}
+
+struct ReaderSlot {
+    control: Arc<Control>,
+    channels: usize,
+}
+
+struct PoolState {
+    readers: Vec<ReaderSlot>,
+    assignment: HashMap<Arc<str>, usize>,
+}
+
+/// The set of readers of one engine.
+pub(super) struct ReaderPool {
+    shared: Arc<Shared>,
+    sink: Arc<dyn LiveSink>,
+    state: Mutex<PoolState>,
+    unblocks: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+impl ReaderPool {
+    pub(super) fn new(shared: Arc<Shared>, sink: Arc<dyn LiveSink>) -> Self {
+        ReaderPool {
+            shared,
+            sink,
+            state: Mutex::new(PoolState {
+                readers: Vec::new(),
+                assignment: HashMap::new(),
+            }),
+            unblocks: Arc::default(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    pub(super) fn stats(&self) -> EngineStats {
+        let st = self.state.lock();
+        EngineStats {
+            readers: st.readers.len(),
+            watched: st.assignment.len(),
+            unblocks: self.unblocks.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn watch(&self, channel: Arc<str>, ready: ReadySender) {
+        let mut st = self.state.lock();
+        let index = match st.assignment.get(&channel) {
+            Some(&i) => i,
+            None => {
+                let max = self.shared.config.keys_per_reader.max(1);
+                let index = match st
+                    .readers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.channels < max)
+                    .min_by_key(|(_, r)| r.channels)
+                {
+                    Some((i, _)) => i,
+                    None => {
+                        st.readers.push(ReaderSlot {
+                            control: self.spawn_reader(),
+                            channels: 0,
+                        });
+                        st.readers.len() - 1
+                    }
+                };
+                st.readers[index].channels += 1;
+                st.assignment.insert(channel.clone(), index);
+                index
+            }
+        };
+        queue(&st.readers[index].control, channel, Op::Add(ready));
+    }
+
+    pub(super) fn unwatch(&self, channel: &Arc<str>) {
+        let mut st = self.state.lock();
+        if let Some(index) = st.assignment.remove(channel) {
+            st.readers[index].channels -= 1;
+            queue(&st.readers[index].control, channel.clone(), Op::Remove);
+        }
+    }
+
+    fn spawn_reader(&self) -> Arc<Control> {
+        let control = Arc::new(Control {
+            client_id: AtomicI64::new(-1),
+            ..Control::default()
+        });
+        let reader = Reader {
+            shared: self.shared.clone(),
+            sink: self.sink.clone(),
+            control: control.clone(),
+            stop: self.stop.clone(),
+            cursors: HashMap::new(),
+        };
+        tokio::spawn(reader.run());
+        tokio::spawn(unblocker(
+            self.shared.clone(),
+            control.clone(),
+            self.unblocks.clone(),
+            self.stop.clone(),
+        ));
+        control
+    }
+}
+
+fn queue(control: &Control, channel: Arc<str>, op: Op) {
+    control.pending.lock().insert(channel, op);
+    control.wanted.fetch_add(1, Ordering::AcqRel);
+    control.wake.notify_one();
+    control.unblock.notify_one();
+}
+
+/// Sends `CLIENT UNBLOCK` to a blocked reader until it has applied the queued changes.
+async fn unblocker(
+    shared: Arc<Shared>,
+    control: Arc<Control>,
+    unblocks: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let cmd = CustomCommand::new_static("CLIENT", ClusterHash::Random, false);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = control.unblock.notified() => {}
+        }
+        while control.applied.load(Ordering::Acquire) < control.wanted.load(Ordering::Acquire) {
+            if stop.is_cancelled() {
+                return;
+            }
+            let id = control.client_id.load(Ordering::Acquire);
+            if !control.in_read.load(Ordering::Acquire) || id < 0 {
+                // The reader is applying changes or reconnecting; give it a moment.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(5),
+                    control.applied_signal.notified(),
+                )
+                .await;
+                continue;
+            }
+            let reply: Result<i64, _> = shared
+                .writer
+                .custom(cmd.clone(), vec![Value::from("UNBLOCK"), Value::from(id)])
+                .await;
+            match reply {
+                Ok(1) => {
+                    unblocks.fetch_add(1, Ordering::Relaxed);
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(100),
+                        control.applied_signal.notified(),
+                    )
+                    .await;
+                }
+                // Not blocked yet: the XREAD is still on its way to Redis.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                Err(err) => {
+                    debug!(%err, "CLIENT UNBLOCK failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+struct Reader {
+    shared: Arc<Shared>,
+    sink: Arc<dyn LiveSink>,
+    control: Arc<Control>,
+    stop: CancellationToken,
+    /// Watched channels: stream key and the last ID delivered.
+    cursors: HashMap<Arc<str>, (String, StreamId)>,
+}
+
+impl Reader {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        let client = loop {
+            match self.connect().await {
+                Ok(client) => break client,
+                Err(err) => {
+                    warn!(%err, "reader cannot connect to Redis; retrying");
+                    if self.pause(&mut backoff).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let mut need_id = true;
+        loop {
+            if self.stop.is_cancelled() {
+                let _ = client.quit().await;
+                return;
+            }
+            if need_id {
+                match client_id(&client).await {
+                    Ok(id) => {
+                        self.control.client_id.store(id, Ordering::Release);
+                        need_id = false;
+                    }
+                    Err(err) => {
+                        warn!(%err, "reader cannot read its CLIENT ID; retrying");
+                        if self.pause(&mut backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Err(err) = self.apply_changes().await {
+                warn!(%err, "reader cannot start watching a channel; retrying");
+                if self.pause(&mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+            if self.cursors.is_empty() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => {}
+                    _ = self.control.wake.notified() => {}
+                }
+                continue;
+            }
+            match self.read_once(&client).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(err) => {
+                    warn!(%err, "XREAD failed; reconnecting reader");
+                    need_id = true;
+                    if self.pause(&mut backoff).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, EngineError> {
+        let client = build_client(&self.shared.config.url)?;
+        client.init().await.map_err(map_err)?;
+        Ok(client)
+    }
+
+    /// Sleeps for the backoff (doubling it, capped at 2 s); true when stopped meanwhile.
+    async fn pause(&self, backoff: &mut Duration) -> bool {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        tokio::select! {
+            _ = self.stop.cancelled() => true,
+            _ = tokio::time::sleep(wait) => false,
+        }
+    }
+
+    /// Applies queued changes; a new channel starts at its current last ID.
+    async fn apply_changes(&mut self) -> Result<(), EngineError> {
+        let generation = self.control.wanted.load(Ordering::Acquire);
+        let ops: Vec<(Arc<str>, Op)> = self.control.pending.lock().drain().collect();
+        let mut failed = None;
+        for (channel, op) in ops {
+            match op {
+                Op::Remove => {
+                    self.cursors.remove(&channel);
+                }
+                Op::Add(ready) => {
+                    if self.cursors.contains_key(&channel) {
+                        ready.send_replace(true);
+                        continue;
+                    }
+                    if failed.is_some() {
+                        self.requeue(channel, Op::Add(ready));
+                        continue;
+                    }
+                    match self.shared.position(&channel).await {
+                        Ok(pos) => {
+                            let key = self.shared.stream_key(&channel);
+                            self.cursors.insert(channel, (key, pos.last_id));
+                            ready.send_replace(true);
+                        }
+                        Err(err) => {
+                            self.requeue(channel, Op::Add(ready));
+                            failed = Some(err);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        self.control.applied.store(generation, Ordering::Release);
+        self.control.applied_signal.notify_waiters();
+        Ok(())
+    }
+
+    /// Puts an op back unless a newer one for the channel was queued meanwhile.
+    fn requeue(&self, channel: Arc<str>, op: Op) {
+        self.control.pending.lock().entry(channel).or_insert(op);
+    }
+
+    async fn read_once(&mut self, client: &Client) -> Result<(), EngineError> {
+        let config = &self.shared.config;
+        let mut args: Vec<Value> = Vec::with_capacity(6 + 2 * self.cursors.len());
+        args.push("COUNT".into());
+        args.push((config.engine.read_count as i64).into());
+        args.push("BLOCK".into());
+        args.push((config.block.as_millis() as i64).into());
+        args.push("STREAMS".into());
+        let channels: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
+        for channel in &channels {
+            args.push(self.cursors[channel].0.clone().into());
+        }
+        for channel in &channels {
+            args.push(self.cursors[channel].1.to_string().into());
+        }
+        let options = Options {
+            timeout: Some(config.block + Duration::from_secs(10)),
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let cmd = CustomCommand::new_static("XREAD", ClusterHash::FirstKey, true);
+        self.control.in_read.store(true, Ordering::Release);
+        let reply: Result<Value, _> = client.with_options(&options).custom(cmd, args).await;
+        self.control.in_read.store(false, Ordering::Release);
+        let reply = reply.map_err(map_err)?;
+        let by_key: HashMap<&str, &Arc<str>> = channels
+            .iter()
+            .map(|c| (self.cursors[c].0.as_str(), c))
+            .collect();
+        let mut batches = Vec::new();
+        for (key, entries) in parse::xread_streams(&reply)? {
+            let Some(&channel) = by_key.get(key.as_str()) else {
+                continue;
+            };
+            if let Some(batch) = parse::entries(channel, entries)? {
+                batches.push(batch);
+            }
+        }
+        for batch in batches {
+            if let Some(cursor) = self.cursors.get_mut(batch.channel()) {
+                cursor.1 = batch.last_id();
+            }
+            self.sink.deliver(Arc::new(batch));
+        }
+        Ok(())
+    }
+}
+
+async fn client_id(client: &Client) -> Result<i64, EngineError> {
+    let cmd = CustomCommand::new_static("CLIENT", ClusterHash::Random, false);
+    client
+        .custom::<i64, Value>(cmd, vec!["ID".into()])
+        .await
+        .map_err(map_err)
+}

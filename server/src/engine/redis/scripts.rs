@@ -1,0 +1,42 @@
+//! Lua scripts that make publish and position reads atomic in Redis.
+//!
+//! Redis 7.0 does not record the last ID removed by a `MAXLEN` trim, so the publish script
+//! trims itself (amortized: only once the stream exceeds `maxlen` by a slack) and stores the
+//! highest removed ID in `<stream>#trim`. Idempotency keys live in `<stream>#idem:<key>`. `#`
+//! cannot occur in channel names, so these keys never collide with a channel's stream, and in
+//! cluster mode they share the stream's hash tag.
+
+/// KEYS: stream, trim watermark, [idempotency key].
+/// ARGV: maxlen (0 = none), idempotency TTL ms, trim slack, field, value, ...
+/// Returns the entry ID (the first one when the idempotency key was seen before).
+pub const PUBLISH: &str = r#"
+if KEYS[3] then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then return prev end
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+local maxlen = tonumber(ARGV[1])
+if maxlen > 0 then
+  local len = redis.call('XLEN', KEYS[1])
+  if len > maxlen + tonumber(ARGV[3]) then
+    local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - maxlen)
+    redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen)
+    redis.call('SET', KEYS[2], old[#old][1])
+  end
+end
+if KEYS[3] then
+  redis.call('SET', KEYS[3], id, 'PX', ARGV[2])
+end
+return id
+"#;
+
+/// KEYS: stream, trim watermark. Returns `{last-generated-id or '', watermark or ''}`.
+pub const POSITION: &str = r#"
+local t = redis.call('GET', KEYS[2]) or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', t} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then return {info[i + 1], t} end
+end
+return {'', t}
+"#;
