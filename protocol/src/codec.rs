@@ -63,7 +63,9 @@ pub fn encode_client(frame: &ClientFrame) -> String {
     serde_json::to_string(frame).expect("client frames always serialize")
 }
 
-fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
+/// Checks what serde cannot: channel names, group pairs, non-empty fields, `maxlen`, key size.
+/// Also used by the session so that it never sends a frame the server would refuse.
+pub(crate) fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
     match frame {
         ClientFrame::Subscribe {
             channel,
@@ -168,15 +170,83 @@ fn explain(text: &str, err: serde_json::Error, known: &[&str]) -> DecodeError {
                 let bad = msg.split('"').nth(1).map(str::to_owned).unwrap_or_default();
                 ProtocolError::BadOffset(bad)
             } else {
-                ProtocolError::InvalidFrame {
-                    kind,
-                    reason: strip_position(&msg),
-                }
+                let reason = schema_problem(&kind, &object).unwrap_or_else(|| strip_position(&msg));
+                ProtocolError::InvalidFrame { kind, reason }
             }
         }
         Some(_) => ProtocolError::MissingType,
     };
     DecodeError { id, error }
+}
+
+/// The JSON type a frame field must have.
+#[derive(Clone, Copy)]
+enum Expect {
+    Str,
+    Object,
+    Array,
+    Unsigned,
+}
+
+/// `(field, type, required)` per client frame type, to name the field at fault.
+fn client_schema(kind: &str) -> &'static [(&'static str, Expect, bool)] {
+    use Expect::*;
+    match kind {
+        "connect" => &[("id", Unsigned, true), ("token", Str, false)],
+        "subscribe" => &[
+            ("id", Unsigned, true),
+            ("channel", Str, true),
+            ("offset", Str, false),
+            ("group", Str, false),
+            ("consumer", Str, false),
+        ],
+        "unsubscribe" => &[("id", Unsigned, true), ("channel", Str, true)],
+        "publish" => &[
+            ("id", Unsigned, true),
+            ("channel", Str, true),
+            ("fields", Object, true),
+            ("maxlen", Unsigned, false),
+            ("idempotency_key", Str, false),
+        ],
+        "ack" => &[
+            ("id", Unsigned, true),
+            ("channel", Str, true),
+            ("group", Str, true),
+            ("offsets", Array, true),
+        ],
+        "ping" => &[("id", Unsigned, true)],
+        _ => &[],
+    }
+}
+
+/// Names the first missing or mistyped field of a client frame, if any.
+fn schema_problem(
+    kind: &str,
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    use serde_json::Value;
+    for (field, expect, required) in client_schema(kind) {
+        let ok = match (object.get(*field), expect) {
+            (None | Some(Value::Null), _) if *required => {
+                return Some(format!("missing field `{field}`"))
+            }
+            (None | Some(Value::Null), _) => true,
+            (Some(v), Expect::Str) => v.is_string(),
+            (Some(v), Expect::Object) => v.is_object(),
+            (Some(v), Expect::Array) => v.is_array(),
+            (Some(v), Expect::Unsigned) => v.is_u64(),
+        };
+        if !ok {
+            let what = match expect {
+                Expect::Str => "a string",
+                Expect::Object => "a JSON object",
+                Expect::Array => "an array",
+                Expect::Unsigned => "a non-negative integer",
+            };
+            return Some(format!("field `{field}` must be {what}"));
+        }
+    }
+    None
 }
 
 /// serde_json appends " at line 1 column 42"; clients do not need it.
@@ -209,7 +279,8 @@ mod tests {
 
     #[test]
     fn explains_each_kind_of_bad_input() {
-        let cases: &[(&str, Option<u64>, fn(&ProtocolError) -> bool)] = &[
+        type Case = (&'static str, Option<u64>, fn(&ProtocolError) -> bool);
+        let cases: &[Case] = &[
             ("not json", None, |e| matches!(e, ProtocolError::NotJson(_))),
             ("[1,2]", None, |e| matches!(e, ProtocolError::NotJson(_))),
             (r#"{"id":3}"#, Some(3), |e| {

@@ -19,6 +19,9 @@ pub struct Limits {
     /// Capacity of a connection's live queue, in batches (default 1,024). When it is full the
     /// subscription switches to catch-up reads instead of growing memory.
     pub queue_batches: usize,
+    /// Capacity of a connection's live queue in encoded bytes (default 4 MiB); like
+    /// `queue_batches`, a full queue switches the subscription to catch-up reads.
+    pub queue_bytes: usize,
     /// Consecutive bad frames tolerated before closing with 1008 (default 20).
     pub max_bad_frames: u32,
     /// How long a request may wait on the engine before answering `unavailable` (default 5 s).
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_frame_bytes: 1 << 20,
             max_subscriptions: 1_000,
             queue_batches: 1_024,
+            queue_bytes: 4 << 20,
             max_bad_frames: 20,
             request_timeout: Duration::from_secs(5),
             catch_up_page: 500,
@@ -124,6 +128,8 @@ pub struct ConfigValues {
     pub max_subscriptions: Option<usize>,
     /// See [`Limits::queue_batches`].
     pub queue_batches: Option<usize>,
+    /// See [`Limits::queue_bytes`].
+    pub queue_bytes: Option<usize>,
     /// See [`Limits::request_timeout`], in ms.
     pub request_timeout_ms: Option<u64>,
 }
@@ -153,6 +159,7 @@ impl ConfigValues {
             max_frame_bytes: self.max_frame_bytes.or(other.max_frame_bytes),
             max_subscriptions: self.max_subscriptions.or(other.max_subscriptions),
             queue_batches: self.queue_batches.or(other.queue_batches),
+            queue_bytes: self.queue_bytes.or(other.queue_bytes),
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
         }
     }
@@ -185,7 +192,10 @@ impl ConfigValues {
             }
         }
         if let Some(prefix) = self.prefix {
-            if prefix.bytes().any(|b| b.is_ascii_whitespace() || b"{}#".contains(&b)) {
+            if prefix
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b"{}#".contains(&b))
+            {
                 return Err(ConfigError::Invalid {
                     key: "prefix",
                     reason: "must not contain whitespace, '{', '}' or '#'".into(),
@@ -216,6 +226,9 @@ impl ConfigValues {
         }
         if let Some(n) = self.queue_batches {
             config.limits.queue_batches = positive("queue_batches", n as u64)? as usize;
+        }
+        if let Some(n) = self.queue_bytes {
+            config.limits.queue_bytes = positive("queue_bytes", n as u64)? as usize;
         }
         if let Some(ms) = self.request_timeout_ms {
             config.limits.request_timeout =

@@ -8,7 +8,7 @@
 //! unwatches it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::RwLock;
@@ -36,6 +36,90 @@ impl SubscriberShared {
     }
 }
 
+/// A connection's live queue, bounded in batches and in bytes.
+#[derive(Debug, Clone)]
+pub struct LiveQueue {
+    sender: mpsc::Sender<Arc<Batch>>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// What happened to a batch offered to a [`LiveQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued.
+    Queued,
+    /// The queue is full (in batches or bytes); the batch was not queued.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+impl LiveQueue {
+    /// A queue of at most `max_batches` batches and `max_bytes` encoded bytes.
+    pub fn new(max_batches: usize, max_bytes: usize) -> (LiveQueue, LiveQueueReceiver) {
+        let (sender, receiver) = mpsc::channel(max_batches.max(1));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        (
+            LiveQueue {
+                sender,
+                queued_bytes: queued_bytes.clone(),
+                max_bytes,
+            },
+            LiveQueueReceiver {
+                receiver,
+                queued_bytes,
+            },
+        )
+    }
+
+    /// Offers a batch without waiting.
+    pub fn offer(&self, batch: &Arc<Batch>) -> Offer {
+        let size = batch.frame().len();
+        let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        // A single batch larger than the limit still passes into an empty queue.
+        if before > 0 && before + size > self.max_bytes {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return Offer::Full;
+        }
+        match self.sender.try_send(batch.clone()) {
+            Ok(()) => Offer::Queued,
+            Err(err) => {
+                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                match err {
+                    mpsc::error::TrySendError::Full(_) => Offer::Full,
+                    mpsc::error::TrySendError::Closed(_) => Offer::Closed,
+                }
+            }
+        }
+    }
+}
+
+/// The connection's end of its [`LiveQueue`].
+#[derive(Debug)]
+pub struct LiveQueueReceiver {
+    receiver: mpsc::Receiver<Arc<Batch>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl LiveQueueReceiver {
+    /// Waits for the next batch.
+    pub async fn recv(&mut self) -> Option<Arc<Batch>> {
+        let batch = self.receiver.recv().await?;
+        self.queued_bytes
+            .fetch_sub(batch.frame().len(), Ordering::AcqRel);
+        Some(batch)
+    }
+
+    /// Takes the next batch if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Batch>> {
+        let batch = self.receiver.try_recv().ok()?;
+        self.queued_bytes
+            .fetch_sub(batch.frame().len(), Ordering::AcqRel);
+        Some(batch)
+    }
+}
+
 /// One local subscriber of a channel.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
@@ -44,7 +128,7 @@ pub struct Subscriber {
     /// Lag flag and wake-up.
     pub shared: Arc<SubscriberShared>,
     /// The connection's live queue.
-    pub queue: mpsc::Sender<Arc<Batch>>,
+    pub queue: LiveQueue,
 }
 
 struct ChannelEntry {
@@ -155,21 +239,23 @@ impl LiveSink for Hub {
                 dropped += 1;
                 continue;
             }
-            match sub.queue.try_send(batch.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            match sub.queue.offer(&batch) {
+                Offer::Queued => delivered += 1,
+                Offer::Full => {
                     sub.shared.lagging.store(true, Ordering::Release);
                     sub.shared.wake.notify_one();
                     self.stats.lag_events.fetch_add(1, Ordering::Relaxed);
                     dropped += 1;
                 }
                 // The connection is closing and will unsubscribe.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Offer::Closed => {}
             }
         }
         self.stats
             .delivered_batches
             .fetch_add(delivered, Ordering::Relaxed);
-        self.stats.dropped_batches.fetch_add(dropped, Ordering::Relaxed);
+        self.stats
+            .dropped_batches
+            .fetch_add(dropped, Ordering::Relaxed);
     }
 }

@@ -41,7 +41,10 @@ pub struct App {
 
 impl App {
     /// Builds the engine (connecting to Redis when configured) and the hub.
-    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Arc<App>, EngineError> {
+    pub async fn start(
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<App>, EngineError> {
         let hub = Hub::new();
         let sink: Arc<dyn LiveSink> = hub.clone();
         let engine_config = EngineConfig {

@@ -56,6 +56,9 @@ struct ServeArgs {
     /// Live queue capacity per connection, in batches [default: 1024].
     #[arg(long, env = "REDISTRIBUTE_QUEUE_BATCHES")]
     queue_batches: Option<usize>,
+    /// Live queue capacity per connection, in bytes [default: 4194304].
+    #[arg(long, env = "REDISTRIBUTE_QUEUE_BYTES")]
+    queue_bytes: Option<usize>,
     /// How long a request may wait on the engine, in ms [default: 5000].
     #[arg(long, env = "REDISTRIBUTE_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
@@ -73,6 +76,7 @@ impl ServeArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_subscriptions: self.max_subscriptions,
             queue_batches: self.queue_batches,
+            queue_bytes: self.queue_bytes,
             request_timeout_ms: self.request_timeout_ms,
         }
     }
@@ -82,8 +86,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -26,7 +26,9 @@ async fn two_instances_share_channels_through_redis() -> Result<()> {
     let got_offsets: Vec<&str> = got.iter().map(|m| m["offset"].as_str().unwrap()).collect();
     assert_eq!(got_offsets, offsets);
     // The offsets are the IDs Redis holds.
-    let last = redis.command(&["XREVRANGE", "rd:room", "+", "-", "COUNT", "1"]).await?;
+    let last = redis
+        .command(&["XREVRANGE", "rd:room", "+", "-", "COUNT", "1"])
+        .await?;
     assert!(last.to_string().contains(offsets.last().unwrap()), "{last}");
     Ok(())
 }
@@ -164,7 +166,10 @@ async fn trimmed_history(backend: Backend) -> Result<()> {
     let retained = probe.recv_messages("short", 10, STEP).await?;
     probe.expect_silence(Duration::from_millis(300)).await.ok();
     let oldest_retained = seqs(&retained)[0];
-    ensure!(oldest_retained > 0 && oldest_retained <= 90, "retained from {oldest_retained}");
+    ensure!(
+        oldest_retained > 0 && oldest_retained <= 90,
+        "retained from {oldest_retained}"
+    );
 
     let mut sub = client(&setup.server).await?;
     let reply = sub.subscribe("short", Some(&offsets[5])).await?;
@@ -224,7 +229,10 @@ async fn idempotent_publish(backend: Backend) -> Result<()> {
     assert_eq!(seqs(&got), vec![1, 2]);
     sub.expect_silence(Duration::from_millis(300)).await?;
     if let Some(redis) = &setup.redis {
-        assert_eq!(redis.command(&["XLEN", "rd:orders"]).await?.as_integer(), Some(2));
+        assert_eq!(
+            redis.command(&["XLEN", "rd:orders"]).await?.as_integer(),
+            Some(2)
+        );
     }
     Ok(())
 }

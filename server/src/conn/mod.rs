@@ -20,15 +20,15 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use redistribute_protocol::{
-    decode_client, encode_server, ClientFrame, ErrorCode, Fields, Offset, ServerFrame,
-    StreamId, PROTOCOL_VERSION,
+    decode_client, encode_server, ClientFrame, ErrorCode, Fields, Offset, ServerFrame, StreamId,
+    PROTOCOL_VERSION,
 };
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::engine::{Batch, EngineError, PublishRequest, MAX_FIELDS};
 use crate::error::RequestError;
-use crate::hub::{Subscriber, SubscriberShared};
+use crate::hub::{LiveQueue, LiveQueueReceiver, Subscriber, SubscriberShared};
 use crate::App;
 use outbound::Outbound;
 use subscription::{AfterPage, Subscription};
@@ -90,8 +90,8 @@ struct Connection {
     app: Arc<App>,
     id: u64,
     subs: HashMap<Arc<str>, Subscription>,
-    queue_tx: mpsc::Sender<Arc<Batch>>,
-    queue_rx: mpsc::Receiver<Arc<Batch>>,
+    queue_tx: LiveQueue,
+    queue_rx: LiveQueueReceiver,
     wake: Arc<Notify>,
     catch_up: VecDeque<Arc<str>>,
     in_flight: Option<CatchUpFuture>,
@@ -101,7 +101,8 @@ struct Connection {
 
 impl Connection {
     fn new(app: Arc<App>, id: u64) -> Self {
-        let (queue_tx, queue_rx) = mpsc::channel(app.config.limits.queue_batches.max(1));
+        let limits = &app.config.limits;
+        let (queue_tx, queue_rx) = LiveQueue::new(limits.queue_batches, limits.queue_bytes);
         Connection {
             app,
             id,
@@ -232,7 +233,9 @@ impl Connection {
                     client: format!("{:x}-{}", self.app.instance_id, self.id),
                     version: PROTOCOL_VERSION,
                 };
-                self.send(socket, &reply).await.map_err(|_| RequestError::Socket)
+                self.send(socket, &reply)
+                    .await
+                    .map_err(|_| RequestError::Socket)
             }
             ClientFrame::Ping { id } => self
                 .send(socket, &ServerFrame::Pong { id })
@@ -265,7 +268,9 @@ impl Connection {
                     id,
                     channel: channel.to_string(),
                 };
-                self.send(socket, &reply).await.map_err(|_| RequestError::Socket)
+                self.send(socket, &reply)
+                    .await
+                    .map_err(|_| RequestError::Socket)
             }
             ClientFrame::Publish {
                 id,
@@ -282,7 +287,9 @@ impl Connection {
                     channel,
                     offset,
                 };
-                self.send(socket, &reply).await.map_err(|_| RequestError::Socket)
+                self.send(socket, &reply)
+                    .await
+                    .map_err(|_| RequestError::Socket)
             }
             ClientFrame::Ack { .. } => Err(RequestError::bad_request(
                 "consumer-group acknowledgements are not supported by this server version",
@@ -375,14 +382,18 @@ impl Connection {
             offset: start,
             truncated,
         };
-        self.send(socket, &reply).await.map_err(|_| RequestError::Socket)?;
+        self.send(socket, &reply)
+            .await
+            .map_err(|_| RequestError::Socket)?;
         if let Some((from, to)) = gap {
             let frame = ServerFrame::Gap {
                 channel: channel.to_string(),
                 from,
                 to,
             };
-            self.send(socket, &frame).await.map_err(|_| RequestError::Socket)?;
+            self.send(socket, &frame)
+                .await
+                .map_err(|_| RequestError::Socket)?;
         }
         Ok(())
     }
@@ -398,7 +409,7 @@ impl Connection {
                 }
             }
             if taken < DRAIN_MAX {
-                next = self.queue_rx.try_recv().ok();
+                next = self.queue_rx.try_recv();
             }
         }
         self.flush(socket).await
@@ -521,7 +532,9 @@ fn resolve_start(
 
 fn classify_read_error(err: &axum::Error) -> End {
     let text = err.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("too big")
     {
         End::Close(close_code::TOO_BIG, "frame too large")
     } else {
@@ -540,8 +553,14 @@ mod tests {
             last_id: StreamId::new(100, 0),
             trimmed_through: Some(StreamId::new(50, 0)),
         };
-        assert_eq!(resolve_start(Offset::Latest, pos), (StreamId::new(100, 0), false, None));
-        assert_eq!(resolve_start(Offset::Earliest, pos), (StreamId::ZERO, false, None));
+        assert_eq!(
+            resolve_start(Offset::Latest, pos),
+            (StreamId::new(100, 0), false, None)
+        );
+        assert_eq!(
+            resolve_start(Offset::Earliest, pos),
+            (StreamId::ZERO, false, None)
+        );
         assert_eq!(
             resolve_start(Offset::Id(StreamId::new(50, 0)), pos),
             (StreamId::new(50, 0), false, None)

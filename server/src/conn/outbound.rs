@@ -57,13 +57,15 @@ impl Outbound {
 
     /// The frames to send, in order per channel; leaves the collector empty.
     pub fn take_frames(&mut self) -> impl Iterator<Item = Utf8Bytes> + '_ {
-        self.groups.drain(..).map(|group| match group.parts.as_slice() {
-            [(batch, 0)] => batch.frame().clone(),
-            parts => Utf8Bytes::from(messages_frame(
-                &group.channel,
-                parts.iter().map(|(b, from)| b.items_from(*from)),
-            )),
-        })
+        self.groups
+            .drain(..)
+            .map(|group| match group.parts.as_slice() {
+                [(batch, 0)] => batch.frame().clone(),
+                parts => Utf8Bytes::from(messages_frame(
+                    &group.channel,
+                    parts.iter().map(|(b, from)| b.items_from(*from)),
+                )),
+            })
     }
 }
 

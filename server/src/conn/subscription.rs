@@ -92,7 +92,11 @@ impl Subscription {
 
     /// Takes a catch-up page read after `last` with at most `page_size` entries; returns the
     /// index of the first entry to deliver (if any) and what to do next.
-    pub fn on_page(&mut self, batch: Option<&Batch>, page_size: usize) -> (Option<usize>, AfterPage) {
+    pub fn on_page(
+        &mut self,
+        batch: Option<&Batch>,
+        page_size: usize,
+    ) -> (Option<usize>, AfterPage) {
         let deliver = batch.and_then(|b| self.take_from(b));
         let full = batch.is_some_and(|b| b.len() >= page_size);
         let next = if full {

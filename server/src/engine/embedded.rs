@@ -42,6 +42,9 @@ impl Stream {
     }
 }
 
+/// An idempotency key is scoped to its channel.
+type IdempotencyKey = (Arc<str>, Box<str>);
+
 #[derive(Debug, Default)]
 struct State {
     streams: HashMap<Arc<str>, Stream>,
@@ -49,10 +52,10 @@ struct State {
     cursors: HashMap<Arc<str>, StreamId>,
     /// Watched channels with entries past their cursor.
     dirty: HashSet<Arc<str>>,
-    /// `(channel, key)` → (offset, expiry as ms since the epoch).
-    idempotency: HashMap<(Arc<str>, Box<str>), (StreamId, u64)>,
-    /// Idempotency keys in insertion order, for expiry.
-    idempotency_order: VecDeque<((Arc<str>, Box<str>), u64)>,
+    /// Idempotency key → (offset, expiry as ms since the epoch).
+    idempotency: HashMap<IdempotencyKey, (StreamId, u64)>,
+    /// Idempotency keys with their expiry in insertion order, for expiry.
+    idempotency_order: VecDeque<(IdempotencyKey, u64)>,
 }
 
 /// In-process engine; see the module docs.
@@ -220,7 +223,7 @@ impl Engine for EmbeddedEngine {
             let maxlen = maxlen as usize;
             if stream.entries.len() > maxlen + trim_slack(maxlen as u64) as usize {
                 let excess = stream.entries.len() - maxlen;
-                let removed = stream.entries.drain(..excess).last().map(|e| e.id);
+                let removed = stream.entries.drain(..excess).next_back().map(|e| e.id);
                 stream.trimmed_through = removed.or(stream.trimmed_through);
             }
         }

@@ -13,6 +13,11 @@ use crate::App;
 /// connection (it grows on demand for larger frames).
 const READ_BUFFER: usize = 4 * 1024;
 
+/// Frames are collected up to this many bytes before a write to the socket (an explicit flush
+/// follows every drain of the live queue). While the socket cannot take more, the connection
+/// waits instead of buffering further.
+const WRITE_BUFFER: usize = 32 * 1024;
+
 /// Handles the upgrade request.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
@@ -21,8 +26,7 @@ pub async fn upgrade(
 ) -> Response {
     let max = app.config.limits.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * max)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| serve_websocket(socket, app, peer))

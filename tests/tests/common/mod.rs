@@ -55,7 +55,11 @@ pub async fn client(server: &ServerProcess) -> Result<WsClient> {
 pub fn seqs(messages: &[Value]) -> Vec<u64> {
     messages
         .iter()
-        .map(|m| m["fields"]["seq"].as_u64().expect("message has a numeric seq"))
+        .map(|m| {
+            m["fields"]["seq"]
+                .as_u64()
+                .expect("message has a numeric seq")
+        })
         .collect()
 }
 

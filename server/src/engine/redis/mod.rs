@@ -107,20 +107,25 @@ impl Shared {
     }
 }
 
-/// Maps a fred error to an engine error: connection trouble is `Unavailable`.
+/// Maps a fred error to an engine error: an error reply from Redis (a bug, or a key of another
+/// type) is `Internal`; anything about reaching Redis is `Unavailable`.
 fn map_err(err: fred::error::Error) -> EngineError {
     use fred::error::ErrorKind;
-    match err.kind() {
-        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => {
-            EngineError::Unavailable(err.to_string())
+    let reply_error = match err.kind() {
+        ErrorKind::InvalidArgument | ErrorKind::InvalidCommand | ErrorKind::Parse => true,
+        ErrorKind::Unknown => {
+            let details = err.details();
+            ["ERR", "WRONGTYPE", "NOSCRIPT", "BUSY"]
+                .iter()
+                .any(|p| details.starts_with(p))
+                && !details.contains("LOADING")
         }
-        _ if err.details().contains("not connected")
-            || err.details().contains("onnection")
-            || err.details().contains("LOADING") =>
-        {
-            EngineError::Unavailable(err.to_string())
-        }
-        _ => EngineError::Internal(err.to_string()),
+        _ => false,
+    };
+    if reply_error {
+        EngineError::Internal(format!("{:?}: {}", err.kind(), err.details()))
+    } else {
+        EngineError::Unavailable(format!("{:?}: {}", err.kind(), err.details()))
     }
 }
 

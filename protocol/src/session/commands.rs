@@ -1,0 +1,180 @@
+//! The caller's commands: subscribe, unsubscribe, publish, ping and close.
+//!
+//! Each command checks the request locally with the same rules the server's decoder applies
+//! (so a refused request never reaches the wire), takes a [`RequestId`], and sends its frame at
+//! once when a connection is ready, or keeps it for the next connection.
+
+use super::connection::request_frame;
+use super::error::{RequestError, SessionError};
+use super::event::{Action, DisconnectReason, Event, RequestId};
+use super::requests::{Kind, Origin, Pending};
+use super::subscriptions::Subscription;
+use super::{PublishOptions, Session, State};
+use crate::channel::validate_channel;
+use crate::codec::validate_client;
+use crate::frame::{ClientFrame, Fields};
+use crate::offset::Offset;
+
+impl Session {
+    /// Subscribes to a channel from `offset`: [`Offset::Latest`] (`$`, only new messages),
+    /// [`Offset::Earliest`] (`0`, all retained) or [`Offset::Id`] (after a saved offset, e.g.
+    /// from [`Session::offsets`]). The session keeps the subscription across reconnects.
+    /// Subscribing to an already subscribed channel replaces that subscription (a still
+    /// unanswered earlier `subscribe` fails with [`RequestError::Cancelled`]).
+    ///
+    /// Outcome: [`Event::Subscribed`] or [`Event::RequestFailed`]; a failed subscribe is
+    /// forgotten.
+    pub fn subscribe(
+        &mut self,
+        channel: impl Into<String>,
+        offset: Offset,
+    ) -> Result<RequestId, SessionError> {
+        let channel = channel.into();
+        self.admit()?;
+        validate_channel(&channel)?;
+        let id = self.alloc_id();
+        self.cancel_waiter(&channel);
+        let mut sub = Subscription::new(offset);
+        sub.waiter = Some(id);
+        self.subs.insert(channel.clone(), sub);
+        let kind = Kind::Subscribe {
+            channel: channel.clone(),
+        };
+        self.requests
+            .insert(id, Pending::new(kind, Origin::User), None);
+        if self.is_connected() {
+            self.send_subscribe(&channel);
+        }
+        Ok(RequestId(id))
+    }
+
+    /// Stops a subscription: no more messages of the channel are delivered from now on, and it
+    /// is not re-subscribed after a reconnect. Outcome: [`Event::Unsubscribed`] (at once when
+    /// disconnected, since the next connection will not subscribe it).
+    pub fn unsubscribe(&mut self, channel: impl Into<String>) -> Result<RequestId, SessionError> {
+        let channel = channel.into();
+        self.admit()?;
+        validate_channel(&channel)?;
+        let id = self.alloc_id();
+        self.cancel_waiter(&channel);
+        self.subs.remove(&channel);
+        if self.is_connected() {
+            let mut pending = Pending::new(
+                Kind::Unsubscribe {
+                    channel: channel.clone(),
+                },
+                Origin::User,
+            );
+            pending.sent = true;
+            self.requests.insert(id, pending, None);
+            self.transmit
+                .push_back(ClientFrame::Unsubscribe { id, channel });
+        } else {
+            self.events.push_back(Event::Unsubscribed {
+                id: RequestId(id),
+                channel,
+            });
+        }
+        Ok(RequestId(id))
+    }
+
+    /// Publishes a message (a non-empty JSON object) to a channel. See the
+    /// [publish retry policy](super#publish-retry-policy) for what happens across reconnects.
+    /// Outcome: [`Event::Published`] with the stored offset, or [`Event::RequestFailed`].
+    pub fn publish(
+        &mut self,
+        channel: impl Into<String>,
+        fields: Fields,
+        options: PublishOptions,
+    ) -> Result<RequestId, SessionError> {
+        self.admit()?;
+        let id = self.next_id;
+        let key = options.idempotency_key.or_else(|| {
+            self.config
+                .auto_idempotency
+                .then(|| format!("{:016x}-{id}", self.key_prefix))
+        });
+        let kind = Kind::Publish {
+            channel: channel.into(),
+            fields,
+            maxlen: options.maxlen,
+            key,
+        };
+        let frame = request_frame(id, &kind);
+        validate_client(&frame)?;
+        let id = self.alloc_id();
+        self.submit(id, kind, frame);
+        Ok(RequestId(id))
+    }
+
+    /// Checks that the connection answers. Outcome: [`Event::Pong`] or
+    /// [`Event::RequestFailed`] (a ping in flight when the connection drops fails with
+    /// [`RequestError::ConnectionLost`]; one issued while disconnected waits for a connection).
+    pub fn ping(&mut self) -> Result<RequestId, SessionError> {
+        self.admit()?;
+        let id = self.alloc_id();
+        self.submit(id, Kind::Ping, ClientFrame::Ping { id });
+        Ok(RequestId(id))
+    }
+
+    /// Ends the session: every pending request fails with [`RequestError::Closed`], the driver
+    /// is told to close the transport ([`Action::Close`]) and no reconnect follows. The
+    /// positions stay readable through [`Session::offsets`]. Later calls do nothing.
+    pub fn close(&mut self) {
+        if self.state == State::Closed {
+            return;
+        }
+        if self.is_connected() {
+            self.events.push_back(Event::Disconnected {
+                reason: DisconnectReason::Closed,
+            });
+        }
+        self.transmit.clear();
+        for (_, sub) in self.subs.iter_mut() {
+            sub.waiter = None;
+            sub.inflight = None;
+        }
+        for id in self.requests.ids() {
+            if let Some(p) = self.requests.remove(id) {
+                if p.origin == Origin::User {
+                    self.fail(id, RequestError::Closed);
+                }
+            }
+        }
+        self.actions.push_back(Action::Close);
+        self.state = State::Closed;
+    }
+
+    /// Refuses commands on a closed or saturated session.
+    fn admit(&self) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Closed);
+        }
+        if self.requests.user_count() >= self.config.max_pending {
+            return Err(SessionError::Backpressure {
+                limit: self.config.max_pending,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a caller's request and sends it now if connected.
+    fn submit(&mut self, id: u64, kind: Kind, frame: ClientFrame) {
+        let mut pending = Pending::new(kind, Origin::User);
+        if self.is_connected() {
+            pending.sent = true;
+            self.transmit.push_back(frame);
+        }
+        self.requests.insert(id, pending, None);
+    }
+
+    /// Fails the channel's unanswered caller `subscribe`, if any, as superseded.
+    fn cancel_waiter(&mut self, channel: &str) {
+        let waiter = self.subs.get_mut(channel).and_then(|s| s.waiter.take());
+        if let Some(waiter) = waiter {
+            if self.requests.remove(waiter).is_some() {
+                self.fail(waiter, RequestError::Cancelled);
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Session configuration and per-publish options.
+//!
+//! Plain structs with documented units and defaults, passed in by the driver: no globals, no
+//! environment reads. [`Config::new`] gives the defaults of DESIGN.md §8 for a list of targets.
+
+use std::time::Duration;
+
+use super::error::SessionError;
+
+/// Default for [`Config::request_timeout`]: 10 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Config::backoff_initial`]: 100 ms.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Default for [`Config::backoff_max`]: 10 s.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Default for [`Config::max_pending`]: 10,000 requests.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+
+/// How a [`Session`](super::Session) connects, retries and bounds its work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Server URLs, tried in order and then round-robin. Opaque to the session: they are handed
+    /// back to the driver in [`Action::Connect`](super::Action::Connect). Must not be empty.
+    pub targets: Vec<String>,
+    /// When set, a `connect` frame carrying this token is the first frame of every connection,
+    /// and nothing else is sent before the server's `connected` reply.
+    pub token: Option<String>,
+    /// How long a request may wait for its reply, counted from the command (including time
+    /// spent disconnected). Also bounds opening a transport and the `connect` handshake.
+    pub request_timeout: Duration,
+    /// Upper bound of the first reconnect delay. Each further consecutive failure doubles the
+    /// bound (factor 2) up to [`Config::backoff_max`]; the actual delay is drawn uniformly
+    /// between zero and the bound ("full jitter").
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Give every publish without a caller key a generated idempotency key, so that publishes
+    /// are safely re-sent after a reconnect (see the [module documentation](super)).
+    pub auto_idempotency: bool,
+    /// Most requests waiting for an outcome at once; beyond it commands fail with
+    /// [`SessionError::Backpressure`].
+    pub max_pending: usize,
+}
+
+impl Config {
+    /// The defaults for these targets: no token, 10 s request timeout, backoff 100 ms → 10 s,
+    /// automatic idempotency keys, at most 10,000 pending requests.
+    pub fn new<I, S>(targets: I) -> Config
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Config {
+            targets: targets.into_iter().map(Into::into).collect(),
+            token: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            auto_idempotency: true,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+
+    /// Checks the values a session cannot work with.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        let problem = if self.targets.is_empty() {
+            "targets must not be empty"
+        } else if self.request_timeout.is_zero() {
+            "request_timeout must be positive"
+        } else if self.backoff_initial.is_zero() {
+            "backoff_initial must be positive"
+        } else if self.backoff_max < self.backoff_initial {
+            "backoff_max must be at least backoff_initial"
+        } else if self.max_pending == 0 {
+            "max_pending must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(SessionError::Config(problem))
+    }
+}
+
+impl Default for Config {
+    /// The defaults with no targets; set [`Config::targets`] before use.
+    fn default() -> Self {
+        Config::new(Vec::<String>::new())
+    }
+}
+
+/// Optional parts of a publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Keep about this many entries in the channel (`XADD MAXLEN ~`); must be at least 1.
+    pub maxlen: Option<u64>,
+    /// A caller-chosen idempotency key (1–200 bytes). When absent and
+    /// [`Config::auto_idempotency`] is on, the session generates one.
+    pub idempotency_key: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::new(["ws://a/ws"]);
+        assert_eq!(c.targets, vec!["ws://a/ws".to_owned()]);
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.backoff_initial, Duration::from_millis(100));
+        assert_eq!(c.backoff_max, Duration::from_secs(10));
+        assert!(c.auto_idempotency);
+        assert_eq!(c.max_pending, 10_000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_unusable_values() {
+        assert!(Config::default().validate().is_err());
+        let mut c = Config::new(["x"]);
+        c.backoff_max = Duration::from_millis(1);
+        assert!(c.validate().is_err());
+        let mut c = Config::new(["x"]);
+        c.max_pending = 0;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! What the session tells its driver: [`Event`]s for the application, [`Action`]s on the
+//! transport, and the identifiers they carry.
+
+use std::fmt;
+
+use super::error::RequestError;
+use crate::error::ErrorCode;
+use crate::frame::Message;
+use crate::offset::StreamId;
+
+/// Identifies one request of a session; also its `id` on the wire. Ids increase by one per
+/// request, starting at 1, and are never reused within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+impl RequestId {
+    /// The wire id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a connection ended or a connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The driver reported the transport closed or failed (what drivers pass to
+    /// [`Session::handle_transport_closed`](super::Session::handle_transport_closed)).
+    Transport {
+        /// The WebSocket close code, when there was one (e.g. 1012: resume elsewhere).
+        code: Option<u16>,
+        /// A description for logs.
+        reason: String,
+    },
+    /// Opening the transport, the `connect` handshake or a request the session sent on its own
+    /// (re-subscribe, liveness probe) took longer than the request timeout; the session asked
+    /// the driver to close the transport.
+    Timeout,
+    /// The server answered `connect` with an error (e.g. `unauthorized`).
+    Rejected {
+        /// The wire code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// [`Session::close`](super::Session::close) was called.
+    Closed,
+}
+
+impl DisconnectReason {
+    /// A transport-level close as seen by the driver.
+    pub fn transport(code: Option<u16>, reason: impl Into<String>) -> Self {
+        DisconnectReason::Transport {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::Transport {
+                code: Some(code),
+                reason,
+            } => write!(f, "transport closed ({code}): {reason}"),
+            DisconnectReason::Transport { code: None, reason } => {
+                write!(f, "transport closed: {reason}")
+            }
+            DisconnectReason::Timeout => f.write_str("timed out"),
+            DisconnectReason::Rejected { code, message } => {
+                write!(f, "rejected by server ({code}): {message}")
+            }
+            DisconnectReason::Closed => f.write_str("closed by the application"),
+        }
+    }
+}
+
+/// Something the driver must do with the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a transport to this target, then report
+    /// [`handle_transport_open`](super::Session::handle_transport_open) or
+    /// [`handle_transport_closed`](super::Session::handle_transport_closed).
+    Connect {
+        /// One of [`Config::targets`](super::Config::targets).
+        target: String,
+    },
+    /// Close the current transport, if any, and report nothing more about it: the session has
+    /// already written it off. After [`Session::close`](super::Session::close)
+    /// ([`Session::is_closed`](super::Session::is_closed)) the driver can also stop.
+    Close,
+}
+
+/// Something that happened, for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A connection is ready (after the `connect` handshake when a token is configured).
+    Connected {
+        /// The target it goes to.
+        target: String,
+    },
+    /// The connection announced by the last [`Event::Connected`] ended. The session reconnects
+    /// on its own unless it was closed.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// An attempt to connect failed before [`Event::Connected`]; the session will try the next
+    /// target after a backoff delay.
+    ConnectFailed {
+        /// The target that failed.
+        target: String,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// The server confirmed a subscription.
+    Subscribed {
+        /// The `subscribe` request this answers: the caller's, or one the session sent itself.
+        id: RequestId,
+        /// Channel name.
+        channel: String,
+        /// Delivery starts after this offset (the tip for `$`); the session resumes from here.
+        offset: StreamId,
+        /// Messages after the requested offset were already trimmed (a [`Event::Gap`] follows).
+        truncated: bool,
+        /// The session re-subscribed on its own after a reconnect (no caller request).
+        resumed: bool,
+    },
+    /// A subscription the session was re-establishing after a reconnect was refused by the
+    /// server; it is forgotten and will not be retried.
+    SubscriptionLost {
+        /// Channel name.
+        channel: String,
+        /// The server's answer.
+        error: RequestError,
+    },
+    /// An `unsubscribe` finished.
+    Unsubscribed {
+        /// The request.
+        id: RequestId,
+        /// Channel name.
+        channel: String,
+    },
+    /// New messages of a subscribed channel, in offset order, never seen before.
+    Messages {
+        /// Channel name.
+        channel: String,
+        /// At least one message.
+        messages: Vec<Message>,
+    },
+    /// Messages in `(from, to]` of a subscribed channel were removed before delivery.
+    Gap {
+        /// Channel name.
+        channel: String,
+        /// The last offset the subscriber had (exclusive).
+        from: StreamId,
+        /// The highest removed offset (inclusive).
+        to: StreamId,
+    },
+    /// A publish was stored at this offset.
+    Published {
+        /// The request.
+        id: RequestId,
+        /// Channel name.
+        channel: String,
+        /// The stored message's offset.
+        offset: StreamId,
+    },
+    /// A ping was answered.
+    Pong {
+        /// The request.
+        id: RequestId,
+    },
+    /// A request ended without success. Exactly one of this or its success event is emitted
+    /// per request.
+    RequestFailed {
+        /// The request.
+        id: RequestId,
+        /// Why.
+        error: RequestError,
+    },
+    /// The server sent an `error` frame that answers no request.
+    ServerError {
+        /// The wire code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+}

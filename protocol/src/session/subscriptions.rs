@@ -1,0 +1,184 @@
+//! The subscription table: per channel, where delivery resumes and which messages are new.
+//!
+//! Each channel keeps one *position*: the offset after which the next message must come. It is
+//! the last delivered offset, or the resume point the server named in `subscribed` when that is
+//! later. Re-subscribing after a reconnect asks for the messages after the position, so the new
+//! connection continues exactly where the old one stopped; messages at or before the position
+//! (a replay overlapping the seam, a duplicate) are dropped. Offsets compare numerically
+//! ([`StreamId`]'s `Ord`).
+//!
+//! A `subscribed` reply with `truncated: true` does not move a known position: whether its
+//! offset names the first deliverable entry or the last removed one, keeping the older position
+//! can only cause a repeated gap report on a reconnect, never a lost or duplicated message.
+
+use std::collections::BTreeMap;
+
+use crate::frame::Message;
+use crate::offset::{Offset, StreamId};
+
+/// What the session knows about one subscribed channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    /// The offset the caller asked for.
+    requested: Offset,
+    /// Delivery continues after this offset; `None` until one is known (`$` or `0` before any
+    /// reply or message).
+    position: Option<StreamId>,
+    /// The caller's `subscribe` request still waiting for its reply, if any.
+    pub(crate) waiter: Option<u64>,
+    /// The id of the `subscribe` frame in flight on the current connection, if any.
+    pub(crate) inflight: Option<u64>,
+}
+
+impl Subscription {
+    /// A new subscription starting at `requested`. A concrete offset is a known position at
+    /// once, so messages at or before it are never delivered.
+    pub(crate) fn new(requested: Offset) -> Self {
+        let position = match requested {
+            Offset::Id(id) => Some(id),
+            Offset::Latest | Offset::Earliest => None,
+        };
+        Subscription {
+            requested,
+            position,
+            waiter: None,
+            inflight: None,
+        }
+    }
+
+    /// The offset to put in the next `subscribe` frame: the position when known, else what
+    /// the caller asked for.
+    pub(crate) fn resume_offset(&self) -> Offset {
+        self.position.map_or(self.requested, Offset::Id)
+    }
+
+    /// The position, if known.
+    pub(crate) fn position(&self) -> Option<StreamId> {
+        self.position
+    }
+
+    /// Records the server's resume point from a `subscribed` reply.
+    pub(crate) fn on_subscribed(&mut self, offset: StreamId, truncated: bool) {
+        match self.position {
+            None => self.position = Some(offset),
+            Some(p) if !truncated && offset > p => self.position = Some(offset),
+            Some(_) => {}
+        }
+    }
+
+    /// Keeps the messages after the position, in order, and advances the position past them.
+    pub(crate) fn accept(&mut self, messages: Vec<Message>) -> Vec<Message> {
+        let mut fresh = Vec::with_capacity(messages.len());
+        for m in messages {
+            if self.position.is_none_or(|p| m.offset > p) {
+                self.position = Some(m.offset);
+                fresh.push(m);
+            }
+        }
+        fresh
+    }
+}
+
+/// All subscriptions, by channel name (ordered, so re-subscribes go out in a stable order).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Subscriptions {
+    by_channel: BTreeMap<String, Subscription>,
+}
+
+impl Subscriptions {
+    /// The subscription of a channel.
+    pub(crate) fn get(&self, channel: &str) -> Option<&Subscription> {
+        self.by_channel.get(channel)
+    }
+
+    /// The subscription of a channel, mutably.
+    pub(crate) fn get_mut(&mut self, channel: &str) -> Option<&mut Subscription> {
+        self.by_channel.get_mut(channel)
+    }
+
+    /// Adds or replaces a channel's subscription, returning the old one.
+    pub(crate) fn insert(&mut self, channel: String, sub: Subscription) -> Option<Subscription> {
+        self.by_channel.insert(channel, sub)
+    }
+
+    /// Forgets a channel.
+    pub(crate) fn remove(&mut self, channel: &str) -> Option<Subscription> {
+        self.by_channel.remove(channel)
+    }
+
+    /// Every subscription, by channel order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Subscription)> {
+        self.by_channel.iter()
+    }
+
+    /// Every subscription, mutably.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Subscription)> {
+        self.by_channel.iter_mut()
+    }
+
+    /// How many channels are subscribed.
+    pub(crate) fn len(&self) -> usize {
+        self.by_channel.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ms: u64, seq: u64) -> Message {
+        Message {
+            offset: StreamId::new(ms, seq),
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    fn offsets(ms: &[Message]) -> Vec<StreamId> {
+        ms.iter().map(|m| m.offset).collect()
+    }
+
+    #[test]
+    fn latest_resumes_from_the_subscribed_offset() {
+        let mut s = Subscription::new(Offset::Latest);
+        assert_eq!(s.resume_offset(), Offset::Latest);
+        s.on_subscribed(StreamId::new(5, 0), false);
+        assert_eq!(s.resume_offset(), Offset::Id(StreamId::new(5, 0)));
+    }
+
+    #[test]
+    fn drops_messages_at_or_before_the_position_numerically() {
+        let mut s = Subscription::new(Offset::Id(StreamId::new(9, 0)));
+        let fresh = s.accept(vec![
+            msg(8, 5),
+            msg(9, 0),
+            msg(10, 0),
+            msg(10, 0),
+            msg(10, 1),
+        ]);
+        assert_eq!(
+            offsets(&fresh),
+            vec![StreamId::new(10, 0), StreamId::new(10, 1)]
+        );
+        assert_eq!(s.position(), Some(StreamId::new(10, 1)));
+        assert!(s.accept(vec![msg(9, 99), msg(10, 1)]).is_empty());
+    }
+
+    #[test]
+    fn earliest_accepts_everything_first() {
+        let mut s = Subscription::new(Offset::Earliest);
+        assert_eq!(s.resume_offset(), Offset::Earliest);
+        assert_eq!(s.accept(vec![msg(1, 0)]).len(), 1);
+        assert_eq!(s.resume_offset(), Offset::Id(StreamId::new(1, 0)));
+    }
+
+    #[test]
+    fn subscribed_never_moves_the_position_back_and_truncated_keeps_it() {
+        let mut s = Subscription::new(Offset::Id(StreamId::new(7, 0)));
+        s.on_subscribed(StreamId::new(3, 0), false);
+        assert_eq!(s.position(), Some(StreamId::new(7, 0)));
+        s.on_subscribed(StreamId::new(20, 0), true);
+        assert_eq!(s.position(), Some(StreamId::new(7, 0)));
+        s.on_subscribed(StreamId::new(8, 0), false);
+        assert_eq!(s.position(), Some(StreamId::new(8, 0)));
+    }
+}

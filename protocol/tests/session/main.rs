@@ -1,0 +1,7 @@
+//! Session scenarios on a virtual clock: a real [`Session`](redistribute_protocol::session::Session)
+//! against a scripted in-memory server ([`harness`]).
+
+mod failover;
+mod harness;
+mod requests;
+mod resume;

@@ -1,0 +1,264 @@
+//! The engine conformance suite: the same checks against the embedded engine and the Redis
+//! engine (real redis-server), so both keep the same offset, trim, idempotency and live-feed
+//! semantics (issue 3, "Must show" 8).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use redistribute_protocol::{decode_server, Fields, Message, ServerFrame, StreamId};
+use redistribute_server::engine::embedded::EmbeddedEngine;
+use redistribute_server::engine::redis::{RedisConfig, RedisEngine};
+use redistribute_server::engine::{Batch, Engine, EngineConfig, LiveSink, PublishRequest};
+use redistribute_testkit::RedisServer;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// Records what the engine feeds to its sink.
+struct Recorder(mpsc::UnboundedSender<Arc<Batch>>);
+
+impl LiveSink for Recorder {
+    fn deliver(&self, batch: Arc<Batch>) {
+        let _ = self.0.send(batch);
+    }
+}
+
+/// An engine under test with its live feed and (for Redis) its server.
+struct Subject {
+    engine: Arc<dyn Engine>,
+    live: mpsc::UnboundedReceiver<Arc<Batch>>,
+    redis: Option<RedisServer>,
+}
+
+async fn embedded() -> Result<Subject> {
+    let (tx, live) = mpsc::unbounded_channel();
+    let engine = EmbeddedEngine::start(Arc::new(Recorder(tx)), EngineConfig::default());
+    Ok(Subject {
+        engine,
+        live,
+        redis: None,
+    })
+}
+
+async fn redis() -> Result<Subject> {
+    let server = RedisServer::start().await?;
+    let (tx, live) = mpsc::unbounded_channel();
+    let mut config = RedisConfig::new(server.url());
+    config.block = Duration::from_secs(30);
+    let engine = RedisEngine::connect(config, Arc::new(Recorder(tx))).await?;
+    Ok(Subject {
+        engine,
+        live,
+        redis: Some(server),
+    })
+}
+
+fn fields(value: serde_json::Value) -> Fields {
+    value.as_object().expect("an object").clone()
+}
+
+fn messages(batch: &Batch) -> Vec<Message> {
+    match decode_server(batch.frame()).expect("batch frames decode") {
+        ServerFrame::Messages { messages, .. } => messages,
+        other => panic!("not a messages frame: {other:?}"),
+    }
+}
+
+async fn publish(s: &Subject, channel: &str, value: serde_json::Value) -> Result<StreamId> {
+    let f = fields(value);
+    Ok(s.engine
+        .publish(PublishRequest {
+            channel,
+            fields: &f,
+            maxlen: None,
+            idempotency_key: None,
+        })
+        .await?)
+}
+
+async fn read_all(s: &Subject, channel: &str, after: StreamId) -> Result<Vec<Message>> {
+    let channel: Arc<str> = channel.into();
+    Ok(s.engine
+        .read(&channel, after, 10_000)
+        .await?
+        .map(|b| messages(&b))
+        .unwrap_or_default())
+}
+
+async fn ids_increase_and_history_reads_after_an_offset(s: Subject) -> Result<()> {
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(publish(&s, "c", json!({"n": n, "nested": {"a": [1, "two", null]}})).await?);
+    }
+    ensure!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids not increasing: {ids:?}"
+    );
+    let all = read_all(&s, "c", StreamId::ZERO).await?;
+    assert_eq!(all.iter().map(|m| m.offset).collect::<Vec<_>>(), ids);
+    assert_eq!(all[3].fields["n"], 3);
+    assert_eq!(all[3].fields["nested"]["a"][1], "two");
+    let after = read_all(&s, "c", ids[9]).await?;
+    assert_eq!(after.first().map(|m| m.offset), Some(ids[10]));
+    assert_eq!(after.len(), 10);
+    // Pages.
+    let channel: Arc<str> = "c".into();
+    let page = s.engine.read(&channel, ids[0], 5).await?.context("page")?;
+    assert_eq!(page.ids(), &ids[1..6]);
+    assert!(s.engine.read(&channel, ids[19], 5).await?.is_none());
+    // Other channels are independent.
+    assert!(read_all(&s, "elsewhere", StreamId::ZERO).await?.is_empty());
+    Ok(())
+}
+
+async fn position_reports_last_id_and_trim_watermark(s: Subject) -> Result<()> {
+    let empty = s.engine.position("nothing").await?;
+    assert_eq!(empty.last_id, StreamId::ZERO);
+    assert_eq!(empty.trimmed_through, None);
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        let f = fields(json!({ "n": n }));
+        ids.push(
+            s.engine
+                .publish(PublishRequest {
+                    channel: "t",
+                    fields: &f,
+                    maxlen: Some(10),
+                    idempotency_key: None,
+                })
+                .await?,
+        );
+    }
+    let pos = s.engine.position("t").await?;
+    assert_eq!(pos.last_id, ids[99]);
+    let retained = read_all(&s, "t", StreamId::ZERO).await?;
+    ensure!(
+        (10..=11).contains(&retained.len()),
+        "retained {} entries for maxlen 10",
+        retained.len()
+    );
+    let first = retained[0].offset;
+    let index = ids
+        .iter()
+        .position(|id| *id == first)
+        .context("first retained")?;
+    // The watermark is exactly the last entry removed.
+    assert_eq!(pos.trimmed_through, Some(ids[index - 1]));
+    Ok(())
+}
+
+async fn idempotency_keys_return_the_first_offset(s: Subject) -> Result<()> {
+    let f = fields(json!({"order": 17}));
+    let request = PublishRequest {
+        channel: "orders",
+        fields: &f,
+        maxlen: None,
+        idempotency_key: Some("k-17"),
+    };
+    let first = s.engine.publish(request.clone()).await?;
+    let again = s.engine.publish(request.clone()).await?;
+    assert_eq!(first, again);
+    // The key is per channel.
+    let elsewhere = s
+        .engine
+        .publish(PublishRequest {
+            channel: "other",
+            ..request
+        })
+        .await?;
+    assert_ne!(elsewhere, StreamId::ZERO);
+    assert_eq!(read_all(&s, "orders", StreamId::ZERO).await?.len(), 1);
+    assert_eq!(read_all(&s, "other", StreamId::ZERO).await?.len(), 1);
+    Ok(())
+}
+
+async fn watched_channels_feed_new_entries_in_order(mut s: Subject) -> Result<()> {
+    let before = publish(&s, "live", json!({"n": -1})).await?;
+    let (ready_tx, mut ready) = watch::channel(false);
+    s.engine.watch("live".into(), ready_tx);
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+        .await
+        .context("watch never became ready")??;
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        ids.push(publish(&s, "live", json!({ "n": n })).await?);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), s.live.recv())
+            .await
+            .context("live feed stalled")?
+            .context("feed closed")?;
+        assert_eq!(&**batch.channel(), "live");
+        seen.extend(messages(&batch).into_iter().map(|m| m.offset));
+    }
+    assert_eq!(
+        seen, ids,
+        "entries after the watch point, each once, in order"
+    );
+    assert!(!seen.contains(&before));
+
+    s.engine.unwatch(&"live".into());
+    // Unwatching takes effect before the next read; give it a moment, then nothing arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while s.live.try_recv().is_ok() {}
+    publish(&s, "live", json!({"n": 99})).await?;
+    let more = tokio::time::timeout(Duration::from_millis(500), s.live.recv()).await;
+    ensure!(more.is_err(), "an unwatched channel was still fed");
+    Ok(())
+}
+
+/// Generates one test per engine for each conformance check.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod embedded_engine {
+            $(
+                #[tokio::test]
+                async fn $check() -> anyhow::Result<()> {
+                    super::$check(super::embedded().await?).await
+                }
+            )*
+        }
+        mod redis_engine {
+            $(
+                #[tokio::test]
+                async fn $check() -> anyhow::Result<()> {
+                    super::$check(super::redis().await?).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ids_increase_and_history_reads_after_an_offset,
+    position_reports_last_id_and_trim_watermark,
+    idempotency_keys_return_the_first_offset,
+    watched_channels_feed_new_entries_in_order,
+);
+
+/// Values written by another producer that are not JSON arrive as JSON strings (Redis only:
+/// nothing else can write into the embedded engine).
+#[tokio::test]
+async fn foreign_non_json_values_arrive_as_strings() -> Result<()> {
+    let s = redis().await?;
+    let redis = s.redis.as_ref().unwrap();
+    redis
+        .command(&[
+            "XADD",
+            "rd:foreign",
+            "*",
+            "text",
+            "plain words",
+            "num",
+            "42",
+            "obj",
+            "{\"a\":1}",
+        ])
+        .await?;
+    let got = read_all(&s, "foreign", StreamId::ZERO).await?;
+    assert_eq!(got[0].fields["text"], "plain words");
+    assert_eq!(got[0].fields["num"], 42);
+    assert_eq!(got[0].fields["obj"]["a"], 1);
+    Ok(())
+}
