@@ -32,6 +32,19 @@ impl RequestError {
         }
     }
 
+    /// The `error` frame answering request `id`; a socket failure answers as `internal`.
+    pub fn into_frame(self, id: u64) -> redistribute_protocol::ServerFrame {
+        let (code, message) = match self {
+            RequestError::Protocol { code, message } => (code, message),
+            RequestError::Socket => (ErrorCode::Internal, "internal server error".into()),
+        };
+        redistribute_protocol::ServerFrame::Error {
+            id: Some(id),
+            code,
+            message,
+        }
+    }
+
     /// A `bad_request` reply.
     pub fn bad_request(message: impl Into<String>) -> Self {
         RequestError::new(ErrorCode::BadRequest, message)

@@ -249,3 +249,45 @@ async fn idempotent_publish_writes_once_redis() -> Result<()> {
 async fn idempotent_publish_writes_once_embedded() -> Result<()> {
     idempotent_publish(Backend::Embedded).await
 }
+
+async fn pipelined_publishes_keep_their_order(backend: Backend) -> Result<()> {
+    const N: u64 = 500;
+    let setup = setup(backend, &[]).await?;
+    let mut c = client(&setup.server).await?;
+    for seq in 0..N {
+        c.send_json(
+            &json!({"type": "publish", "id": seq + 1, "channel": "pipe", "fields": {"seq": seq}}),
+        )
+        .await?;
+    }
+    let mut offsets = vec![String::new(); N as usize];
+    for _ in 0..N {
+        let reply = c.recv_until(|f| f["type"] == "published", STEP).await?;
+        let id = reply["id"].as_u64().context("reply id")?;
+        offsets[(id - 1) as usize] = reply["offset"].as_str().context("offset")?.to_owned();
+    }
+    let mut sub = client(&setup.server).await?;
+    sub.subscribe("pipe", Some("0")).await?;
+    let got = sub.recv_messages("pipe", N as usize, STEP).await?;
+    assert_eq!(
+        seqs(&got),
+        (0..N).collect::<Vec<_>>(),
+        "stored in the order sent"
+    );
+    let stored: Vec<&str> = got.iter().map(|m| m["offset"].as_str().unwrap()).collect();
+    assert_eq!(stored, offsets, "each reply names its own message's offset");
+    Ok(())
+}
+
+/// Publishes sent back to back without waiting are stored in the order sent, and each reply
+/// carries the offset of its own message.
+#[tokio::test]
+async fn pipelined_publishes_keep_their_order_redis() -> Result<()> {
+    pipelined_publishes_keep_their_order(Backend::Redis).await
+}
+
+/// The same on the embedded engine.
+#[tokio::test]
+async fn pipelined_publishes_keep_their_order_embedded() -> Result<()> {
+    pipelined_publishes_keep_their_order(Backend::Embedded).await
+}

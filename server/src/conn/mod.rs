@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
 use redistribute_protocol::{
-    decode_client, encode_server, ClientFrame, ErrorCode, Fields, Offset, ServerFrame, StreamId,
+    decode_client, encode_server, ClientFrame, ErrorCode, Offset, ServerFrame, StreamId,
     PROTOCOL_VERSION,
 };
 use tokio::sync::Notify;
@@ -47,6 +48,14 @@ pub mod close_code {
 
 /// Most live batches taken from the queue before writing.
 const DRAIN_MAX: usize = 64;
+
+/// Publishes in flight on one connection, answered in request order. Each one's Redis command
+/// is sent when the future is first polled, and `FuturesOrdered` first-polls in push order, so
+/// a connection's publishes are stored in the order it sent them.
+type PublishFuture = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Most publishes one connection may have in flight; beyond it inbound frames wait.
+const MAX_PIPELINED_PUBLISHES: usize = 64;
 
 type CatchUpFuture =
     Pin<Box<dyn Future<Output = (Arc<str>, StreamId, Result<Option<Batch>, EngineError>)> + Send>>;
@@ -97,6 +106,7 @@ struct Connection {
     in_flight: Option<CatchUpFuture>,
     bad_frames: u32,
     outbound: Outbound,
+    publishes: FuturesOrdered<PublishFuture>,
 }
 
 impl Connection {
@@ -114,6 +124,7 @@ impl Connection {
             in_flight: None,
             bad_frames: 0,
             outbound: Outbound::default(),
+            publishes: FuturesOrdered::new(),
         }
     }
 
@@ -124,7 +135,10 @@ impl Connection {
             let result = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Close(close_code::RESTART, "server restarting"),
-                msg = socket.recv() => match msg {
+                Some(reply) = self.publishes.next(), if !self.publishes.is_empty() => {
+                    self.send(socket, &reply).await
+                }
+                msg = socket.recv(), if self.publishes.len() < MAX_PIPELINED_PUBLISHES => match msg {
                     Some(Ok(Message::Text(text))) => self.on_text(socket, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => {
                         self.on_bad_frame(socket, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames").await
@@ -279,49 +293,42 @@ impl Connection {
                 maxlen,
                 idempotency_key,
             } => {
-                let offset = self
-                    .publish(&channel, &fields, maxlen, idempotency_key.as_deref())
-                    .await?;
-                let reply = ServerFrame::Published {
-                    id,
-                    channel,
-                    offset,
-                };
-                self.send(socket, &reply)
-                    .await
-                    .map_err(|_| RequestError::Socket)
+                if fields.len() > MAX_FIELDS {
+                    return Err(RequestError::new(
+                        ErrorCode::TooLarge,
+                        format!("a message may have at most {MAX_FIELDS} fields"),
+                    ));
+                }
+                let engine = self.app.engine.clone();
+                let timeout = self.app.config.limits.request_timeout;
+                self.publishes.push_back(Box::pin(async move {
+                    let request = PublishRequest {
+                        channel: &channel,
+                        fields: &fields,
+                        maxlen,
+                        idempotency_key: idempotency_key.as_deref(),
+                    };
+                    let result = match tokio::time::timeout(timeout, engine.publish(request)).await
+                    {
+                        Ok(result) => result.map_err(RequestError::from),
+                        Err(_) => Err(RequestError::from(EngineError::Unavailable(
+                            "publish timed out".into(),
+                        ))),
+                    };
+                    match result {
+                        Ok(offset) => ServerFrame::Published {
+                            id,
+                            channel,
+                            offset,
+                        },
+                        Err(err) => err.into_frame(id),
+                    }
+                }));
+                Ok(())
             }
             ClientFrame::Ack { .. } => Err(RequestError::bad_request(
                 "consumer-group acknowledgements are not supported by this server version",
             )),
-        }
-    }
-
-    async fn publish(
-        &mut self,
-        channel: &str,
-        fields: &Fields,
-        maxlen: Option<u64>,
-        idempotency_key: Option<&str>,
-    ) -> Result<StreamId, RequestError> {
-        if fields.len() > MAX_FIELDS {
-            return Err(RequestError::new(
-                ErrorCode::TooLarge,
-                format!("a message may have at most {MAX_FIELDS} fields"),
-            ));
-        }
-        let request = PublishRequest {
-            channel,
-            fields,
-            maxlen,
-            idempotency_key,
-        };
-        let timeout = self.app.config.limits.request_timeout;
-        match tokio::time::timeout(timeout, self.app.engine.publish(request)).await {
-            Ok(result) => result.map_err(RequestError::from),
-            Err(_) => Err(RequestError::from(EngineError::Unavailable(
-                "publish timed out".into(),
-            ))),
         }
     }
 

@@ -8,6 +8,7 @@
 //!   watched channels, each covering a bounded number of keys and retargeted at once with
 //!   `CLIENT UNBLOCK` when its set changes.
 
+mod cursors;
 mod parse;
 mod reader;
 mod scripts;

@@ -79,7 +79,9 @@ pub fn entries(channel: &Arc<str>, value: &Value) -> Result<Option<Batch>, Engin
 }
 
 /// Splits an `XREAD` reply into `(key, entries)` pairs.
-pub fn xread_streams(value: &Value) -> Result<Vec<(String, &Value)>, EngineError> {
+pub fn xread_streams(
+    value: &Value,
+) -> Result<Vec<(std::borrow::Cow<'_, str>, &Value)>, EngineError> {
     match value {
         Value::Null => Ok(Vec::new()),
         Value::Array(streams) => streams
@@ -87,15 +89,12 @@ pub fn xread_streams(value: &Value) -> Result<Vec<(String, &Value)>, EngineError
             .map(|s| match s {
                 Value::Array(pair) if pair.len() == 2 => {
                     let key = text(&pair[0]).ok_or_else(|| unexpected("key", &pair[0]))?;
-                    Ok((key.into_owned(), &pair[1]))
+                    Ok((key, &pair[1]))
                 }
                 other => Err(unexpected("XREAD stream", other)),
             })
             .collect(),
-        Value::Map(map) => Ok(map
-            .iter()
-            .map(|(k, v)| (k.as_str_lossy().into_owned(), v))
-            .collect()),
+        Value::Map(map) => Ok(map.iter().map(|(k, v)| (k.as_str_lossy(), v)).collect()),
         other => Err(unexpected("XREAD", other)),
     }
 }

@@ -16,10 +16,10 @@ use fred::prelude::Client;
 use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use parking_lot::Mutex;
-use redistribute_protocol::StreamId;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::cursors::Cursors;
 use super::{build_client, map_err, parse, Shared};
 use crate::engine::{EngineError, EngineStats, LiveSink, ReadySender};
 
@@ -144,7 +144,7 @@ impl ReaderPool {
             sink: self.sink.clone(),
             control: control.clone(),
             stop: self.stop.clone(),
-            cursors: HashMap::new(),
+            cursors: Cursors::default(),
         };
         tokio::spawn(reader.run());
         tokio::spawn(unblocker(
@@ -220,8 +220,8 @@ struct Reader {
     sink: Arc<dyn LiveSink>,
     control: Arc<Control>,
     stop: CancellationToken,
-    /// Watched channels: stream key and the last ID delivered.
-    cursors: HashMap<Arc<str>, (String, StreamId)>,
+    /// Watched channels and the last ID delivered of each.
+    cursors: Cursors,
 }
 
 impl Reader {
@@ -309,11 +309,9 @@ impl Reader {
         let mut failed = None;
         for (channel, op) in ops {
             match op {
-                Op::Remove => {
-                    self.cursors.remove(&channel);
-                }
+                Op::Remove => self.cursors.remove(&channel),
                 Op::Add(ready) => {
-                    if self.cursors.contains_key(&channel) {
+                    if self.cursors.contains(&channel) {
                         ready.send_replace(true);
                         continue;
                     }
@@ -324,7 +322,7 @@ impl Reader {
                     match self.shared.position(&channel).await {
                         Ok(pos) => {
                             let key = self.shared.stream_key(&channel);
-                            self.cursors.insert(channel, (key, pos.last_id));
+                            self.cursors.insert(channel, key, pos.last_id);
                             ready.send_replace(true);
                         }
                         Err(err) => {
@@ -350,19 +348,10 @@ impl Reader {
 
     async fn read_once(&mut self, client: &Client) -> Result<(), EngineError> {
         let config = &self.shared.config;
-        let mut args: Vec<Value> = Vec::with_capacity(6 + 2 * self.cursors.len());
-        args.push("COUNT".into());
-        args.push((config.engine.read_count as i64).into());
-        args.push("BLOCK".into());
-        args.push((config.block.as_millis() as i64).into());
-        args.push("STREAMS".into());
-        let channels: Vec<Arc<str>> = self.cursors.keys().cloned().collect();
-        for channel in &channels {
-            args.push(self.cursors[channel].0.clone().into());
-        }
-        for channel in &channels {
-            args.push(self.cursors[channel].1.to_string().into());
-        }
+        let args = self.cursors.xread_args(
+            config.engine.read_count as u64,
+            config.block.as_millis() as u64,
+        );
         let options = Options {
             timeout: Some(config.block + Duration::from_secs(10)),
             max_attempts: Some(1),
@@ -373,13 +362,9 @@ impl Reader {
         let reply: Result<Value, _> = client.with_options(&options).custom(cmd, args).await;
         self.control.in_read.store(false, Ordering::Release);
         let reply = reply.map_err(map_err)?;
-        let by_key: HashMap<&str, &Arc<str>> = channels
-            .iter()
-            .map(|c| (self.cursors[c].0.as_str(), c))
-            .collect();
         let mut batches = Vec::new();
         for (key, entries) in parse::xread_streams(&reply)? {
-            let Some(&channel) = by_key.get(key.as_str()) else {
+            let Some(channel) = self.cursors.channel_for_key(key.as_bytes()) else {
                 continue;
             };
             if let Some(batch) = parse::entries(channel, entries)? {
@@ -387,9 +372,7 @@ impl Reader {
             }
         }
         for batch in batches {
-            if let Some(cursor) = self.cursors.get_mut(batch.channel()) {
-                cursor.1 = batch.last_id();
-            }
+            self.cursors.advance(batch.channel(), batch.last_id());
             self.sink.deliver(Arc::new(batch));
         }
         Ok(())
