@@ -1,0 +1,271 @@
+//! [`Client`]: the cloneable handle. Every call becomes a [`Command`] for the driver task and
+//! waits for its answer on a oneshot channel.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redistribute_protocol::session::PublishOptions;
+use redistribute_protocol::{Fields, Offset, StreamId};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+
+use crate::builder::ClientBuilder;
+use crate::driver::{Command, SubscribeRequest};
+use crate::error::Error;
+use crate::event::{ConnectionState, Event, Events};
+use crate::subscription::{SubShared, Subscription};
+
+/// A handle on one connection to a redistribute deployment (one driver task, one session).
+/// Clones share it. The client lives while a clone or a [`Subscription`] does, or until
+/// [`Client::close`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    state: watch::Receiver<ConnectionState>,
+    wake: Arc<Notify>,
+    subscription_buffer: usize,
+    next_sub: AtomicU64,
+}
+
+impl Client {
+    /// A builder; at least one target is needed.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        events: broadcast::Sender<Event>,
+        state: watch::Receiver<ConnectionState>,
+        wake: Arc<Notify>,
+        subscription_buffer: usize,
+    ) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                commands,
+                events,
+                state,
+                wake,
+                subscription_buffer,
+                next_sub: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Subscribes to `channel` from `offset`: [`Offset::Latest`] (only new messages),
+    /// [`Offset::Earliest`] (everything retained) or [`Offset::Id`] (after a saved offset,
+    /// e.g. [`Subscription::last_offset`]). Returns once the server confirmed it.
+    ///
+    /// The subscription survives reconnects and failovers: it resumes from its last delivered
+    /// offset, so the stream yields each message once and in order. Subscribing again to a
+    /// channel replaces the earlier subscription (whose stream ends).
+    pub async fn subscribe(
+        &self,
+        channel: impl Into<String>,
+        offset: impl Into<Offset>,
+    ) -> Result<Subscription, Error> {
+        let channel = channel.into();
+        let capacity = self.inner.subscription_buffer;
+        let (tx, rx) = mpsc::channel(capacity);
+        let shared = Arc::new(SubShared::default());
+        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let request = SubscribeRequest {
+            channel: channel.clone(),
+            offset: offset.into(),
+            sub,
+            tx,
+            shared: shared.clone(),
+        };
+        self.send(Command::Subscribe { request, reply }).await?;
+        let start = self.answer(answer).await?;
+        Ok(Subscription::new(
+            channel,
+            sub,
+            rx,
+            capacity,
+            shared,
+            self.inner.wake.clone(),
+            self.inner.commands.clone(),
+            start,
+        ))
+    }
+
+    /// Stops the subscription of `channel` (its stream ends) and tells the server. Does
+    /// nothing when the channel is not subscribed.
+    pub async fn unsubscribe(&self, channel: impl Into<String>) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Unsubscribe {
+            channel: channel.into(),
+            reply,
+        })
+        .await?;
+        self.answer(answer).await
+    }
+
+    /// Publishes a message and returns its offset once the server stored it. `fields` must
+    /// serialize to a non-empty JSON object (a `serde_json::json!({…})`, a map, a struct).
+    ///
+    /// Across a disconnect the publish is re-sent on the next connection with an automatic
+    /// idempotency key, so it is stored once (see
+    /// [`ClientBuilder::auto_idempotency`]); it fails with [`Error::Timeout`] when no reply
+    /// came within the request timeout, and then may or may not have been stored.
+    pub async fn publish(
+        &self,
+        channel: impl Into<String>,
+        fields: impl Serialize,
+    ) -> Result<StreamId, Error> {
+        self.publish_with(channel, fields, PublishOptions::default())
+            .await
+    }
+
+    /// [`publish`](Self::publish) with options: `maxlen` (trim the channel to about this
+    /// many entries) and an explicit `idempotency_key`.
+    pub async fn publish_with(
+        &self,
+        channel: impl Into<String>,
+        fields: impl Serialize,
+        options: PublishOptions,
+    ) -> Result<StreamId, Error> {
+        let fields = to_fields(fields)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Publish {
+            channel: channel.into(),
+            fields,
+            options,
+            reply,
+        })
+        .await?;
+        self.answer(answer).await
+    }
+
+    /// Sends a `ping` and returns the round-trip time (including any wait for a connection).
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ping { reply }).await?;
+        self.answer(answer).await?;
+        Ok(started.elapsed())
+    }
+
+    /// A receiver of connection events from now on (connected, disconnected, resubscribed,
+    /// gaps…).
+    pub fn events(&self) -> Events {
+        Events::new(self.inner.events.subscribe())
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Whether a connection is ready now.
+    pub fn is_connected(&self) -> bool {
+        matches!(
+            *self.inner.state.borrow(),
+            ConnectionState::Connected { .. }
+        )
+    }
+
+    /// Waits until a connection is ready. Fails when the client stops first:
+    /// [`Error::Unreachable`] if it gave up, [`Error::Closed`] if it was closed.
+    pub async fn wait_connected(&self) -> Result<(), Error> {
+        let mut state = self.inner.state.clone();
+        let result = state
+            .wait_for(|s| !matches!(s, ConnectionState::Connecting))
+            .await
+            .map(|s| s.clone());
+        match result {
+            Ok(ConnectionState::Connected { .. }) => Ok(()),
+            Ok(ConnectionState::Closed { error }) => Err(error.unwrap_or(Error::Closed)),
+            Ok(ConnectionState::Connecting) | Err(_) => Err(self.closed_error()),
+        }
+    }
+
+    /// Closes the client: pending calls fail with [`Error::Closed`], subscription streams end,
+    /// the connection is closed. Returns once the driver has stopped. Further calls on any
+    /// clone fail with [`Error::Closed`].
+    pub async fn close(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Close { reply })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Error> {
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    async fn answer<T>(&self, answer: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
+        answer.await.unwrap_or_else(|_| Err(self.closed_error()))
+    }
+
+    /// The error for calls on a stopped client: why it stopped, if it gave up.
+    fn closed_error(&self) -> Error {
+        match &*self.inner.state.borrow() {
+            ConnectionState::Closed { error: Some(error) } => error.clone(),
+            _ => Error::Closed,
+        }
+    }
+}
+
+/// Serializes publish fields, which must be a JSON object.
+fn to_fields(fields: impl Serialize) -> Result<Fields, Error> {
+    match serde_json::to_value(fields) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(other) => Err(Error::Fields(format!(
+            "fields must be a JSON object, not {}",
+            kind(&other)
+        ))),
+        Err(e) => Err(Error::Fields(format!("cannot serialize fields: {e}"))),
+    }
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_must_be_an_object() {
+        assert_eq!(to_fields(json!({"a": 1})).unwrap()["a"], json!(1));
+        let err = to_fields(json!([1])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid fields: fields must be a JSON object, not an array"
+        );
+        #[derive(Serialize)]
+        struct Order {
+            id: u32,
+        }
+        assert_eq!(to_fields(Order { id: 7 }).unwrap()["id"], json!(7));
+    }
+}

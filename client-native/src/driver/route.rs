@@ -1,0 +1,258 @@
+//! Routing the session's events: outcomes to the calls waiting for them, messages to the
+//! subscription buffers, connection changes to the state and the event channel.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use redistribute_protocol::session::{DisconnectReason, Event as SessionEvent, RequestError};
+use redistribute_protocol::{Message, Offset, StreamId};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::Driver;
+use crate::error::Error;
+use crate::event::{ConnectionState, Event};
+use crate::subscription::{Start, SubShared};
+
+/// Where a subscription's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Messages go to the buffer.
+    Live,
+    /// The buffer was full: messages are dropped until the application made room.
+    Overflowed,
+    /// Being replaced: waiting for `unsubscribed` before subscribing again.
+    Unsubscribing,
+}
+
+/// One subscription with a live stream.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) sub: u64,
+    pub(super) tx: mpsc::Sender<Message>,
+    pub(super) shared: Arc<SubShared>,
+    /// What the caller asked for.
+    pub(super) requested: Offset,
+    /// The offset of the last message put into the buffer.
+    pub(super) last_queued: Option<StreamId>,
+    pub(super) phase: Phase,
+}
+
+/// Who waits for a request's outcome.
+#[derive(Debug)]
+pub(super) enum Reply {
+    /// A subscribe: the caller's (`reply`), or the second half of a resume (`None`).
+    Subscribe {
+        channel: String,
+        sub: u64,
+        reply: Option<oneshot::Sender<Result<Start, Error>>>,
+    },
+    /// An unsubscribe: the caller's, or one nobody waits for.
+    Unsubscribe(Option<oneshot::Sender<Result<(), Error>>>),
+    /// The first half of a replacement: subscribe `channel` once this unsubscribe is done.
+    ThenSubscribe {
+        channel: String,
+        sub: u64,
+        reply: Option<oneshot::Sender<Result<Start, Error>>>,
+    },
+    Publish(oneshot::Sender<Result<StreamId, Error>>),
+    Ping(oneshot::Sender<Result<(), Error>>),
+}
+
+impl Reply {
+    /// Answers a waiting call with an error (when the driver stops).
+    pub(super) fn fail(self, error: Error) {
+        match self {
+            Reply::Subscribe { reply, .. } | Reply::ThenSubscribe { reply, .. } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            Reply::Unsubscribe(reply) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            Reply::Publish(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Reply::Ping(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+impl Driver {
+    pub(super) fn on_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Connected { target } => {
+                debug!(%target, "connected");
+                self.disconnected_since = None;
+                self.failures.clear();
+                self.state.send_replace(ConnectionState::Connected {
+                    target: target.clone(),
+                });
+                self.emit(Event::Connected { target });
+            }
+            SessionEvent::Disconnected { reason } => {
+                let target = self.session.current_target().to_owned();
+                debug!(%target, %reason, "disconnected");
+                if reason != DisconnectReason::Closed {
+                    self.disconnected_since = Some(Instant::now());
+                    self.failures.insert(target.clone(), reason.to_string());
+                    self.state.send_replace(ConnectionState::Connecting);
+                }
+                self.emit(Event::Disconnected { target, reason });
+            }
+            SessionEvent::ConnectFailed { target, reason } => {
+                self.failures.insert(target.clone(), reason.to_string());
+                self.emit(Event::ConnectFailed { target, reason });
+            }
+            SessionEvent::Subscribed {
+                id,
+                channel,
+                offset,
+                truncated,
+                resumed,
+            } => {
+                if let Some(Reply::Subscribe {
+                    reply: Some(reply), ..
+                }) = self.pending.remove(&id.get())
+                {
+                    let _ = reply.send(Ok(Start { offset, truncated }));
+                }
+                if resumed {
+                    self.emit(Event::Resubscribed {
+                        channel,
+                        offset,
+                        truncated,
+                    });
+                }
+            }
+            SessionEvent::SubscriptionLost { channel, error } => {
+                self.entries.remove(&channel);
+                self.emit(Event::SubscriptionLost {
+                    channel,
+                    error: error.into(),
+                });
+            }
+            SessionEvent::Unsubscribed { id, .. } => self.on_outcome(id.get(), Ok(())),
+            SessionEvent::Messages { channel, messages } => self.deliver(channel, messages),
+            SessionEvent::Gap { channel, from, to } => self.emit(Event::Gap { channel, from, to }),
+            SessionEvent::Published { id, offset, .. } => {
+                if let Some(Reply::Publish(reply)) = self.pending.remove(&id.get()) {
+                    let _ = reply.send(Ok(offset));
+                }
+            }
+            SessionEvent::Pong { id } => {
+                if let Some(Reply::Ping(reply)) = self.pending.remove(&id.get()) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SessionEvent::RequestFailed { id, error } => {
+                let error = self.request_error(error);
+                self.on_outcome(id.get(), Err(error));
+            }
+            SessionEvent::ServerError { code, message } => {
+                self.emit(Event::ServerError { code, message });
+            }
+        }
+    }
+
+    /// A request ended: success here means `unsubscribed` (other successes carry values and
+    /// are handled where they arrive); failures go to whoever waits.
+    fn on_outcome(&mut self, id: u64, outcome: Result<(), Error>) {
+        let Some(reply) = self.pending.remove(&id) else {
+            return;
+        };
+        match (reply, outcome) {
+            (Reply::Unsubscribe(reply), outcome) => {
+                // Not subscribed on the server is as good as unsubscribed.
+                let outcome = match outcome {
+                    Err(Error::Server {
+                        code: redistribute_protocol::ErrorCode::NotFound,
+                        ..
+                    }) => Ok(()),
+                    other => other,
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            (
+                Reply::ThenSubscribe {
+                    channel,
+                    sub,
+                    reply,
+                },
+                outcome,
+            ) => match outcome {
+                Err(error @ (Error::Closed | Error::Unreachable { .. })) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+                outcome => self.then_subscribe(channel, sub, reply, outcome),
+            },
+            (
+                Reply::Subscribe {
+                    channel,
+                    sub,
+                    reply,
+                },
+                Err(error),
+            ) => {
+                let current = self.entries.get(&channel).is_some_and(|e| e.sub == sub);
+                if current {
+                    self.lose(channel, reply, error);
+                } else if let Some(reply) = reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            (reply, Err(error)) => reply.fail(error),
+            // A success event of another kind never reaches here.
+            (_, Ok(())) => {}
+        }
+    }
+
+    /// Puts new messages into the channel's buffer without waiting; on a full buffer switches
+    /// the subscription to overflow (see [`crate::subscription`]).
+    fn deliver(&mut self, channel: String, messages: Vec<Message>) {
+        let Some(entry) = self.entries.get_mut(&channel) else {
+            return;
+        };
+        if entry.phase != Phase::Live {
+            return;
+        }
+        for message in messages {
+            let offset = message.offset;
+            match entry.tx.try_send(message) {
+                Ok(()) => entry.last_queued = Some(offset),
+                Err(TrySendError::Full(_)) => {
+                    debug!(%channel, "subscription buffer full; will resume from the stream");
+                    entry.phase = Phase::Overflowed;
+                    entry.shared.overflowed.store(true, Ordering::SeqCst);
+                    // The application may have made room before it could see the flag.
+                    self.resume_ready();
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.entries.remove(&channel);
+                    self.unsubscribe_quietly(channel);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The error a failed request reports: why the client stopped, if it gave up.
+    fn request_error(&self, error: RequestError) -> Error {
+        match (&error, &self.close_error) {
+            (RequestError::Closed, Some(close)) => close.clone(),
+            _ => error.into(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Native Rust client of redistribute: subscribe to channels, publish, and keep going across
+//! reconnects and server failovers without losing or repeating a message.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use redistribute_client::{Client, Offset};
+//! use serde_json::json;
+//!
+//! # async fn run() -> Result<(), redistribute_client::Error> {
+//! let client = Client::builder()
+//!     .targets(["ws://10.0.0.1:8080/ws", "ws://10.0.0.2:8080/ws"])
+//!     .build()?;
+//! let mut chat = client.subscribe("chat", Offset::Latest).await?;
+//! let offset = client.publish("chat", json!({"text": "hi"})).await?;
+//! while let Some(message) = chat.next().await {
+//!     println!("{} {:?}", message.offset, message.fields);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! A [`Client`] is a cloneable handle on one driver task, which owns the WebSocket and the
+//! protocol crate's sans-IO [`Session`](redistribute_protocol::session::Session). The session
+//! makes every protocol decision; the driver only does I/O:
+//!
+//! - **Failover.** Targets are tried in order, then round-robin, with exponential backoff and
+//!   full jitter between attempts (100 ms doubling up to 10 s by default).
+//! - **Resume.** Every subscription remembers its last delivered offset and is re-subscribed
+//!   from it on the next connection, whichever instance that is; duplicates are dropped by
+//!   offset. A [`Subscription`] therefore yields each message once, in order. Trimmed
+//!   messages are reported as [`Event::Gap`], never skipped silently.
+//! - **Publish retry.** Publishes get an automatic idempotency key: one interrupted by a
+//!   disconnect, or issued while disconnected, is (re-)sent on the next connection and stored
+//!   once; it fails with [`Error::Timeout`] if no reply came within the request timeout.
+//!   Nothing is reported published that the server did not store.
+//! - **Bounded memory.** Commands, events and each subscription's messages go through bounded
+//!   buffers. A subscription whose application does not keep up is resumed from the stream
+//!   instead of buffering without limit (see [`Subscription`]).
+//! - **TLS.** `wss://` targets use rustls (ring provider) with the webpki roots and any root
+//!   added with [`ClientBuilder::add_root_certificate`].
+
+mod builder;
+mod client;
+mod driver;
+mod error;
+mod event;
+pub mod subscription;
+mod tls;
+mod transport;
+
+pub use builder::{
+    ClientBuilder, DEFAULT_COMMAND_BUFFER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_BUFFER,
+    DEFAULT_SUBSCRIPTION_BUFFER,
+};
+pub use client::Client;
+pub use error::{Error, TargetFailure};
+pub use event::{ConnectionState, Event, Events};
+pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
+pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
+pub use subscription::Subscription;
