@@ -43,6 +43,16 @@ impl StreamId {
         }
     }
 
+    /// The ID right before this one (`None` for `0-0`), so that "after the predecessor"
+    /// includes this ID.
+    pub fn predecessor(self) -> Option<StreamId> {
+        match (self.ms, self.seq) {
+            (0, 0) => None,
+            (ms, 0) => Some(StreamId::new(ms - 1, u64::MAX)),
+            (ms, seq) => Some(StreamId::new(ms, seq - 1)),
+        }
+    }
+
     /// Parses `<ms>-<seq>` strictly (both parts decimal u64, nothing else).
     pub fn parse(s: &str) -> Result<StreamId, ProtocolError> {
         let bad = || ProtocolError::BadOffset(s.to_owned());
@@ -210,6 +220,12 @@ mod tests {
         assert_eq!(StreamId::new(1, 1).successor(), StreamId::new(1, 2));
         assert_eq!(StreamId::new(1, u64::MAX).successor(), StreamId::new(2, 0));
         assert_eq!(StreamId::MAX.successor(), StreamId::MAX);
+        assert_eq!(
+            StreamId::new(2, 0).predecessor(),
+            Some(StreamId::new(1, u64::MAX))
+        );
+        assert_eq!(StreamId::new(2, 5).predecessor(), Some(StreamId::new(2, 4)));
+        assert_eq!(StreamId::ZERO.predecessor(), None);
     }
 
     #[test]

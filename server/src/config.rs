@@ -44,6 +44,43 @@ impl Default for Limits {
     }
 }
 
+/// Settings of the HTTP transports and back-end API.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Browser origins allowed to call the HTTP transports (CORS); `*` allows any. Empty: no
+    /// cross-origin access.
+    pub allowed_origins: Vec<String>,
+    /// Whether `/poll` answers JSONP (`callback=`) (default off).
+    pub jsonp: bool,
+    /// API keys for `/api/*`; empty leaves the API open (development).
+    pub api_keys: Vec<String>,
+    /// Secret for signed task ids (`<id>.<hex HMAC-SHA256(secret, id)>`); `None` accepts any id.
+    pub task_secret: Option<String>,
+    /// Interval of SSE comment heartbeats (default 15 s).
+    pub sse_heartbeat: Duration,
+    /// Default long-poll hold time when the request names none (default 25 s).
+    pub poll_timeout: Duration,
+    /// Longest long-poll hold time a request may ask for (default 120 s).
+    pub poll_max_timeout: Duration,
+    /// Newline keepalive interval of task watches; `None` disables it (default 10 s).
+    pub task_keepalive: Option<Duration>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allowed_origins: Vec::new(),
+            jsonp: false,
+            api_keys: Vec::new(),
+            task_secret: None,
+            sse_heartbeat: Duration::from_secs(15),
+            poll_timeout: Duration::from_secs(25),
+            poll_max_timeout: Duration::from_secs(120),
+            task_keepalive: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +98,8 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// Per-connection limits.
     pub limits: Limits,
+    /// HTTP transports and API.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -73,6 +112,7 @@ impl Default for Config {
             redis_keys_per_reader: 256,
             idempotency_ttl: Duration::from_secs(600),
             limits: Limits::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -132,6 +172,20 @@ pub struct ConfigValues {
     pub queue_bytes: Option<usize>,
     /// See [`Limits::request_timeout`], in ms.
     pub request_timeout_ms: Option<u64>,
+    /// See [`HttpConfig::allowed_origins`].
+    pub allowed_origin: Option<Vec<String>>,
+    /// See [`HttpConfig::jsonp`].
+    pub jsonp: Option<bool>,
+    /// See [`HttpConfig::api_keys`].
+    pub api_key: Option<Vec<String>>,
+    /// See [`HttpConfig::task_secret`].
+    pub task_secret: Option<String>,
+    /// See [`HttpConfig::sse_heartbeat`], in seconds.
+    pub sse_heartbeat_secs: Option<u64>,
+    /// See [`HttpConfig::poll_timeout`], in seconds.
+    pub poll_timeout_secs: Option<u64>,
+    /// See [`HttpConfig::task_keepalive`], in seconds; 0 turns it off.
+    pub task_keepalive_secs: Option<u64>,
 }
 
 impl ConfigValues {
@@ -161,12 +215,23 @@ impl ConfigValues {
             queue_batches: self.queue_batches.or(other.queue_batches),
             queue_bytes: self.queue_bytes.or(other.queue_bytes),
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
+            allowed_origin: self
+                .allowed_origin
+                .filter(|o| !o.is_empty())
+                .or(other.allowed_origin),
+            jsonp: self.jsonp.or(other.jsonp),
+            api_key: self.api_key.filter(|k| !k.is_empty()).or(other.api_key),
+            task_secret: self.task_secret.or(other.task_secret),
+            sse_heartbeat_secs: self.sse_heartbeat_secs.or(other.sse_heartbeat_secs),
+            poll_timeout_secs: self.poll_timeout_secs.or(other.poll_timeout_secs),
+            task_keepalive_secs: self.task_keepalive_secs.or(other.task_keepalive_secs),
         }
     }
 
     /// Validates the values and fills in defaults.
     pub fn build(self) -> Result<Config, ConfigError> {
         let mut config = Config::default();
+        self.build_http(&mut config.http)?;
         if let Some(listen) = self.listen {
             config.listen = listen.parse().map_err(|e| ConfigError::Invalid {
                 key: "listen",
@@ -235,6 +300,58 @@ impl ConfigValues {
                 Duration::from_millis(positive("request_timeout_ms", ms)?);
         }
         Ok(config)
+    }
+
+    fn build_http(&self, http: &mut HttpConfig) -> Result<(), ConfigError> {
+        if let Some(origins) = &self.allowed_origin {
+            for origin in origins {
+                let ok = origin == "*"
+                    || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                        && !origin.ends_with('/'));
+                if !ok {
+                    return Err(ConfigError::Invalid {
+                        key: "allowed_origin",
+                        reason: format!(
+                            "{origin:?} is not an origin like https://app.example.com (or *)"
+                        ),
+                    });
+                }
+            }
+            http.allowed_origins = origins.clone();
+        }
+        if let Some(jsonp) = self.jsonp {
+            http.jsonp = jsonp;
+        }
+        if let Some(keys) = &self.api_key {
+            if keys.iter().any(|k| k.len() < 16) {
+                return Err(ConfigError::Invalid {
+                    key: "api_key",
+                    reason: "API keys must be at least 16 characters".into(),
+                });
+            }
+            http.api_keys = keys.clone();
+        }
+        if let Some(secret) = &self.task_secret {
+            if secret.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: "task_secret",
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+            http.task_secret = Some(secret.clone());
+        }
+        if let Some(s) = self.sse_heartbeat_secs {
+            http.sse_heartbeat = Duration::from_secs(positive("sse_heartbeat_secs", s)?);
+        }
+        if let Some(s) = self.poll_timeout_secs {
+            let s = positive("poll_timeout_secs", s)?;
+            http.poll_timeout = Duration::from_secs(s);
+            http.poll_max_timeout = http.poll_max_timeout.max(http.poll_timeout);
+        }
+        if let Some(s) = self.task_keepalive_secs {
+            http.task_keepalive = (s > 0).then(|| Duration::from_secs(s));
+        }
+        Ok(())
     }
 }
 

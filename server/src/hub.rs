@@ -212,6 +212,15 @@ impl Hub {
         self.channels.read().len()
     }
 
+    /// Number of local subscriptions over all channels.
+    pub fn subscriber_total(&self) -> usize {
+        self.channels
+            .read()
+            .values()
+            .map(|e| e.subscribers.len())
+            .sum()
+    }
+
     /// Number of local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.channels

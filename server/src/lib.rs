@@ -5,9 +5,9 @@
 //! until a shutdown token fires. `main.rs` only parses flags and wires signals.
 
 pub mod config;
-pub mod conn;
 pub mod engine;
 pub mod error;
+pub mod feed;
 pub mod hub;
 pub mod transport;
 
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ConfigError, ConfigValues, Limits};
+pub use config::{Config, ConfigError, ConfigValues, HttpConfig, Limits};
 use engine::embedded::EmbeddedEngine;
 use engine::redis::{RedisConfig, RedisEngine};
 use engine::{Engine, EngineConfig, EngineError, LiveSink};
@@ -36,6 +36,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Random id of this instance (in client ids, for support).
     pub instance_id: u32,
+    /// Long-polls holding a `client_id`.
+    pub poll_holders: Arc<transport::http::Holders>,
+    /// Task watches holding a task id.
+    pub task_watches: Arc<transport::http::Holders>,
     next_connection: AtomicU64,
 }
 
@@ -73,6 +77,8 @@ impl App {
             hub,
             shutdown,
             instance_id,
+            poll_holders: Arc::default(),
+            task_watches: Arc::default(),
             next_connection: AtomicU64::new(1),
         }))
     }

@@ -62,6 +62,27 @@ struct ServeArgs {
     /// How long a request may wait on the engine, in ms [default: 5000].
     #[arg(long, env = "REDISTRIBUTE_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// Browser origin allowed to use the HTTP transports (CORS); repeatable; `*` for any.
+    #[arg(long, env = "REDISTRIBUTE_ALLOWED_ORIGIN", value_delimiter = ',')]
+    allowed_origin: Vec<String>,
+    /// Answer JSONP (`callback=`) on /poll.
+    #[arg(long, env = "REDISTRIBUTE_JSONP")]
+    jsonp: bool,
+    /// API key for /api/publish and /api/history; repeatable. Without one the API is open.
+    #[arg(long, env = "REDISTRIBUTE_API_KEY", value_delimiter = ',')]
+    api_key: Vec<String>,
+    /// Secret for signed task ids on /task/<id>.
+    #[arg(long, env = "REDISTRIBUTE_TASK_SECRET")]
+    task_secret: Option<String>,
+    /// SSE heartbeat interval in seconds [default: 15].
+    #[arg(long, env = "REDISTRIBUTE_SSE_HEARTBEAT_SECS")]
+    sse_heartbeat_secs: Option<u64>,
+    /// Default long-poll hold time in seconds [default: 25].
+    #[arg(long, env = "REDISTRIBUTE_POLL_TIMEOUT_SECS")]
+    poll_timeout_secs: Option<u64>,
+    /// Task-watch newline keepalive in seconds, 0 = off [default: 10].
+    #[arg(long, env = "REDISTRIBUTE_TASK_KEEPALIVE_SECS")]
+    task_keepalive_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -78,6 +99,13 @@ impl ServeArgs {
             queue_batches: self.queue_batches,
             queue_bytes: self.queue_bytes,
             request_timeout_ms: self.request_timeout_ms,
+            allowed_origin: Some(self.allowed_origin.clone()),
+            jsonp: self.jsonp.then_some(true),
+            api_key: Some(self.api_key.clone()),
+            task_secret: self.task_secret.clone(),
+            sse_heartbeat_secs: self.sse_heartbeat_secs,
+            poll_timeout_secs: self.poll_timeout_secs,
+            task_keepalive_secs: self.task_keepalive_secs,
         }
     }
 }

@@ -53,6 +53,166 @@ pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result
         .with_context(|| format!("GET http://{addr}{path}"))
 }
 
+/// Sends any request (`method`, `path`, extra `headers`, `body`) and reads the whole response,
+/// all within `timeout`.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("{method} http://{addr}{path} timed out after {timeout:?}"))?
+        .with_context(|| format!("{method} http://{addr}{path}"))
+}
+
+/// A response read incrementally: its head, then its body as it arrives (chunked transfer
+/// coding decoded), for streams such as SSE or a task watch with keepalives.
+#[derive(Debug)]
+pub struct HttpStream {
+    reader: tokio::io::BufReader<TcpStream>,
+    /// Status code.
+    pub status: u16,
+    /// Headers with lowercase names.
+    pub headers: Vec<(String, String)>,
+    chunked: bool,
+    done: bool,
+}
+
+impl HttpStream {
+    /// Sends `GET path` with extra `headers` and reads the response head within `timeout`.
+    pub async fn open(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<HttpStream> {
+        use tokio::io::AsyncBufReadExt;
+        let open = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+            for (name, value) in headers {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+            request.push_str("\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            let mut reader = tokio::io::BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            let status = line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("bad status line {line:?}"))?;
+            let mut headers = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).await? == 0 {
+                    bail!("connection closed in the response head");
+                }
+                let trimmed = line.trim_end();
+                if trimmed.is_empty() {
+                    break;
+                }
+                if let Some((n, v)) = trimmed.split_once(':') {
+                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            let chunked = headers.iter().any(|(n, v)| {
+                n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")
+            });
+            Ok::<_, anyhow::Error>(HttpStream {
+                reader,
+                status,
+                headers,
+                chunked,
+                done: false,
+            })
+        };
+        tokio::time::timeout(timeout, open)
+            .await
+            .with_context(|| format!("GET http://{addr}{path} timed out after {timeout:?}"))?
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next piece of the body, `None` once the body ended or the connection closed.
+    /// Errors when nothing arrives within `timeout`.
+    pub async fn next_chunk(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        if self.done {
+            return Ok(None);
+        }
+        let read = async {
+            if !self.chunked {
+                let mut buf = vec![0u8; 8192];
+                let n = self.reader.read(&mut buf).await?;
+                buf.truncate(n);
+                return Ok::<_, anyhow::Error>((n > 0).then_some(buf));
+            }
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).await? == 0 {
+                return Ok(None);
+            }
+            let size_text = line.trim().split(';').next().unwrap_or_default().to_owned();
+            let size = usize::from_str_radix(&size_text, 16)
+                .with_context(|| format!("bad chunk size {size_text:?}"))?;
+            if size == 0 {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; size + 2];
+            match self.reader.read_exact(&mut buf).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            buf.truncate(size);
+            Ok(Some(buf))
+        };
+        let result = tokio::time::timeout(timeout, read)
+            .await
+            .with_context(|| format!("no body data within {timeout:?}"))?;
+        match result {
+            Ok(Some(chunk)) => Ok(Some(chunk)),
+            Ok(None) => {
+                self.done = true;
+                Ok(None)
+            }
+            // A reset connection (e.g. a killed server) ends the stream too.
+            Err(err) if err.downcast_ref::<std::io::Error>().is_some() => {
+                self.done = true;
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
 async fn get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr).await?;
     let request =

@@ -24,7 +24,7 @@ mod ws;
 use std::net::TcpListener;
 use std::time::Duration;
 
-pub use http::{http_get, HttpResponse};
+pub use http::{http_get, http_request, HttpResponse, HttpStream};
 pub use redis::RedisServer;
 pub use resp::{RespConnection, RespValue};
 pub use server::{server_binary, ServerProcess};

@@ -69,6 +69,16 @@ impl Batch {
         let start = self.starts[index] as usize;
         &self.frame.as_str()[start..self.frame.len() - FRAME_END.len()]
     }
+
+    /// The JSON object of entry `index`: `{"offset":…,"fields":{…}}`.
+    pub fn item(&self, index: usize) -> &str {
+        let start = self.starts[index] as usize;
+        let end = match self.starts.get(index + 1) {
+            Some(&next) => next as usize - 1, // the comma between items
+            None => self.frame.len() - FRAME_END.len(),
+        };
+        &self.frame.as_str()[start..end]
+    }
 }
 
 /// Appends the JSON text of `s` as a string literal.
@@ -245,6 +255,10 @@ mod tests {
         };
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].offset, StreamId::new(2, 0));
+        let first: serde_json::Value = serde_json::from_str(batch.item(0)).unwrap();
+        assert_eq!(first["fields"]["n"], 42);
+        let second: serde_json::Value = serde_json::from_str(batch.item(1)).unwrap();
+        assert_eq!(second["offset"], "2-0");
     }
 
     #[test]

@@ -128,6 +128,19 @@ impl Default for EngineConfig {
     }
 }
 
+/// The channel's newest entry, if it has one.
+pub async fn latest_entry(
+    engine: &dyn Engine,
+    channel: &Arc<str>,
+) -> Result<Option<Batch>, EngineError> {
+    let position = engine.position(channel).await?;
+    let Some(before) = position.last_id.predecessor() else {
+        return Ok(None);
+    };
+    let batch = engine.read(channel, before, 1).await?;
+    Ok(batch.filter(|b| b.last_id() == position.last_id))
+}
+
 /// How many entries to trim at once past `maxlen`, so trimming is amortized (like `MAXLEN ~`).
 pub fn trim_slack(maxlen: u64) -> u64 {
     (maxlen / 16).max(1)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::response::Response;
 
-use crate::conn::serve_websocket;
+use super::ws_connection::serve_websocket;
 use crate::App;
 
 /// Read buffer per connection: small, since tungstenite's 128 KiB default is allocated for every

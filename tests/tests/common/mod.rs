@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};

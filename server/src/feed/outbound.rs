@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
+use redistribute_protocol::StreamId;
 
 use crate::engine::batch::messages_frame;
 use crate::engine::Batch;
@@ -55,6 +56,15 @@ impl Outbound {
         self.groups.is_empty()
     }
 
+    /// Every entry, in order per channel: `(channel, offset, entry JSON)`.
+    pub fn entries(&self) -> impl Iterator<Item = (&Arc<str>, StreamId, &str)> + '_ {
+        self.groups.iter().flat_map(|group| {
+            group.parts.iter().flat_map(move |(batch, from)| {
+                (*from..batch.len()).map(move |i| (&group.channel, batch.ids()[i], batch.item(i)))
+            })
+        })
+    }
+
     /// The frames to send, in order per channel; leaves the collector empty.
     pub fn take_frames(&mut self) -> impl Iterator<Item = Utf8Bytes> + '_ {
         self.groups
@@ -73,7 +83,7 @@ impl Outbound {
 mod tests {
     use super::*;
     use crate::engine::BatchBuilder;
-    use redistribute_protocol::{decode_server, ServerFrame, StreamId};
+    use redistribute_protocol::{decode_server, ServerFrame};
 
     fn batch(channel: &str, ids: &[u64]) -> Arc<Batch> {
         let mut b = BatchBuilder::new(channel.into());

@@ -1,0 +1,318 @@
+//! What the HTTP transports share: JSON errors with status codes, query parsing (channels
+//! paired with offsets), message encoding in the WebSocket message shape, API-key checks, and
+//! the per-key holder registry that lets a newer request replace an older one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use redistribute_protocol::{validate_channel, ErrorCode, Offset, StreamId};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RequestError;
+
+/// An error answer: status code plus `{"error":{"code","message"}}`.
+#[derive(Debug)]
+pub struct HttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl HttpError {
+    /// An error with an explicit status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `400 bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        HttpError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// `409 replaced`: a newer request with the same key took over.
+    pub fn replaced(message: impl Into<String>) -> Self {
+        HttpError::new(StatusCode::CONFLICT, "replaced", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+impl From<RequestError> for HttpError {
+    fn from(err: RequestError) -> Self {
+        let (code, message) = match err {
+            RequestError::Protocol { code, message } => (code, message),
+            RequestError::Socket => (ErrorCode::Internal, "internal server error".into()),
+        };
+        let status = match code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        HttpError::new(status, code.as_str(), message)
+    }
+}
+
+/// The decoded `key=value` pairs of a query string, in order.
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The value of the last `key` in the pairs.
+pub fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The channels a request names (`channel=` repeated) with their starting offsets (`offset=`:
+/// none means `$` for all, one applies to all, otherwise one per channel in the same order).
+pub fn channels_with_offsets(
+    pairs: &[(String, String)],
+) -> Result<Vec<(String, Offset)>, HttpError> {
+    let channels: Vec<&str> = values(pairs, "channel");
+    if channels.is_empty() {
+        return Err(HttpError::bad_request(
+            "name at least one channel with channel=",
+        ));
+    }
+    for channel in &channels {
+        validate_channel(channel).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    }
+    let offsets = values(pairs, "offset")
+        .into_iter()
+        .map(|o| Offset::parse(o).map_err(|e| HttpError::bad_request(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let offsets = match offsets.len() {
+        0 => vec![Offset::Latest; channels.len()],
+        1 => vec![offsets[0]; channels.len()],
+        n if n == channels.len() => offsets,
+        n => {
+            return Err(HttpError::bad_request(format!(
+                "{n} offsets for {} channels: give none, one, or one per channel",
+                channels.len()
+            )))
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = channels.iter().find(|c| !seen.insert(**c)) {
+        return Err(HttpError::bad_request(format!(
+            "channel {dup:?} is named twice"
+        )));
+    }
+    Ok(channels
+        .into_iter()
+        .map(str::to_owned)
+        .zip(offsets)
+        .collect())
+}
+
+fn values<'a>(pairs: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// Appends `{"channel":"<channel>","offset":…,"fields":…}` given an encoded entry
+/// (`{"offset":…,"fields":…}`). Channel names need no JSON escaping.
+pub fn push_message(out: &mut String, channel: &str, entry: &str) {
+    out.push_str("{\"channel\":\"");
+    out.push_str(channel);
+    out.push_str("\",");
+    out.push_str(&entry[1..]);
+}
+
+/// Appends `"offsets":{"<channel>":"<offset>",…}` (no surrounding braces).
+pub fn push_offsets<'a>(out: &mut String, offsets: impl IntoIterator<Item = (&'a str, StreamId)>) {
+    out.push_str("\"offsets\":{");
+    for (i, (channel, offset)) in offsets.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(channel);
+        out.push_str("\":\"");
+        out.push_str(&offset.to_string());
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// Checks a back-end API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`) against the
+/// configured keys, in constant time. With no keys configured the API is open.
+pub fn check_api_key(headers: &HeaderMap, keys: &[String]) -> Result<(), HttpError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let Some(given) = given else {
+        return Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an API key is required (Authorization: Bearer <key> or X-API-Key)",
+        ));
+    };
+    let mut ok = subtle::Choice::from(0);
+    for key in keys {
+        ok |= key.as_bytes().ct_eq(given.as_bytes());
+    }
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid API key",
+        ))
+    }
+}
+
+/// Who holds each key (a long-poll `client_id`, a task id): claiming a key cancels the
+/// previous holder's token.
+#[derive(Debug, Default)]
+pub struct Holders {
+    inner: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next: AtomicU64,
+}
+
+/// A claim on a key; released on drop (unless a newer claim replaced it).
+#[derive(Debug)]
+pub struct HolderGuard {
+    holders: Arc<Holders>,
+    key: String,
+    id: u64,
+    /// Cancelled when a newer request claims the same key.
+    pub replaced: CancellationToken,
+}
+
+impl Holders {
+    /// Claims `key`, replacing (cancelling) its current holder.
+    pub fn claim(self: &Arc<Self>, key: String) -> HolderGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let replaced = CancellationToken::new();
+        if let Some((_, old)) = self
+            .inner
+            .lock()
+            .insert(key.clone(), (id, replaced.clone()))
+        {
+            old.cancel();
+        }
+        HolderGuard {
+            holders: self.clone(),
+            key,
+            id,
+            replaced,
+        }
+    }
+
+    /// Number of keys currently held.
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for HolderGuard {
+    fn drop(&mut self) {
+        let mut inner = self.holders.inner.lock();
+        if inner.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            inner.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &str) -> Vec<(String, String)> {
+        query_pairs(Some(q))
+    }
+
+    #[test]
+    fn channels_pair_with_offsets() {
+        let got =
+            channels_with_offsets(&pairs("channel=a&channel=b&offset=1-0&offset=2-0")).unwrap();
+        assert_eq!(got[1], ("b".into(), Offset::Id(StreamId::new(2, 0))));
+        let got = channels_with_offsets(&pairs("channel=a&channel=b&offset=0")).unwrap();
+        assert_eq!(got[1].1, Offset::Earliest);
+        let got = channels_with_offsets(&pairs("channel=a")).unwrap();
+        assert_eq!(got[0].1, Offset::Latest);
+        for bad in [
+            "",
+            "channel=a%20b",
+            "channel=a&offset=x",
+            "channel=a&channel=b&channel=c&offset=0&offset=0",
+            "channel=a&channel=a",
+        ] {
+            assert!(channels_with_offsets(&pairs(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_new_claim_replaces_the_old_one() {
+        let holders = Arc::new(Holders::default());
+        let first = holders.claim("k".into());
+        let second = holders.claim("k".into());
+        assert!(first.replaced.is_cancelled());
+        assert!(!second.replaced.is_cancelled());
+        drop(first);
+        assert_eq!(holders.len(), 1);
+        drop(second);
+        assert!(holders.is_empty());
+    }
+
+    #[test]
+    fn api_keys() {
+        let keys = vec!["0123456789abcdef".to_string()];
+        let mut headers = HeaderMap::new();
+        assert!(check_api_key(&headers, &[]).is_ok());
+        assert!(check_api_key(&headers, &keys).is_err());
+        headers.insert("x-api-key", "0123456789abcdef".parse().unwrap());
+        assert!(check_api_key(&headers, &keys).is_ok());
+        headers.insert("authorization", "Bearer wrong".parse().unwrap());
+        assert!(check_api_key(&headers, &keys).is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! `GET /poll`: long-polling. Answers at once with the messages after the given offsets, or
+//! holds the request (a future, not a thread) until one arrives or the timeout passes. The
+//! body always carries the next offsets to poll from. A newer poll with the same `client_id`
+//! ends the older one (`409 replaced`). A client that goes away drops the request's feed,
+//! which releases its subscriptions at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::http::{
+    channels_with_offsets, push_message, push_offsets, query_pairs, query_value, HttpError,
+};
+use crate::feed::Feed;
+use crate::App;
+
+/// Answers one long-poll request.
+pub async fn poll(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
+    let pairs = query_pairs(query.as_deref());
+    let callback = match query_value(&pairs, "callback") {
+        Some(_) if !app.config.http.jsonp => {
+            return HttpError::bad_request("JSONP is disabled on this server").into_response()
+        }
+        Some(name) if !valid_callback(name) => {
+            return HttpError::bad_request("callback must be 1-64 characters of A-Z a-z 0-9 _ $ .")
+                .into_response()
+        }
+        other => other.map(str::to_owned),
+    };
+    let result = hold(&app, &pairs).await;
+    let (status, body) = match result {
+        Ok(body) => (StatusCode::OK, body),
+        Err(err) => {
+            let body = err.body();
+            (err.into_response().status(), body)
+        }
+    };
+    respond(status, body, callback.as_deref())
+}
+
+async fn hold(app: &Arc<App>, pairs: &[(String, String)]) -> Result<String, HttpError> {
+    let channels = channels_with_offsets(pairs)?;
+    let http = &app.config.http;
+    let timeout = match query_value(pairs, "timeout") {
+        None => http.poll_timeout,
+        Some(t) => {
+            let secs: f64 = t
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| HttpError::bad_request("timeout must be a number of seconds"))?;
+            Duration::from_secs_f64(secs).min(http.poll_max_timeout)
+        }
+    };
+    let holder = query_value(pairs, "client_id")
+        .map(|id| {
+            if id.is_empty() || id.len() > 200 {
+                Err(HttpError::bad_request("client_id must be 1-200 bytes"))
+            } else {
+                Ok(app.poll_holders.claim(id.to_owned()))
+            }
+        })
+        .transpose()?;
+
+    let mut feed = Feed::new(app.clone());
+    let mut gaps = Vec::new();
+    for (channel, offset) in &channels {
+        let start = feed.subscribe(channel, *offset).await?;
+        if let Some((from, to)) = start.gap {
+            gaps.push(format!(
+                "{{\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}"
+            ));
+        }
+    }
+    let replaced = async {
+        match &holder {
+            Some(h) => h.replaced.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = feed.ready() => {}
+        () = tokio::time::sleep(timeout) => {}
+        () = replaced => {
+            return Err(HttpError::replaced("a newer poll with this client_id replaced this one"))
+        }
+        () = app.shutdown.cancelled() => {}
+    }
+    feed.collect_queued();
+    let out = feed.take();
+    let mut body = String::from("{\"messages\":[");
+    for (i, (channel, _, entry)) in out.entries().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        push_message(&mut body, channel, entry);
+    }
+    body.push_str("],");
+    push_offsets(
+        &mut body,
+        channels
+            .iter()
+            .map(|(c, _)| (c.as_str(), feed.last_offset(c).unwrap_or_default())),
+    );
+    if !gaps.is_empty() {
+        body.push_str(",\"gaps\":[");
+        body.push_str(&gaps.join(","));
+        body.push(']');
+    }
+    body.push('}');
+    Ok(body)
+}
+
+fn valid_callback(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'.')
+}
+
+fn respond(status: StatusCode, body: String, callback: Option<&str>) -> Response {
+    // JSONP answers 200 so the script loads; the status is inside the JSON.
+    let (status, content_type, body) = match callback {
+        Some(cb) => (
+            StatusCode::OK,
+            "application/javascript",
+            format!("/**/{cb}({body});"),
+        ),
+        None => (status, "application/json", body),
+    };
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let reconnect = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "1000"
+    } else {
+        "0"
+    };
+    headers.insert("x-reconnect-in", HeaderValue::from_static(reconnect));
+    response
+}

@@ -1,0 +1,162 @@
+//! `GET /sse`: Server-Sent Events over one or more channels.
+//!
+//! Each `message` event's `id:` is a resume token covering every channel of the stream: the
+//! last offsets, comma-separated in the order the `channel` parameters were given. A browser's
+//! `EventSource` sends it back as `Last-Event-ID` when it reconnects (to the same URL, so the
+//! same channel order), and every channel resumes exactly there. A `retry:` hint and comment
+//! heartbeats keep proxies and clients informed. The stream is written by a task into a small
+//! bounded channel: a client that does not read stalls its task, whose feed then switches to
+//! catch-up reads instead of buffering.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use redistribute_protocol::{Offset, StreamId};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::http::{channels_with_offsets, push_message, query_pairs, query_value, HttpError};
+use crate::feed::Feed;
+use crate::App;
+
+/// Reconnect delay suggested to `EventSource` clients, in ms.
+const RETRY_MS: u64 = 2_000;
+
+/// Opens an event stream.
+pub async fn sse(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match open(app, &headers, query.as_deref()).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn open(
+    app: Arc<App>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, HttpError> {
+    let pairs = query_pairs(query);
+    let mut channels = channels_with_offsets(&pairs)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query_value(&pairs, "last_event_id"));
+    if let Some(token) = last_event_id.filter(|t| !t.is_empty()) {
+        let offsets = parse_token(token, channels.len())?;
+        for ((_, offset), resumed) in channels.iter_mut().zip(offsets) {
+            *offset = Offset::Id(resumed);
+        }
+    }
+    let mut feed = Feed::new(app.clone());
+    let mut preamble = format!("retry: {RETRY_MS}\n\n");
+    for (channel, offset) in &channels {
+        let start = feed.subscribe(channel, *offset).await?;
+        if let Some((from, to)) = start.gap {
+            preamble.push_str(&format!(
+                "event: gap\ndata: {{\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}\n\n"
+            ));
+        }
+    }
+    let names: Vec<Arc<str>> = channels
+        .iter()
+        .map(|(c, _)| Arc::from(c.as_str()))
+        .collect();
+    let positions: Vec<StreamId> = names
+        .iter()
+        .map(|c| feed.last_offset(c).unwrap_or_default())
+        .collect();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
+    tx.try_send(Ok(Bytes::from(preamble))).ok();
+    tokio::spawn(stream_events(app, feed, names, positions, tx));
+    let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Parses a resume token: one offset per channel.
+fn parse_token(token: &str, channels: usize) -> Result<Vec<StreamId>, HttpError> {
+    let offsets = token
+        .split(',')
+        .map(StreamId::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| HttpError::bad_request(format!("invalid Last-Event-ID {token:?}")))?;
+    if offsets.len() != channels {
+        return Err(HttpError::bad_request(format!(
+            "Last-Event-ID names {} offsets for {channels} channels; reconnect with the same channel list",
+            offsets.len()
+        )));
+    }
+    Ok(offsets)
+}
+
+fn token(positions: &[StreamId]) -> String {
+    positions
+        .iter()
+        .map(StreamId::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn stream_events(
+    app: Arc<App>,
+    mut feed: Feed,
+    names: Vec<Arc<str>>,
+    mut positions: Vec<StreamId>,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+) {
+    let mut heartbeat = tokio::time::interval(app.config.http.sse_heartbeat);
+    heartbeat.tick().await;
+    loop {
+        let chunk = tokio::select! {
+            () = app.shutdown.cancelled() => return,
+            () = tx.closed() => return,
+            _ = heartbeat.tick() => String::from(": heartbeat\n\n"),
+            () = feed.ready() => {
+                let out = feed.take();
+                let mut chunk = String::new();
+                for (channel, offset, entry) in out.entries() {
+                    if let Some(i) = names.iter().position(|n| n == channel) {
+                        positions[i] = offset;
+                    }
+                    chunk.push_str("event: message\nid: ");
+                    chunk.push_str(&token(&positions));
+                    chunk.push_str("\ndata: ");
+                    push_message(&mut chunk, channel, entry);
+                    chunk.push_str("\n\n");
+                }
+                chunk
+            }
+        };
+        if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        let positions = vec![StreamId::new(1, 2), StreamId::new(3, 4)];
+        assert_eq!(parse_token(&token(&positions), 2).unwrap(), positions);
+        assert!(parse_token("1-2", 2).is_err());
+        assert!(parse_token("x", 1).is_err());
+    }
+}

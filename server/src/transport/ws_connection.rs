@@ -1,0 +1,305 @@
+//! One WebSocket connection speaking protocol v1.
+//!
+//! A single task owns the socket and `select!`s over shutdown, replies of pipelined publishes,
+//! inbound frames and its [`Feed`] (live batches, catch-up pages). Frames for one channel that
+//! pile up are merged into one `messages` frame ([`crate::feed::Outbound`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use redistribute_protocol::{
+    decode_client, encode_server, ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION,
+};
+use tracing::{debug, info_span, Instrument};
+
+use crate::engine::{EngineError, PublishRequest, MAX_FIELDS};
+use crate::error::RequestError;
+use crate::feed::Feed;
+use crate::App;
+
+/// WebSocket close codes of protocol v1.
+pub mod close_code {
+    /// Policy violation (auth, repeated bad frames).
+    pub const POLICY: u16 = 1008;
+    /// A frame exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Server error.
+    pub const INTERNAL: u16 = 1011;
+    /// The server is restarting: resume on another target.
+    pub const RESTART: u16 = 1012;
+}
+
+/// Publishes in flight on one connection, answered in request order. Each one's engine command
+/// is issued when the future is first polled, and `FuturesOrdered` first-polls in push order,
+/// so a connection's publishes are stored in the order it sent them.
+type PublishFuture = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Most publishes one connection may have in flight; beyond it inbound frames wait.
+const MAX_PIPELINED_PUBLISHES: usize = 64;
+
+/// Why the connection loop ended.
+enum End {
+    /// The peer closed or the socket failed.
+    Gone,
+    /// Close the socket with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve_websocket(mut socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
+    let mut conn = Connection {
+        feed: Feed::new(app.clone()),
+        app,
+        bad_frames: 0,
+        publishes: FuturesOrdered::new(),
+    };
+    let span = info_span!("conn", id = conn.feed.id(), transport = "ws", %peer);
+    async move {
+        debug!("connected");
+        let end = conn.run(&mut socket).await;
+        drop(conn);
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                socket.send(Message::Close(Some(frame))),
+            )
+            .await;
+        }
+        debug!("disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Connection {
+    app: Arc<App>,
+    feed: Feed,
+    bad_frames: u32,
+    publishes: FuturesOrdered<PublishFuture>,
+}
+
+impl Connection {
+    async fn run(&mut self, socket: &mut WebSocket) -> End {
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            let result = tokio::select! {
+
+                _ = shutdown.cancelled() => return End::Close(close_code::RESTART, "server restarting"),
+                Some(reply) = self.publishes.next(), if !self.publishes.is_empty() => {
+                    send(socket, &reply).await
+                }
+                msg = socket.recv(), if self.publishes.len() < MAX_PIPELINED_PUBLISHES => match msg {
+                    Some(Ok(Message::Text(text))) => self.on_text(socket, text.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        self.on_bad_frame(socket, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames").await
+                    }
+                    Some(Ok(Message::Close(_))) | None => return End::Gone,
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(err)) => return classify_read_error(&err),
+                },
+                () = self.feed.ready() => self.flush(socket).await,
+            };
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    async fn flush(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        let mut out = self.feed.take();
+        for frame in out.take_frames() {
+            socket
+                .feed(Message::Text(frame))
+                .await
+                .map_err(|_| End::Gone)?;
+        }
+        socket.flush().await.map_err(|_| End::Gone)
+    }
+
+    async fn on_bad_frame(
+        &mut self,
+        socket: &mut WebSocket,
+        id: Option<u64>,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), End> {
+        self.bad_frames += 1;
+        let frame = ServerFrame::Error {
+            id,
+            code,
+            message: message.to_owned(),
+        };
+        send(socket, &frame).await?;
+        if self.bad_frames >= self.app.config.limits.max_bad_frames {
+            return Err(End::Close(close_code::POLICY, "too many bad frames"));
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), End> {
+        let frame = match decode_client(text) {
+            Ok(frame) => frame,
+            Err(err) => {
+                let message = err.error.to_string();
+                return self
+                    .on_bad_frame(socket, err.id, err.error.code(), &message)
+                    .await;
+            }
+        };
+        let id = frame.id();
+        match self.on_request(socket, frame).await {
+            Ok(()) => {
+                self.bad_frames = 0;
+                Ok(())
+            }
+            Err(RequestError::Protocol { code, message }) if code == ErrorCode::BadRequest => {
+                self.on_bad_frame(socket, Some(id), code, &message).await
+            }
+            Err(RequestError::Socket) => Err(End::Gone),
+            Err(err) => send(socket, &err.into_frame(id)).await,
+        }
+    }
+
+    async fn on_request(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: ClientFrame,
+    ) -> Result<(), RequestError> {
+        let reply = match frame {
+            ClientFrame::Connect { id, .. } => ServerFrame::Connected {
+                id,
+                client: format!("{:x}-{}", self.app.instance_id, self.feed.id()),
+                version: PROTOCOL_VERSION,
+            },
+            ClientFrame::Ping { id } => ServerFrame::Pong { id },
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                offset,
+                group,
+                ..
+            } => {
+                if group.is_some() {
+                    return Err(RequestError::bad_request(
+                        "consumer-group subscriptions are not supported by this server version",
+                    ));
+                }
+                return self
+                    .subscribe(socket, id, channel, offset.unwrap_or_default())
+                    .await;
+            }
+            ClientFrame::Unsubscribe { id, channel } => {
+                if !self.feed.unsubscribe(&channel) {
+                    return Err(RequestError::new(
+                        ErrorCode::NotFound,
+                        format!("not subscribed to {channel:?}"),
+                    ));
+                }
+                ServerFrame::Unsubscribed { id, channel }
+            }
+            ClientFrame::Publish {
+                id,
+                channel,
+                fields,
+                maxlen,
+                idempotency_key,
+            } => {
+                if fields.len() > MAX_FIELDS {
+                    return Err(RequestError::new(
+                        ErrorCode::TooLarge,
+                        format!("a message may have at most {MAX_FIELDS} fields"),
+                    ));
+                }
+                let app = self.app.clone();
+                self.publishes.push_back(Box::pin(async move {
+                    let request = PublishRequest {
+                        channel: &channel,
+                        fields: &fields,
+                        maxlen,
+                        idempotency_key: idempotency_key.as_deref(),
+                    };
+                    match publish(&app, request).await {
+                        Ok(offset) => ServerFrame::Published {
+                            id,
+                            channel,
+                            offset,
+                        },
+                        Err(err) => err.into_frame(id),
+                    }
+                }));
+                return Ok(());
+            }
+            ClientFrame::Ack { .. } => {
+                return Err(RequestError::bad_request(
+                    "consumer-group acknowledgements are not supported by this server version",
+                ))
+            }
+        };
+        send(socket, &reply).await.map_err(|_| RequestError::Socket)
+    }
+
+    async fn subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        id: u64,
+        channel: String,
+        offset: Offset,
+    ) -> Result<(), RequestError> {
+        let start = self.feed.subscribe(&channel, offset).await?;
+        let reply = ServerFrame::Subscribed {
+            id,
+            channel: channel.clone(),
+            offset: start.after,
+            truncated: start.truncated,
+        };
+        send(socket, &reply)
+            .await
+            .map_err(|_| RequestError::Socket)?;
+        if let Some((from, to)) = start.gap {
+            let gap = ServerFrame::Gap { channel, from, to };
+            send(socket, &gap).await.map_err(|_| RequestError::Socket)?;
+        }
+        Ok(())
+    }
+}
+
+/// Publishes through the engine, bounded by the request timeout.
+pub async fn publish(
+    app: &App,
+    request: PublishRequest<'_>,
+) -> Result<redistribute_protocol::StreamId, RequestError> {
+    let timeout = app.config.limits.request_timeout;
+    match tokio::time::timeout(timeout, app.engine.publish(request)).await {
+        Ok(result) => result.map_err(RequestError::from),
+        Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
+    }
+}
+
+async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
+    socket
+        .send(Message::Text(Utf8Bytes::from(encode_server(frame))))
+        .await
+        .map_err(|_| End::Gone)
+}
+
+fn classify_read_error(err: &axum::Error) -> End {
+    let text = err.to_string();
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("too big")
+    {
+        End::Close(close_code::TOO_BIG, "frame too large")
+    } else {
+        End::Gone
+    }
+}
