@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace. On a fresh Debian machine with the Rust toolchain
 # it first installs what is missing: redis-server (the tests start their own on free ports),
-# rustfmt/clippy, and the wasm32 target used to check that the protocol crate builds for
-# browsers.
+# rustfmt/clippy, the wasm32 target, and for the browser client Chromium + chromedriver
+# (Debian's), Node.js/npm, and wasm-bindgen-cli at the version in Cargo.lock (client-wasm/build.sh
+# installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,9 @@ as_root() {
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -37,6 +41,21 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "protocol crate builds for wasm32"
 cargo check -q -p redistribute-protocol --target wasm32-unknown-unknown
 
+log "clippy (browser client, wasm32)"
+cargo clippy -q -p redistribute-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
+
 log "tests"
 cargo build -q -p redistribute-server --bin redistribute
 cargo test --workspace
+
+# Browser client: build the npm package (installs the matching wasm-bindgen-cli when missing),
+# run its wasm tests in headless Chromium, then the chat example end to end with Playwright.
+log "browser client: npm package"
+QUIET=1 client-wasm/build.sh
+
+log "browser client: wasm tests in headless Chromium"
+CHROMEDRIVER="$(command -v chromedriver)" \
+  cargo test -p redistribute-wasm --target wasm32-unknown-unknown
+
+log "browser client: end-to-end (Playwright, Chromium, two servers, Redis)"
+(cd client-wasm/tests-e2e && npm ci --silent --no-audit --no-fund && npm test --silent)

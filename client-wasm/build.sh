@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the npm package `redistribute-client` into client-wasm/pkg/ (ES module for
+# `--target web`, .d.ts types, README, package.json). Run from anywhere:
+#
+#   client-wasm/build.sh          # then: cd client-wasm/pkg && npm pack
+#
+# Installs what is missing: the wasm32 target, and wasm-bindgen-cli at exactly the version of
+# the `wasm-bindgen` crate in Cargo.lock (without --locked, which fails on this registry). The
+# .wasm is built with the size-tuned `wasm-release` profile and shrunk with wasm-opt from the npm
+# package `binaryen` (client-wasm/tools/) when npm can install it. Never Debian's binaryen: its
+# wasm-opt 108 silently breaks wasm-bindgen's output.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cd "$root"
+
+say() { [ -n "${QUIET:-}" ] || printf '%s\n' "$*"; }
+
+if command -v rustup >/dev/null 2>&1 \
+  && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  say "installing the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown >/dev/null
+fi
+
+# The CLI must match the crate version in Cargo.lock exactly.
+version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)"
+if [ -z "$version" ]; then
+  echo "build.sh: wasm-bindgen not found in Cargo.lock" >&2
+  exit 1
+fi
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
+  say "installing wasm-bindgen-cli $version (takes a few minutes)"
+  cargo install -q wasm-bindgen-cli --version "$version"
+fi
+
+say "building redistribute-wasm (profile wasm-release)"
+cargo build -q -p redistribute-wasm --target wasm32-unknown-unknown --profile wasm-release
+
+out="$here/pkg"
+rm -rf "$out"
+wasm-bindgen --target web --out-dir "$out" --out-name redistribute_client \
+  "$root/target/wasm32-unknown-unknown/wasm-release/redistribute_wasm.wasm"
+
+wasm="$out/redistribute_client_bg.wasm"
+tools="$here/tools"
+if [ ! -x "$tools/node_modules/.bin/wasm-opt" ] && command -v npm >/dev/null 2>&1; then
+  say "installing wasm-opt (npm package binaryen)"
+  (cd "$tools" && npm ci --silent --no-audit --no-fund >/dev/null 2>&1) \
+    || say "npm could not install binaryen: skipping wasm-opt"
+fi
+if [ -x "$tools/node_modules/.bin/wasm-opt" ]; then
+  # The features Rust enables by default for wasm32-unknown-unknown; all browsers have them.
+  "$tools/node_modules/.bin/wasm-opt" -Oz \
+    --enable-bulk-memory --enable-mutable-globals --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-reference-types --enable-multivalue \
+    "$wasm" -o "$wasm.opt"
+  mv "$wasm.opt" "$wasm"
+else
+  say "wasm-opt not available: package left unoptimised"
+fi
+
+cp "$here/npm/README.md" "$out/README.md"
+crate_version="$(awk -F'"' '/^version = / { print $2; exit }' "$root/Cargo.toml")"
+sed "s/@VERSION@/$crate_version/" "$here/npm/package.json" >"$out/package.json"
+rm -f "$out/.gitignore"
+
+raw=$(wc -c <"$wasm")
+gz=$(gzip -9 -c "$wasm" | wc -c)
+echo "built client-wasm/pkg: wasm $raw bytes ($gz gzipped)"

@@ -1,0 +1,375 @@
+//! Every `#[wasm_bindgen]` item: the exported `Client` class, the TypeScript types of its
+//! arguments and results, and the few browser globals the driver imports.
+//!
+//! Arguments from the page are checked here and turned into Rust values; the work is done by
+//! [`Driver`]. Requests return promises; refused arguments reject them (or, for `new Client`
+//! and `on`, throw) with a JS `Error` whose `code` is one of [`crate::errors`].
+
+use std::time::Duration;
+
+use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+use redistribute_protocol::session::{Config, PublishOptions};
+use redistribute_protocol::{Fields, Offset};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::cache::{Cache, DEFAULT_LIMIT};
+use crate::driver::{js_error, Driver, Setup, Topic};
+use crate::errors::{ErrorInfo, BAD_CONFIG, BAD_REQUEST};
+use crate::storage::LocalStorage;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** A message of a channel. */
+export interface Message {
+  /** The stream offset, `<ms>-<seq>`; compare numerically, not as strings. */
+  offset: string;
+  /** The message's fields, as returned by `decode` (default `JSON.parse`). */
+  fields: any;
+}
+
+/** Options of `new Client`. */
+export interface ClientOptions {
+  /** WebSocket URLs (`ws://host:port/ws`), tried in order, then round-robin. */
+  targets: string[] | string;
+  /** Turns `publish`'s fields into JSON text of an object. Default `JSON.stringify`. */
+  encode?: (fields: any) => string;
+  /** Turns a message's fields (JSON text) into what the page sees. Default `JSON.parse`. */
+  decode?: (text: string) => any;
+  /** Cache messages in localStorage (default `true`). */
+  localStorage?: boolean;
+  /** Messages kept per channel in the cache (default 100). */
+  cacheSize?: number;
+  /** A JWT sent in the `connect` frame of every connection. */
+  token?: string;
+  /** Milliseconds a request may wait for its reply (default 10000). */
+  requestTimeout?: number;
+}
+
+/** What `load` found in the cache. */
+export interface Loaded {
+  /** Cached messages, oldest first. */
+  messages: Message[];
+  /** Pass to `subscribe` to continue with no gap and no duplicate; absent if nothing is cached. */
+  lastOffset: string | undefined;
+}
+
+/** The server's answer to `subscribe`. */
+export interface Subscribed {
+  channel: string;
+  /** Delivery starts after this offset. */
+  offset: string;
+  /** Messages after the requested offset were already trimmed (an `error` with code `gap` follows). */
+  truncated: boolean;
+}
+
+/** Optional parts of a publish. */
+export interface PublishOptions {
+  /** Keep about this many messages in the channel. */
+  maxlen?: number;
+  /** Makes a retried publish return the first offset instead of writing twice. */
+  idempotencyKey?: string;
+}
+
+/** Every error of the client: rejected promises and `error` events. */
+export interface ClientError extends Error {
+  /** `bad_request`, `timeout`, `connection_lost`, `closed`, `quota_exceeded`, … (see README). */
+  code: string;
+  /** The channel concerned, if any. */
+  channel?: string;
+  /** For `gap`: messages in (from, to] were trimmed before delivery. */
+  from?: string;
+  to?: string;
+}
+
+/** The events of `on` and their listeners. */
+export interface ClientEvents {
+  connect: (target: string) => void;
+  disconnect: (reason: string) => void;
+  messages: (channel: string, messages: Message[]) => void;
+  error: (error: ClientError) => void;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    /// `performance.now()`: the session clock.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    pub(crate) fn performance_now() -> f64;
+
+    /// `setTimeout(handler, ms)`; returns the timer id.
+    #[wasm_bindgen(js_name = setTimeout)]
+    pub(crate) fn set_timeout(handler: &Function, ms: i32) -> JsValue;
+
+    /// `clearTimeout(id)`.
+    #[wasm_bindgen(js_name = clearTimeout)]
+    pub(crate) fn clear_timeout(id: &JsValue);
+
+    /// `crypto.getRandomValues(buffer)`: the session seed.
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
+    fn get_random_values(buffer: &Uint8Array);
+}
+
+/// A redistribute connection: subscriptions that survive reconnects and failover, publishes,
+/// and a localStorage cache of the messages (`load`).
+#[wasm_bindgen]
+pub struct Client {
+    driver: Driver,
+}
+
+#[wasm_bindgen]
+impl Client {
+    /// Creates a client and starts connecting (on the next turn of the event loop, so the
+    /// listeners added right after construction hear everything). Throws an `Error` with code
+    /// `bad_config` for unusable options.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        #[wasm_bindgen(unchecked_param_type = "ClientOptions")] options: JsValue,
+    ) -> Result<Client, JsValue> {
+        let setup = setup(&options).map_err(|e| js_error(&e))?;
+        let driver = Driver::new(setup).map_err(|e| js_error(&e))?;
+        Ok(Client { driver })
+    }
+
+    /// Adds a listener: `connect(target)`, `disconnect(reason)`, `messages(channel, messages)`
+    /// or `error(err)`.
+    pub fn on(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "keyof ClientEvents")] event: &str,
+        #[wasm_bindgen(unchecked_param_type = "(...args: any[]) => void")] listener: Function,
+    ) -> Result<(), JsValue> {
+        self.driver.on(topic(event)?, listener);
+        Ok(())
+    }
+
+    /// Removes a listener added with `on`.
+    pub fn off(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "keyof ClientEvents")] event: &str,
+        #[wasm_bindgen(unchecked_param_type = "(...args: any[]) => void")] listener: &Function,
+    ) -> Result<(), JsValue> {
+        self.driver.off(topic(event)?, listener);
+        Ok(())
+    }
+
+    /// The cached messages of a channel and the offset to resume from, read from localStorage
+    /// without touching the network.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Loaded>")]
+    pub fn load(&self, channel: &str) -> Promise {
+        match self.driver.load(channel) {
+            Ok(loaded) => Promise::resolve(&loaded),
+            Err(e) => Promise::reject(&js_error(&e)),
+        }
+    }
+
+    /// Subscribes to a channel from `offset`: `'$'` (default: only new messages), `'0'`
+    /// (everything retained) or an offset from `load`/a message (the messages after it). The
+    /// subscription is resumed from its last offset after every reconnect.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Subscribed>")]
+    pub fn subscribe(&self, channel: String, offset: Option<String>) -> Promise {
+        match offset.as_deref().map(Offset::parse).transpose() {
+            Ok(offset) => self.driver.subscribe(channel, offset.unwrap_or_default()),
+            Err(e) => Promise::reject(&js_error(&ErrorInfo::new(BAD_REQUEST, e.to_string()))),
+        }
+    }
+
+    /// Stops a subscription; resolves `true`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<boolean>")]
+    pub fn unsubscribe(&self, channel: String) -> Promise {
+        self.driver.unsubscribe(channel)
+    }
+
+    /// Publishes `fields` (an object, turned into JSON by `encode`) to a channel; resolves
+    /// with the stored message's offset. Publishes made while disconnected wait for the next
+    /// connection and are retried safely (idempotency keys) until the request timeout.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn publish(
+        &self,
+        channel: String,
+        fields: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "PublishOptions")] options: Option<js_sys::Object>,
+    ) -> Promise {
+        let options = options.map_or(JsValue::UNDEFINED, JsValue::from);
+        let prepared = self
+            .encode(&fields)
+            .and_then(|fields| Ok((fields, publish_options(&options)?)));
+        match prepared {
+            Ok((fields, options)) => self.driver.publish(channel, fields, options),
+            Err(e) => Promise::reject(&js_error(&e)),
+        }
+    }
+
+    /// Closes the connection for good: pending requests reject with code `closed`.
+    pub fn close(&self) {
+        self.driver.close();
+    }
+
+    /// Whether a connection is ready right now.
+    #[wasm_bindgen(getter)]
+    pub fn connected(&self) -> bool {
+        self.driver.is_connected()
+    }
+}
+
+impl Client {
+    /// Runs the page's `encode` (default `JSON.stringify`) and parses the JSON object it made.
+    fn encode(&self, fields: &JsValue) -> Result<Fields, ErrorInfo> {
+        let bad = |why: String| ErrorInfo::new(BAD_REQUEST, why);
+        let text = match self.driver.encoder() {
+            Some(encode) => encode
+                .call1(&JsValue::UNDEFINED, fields)
+                .map_err(|e| bad(format!("encode threw: {e:?}")))?,
+            None => js_sys::JSON::stringify(fields)
+                .map(JsValue::from)
+                .map_err(|e| bad(format!("fields cannot be turned into JSON: {e:?}")))?,
+        };
+        let text = text
+            .as_string()
+            .ok_or_else(|| bad("encode must return a string".into()))?;
+        serde_json::from_str(&text).map_err(|_| bad("fields must be a JSON object".into()))
+    }
+}
+
+/// The topic of an event name, or a `bad_request` error.
+fn topic(event: &str) -> Result<Topic, JsValue> {
+    Topic::parse(event).ok_or_else(|| {
+        js_error(&ErrorInfo::new(
+            BAD_REQUEST,
+            format!("unknown event {event:?}: expected connect, disconnect, messages or error"),
+        ))
+    })
+}
+
+/// A property of an options object (`undefined` when absent).
+fn get(options: &JsValue, name: &str) -> JsValue {
+    Reflect::get(options, &name.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn bad_config(why: impl Into<String>) -> ErrorInfo {
+    ErrorInfo::new(BAD_CONFIG, why)
+}
+
+/// An optional function option.
+fn function(options: &JsValue, name: &str) -> Result<Option<Function>, ErrorInfo> {
+    let v = get(options, name);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.dyn_into::<Function>()
+        .map(Some)
+        .map_err(|_| bad_config(format!("{name} must be a function")))
+}
+
+/// An optional non-negative number option.
+fn number(options: &JsValue, name: &str) -> Result<Option<f64>, ErrorInfo> {
+    let v = get(options, name);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    match v.as_f64() {
+        Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
+        _ => Err(bad_config(format!("{name} must be a non-negative number"))),
+    }
+}
+
+/// Checks the options of `new Client`.
+fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
+    if !options.is_object() {
+        return Err(bad_config("options must be an object with `targets`"));
+    }
+    let targets = get(options, "targets");
+    let targets: Vec<String> = if let Some(one) = targets.as_string() {
+        vec![one]
+    } else if Array::is_array(&targets) {
+        Array::from(&targets)
+            .iter()
+            .map(|t| t.as_string())
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad_config("targets must be strings"))?
+    } else {
+        return Err(bad_config("targets must be a URL or an array of URLs"));
+    };
+    if let Some(t) = targets
+        .iter()
+        .find(|t| !(t.starts_with("ws://") || t.starts_with("wss://")))
+    {
+        return Err(bad_config(format!(
+            "target {t:?} is not a ws:// or wss:// URL"
+        )));
+    }
+    let mut config = Config::new(targets);
+    let token = get(options, "token");
+    if !token.is_undefined() && !token.is_null() {
+        config.token = Some(
+            token
+                .as_string()
+                .ok_or_else(|| bad_config("token must be a string"))?,
+        );
+    }
+    if let Some(ms) = number(options, "requestTimeout")? {
+        config.request_timeout = Duration::from_secs_f64(ms / 1000.0);
+    }
+    config.validate().map_err(|e| ErrorInfo::session(&e))?;
+
+    let limit = match number(options, "cacheSize")? {
+        Some(n) if n.fract() == 0.0 => n as usize,
+        Some(_) => return Err(bad_config("cacheSize must be a whole number")),
+        None => DEFAULT_LIMIT,
+    };
+    let (cache, cache_problem) = if get(options, "localStorage") == JsValue::FALSE {
+        (None, None)
+    } else {
+        match LocalStorage::open() {
+            Ok(storage) => (Some(Cache::new(storage, limit)), None),
+            Err(e) => (
+                None,
+                Some(ErrorInfo::cache(&crate::cache::CacheError::Unavailable(
+                    e.to_string(),
+                ))),
+            ),
+        }
+    };
+    Ok(Setup {
+        config,
+        seed: seed(),
+        cache,
+        cache_problem,
+        encode: function(options, "encode")?,
+        decode: function(options, "decode")?,
+    })
+}
+
+/// A random session seed from `crypto.getRandomValues`.
+fn seed() -> u64 {
+    let buffer = Uint8Array::new_with_length(8);
+    get_random_values(&buffer);
+    let mut bytes = [0u8; 8];
+    buffer.copy_to(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// The optional third argument of `publish`.
+fn publish_options(options: &JsValue) -> Result<PublishOptions, ErrorInfo> {
+    let mut out = PublishOptions::default();
+    if options.is_undefined() || options.is_null() {
+        return Ok(out);
+    }
+    let bad = |why: &str| ErrorInfo::new(BAD_REQUEST, why);
+    let maxlen = get(options, "maxlen");
+    if !maxlen.is_undefined() {
+        match maxlen.as_f64() {
+            Some(n) if n >= 1.0 && n.fract() == 0.0 && n <= u64::MAX as f64 => {
+                out.maxlen = Some(n as u64)
+            }
+            _ => return Err(bad("maxlen must be a whole number of at least 1")),
+        }
+    }
+    let key = get(options, "idempotencyKey");
+    if !key.is_undefined() {
+        out.idempotency_key = Some(
+            key.as_string()
+                .ok_or_else(|| bad("idempotencyKey must be a string"))?,
+        );
+    }
+    Ok(out)
+}

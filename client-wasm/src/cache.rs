@@ -1,0 +1,538 @@
+//! The per-channel message cache: what `load(channel)` returns without touching the network.
+//!
+//! One storage entry per channel under the key `redistribute:v1:<channel>` (the format version
+//! is part of the key, so a later format never misreads this one), holding JSON:
+//!
+//! ```json
+//! {"v":1,"t":1700000000000,"offset":"1700000000000-3",
+//!  "messages":[{"offset":"1700000000000-3","fields":{"text":"hi"}}]}
+//! ```
+//!
+//! * `messages`: the newest messages of the channel, in offset order, at most the configured
+//!   count (older ones are dropped as new ones arrive);
+//! * `offset`: where the subscription resumes (the session's position: the last delivered
+//!   offset, or the tip a `$` subscription started at), so a reload continues with no gap and
+//!   no duplicate even when the cache holds no message;
+//! * `t`: the time of the last write (ms since the epoch), for least-recently-written eviction.
+//!
+//! Writes merge with what is stored (by offset), so two tabs caching the same channel
+//! converge instead of overwriting each other. Nothing here fails the caller: a corrupt entry
+//! is removed and reported, a full quota first evicts other channels' entries (least recently
+//! written first), then the oldest half of this channel's messages, repeatedly; if even the bare
+//! entry does not fit, the write is skipped (the older entry stays: it resumes earlier, which
+//! replays messages but loses none) and reported.
+
+use std::cmp::Ordering;
+
+use redistribute_protocol::{Message, StreamId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use crate::storage::{Storage, StorageError};
+
+/// The version of the stored format, also part of [`DEFAULT_PREFIX`].
+pub const FORMAT_VERSION: u32 = 1;
+/// The key prefix of cache entries; the channel name follows.
+pub const DEFAULT_PREFIX: &str = "redistribute:v1:";
+/// How many messages per channel are kept by default.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// One cached message. `fields` stays JSON text: it is handed to the page's `decode` as is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedMessage {
+    /// The message's offset.
+    pub offset: StreamId,
+    /// The message's fields, as JSON text of an object.
+    pub fields: Box<RawValue>,
+}
+
+impl CachedMessage {
+    /// Converts a delivered message.
+    pub fn from_message(message: &Message) -> Self {
+        let fields =
+            serde_json::value::to_raw_value(&message.fields).expect("a JSON map always serializes");
+        CachedMessage {
+            offset: message.offset,
+            fields,
+        }
+    }
+}
+
+/// What [`Cache::load`] found for a channel.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The cached messages, oldest first.
+    pub messages: Vec<CachedMessage>,
+    /// Where to resume: pass it to `subscribe`. `None` when nothing is cached.
+    pub last_offset: Option<StreamId>,
+}
+
+/// A problem the cache met and worked around; reported to the page, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CacheError {
+    /// A stored entry could not be read; it was removed.
+    #[error("cached entry of channel {channel:?} was corrupt and has been removed: {reason}")]
+    Corrupt {
+        /// The channel.
+        channel: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The storage quota is full. Space was made by evicting `evicted` other channels' entries
+    /// and the `dropped` oldest messages of this channel; `stored` says whether the write then
+    /// fitted.
+    #[error(
+        "storage quota exceeded while caching channel {channel:?}: evicted {evicted} other \
+         channel(s) and {dropped} old message(s); {}",
+        if *stored { "cache updated" } else { "cache not updated" }
+    )]
+    QuotaExceeded {
+        /// The channel being written.
+        channel: String,
+        /// Entries of other channels removed.
+        evicted: usize,
+        /// Old messages of this channel dropped.
+        dropped: usize,
+        /// Whether the entry was finally written.
+        stored: bool,
+    },
+    /// Storage cannot be used; the cache is skipped.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The stored JSON of one channel.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    v: u32,
+    #[serde(default)]
+    t: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<StreamId>,
+    messages: Vec<CachedMessage>,
+}
+
+impl Entry {
+    fn empty() -> Self {
+        Entry {
+            v: FORMAT_VERSION,
+            t: 0.0,
+            offset: None,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Parses and checks stored text.
+    fn parse(text: &str) -> Result<Entry, String> {
+        let entry: Entry = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if entry.v != FORMAT_VERSION {
+            return Err(format!("unsupported format version {}", entry.v));
+        }
+        if let Some(m) = entry.messages.iter().find(|m| !is_object(&m.fields)) {
+            return Err(format!("fields of {} are not a JSON object", m.offset));
+        }
+        if entry
+            .messages
+            .windows(2)
+            .any(|w| w[0].offset >= w[1].offset)
+        {
+            return Err("messages are not in offset order".into());
+        }
+        Ok(entry)
+    }
+
+    /// The resume point: the later of the stored position and the last message.
+    fn last_offset(&self) -> Option<StreamId> {
+        let last = self.messages.last().map(|m| m.offset);
+        self.offset.max(last)
+    }
+}
+
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
+fn unavailable(e: StorageError) -> CacheError {
+    CacheError::Unavailable(e.to_string())
+}
+
+/// The bounded per-channel cache over a [`Storage`].
+#[derive(Debug)]
+pub struct Cache<S> {
+    storage: S,
+    prefix: String,
+    limit: usize,
+}
+
+impl<S: Storage> Cache<S> {
+    /// A cache keeping at most `limit` messages per channel under [`DEFAULT_PREFIX`]
+    /// (`limit` 0 keeps only the resume offsets).
+    pub fn new(storage: S, limit: usize) -> Self {
+        Self::with_prefix(storage, limit, DEFAULT_PREFIX)
+    }
+
+    /// Like [`Cache::new`] with another key prefix (tests; several apps on one origin).
+    pub fn with_prefix(storage: S, limit: usize, prefix: impl Into<String>) -> Self {
+        Cache {
+            storage,
+            prefix: prefix.into(),
+            limit,
+        }
+    }
+
+    /// The storage underneath.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage key of a channel's entry.
+    pub fn key(&self, channel: &str) -> String {
+        format!("{}{channel}", self.prefix)
+    }
+
+    /// The cached messages and resume offset of a channel. A corrupt entry is removed and
+    /// reported as [`CacheError::Corrupt`]; the channel then counts as empty.
+    pub fn load(&self, channel: &str) -> Result<Loaded, CacheError> {
+        Ok(match self.read(channel)? {
+            Some(entry) => Loaded {
+                last_offset: entry.last_offset(),
+                messages: entry.messages,
+            },
+            None => Loaded::default(),
+        })
+    }
+
+    /// Adds delivered messages (in offset order) and the subscription's position to a
+    /// channel's entry, keeping the newest `limit` messages. `now_ms` stamps the entry for
+    /// eviction. Returns the problems met on the way (empty when all went well); whatever they
+    /// are, the page goes on.
+    pub fn store(
+        &self,
+        channel: &str,
+        messages: &[CachedMessage],
+        position: Option<StreamId>,
+        now_ms: f64,
+    ) -> Vec<CacheError> {
+        let mut problems = Vec::new();
+        let mut entry = match self.read(channel) {
+            Ok(entry) => entry.unwrap_or_else(Entry::empty),
+            Err(e @ CacheError::Corrupt { .. }) => {
+                problems.push(e);
+                Entry::empty()
+            }
+            Err(e) => {
+                problems.push(e);
+                return problems;
+            }
+        };
+        let old_offset = entry.offset;
+        let old: Vec<StreamId> = entry.messages.iter().map(|m| m.offset).collect();
+        merge(&mut entry.messages, messages, self.limit);
+        entry.offset = entry
+            .offset
+            .max(position)
+            .max(messages.last().map(|m| m.offset));
+        if entry.offset == old_offset && entry.messages.iter().map(|m| m.offset).eq(old) {
+            return problems; // nothing new: spare the write
+        }
+        entry.t = now_ms;
+        if let Err(e) = self.write(channel, &mut entry) {
+            problems.push(e);
+        }
+        problems
+    }
+
+    /// Removes a channel's entry.
+    pub fn clear(&self, channel: &str) -> Result<(), CacheError> {
+        self.storage.remove(&self.key(channel)).map_err(unavailable)
+    }
+
+    /// Reads a channel's entry; removes it when it is corrupt.
+    fn read(&self, channel: &str) -> Result<Option<Entry>, CacheError> {
+        let key = self.key(channel);
+        let Some(text) = self.storage.get(&key).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        match Entry::parse(&text) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(reason) => {
+                // Best effort: if even removing fails, the next read reports it again.
+                let _ = self.storage.remove(&key);
+                Err(CacheError::Corrupt {
+                    channel: channel.to_owned(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Writes an entry, making room when the quota is full (see the module documentation).
+    fn write(&self, channel: &str, entry: &mut Entry) -> Result<(), CacheError> {
+        let key = self.key(channel);
+        let text = serde_json::to_string(entry).expect("an entry always serializes");
+        match self.storage.set(&key, &text) {
+            Ok(()) => return Ok(()),
+            Err(StorageError::QuotaExceeded) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        let quota = |evicted, dropped, stored| CacheError::QuotaExceeded {
+            channel: channel.to_owned(),
+            evicted,
+            dropped,
+            stored,
+        };
+        let mut evicted = 0;
+        for other in self.others_by_age(&key)? {
+            self.storage.remove(&other).map_err(unavailable)?;
+            evicted += 1;
+            if self.storage.set(&key, &text).is_ok() {
+                return Err(quota(evicted, 0, true));
+            }
+        }
+        let mut dropped = 0;
+        while !entry.messages.is_empty() {
+            let n = entry.messages.len().div_ceil(2);
+            entry.messages.drain(..n);
+            dropped += n;
+            let text = serde_json::to_string(entry).expect("an entry always serializes");
+            if self.storage.set(&key, &text).is_ok() {
+                return Err(quota(evicted, dropped, true));
+            }
+        }
+        Err(quota(evicted, dropped, false))
+    }
+
+    /// This cache's other entries, least recently written (or unreadable) first.
+    fn others_by_age(&self, key: &str) -> Result<Vec<String>, CacheError> {
+        let mut others: Vec<(f64, String)> = Vec::new();
+        for k in self.storage.keys().map_err(unavailable)? {
+            if k == key || !k.starts_with(&self.prefix) {
+                continue;
+            }
+            let t = match self.storage.get(&k) {
+                Ok(Some(text)) => Entry::parse(&text).map_or(f64::NEG_INFINITY, |e| e.t),
+                _ => f64::NEG_INFINITY,
+            };
+            others.push((t, k));
+        }
+        others.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+        Ok(others.into_iter().map(|(_, k)| k).collect())
+    }
+}
+
+/// Merges `new` (in offset order) into `stored` (in offset order) without duplicates, then
+/// keeps the newest `limit`.
+fn merge(stored: &mut Vec<CachedMessage>, new: &[CachedMessage], limit: usize) {
+    let last = stored.last().map(|m| m.offset);
+    if new.first().is_some_and(|m| Some(m.offset) > last) {
+        stored.extend_from_slice(new); // the usual case: everything is newer
+    } else if !new.is_empty() {
+        let mut all: Vec<CachedMessage> = std::mem::take(stored);
+        all.extend_from_slice(new);
+        all.sort_by_key(|m| m.offset);
+        all.dedup_by_key(|m| m.offset);
+        *stored = all;
+    }
+    if stored.len() > limit {
+        stored.drain(..stored.len() - limit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn msg(ms: u64, text: &str) -> CachedMessage {
+        let mut fields = serde_json::Map::new();
+        fields.insert("text".into(), text.into());
+        CachedMessage::from_message(&Message {
+            offset: StreamId::new(ms, 0),
+            fields,
+        })
+    }
+
+    fn offsets(loaded: &Loaded) -> Vec<u64> {
+        loaded.messages.iter().map(|m| m.offset.ms).collect()
+    }
+
+    #[test]
+    fn empty_channel_loads_nothing() {
+        let cache = Cache::new(MemoryStorage::new(), 10);
+        let loaded = cache.load("chat").unwrap();
+        assert!(loaded.messages.is_empty());
+        assert_eq!(loaded.last_offset, None);
+    }
+
+    #[test]
+    fn stores_and_bounds_per_channel() {
+        let cache = Cache::new(MemoryStorage::new(), 3);
+        assert!(cache
+            .store("chat", &[msg(1, "a"), msg(2, "b")], None, 1.0)
+            .is_empty());
+        assert!(cache
+            .store(
+                "chat",
+                &[msg(3, "c"), msg(4, "d")],
+                Some(StreamId::new(4, 0)),
+                2.0
+            )
+            .is_empty());
+        let loaded = cache.load("chat").unwrap();
+        assert_eq!(offsets(&loaded), vec![2, 3, 4]);
+        assert_eq!(loaded.last_offset, Some(StreamId::new(4, 0)));
+        assert_eq!(loaded.messages[2].fields.get(), r#"{"text":"d"}"#);
+        assert!(cache.load("other").unwrap().messages.is_empty());
+    }
+
+    #[test]
+    fn position_without_messages_is_the_resume_point() {
+        let cache = Cache::new(MemoryStorage::new(), 3);
+        cache.store("chat", &[], Some(StreamId::new(9, 1)), 1.0);
+        let loaded = cache.load("chat").unwrap();
+        assert!(loaded.messages.is_empty());
+        assert_eq!(loaded.last_offset, Some(StreamId::new(9, 1)));
+        // A later message moves it on; an older position never moves it back.
+        cache.store("chat", &[msg(10, "x")], Some(StreamId::new(5, 0)), 2.0);
+        assert_eq!(
+            cache.load("chat").unwrap().last_offset,
+            Some(StreamId::new(10, 0))
+        );
+    }
+
+    #[test]
+    fn offsets_order_numerically() {
+        let cache = Cache::new(MemoryStorage::new(), 10);
+        cache.store("c", &[msg(9, "a")], None, 1.0);
+        cache.store("c", &[msg(10, "b")], None, 2.0);
+        assert_eq!(offsets(&cache.load("c").unwrap()), vec![9, 10]);
+        assert_eq!(
+            cache.load("c").unwrap().last_offset,
+            Some(StreamId::new(10, 0))
+        );
+    }
+
+    #[test]
+    fn concurrent_writers_merge_without_duplicates() {
+        let cache = Cache::new(MemoryStorage::new(), 10);
+        cache.store("c", &[msg(1, "a"), msg(2, "b"), msg(3, "c")], None, 1.0);
+        // A second tab that saw 2..4 writes after the first.
+        cache.store("c", &[msg(2, "b"), msg(3, "c"), msg(4, "d")], None, 2.0);
+        assert_eq!(offsets(&cache.load("c").unwrap()), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn zero_limit_keeps_only_the_offset() {
+        let cache = Cache::new(MemoryStorage::new(), 0);
+        cache.store("c", &[msg(1, "a")], None, 1.0);
+        let loaded = cache.load("c").unwrap();
+        assert!(loaded.messages.is_empty());
+        assert_eq!(loaded.last_offset, Some(StreamId::new(1, 0)));
+    }
+
+    #[test]
+    fn corrupt_entries_are_removed_and_reported() {
+        let cache = Cache::new(MemoryStorage::new(), 10);
+        for bad in [
+            "not json",
+            r#"{"v":2,"messages":[]}"#,
+            r#"{"v":1,"messages":[{"offset":"x","fields":{}}]}"#,
+            r#"{"v":1,"messages":[{"offset":"1-0","fields":[1]}]}"#,
+            r#"{"v":1,"messages":[{"offset":"2-0","fields":{}},{"offset":"1-0","fields":{}}]}"#,
+        ] {
+            cache.storage().set("redistribute:v1:c", bad).unwrap();
+            let err = cache.load("c").unwrap_err();
+            assert!(matches!(err, CacheError::Corrupt { .. }), "{bad}: {err}");
+            assert_eq!(cache.storage().get("redistribute:v1:c").unwrap(), None);
+            assert!(cache.load("c").unwrap().messages.is_empty());
+        }
+        // A write over a corrupt entry replaces it and reports it.
+        cache.storage().set("redistribute:v1:c", "{").unwrap();
+        let problems = cache.store("c", &[msg(5, "e")], None, 1.0);
+        assert!(matches!(problems[..], [CacheError::Corrupt { .. }]));
+        assert_eq!(offsets(&cache.load("c").unwrap()), vec![5]);
+    }
+
+    #[test]
+    fn full_quota_evicts_least_recently_written_channels_first() {
+        let cache = Cache::new(MemoryStorage::new(), 10);
+        cache.store("old", &[msg(1, "old")], None, 1.0);
+        cache.store("new", &[msg(1, "new")], None, 2.0);
+        cache.storage().set("app-data", "keep me").unwrap();
+        let batch = [msg(1, "a"), msg(2, "b")];
+        let scratch = Cache::new(MemoryStorage::new(), 10);
+        scratch.store("c", &batch, None, 3.0);
+        // Room for the new entry only once one of the two others is gone.
+        let used = cache.storage().used();
+        cache
+            .storage()
+            .set_quota(Some(used + scratch.storage().used() - 5));
+        let problems = cache.store("c", &batch, None, 3.0);
+        assert!(
+            matches!(
+                &problems[..],
+                [CacheError::QuotaExceeded {
+                    evicted: 1,
+                    dropped: 0,
+                    stored: true,
+                    ..
+                }]
+            ),
+            "{problems:?}"
+        );
+        assert!(cache.load("old").unwrap().messages.is_empty());
+        assert_eq!(offsets(&cache.load("new").unwrap()), vec![1]);
+        assert_eq!(offsets(&cache.load("c").unwrap()), vec![1, 2]);
+        // Foreign keys are never touched.
+        assert_eq!(
+            cache.storage().get("app-data").unwrap().as_deref(),
+            Some("keep me")
+        );
+    }
+
+    #[test]
+    fn full_quota_drops_old_messages_then_skips() {
+        let storage = MemoryStorage::new();
+        storage.set("app-data", &"x".repeat(100)).unwrap();
+        let cache = Cache::new(storage, 100);
+        let batch: Vec<_> = (1..=8).map(|i| msg(i, "message")).collect();
+        cache.storage().set_quota(Some(100 + 200));
+        let problems = cache.store("c", &batch, None, 1.0);
+        let [CacheError::QuotaExceeded {
+            dropped,
+            stored: true,
+            ..
+        }] = problems[..]
+        else {
+            panic!("{problems:?}");
+        };
+        let loaded = cache.load("c").unwrap();
+        assert_eq!(loaded.messages.len(), 8 - dropped);
+        assert_eq!(loaded.messages.last().unwrap().offset, StreamId::new(8, 0));
+        assert_eq!(loaded.last_offset, Some(StreamId::new(8, 0)));
+
+        // Now nothing fits at all: the write is skipped, the old entry stays readable.
+        cache.storage().set_quota(Some(0));
+        let problems = cache.store("c", &[msg(9, "m")], None, 2.0);
+        assert!(matches!(
+            problems[..],
+            [CacheError::QuotaExceeded { stored: false, .. }]
+        ));
+        assert_eq!(
+            cache.load("c").unwrap().last_offset,
+            Some(StreamId::new(8, 0))
+        );
+    }
+
+    #[test]
+    fn nothing_new_writes_nothing() {
+        let cache = Cache::new(MemoryStorage::new(), 10);
+        cache.store("c", &[msg(1, "a")], Some(StreamId::new(1, 0)), 1.0);
+        cache.storage().set_quota(Some(0));
+        // Same message and position again: no write, so no quota problem either.
+        assert!(cache
+            .store("c", &[msg(1, "a")], Some(StreamId::new(1, 0)), 2.0)
+            .is_empty());
+    }
+}

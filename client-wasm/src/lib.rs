@@ -1,0 +1,42 @@
+//! Browser client of redistribute, published to npm as `redistribute-client`.
+//!
+//! Build the package with `client-wasm/build.sh` (it writes `client-wasm/pkg/`). The JavaScript
+//! API is the one of DESIGN.md §8:
+//!
+//! ```js
+//! import init, { Client } from 'redistribute-client';
+//! await init();
+//! const client = new Client({ targets: ['ws://127.0.0.1:8080/ws'], localStorage: true });
+//! client.on('messages', (channel, messages) => {});
+//! const { messages, lastOffset } = await client.load('chat'); // localStorage, no network
+//! await client.subscribe('chat', lastOffset);
+//! const offset = await client.publish('chat', { text: 'hi' });
+//! ```
+//!
+//! The crate is a thin driver: the protocol crate's sans-IO [`Session`] does failover,
+//! backoff, resume, dedupe and publish retries; this crate feeds it WebSocket events,
+//! `performance.now()` and a seed from `crypto.getRandomValues`, and carries out its actions.
+//! Modules:
+//!
+//! * [`cache`]: the bounded, versioned per-channel message cache (pure Rust, over [`storage`]);
+//! * [`storage`]: the key-value [`Storage`](storage::Storage) trait with an in-memory
+//!   implementation (and, in the browser, `localStorage`);
+//! * [`errors`]: the `code` of every error the JavaScript side sees;
+//! * `bindings` (wasm32 only): every `#[wasm_bindgen]` item, i.e. the JavaScript surface;
+//! * `driver` (wasm32 only): the WebSocket, the timer and the event dispatch.
+//!
+//! Everything outside `bindings` and `driver` also compiles and is unit-tested natively.
+//!
+//! [`Session`]: redistribute_protocol::session::Session
+
+pub mod cache;
+pub mod errors;
+pub mod storage;
+
+#[cfg(target_arch = "wasm32")]
+mod bindings;
+#[cfg(target_arch = "wasm32")]
+mod driver;
+
+#[cfg(target_arch = "wasm32")]
+pub use bindings::Client;

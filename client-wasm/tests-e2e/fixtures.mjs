@@ -1,0 +1,130 @@
+// Test fixtures: redis-server and `redistribute` processes on free ports, the chat page's static
+// server, and headless Chromium through playwright-core. Every wait is bounded; every process
+// is killed by its own pid when the test ends.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, openSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+export const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const logs = mkdtempSync(join(tmpdir(), 'redistribute-e2e-'));
+
+/** A TCP port that was free a moment ago. */
+export function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.once('error', fail);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+/** Polls `check` until it returns a truthy value or `ms` pass. */
+export async function waitFor(what, check, ms = 20000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+function portOpen(port) {
+  return new Promise((ok) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => { socket.destroy(); ok(true); });
+    socket.once('error', () => ok(false));
+  });
+}
+
+/** A child process with its output in a log file, killed (SIGKILL) and reaped on demand. */
+class Child {
+  constructor(name, cmd, args) {
+    this.name = name;
+    this.cmd = cmd;
+    this.args = args;
+    this.log = join(logs, `${name}.log`);
+  }
+
+  start() {
+    const out = openSync(this.log, 'a');
+    this.proc = spawn(this.cmd, this.args, { stdio: ['ignore', out, out] });
+    this.exited = new Promise((ok) => this.proc.once('exit', ok));
+    this.proc.once('error', () => {});
+  }
+
+  async kill() {
+    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    this.proc.kill('SIGKILL');
+    await Promise.race([this.exited, sleep(10000)]);
+  }
+}
+
+/** redis-server on a free port, no persistence. */
+export async function startRedis() {
+  const port = await freePort();
+  const redis = new Child(`redis-${port}`, 'redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+  ]);
+  redis.start();
+  await waitFor(`redis-server on port ${port}`, () => portOpen(port));
+  redis.url = `redis://127.0.0.1:${port}`;
+  return redis;
+}
+
+/** The `redistribute` binary on a free port; `restart()` reuses the port. */
+export async function startServer(redisUrl) {
+  const bin = process.env.REDISTRIBUTE_BIN ?? join(root, 'target', 'debug', 'redistribute');
+  const port = await freePort();
+  const server = new Child(`server-${port}`, bin, [
+    'serve', '--listen', `127.0.0.1:${port}`, '--redis', redisUrl,
+  ]);
+  server.port = port;
+  server.wsUrl = `ws://127.0.0.1:${port}/ws`;
+  server.ready = () => waitFor(`server on port ${port}`, async () => {
+    try {
+      return (await fetch(`http://127.0.0.1:${port}/healthz`)).ok;
+    } catch {
+      return false;
+    }
+  });
+  server.restart = async () => {
+    await server.kill();
+    server.start();
+    await server.ready();
+  };
+  server.start();
+  await server.ready();
+  return server;
+}
+
+/** Headless Chromium with a fresh profile (a persistent context: its pages share localStorage). */
+export async function launchBrowser() {
+  const profile = mkdtempSync(join(tmpdir(), 'redistribute-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    timeout: 60000,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run',
+    ],
+  });
+  context.setDefaultTimeout(30000);
+  const close = context.close.bind(context);
+  context.close = async () => {
+    await close();
+    rmSync(profile, { recursive: true, force: true });
+  };
+  return context;
+}
+
+/** Where the children's logs are (printed when a test fails). */
+export const logDir = logs;

@@ -1,0 +1,310 @@
+//! Browser tests of the cache over the real `localStorage` and of the JavaScript-facing API, in
+//! headless Chromium: `cargo test -p redistribute-wasm --target wasm32-unknown-unknown` (the
+//! runner is wasm-bindgen-test-runner, see `.cargo/config.toml`; chromedriver from
+//! `chromium-driver`). No server is needed: the targets are unreachable ports, which is what
+//! these tests are about (errors, validation, cache). The chat e2e test covers a real server.
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::{Array, Function, Object, Promise, Reflect};
+use redistribute_protocol::{Message, StreamId};
+use redistribute_wasm::cache::{Cache, CacheError, CachedMessage};
+use redistribute_wasm::storage::{LocalStorage, Storage};
+use redistribute_wasm::Client;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// Nothing listens there: connection attempts fail at once.
+const NOWHERE: &str = "ws://127.0.0.1:9/ws";
+
+fn js(expr: &str) -> JsValue {
+    Function::new_no_args(&format!("return ({expr});"))
+        .call0(&JsValue::UNDEFINED)
+        .unwrap()
+}
+
+fn prop(target: &JsValue, key: &str) -> JsValue {
+    Reflect::get(target, &key.into()).unwrap()
+}
+
+fn code(err: &JsValue) -> String {
+    assert!(
+        err.is_instance_of::<js_sys::Error>(),
+        "not an Error: {err:?}"
+    );
+    prop(err, "code").as_string().unwrap_or_default()
+}
+
+fn local_storage() -> web_sys::Storage {
+    web_sys::window().unwrap().local_storage().unwrap().unwrap()
+}
+
+/// A listener that records its arguments into `log` (an array of argument arrays).
+fn recorder(log: &Array) -> Function {
+    Function::new_with_args("log", "return (...args) => { log.push(args); }")
+        .call1(&JsValue::UNDEFINED, log)
+        .unwrap()
+        .unchecked_into()
+}
+
+fn client(options: &str) -> Client {
+    Client::new(js(options)).expect("valid options")
+}
+
+async fn rejection(promise: Promise) -> JsValue {
+    JsFuture::from(promise)
+        .await
+        .expect_err("the promise should reject")
+}
+
+/// Lets pending timers and socket events run.
+async fn tick(ms: i32) {
+    let p = Promise::new(&mut |resolve, _| {
+        web_sys::window()
+            .unwrap()
+            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
+            .unwrap();
+    });
+    JsFuture::from(p).await.unwrap();
+}
+
+fn message(ms: u64, text: &str) -> CachedMessage {
+    let mut fields = serde_json::Map::new();
+    fields.insert("text".into(), text.into());
+    CachedMessage::from_message(&Message {
+        offset: StreamId::new(ms, 0),
+        fields,
+    })
+}
+
+#[wasm_bindgen_test]
+fn cache_round_trips_through_local_storage() {
+    let cache = Cache::with_prefix(LocalStorage::open().unwrap(), 2, "t1:");
+    cache.clear("c").unwrap();
+    let problems = cache.store("c", &[message(1, "a"), message(2, "b")], None, 1.0);
+    assert!(problems.is_empty(), "{problems:?}");
+    cache.store("c", &[message(3, "c")], Some(StreamId::new(3, 0)), 2.0);
+    let loaded = cache.load("c").unwrap();
+    let got: Vec<u64> = loaded.messages.iter().map(|m| m.offset.ms).collect();
+    assert_eq!(got, vec![2, 3]);
+    assert_eq!(loaded.last_offset, Some(StreamId::new(3, 0)));
+    assert!(local_storage().get_item("t1:c").unwrap().is_some());
+    cache.clear("c").unwrap();
+}
+
+#[wasm_bindgen_test]
+fn full_local_storage_is_reported_not_fatal() {
+    let storage = local_storage();
+    let cache = Cache::with_prefix(LocalStorage::open().unwrap(), 100, "t2:");
+    cache.store("c", &[message(1, "before")], None, 1.0);
+    // Fill the origin's quota with foreign data.
+    let mut chunk = "x".repeat(1 << 20);
+    let mut junk = 0;
+    while !chunk.is_empty() {
+        if storage.set_item(&format!("junk-{junk}"), &chunk).is_ok() {
+            junk += 1;
+        } else {
+            chunk.truncate(chunk.len() / 2);
+        }
+    }
+    let batch: Vec<_> = (2..50)
+        .map(|i| message(i, "a longer message text"))
+        .collect();
+    let problems = cache.store("c", &batch, None, 2.0);
+    assert!(
+        matches!(problems[..], [CacheError::QuotaExceeded { .. }]),
+        "{problems:?}"
+    );
+    // Still readable, and the foreign data was left alone.
+    assert!(cache.load("c").is_ok());
+    for i in 0..junk {
+        assert!(LocalStorage::open()
+            .unwrap()
+            .get(&format!("junk-{i}"))
+            .unwrap()
+            .is_some());
+        storage.remove_item(&format!("junk-{i}")).unwrap();
+    }
+    cache.clear("c").unwrap();
+}
+
+#[wasm_bindgen_test]
+fn bad_options_throw_bad_config() {
+    for options in [
+        "undefined",
+        "{}",
+        "{ targets: [] }",
+        "{ targets: ['http://example.com/ws'] }",
+        "{ targets: [42] }",
+        "{ targets: 'ws://a/ws', decode: 'nope' }",
+        "{ targets: 'ws://a/ws', cacheSize: -1 }",
+        "{ targets: 'ws://a/ws', requestTimeout: 0 }",
+    ] {
+        let err = Client::new(js(options)).err().expect(options);
+        assert_eq!(code(&err), "bad_config", "{options}");
+    }
+}
+
+#[wasm_bindgen_test]
+fn unknown_event_names_throw() {
+    let c = client(&format!("{{ targets: '{NOWHERE}', localStorage: false }}"));
+    let err = c.on("message", recorder(&Array::new())).unwrap_err();
+    assert_eq!(code(&err), "bad_request");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn invalid_requests_reject_with_bad_request() {
+    let c = client(&format!(
+        "{{ targets: ['{NOWHERE}'], localStorage: false }}"
+    ));
+    let cases = [
+        c.subscribe("bad channel".into(), None),
+        c.subscribe("c".into(), Some("x-1".into())),
+        c.unsubscribe("*".into()),
+        c.publish("c".into(), js("{}"), None),
+        c.publish("c".into(), js("42"), None),
+        c.publish(
+            "c".into(),
+            js("{ a: 1 }"),
+            Some(js("{ maxlen: 0 }").unchecked_into()),
+        ),
+        c.load("no spaces"),
+    ];
+    for (i, promise) in cases.into_iter().enumerate() {
+        assert_eq!(code(&rejection(promise).await), "bad_request", "case {i}");
+    }
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn load_reads_the_cache_without_network_and_decodes() {
+    local_storage()
+        .set_item(
+            "redistribute:v1:room",
+            r#"{"v":1,"t":1,"offset":"7-0","messages":[{"offset":"5-0","fields":{"text":"hi"}}]}"#,
+        )
+        .unwrap();
+    let c = client(&format!(
+        "{{ targets: '{NOWHERE}', decode: (t) => ({{ wrapped: JSON.parse(t) }}) }}"
+    ));
+    let loaded = JsFuture::from(c.load("room")).await.unwrap();
+    assert_eq!(
+        prop(&loaded, "lastOffset").as_string().as_deref(),
+        Some("7-0")
+    );
+    let messages: Array = prop(&loaded, "messages").unchecked_into();
+    assert_eq!(messages.length(), 1);
+    let first = messages.get(0);
+    assert_eq!(prop(&first, "offset").as_string().as_deref(), Some("5-0"));
+    let text = prop(&prop(&prop(&first, "fields"), "wrapped"), "text");
+    assert_eq!(text.as_string().as_deref(), Some("hi"));
+
+    // An empty channel: no messages, no offset.
+    let loaded = JsFuture::from(c.load("empty-room")).await.unwrap();
+    assert!(prop(&loaded, "lastOffset").is_undefined());
+    c.close();
+
+    // With localStorage off, nothing is read.
+    let c = client(&format!("{{ targets: '{NOWHERE}', localStorage: false }}"));
+    let loaded = JsFuture::from(c.load("room")).await.unwrap();
+    assert_eq!(
+        prop(&loaded, "messages").unchecked_into::<Array>().length(),
+        0
+    );
+    c.close();
+    local_storage().remove_item("redistribute:v1:room").unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn corrupt_cache_entries_are_skipped_and_reported() {
+    local_storage()
+        .set_item("redistribute:v1:broken", "{not json")
+        .unwrap();
+    let c = client(&format!("{{ targets: '{NOWHERE}' }}"));
+    let errors = Array::new();
+    c.on("error", recorder(&errors)).unwrap();
+    let loaded = JsFuture::from(c.load("broken")).await.unwrap();
+    assert_eq!(
+        prop(&loaded, "messages").unchecked_into::<Array>().length(),
+        0
+    );
+    let codes: Vec<String> = errors
+        .iter()
+        .map(|args| code(&Array::from(&args).get(0)))
+        .collect();
+    assert!(codes.iter().any(|c| c == "cache_corrupt"), "{codes:?}");
+    let err = errors
+        .iter()
+        .map(|a| Array::from(&a).get(0))
+        .find(|e| code(e) == "cache_corrupt")
+        .unwrap();
+    assert_eq!(prop(&err, "channel").as_string().as_deref(), Some("broken"));
+    assert_eq!(
+        local_storage().get_item("redistribute:v1:broken").unwrap(),
+        None
+    );
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn unreachable_servers_report_errors_and_requests_time_out() {
+    let c = client(&format!(
+        "{{ targets: ['{NOWHERE}'], localStorage: false, requestTimeout: 300 }}"
+    ));
+    let errors = Array::new();
+    c.on("error", recorder(&errors)).unwrap();
+    let err = rejection(c.publish("c".into(), js("{ text: 'hi' }"), None)).await;
+    assert_eq!(code(&err), "timeout");
+    assert!(!c.connected());
+    let codes: Vec<String> = errors
+        .iter()
+        .map(|args| code(&Array::from(&args).get(0)))
+        .collect();
+    assert!(codes.iter().any(|c| c == "connect_failed"), "{codes:?}");
+    c.close();
+}
+
+#[wasm_bindgen_test]
+async fn close_rejects_pending_requests_and_refuses_new_ones() {
+    let c = client(&format!("{{ targets: '{NOWHERE}', localStorage: false }}"));
+    let pending = c.subscribe("c".into(), Some("0".into()));
+    tick(10).await;
+    c.close();
+    assert_eq!(code(&rejection(pending).await), "closed");
+    let err = rejection(c.publish("c".into(), js("{ a: 1 }"), None)).await;
+    assert_eq!(code(&err), "closed");
+}
+
+#[wasm_bindgen_test]
+async fn off_removes_a_listener_and_listeners_may_reenter() {
+    let c = client(&format!(
+        "{{ targets: '{NOWHERE}', localStorage: false, requestTimeout: 200 }}"
+    ));
+    let removed = Array::new();
+    let listener = recorder(&removed);
+    c.on("error", listener.clone()).unwrap();
+    c.off("error", &listener).unwrap();
+    // A listener that calls back into the client while events are being delivered.
+    let seen = Array::new();
+    let holder = Object::new();
+    Reflect::set(&holder, &"seen".into(), &seen).unwrap();
+    let reenter = Function::new_with_args(
+        "holder",
+        "return (err) => { holder.seen.push(err.code); holder.client.load('c'); }",
+    )
+    .call1(&JsValue::UNDEFINED, &holder)
+    .unwrap()
+    .unchecked_into::<Function>();
+    c.on("error", reenter).unwrap();
+    let client_js = JsValue::from(c);
+    Reflect::set(&holder, &"client".into(), &client_js).unwrap();
+    tick(300).await;
+    assert_eq!(removed.length(), 0);
+    assert!(seen.length() > 0, "the re-entering listener ran");
+    let close: Function = prop(&client_js, "close").unchecked_into();
+    close.call0(&client_js).unwrap();
+}
