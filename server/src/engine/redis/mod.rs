@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::interfaces::ClientLike;
+use fred::bytes_utils::Str;
+use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
 use fred::types::config::Options;
-use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use redistribute_protocol::StreamId;
 
@@ -65,8 +65,6 @@ impl RedisConfig {
 struct Shared {
     config: RedisConfig,
     writer: Client,
-    publish: Script,
-    position: Script,
 }
 
 impl Shared {
@@ -87,8 +85,13 @@ impl Shared {
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
         let key = self.stream_key(channel);
         let reply: Value = self
-            .position
-            .evalsha_with_reload(&self.writer, vec![key.clone(), format!("{key}#trim")], ())
+            .writer
+            .with_options(&self.options())
+            .eval(
+                Str::from_static(scripts::POSITION),
+                vec![key.clone(), format!("{key}#trim")],
+                (),
+            )
             .await
             .map_err(map_err)?;
         let Value::Array(parts) = &reply else {
@@ -160,12 +163,7 @@ impl RedisEngine {
         writer.init().await.map_err(|e| {
             EngineError::Unavailable(format!("cannot connect to Redis at {}: {e}", config.url))
         })?;
-        let shared = Arc::new(Shared {
-            writer,
-            publish: Script::from_lua(scripts::PUBLISH),
-            position: Script::from_lua(scripts::POSITION),
-            config,
-        });
+        let shared = Arc::new(Shared { writer, config });
         let readers = ReaderPool::new(shared.clone(), sink);
         Ok(Arc::new(RedisEngine { shared, readers }))
     }
@@ -206,14 +204,14 @@ impl Engine for RedisEngine {
             args.push(name.to_owned());
             args.push(value);
         }
+        // EVAL, not EVALSHA: a NOSCRIPT retry (after a Redis restart flushed the script
+        // cache) could reorder a connection's pipelined publishes. Redis caches the compiled
+        // script by its hash, so EVAL costs only hashing the short body.
         let reply: Value = self
             .shared
-            .publish
-            .evalsha_with_reload(
-                &self.shared.writer.with_options(&self.shared.options()),
-                keys,
-                args,
-            )
+            .writer
+            .with_options(&self.shared.options())
+            .eval(Str::from_static(scripts::PUBLISH), keys, args)
             .await
             .map_err(map_err)?;
         parse::stream_id(&reply)
