@@ -60,6 +60,15 @@ pub enum Event {
         /// The server's answer.
         error: Error,
     },
+    /// The application did not keep up with a subscription and its buffer filled: the client
+    /// stopped buffering the channel and will re-subscribe from `resume_after` once half the
+    /// buffer was taken (nothing is lost; see [`Subscription`](crate::Subscription)).
+    Overflow {
+        /// Channel name.
+        channel: String,
+        /// The offset of the last buffered message.
+        resume_after: Option<StreamId>,
+    },
     /// The server sent an `error` frame that answers no request.
     ServerError {
         /// The wire code.

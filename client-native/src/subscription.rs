@@ -109,6 +109,12 @@ impl Subscription {
         self.last
     }
 
+    /// How many messages wait in the buffer (at most
+    /// [`ClientBuilder::subscription_buffer`](crate::ClientBuilder::subscription_buffer)).
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
     /// The next message; `None` when the subscription has ended. The same as
     /// `StreamExt::next`.
     pub async fn recv(&mut self) -> Option<Message> {

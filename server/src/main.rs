@@ -1,5 +1,8 @@
 //! `redistribute`: the server binary. Parses flags, initializes logging, binds, and runs
-//! [`redistribute_server::serve`] until SIGINT or SIGTERM.
+//! [`redistribute_server::serve`] until SIGINT or SIGTERM. The client commands `sub` and `pub`
+//! live in [`cli`].
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +25,10 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Subscribe to channels and print one JSON line per message.
+    Sub(cli::SubArgs),
+    /// Publish one message and print its offset.
+    Pub(cli::PubArgs),
 }
 
 #[derive(Args, Clone, Default)]
@@ -112,16 +119,18 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client commands keep stderr for their own messages unless RUST_LOG asks for more.
+    let default_filter = match cli.command {
+        Some(Command::Sub(_) | Command::Pub(_)) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -129,7 +138,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_server(args)) {
+    let result = match cli.command {
+        Some(Command::Sub(args)) => runtime.block_on(cli::run_sub(args)),
+        Some(Command::Pub(args)) => runtime.block_on(cli::run_pub(args)),
+        Some(Command::Serve(args)) => runtime.block_on(run_server(args)),
+        None => runtime.block_on(run_server(cli.serve)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

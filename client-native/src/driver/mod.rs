@@ -305,7 +305,7 @@ impl Driver {
             })
             .collect();
         let error = Error::Unreachable { after, failures };
-        warn!(%error, "giving up");
+        debug!(%error, "giving up");
         self.close_error = Some(error);
         self.session.close();
     }
@@ -328,6 +328,16 @@ impl Driver {
         for waiter in self.close_waiters.drain(..) {
             let _ = waiter.send(());
         }
+    }
+
+    /// Records a target's failure for [`Error::Unreachable`].
+    fn record_failure(&mut self, target: String, reason: &DisconnectReason) {
+        let text = match reason {
+            // The driver's own description already says what failed.
+            DisconnectReason::Transport { code: None, reason } => reason.clone(),
+            other => other.to_string(),
+        };
+        self.failures.insert(target, text);
     }
 
     fn emit(&self, event: Event) {

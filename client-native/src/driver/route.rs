@@ -102,13 +102,13 @@ impl Driver {
                 debug!(%target, %reason, "disconnected");
                 if reason != DisconnectReason::Closed {
                     self.disconnected_since = Some(Instant::now());
-                    self.failures.insert(target.clone(), reason.to_string());
+                    self.record_failure(target.clone(), &reason);
                     self.state.send_replace(ConnectionState::Connecting);
                 }
                 self.emit(Event::Disconnected { target, reason });
             }
             SessionEvent::ConnectFailed { target, reason } => {
-                self.failures.insert(target.clone(), reason.to_string());
+                self.record_failure(target.clone(), &reason);
                 self.emit(Event::ConnectFailed { target, reason });
             }
             SessionEvent::Subscribed {
@@ -235,6 +235,11 @@ impl Driver {
                     debug!(%channel, "subscription buffer full; will resume from the stream");
                     entry.phase = Phase::Overflowed;
                     entry.shared.overflowed.store(true, Ordering::SeqCst);
+                    let resume_after = entry.last_queued;
+                    self.emit(Event::Overflow {
+                        channel,
+                        resume_after,
+                    });
                     // The application may have made room before it could see the flag.
                     self.resume_ready();
                     return;
