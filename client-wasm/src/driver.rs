@@ -12,7 +12,7 @@
 //! delivers in order.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -106,7 +106,9 @@ struct Inner {
     handlers: Option<Handlers>,
     /// The armed `setTimeout` id and the session time it fires for.
     timer: Option<(JsValue, Duration)>,
-    waiting: BTreeMap<u64, Waiter>,
+    /// Promises by request id. A short list (requests settle within the request timeout), so
+    /// a `Vec` beats a map in code size.
+    waiting: Vec<(u64, Waiter)>,
     listeners: [Vec<Function>; 4],
     cache: Option<Cache<LocalStorage>>,
     encode: Option<Function>,
@@ -171,7 +173,7 @@ impl Driver {
             socket: None,
             handlers: None,
             timer: None,
-            waiting: BTreeMap::new(),
+            waiting: Vec::new(),
             listeners: Default::default(),
             cache: setup.cache,
             encode: setup.encode,
@@ -284,7 +286,7 @@ impl Driver {
                     reject: reject.clone(),
                     reply,
                 };
-                inner.waiting.insert(id.get(), waiter);
+                inner.waiting.push((id.get(), waiter));
             }
             result
         };
@@ -514,7 +516,7 @@ impl Inner {
 
     /// Arms the timer for the session's next deadline (at once before the start).
     fn arm_timer(&mut self) {
-        let next = if self.started {
+        let next = if self.started || self.session.is_closed() {
             self.session.poll_timeout()
         } else {
             Some(Duration::ZERO)
@@ -541,9 +543,10 @@ impl Inner {
     }
 
     fn settle(&mut self, id: RequestId, value: Result<JsValue, ErrorInfo>) {
-        let Some(w) = self.waiting.remove(&id.get()) else {
+        let Some(i) = self.waiting.iter().position(|(w, _)| *w == id.get()) else {
             return;
         };
+        let (_, w) = self.waiting.swap_remove(i);
         // Settling only queues promise reactions: no page code runs here.
         match value {
             Ok(v) => call(&w.resolve, &[v]),
@@ -552,7 +555,10 @@ impl Inner {
     }
 
     fn reply(&self, id: RequestId) -> Option<Reply> {
-        self.waiting.get(&id.get()).map(|w| w.reply)
+        self.waiting
+            .iter()
+            .find(|(w, _)| *w == id.get())
+            .map(|(_, w)| w.reply)
     }
 
     /// Writes to the cache; problems become `error` events.
