@@ -36,7 +36,8 @@
 //!   Nothing is reported published that the server did not store.
 //! - **Bounded memory.** Commands, events and each subscription's messages go through bounded
 //!   buffers. A subscription whose application does not keep up is resumed from the stream
-//!   instead of buffering without limit (see [`Subscription`]).
+//!   instead of buffering without limit ([`Event::Overflow`]; see [`Subscription`]). The
+//!   driver never waits for the application.
 //! - **TLS.** `wss://` targets use rustls (ring provider) with the webpki roots and any root
 //!   added with [`ClientBuilder::add_root_certificate`].
 

@@ -5,10 +5,11 @@
 //!
 //! Each subscription buffers at most [`ClientBuilder::subscription_buffer`] messages. The
 //! driver never waits for the application: when the buffer is full it stops buffering that
-//! channel, remembers the offset of the last message it buffered and drops what follows. Once
-//! the application has taken half of the buffer, the driver re-subscribes from that offset and
-//! the server replays the rest from the stream (its own slow-consumer rule, DESIGN.md §3.6,
-//! one level up). So memory stays bounded, the application still sees every message once and
+//! channel, remembers the offset of the last message it buffered, drops what follows and emits
+//! [`Event::Overflow`](crate::Event::Overflow). Once the application has taken half of the
+//! buffer, the driver re-subscribes from that offset (`unsubscribe`, then `subscribe` after the
+//! reply) and the server replays the rest from the stream (its own slow-consumer rule,
+//! DESIGN.md §3.6, one level up). So memory stays bounded, the application still sees every message once and
 //! in order, and the only cost is the replay. If the stream was trimmed past that offset
 //! meanwhile, the messages are gone and an [`Event::Gap`](crate::Event::Gap) says so.
 //!

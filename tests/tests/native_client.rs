@@ -608,3 +608,55 @@ async fn a_slow_subscriber_is_resumed_from_the_stream() -> Result<()> {
     eprintln!("slow subscriber: {overflows} overflow(s), each resumed from the stream");
     Ok(())
 }
+
+/// The API around subscriptions: subscribing again replaces (the old stream ends, the new one
+/// starts where it asked), dropping a subscription unsubscribes, `unsubscribe` ends the
+/// stream; invalid requests fail locally with typed errors.
+#[tokio::test]
+async fn subscriptions_replace_end_and_drop_cleanly() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let server = start_server(Some(&redis), &[]).await?;
+    let client = connect(&[server.ws_url()]).await?;
+
+    let mut first = within("subscribe", client.subscribe("x", Offset::Latest)).await??;
+    let one = within("publish", client.publish("x", json!({"seq": 0}))).await??;
+    ensure!(next(&mut first).await?.offset == one);
+    ensure!(first.last_offset() == Some(one));
+
+    let mut second = within("subscribe again", client.subscribe("x", Offset::Earliest)).await??;
+    ensure!(
+        within("old stream", first.next()).await?.is_none(),
+        "the replaced subscription's stream should end"
+    );
+    let two = within("publish", client.publish("x", json!({"seq": 1}))).await??;
+    let got = vec![next(&mut second).await?, next(&mut second).await?];
+    check_exact(&got, &[one, two])?;
+
+    within("unsubscribe", client.unsubscribe("x")).await??;
+    ensure!(within("ended stream", second.next()).await?.is_none());
+    within("unsubscribe again", client.unsubscribe("x")).await??;
+
+    // Dropping unsubscribes, so the channel can be subscribed again at once.
+    drop(within("subscribe", client.subscribe("y", Offset::Latest)).await??);
+    let mut again = within(
+        "subscribe after drop",
+        client.subscribe("y", Offset::Latest),
+    )
+    .await??;
+    let three = within("publish", client.publish("y", json!({"seq": 0}))).await??;
+    ensure!(next(&mut again).await?.offset == three);
+
+    within("ping", client.ping()).await??;
+    let bad = within("bad channel", client.publish("no spaces", json!({"a": 1}))).await?;
+    ensure!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
+    let bad = within("bad fields", client.publish("x", json!([1]))).await?;
+    ensure!(matches!(bad, Err(Error::Fields(_))), "{bad:?}");
+    let bad = within("empty fields", client.publish("x", json!({}))).await?;
+    ensure!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
+
+    client.close().await;
+    let closed = within("publish after close", client.publish("x", json!({"a": 1}))).await?;
+    ensure!(closed == Err(Error::Closed), "{closed:?}");
+    ensure!(within("ended by close", again.next()).await?.is_none());
+    Ok(())
+}

@@ -2,9 +2,11 @@
 //! them into session commands.
 //!
 //! Replacing a subscription (subscribing again to a channel, or resuming one that overflowed)
-//! is done as `unsubscribe`, then `subscribe` once the `unsubscribed` reply came back: the
-//! server refuses a second `subscribe` of a channel, and waiting for the reply means no
-//! message of the old subscription can reach the new one.
+//! is done as `unsubscribe`, then `subscribe` once the `unsubscribed` reply came back; so is a
+//! subscribe of a channel whose unsubscribe is still in flight. The server refuses a second
+//! `subscribe` of a channel, and waiting for the reply means no message of the old
+//! subscription (still on the wire) can reach the new one: for a new subscription from `0`
+//! such a message would move its position past the history it is about to receive.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::route::{Entry, Phase, Reply};
+use super::route::{Deferred, Entry, Phase, Reply};
 use super::{resume_offset, Driver, RESUME_RETRY};
 use crate::error::Error;
 use crate::subscription::{Start, SubShared};
@@ -69,20 +71,13 @@ impl Driver {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                match self.session.unsubscribe(channel) {
-                    Ok(id) => {
-                        self.pending
-                            .insert(id.get(), Reply::Unsubscribe(Some(reply)));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
-                }
+                // Answered when the server confirms (or at once on a refusal).
+                let _ = self.unsubscribe(channel, Some(reply));
             }
             Command::Dropped { channel, sub } => {
                 if self.entries.get(&channel).is_some_and(|e| e.sub == sub) {
                     self.entries.remove(&channel);
-                    self.unsubscribe_quietly(channel);
+                    let _ = self.unsubscribe(channel, None);
                 }
             }
             Command::Publish {
@@ -125,7 +120,19 @@ impl Driver {
             tx,
             shared,
         } = request;
+        // A replaced subscription's stream ends with its entry.
         let replacing = self.entries.remove(&channel).is_some();
+        let wait_for = if replacing {
+            match self.unsubscribe(channel.clone(), None) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        } else {
+            self.unsubscribing.get(&channel).copied()
+        };
         let mut entry = Entry {
             sub,
             tx,
@@ -134,25 +141,17 @@ impl Driver {
             last_queued: None,
             phase: Phase::Live,
         };
-        if replacing {
-            // The old stream ended with its entry; the new one starts once the server let go.
-            match self.session.unsubscribe(channel.clone()) {
-                Ok(id) => {
-                    entry.phase = Phase::Unsubscribing;
-                    self.pending.insert(
-                        id.get(),
-                        Reply::ThenSubscribe {
-                            channel: channel.clone(),
-                            sub,
-                            reply: Some(reply),
-                        },
-                    );
-                    self.entries.insert(channel, entry);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            }
+        if let Some(id) = wait_for {
+            entry.phase = Phase::Unsubscribing;
+            self.defer(
+                id,
+                Deferred {
+                    channel: channel.clone(),
+                    sub,
+                    reply: Some(reply),
+                },
+            );
+            self.entries.insert(channel, entry);
             return;
         }
         match self.session.subscribe(channel.clone(), offset) {
@@ -173,8 +172,63 @@ impl Driver {
         }
     }
 
+    /// Sends `unsubscribe` and remembers it as the channel's latest one in flight; `reply`
+    /// gets the outcome (a refusal at once).
+    pub(super) fn unsubscribe(
+        &mut self,
+        channel: String,
+        reply: Option<oneshot::Sender<Result<(), Error>>>,
+    ) -> Result<u64, Error> {
+        let id = match self.session.unsubscribe(channel.clone()) {
+            Ok(id) => id.get(),
+            Err(e) => {
+                let error = Error::from(e);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return Err(error);
+            }
+        };
+        self.unsubscribing.insert(channel.clone(), id);
+        self.pending
+            .insert(id, Reply::Unsubscribe { channel, reply });
+        Ok(id)
+    }
+
+    /// Runs `deferred` once the unsubscribe `id` has an outcome.
+    fn defer(&mut self, id: u64, deferred: Deferred) {
+        if let Some(old) = self.deferred.insert(id, deferred) {
+            if let Some(reply) = old.reply {
+                let _ = reply.send(Err(Error::Cancelled));
+            }
+        }
+    }
+
+    /// The unsubscribe `id` of `channel` has an outcome: start what waited for it.
+    pub(super) fn on_unsubscribed(&mut self, id: u64, channel: &str, outcome: &Result<(), Error>) {
+        if self.unsubscribing.get(channel) == Some(&id) {
+            self.unsubscribing.remove(channel);
+        }
+        let Some(Deferred {
+            channel,
+            sub,
+            reply,
+        }) = self.deferred.remove(&id)
+        else {
+            return;
+        };
+        match outcome {
+            Err(error @ (Error::Closed | Error::Unreachable { .. })) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            outcome => self.then_subscribe(channel, sub, reply, outcome.clone()),
+        }
+    }
+
     /// Second half of a replacement: the old subscription is gone, subscribe the new one.
-    pub(super) fn then_subscribe(
+    fn then_subscribe(
         &mut self,
         channel: String,
         sub: u64,
@@ -244,13 +298,6 @@ impl Driver {
         }
     }
 
-    /// Unsubscribes without anyone waiting for the outcome.
-    pub(super) fn unsubscribe_quietly(&mut self, channel: String) {
-        if let Ok(id) = self.session.unsubscribe(channel) {
-            self.pending.insert(id.get(), Reply::Unsubscribe(None));
-        }
-    }
-
     /// Resumes every overflowed subscription whose buffer is at most half full again (or
     /// whose stream was dropped).
     pub(super) fn resume_ready(&mut self) {
@@ -270,22 +317,24 @@ impl Driver {
 
     /// Starts re-subscribing an overflowed subscription from its last buffered message.
     fn resume(&mut self, channel: String) {
-        let Some(entry) = self.entries.get_mut(&channel) else {
+        let Some(entry) = self.entries.get(&channel) else {
             return;
         };
         if entry.tx.is_closed() {
             self.entries.remove(&channel);
-            self.unsubscribe_quietly(channel);
+            let _ = self.unsubscribe(channel, None);
             return;
         }
         let sub = entry.sub;
-        match self.session.unsubscribe(channel.clone()) {
+        match self.unsubscribe(channel.clone(), None) {
             Ok(id) => {
-                entry.phase = Phase::Unsubscribing;
-                entry.shared.overflowed.store(false, Ordering::SeqCst);
-                self.pending.insert(
-                    id.get(),
-                    Reply::ThenSubscribe {
+                if let Some(entry) = self.entries.get_mut(&channel) {
+                    entry.phase = Phase::Unsubscribing;
+                    entry.shared.overflowed.store(false, Ordering::SeqCst);
+                }
+                self.defer(
+                    id,
+                    Deferred {
                         channel,
                         sub,
                         reply: None,

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, warn};
 
 pub(crate) use commands::{Command, SubscribeRequest};
-use route::{Entry, Reply};
+use route::{Deferred, Entry, Reply};
 
 use crate::client::Client;
 use crate::error::{Error, TargetFailure};
@@ -70,6 +70,10 @@ pub(crate) struct Driver {
     pending: HashMap<u64, Reply>,
     /// Subscriptions with a live stream, by channel.
     entries: HashMap<String, Entry>,
+    /// The latest unsubscribe in flight per channel.
+    unsubscribing: HashMap<String, u64>,
+    /// Subscribes waiting for an unsubscribe (by its id) to finish.
+    deferred: HashMap<u64, Deferred>,
     /// Since when no connection was ready (for the give-up rule).
     disconnected_since: Option<Instant>,
     /// The last error of each target since the last connection.
@@ -107,6 +111,8 @@ impl Driver {
             connecting: None,
             pending: HashMap::new(),
             entries: HashMap::new(),
+            unsubscribing: HashMap::new(),
+            deferred: HashMap::new(),
             disconnected_since: Some(start),
             failures: HashMap::new(),
             close_error: None,
@@ -317,8 +323,14 @@ impl Driver {
             close_politely(socket).await;
         }
         self.entries.clear();
+        let error = self.close_error.clone().unwrap_or(Error::Closed);
         for (_, reply) in self.pending.drain() {
-            reply.fail(self.close_error.clone().unwrap_or(Error::Closed));
+            reply.fail(error.clone());
+        }
+        for (_, deferred) in self.deferred.drain() {
+            if let Some(reply) = deferred.reply {
+                let _ = reply.send(Err(error.clone()));
+            }
         }
         let error = self.close_error.take();
         self.state.send_replace(ConnectionState::Closed {

@@ -40,6 +40,16 @@ pub(super) struct Entry {
     pub(super) phase: Phase,
 }
 
+/// A subscribe waiting for an unsubscribe of its channel to finish (a replacement, a resume
+/// after overflow, or a subscribe right after an unsubscribe).
+#[derive(Debug)]
+pub(super) struct Deferred {
+    pub(super) channel: String,
+    pub(super) sub: u64,
+    /// The caller's subscribe, or `None` for a resume.
+    pub(super) reply: Option<oneshot::Sender<Result<Start, Error>>>,
+}
+
 /// Who waits for a request's outcome.
 #[derive(Debug)]
 pub(super) enum Reply {
@@ -50,12 +60,9 @@ pub(super) enum Reply {
         reply: Option<oneshot::Sender<Result<Start, Error>>>,
     },
     /// An unsubscribe: the caller's, or one nobody waits for.
-    Unsubscribe(Option<oneshot::Sender<Result<(), Error>>>),
-    /// The first half of a replacement: subscribe `channel` once this unsubscribe is done.
-    ThenSubscribe {
+    Unsubscribe {
         channel: String,
-        sub: u64,
-        reply: Option<oneshot::Sender<Result<Start, Error>>>,
+        reply: Option<oneshot::Sender<Result<(), Error>>>,
     },
     Publish(oneshot::Sender<Result<StreamId, Error>>),
     Ping(oneshot::Sender<Result<(), Error>>),
@@ -65,12 +72,12 @@ impl Reply {
     /// Answers a waiting call with an error (when the driver stops).
     pub(super) fn fail(self, error: Error) {
         match self {
-            Reply::Subscribe { reply, .. } | Reply::ThenSubscribe { reply, .. } => {
+            Reply::Subscribe { reply, .. } => {
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(error));
                 }
             }
-            Reply::Unsubscribe(reply) => {
+            Reply::Unsubscribe { reply, .. } => {
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(error));
                 }
@@ -169,34 +176,20 @@ impl Driver {
             return;
         };
         match (reply, outcome) {
-            (Reply::Unsubscribe(reply), outcome) => {
-                // Not subscribed on the server is as good as unsubscribed.
-                let outcome = match outcome {
-                    Err(Error::Server {
-                        code: redistribute_protocol::ErrorCode::NotFound,
-                        ..
-                    }) => Ok(()),
-                    other => other,
-                };
+            (Reply::Unsubscribe { channel, reply }, outcome) => {
                 if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
+                    // Not subscribed on the server is as good as unsubscribed.
+                    let answer = match &outcome {
+                        Err(Error::Server {
+                            code: redistribute_protocol::ErrorCode::NotFound,
+                            ..
+                        }) => Ok(()),
+                        other => other.clone(),
+                    };
+                    let _ = reply.send(answer);
                 }
+                self.on_unsubscribed(id, &channel, &outcome);
             }
-            (
-                Reply::ThenSubscribe {
-                    channel,
-                    sub,
-                    reply,
-                },
-                outcome,
-            ) => match outcome {
-                Err(error @ (Error::Closed | Error::Unreachable { .. })) => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error));
-                    }
-                }
-                outcome => self.then_subscribe(channel, sub, reply, outcome),
-            },
             (
                 Reply::Subscribe {
                     channel,
@@ -246,7 +239,7 @@ impl Driver {
                 }
                 Err(TrySendError::Closed(_)) => {
                     self.entries.remove(&channel);
-                    self.unsubscribe_quietly(channel);
+                    let _ = self.unsubscribe(channel, None);
                     return;
                 }
             }
