@@ -36,10 +36,13 @@ fi
 say "building redistribute-wasm (profile wasm-release)"
 cargo build -q -p redistribute-wasm --target wasm32-unknown-unknown --profile wasm-release
 
+# Where cargo puts artifacts (honours CARGO_TARGET_DIR and .cargo/config.toml).
+target_dir="$(cargo metadata --format-version 1 --no-deps \
+  | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 out="$here/pkg"
 rm -rf "$out"
 wasm-bindgen --target web --out-dir "$out" --out-name redistribute_client \
-  "$root/target/wasm32-unknown-unknown/wasm-release/redistribute_wasm.wasm"
+  "$target_dir/wasm32-unknown-unknown/wasm-release/redistribute_wasm.wasm"
 
 wasm="$out/redistribute_client_bg.wasm"
 tools="$here/tools"

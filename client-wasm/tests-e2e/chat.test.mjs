@@ -138,6 +138,24 @@ describe('redistribute-client in Chromium', { timeout: 240000 }, () => {
     assert.ok(kinds.lastIndexOf('connect') > kinds.lastIndexOf('disconnect'), String(kinds));
   });
 
+  it('a page opened while its server is down shows the cache, then catches up once it is back', async () => {
+    const before = await offsets(alice);
+    await alice.close();
+    await s1.kill();
+    await send(bob, 'while closed and down');
+
+    alice = await openChat(webA, s1, 'alice');
+    await waitFor('history restored', () =>
+      alice.evaluate(() => window.chat?.events.some((e) => e.type === 'restored')));
+    assert.deepEqual((await shown(alice)).map((m) => m.offset), before);
+    assert.equal(await alice.evaluate(() => window.__wsOpens.length), 0, 'no socket opened yet');
+
+    await s1.restart();
+    await connected(alice);
+    await sees(alice, 'while closed and down');
+    await assertInSync('sync 4');
+  });
+
   it('a full localStorage quota does not break delivery', async () => {
     const junk = await alice.evaluate(() => {
       let chunk = 'x'.repeat(1 << 20);
@@ -159,7 +177,7 @@ describe('redistribute-client in Chromium', { timeout: 240000 }, () => {
     await send(bob, 'after quota 2');
     await sees(alice, 'after quota 2');
     await alice.waitForSelector('#errors li[data-code="quota_exceeded"]');
-    await assertInSync('sync 4');
+    await assertInSync('sync 5');
 
     // The page's own data was not evicted to make room for the cache.
     const left = await alice.evaluate(

@@ -81,7 +81,8 @@ export async function startRedis() {
 
 /** The `redistribute` binary on a free port; `restart()` reuses the port. */
 export async function startServer(redisUrl) {
-  const bin = process.env.REDISTRIBUTE_BIN ?? join(root, 'target', 'debug', 'redistribute');
+  const targetDir = resolve(root, process.env.CARGO_TARGET_DIR ?? 'target');
+  const bin = process.env.REDISTRIBUTE_BIN ?? join(targetDir, 'debug', 'redistribute');
   const port = await freePort();
   const server = new Child(`server-${port}`, bin, [
     'serve', '--listen', `127.0.0.1:${port}`, '--redis', redisUrl,

@@ -54,18 +54,31 @@ client.on('error', (err) => {
   $('errors').prepend(li);
   while ($('errors').children.length > 20) $('errors').lastChild.remove();
 });
+let last; // the offset of the last message shown
 client.on('messages', (ch, messages) => {
   if (ch !== channel) return;
   note('messages', messages.length);
   for (const m of messages) show(m, 'live');
+  last = messages[messages.length - 1].offset;
 });
 
 // History from localStorage, without the network; then continue after it.
 const { messages, lastOffset } = await client.load(channel);
 for (const m of messages) show(m, 'restored');
 note('restored', messages.length);
-await client.subscribe(channel, lastOffset ?? '0');
-note('subscribed', lastOffset ?? '0');
+last = lastOffset;
+
+// A subscribe waits for a connection up to the request timeout; while the server stays down,
+// ask again (once subscribed, the client itself resumes after every reconnect).
+for (;;) {
+  try {
+    await client.subscribe(channel, last ?? '0');
+    note('subscribed', last ?? '0');
+    break;
+  } catch (err) {
+    if (err.code !== 'timeout') throw err;
+  }
+}
 
 $('send').addEventListener('submit', async (e) => {
   e.preventDefault();

@@ -3,7 +3,7 @@
 //! the environment, which wins over the file), and validated with errors that name the key.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -28,6 +28,22 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Entries per catch-up (history) read (default 500).
     pub catch_up_page: usize,
+    /// Most simultaneous connections from one IP address (default 10,000).
+    pub max_connections_per_ip: usize,
+    /// Publishes per second per connection (default 1,000), with bursts of `publish_burst`.
+    pub publish_rate: u32,
+    /// Burst size of the publish rate limit (default 2,000).
+    pub publish_burst: u32,
+    /// Subscribes per second per connection (default 1,000), with bursts of `subscribe_burst`.
+    pub subscribe_rate: u32,
+    /// Burst size of the subscribe rate limit (default 1,000).
+    pub subscribe_burst: u32,
+    /// Time to finish the TLS handshake, the HTTP request head and, with auth on, the
+    /// `connect` frame (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Idle WebSocket connections are pinged this often and dropped after two pings go
+    /// unanswered (default 25 s).
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +56,13 @@ impl Default for Limits {
             max_bad_frames: 20,
             request_timeout: Duration::from_secs(5),
             catch_up_page: 500,
+            max_connections_per_ip: 10_000,
+            publish_rate: 1_000,
+            publish_burst: 2_000,
+            subscribe_rate: 1_000,
+            subscribe_burst: 1_000,
+            handshake_timeout: Duration::from_secs(10),
+            ws_ping_interval: Duration::from_secs(25),
         }
     }
 }
@@ -81,13 +104,43 @@ impl Default for HttpConfig {
     }
 }
 
+/// Where the TLS certificate chain and key are (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Default)]
+pub enum AuthConfig {
+    /// No authentication: every client may do everything (development).
+    #[default]
+    Open,
+    /// HS256 tokens signed with this secret.
+    JwtSecret(String),
+    /// RS256 or ES256 tokens verified with the public key in this PEM file.
+    JwtPublicKey(PathBuf),
+}
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
-    /// Redis URL; `None` runs the embedded engine.
+    /// Redis URL; `None` (and no `redis_cluster`) runs the embedded engine.
     pub redis: Option<String>,
+    /// Redis Cluster seed node URLs; non-empty runs the Redis engine in cluster mode (exclusive
+    /// with `redis`).
+    pub redis_cluster: Vec<String>,
+    /// Shards channels are spread over in cluster mode, one hash tag each (default 16).
+    pub redis_shards: u16,
+    /// Replicas that must confirm a publish (`WAIT`) before it is acknowledged (default 0).
+    pub redis_wait_replicas: u32,
+    /// How long a publish waits for those replicas (default 1 s).
+    pub redis_wait_timeout: Duration,
     /// Prefix of stream keys in Redis (default `rd:`).
     pub prefix: String,
     /// How long a Redis reader blocks in `XREAD` (default 10 s).
@@ -100,6 +153,10 @@ pub struct Config {
     pub limits: Limits,
     /// HTTP transports and API.
     pub http: HttpConfig,
+    /// TLS on the listener, if configured.
+    pub tls: Option<TlsFiles>,
+    /// Client authentication.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -107,12 +164,18 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis: None,
+            redis_cluster: Vec::new(),
+            redis_shards: crate::engine::redis::keys::DEFAULT_SHARDS,
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_secs(1),
             prefix: "rd:".into(),
             redis_block: Duration::from_secs(10),
             redis_keys_per_reader: 256,
             idempotency_ttl: Duration::from_secs(600),
             limits: Limits::default(),
             http: HttpConfig::default(),
+            tls: None,
+            auth: AuthConfig::Open,
         }
     }
 }
@@ -154,6 +217,14 @@ pub struct ConfigValues {
     pub listen: Option<String>,
     /// See [`Config::redis`].
     pub redis: Option<Vec<String>>,
+    /// See [`Config::redis_cluster`].
+    pub redis_cluster: Option<Vec<String>>,
+    /// See [`Config::redis_shards`].
+    pub redis_shards: Option<u16>,
+    /// See [`Config::redis_wait_replicas`].
+    pub redis_wait_replicas: Option<u32>,
+    /// See [`Config::redis_wait_timeout`], in ms.
+    pub redis_wait_timeout_ms: Option<u64>,
     /// See [`Config::prefix`].
     pub prefix: Option<String>,
     /// See [`Config::redis_block`], in ms.
@@ -186,6 +257,28 @@ pub struct ConfigValues {
     pub poll_timeout_secs: Option<u64>,
     /// See [`HttpConfig::task_keepalive`], in seconds; 0 turns it off.
     pub task_keepalive_secs: Option<u64>,
+    /// See [`TlsFiles::cert`].
+    pub tls_cert: Option<PathBuf>,
+    /// See [`TlsFiles::key`].
+    pub tls_key: Option<PathBuf>,
+    /// See [`AuthConfig::JwtSecret`].
+    pub jwt_secret: Option<String>,
+    /// See [`AuthConfig::JwtPublicKey`].
+    pub jwt_public_key: Option<PathBuf>,
+    /// See [`Limits::max_connections_per_ip`].
+    pub max_connections_per_ip: Option<usize>,
+    /// See [`Limits::publish_rate`].
+    pub publish_rate: Option<u32>,
+    /// See [`Limits::publish_burst`].
+    pub publish_burst: Option<u32>,
+    /// See [`Limits::subscribe_rate`].
+    pub subscribe_rate: Option<u32>,
+    /// See [`Limits::subscribe_burst`].
+    pub subscribe_burst: Option<u32>,
+    /// See [`Limits::handshake_timeout`], in ms.
+    pub handshake_timeout_ms: Option<u64>,
+    /// See [`Limits::ws_ping_interval`], in seconds.
+    pub ws_ping_secs: Option<u64>,
 }
 
 impl ConfigValues {
@@ -206,6 +299,13 @@ impl ConfigValues {
         ConfigValues {
             listen: self.listen.or(other.listen),
             redis: self.redis.filter(|r| !r.is_empty()).or(other.redis),
+            redis_cluster: self
+                .redis_cluster
+                .filter(|r| !r.is_empty())
+                .or(other.redis_cluster),
+            redis_shards: self.redis_shards.or(other.redis_shards),
+            redis_wait_replicas: self.redis_wait_replicas.or(other.redis_wait_replicas),
+            redis_wait_timeout_ms: self.redis_wait_timeout_ms.or(other.redis_wait_timeout_ms),
             prefix: self.prefix.or(other.prefix),
             redis_block_ms: self.redis_block_ms.or(other.redis_block_ms),
             redis_keys_per_reader: self.redis_keys_per_reader.or(other.redis_keys_per_reader),
@@ -225,6 +325,17 @@ impl ConfigValues {
             sse_heartbeat_secs: self.sse_heartbeat_secs.or(other.sse_heartbeat_secs),
             poll_timeout_secs: self.poll_timeout_secs.or(other.poll_timeout_secs),
             task_keepalive_secs: self.task_keepalive_secs.or(other.task_keepalive_secs),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            jwt_secret: self.jwt_secret.or(other.jwt_secret),
+            jwt_public_key: self.jwt_public_key.or(other.jwt_public_key),
+            max_connections_per_ip: self.max_connections_per_ip.or(other.max_connections_per_ip),
+            publish_rate: self.publish_rate.or(other.publish_rate),
+            publish_burst: self.publish_burst.or(other.publish_burst),
+            subscribe_rate: self.subscribe_rate.or(other.subscribe_rate),
+            subscribe_burst: self.subscribe_burst.or(other.subscribe_burst),
+            handshake_timeout_ms: self.handshake_timeout_ms.or(other.handshake_timeout_ms),
+            ws_ping_secs: self.ws_ping_secs.or(other.ws_ping_secs),
         }
     }
 
@@ -232,7 +343,8 @@ impl ConfigValues {
     pub fn build(self) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         self.build_http(&mut config.http)?;
-        if let Some(listen) = self.listen {
+        self.build_security(&mut config)?;
+        if let Some(listen) = &self.listen {
             config.listen = listen.parse().map_err(|e| ConfigError::Invalid {
                 key: "listen",
                 reason: format!("{listen:?} is not an address like 127.0.0.1:8080 ({e})"),
@@ -256,6 +368,7 @@ impl ConfigValues {
                 })
             }
         }
+        self.build_cluster(&mut config)?;
         if let Some(prefix) = self.prefix {
             if prefix
                 .bytes()
@@ -300,6 +413,101 @@ impl ConfigValues {
                 Duration::from_millis(positive("request_timeout_ms", ms)?);
         }
         Ok(config)
+    }
+
+    fn build_security(&self, config: &mut Config) -> Result<(), ConfigError> {
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_key",
+                    reason: "tls_cert is set but tls_key is not; give both".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    reason: "tls_key is set but tls_cert is not; give both".into(),
+                })
+            }
+        };
+        config.auth = match (&self.jwt_secret, &self.jwt_public_key) {
+            (None, None) => AuthConfig::Open,
+            (Some(secret), None) if secret.len() >= 32 => AuthConfig::JwtSecret(secret.clone()),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "jwt_secret",
+                    reason: "must be at least 32 bytes for HS256".into(),
+                })
+            }
+            (None, Some(path)) => AuthConfig::JwtPublicKey(path.clone()),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "jwt_public_key",
+                    reason: "give either jwt_secret or jwt_public_key, not both".into(),
+                })
+            }
+        };
+        let limits = &mut config.limits;
+        if let Some(n) = self.max_connections_per_ip {
+            limits.max_connections_per_ip = positive("max_connections_per_ip", n as u64)? as usize;
+        }
+        if let Some(n) = self.publish_rate {
+            limits.publish_rate = positive("publish_rate", n.into())? as u32;
+        }
+        if let Some(n) = self.publish_burst {
+            limits.publish_burst = positive("publish_burst", n.into())? as u32;
+        }
+        if let Some(n) = self.subscribe_rate {
+            limits.subscribe_rate = positive("subscribe_rate", n.into())? as u32;
+        }
+        if let Some(n) = self.subscribe_burst {
+            limits.subscribe_burst = positive("subscribe_burst", n.into())? as u32;
+        }
+        if let Some(ms) = self.handshake_timeout_ms {
+            limits.handshake_timeout = Duration::from_millis(positive("handshake_timeout_ms", ms)?);
+        }
+        if let Some(s) = self.ws_ping_secs {
+            limits.ws_ping_interval = Duration::from_secs(positive("ws_ping_secs", s)?);
+        }
+        Ok(())
+    }
+
+    /// The Redis Cluster and replication keys.
+    fn build_cluster(&self, config: &mut Config) -> Result<(), ConfigError> {
+        let nodes = self.redis_cluster.as_deref().unwrap_or_default();
+        if !nodes.is_empty() && config.redis.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "redis_cluster",
+                reason: "`redis` and `redis_cluster` are mutually exclusive: give `redis` for \
+                         a single Redis or `redis_cluster` (seed nodes) for a Redis Cluster"
+                    .into(),
+            });
+        }
+        for url in nodes {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(ConfigError::Invalid {
+                    key: "redis_cluster",
+                    reason: format!("{url:?} is not a redis:// or rediss:// URL"),
+                });
+            }
+        }
+        config.redis_cluster = nodes.to_vec();
+        if let Some(n) = self.redis_shards {
+            config.redis_shards = positive("redis_shards", u64::from(n))? as u16;
+        }
+        if let Some(n) = self.redis_wait_replicas {
+            config.redis_wait_replicas = n;
+        }
+        if let Some(ms) = self.redis_wait_timeout_ms {
+            config.redis_wait_timeout =
+                Duration::from_millis(positive("redis_wait_timeout_ms", ms)?);
+        }
+        Ok(())
     }
 
     fn build_http(&self, http: &mut HttpConfig) -> Result<(), ConfigError> {
@@ -389,6 +597,39 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(err.to_string().contains("`redis`"), "{err}");
+    }
+
+    #[test]
+    fn redis_and_redis_cluster_are_exclusive() {
+        let err = ConfigValues {
+            redis: Some(vec!["redis://a:1".into()]),
+            redis_cluster: Some(vec!["redis://b:1".into()]),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`redis`") && err.contains("`redis_cluster`"),
+            "{err}"
+        );
+        let config: ConfigValues = toml::from_str(
+            "redis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n\
+             redis_shards = 32\nredis_wait_replicas = 1",
+        )
+        .unwrap();
+        let config = config.build().unwrap();
+        assert_eq!(config.redis_cluster.len(), 2);
+        assert_eq!(config.redis_shards, 32);
+        assert_eq!(config.redis_wait_replicas, 1);
+        assert!(config.redis.is_none());
+        let err = ConfigValues {
+            redis_shards: Some(0),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(err.to_string().contains("`redis_shards`"), "{err}");
     }
 
     #[test]

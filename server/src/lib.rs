@@ -4,21 +4,23 @@
 //! [`App::start`] builds the engine and hub from a [`Config`]; [`serve`] runs the HTTP listener
 //! until a shutdown token fires. `main.rs` only parses flags and wires signals.
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod feed;
 pub mod hub;
+pub mod limits;
+pub mod listener;
 pub mod transport;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ConfigError, ConfigValues, HttpConfig, Limits};
+pub use config::{AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, TlsFiles};
 use engine::embedded::EmbeddedEngine;
 use engine::redis::{RedisConfig, RedisEngine};
 use engine::{Engine, EngineConfig, EngineError, LiveSink};
@@ -40,25 +42,167 @@ pub struct App {
     pub poll_holders: Arc<transport::http::Holders>,
     /// Task watches holding a task id.
     pub task_watches: Arc<transport::http::Holders>,
+    /// TLS settings, when the listener serves TLS.
+    pub tls: Option<Arc<listener::tls::TlsSetup>>,
+    /// Token verifier, when authentication is on.
+    pub verifier: Option<auth::Verifier>,
+    /// The subscribe/publish policy.
+    pub authorizer: Arc<dyn auth::Authorizer>,
+    /// Open connections per client IP.
+    pub connections: Arc<listener::PerIp>,
     next_connection: AtomicU64,
 }
 
 impl App {
-    /// Builds the engine (connecting to Redis when configured) and the hub.
+    /// Builds the engine (connecting to Redis when configured) and the hub, with the default
+    /// authorization policy. See [`ServerBuilder`] to replace it.
     pub async fn start(
         config: Config,
         shutdown: CancellationToken,
-    ) -> Result<Arc<App>, EngineError> {
+    ) -> Result<Arc<App>, StartError> {
+        ServerBuilder::new(config).start(shutdown).await
+    }
+
+    /// Verifies a client's token: `Ok(None)` when authentication is off, the claims when the
+    /// token is valid, `unauthorized` otherwise (also when it is missing but required).
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+    ) -> Result<Option<Arc<auth::Claims>>, error::RequestError> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(None);
+        };
+        let Some(token) = token else {
+            return Err(error::RequestError::new(
+                redistribute_protocol::ErrorCode::Unauthorized,
+                "a token is required: send it in the connect frame or an Authorization header",
+            ));
+        };
+        verifier
+            .verify(token)
+            .map(|c| Some(Arc::new(c)))
+            .map_err(|e| {
+                error::RequestError::new(
+                    redistribute_protocol::ErrorCode::Unauthorized,
+                    e.to_string(),
+                )
+            })
+    }
+
+    /// Whether clients must authenticate.
+    pub fn auth_required(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// A new connection id, unique within this instance.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A one-line description of the engine for the startup line.
+    pub fn engine_description(&self) -> String {
+        if !self.config.redis_cluster.is_empty() {
+            return format!(
+                "redis cluster via {} ({} shards)",
+                self.config.redis_cluster.join(", "),
+                self.config.redis_shards
+            );
+        }
+        match &self.config.redis {
+            Some(url) => format!("redis at {url}"),
+            None => "embedded (in-memory; set --redis to share channels between instances)".into(),
+        }
+    }
+}
+
+/// Why the server could not start; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The engine (Redis) could not be reached or configured.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] listener::tls::TlsError),
+    /// The JWT public key cannot be used.
+    #[error("`jwt_public_key`: {0}")]
+    JwtKey(#[from] auth::jwt::KeyError),
+}
+
+/// Builds an [`App`], optionally with a custom authorization hook (seed `004_*`, "Restricting
+/// channels and messages").
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use redistribute_server::auth::{Action, Denied};
+/// use redistribute_server::{Config, ServerBuilder};
+/// let app = ServerBuilder::new(Config::default())
+///     .authorize(|_ctx: &redistribute_server::auth::AuthContext, action: Action<'_>| match action {
+///         Action::Publish { channel, .. } if channel.starts_with("announcements") => {
+///             Err(Denied::forbidden("announcements are read-only"))
+///         }
+///         _ => Ok(()),
+///     })
+///     .start(tokio_util::sync::CancellationToken::new())
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder {
+    config: Config,
+    authorizer: Arc<dyn auth::Authorizer>,
+}
+
+impl ServerBuilder {
+    /// A builder with the default policy ([`auth::ClaimsPolicy`]).
+    pub fn new(config: Config) -> Self {
+        ServerBuilder {
+            config,
+            authorizer: Arc::new(auth::ClaimsPolicy),
+        }
+    }
+
+    /// Replaces the subscribe/publish policy.
+    pub fn authorize(mut self, authorizer: impl auth::Authorizer) -> Self {
+        self.authorizer = Arc::new(authorizer);
+        self
+    }
+
+    /// Loads TLS and keys, connects the engine, and returns the running app.
+    pub async fn start(self, shutdown: CancellationToken) -> Result<Arc<App>, StartError> {
+        let config = self.config;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(listener::tls::TlsSetup::load)
+            .transpose()?
+            .map(Arc::new);
+        let verifier = match &config.auth {
+            AuthConfig::Open => None,
+            AuthConfig::JwtSecret(secret) => Some(auth::Verifier::hs256(secret.as_bytes())),
+            AuthConfig::JwtPublicKey(path) => Some(auth::Verifier::from_public_key_file(
+                &path.display().to_string(),
+            )?),
+        };
         let hub = Hub::new();
         let sink: Arc<dyn LiveSink> = hub.clone();
         let engine_config = EngineConfig {
             idempotency_ttl: config.idempotency_ttl,
             ..EngineConfig::default()
         };
-        let engine: Arc<dyn Engine> = match &config.redis {
+        let redis = if config.redis_cluster.is_empty() {
+            config.redis.clone().map(RedisConfig::new)
+        } else {
+            let mut redis = RedisConfig::cluster(config.redis_cluster.clone());
+            if let Some(cluster) = &mut redis.cluster {
+                cluster.shards = config.redis_shards;
+            }
+            Some(redis)
+        };
+        let engine: Arc<dyn Engine> = match redis {
             None => EmbeddedEngine::start(sink, engine_config),
-            Some(url) => {
-                let mut redis = RedisConfig::new(url.clone());
+            Some(mut redis) => {
+                redis.wait_replicas = config.redis_wait_replicas;
+                redis.wait_timeout = config.redis_wait_timeout;
                 redis.prefix = config.prefix.clone();
                 redis.block = config.redis_block;
                 redis.keys_per_reader = config.redis_keys_per_reader;
@@ -79,32 +223,16 @@ impl App {
             instance_id,
             poll_holders: Arc::default(),
             task_watches: Arc::default(),
+            tls,
+            verifier,
+            authorizer: self.authorizer,
+            connections: Arc::default(),
             next_connection: AtomicU64::new(1),
         }))
-    }
-
-    /// A new connection id, unique within this instance.
-    pub fn next_connection_id(&self) -> u64 {
-        self.next_connection.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// A one-line description of the engine for the startup line.
-    pub fn engine_description(&self) -> String {
-        match &self.config.redis {
-            Some(url) => format!("redis at {url}"),
-            None => "embedded (in-memory; set --redis to share channels between instances)".into(),
-        }
     }
 }
 
 /// Serves HTTP and WebSocket connections on `listener` until `app.shutdown` fires.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
-    let shutdown = app.shutdown.clone();
-    let router = transport::router(app);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    listener::serve(listener, app).await
 }

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Subscribe to channels and print one JSON line per message.
     Sub(cli::SubArgs),
     /// Publish one message and print its offset.
@@ -39,6 +39,19 @@ struct ServeArgs {
     /// Redis URL (redis://host:port); without it the embedded engine runs.
     #[arg(long, env = "REDISTRIBUTE_REDIS")]
     redis: Vec<String>,
+    /// Redis Cluster seed node URL (redis://host:port); repeatable or comma-separated. Exclusive
+    /// with --redis.
+    #[arg(long, env = "REDISTRIBUTE_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Vec<String>,
+    /// Shards (hash tags) channels are spread over in cluster mode [default: 16].
+    #[arg(long, env = "REDISTRIBUTE_REDIS_SHARDS")]
+    redis_shards: Option<u16>,
+    /// Replicas that must confirm a publish (WAIT) before it is acknowledged [default: 0].
+    #[arg(long, env = "REDISTRIBUTE_REDIS_WAIT_REPLICAS")]
+    redis_wait_replicas: Option<u32>,
+    /// How long a publish waits for those replicas, in ms [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_REDIS_WAIT_TIMEOUT_MS")]
+    redis_wait_timeout_ms: Option<u64>,
     /// TOML config file with the same keys as the flags (snake case).
     #[arg(long, env = "REDISTRIBUTE_CONFIG")]
     config: Option<PathBuf>,
@@ -90,6 +103,39 @@ struct ServeArgs {
     /// Task-watch newline keepalive in seconds, 0 = off [default: 10].
     #[arg(long, env = "REDISTRIBUTE_TASK_KEEPALIVE_SECS")]
     task_keepalive_secs: Option<u64>,
+    /// TLS certificate chain (PEM); with --tls-key serves https/wss on the same listener.
+    #[arg(long, env = "REDISTRIBUTE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM). Reloaded with the certificate on SIGHUP.
+    #[arg(long, env = "REDISTRIBUTE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// HS256 secret for client tokens (JWT); turns authentication on.
+    #[arg(long, env = "REDISTRIBUTE_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    /// RS256/ES256 public key (PEM) for client tokens; turns authentication on.
+    #[arg(long, env = "REDISTRIBUTE_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// Most simultaneous connections from one IP address [default: 10000].
+    #[arg(long, env = "REDISTRIBUTE_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Publishes per second per connection [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_PUBLISH_RATE")]
+    publish_rate: Option<u32>,
+    /// Publish burst per connection [default: 2000].
+    #[arg(long, env = "REDISTRIBUTE_PUBLISH_BURST")]
+    publish_burst: Option<u32>,
+    /// Subscribes per second per connection [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_SUBSCRIBE_RATE")]
+    subscribe_rate: Option<u32>,
+    /// Subscribe burst per connection [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_SUBSCRIBE_BURST")]
+    subscribe_burst: Option<u32>,
+    /// Time allowed for the TLS handshake, request head and auth, in ms [default: 10000].
+    #[arg(long, env = "REDISTRIBUTE_HANDSHAKE_TIMEOUT_MS")]
+    handshake_timeout_ms: Option<u64>,
+    /// WebSocket ping interval in seconds; two missed pongs drop the connection [default: 25].
+    #[arg(long, env = "REDISTRIBUTE_WS_PING_SECS")]
+    ws_ping_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -97,6 +143,10 @@ impl ServeArgs {
         ConfigValues {
             listen: self.listen.clone(),
             redis: Some(self.redis.clone()),
+            redis_cluster: Some(self.redis_cluster.clone()),
+            redis_shards: self.redis_shards,
+            redis_wait_replicas: self.redis_wait_replicas,
+            redis_wait_timeout_ms: self.redis_wait_timeout_ms,
             prefix: self.prefix.clone(),
             redis_block_ms: self.redis_block_ms,
             redis_keys_per_reader: self.redis_keys_per_reader,
@@ -113,6 +163,17 @@ impl ServeArgs {
             sse_heartbeat_secs: self.sse_heartbeat_secs,
             poll_timeout_secs: self.poll_timeout_secs,
             task_keepalive_secs: self.task_keepalive_secs,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            jwt_public_key: self.jwt_public_key.clone(),
+            max_connections_per_ip: self.max_connections_per_ip,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
+            subscribe_rate: self.subscribe_rate,
+            subscribe_burst: self.subscribe_burst,
+            handshake_timeout_ms: self.handshake_timeout_ms,
+            ws_ping_secs: self.ws_ping_secs,
         }
     }
 }
@@ -141,7 +202,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Sub(args)) => runtime.block_on(cli::run_sub(args)),
         Some(Command::Pub(args)) => runtime.block_on(cli::run_pub(args)),
-        Some(Command::Serve(args)) => runtime.block_on(run_server(args)),
+        Some(Command::Serve(args)) => runtime.block_on(run_server(*args)),
         None => runtime.block_on(run_server(cli.serve)),
     };
     match result {
@@ -164,14 +225,41 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (`listen`): {e}", config.listen))?;
     let shutdown = CancellationToken::new();
     let app = App::start(config, shutdown.clone()).await?;
+    let scheme = if app.tls.is_some() { "https" } else { "http" };
     println!(
-        "redistribute listening on http://{} (WebSocket at /ws), engine: {}",
+        "redistribute listening on {scheme}://{} (WebSocket at /ws), engine: {}",
         listener.local_addr()?,
         app.engine_description()
     );
+    if !app.auth_required() {
+        tracing::warn!(
+            "authentication is off: any client may subscribe and publish to any channel \
+             (set --jwt-secret or --jwt-public-key for production)"
+        );
+    }
     tokio::spawn(wait_for_signal(shutdown));
+    tokio::spawn(reload_tls_on_sighup(app.clone()));
     serve(listener, app).await?;
     Ok(())
+}
+
+/// Re-reads the TLS certificate and key on SIGHUP.
+async fn reload_tls_on_sighup(app: std::sync::Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(tls) = app.tls.clone() else {
+        return;
+    };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(err) => {
+                tracing::error!(%err, "TLS reload failed; keeping the previous certificate")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

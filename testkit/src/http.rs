@@ -137,9 +137,9 @@ impl HttpStream {
                     headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
                 }
             }
-            let chunked = headers.iter().any(|(n, v)| {
-                n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")
-            });
+            let chunked = headers
+                .iter()
+                .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
             Ok::<_, anyhow::Error>(HttpStream {
                 reader,
                 status,

@@ -6,6 +6,9 @@
 //! - [`RedisServer`]: a throw-away `redis-server` (no persistence) on a free port, with a tiny
 //!   RESP2 client ([`RespConnection`], [`RespValue`]) for setting up and inspecting Redis, e.g.
 //!   counting `XREAD` calls through [`RedisServer::info_commandstats`].
+//! - [`RedisCluster`]: a throw-away Redis Cluster (N primaries, R replicas each) on free ports,
+//!   formed with `redis-cli --cluster create`, with helpers to find key owners, count
+//!   connections and fail primaries over.
 //! - [`ServerProcess`]: the real `redistribute` binary ([`server_binary`]) listening on a free
 //!   port, ready once `GET /healthz` answers 200, its output kept for [`ServerProcess::logs`].
 //! - [`WsClient`]: a JSON WebSocket client that speaks wire protocol v1 loosely (plain
@@ -14,6 +17,7 @@
 //!
 //! Processes are killed when their handle is dropped, so a failing test leaves nothing behind.
 
+mod cluster;
 mod http;
 mod process;
 mod redis;
@@ -24,6 +28,7 @@ mod ws;
 use std::net::TcpListener;
 use std::time::Duration;
 
+pub use cluster::{ClusterNodeInfo, RedisCluster};
 pub use http::{http_get, http_request, HttpResponse, HttpStream};
 pub use redis::RedisServer;
 pub use resp::{RespConnection, RespValue};

@@ -1,6 +1,7 @@
-//! The engine conformance suite: the same checks against the embedded engine and the Redis
-//! engine (real redis-server), so both keep the same offset, trim, idempotency and live-feed
-//! semantics (issue 3, "Must show" 8).
+//! The engine conformance suite: the same checks against the embedded engine, the Redis
+//! engine (real redis-server) and the Redis engine in cluster mode (a real 3-primary Redis
+//! Cluster), so all keep the same offset, trim, idempotency and live-feed semantics (issue 3,
+//! "Must show" 8; issue 9).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use redistribute_protocol::{decode_server, Fields, Message, ServerFrame, StreamId};
 use redistribute_server::engine::embedded::EmbeddedEngine;
-use redistribute_server::engine::redis::{RedisConfig, RedisEngine};
+use redistribute_server::engine::redis::{keys, RedisConfig, RedisEngine};
 use redistribute_server::engine::{Batch, Engine, EngineConfig, LiveSink, PublishRequest};
-use redistribute_testkit::RedisServer;
+use redistribute_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -28,6 +29,7 @@ struct Subject {
     engine: Arc<dyn Engine>,
     live: mpsc::UnboundedReceiver<Arc<Batch>>,
     redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
 }
 
 async fn embedded() -> Result<Subject> {
@@ -37,6 +39,7 @@ async fn embedded() -> Result<Subject> {
         engine,
         live,
         redis: None,
+        cluster: None,
     })
 }
 
@@ -50,6 +53,21 @@ async fn redis() -> Result<Subject> {
         engine,
         live,
         redis: Some(server),
+        cluster: None,
+    })
+}
+
+async fn redis_cluster() -> Result<Subject> {
+    let cluster = RedisCluster::start(3, 0).await?;
+    let (tx, live) = mpsc::unbounded_channel();
+    let mut config = RedisConfig::cluster(cluster.urls());
+    config.block = Duration::from_secs(30);
+    let engine = RedisEngine::connect(config, Arc::new(Recorder(tx))).await?;
+    Ok(Subject {
+        engine,
+        live,
+        redis: None,
+        cluster: Some(cluster),
     })
 }
 
@@ -208,6 +226,63 @@ async fn watched_channels_feed_new_entries_in_order(mut s: Subject) -> Result<()
     Ok(())
 }
 
+/// Channels of many shards are fed at once, and a channel watched while every reader is blocked
+/// in `XREAD` (30 s) starts at once: the reader is woken with `CLIENT UNBLOCK` (sent, in
+/// cluster mode, to the node holding it).
+async fn many_channels_feed_live_and_new_watches_start_at_once(mut s: Subject) -> Result<()> {
+    let names: Vec<String> = (0..40).map(|i| format!("many:{i}")).collect();
+    let mut readies = Vec::new();
+    for name in &names {
+        let (tx, rx) = watch::channel(false);
+        s.engine.watch(name.as_str().into(), tx);
+        readies.push(rx);
+    }
+    for ready in &mut readies {
+        tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+            .await
+            .context("watch never became ready")??;
+    }
+    // Let the readers block in XREAD.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (tx, mut late) = watch::channel(false);
+    s.engine.watch("many:late".into(), tx);
+    tokio::time::timeout(Duration::from_secs(10), late.wait_for(|r| *r))
+        .await
+        .context("a watch added while readers were blocked never became ready")??;
+    let mut expected = std::collections::HashMap::new();
+    for (i, name) in names
+        .iter()
+        .chain(["many:late".to_string()].iter())
+        .enumerate()
+    {
+        let id = publish(&s, name, json!({ "i": i })).await?;
+        expected.insert(name.clone(), id);
+    }
+    while !expected.is_empty() {
+        let batch = tokio::time::timeout(Duration::from_secs(10), s.live.recv())
+            .await
+            .with_context(|| format!("live feed stalled; still waiting for {expected:?}"))?
+            .context("feed closed")?;
+        let channel = batch.channel().to_string();
+        if let Some(id) = expected.get(&channel) {
+            ensure!(batch.ids() == [*id], "{channel}: got {:?}", batch.ids());
+            expected.remove(&channel);
+        }
+    }
+    let stats = s.engine.stats();
+    if s.engine.name() == "redis" {
+        ensure!(
+            stats.unblocks > 0,
+            "no CLIENT UNBLOCK woke a reader: {stats:?}"
+        );
+    }
+    if s.cluster.is_some() {
+        // One reader per shard at most (41 channels, 256 keys per reader).
+        ensure!(stats.readers <= keys::DEFAULT_SHARDS as usize, "{stats:?}");
+    }
+    Ok(())
+}
+
 /// Generates one test per engine for each conformance check.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -227,6 +302,14 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod redis_cluster_engine {
+            $(
+                #[tokio::test]
+                async fn $check() -> anyhow::Result<()> {
+                    super::$check(super::redis_cluster().await?).await
+                }
+            )*
+        }
     };
 }
 
@@ -235,6 +318,7 @@ conformance!(
     position_reports_last_id_and_trim_watermark,
     idempotency_keys_return_the_first_offset,
     watched_channels_feed_new_entries_in_order,
+    many_channels_feed_live_and_new_watches_start_at_once,
 );
 
 /// Values written by another producer that are not JSON arrive as JSON strings (Redis only:
@@ -260,5 +344,50 @@ async fn foreign_non_json_values_arrive_as_strings() -> Result<()> {
     assert_eq!(got[0].fields["text"], "plain words");
     assert_eq!(got[0].fields["num"], 42);
     assert_eq!(got[0].fields["obj"]["a"], 1);
+    Ok(())
+}
+
+/// In cluster mode, foreign producers write to `<prefix>{<shard>}:<channel>` (the documented
+/// key, [`keys::stream_key`]) and the engine reads it.
+#[tokio::test]
+async fn cluster_keys_are_the_documented_ones() -> Result<()> {
+    let s = redis_cluster().await?;
+    let mut cluster = s.cluster.expect("a cluster subject");
+    let key = keys::stream_key("rd:", "foreign", Some(keys::DEFAULT_SHARDS));
+    assert_eq!(
+        key,
+        format!("rd:{{{}}}:foreign", keys::fnv1a32(b"foreign") % 16)
+    );
+    let owner = cluster.primary_for_key(&key).await?;
+    cluster
+        .command(
+            owner,
+            &["XADD", &key, "*", "text", "plain words", "num", "42"],
+        )
+        .await?
+        .into_result()?;
+    let channel: Arc<str> = "foreign".into();
+    let got = s
+        .engine
+        .read(&channel, StreamId::ZERO, 10)
+        .await?
+        .map(|b| messages(&b))
+        .unwrap_or_default();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].fields["text"], "plain words");
+    assert_eq!(got[0].fields["num"], 42);
+    // What the engine writes lands on the same key.
+    let id = s
+        .engine
+        .publish(PublishRequest {
+            channel: "foreign",
+            fields: &fields(json!({"n": 1})),
+            maxlen: None,
+            idempotency_key: None,
+        })
+        .await?;
+    let len = cluster.command(owner, &["XLEN", &key]).await?;
+    assert_eq!(len.as_integer(), Some(2), "{len}");
+    assert_ne!(id, StreamId::ZERO);
     Ok(())
 }

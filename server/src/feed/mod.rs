@@ -164,7 +164,8 @@ impl Feed {
                 .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
             engine.position(&channel).await
         };
-        let timeout = self.app.config.limits.request_timeout;
+        let timeout = self.app.config.limits.request_timeout
+            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
         let position = match tokio::time::timeout(timeout, position).await {
             Ok(Ok(position)) => position,
             result => {

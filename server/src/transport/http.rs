@@ -13,7 +13,9 @@ use redistribute_protocol::{validate_channel, ErrorCode, Offset, StreamId};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Action, AuthContext};
 use crate::error::RequestError;
+use crate::App;
 
 /// An error answer: status code plus `{"error":{"code","message"}}`.
 #[derive(Debug)]
@@ -203,6 +205,35 @@ pub fn check_api_key(headers: &HeaderMap, keys: &[String]) -> Result<(), HttpErr
             "invalid API key",
         ))
     }
+}
+
+/// Authenticates an HTTP transport request (token in `Authorization: Bearer` or the `token`
+/// query parameter) and checks that it may subscribe to every channel.
+pub fn authorize_subscriber<'a>(
+    app: &App,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+    peer: Option<std::net::SocketAddr>,
+    transport: &'static str,
+    channels: impl IntoIterator<Item = &'a str>,
+) -> Result<AuthContext, HttpError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query_value(pairs, "token"));
+    let claims = app.authenticate(token)?;
+    let ctx = AuthContext {
+        claims,
+        peer,
+        transport,
+    };
+    for channel in channels {
+        app.authorizer
+            .authorize(&ctx, Action::Subscribe { channel })
+            .map_err(RequestError::from)?;
+    }
+    Ok(ctx)
 }
 
 /// Who holds each key (a long-poll `client_id`, a task id): claiming a key cancels the

@@ -7,18 +7,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::http::{
-    channels_with_offsets, push_message, push_offsets, query_pairs, query_value, HttpError,
+    authorize_subscriber, channels_with_offsets, push_message, push_offsets, query_pairs,
+    query_value, HttpError,
 };
 use crate::feed::Feed;
 use crate::App;
 
 /// Answers one long-poll request.
-pub async fn poll(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
+pub async fn poll(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let pairs = query_pairs(query.as_deref());
     let callback = match query_value(&pairs, "callback") {
         Some(_) if !app.config.http.jsonp => {
@@ -30,7 +38,7 @@ pub async fn poll(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Res
         }
         other => other.map(str::to_owned),
     };
-    let result = hold(&app, &pairs).await;
+    let result = hold(&app, &headers, peer, &pairs).await;
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
         Err(err) => {
@@ -41,8 +49,21 @@ pub async fn poll(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Res
     respond(status, body, callback.as_deref())
 }
 
-async fn hold(app: &Arc<App>, pairs: &[(String, String)]) -> Result<String, HttpError> {
+async fn hold(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    pairs: &[(String, String)],
+) -> Result<String, HttpError> {
     let channels = channels_with_offsets(pairs)?;
+    authorize_subscriber(
+        app,
+        headers,
+        pairs,
+        Some(peer),
+        "poll",
+        channels.iter().map(|(c, _)| c.as_str()),
+    )?;
     let http = &app.config.http;
     let timeout = match query_value(pairs, "timeout") {
         None => http.poll_timeout,

@@ -12,14 +12,18 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use redistribute_protocol::{Offset, StreamId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{channels_with_offsets, push_message, query_pairs, query_value, HttpError};
+use super::http::{
+    authorize_subscriber, channels_with_offsets, push_message, query_pairs, query_value, HttpError,
+};
 use crate::feed::Feed;
 use crate::App;
 
@@ -29,10 +33,11 @@ const RETRY_MS: u64 = 2_000;
 /// Opens an event stream.
 pub async fn sse(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match open(app, &headers, query.as_deref()).await {
+    match open(app, &headers, peer, query.as_deref()).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -41,10 +46,19 @@ pub async fn sse(
 async fn open(
     app: Arc<App>,
     headers: &HeaderMap,
+    peer: SocketAddr,
     query: Option<&str>,
 ) -> Result<Response, HttpError> {
     let pairs = query_pairs(query);
     let mut channels = channels_with_offsets(&pairs)?;
+    authorize_subscriber(
+        &app,
+        headers,
+        &pairs,
+        Some(peer),
+        "sse",
+        channels.iter().map(|(c, _)| c.as_str()),
+    )?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -1,12 +1,16 @@
-//! `GET /ws`: upgrades to a WebSocket speaking protocol v1 (see [`crate::conn`]).
+//! `GET /ws`: upgrades to a WebSocket speaking protocol v1 (see [`super::ws_connection`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
+use super::http::HttpError;
 use super::ws_connection::serve_websocket;
+use crate::listener::IpSlot;
 use crate::App;
 
 /// Read buffer per connection: small, since tungstenite's 128 KiB default is allocated for every
@@ -18,16 +22,50 @@ const READ_BUFFER: usize = 4 * 1024;
 /// waits instead of buffering further.
 const WRITE_BUFFER: usize = 32 * 1024;
 
-/// Handles the upgrade request.
+/// Handles the upgrade request: refuses browser origins outside the allow-list (cross-site
+/// WebSocket hijacking) with 403, and a bad `Authorization: Bearer` token with 401.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<Arc<IpSlot>>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let allowed = &app.config.http.allowed_origins;
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = allowed.is_empty()
+            || origin
+                .to_str()
+                .is_ok_and(|o| super::cors::origin_allowed(o, allowed));
+        if !ok {
+            return HttpError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this origin may not open WebSockets here",
+            )
+            .into_response();
+        }
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let claims = match bearer {
+        None => None,
+        Some(token) => match app.authenticate(Some(token)) {
+            Ok(claims) => claims,
+            Err(err) => return HttpError::from(err).into_response(),
+        },
+    };
+    let authenticated = bearer.is_some() || !app.auth_required();
     let max = app.config.limits.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve_websocket(socket, app, peer))
+        .on_upgrade(move |socket| async move {
+            // Keep counting against the per-IP limit while the WebSocket lives.
+            let _slot = slot;
+            serve_websocket(socket, app, peer, claims, authenticated).await
+        })
 }

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
@@ -18,9 +18,11 @@ use redistribute_protocol::{
 };
 use tracing::{debug, info_span, Instrument};
 
+use crate::auth::{Action, AuthContext, Claims};
 use crate::engine::{EngineError, PublishRequest, MAX_FIELDS};
 use crate::error::RequestError;
 use crate::feed::Feed;
+use crate::limits::TokenBucket;
 use crate::App;
 
 /// WebSocket close codes of protocol v1.
@@ -40,6 +42,9 @@ pub mod close_code {
 /// so a connection's publishes are stored in the order it sent them.
 type PublishFuture = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
+/// How much longer than the engine's own timeout the transport waits for it.
+pub const ENGINE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 /// Most publishes one connection may have in flight; beyond it inbound frames wait.
 const MAX_PIPELINED_PUBLISHES: usize = 64;
 
@@ -51,10 +56,29 @@ enum End {
     Close(u16, &'static str),
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn serve_websocket(mut socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
+/// Serves one upgraded WebSocket until it closes. `claims` come from an `Authorization`
+/// header on the upgrade; `authenticated` says whether the connection may act before a
+/// `connect` frame (auth off, or a valid header token).
+pub async fn serve_websocket(
+    mut socket: WebSocket,
+    app: Arc<App>,
+    peer: SocketAddr,
+    claims: Option<Arc<Claims>>,
+    authenticated: bool,
+) {
+    let now = Instant::now();
+    let limits = &app.config.limits;
     let mut conn = Connection {
         feed: Feed::new(app.clone()),
+        ctx: AuthContext {
+            claims,
+            peer: Some(peer),
+            transport: "ws",
+        },
+        authenticated,
+        publish_bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
+        subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),
+        missed_pongs: 0,
         app,
         bad_frames: 0,
         publishes: FuturesOrdered::new(),
@@ -84,6 +108,11 @@ pub async fn serve_websocket(mut socket: WebSocket, app: Arc<App>, peer: SocketA
 struct Connection {
     app: Arc<App>,
     feed: Feed,
+    ctx: AuthContext,
+    authenticated: bool,
+    publish_bucket: TokenBucket,
+    subscribe_bucket: TokenBucket,
+    missed_pongs: u32,
     bad_frames: u32,
     publishes: FuturesOrdered<PublishFuture>,
 }
@@ -91,28 +120,67 @@ struct Connection {
 impl Connection {
     async fn run(&mut self, socket: &mut WebSocket) -> End {
         let shutdown = self.app.shutdown.clone();
+        let limits = &self.app.config.limits;
+        let auth_deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+        let mut ping = tokio::time::interval(limits.ws_ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
         loop {
+            let expiry = self.token_expiry();
             let result = tokio::select! {
-
                 _ = shutdown.cancelled() => return End::Close(close_code::RESTART, "server restarting"),
+                () = tokio::time::sleep_until(auth_deadline), if !self.authenticated => {
+                    return End::Close(close_code::POLICY, "authentication timeout");
+                }
+                () = sleep_until_opt(expiry) => {
+                    let frame = ServerFrame::Error {
+                        id: None,
+                        code: ErrorCode::Unauthorized,
+                        message: "token expired; reconnect with a new token".into(),
+                    };
+                    let _ = send(socket, &frame).await;
+                    return End::Close(close_code::POLICY, "token expired");
+                }
+                _ = ping.tick() => {
+                    if self.missed_pongs >= 2 {
+                        debug!("two pings unanswered; dropping the connection");
+                        return End::Gone;
+                    }
+                    self.missed_pongs += 1;
+                    socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)
+                }
                 Some(reply) = self.publishes.next(), if !self.publishes.is_empty() => {
                     send(socket, &reply).await
                 }
-                msg = socket.recv(), if self.publishes.len() < MAX_PIPELINED_PUBLISHES => match msg {
-                    Some(Ok(Message::Text(text))) => self.on_text(socket, text.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        self.on_bad_frame(socket, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames").await
+                msg = socket.recv(), if self.publishes.len() < MAX_PIPELINED_PUBLISHES => {
+                    self.missed_pongs = 0;
+                    match msg {
+                        Some(Ok(Message::Text(text))) => self.on_text(socket, text.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            self.on_bad_frame(socket, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames").await
+                        }
+                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(err)) => return classify_read_error(&err),
                     }
-                    Some(Ok(Message::Close(_))) | None => return End::Gone,
-                    Some(Ok(_)) => Ok(()),
-                    Some(Err(err)) => return classify_read_error(&err),
-                },
+                }
                 () = self.feed.ready() => self.flush(socket).await,
             };
             if let Err(end) = result {
                 return end;
             }
         }
+    }
+
+    /// When the current token expires, as a tokio instant.
+    fn token_expiry(&self) -> Option<tokio::time::Instant> {
+        let claims = self.ctx.claims.as_ref()?;
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let left = claims.expires_at.saturating_sub(now_unix);
+        Some(tokio::time::Instant::now() + Duration::from_secs(left))
     }
 
     async fn flush(&mut self, socket: &mut WebSocket) -> Result<(), End> {
@@ -157,6 +225,18 @@ impl Connection {
             }
         };
         let id = frame.id();
+        if let ClientFrame::Connect { token, .. } = &frame {
+            return self.on_connect(socket, id, token.as_deref()).await;
+        }
+        if !self.authenticated {
+            let frame = ServerFrame::Error {
+                id: Some(id),
+                code: ErrorCode::Unauthorized,
+                message: "authenticate first: send a connect frame with a token".into(),
+            };
+            send(socket, &frame).await?;
+            return Err(End::Close(close_code::POLICY, "unauthorized"));
+        }
         match self.on_request(socket, frame).await {
             Ok(()) => {
                 self.bad_frames = 0;
@@ -170,17 +250,42 @@ impl Connection {
         }
     }
 
+    /// `connect`: (re)authenticates with the token; a bad token closes the connection.
+    async fn on_connect(
+        &mut self,
+        socket: &mut WebSocket,
+        id: u64,
+        token: Option<&str>,
+    ) -> Result<(), End> {
+        match self.app.authenticate(token) {
+            Ok(claims) => {
+                if claims.is_some() {
+                    self.ctx.claims = claims;
+                }
+                self.authenticated = true;
+                self.bad_frames = 0;
+                let reply = ServerFrame::Connected {
+                    id,
+                    client: format!("{:x}-{}", self.app.instance_id, self.feed.id()),
+                    version: PROTOCOL_VERSION,
+                };
+                send(socket, &reply).await
+            }
+            Err(err) => {
+                send(socket, &err.into_frame(id)).await?;
+                Err(End::Close(close_code::POLICY, "unauthorized"))
+            }
+        }
+    }
+
     async fn on_request(
         &mut self,
         socket: &mut WebSocket,
         frame: ClientFrame,
     ) -> Result<(), RequestError> {
         let reply = match frame {
-            ClientFrame::Connect { id, .. } => ServerFrame::Connected {
-                id,
-                client: format!("{:x}-{}", self.app.instance_id, self.feed.id()),
-                version: PROTOCOL_VERSION,
-            },
+            // Answered by `on_connect` before requests are dispatched here.
+            ClientFrame::Connect { .. } => return Ok(()),
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
             ClientFrame::Subscribe {
                 id,
@@ -194,6 +299,15 @@ impl Connection {
                         "consumer-group subscriptions are not supported by this server version",
                     ));
                 }
+                if !self.subscribe_bucket.try_take(Instant::now()) {
+                    return Err(RequestError::new(
+                        ErrorCode::RateLimited,
+                        "too many subscribes; slow down",
+                    ));
+                }
+                self.app
+                    .authorizer
+                    .authorize(&self.ctx, Action::Subscribe { channel: &channel })?;
                 return self
                     .subscribe(socket, id, channel, offset.unwrap_or_default())
                     .await;
@@ -220,6 +334,19 @@ impl Connection {
                         format!("a message may have at most {MAX_FIELDS} fields"),
                     ));
                 }
+                if !self.publish_bucket.try_take(Instant::now()) {
+                    return Err(RequestError::new(
+                        ErrorCode::RateLimited,
+                        "too many publishes; slow down",
+                    ));
+                }
+                self.app.authorizer.authorize(
+                    &self.ctx,
+                    Action::Publish {
+                        channel: &channel,
+                        fields: &fields,
+                    },
+                )?;
                 let app = self.app.clone();
                 self.publishes.push_back(Box::pin(async move {
                     let request = PublishRequest {
@@ -278,10 +405,22 @@ pub async fn publish(
     app: &App,
     request: PublishRequest<'_>,
 ) -> Result<redistribute_protocol::StreamId, RequestError> {
-    let timeout = app.config.limits.request_timeout;
+    // The Redis engine enforces `request_timeout` itself, and a command it times out is never
+    // sent later (fred skips timed-out commands when it replays its buffer after a reconnect).
+    // This outer bound only guards against an engine that hangs; it must not fire first, or a
+    // publish reported `unavailable` could still be written once Redis is back.
+    let timeout = app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
     match tokio::time::timeout(timeout, app.engine.publish(request)).await {
         Ok(result) => result.map_err(RequestError::from),
         Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod sse;
 
 use std::time::Duration;
@@ -41,6 +42,11 @@ pub async fn setup(backend: Backend, extra: &[&str]) -> Result<Setup> {
 /// Starts the server binary, on `redis` when given.
 pub async fn start_server(redis: Option<&RedisServer>, extra: &[&str]) -> Result<ServerProcess> {
     let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if !extra.contains(&"--publish-rate") {
+        // Load tests publish far faster than the default per-connection limit allows; the
+        // limit itself is tested in `security.rs`.
+        args.extend(["--publish-rate", "1000000", "--publish-burst", "1000000"].map(String::from));
+    }
     if let Some(redis) = redis {
         args.push("--redis".into());
         args.push(redis.url());

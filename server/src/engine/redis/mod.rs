@@ -7,8 +7,14 @@
 //! - Live entries come from [`reader`]s: dedicated connections blocked in `XREAD` over the
 //!   watched channels, each covering a bounded number of keys and retargeted at once with
 //!   `CLIENT UNBLOCK` when its set changes.
+//!
+//! In Redis Cluster mode ([`RedisConfig::cluster`]) stream keys carry a per-shard hash tag
+//! ([`keys`]), the writer is a cluster client (following `MOVED`/`ASK`), and each reader serves
+//! the channels of one shard over one connection to the node that owns the shard's slot,
+//! re-resolving the owner after any error (failover, resharding) and resuming from its cursors.
 
 mod cursors;
+pub mod keys;
 mod parse;
 mod reader;
 mod scripts;
@@ -17,12 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::bytes_utils::Str;
-use fred::interfaces::{ClientLike, LuaInterface};
+use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
-use fred::types::config::Options;
+use fred::types::config::{ClusterDiscoveryPolicy, Options, Server, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand, Value};
 use redistribute_protocol::StreamId;
+use tracing::debug;
 
 use super::{
     stored_fields, trim_slack, Batch, Engine, EngineConfig, EngineError, EngineStats, LiveSink,
@@ -33,8 +39,11 @@ use reader::ReaderPool;
 /// Settings of the Redis engine.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]` URL.
+    /// `redis://host:port[/db]` URL of a single Redis; in cluster mode the first seed node
+    /// (for logs; credentials come from each seed URL).
     pub url: String,
+    /// Redis Cluster mode: seed nodes and shard count. `None`: a single Redis at `url`.
+    pub cluster: Option<ClusterConfig>,
     /// Prefix of stream keys (`rd:` by default).
     pub prefix: String,
     /// How long a reader blocks in `XREAD` before re-issuing it.
@@ -43,8 +52,22 @@ pub struct RedisConfig {
     pub keys_per_reader: usize,
     /// Timeout of ordinary commands (publish, history).
     pub command_timeout: Duration,
+    /// Acknowledge a publish only once this many replicas have it (`WAIT`); 0 (the default)
+    /// acknowledges once the primary stored it. See [`RedisEngine`] for the trade-off.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take before the publish fails with `unavailable`.
+    pub wait_timeout: Duration,
     /// Settings shared with the embedded engine.
     pub engine: EngineConfig,
+}
+
+/// Redis Cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://host:port` URLs of some cluster nodes; the rest are discovered.
+    pub nodes: Vec<String>,
+    /// Channels are spread over this many shards, one hash tag each ([`keys`]).
+    pub shards: u16,
 }
 
 impl RedisConfig {
@@ -52,24 +75,109 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
+            cluster: None,
             prefix: "rd:".into(),
             block: Duration::from_secs(10),
             keys_per_reader: 256,
             command_timeout: Duration::from_secs(5),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
             engine: EngineConfig::default(),
         }
+    }
+
+    /// Defaults for a Redis Cluster reached through the seed `nodes`, with
+    /// [`keys::DEFAULT_SHARDS`] shards.
+    pub fn cluster(nodes: Vec<String>) -> Self {
+        let mut config = RedisConfig::new(nodes.first().cloned().unwrap_or_default());
+        config.cluster = Some(ClusterConfig {
+            nodes,
+            shards: keys::DEFAULT_SHARDS,
+        });
+        config
     }
 }
 
 /// State shared by the engine and its readers.
 struct Shared {
     config: RedisConfig,
+    /// Client settings (servers, credentials) readers are built from.
+    client_config: Config,
+    /// The shared multiplexed client: position, history, `CLIENT UNBLOCK`, cluster routing.
     writer: Client,
+    /// The client publishes go through: `writer`, or with `wait_replicas` a client of its own
+    /// so that `WAIT`s (which hold their connection) do not delay reads and unblocks.
+    publisher: Client,
+    /// When the cluster routing table was last refreshed (single-flight, throttled).
+    routing_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Shared {
+    /// The shard count in cluster mode.
+    fn shards(&self) -> Option<u16> {
+        self.config.cluster.as_ref().map(|c| c.shards)
+    }
+
     fn stream_key(&self, channel: &str) -> String {
-        format!("{}{channel}", self.config.prefix)
+        keys::stream_key(&self.config.prefix, channel, self.shards())
+    }
+
+    /// The channel's shard (always 0 with a single Redis).
+    fn shard(&self, channel: &str) -> u16 {
+        self.shards().map_or(0, |n| keys::shard_of(channel, n))
+    }
+
+    /// The cluster node that serves `shard`, from the writer's routing table.
+    async fn node_for_shard(&self, shard: u16) -> Result<Server, EngineError> {
+        let slot = keys::shard_slot(shard);
+        let cached = || {
+            self.writer
+                .cached_cluster_state()
+                .and_then(|state| state.get_server(slot).cloned())
+        };
+        if let Some(server) = cached() {
+            return Ok(server);
+        }
+        self.refresh_routing().await;
+        cached().ok_or_else(|| {
+            EngineError::Unavailable(format!("no Redis Cluster node serves slot {slot}"))
+        })
+    }
+
+    /// Re-reads the cluster's slot table (`CLUSTER SLOTS`) into the writer, at most once per
+    /// 200 ms however many readers ask; a no-op with a single Redis.
+    async fn refresh_routing(&self) {
+        if self.config.cluster.is_none() {
+            return;
+        }
+        let mut refreshed = self.routing_refreshed.lock().await;
+        if refreshed.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            return;
+        }
+        match tokio::time::timeout(self.config.command_timeout, self.writer.sync_cluster()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => debug!(%err, "cannot refresh the cluster routing table"),
+            Err(_) => debug!("refreshing the cluster routing table timed out"),
+        }
+        *refreshed = Some(std::time::Instant::now());
+    }
+
+    /// A new client for one reader connection: to the single Redis, or to cluster `node`. It
+    /// does not reconnect by itself: the reader rebuilds it (re-resolving the node) on errors.
+    fn reader_client(&self, node: Option<&Server>) -> Result<Client, EngineError> {
+        let mut config = self.client_config.clone();
+        if let Some(node) = node {
+            config.server = ServerConfig::Centralized {
+                server: node.clone(),
+            };
+        }
+        Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(3);
+                c.max_command_attempts = 1;
+            })
+            .build()
+            .map_err(map_err)
     }
 
     /// Options for ordinary commands: fail at once while disconnected, never retry a write.
@@ -84,16 +192,15 @@ impl Shared {
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
         let key = self.stream_key(channel);
-        let reply: Value = self
-            .writer
-            .with_options(&self.options())
-            .eval(
-                Str::from_static(scripts::POSITION),
-                vec![key.clone(), format!("{key}#trim")],
-                (),
-            )
-            .await
-            .map_err(map_err)?;
+        let reply: Value = eval(
+            &self.writer,
+            &self.options(),
+            scripts::POSITION,
+            vec![key.clone(), format!("{key}#trim")],
+            Vec::new(),
+        )
+        .await
+        .map_err(map_err)?;
         let Value::Array(parts) = &reply else {
             return Err(EngineError::Internal(format!(
                 "unexpected position reply {reply:?}"
@@ -109,6 +216,32 @@ impl Shared {
             trimmed_through: parse::optional_id(trim)?,
         })
     }
+}
+
+/// Runs a Lua script with `EVAL` as a plain pipelined command.
+///
+/// fred's own `eval` marks scripts as not pipelinable, so each one waits for the previous reply
+/// and, while Redis is down, sits in the router past its timeout and runs once Redis is back:
+/// a publish answered `unavailable` would then still be stored. As a custom command it is
+/// pipelined, fails fast while disconnected, and is never written after its timeout.
+async fn eval(
+    client: &Client,
+    options: &Options,
+    script: &'static str,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<Value, fred::error::Error> {
+    let slot = keys
+        .first()
+        .map(|k| fred::util::redis_keyslot(k.as_bytes()))
+        .unwrap_or(0);
+    let cmd = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
+    let mut values: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    values.push(Value::from_static_str(script));
+    values.push(Value::Integer(keys.len() as i64));
+    values.extend(keys.into_iter().map(Value::from));
+    values.extend(args.into_iter().map(Value::from));
+    client.with_options(options).custom(cmd, values).await
 }
 
 /// Maps a fred error to an engine error: an error reply from Redis (a bug, or a key of another
@@ -133,10 +266,42 @@ fn map_err(err: fred::error::Error) -> EngineError {
     }
 }
 
-/// Builds a client for `url` that reconnects forever with capped exponential backoff.
-fn build_client(url: &str) -> Result<Client, EngineError> {
-    let config = Config::from_url(url)
-        .map_err(|e| EngineError::Internal(format!("invalid Redis URL {url:?}: {e}")))?;
+/// Client settings for a single Redis, or a cluster reached through its seed nodes.
+fn client_config(config: &RedisConfig) -> Result<Config, EngineError> {
+    let parse = |url: &str| {
+        Config::from_url(url)
+            .map_err(|e| EngineError::Internal(format!("invalid Redis URL {url:?}: {e}")))
+    };
+    let Some(cluster) = &config.cluster else {
+        return parse(&config.url);
+    };
+    let first = cluster
+        .nodes
+        .first()
+        .ok_or_else(|| EngineError::Internal("no Redis Cluster node given".into()))?;
+    let mut base = parse(first)?;
+    let mut hosts = Vec::with_capacity(cluster.nodes.len());
+    for url in &cluster.nodes {
+        match parse(url)?.server {
+            ServerConfig::Centralized { server } => hosts.push(server),
+            ServerConfig::Clustered { hosts: more, .. } => hosts.extend(more),
+            _ => {
+                return Err(EngineError::Internal(format!(
+                    "{url:?} is not a Redis Cluster node URL"
+                )))
+            }
+        }
+    }
+    base.server = ServerConfig::Clustered {
+        hosts,
+        // Try the nodes of the last known routing table too, not only the seeds.
+        policy: ClusterDiscoveryPolicy::UseCache,
+    };
+    Ok(base)
+}
+
+/// Builds a client that reconnects forever with capped exponential backoff.
+fn build_client(config: Config) -> Result<Client, EngineError> {
     Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(3);
@@ -148,6 +313,13 @@ fn build_client(url: &str) -> Result<Client, EngineError> {
 }
 
 /// The Redis Streams engine; see the module docs.
+///
+/// Publishes are acknowledged once the primary stored them. Redis replicates asynchronously, so
+/// if a primary crashes, its replica may take over without the last writes it acknowledged.
+/// With [`RedisConfig::wait_replicas`] > 0 a publish is acknowledged only after `WAIT` reports
+/// that many replicas have it (else it fails with `unavailable`, though it may have been stored:
+/// retry with an idempotency key), so a failover to one of those replicas keeps every
+/// acknowledged message.
 pub struct RedisEngine {
     shared: Arc<Shared>,
     readers: ReaderPool,
@@ -159,13 +331,69 @@ impl RedisEngine {
         config: RedisConfig,
         sink: Arc<dyn LiveSink>,
     ) -> Result<Arc<Self>, EngineError> {
-        let writer = build_client(&config.url)?;
-        writer.init().await.map_err(|e| {
-            EngineError::Unavailable(format!("cannot connect to Redis at {}: {e}", config.url))
-        })?;
-        let shared = Arc::new(Shared { writer, config });
+        let client_config = client_config(&config)?;
+        let connect = |client: Client| {
+            let url = config.url.clone();
+            async move {
+                client.init().await.map_err(|e| {
+                    EngineError::Unavailable(format!("cannot connect to Redis at {url}: {e}"))
+                })?;
+                Ok::<_, EngineError>(client)
+            }
+        };
+        let writer = connect(build_client(client_config.clone())?).await?;
+        let publisher = if config.wait_replicas > 0 {
+            connect(build_client(client_config.clone())?).await?
+        } else {
+            writer.clone()
+        };
+        let shared = Arc::new(Shared {
+            config,
+            client_config,
+            writer,
+            publisher,
+            routing_refreshed: tokio::sync::Mutex::new(None),
+        });
         let readers = ReaderPool::new(shared.clone(), sink);
         Ok(Arc::new(RedisEngine { shared, readers }))
+    }
+}
+
+impl RedisEngine {
+    /// With `wait_replicas`, waits until that many replicas have the publisher connection's
+    /// writes (`WAIT` on the connection to the node serving `slot`, the one that just ran the
+    /// publish script).
+    async fn wait_for_replicas(&self, slot: u16) -> Result<(), EngineError> {
+        let config = &self.shared.config;
+        if config.wait_replicas == 0 {
+            return Ok(());
+        }
+        let cmd = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
+        let wait_ms = config.wait_timeout.as_millis().max(1) as i64;
+        let options = Options {
+            timeout: Some(config.wait_timeout + config.command_timeout),
+            ..self.shared.options()
+        };
+        let acked: i64 = self
+            .shared
+            .publisher
+            .with_options(&options)
+            .custom(
+                cmd,
+                vec![
+                    Value::from(config.wait_replicas as i64),
+                    Value::from(wait_ms),
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        if acked < config.wait_replicas as i64 {
+            return Err(EngineError::Unavailable(format!(
+                "stored, but only {acked} of {} replicas confirmed it within {wait_ms} ms",
+                config.wait_replicas
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -183,6 +411,7 @@ impl Engine for RedisEngine {
 
     async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamId, EngineError> {
         let key = self.shared.stream_key(req.channel);
+        let slot = fred::util::redis_keyslot(key.as_bytes());
         let mut keys = vec![format!("{key}#trim")];
         keys.insert(0, key);
         if let Some(idem) = req.idempotency_key {
@@ -207,14 +436,18 @@ impl Engine for RedisEngine {
         // EVAL, not EVALSHA: a NOSCRIPT retry (after a Redis restart flushed the script
         // cache) could reorder a connection's pipelined publishes. Redis caches the compiled
         // script by its hash, so EVAL costs only hashing the short body.
-        let reply: Value = self
-            .shared
-            .writer
-            .with_options(&self.shared.options())
-            .eval(Str::from_static(scripts::PUBLISH), keys, args)
-            .await
-            .map_err(map_err)?;
-        parse::stream_id(&reply)
+        let reply: Value = eval(
+            &self.shared.publisher,
+            &self.shared.options(),
+            scripts::PUBLISH,
+            keys,
+            args,
+        )
+        .await
+        .map_err(map_err)?;
+        let id = parse::stream_id(&reply)?;
+        self.wait_for_replicas(slot).await?;
+        Ok(id)
     }
 
     async fn read(

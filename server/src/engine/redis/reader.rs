@@ -5,22 +5,30 @@
 //! [`Control`] (coalesced per channel) and picked up before its next `XREAD`; if the reader is
 //! blocked, its unblocker sends one `CLIENT UNBLOCK <id>` for however many changes arrived
 //! together, and repeats it only if the `XREAD` had not reached Redis yet.
+//!
+//! In cluster mode a reader serves channels of one shard only (one hash slot, as one `XREAD`
+//! must), so an instance runs at most `shards × ⌈channels of a shard / keys_per_reader⌉`
+//! readers. Its connection goes to the node serving that slot, and `CLIENT UNBLOCK` goes to the
+//! same node (client ids are per node). After any error (`MOVED` after a failover or resharding,
+//! a dead node, `CLUSTERDOWN`) the reader drops its connection, refreshes the routing table,
+//! reconnects to the slot's current owner and resumes from its cursors, so nothing is skipped
+//! or repeated. Consumer-group reads will be per shard in the same way.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::interfaces::ClientLike;
 use fred::prelude::Client;
-use fred::types::config::Options;
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::config::{Options, Server};
+use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::cursors::Cursors;
-use super::{build_client, map_err, parse, Shared};
+use super::{map_err, parse, Shared};
 use crate::engine::{EngineError, EngineStats, LiveSink, ReadySender};
 
 /// A pending change to a reader's channel set.
@@ -44,15 +52,26 @@ struct Control {
     unblock: tokio::sync::Notify,
     /// Signalled each time the reader applies changes.
     applied_signal: tokio::sync::Notify,
-    /// The reader connection's `CLIENT ID` (-1 while unknown).
-    client_id: AtomicI64,
+    /// Where the reader's connection is, while it has one.
+    connection: Mutex<Option<ReaderAddress>>,
     /// Whether the reader is inside `XREAD` (or about to send it).
     in_read: AtomicBool,
+}
+
+/// Where to send `CLIENT UNBLOCK` for a reader.
+#[derive(Clone)]
+struct ReaderAddress {
+    /// The cluster node holding the connection (`None` with a single Redis).
+    node: Option<Server>,
+    /// The connection's `CLIENT ID` on that node.
+    id: i64,
 }
 
 struct ReaderSlot {
     control: Arc<Control>,
     channels: usize,
+    /// The shard whose channels this reader serves (0 with a single Redis).
+    shard: u16,
 }
 
 struct PoolState {
@@ -102,18 +121,20 @@ impl ReaderPool {
             Some(&i) => i,
             None => {
                 let max = self.shared.config.keys_per_reader.max(1);
+                let shard = self.shared.shard(&channel);
                 let index = match st
                     .readers
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| r.channels < max)
+                    .filter(|(_, r)| r.shard == shard && r.channels < max)
                     .min_by_key(|(_, r)| r.channels)
                 {
                     Some((i, _)) => i,
                     None => {
                         st.readers.push(ReaderSlot {
-                            control: self.spawn_reader(),
+                            control: self.spawn_reader(shard),
                             channels: 0,
+                            shard,
                         });
                         st.readers.len() - 1
                     }
@@ -134,17 +155,15 @@ impl ReaderPool {
         }
     }
 
-    fn spawn_reader(&self) -> Arc<Control> {
-        let control = Arc::new(Control {
-            client_id: AtomicI64::new(-1),
-            ..Control::default()
-        });
+    fn spawn_reader(&self, shard: u16) -> Arc<Control> {
+        let control = Arc::new(Control::default());
         let reader = Reader {
             shared: self.shared.clone(),
             sink: self.sink.clone(),
             control: control.clone(),
             stop: self.stop.clone(),
             cursors: Cursors::default(),
+            shard,
         };
         tokio::spawn(reader.run());
         tokio::spawn(unblocker(
@@ -181,19 +200,33 @@ async fn unblocker(
             if stop.is_cancelled() {
                 return;
             }
-            let id = control.client_id.load(Ordering::Acquire);
-            if !control.in_read.load(Ordering::Acquire) || id < 0 {
-                // The reader is applying changes or reconnecting; give it a moment.
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(5),
-                    control.applied_signal.notified(),
-                )
-                .await;
-                continue;
-            }
+            let address = control.connection.lock().clone();
+            let address = match address {
+                Some(address) if control.in_read.load(Ordering::Acquire) => address,
+                _ => {
+                    // The reader is applying changes or reconnecting; give it a moment.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(5),
+                        control.applied_signal.notified(),
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            // Client ids are per node: in cluster mode, ask the node holding the reader.
+            let options = Options {
+                cluster_node: address.node,
+                timeout: Some(shared.config.command_timeout),
+                fail_fast: true,
+                ..Options::default()
+            };
             let reply: Result<i64, _> = shared
                 .writer
-                .custom(cmd.clone(), vec![Value::from("UNBLOCK"), Value::from(id)])
+                .with_options(&options)
+                .custom(
+                    cmd.clone(),
+                    vec![Value::from("UNBLOCK"), Value::from(address.id)],
+                )
                 .await;
             match reply {
                 Ok(1) => {
@@ -222,47 +255,50 @@ struct Reader {
     stop: CancellationToken,
     /// Watched channels and the last ID delivered of each.
     cursors: Cursors,
+    /// The shard this reader serves (0 with a single Redis).
+    shard: u16,
+}
+
+/// A reader's own connection: a client that never reconnects by itself, and its routing task.
+struct Connection {
+    client: Client,
+    task: ConnectHandle,
+}
+
+impl Connection {
+    /// Closes the connection (politely if Redis still answers) and ends its routing task.
+    async fn close(self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.quit()).await;
+        self.task.abort();
+    }
 }
 
 impl Reader {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(50);
-        let client = loop {
-            match self.connect().await {
-                Ok(client) => break client,
-                Err(err) => {
-                    warn!(%err, "reader cannot connect to Redis; retrying");
-                    if self.pause(&mut backoff).await {
-                        return;
-                    }
-                }
-            }
-        };
-        let mut need_id = true;
+        let mut connection: Option<Connection> = None;
         loop {
             if self.stop.is_cancelled() {
-                let _ = client.quit().await;
-                return;
+                break;
             }
-            if need_id {
-                match client_id(&client).await {
-                    Ok(id) => {
-                        self.control.client_id.store(id, Ordering::Release);
-                        need_id = false;
-                    }
+            let conn = match &connection {
+                Some(conn) => conn,
+                None => match self.connect().await {
+                    Ok(conn) => connection.insert(conn),
                     Err(err) => {
-                        warn!(%err, "reader cannot read its CLIENT ID; retrying");
+                        warn!(%err, shard = self.shard, "reader cannot connect to Redis; retrying");
+                        self.shared.refresh_routing().await;
                         if self.pause(&mut backoff).await {
-                            return;
+                            break;
                         }
                         continue;
                     }
-                }
-            }
+                },
+            };
             if let Err(err) = self.apply_changes().await {
                 warn!(%err, "reader cannot start watching a channel; retrying");
                 if self.pause(&mut backoff).await {
-                    return;
+                    break;
                 }
                 continue;
             }
@@ -273,23 +309,49 @@ impl Reader {
                 }
                 continue;
             }
-            match self.read_once(&client).await {
+            match self.read_once(&conn.client).await {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(err) => {
-                    warn!(%err, "XREAD failed; reconnecting reader");
-                    need_id = true;
+                    // Reconnect (in cluster mode to the slot's current owner, which a failover
+                    // or resharding may have changed) and resume from the cursors.
+                    warn!(%err, shard = self.shard, "XREAD failed; reconnecting reader");
+                    self.control.connection.lock().take();
+                    if let Some(conn) = connection.take() {
+                        conn.close().await;
+                    }
+                    self.shared.refresh_routing().await;
                     if self.pause(&mut backoff).await {
-                        return;
+                        break;
                     }
                 }
             }
         }
+        self.control.connection.lock().take();
+        if let Some(conn) = connection {
+            conn.close().await;
+        }
     }
 
-    async fn connect(&self) -> Result<Client, EngineError> {
-        let client = build_client(&self.shared.config.url)?;
-        client.init().await.map_err(map_err)?;
-        Ok(client)
+    /// Connects to the single Redis, or to the node serving this reader's shard, and
+    /// publishes the connection's address for the unblocker.
+    async fn connect(&self) -> Result<Connection, EngineError> {
+        let node = match self.shared.config.cluster {
+            Some(_) => Some(self.shared.node_for_shard(self.shard).await?),
+            None => None,
+        };
+        let client = self.shared.reader_client(node.as_ref())?;
+        let task = client.init().await.map_err(map_err)?;
+        let connection = Connection { client, task };
+        match client_id(&connection.client).await {
+            Ok(id) => {
+                *self.control.connection.lock() = Some(ReaderAddress { node, id });
+                Ok(connection)
+            }
+            Err(err) => {
+                connection.close().await;
+                Err(err)
+            }
+        }
     }
 
     /// Sleeps for the backoff (doubling it, capped at 2 s); true when stopped meanwhile.
@@ -355,6 +417,7 @@ impl Reader {
         let options = Options {
             timeout: Some(config.block + Duration::from_secs(10)),
             max_attempts: Some(1),
+            fail_fast: true,
             ..Options::default()
         };
         let cmd = CustomCommand::new_static("XREAD", ClusterHash::FirstKey, true);

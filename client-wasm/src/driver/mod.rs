@@ -10,24 +10,28 @@
 //! runs while the state is borrowed. Events go to a queue that [`Driver::dispatch`] drains with
 //! no borrow held; a call made from a listener only adds to the queue, which the outer loop then
 //! delivers in order.
+//!
+//! Submodules: `transport` (the JS callbacks in, the socket and timer actions out) and `events`
+//! (session events out to promises, the cache and page events).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::Duration;
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
-use redistribute_protocol::session::Session;
-use redistribute_protocol::session::{Config, DisconnectReason, Event, RequestId, SessionError};
-use redistribute_protocol::{decode_server, encode_client, validate_channel};
+use redistribute_protocol::session::{Config, RequestId, Session, SessionError};
+use redistribute_protocol::validate_channel;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::WebSocket;
 
-use crate::bindings::{clear_timeout, performance_now, set_timeout};
+use crate::bindings::performance_now;
 use crate::cache::{Cache, CachedMessage};
-use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST};
+use crate::errors::ErrorInfo;
 use crate::storage::LocalStorage;
+
+mod events;
+mod transport;
 
 /// The page events, in the order of their listener lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,268 +377,5 @@ impl Driver {
             }
         }
         out
-    }
-}
-
-impl Handlers {
-    fn new(weak: Weak<RefCell<Inner>>) -> Handlers {
-        // Runs `input` on the state if the event comes from the current socket, then pumps.
-        fn on_socket(
-            weak: Weak<RefCell<Inner>>,
-            input: impl Fn(&mut Inner, &web_sys::Event) + 'static,
-        ) -> Closure<dyn FnMut(web_sys::Event)> {
-            Closure::new(move |event: web_sys::Event| {
-                let Some(rc) = weak.upgrade() else { return };
-                {
-                    let mut inner = rc.borrow_mut();
-                    let from_current = match (&inner.socket, event.target()) {
-                        (Some(ws), Some(target)) => {
-                            &JsValue::from(target) == AsRef::<JsValue>::as_ref(ws)
-                        }
-                        _ => false,
-                    };
-                    if !from_current {
-                        return;
-                    }
-                    input(&mut inner, &event);
-                }
-                Driver(rc).pump();
-            })
-        }
-        let timer_weak = weak.clone();
-        Handlers {
-            open: on_socket(weak.clone(), |inner, _: &web_sys::Event| {
-                inner.session.handle_transport_open(now());
-            }),
-            message: on_socket(weak.clone(), |inner, event| {
-                // Text frames only; the server sends nothing else. Undecodable text is dropped.
-                let event: &MessageEvent = event.unchecked_ref();
-                if let Some(text) = event.data().as_string() {
-                    if let Ok(frame) = decode_server(&text) {
-                        inner.session.handle_frame(frame, now());
-                    }
-                }
-            }),
-            close: on_socket(weak, |inner, event| {
-                let event: &CloseEvent = event.unchecked_ref();
-                inner.detach_socket();
-                let code = (event.code() != 0).then_some(event.code());
-                let reason = match event.reason() {
-                    r if r.is_empty() => "connection closed".to_owned(),
-                    r => r,
-                };
-                let reason = DisconnectReason::transport(code, reason);
-                inner.session.handle_transport_closed(now(), reason);
-            }),
-            timer: Closure::new(move || {
-                let Some(rc) = timer_weak.upgrade() else {
-                    return;
-                };
-                {
-                    let mut inner = rc.borrow_mut();
-                    inner.timer = None;
-                    let t = now();
-                    if !inner.started {
-                        inner.started = true;
-                        inner.session.connect(t);
-                    }
-                    inner.session.handle_timeout(t);
-                }
-                Driver(rc).pump();
-            }),
-        }
-    }
-}
-
-impl Inner {
-    /// Drains the session's actions, frames and events until it has nothing more to say, then
-    /// re-arms the timer.
-    fn drive(&mut self) {
-        loop {
-            let mut busy = false;
-            while let Some(action) = self.session.poll_action() {
-                busy = true;
-                match action {
-                    redistribute_protocol::session::Action::Connect { target } => {
-                        self.open_socket(&target)
-                    }
-                    redistribute_protocol::session::Action::Close => self.close_socket(),
-                }
-            }
-            while let Some(frame) = self.session.poll_transmit() {
-                busy = true;
-                if let Some(ws) = &self.socket {
-                    // A failed send means the socket is closing: its close event follows.
-                    let _ = ws.send_with_str(&encode_client(&frame));
-                }
-            }
-            while let Some(event) = self.session.poll_event() {
-                busy = true;
-                self.on_event(event);
-            }
-            if !busy {
-                break;
-            }
-        }
-        self.arm_timer();
-    }
-
-    fn open_socket(&mut self, target: &str) {
-        self.close_socket();
-        match WebSocket::new(target) {
-            Ok(ws) => {
-                if let Some(h) = &self.handlers {
-                    ws.set_onopen(Some(h.open.as_ref().unchecked_ref()));
-                    ws.set_onmessage(Some(h.message.as_ref().unchecked_ref()));
-                    ws.set_onclose(Some(h.close.as_ref().unchecked_ref()));
-                }
-                self.socket = Some(ws);
-            }
-            Err(e) => {
-                let reason = DisconnectReason::transport(None, format!("{e:?}"));
-                self.session.handle_transport_closed(now(), reason);
-            }
-        }
-    }
-
-    /// Forgets the current socket without closing it (it is closed already).
-    fn detach_socket(&mut self) {
-        if let Some(ws) = self.socket.take() {
-            ws.set_onopen(None);
-            ws.set_onmessage(None);
-            ws.set_onclose(None);
-        }
-    }
-
-    /// Closes the current socket; nothing more is heard from it.
-    fn close_socket(&mut self) {
-        if let Some(ws) = self.socket.clone() {
-            self.detach_socket();
-            let _ = ws.close();
-        }
-    }
-
-    /// Arms the timer for the session's next deadline (at once before the start).
-    fn arm_timer(&mut self) {
-        let next = if self.started || self.session.is_closed() {
-            self.session.poll_timeout()
-        } else {
-            Some(Duration::ZERO)
-        };
-        if self.timer.as_ref().map(|t| t.1) == next {
-            return;
-        }
-        if let Some((id, _)) = self.timer.take() {
-            clear_timeout(&id);
-        }
-        let (Some(at), Some(h)) = (next, &self.handlers) else {
-            return;
-        };
-        let ms = (at.saturating_sub(now()).as_secs_f64() * 1000.0).ceil();
-        let id = set_timeout(
-            h.timer.as_ref().unchecked_ref(),
-            ms.min(i32::MAX as f64) as i32,
-        );
-        self.timer = Some((id, at));
-    }
-
-    fn emit(&mut self, topic: Topic, args: Vec<JsValue>) {
-        self.queue.push_back(Out::Emit(topic, args));
-    }
-
-    fn settle(&mut self, id: RequestId, value: Result<JsValue, ErrorInfo>) {
-        let Some(i) = self.waiting.iter().position(|(w, _)| *w == id.get()) else {
-            return;
-        };
-        let (_, w) = self.waiting.swap_remove(i);
-        // Settling only queues promise reactions: no page code runs here.
-        match value {
-            Ok(v) => call(&w.resolve, &[v]),
-            Err(e) => call(&w.reject, &[js_error(&e)]),
-        }
-    }
-
-    fn reply(&self, id: RequestId) -> Option<Reply> {
-        self.waiting
-            .iter()
-            .find(|(w, _)| *w == id.get())
-            .map(|(_, w)| w.reply)
-    }
-
-    /// Writes to the cache; problems become `error` events.
-    fn cache_store(&mut self, channel: &str, messages: &[CachedMessage]) {
-        let Some(cache) = &self.cache else { return };
-        let position = self.session.offset(channel);
-        let problems = cache.store(channel, messages, position, js_sys::Date::now());
-        for p in problems {
-            self.emit(Topic::Error, vec![js_error(&ErrorInfo::cache(&p))]);
-        }
-    }
-
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::Connected { target } => self.emit(Topic::Connect, vec![target.into()]),
-            Event::Disconnected { reason } => {
-                self.emit(Topic::Disconnect, vec![reason.to_string().into()])
-            }
-            Event::ConnectFailed { target, reason } => {
-                let info = ErrorInfo::connect_failed(&target, &reason);
-                self.emit(Topic::Error, vec![js_error(&info)]);
-            }
-            Event::Subscribed {
-                id,
-                channel,
-                offset,
-                truncated,
-                ..
-            } => {
-                self.cache_store(&channel, &[]);
-                if let Some(Reply::Subscribe) = self.reply(id) {
-                    let v: JsValue = Object::new().into();
-                    set(&v, "channel", &channel.into());
-                    set(&v, "offset", &offset.to_string().into());
-                    set(&v, "truncated", &truncated.into());
-                    self.settle(id, Ok(v));
-                }
-            }
-            Event::SubscriptionLost { channel, error } => {
-                let info = ErrorInfo::new(
-                    SUBSCRIPTION_LOST,
-                    format!("could not resume the subscription: {error}"),
-                )
-                .on(channel);
-                self.emit(Topic::Error, vec![js_error(&info)]);
-            }
-            Event::Unsubscribed { id, .. } | Event::Pong { id } => {
-                self.settle(id, Ok(JsValue::TRUE))
-            }
-            Event::Messages { channel, messages } => {
-                let cached: Vec<CachedMessage> =
-                    messages.iter().map(CachedMessage::from_message).collect();
-                self.cache_store(&channel, &cached);
-                self.queue.push_back(Out::Messages(channel, cached));
-            }
-            Event::Gap { channel, from, to } => {
-                let info = ErrorInfo::gap(&channel, from, to);
-                self.emit(Topic::Error, vec![js_error(&info)]);
-            }
-            Event::Published { id, offset, .. } => self.settle(id, Ok(offset.to_string().into())),
-            Event::RequestFailed { id, error } => self.settle(id, Err(ErrorInfo::request(&error))),
-            Event::ServerError { code, message } => {
-                let info = ErrorInfo::new(code.as_str(), message);
-                self.emit(Topic::Error, vec![js_error(&info)]);
-            }
-        }
-    }
-}
-
-impl Drop for Inner {
-    /// A client the page dropped without `close()`: stop the timer and the socket so no
-    /// callback outlives the state.
-    fn drop(&mut self) {
-        if let Some((id, _)) = self.timer.take() {
-            clear_timeout(&id);
-        }
-        self.close_socket();
     }
 }

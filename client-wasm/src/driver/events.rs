@@ -1,0 +1,102 @@
+//! The session's events turned into what the page sees: promise settlements, cache writes and
+//! queued page events (delivered later by [`Driver::dispatch`](super::Driver), with no borrow
+//! held).
+
+use js_sys::Object;
+use redistribute_protocol::session::{Event, RequestId};
+use wasm_bindgen::prelude::*;
+
+use super::{call, js_error, set, Inner, Out, Reply, Topic};
+use crate::cache::CachedMessage;
+use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST};
+
+impl Inner {
+    pub(super) fn emit(&mut self, topic: Topic, args: Vec<JsValue>) {
+        self.queue.push_back(Out::Emit(topic, args));
+    }
+
+    fn settle(&mut self, id: RequestId, value: Result<JsValue, ErrorInfo>) {
+        let Some(i) = self.waiting.iter().position(|(w, _)| *w == id.get()) else {
+            return;
+        };
+        let (_, w) = self.waiting.swap_remove(i);
+        // Settling only queues promise reactions: no page code runs here.
+        match value {
+            Ok(v) => call(&w.resolve, &[v]),
+            Err(e) => call(&w.reject, &[js_error(&e)]),
+        }
+    }
+
+    fn reply(&self, id: RequestId) -> Option<Reply> {
+        self.waiting
+            .iter()
+            .find(|(w, _)| *w == id.get())
+            .map(|(_, w)| w.reply)
+    }
+
+    /// Writes to the cache; problems become `error` events.
+    fn cache_store(&mut self, channel: &str, messages: &[CachedMessage]) {
+        let Some(cache) = &self.cache else { return };
+        let position = self.session.offset(channel);
+        let problems = cache.store(channel, messages, position, js_sys::Date::now());
+        for p in problems {
+            self.emit(Topic::Error, vec![js_error(&ErrorInfo::cache(&p))]);
+        }
+    }
+
+    pub(super) fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Connected { target } => self.emit(Topic::Connect, vec![target.into()]),
+            Event::Disconnected { reason } => {
+                self.emit(Topic::Disconnect, vec![reason.to_string().into()])
+            }
+            Event::ConnectFailed { target, reason } => {
+                let info = ErrorInfo::connect_failed(&target, &reason);
+                self.emit(Topic::Error, vec![js_error(&info)]);
+            }
+            Event::Subscribed {
+                id,
+                channel,
+                offset,
+                truncated,
+                ..
+            } => {
+                self.cache_store(&channel, &[]);
+                if let Some(Reply::Subscribe) = self.reply(id) {
+                    let v: JsValue = Object::new().into();
+                    set(&v, "channel", &channel.into());
+                    set(&v, "offset", &offset.to_string().into());
+                    set(&v, "truncated", &truncated.into());
+                    self.settle(id, Ok(v));
+                }
+            }
+            Event::SubscriptionLost { channel, error } => {
+                let info = ErrorInfo::new(
+                    SUBSCRIPTION_LOST,
+                    format!("could not resume the subscription: {error}"),
+                )
+                .on(channel);
+                self.emit(Topic::Error, vec![js_error(&info)]);
+            }
+            Event::Unsubscribed { id, .. } | Event::Pong { id } => {
+                self.settle(id, Ok(JsValue::TRUE))
+            }
+            Event::Messages { channel, messages } => {
+                let cached: Vec<CachedMessage> =
+                    messages.iter().map(CachedMessage::from_message).collect();
+                self.cache_store(&channel, &cached);
+                self.queue.push_back(Out::Messages(channel, cached));
+            }
+            Event::Gap { channel, from, to } => {
+                let info = ErrorInfo::gap(&channel, from, to);
+                self.emit(Topic::Error, vec![js_error(&info)]);
+            }
+            Event::Published { id, offset, .. } => self.settle(id, Ok(offset.to_string().into())),
+            Event::RequestFailed { id, error } => self.settle(id, Err(ErrorInfo::request(&error))),
+            Event::ServerError { code, message } => {
+                let info = ErrorInfo::new(code.as_str(), message);
+                self.emit(Topic::Error, vec![js_error(&info)]);
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The transport side of the driver: the JS callbacks (socket events, timer) that feed the
+//! session, and the session's actions carried out on the WebSocket and the timer.
+
+use std::cell::RefCell;
+use std::rc::Weak;
+use std::time::Duration;
+
+use redistribute_protocol::session::{Action, DisconnectReason};
+use redistribute_protocol::{decode_server, encode_client};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use super::{now, Driver, Handlers, Inner};
+use crate::bindings::{clear_timeout, set_timeout};
+
+impl Handlers {
+    pub(super) fn new(weak: Weak<RefCell<Inner>>) -> Handlers {
+        // Runs `input` on the state if the event comes from the current socket, then pumps.
+        fn on_socket(
+            weak: Weak<RefCell<Inner>>,
+            input: impl Fn(&mut Inner, &web_sys::Event) + 'static,
+        ) -> Closure<dyn FnMut(web_sys::Event)> {
+            Closure::new(move |event: web_sys::Event| {
+                let Some(rc) = weak.upgrade() else { return };
+                {
+                    let mut inner = rc.borrow_mut();
+                    let from_current = match (&inner.socket, event.target()) {
+                        (Some(ws), Some(target)) => {
+                            &JsValue::from(target) == AsRef::<JsValue>::as_ref(ws)
+                        }
+                        _ => false,
+                    };
+                    if !from_current {
+                        return;
+                    }
+                    input(&mut inner, &event);
+                }
+                Driver(rc).pump();
+            })
+        }
+        let timer_weak = weak.clone();
+        Handlers {
+            open: on_socket(weak.clone(), |inner, _: &web_sys::Event| {
+                inner.session.handle_transport_open(now());
+            }),
+            message: on_socket(weak.clone(), |inner, event| {
+                // Text frames only; the server sends nothing else. Undecodable text is dropped.
+                let event: &MessageEvent = event.unchecked_ref();
+                if let Some(text) = event.data().as_string() {
+                    if let Ok(frame) = decode_server(&text) {
+                        inner.session.handle_frame(frame, now());
+                    }
+                }
+            }),
+            close: on_socket(weak, |inner, event| {
+                let event: &CloseEvent = event.unchecked_ref();
+                inner.detach_socket();
+                let code = (event.code() != 0).then_some(event.code());
+                let reason = match event.reason() {
+                    r if r.is_empty() => "connection closed".to_owned(),
+                    r => r,
+                };
+                let reason = DisconnectReason::transport(code, reason);
+                inner.session.handle_transport_closed(now(), reason);
+            }),
+            timer: Closure::new(move || {
+                let Some(rc) = timer_weak.upgrade() else {
+                    return;
+                };
+                {
+                    let mut inner = rc.borrow_mut();
+                    inner.timer = None;
+                    let t = now();
+                    if !inner.started {
+                        inner.started = true;
+                        inner.session.connect(t);
+                    }
+                    inner.session.handle_timeout(t);
+                }
+                Driver(rc).pump();
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// Drains the session's actions, frames and events until it has nothing more to say, then
+    /// re-arms the timer.
+    pub(super) fn drive(&mut self) {
+        loop {
+            let mut busy = false;
+            while let Some(action) = self.session.poll_action() {
+                busy = true;
+                match action {
+                    Action::Connect { target } => self.open_socket(&target),
+                    Action::Close => self.close_socket(),
+                }
+            }
+            while let Some(frame) = self.session.poll_transmit() {
+                busy = true;
+                if let Some(ws) = &self.socket {
+                    // A failed send means the socket is closing: its close event follows.
+                    let _ = ws.send_with_str(&encode_client(&frame));
+                }
+            }
+            while let Some(event) = self.session.poll_event() {
+                busy = true;
+                self.on_event(event);
+            }
+            if !busy {
+                break;
+            }
+        }
+        self.arm_timer();
+    }
+
+    fn open_socket(&mut self, target: &str) {
+        self.close_socket();
+        match WebSocket::new(target) {
+            Ok(ws) => {
+                if let Some(h) = &self.handlers {
+                    ws.set_onopen(Some(h.open.as_ref().unchecked_ref()));
+                    ws.set_onmessage(Some(h.message.as_ref().unchecked_ref()));
+                    ws.set_onclose(Some(h.close.as_ref().unchecked_ref()));
+                }
+                self.socket = Some(ws);
+            }
+            Err(e) => {
+                let reason = DisconnectReason::transport(None, format!("{e:?}"));
+                self.session.handle_transport_closed(now(), reason);
+            }
+        }
+    }
+
+    /// Forgets the current socket without closing it (it is closed already).
+    fn detach_socket(&mut self) {
+        if let Some(ws) = self.socket.take() {
+            ws.set_onopen(None);
+            ws.set_onmessage(None);
+            ws.set_onclose(None);
+        }
+    }
+
+    /// Closes the current socket; nothing more is heard from it.
+    fn close_socket(&mut self) {
+        if let Some(ws) = self.socket.clone() {
+            self.detach_socket();
+            let _ = ws.close();
+        }
+    }
+
+    /// Arms the timer for the session's next deadline (at once before the start).
+    pub(super) fn arm_timer(&mut self) {
+        let next = if self.started || self.session.is_closed() {
+            self.session.poll_timeout()
+        } else {
+            Some(Duration::ZERO)
+        };
+        if self.timer.as_ref().map(|t| t.1) == next {
+            return;
+        }
+        if let Some((id, _)) = self.timer.take() {
+            clear_timeout(&id);
+        }
+        let (Some(at), Some(h)) = (next, &self.handlers) else {
+            return;
+        };
+        let ms = (at.saturating_sub(now()).as_secs_f64() * 1000.0).ceil();
+        let id = set_timeout(
+            h.timer.as_ref().unchecked_ref(),
+            ms.min(i32::MAX as f64) as i32,
+        );
+        self.timer = Some((id, at));
+    }
+}
+
+impl Drop for Inner {
+    /// A client the page dropped without `close()`: stop the timer and the socket so no
+    /// callback outlives the state.
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.timer.take() {
+            clear_timeout(&id);
+        }
+        self.close_socket();
+    }
+}
