@@ -163,6 +163,36 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+    /// How long a drain (SIGTERM) may take before the process exits anyway (default 10 s).
+    pub drain_timeout: Duration,
+    /// Log format: human-readable text (default) or JSON lines.
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The effective configuration for `check-config`, with secrets masked.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{self:#?}");
+        let mut secrets: Vec<&str> = self.http.api_keys.iter().map(String::as_str).collect();
+        secrets.extend(self.http.task_secret.as_deref());
+        if let AuthConfig::JwtSecret(secret) = &self.auth {
+            secrets.push(secret);
+        }
+        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+            text = text.replace(secret, "***");
+        }
+        text
+    }
             redis: None,
             redis_cluster: Vec::new(),
             redis_shards: crate::engine::redis::keys::DEFAULT_SHARDS,
@@ -184,6 +214,8 @@ impl Default for Config {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file cannot be read.
+            drain_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
     #[error("cannot read config file {path}: {reason}")]
     Unreadable {
         /// The file.
@@ -291,6 +323,10 @@ impl ConfigValues {
         toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.display().to_string(),
             reason: e.message().to_owned(),
+    /// See [`Config::drain_timeout`], in ms.
+    pub drain_timeout_ms: Option<u64>,
+    /// See [`Config::log_format`]: `text` or `json`.
+    pub log_format: Option<String>,
         })
     }
 
@@ -350,6 +386,8 @@ impl ConfigValues {
                 reason: format!("{listen:?} is not an address like 127.0.0.1:8080 ({e})"),
             })?;
         }
+            drain_timeout_ms: self.drain_timeout_ms.or(other.drain_timeout_ms),
+            log_format: self.log_format.or(other.log_format),
         match self.redis.as_deref() {
             None | Some([]) => {}
             Some([url]) => {
@@ -472,6 +510,19 @@ impl ConfigValues {
             limits.handshake_timeout = Duration::from_millis(positive("handshake_timeout_ms", ms)?);
         }
         if let Some(s) = self.ws_ping_secs {
+        if let Some(ms) = self.drain_timeout_ms {
+            config.drain_timeout = Duration::from_millis(positive("drain_timeout_ms", ms)?);
+        }
+        config.log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    reason: format!("{other:?} is neither \"text\" nor \"json\""),
+                })
+            }
+        };
             limits.ws_ping_interval = Duration::from_secs(positive("ws_ping_secs", s)?);
         }
         Ok(())

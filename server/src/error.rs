@@ -26,6 +26,7 @@ pub enum RequestError {
 impl RequestError {
     /// An error reply with `code`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        metrics::counter!(crate::metrics::ERRORS, "code" => code.as_str()).increment(1);
         RequestError::Protocol {
             code,
             message: message.into(),

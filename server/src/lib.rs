@@ -13,6 +13,7 @@ pub mod hub;
 pub mod limits;
 pub mod listener;
 pub mod transport;
+pub mod metrics;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, TlsFiles};
+pub use config::{
+    AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, LogFormat, TlsFiles,
+};
 use engine::embedded::EmbeddedEngine;
 use engine::redis::{RedisConfig, RedisEngine};
 use engine::{Engine, EngineConfig, EngineError, LiveSink};
@@ -53,6 +56,12 @@ pub struct App {
     next_connection: AtomicU64,
 }
 
+    /// Long-lived connection tasks (WebSocket, SSE, task watches) that a drain waits for.
+    pub tasks: tokio_util::task::TaskTracker,
+    /// Fires when the drain is over and the listener must stop accepting.
+    pub stopped: CancellationToken,
+    /// When the app started.
+    pub started: std::time::Instant,
 impl App {
     /// Builds the engine (connecting to Redis when configured) and the hub, with the default
     /// authorization policy. See [`ServerBuilder`] to replace it.
@@ -85,6 +94,7 @@ impl App {
                 error::RequestError::new(
                     redistribute_protocol::ErrorCode::Unauthorized,
                     e.to_string(),
+                ::metrics::counter!(metrics::AUTH_FAILURES).increment(1);
                 )
             })
     }
@@ -172,6 +182,8 @@ impl ServerBuilder {
         let config = self.config;
         let tls = config
             .tls
+        // Install the metrics recorder before anything records.
+        metrics::handle();
             .as_ref()
             .map(listener::tls::TlsSetup::load)
             .transpose()?
@@ -232,7 +244,31 @@ impl ServerBuilder {
     }
 }
 
-/// Serves HTTP and WebSocket connections on `listener` until `app.shutdown` fires.
+/// Serves HTTP and WebSocket connections on `listener` until `app.shutdown` fires, then
+/// drains: `/readyz` answers 503, WebSockets finish their in-flight publishes and close with
+/// 1012 (clients resume on another instance), SSE streams and held polls end, and once every
+/// connection task is done (or `drain_timeout` passed) the listener stops.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
-    listener::serve(listener, app).await
+    let drain = {
+        let app = app.clone();
+        async move {
+            app.shutdown.cancelled().await;
+            app.tasks.close();
+            if tokio::time::timeout(app.config.drain_timeout, app.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    remaining = app.tasks.len(),
+                    "drain deadline passed with connections still open"
+                );
+            }
+            app.stopped.cancel();
+        }
+    };
+    let (result, ()) = tokio::join!(listener::serve(listener, app.clone()), drain);
+    result
 }
+            tasks: tokio_util::task::TaskTracker::new(),
+            stopped: CancellationToken::new(),
+            started: std::time::Instant::now(),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use redistribute_server::{serve, App, ConfigValues};
+use redistribute_server::{serve, App, ConfigValues, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// Real-time channels over WebSocket, stored in Redis Streams.
@@ -29,6 +29,12 @@ enum Command {
     Sub(cli::SubArgs),
     /// Publish one message and print its offset.
     Pub(cli::PubArgs),
+    /// Validate a config file (with REDISTRIBUTE_* variables applied) and print the effective
+    /// configuration, or the exact error.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -136,9 +142,25 @@ struct ServeArgs {
     /// WebSocket ping interval in seconds; two missed pongs drop the connection [default: 25].
     #[arg(long, env = "REDISTRIBUTE_WS_PING_SECS")]
     ws_ping_secs: Option<u64>,
+    /// How long a drain (SIGTERM) may take, in ms [default: 10000].
+    #[arg(long, env = "REDISTRIBUTE_DRAIN_TIMEOUT_MS")]
+    drain_timeout_ms: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "REDISTRIBUTE_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
 impl ServeArgs {
+    /// The serve flags as given by `REDISTRIBUTE_*` variables alone (for `check-config`).
+    fn from_env_only() -> ServeArgs {
+        #[derive(Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        EnvOnly::parse_from(["redistribute"]).serve
+    }
+
     fn values(&self) -> ConfigValues {
         ConfigValues {
             listen: self.listen.clone(),
@@ -174,24 +196,19 @@ impl ServeArgs {
             subscribe_burst: self.subscribe_burst,
             handshake_timeout_ms: self.handshake_timeout_ms,
             ws_ping_secs: self.ws_ping_secs,
+            drain_timeout_ms: self.drain_timeout_ms,
+            log_format: self.log_format.clone(),
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The client commands keep stderr for their own messages unless RUST_LOG asks for more.
-    let default_filter = match cli.command {
-        Some(Command::Sub(_) | Command::Pub(_)) => "warn",
-        _ => "info",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The client commands keep stderr for their own messages unless RUST_LOG asks for more;
+    // the server sets up logging once its config (which may ask for JSON) is known.
+    if matches!(cli.command, Some(Command::Sub(_) | Command::Pub(_))) {
+        init_logging("warn", LogFormat::Text);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -203,6 +220,7 @@ fn main() -> ExitCode {
         Some(Command::Sub(args)) => runtime.block_on(cli::run_sub(args)),
         Some(Command::Pub(args)) => runtime.block_on(cli::run_pub(args)),
         Some(Command::Serve(args)) => runtime.block_on(run_server(*args)),
+        Some(Command::CheckConfig { file }) => check_config(&file),
         None => runtime.block_on(run_server(cli.serve)),
     };
     match result {
@@ -214,12 +232,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sets up `tracing`: `RUST_LOG` filters (default `default_filter`), text or JSON lines on
+/// stderr.
+fn init_logging(default_filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `check-config FILE`: the file plus `REDISTRIBUTE_*` variables, validated.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let env = ServeArgs::from_env_only();
+    let config = env.values().or(ConfigValues::from_file(file)?).build()?;
+    println!("{}", config.describe());
+    Ok(())
+}
+
 async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => ConfigValues::from_file(path)?,
         None => ConfigValues::default(),
     };
     let config = args.values().or(file).build()?;
+    init_logging("info", config.log_format);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (`listen`): {e}", config.listen))?;

@@ -162,7 +162,10 @@ impl Feed {
                 .wait_for(|r| *r)
                 .await
                 .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
-            engine.position(&channel).await
+            let started = std::time::Instant::now();
+            let position = engine.position(&channel).await;
+            crate::metrics::engine_op("position", started);
+            position
         };
         let timeout = self.app.config.limits.request_timeout
             + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
@@ -215,7 +218,9 @@ impl Feed {
 
     /// Takes what is ready to deliver, leaving the feed's collector empty.
     pub fn take(&mut self) -> Outbound {
-        std::mem::take(&mut self.out)
+        let out = std::mem::take(&mut self.out);
+        metrics::counter!(crate::metrics::DELIVERED).increment(out.entry_count() as u64);
+        out
     }
 
     /// Moves any live batches already queued into the collector without waiting.
@@ -266,7 +271,9 @@ impl Feed {
         if self.in_flight.is_some() {
             return;
         }
+            let started = std::time::Instant::now();
         while let Some(channel) = self.catch_up.pop_front() {
+            crate::metrics::engine_op("read", started);
             if let Some(sub) = self.subs.get(&channel) {
                 if !sub.is_live() {
                     self.in_flight =

@@ -26,11 +26,13 @@ struct Group {
 #[derive(Default)]
 pub struct Outbound {
     groups: Vec<Group>,
+    entries: usize,
 }
 
 impl Outbound {
     /// Adds the entries of `batch` from index `from` on.
     pub fn push(&mut self, batch: Arc<Batch>, from: usize) {
+        self.entries += batch.len() - from;
         let bytes = batch.items_from(from).len();
         let channel = batch.channel();
         match self
@@ -49,6 +51,11 @@ impl Outbound {
                 parts: vec![(batch, from)],
             }),
         }
+    }
+
+    /// Number of messages collected.
+    pub fn entry_count(&self) -> usize {
+        self.entries
     }
 
     /// Whether nothing is waiting.

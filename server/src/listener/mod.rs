@@ -80,7 +80,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> 
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = app.shutdown.cancelled() => break,
+            () = app.stopped.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

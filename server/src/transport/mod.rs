@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cors;
 pub mod http;
+pub mod ops;
 pub mod poll;
 pub mod sse;
 pub mod task;
@@ -27,7 +28,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/task/{id}", get(task::task))
         .route("/api/publish", post(api::publish_api))
         .route("/api/history", get(api::history))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/status", get(ops::status_page))
+        .route("/status.json", get(ops::status_json))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             cors::cors,

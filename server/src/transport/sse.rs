@@ -89,7 +89,8 @@ async fn open(
         .collect();
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
     tx.try_send(Ok(Bytes::from(preamble))).ok();
-    tokio::spawn(stream_events(app, feed, names, positions, tx));
+    app.tasks
+        .spawn(stream_events(app.clone(), feed, names, positions, tx));
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -133,6 +134,9 @@ async fn stream_events(
     mut positions: Vec<StreamId>,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
 ) {
+    let connections = metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "sse");
+    connections.increment(1.0);
+    let _gauge = scopeguard(move || connections.decrement(1.0));
     let mut heartbeat = tokio::time::interval(app.config.http.sse_heartbeat);
     heartbeat.tick().await;
     loop {
@@ -160,6 +164,19 @@ async fn stream_events(
             return;
         }
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]

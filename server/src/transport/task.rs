@@ -70,7 +70,8 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
     feed.subscribe(&channel, after).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(2);
     let keepalive = app.config.http.task_keepalive;
-    tokio::spawn(async move {
+    let tasks = app.tasks.clone();
+    tasks.spawn(async move {
         let mut ticker = keepalive.map(tokio::time::interval);
         if let Some(t) = ticker.as_mut() {
             t.tick().await;

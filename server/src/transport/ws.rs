@@ -31,6 +31,14 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if app.shutdown.is_cancelled() {
+        return HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this instance is draining; connect to another one",
+        )
+        .into_response();
+    }
     let allowed = &app.config.http.allowed_origins;
     if let Some(origin) = headers.get(header::ORIGIN) {
         let ok = allowed.is_empty()
@@ -63,9 +71,12 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            // Keep counting against the per-IP limit while the WebSocket lives.
-            let _slot = slot;
-            serve_websocket(socket, app, peer, claims, authenticated).await
+        .on_upgrade(move |socket| {
+            let tasks = app.tasks.clone();
+            tasks.track_future(async move {
+                // Keep counting against the per-IP limit while the WebSocket lives.
+                let _slot = slot;
+                serve_websocket(socket, app, peer, claims, authenticated).await
+            })
         })
 }

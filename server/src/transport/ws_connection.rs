@@ -86,6 +86,8 @@ pub async fn serve_websocket(
     let span = info_span!("conn", id = conn.feed.id(), transport = "ws", %peer);
     async move {
         debug!("connected");
+        let connections = metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws");
+        connections.increment(1.0);
         let end = conn.run(&mut socket).await;
         drop(conn);
         if let End::Close(code, reason) = end {
@@ -99,6 +101,7 @@ pub async fn serve_websocket(
             )
             .await;
         }
+        connections.decrement(1.0);
         debug!("disconnected");
     }
     .instrument(span)
@@ -128,7 +131,10 @@ impl Connection {
         loop {
             let expiry = self.token_expiry();
             let result = tokio::select! {
-                _ = shutdown.cancelled() => return End::Close(close_code::RESTART, "server restarting"),
+                _ = shutdown.cancelled() => {
+                    self.finish_publishes(socket).await;
+                    return End::Close(close_code::RESTART, "server restarting");
+                }
                 () = tokio::time::sleep_until(auth_deadline), if !self.authenticated => {
                     return End::Close(close_code::POLICY, "authentication timeout");
                 }
@@ -172,6 +178,20 @@ impl Connection {
         }
     }
 
+    /// Answers the publishes still in flight (bounded by the request timeout), so a drain never
+    /// drops a publish the engine may be storing.
+    async fn finish_publishes(&mut self, socket: &mut WebSocket) {
+        let deadline = self.app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
+        let _ = tokio::time::timeout(deadline, async {
+            while let Some(reply) = self.publishes.next().await {
+                if send(socket, &reply).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// When the current token expires, as a tokio instant.
     fn token_expiry(&self) -> Option<tokio::time::Instant> {
         let claims = self.ctx.claims.as_ref()?;
@@ -202,6 +222,7 @@ impl Connection {
         message: &str,
     ) -> Result<(), End> {
         self.bad_frames += 1;
+        metrics::counter!(crate::metrics::ERRORS, "code" => code.as_str()).increment(1);
         let frame = ServerFrame::Error {
             id,
             code,
@@ -410,7 +431,8 @@ pub async fn publish(
     // This outer bound only guards against an engine that hangs; it must not fire first, or a
     // publish reported `unavailable` could still be written once Redis is back.
     let timeout = app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
-    match tokio::time::timeout(timeout, app.engine.publish(request)).await {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(timeout, app.engine.publish(request)).await {
         Ok(result) => result.map_err(RequestError::from),
         Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
     }
@@ -429,7 +451,12 @@ async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
         .send(Message::Text(Utf8Bytes::from(encode_server(frame))))
         .await
         .map_err(|_| End::Gone)
+    };
+    crate::metrics::engine_op("publish", started);
+    if result.is_ok() {
+        metrics::counter!(crate::metrics::PUBLISHED).increment(1);
 }
+    result
 
 fn classify_read_error(err: &axum::Error) -> End {
     let text = err.to_string();
