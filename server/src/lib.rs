@@ -53,15 +53,15 @@ pub struct App {
     pub authorizer: Arc<dyn auth::Authorizer>,
     /// Open connections per client IP.
     pub connections: Arc<listener::PerIp>,
-    next_connection: AtomicU64,
-}
-
     /// Long-lived connection tasks (WebSocket, SSE, task watches) that a drain waits for.
     pub tasks: tokio_util::task::TaskTracker,
     /// Fires when the drain is over and the listener must stop accepting.
     pub stopped: CancellationToken,
     /// When the app started.
     pub started: std::time::Instant,
+    next_connection: AtomicU64,
+}
+
 impl App {
     /// Builds the engine (connecting to Redis when configured) and the hub, with the default
     /// authorization policy. See [`ServerBuilder`] to replace it.
