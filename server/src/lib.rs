@@ -12,8 +12,8 @@ pub mod feed;
 pub mod hub;
 pub mod limits;
 pub mod listener;
-pub mod transport;
 pub mod metrics;
+pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,10 +91,10 @@ impl App {
             .verify(token)
             .map(|c| Some(Arc::new(c)))
             .map_err(|e| {
+                ::metrics::counter!(metrics::AUTH_FAILURES).increment(1);
                 error::RequestError::new(
                     redistribute_protocol::ErrorCode::Unauthorized,
                     e.to_string(),
-                ::metrics::counter!(metrics::AUTH_FAILURES).increment(1);
                 )
             })
     }
@@ -179,11 +179,11 @@ impl ServerBuilder {
 
     /// Loads TLS and keys, connects the engine, and returns the running app.
     pub async fn start(self, shutdown: CancellationToken) -> Result<Arc<App>, StartError> {
+        // Install the metrics recorder before anything records.
+        metrics::handle();
         let config = self.config;
         let tls = config
             .tls
-        // Install the metrics recorder before anything records.
-        metrics::handle();
             .as_ref()
             .map(listener::tls::TlsSetup::load)
             .transpose()?
@@ -239,6 +239,9 @@ impl ServerBuilder {
             verifier,
             authorizer: self.authorizer,
             connections: Arc::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            stopped: CancellationToken::new(),
+            started: std::time::Instant::now(),
             next_connection: AtomicU64::new(1),
         }))
     }
@@ -269,6 +272,3 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> 
     let (result, ()) = tokio::join!(listener::serve(listener, app.clone()), drain);
     result
 }
-            tasks: tokio_util::task::TaskTracker::new(),
-            stopped: CancellationToken::new(),
-            started: std::time::Instant::now(),
