@@ -157,12 +157,6 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Client authentication.
     pub auth: AuthConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
     /// How long a drain (SIGTERM) may take before the process exits anyway (default 10 s).
     pub drain_timeout: Duration,
     /// Log format: human-readable text (default) or JSON lines.
@@ -193,6 +187,12 @@ impl Config {
         }
         text
     }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis: None,
             redis_cluster: Vec::new(),
             redis_shards: crate::engine::redis::keys::DEFAULT_SHARDS,
@@ -206,6 +206,8 @@ impl Config {
             http: HttpConfig::default(),
             tls: None,
             auth: AuthConfig::Open,
+            drain_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -214,8 +216,6 @@ impl Config {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-            drain_timeout: Duration::from_secs(10),
-            log_format: LogFormat::Text,
     #[error("cannot read config file {path}: {reason}")]
     Unreadable {
         /// The file.
@@ -311,6 +311,10 @@ pub struct ConfigValues {
     pub handshake_timeout_ms: Option<u64>,
     /// See [`Limits::ws_ping_interval`], in seconds.
     pub ws_ping_secs: Option<u64>,
+    /// See [`Config::drain_timeout`], in ms.
+    pub drain_timeout_ms: Option<u64>,
+    /// See [`Config::log_format`]: `text` or `json`.
+    pub log_format: Option<String>,
 }
 
 impl ConfigValues {
@@ -323,10 +327,6 @@ impl ConfigValues {
         toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.display().to_string(),
             reason: e.message().to_owned(),
-    /// See [`Config::drain_timeout`], in ms.
-    pub drain_timeout_ms: Option<u64>,
-    /// See [`Config::log_format`]: `text` or `json`.
-    pub log_format: Option<String>,
         })
     }
 
@@ -372,6 +372,8 @@ impl ConfigValues {
             subscribe_burst: self.subscribe_burst.or(other.subscribe_burst),
             handshake_timeout_ms: self.handshake_timeout_ms.or(other.handshake_timeout_ms),
             ws_ping_secs: self.ws_ping_secs.or(other.ws_ping_secs),
+            drain_timeout_ms: self.drain_timeout_ms.or(other.drain_timeout_ms),
+            log_format: self.log_format.or(other.log_format),
         }
     }
 
@@ -386,8 +388,6 @@ impl ConfigValues {
                 reason: format!("{listen:?} is not an address like 127.0.0.1:8080 ({e})"),
             })?;
         }
-            drain_timeout_ms: self.drain_timeout_ms.or(other.drain_timeout_ms),
-            log_format: self.log_format.or(other.log_format),
         match self.redis.as_deref() {
             None | Some([]) => {}
             Some([url]) => {
@@ -490,6 +490,19 @@ impl ConfigValues {
                 })
             }
         };
+        if let Some(ms) = self.drain_timeout_ms {
+            config.drain_timeout = Duration::from_millis(positive("drain_timeout_ms", ms)?);
+        }
+        config.log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    reason: format!("{other:?} is neither \"text\" nor \"json\""),
+                })
+            }
+        };
         let limits = &mut config.limits;
         if let Some(n) = self.max_connections_per_ip {
             limits.max_connections_per_ip = positive("max_connections_per_ip", n as u64)? as usize;
@@ -510,19 +523,6 @@ impl ConfigValues {
             limits.handshake_timeout = Duration::from_millis(positive("handshake_timeout_ms", ms)?);
         }
         if let Some(s) = self.ws_ping_secs {
-        if let Some(ms) = self.drain_timeout_ms {
-            config.drain_timeout = Duration::from_millis(positive("drain_timeout_ms", ms)?);
-        }
-        config.log_format = match self.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "log_format",
-                    reason: format!("{other:?} is neither \"text\" nor \"json\""),
-                })
-            }
-        };
             limits.ws_ping_interval = Duration::from_secs(positive("ws_ping_secs", s)?);
         }
         Ok(())

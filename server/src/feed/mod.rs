@@ -262,7 +262,9 @@ impl Feed {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let started = std::time::Instant::now();
             let result = engine.read(&channel, after, page).await;
+            crate::metrics::engine_op("read", started);
             (channel, after, result)
         })
     }
@@ -271,9 +273,7 @@ impl Feed {
         if self.in_flight.is_some() {
             return;
         }
-            let started = std::time::Instant::now();
         while let Some(channel) = self.catch_up.pop_front() {
-            crate::metrics::engine_op("read", started);
             if let Some(sub) = self.subs.get(&channel) {
                 if !sub.is_live() {
                     self.in_flight =

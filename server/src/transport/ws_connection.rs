@@ -435,7 +435,12 @@ pub async fn publish(
     let result = match tokio::time::timeout(timeout, app.engine.publish(request)).await {
         Ok(result) => result.map_err(RequestError::from),
         Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
+    };
+    crate::metrics::engine_op("publish", started);
+    if result.is_ok() {
+        metrics::counter!(crate::metrics::PUBLISHED).increment(1);
     }
+    result
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -451,12 +456,7 @@ async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
         .send(Message::Text(Utf8Bytes::from(encode_server(frame))))
         .await
         .map_err(|_| End::Gone)
-    };
-    crate::metrics::engine_op("publish", started);
-    if result.is_ok() {
-        metrics::counter!(crate::metrics::PUBLISHED).increment(1);
 }
-    result
 
 fn classify_read_error(err: &axum::Error) -> End {
     let text = err.to_string();
