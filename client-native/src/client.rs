@@ -14,6 +14,7 @@ use crate::builder::ClientBuilder;
 use crate::driver::{Command, SubscribeRequest};
 use crate::error::Error;
 use crate::event::{ConnectionState, Event, Events};
+use crate::group::GroupSubscription;
 use crate::subscription::{SubShared, Subscription};
 
 /// A handle on one connection to a redistribute deployment (one driver task, one session).
@@ -83,6 +84,7 @@ impl Client {
             sub,
             tx,
             shared: shared.clone(),
+            group: None,
         };
         self.send(Command::Subscribe { request, reply }).await?;
         let start = self.answer(answer).await?;
@@ -96,6 +98,71 @@ impl Client {
             self.inner.commands.clone(),
             start,
         ))
+    }
+
+    /// Joins consumer group `group` of `channel` as `consumer` (a worker): each message of the
+    /// channel goes to one consumer of the group and must be acknowledged
+    /// ([`GroupMessage::ack`]) or it is delivered again: to this consumer after a reconnect
+    /// (its pending messages come first), or to another one once it has been left
+    /// unacknowledged for the server's idle time. `start` says where the group begins if this
+    /// call creates it ([`Offset::Latest`]: new messages only; [`Offset::Earliest`]: all
+    /// retained). Returns once the server confirmed it; survives reconnects like
+    /// [`Client::subscribe`], as the same consumer.
+    pub async fn subscribe_group(
+        &self,
+        channel: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<String>,
+        start: impl Into<Offset>,
+    ) -> Result<GroupSubscription, Error> {
+        let channel = channel.into();
+        let group = group.into();
+        let capacity = self.inner.subscription_buffer;
+        let (tx, rx) = mpsc::channel(capacity);
+        let shared = Arc::new(SubShared::default());
+        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let request = SubscribeRequest {
+            channel: channel.clone(),
+            offset: start.into(),
+            sub,
+            tx,
+            shared: shared.clone(),
+            group: Some((group.clone(), consumer.into())),
+        };
+        self.send(Command::Subscribe { request, reply }).await?;
+        let start = self.answer(answer).await?;
+        let inner = Subscription::new(
+            channel,
+            sub,
+            rx,
+            capacity,
+            shared,
+            self.inner.wake.clone(),
+            self.inner.commands.clone(),
+            start,
+        );
+        Ok(GroupSubscription::new(inner, group, self.clone()))
+    }
+
+    /// Acknowledges messages of consumer group `group` of `channel` by offset; returns how
+    /// many were pending (already acknowledged ones, or ones reclaimed by another consumer
+    /// and acknowledged there, do not count). Re-sent after a reconnect until answered.
+    pub async fn ack(
+        &self,
+        channel: impl Into<String>,
+        group: impl Into<String>,
+        offsets: Vec<StreamId>,
+    ) -> Result<u64, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ack {
+            channel: channel.into(),
+            group: group.into(),
+            offsets,
+            reply,
+        })
+        .await?;
+        self.answer(answer).await
     }
 
     /// Stops the subscription of `channel` (its stream ends) and tells the server. Does

@@ -38,6 +38,9 @@
 //!   buffers. A subscription whose application does not keep up is resumed from the stream
 //!   instead of buffering without limit ([`Event::Overflow`]; see [`Subscription`]). The
 //!   driver never waits for the application.
+//! - **Workers.** [`Client::subscribe_group`] joins a consumer group: each message goes to
+//!   one worker of the group and is acknowledged with [`GroupMessage::ack`]; unacknowledged
+//!   ones are delivered again (see [`group`]).
 //! - **TLS.** `wss://` targets use rustls (ring provider) with the webpki roots and any root
 //!   added with [`ClientBuilder::add_root_certificate`].
 
@@ -46,6 +49,7 @@ mod client;
 mod driver;
 mod error;
 mod event;
+pub mod group;
 pub mod subscription;
 mod tls;
 mod transport;
@@ -57,6 +61,7 @@ pub use builder::{
 pub use client::Client;
 pub use error::{Error, TargetFailure};
 pub use event::{ConnectionState, Event, Events};
+pub use group::{GroupMessage, GroupSubscription};
 pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
 pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
 pub use subscription::Subscription;

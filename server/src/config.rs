@@ -149,6 +149,12 @@ pub struct Config {
     pub redis_keys_per_reader: usize,
     /// How long idempotency keys are remembered (default 600 s).
     pub idempotency_ttl: Duration,
+    /// Consumer-group entries left unacknowledged this long are reassigned to another live
+    /// consumer (`XAUTOCLAIM` min-idle-time; default 30 s).
+    pub group_claim_idle: Duration,
+    /// An entry delivered more than this many times goes to `<channel>:dead` instead of being
+    /// delivered again (default 5).
+    pub group_max_deliveries: u64,
     /// Per-connection limits.
     pub limits: Limits,
     /// HTTP transports and API.
@@ -202,6 +208,8 @@ impl Default for Config {
             redis_block: Duration::from_secs(10),
             redis_keys_per_reader: 256,
             idempotency_ttl: Duration::from_secs(600),
+            group_claim_idle: Duration::from_secs(30),
+            group_max_deliveries: 5,
             limits: Limits::default(),
             http: HttpConfig::default(),
             tls: None,
@@ -265,6 +273,10 @@ pub struct ConfigValues {
     pub redis_keys_per_reader: Option<usize>,
     /// See [`Config::idempotency_ttl`], in seconds.
     pub idempotency_ttl_secs: Option<u64>,
+    /// See [`Config::group_claim_idle`], in ms.
+    pub group_claim_idle_ms: Option<u64>,
+    /// See [`Config::group_max_deliveries`].
+    pub group_max_deliveries: Option<u64>,
     /// See [`Limits::max_frame_bytes`].
     pub max_frame_bytes: Option<usize>,
     /// See [`Limits::max_subscriptions`].
@@ -346,6 +358,8 @@ impl ConfigValues {
             redis_block_ms: self.redis_block_ms.or(other.redis_block_ms),
             redis_keys_per_reader: self.redis_keys_per_reader.or(other.redis_keys_per_reader),
             idempotency_ttl_secs: self.idempotency_ttl_secs.or(other.idempotency_ttl_secs),
+            group_claim_idle_ms: self.group_claim_idle_ms.or(other.group_claim_idle_ms),
+            group_max_deliveries: self.group_max_deliveries.or(other.group_max_deliveries),
             max_frame_bytes: self.max_frame_bytes.or(other.max_frame_bytes),
             max_subscriptions: self.max_subscriptions.or(other.max_subscriptions),
             queue_batches: self.queue_batches.or(other.queue_batches),
@@ -427,6 +441,12 @@ impl ConfigValues {
         }
         if let Some(s) = self.idempotency_ttl_secs {
             config.idempotency_ttl = Duration::from_secs(positive("idempotency_ttl_secs", s)?);
+        }
+        if let Some(ms) = self.group_claim_idle_ms {
+            config.group_claim_idle = Duration::from_millis(positive("group_claim_idle_ms", ms)?);
+        }
+        if let Some(n) = self.group_max_deliveries {
+            config.group_max_deliveries = positive("group_max_deliveries", n)?;
         }
         if let Some(n) = self.max_frame_bytes {
             if n < 1024 {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod feed;
+pub mod groups;
 pub mod hub;
 pub mod limits;
 pub mod listener;
@@ -37,6 +38,8 @@ pub struct App {
     pub engine: Arc<dyn Engine>,
     /// Local subscribers and fan-out.
     pub hub: Arc<Hub>,
+    /// Consumer-group pollers.
+    pub groups: Arc<groups::Groups>,
     /// Fires when the server is shutting down.
     pub shutdown: CancellationToken,
     /// Random id of this instance (in client ids, for support).
@@ -224,6 +227,14 @@ impl ServerBuilder {
             }
         };
         hub.attach(&engine);
+        let groups = groups::Groups::new(
+            engine.clone(),
+            hub.clone(),
+            groups::GroupConfig {
+                claim_idle: config.group_claim_idle,
+                max_deliveries: config.group_max_deliveries,
+            },
+        );
         let instance_id = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() ^ std::process::id());
@@ -231,6 +242,7 @@ impl ServerBuilder {
             config,
             engine,
             hub,
+            groups,
             shutdown,
             instance_id,
             poll_holders: Arc::default(),

@@ -73,6 +73,12 @@ struct ServeArgs {
     /// How long idempotency keys are remembered, in seconds [default: 600].
     #[arg(long, env = "REDISTRIBUTE_IDEMPOTENCY_TTL_SECS")]
     idempotency_ttl_secs: Option<u64>,
+    /// Consumer-group entries unacknowledged this long (ms) go to another consumer [default: 30000].
+    #[arg(long, env = "REDISTRIBUTE_GROUP_CLAIM_IDLE_MS")]
+    group_claim_idle_ms: Option<u64>,
+    /// Deliveries of a group entry before it goes to `<channel>:dead` [default: 5].
+    #[arg(long, env = "REDISTRIBUTE_GROUP_MAX_DELIVERIES")]
+    group_max_deliveries: Option<u64>,
     /// Largest inbound frame in bytes [default: 1048576].
     #[arg(long, env = "REDISTRIBUTE_MAX_FRAME_BYTES")]
     max_frame_bytes: Option<usize>,
@@ -173,6 +179,8 @@ impl ServeArgs {
             redis_block_ms: self.redis_block_ms,
             redis_keys_per_reader: self.redis_keys_per_reader,
             idempotency_ttl_secs: self.idempotency_ttl_secs,
+            group_claim_idle_ms: self.group_claim_idle_ms,
+            group_max_deliveries: self.group_max_deliveries,
             max_frame_bytes: self.max_frame_bytes,
             max_subscriptions: self.max_subscriptions,
             queue_batches: self.queue_batches,

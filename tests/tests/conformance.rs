@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use redistribute_protocol::{decode_server, Fields, Message, ServerFrame, StreamId};
+use redistribute_protocol::{decode_server, Fields, Message, Offset, ServerFrame, StreamId};
 use redistribute_server::engine::embedded::EmbeddedEngine;
 use redistribute_server::engine::redis::{keys, RedisConfig, RedisEngine};
-use redistribute_server::engine::{Batch, Engine, EngineConfig, LiveSink, PublishRequest};
+use redistribute_server::engine::{
+    Batch, Engine, EngineConfig, GroupRead, LiveSink, PublishRequest,
+};
 use redistribute_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -283,6 +285,137 @@ async fn many_channels_feed_live_and_new_watches_start_at_once(mut s: Subject) -
     Ok(())
 }
 
+async fn group_read(
+    s: &Subject,
+    channel: &str,
+    consumer: &str,
+    from: GroupRead,
+    count: usize,
+) -> Result<Vec<StreamId>> {
+    let channel: Arc<str> = channel.into();
+    Ok(s.engine
+        .group_read(&channel, "g", consumer, from, count)
+        .await?
+        .map(|b| b.ids().to_vec())
+        .unwrap_or_default())
+}
+
+const ALL_PENDING: GroupRead = GroupRead::Pending {
+    after: StreamId::ZERO,
+};
+
+async fn groups_deliver_each_entry_once_and_keep_it_pending_until_acked(s: Subject) -> Result<()> {
+    let created = s.engine.group_create("jobs", "g", Offset::Earliest).await?;
+    ensure!(created == StreamId::ZERO, "new group from 0: {created}");
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(publish(&s, "jobs", json!({ "n": n })).await?);
+    }
+    assert_eq!(
+        group_read(&s, "jobs", "c1", GroupRead::New, 2).await?,
+        ids[..2]
+    );
+    assert_eq!(
+        group_read(&s, "jobs", "c2", GroupRead::New, 10).await?,
+        ids[2..]
+    );
+    assert!(group_read(&s, "jobs", "c1", GroupRead::New, 10)
+        .await?
+        .is_empty());
+    // Each consumer's own pending entries, then paged after an ID.
+    assert_eq!(
+        group_read(&s, "jobs", "c1", ALL_PENDING, 10).await?,
+        ids[..2]
+    );
+    let after = GroupRead::Pending { after: ids[2] };
+    assert_eq!(group_read(&s, "jobs", "c2", after, 10).await?, ids[3..]);
+    assert_eq!(s.engine.group_ack("jobs", "g", &ids[..1]).await?, 1);
+    assert_eq!(s.engine.group_ack("jobs", "g", &ids[..2]).await?, 1);
+    assert!(group_read(&s, "jobs", "c1", ALL_PENDING, 10)
+        .await?
+        .is_empty());
+    // An existing group keeps its position; a new one from `$` starts at the tip.
+    let again = s.engine.group_create("jobs", "g", Offset::Latest).await?;
+    ensure!(again == ids[4], "existing group: {again}");
+    let tip = s
+        .engine
+        .group_create("jobs", "late", Offset::Latest)
+        .await?;
+    ensure!(tip == ids[4], "new group from $: {tip}");
+    let next = publish(&s, "jobs", json!({"n": 5})).await?;
+    let late = s
+        .engine
+        .group_read(&"jobs".into(), "late", "c", GroupRead::New, 10)
+        .await?
+        .map(|b| b.ids().to_vec());
+    assert_eq!(late, Some(vec![next]));
+    // MKSTREAM: a group on a channel that has no entry yet.
+    let empty = s.engine.group_create("fresh", "g", Offset::Latest).await?;
+    ensure!(empty == StreamId::ZERO, "group on a new channel: {empty}");
+    let first = publish(&s, "fresh", json!({"n": 1})).await?;
+    assert_eq!(
+        group_read(&s, "fresh", "c", GroupRead::New, 10).await?,
+        [first]
+    );
+    Ok(())
+}
+
+async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
+    s: Subject,
+) -> Result<()> {
+    s.engine.group_create("work", "g", Offset::Earliest).await?;
+    let a = publish(&s, "work", json!({"job": "a"})).await?;
+    let b = publish(&s, "work", json!({"job": "b"})).await?;
+    assert_eq!(
+        group_read(&s, "work", "c1", GroupRead::New, 10).await?,
+        [a, b]
+    );
+    let channel: Arc<str> = "work".into();
+    let hour = Duration::from_secs(3600);
+    let none = s
+        .engine
+        .group_claim(&channel, "g", "c2", hour, StreamId::ZERO, 10)
+        .await?;
+    ensure!(none.batch.is_none(), "claimed entries that are not idle");
+    let claimed = s
+        .engine
+        .group_claim(&channel, "g", "c2", Duration::ZERO, StreamId::ZERO, 10)
+        .await?;
+    assert_eq!(claimed.batch.map(|b| b.ids().to_vec()), Some(vec![a, b]));
+    assert_eq!(claimed.deliveries, [2, 2]);
+    assert_eq!(claimed.next, StreamId::ZERO);
+    // Now they are c2's: c1 has nothing pending, c2's pending read is delivery 3.
+    assert!(group_read(&s, "work", "c1", ALL_PENDING, 10)
+        .await?
+        .is_empty());
+    assert_eq!(group_read(&s, "work", "c2", ALL_PENDING, 10).await?, [a, b]);
+    s.engine.group_ack("work", "g", &[b]).await?;
+    // The next claim would be delivery 4 > 3: `a` goes to `work:dead` and is acknowledged.
+    let outcome = redistribute_server::groups::claim_idle(
+        s.engine.as_ref(),
+        &channel,
+        "g",
+        "c3",
+        Duration::ZERO,
+        3,
+        StreamId::ZERO,
+        10,
+    )
+    .await?;
+    ensure!(outcome.batch.is_none(), "a dead entry was delivered");
+    assert_eq!(outcome.dead, [a]);
+    let dead = read_all(&s, "work:dead", StreamId::ZERO).await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].fields["job"], "a");
+    assert_eq!(dead[0].fields["dead_letter"]["offset"], a.to_string());
+    assert_eq!(dead[0].fields["dead_letter"]["deliveries"], 4);
+    assert_eq!(dead[0].fields["dead_letter"]["group"], "g");
+    for c in ["c1", "c2", "c3"] {
+        assert!(group_read(&s, "work", c, ALL_PENDING, 10).await?.is_empty());
+    }
+    Ok(())
+}
+
 /// Generates one test per engine for each conformance check.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -319,6 +452,8 @@ conformance!(
     idempotency_keys_return_the_first_offset,
     watched_channels_feed_new_entries_in_order,
     many_channels_feed_live_and_new_watches_start_at_once,
+    groups_deliver_each_entry_once_and_keep_it_pending_until_acked,
+    idle_entries_are_claimed_with_delivery_counts_then_dead_lettered,
 );
 
 /// Values written by another producer that are not JSON arrive as JSON strings (Redis only:

@@ -30,6 +30,8 @@ pub(crate) struct SubscribeRequest {
     pub(crate) sub: u64,
     pub(crate) tx: mpsc::Sender<Message>,
     pub(crate) shared: Arc<SubShared>,
+    /// `(group, consumer)` for a consumer-group subscription.
+    pub(crate) group: Option<(String, String)>,
 }
 
 /// What a handle asks the driver to do.
@@ -56,6 +58,12 @@ pub(crate) enum Command {
     },
     Ping {
         reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Ack {
+        channel: String,
+        group: String,
+        offsets: Vec<StreamId>,
+        reply: oneshot::Sender<Result<u64, Error>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -101,6 +109,19 @@ impl Driver {
                     let _ = reply.send(Err(e.into()));
                 }
             },
+            Command::Ack {
+                channel,
+                group,
+                offsets,
+                reply,
+            } => match self.session.ack(channel, group, offsets) {
+                Ok(id) => {
+                    self.pending.insert(id.get(), Reply::Ack(reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
             Command::Close { reply } => {
                 self.close_waiters.push(reply);
                 self.session.close();
@@ -119,6 +140,7 @@ impl Driver {
             sub,
             tx,
             shared,
+            group,
         } = request;
         // A replaced subscription's stream ends with its entry.
         let replacing = self.entries.remove(&channel).is_some();
@@ -140,6 +162,7 @@ impl Driver {
             requested: offset,
             last_queued: None,
             phase: Phase::Live,
+            group,
         };
         if let Some(id) = wait_for {
             entry.phase = Phase::Unsubscribing;
@@ -154,7 +177,7 @@ impl Driver {
             self.entries.insert(channel, entry);
             return;
         }
-        match self.session.subscribe(channel.clone(), offset) {
+        match self.session_subscribe(&channel, offset, entry.group.clone()) {
             Ok(id) => {
                 self.pending.insert(
                     id.get(),
@@ -169,6 +192,24 @@ impl Driver {
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
             }
+        }
+    }
+
+    /// A plain or consumer-group subscribe in the session.
+    fn session_subscribe(
+        &mut self,
+        channel: &str,
+        offset: Offset,
+        group: Option<(String, String)>,
+    ) -> Result<
+        redistribute_protocol::session::RequestId,
+        redistribute_protocol::session::SessionError,
+    > {
+        match group {
+            Some((group, consumer)) => self
+                .session
+                .subscribe_group(channel, group, consumer, offset),
+            None => self.session.subscribe(channel, offset),
         }
     }
 
@@ -264,7 +305,8 @@ impl Driver {
             Some(_) => entry.requested,
             None => resume_offset(entry),
         };
-        match self.session.subscribe(channel.clone(), offset) {
+        let group = entry.group.clone();
+        match self.session_subscribe(&channel, offset, group) {
             Ok(id) => {
                 if let Some(entry) = self.entries.get_mut(&channel) {
                     entry.phase = Phase::Live;

@@ -38,6 +38,8 @@ pub(super) struct Entry {
     /// The offset of the last message put into the buffer.
     pub(super) last_queued: Option<StreamId>,
     pub(super) phase: Phase,
+    /// `(group, consumer)` of a consumer-group subscription.
+    pub(super) group: Option<(String, String)>,
 }
 
 /// A subscribe waiting for an unsubscribe of its channel to finish (a replacement, a resume
@@ -66,6 +68,7 @@ pub(super) enum Reply {
     },
     Publish(oneshot::Sender<Result<StreamId, Error>>),
     Ping(oneshot::Sender<Result<(), Error>>),
+    Ack(oneshot::Sender<Result<u64, Error>>),
 }
 
 impl Reply {
@@ -86,6 +89,9 @@ impl Reply {
                 let _ = reply.send(Err(error));
             }
             Reply::Ping(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Reply::Ack(reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -152,6 +158,11 @@ impl Driver {
             SessionEvent::Published { id, offset, .. } => {
                 if let Some(Reply::Publish(reply)) = self.pending.remove(&id.get()) {
                     let _ = reply.send(Ok(offset));
+                }
+            }
+            SessionEvent::Acked { id, count } => {
+                if let Some(Reply::Ack(reply)) = self.pending.remove(&id.get()) {
+                    let _ = reply.send(Ok(count));
                 }
             }
             SessionEvent::Pong { id } => {

@@ -92,6 +92,7 @@ impl Inner {
                 self.emit(Topic::Error, vec![js_error(&info)]);
             }
             Event::Published { id, offset, .. } => self.settle(id, Ok(offset.to_string().into())),
+            Event::Acked { id, count } => self.settle(id, Ok((count as f64).into())),
             Event::RequestFailed { id, error } => self.settle(id, Err(ErrorInfo::request(&error))),
             Event::ServerError { code, message } => {
                 let info = ErrorInfo::new(code.as_str(), message);

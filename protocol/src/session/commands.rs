@@ -48,6 +48,65 @@ impl Session {
         Ok(RequestId(id))
     }
 
+    /// Joins consumer group `group` of `channel` as `consumer`: each message of the channel
+    /// goes to one consumer of the group and stays pending until acknowledged with
+    /// [`Session::ack`]. The server first delivers this consumer's own pending messages (after
+    /// a reconnect too), then new ones; `offset` says where the group starts if this creates
+    /// it. Messages are not deduplicated by offset (redeliveries are the point), and
+    /// [`Session::offsets`] leaves the channel out. Otherwise like [`Session::subscribe`]
+    /// (replacing, resubscribing after a reconnect, outcome events).
+    pub fn subscribe_group(
+        &mut self,
+        channel: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<String>,
+        offset: Offset,
+    ) -> Result<RequestId, SessionError> {
+        let channel = channel.into();
+        let (group, consumer) = (group.into(), consumer.into());
+        self.admit()?;
+        validate_channel(&channel)?;
+        validate_channel(&group)?;
+        validate_channel(&consumer)?;
+        let id = self.alloc_id();
+        self.cancel_waiter(&channel);
+        let mut sub = Subscription::new_group(offset, group, consumer);
+        sub.waiter = Some(id);
+        self.subs.insert(channel.clone(), sub);
+        let kind = Kind::Subscribe {
+            channel: channel.clone(),
+        };
+        self.requests
+            .insert(id, Pending::new(kind, Origin::User), None);
+        if self.is_connected() {
+            self.send_subscribe(&channel);
+        }
+        Ok(RequestId(id))
+    }
+
+    /// Acknowledges messages of consumer group `group` of `channel` by offset, so they are not
+    /// delivered again. Sent again after a reconnect when no reply came (acknowledging twice
+    /// is harmless). Outcome: [`Event::Acked`] or [`Event::RequestFailed`].
+    pub fn ack(
+        &mut self,
+        channel: impl Into<String>,
+        group: impl Into<String>,
+        offsets: Vec<crate::offset::StreamId>,
+    ) -> Result<RequestId, SessionError> {
+        self.admit()?;
+        let id = self.next_id;
+        let kind = Kind::Ack {
+            channel: channel.into(),
+            group: group.into(),
+            offsets,
+        };
+        let frame = request_frame(id, &kind);
+        validate_client(&frame)?;
+        let id = self.alloc_id();
+        self.submit(id, kind, frame);
+        Ok(RequestId(id))
+    }
+
     /// Stops a subscription: no more messages of the channel are delivered from now on, and it
     /// is not re-subscribed after a reconnect. Outcome: [`Event::Unsubscribed`] (at once when
     /// disconnected, since the next connection will not subscribe it).

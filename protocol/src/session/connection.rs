@@ -126,6 +126,7 @@ impl Session {
             return;
         };
         let offset = sub.resume_offset();
+        let sub_group = sub.group.clone();
         let id = match sub.waiter {
             Some(waiter) => {
                 if let Some(p) = self.requests.get_mut(waiter) {
@@ -147,6 +148,7 @@ impl Session {
                 id
             }
         };
+        let (group, consumer) = sub_group.unzip();
         if let Some(sub) = self.subs.get_mut(channel) {
             sub.inflight = Some(id);
         }
@@ -154,8 +156,8 @@ impl Session {
             id,
             channel: channel.to_owned(),
             offset: Some(offset),
-            group: None,
-            consumer: None,
+            group,
+            consumer,
         });
     }
 
@@ -305,6 +307,16 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             fields: fields.clone(),
             maxlen: *maxlen,
             idempotency_key: key.clone(),
+        },
+        Kind::Ack {
+            channel,
+            group,
+            offsets,
+        } => ClientFrame::Ack {
+            id,
+            channel: channel.clone(),
+            group: group.clone(),
+            offsets: offsets.clone(),
         },
         Kind::Ping => ClientFrame::Ping { id },
     }

@@ -172,6 +172,14 @@ pub enum Event {
         /// The stored message's offset.
         offset: StreamId,
     },
+    /// An `ack` was answered.
+    Acked {
+        /// The request.
+        id: RequestId,
+        /// How many of the entries were pending and are now acknowledged (entries already
+        /// acknowledged, or reclaimed by another consumer and acknowledged there, do not count).
+        count: u64,
+    },
     /// A ping was answered.
     Pong {
         /// The request.

@@ -72,8 +72,17 @@ impl Session {
                     self.events.push_back(Event::Pong { id: RequestId(id) });
                 }
             }
-            // This session sends no `ack`, so an `acked` answers nothing of ours.
-            ServerFrame::Acked { .. } => {}
+            ServerFrame::Acked { id, count } => {
+                if self
+                    .take_reply(id, |k| matches!(k, Kind::Ack { .. }))
+                    .is_some()
+                {
+                    self.events.push_back(Event::Acked {
+                        id: RequestId(id),
+                        count,
+                    });
+                }
+            }
             ServerFrame::Messages { channel, messages } => self.on_messages(channel, messages),
             ServerFrame::Gap { channel, from, to } => {
                 if self.subs.get(&channel).is_some() {
@@ -169,7 +178,7 @@ impl Session {
                     self.fail(id, error);
                 }
             }
-            Kind::Unsubscribe { .. } | Kind::Publish { .. } | Kind::Ping => {
+            Kind::Unsubscribe { .. } | Kind::Publish { .. } | Kind::Ack { .. } | Kind::Ping => {
                 if pending.origin == Origin::User {
                     self.fail(id, error);
                 }

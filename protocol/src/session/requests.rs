@@ -45,6 +45,15 @@ pub(crate) enum Kind {
         /// Caller's or generated idempotency key; with one, re-sending is safe.
         key: Option<String>,
     },
+    /// `ack`: acknowledging is idempotent, so it is re-sent after a reconnect.
+    Ack {
+        /// Channel name.
+        channel: String,
+        /// Consumer group.
+        group: String,
+        /// Entries to acknowledge.
+        offsets: Vec<crate::offset::StreamId>,
+    },
     /// `ping`.
     Ping,
 }

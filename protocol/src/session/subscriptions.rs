@@ -28,6 +28,8 @@ pub(crate) struct Subscription {
     pub(crate) waiter: Option<u64>,
     /// The id of the `subscribe` frame in flight on the current connection, if any.
     pub(crate) inflight: Option<u64>,
+    /// `(group, consumer)` of a consumer-group subscription.
+    pub(crate) group: Option<(String, String)>,
 }
 
 impl Subscription {
@@ -43,6 +45,17 @@ impl Subscription {
             position,
             waiter: None,
             inflight: None,
+            group: None,
+        }
+    }
+
+    /// A consumer-group subscription as `consumer` of `group`; `requested` is where the group
+    /// starts if the subscribe creates it. It has no position: the group decides what each
+    /// consumer gets, and a redelivered entry is older than what came before it.
+    pub(crate) fn new_group(requested: Offset, group: String, consumer: String) -> Self {
+        Subscription {
+            group: Some((group, consumer)),
+            ..Subscription::new(requested)
         }
     }
 
@@ -59,6 +72,9 @@ impl Subscription {
 
     /// Records the server's resume point from a `subscribed` reply.
     pub(crate) fn on_subscribed(&mut self, offset: StreamId, truncated: bool) {
+        if self.group.is_some() {
+            return;
+        }
         match self.position {
             None => self.position = Some(offset),
             Some(p) if !truncated && offset > p => self.position = Some(offset),
@@ -68,6 +84,11 @@ impl Subscription {
 
     /// Keeps the messages after the position, in order, and advances the position past them.
     pub(crate) fn accept(&mut self, messages: Vec<Message>) -> Vec<Message> {
+        if self.group.is_some() {
+            // Redeliveries (pending entries after a reconnect, reclaimed entries) are the
+            // point of a group: pass everything on.
+            return messages;
+        }
         let mut fresh = Vec::with_capacity(messages.len());
         for m in messages {
             if self.position.is_none_or(|p| m.offset > p) {
@@ -161,6 +182,16 @@ mod tests {
         );
         assert_eq!(s.position(), Some(StreamId::new(10, 1)));
         assert!(s.accept(vec![msg(9, 99), msg(10, 1)]).is_empty());
+    }
+
+    #[test]
+    fn group_subscriptions_pass_redeliveries_and_keep_no_position() {
+        let mut s = Subscription::new_group(Offset::Latest, "g".into(), "c".into());
+        s.on_subscribed(StreamId::new(5, 0), false);
+        assert_eq!(s.position(), None);
+        assert_eq!(s.accept(vec![msg(9, 0)]).len(), 1);
+        assert_eq!(offsets(&s.accept(vec![msg(3, 0), msg(9, 0)])).len(), 2);
+        assert_eq!(s.resume_offset(), Offset::Latest);
     }
 
     #[test]

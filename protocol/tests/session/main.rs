@@ -2,6 +2,7 @@
 //! against a scripted in-memory server ([`harness`]).
 
 mod failover;
+mod groups;
 mod harness;
 mod requests;
 mod resume;

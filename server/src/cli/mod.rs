@@ -83,6 +83,18 @@ pub struct SubArgs {
     /// Exit 0 after printing this many messages (over all channels).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Join this consumer group (one channel only; needs `--consumer`): each message goes
+    /// to one consumer of the group. `--from` is where the group starts if this creates it.
+    #[arg(long, value_name = "GROUP", requires = "consumer")]
+    pub group: Option<String>,
+    /// Consumer name within `--group`; reconnecting under the same name first redelivers its
+    /// unacknowledged messages.
+    #[arg(long, value_name = "NAME", requires = "group")]
+    pub consumer: Option<String>,
+    /// With `--group`: acknowledge each message once it is printed (without it, messages stay
+    /// pending and are delivered again later).
+    #[arg(long, requires = "group")]
+    pub ack: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

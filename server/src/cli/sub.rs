@@ -41,6 +41,9 @@ async fn print_messages(client: &redistribute_client::Client, args: &SubArgs) ->
     if args.count == Some(0) {
         return Ok(());
     }
+    if let (Some(group), Some(consumer)) = (&args.group, &args.consumer) {
+        return print_group(client, args, group, consumer).await;
+    }
     let mut subscriptions = Vec::with_capacity(args.channels.len());
     for channel in &args.channels {
         let subscription = client
@@ -88,6 +91,52 @@ async fn print_messages(client: &redistribute_client::Client, args: &SubArgs) ->
     match client.state() {
         ConnectionState::Closed { error: Some(error) } => bail!("{error}"),
         _ => bail!("the subscriptions ended (see the messages above)"),
+    }
+}
+
+/// `sub --group G --consumer C [--ack]`: one line per message the group assigns to this
+/// consumer, flushed before it is acknowledged (so an acknowledged message was printed).
+async fn print_group(
+    client: &redistribute_client::Client,
+    args: &SubArgs,
+    group: &str,
+    consumer: &str,
+) -> Result<()> {
+    let [channel] = args.channels.as_slice() else {
+        bail!("--group takes exactly one channel");
+    };
+    let mut jobs = client
+        .subscribe_group(channel.clone(), group, consumer, args.from)
+        .await
+        .map_err(|e| anyhow!("cannot join group {group:?} of {channel:?}: {e}"))?;
+    let mut out = io::BufWriter::new(io::stdout());
+    let mut printed = 0u64;
+    while let Some(job) = jobs.recv().await {
+        let line = Line {
+            channel,
+            offset: job.offset,
+            fields: &job.fields,
+        };
+        let written = serde_json::to_writer(&mut out, &line)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if !write_ok(written)? {
+            return Ok(());
+        }
+        if args.ack {
+            job.ack()
+                .await
+                .map_err(|e| anyhow!("cannot acknowledge {}: {e}", job.offset))?;
+        }
+        printed += 1;
+        if args.count == Some(printed) {
+            return Ok(());
+        }
+    }
+    match client.state() {
+        ConnectionState::Closed { error: Some(error) } => bail!("{error}"),
+        _ => bail!("the group subscription ended (see the messages above)"),
     }
 }
 

@@ -6,19 +6,19 @@
 //! dispatcher task, which reads every dirty channel past its cursor and hands the entries to
 //! the sink. One dispatcher keeps per-channel order and batches bursts.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redistribute_protocol::StreamId;
+use redistribute_protocol::{Offset, StreamId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    stored_fields, trim_slack, Batch, BatchBuilder, Engine, EngineConfig, EngineError, EngineStats,
-    LiveSink, Position, PublishRequest, ReadySender,
+    stored_fields, trim_slack, Batch, BatchBuilder, Claimed, Engine, EngineConfig, EngineError,
+    EngineStats, GroupRead, LiveSink, Position, PublishRequest, ReadySender,
 };
 
 /// One stored message, already encoded as the JSON object clients receive.
@@ -33,6 +33,23 @@ struct Stream {
     entries: VecDeque<StoredEntry>,
     last_id: StreamId,
     trimmed_through: Option<StreamId>,
+    /// Consumer groups by name.
+    groups: HashMap<Box<str>, Group>,
+}
+
+/// A consumer group: like Redis, its last delivered ID and its pending entries list.
+#[derive(Debug, Default)]
+struct Group {
+    last_delivered: StreamId,
+    pending: BTreeMap<StreamId, PendingEntry>,
+}
+
+#[derive(Debug)]
+struct PendingEntry {
+    consumer: Box<str>,
+    /// When it was last delivered, ms since the epoch.
+    delivered_at: u64,
+    deliveries: u64,
 }
 
 impl Stream {
@@ -161,6 +178,12 @@ fn read_stream(
     builder.finish()
 }
 
+fn no_group(channel: &str, group: &str) -> EngineError {
+    EngineError::Internal(format!(
+        "NOGROUP: no consumer group {group:?} on channel {channel:?}"
+    ))
+}
+
 impl State {
     fn expire_idempotency(&mut self, now: u64) {
         while let Some((_, expiry)) = self.idempotency_order.front() {
@@ -264,6 +287,169 @@ impl Engine for EmbeddedEngine {
                 trimmed_through: s.trimmed_through,
             })
             .unwrap_or_default())
+    }
+
+    async fn group_create(
+        &self,
+        channel: &str,
+        group: &str,
+        start: Offset,
+    ) -> Result<StreamId, EngineError> {
+        let mut st = self.state.lock();
+        let channel: Arc<str> = match st.streams.get_key_value(channel) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(channel),
+        };
+        let stream = st.streams.entry(channel).or_default();
+        let tip = stream.last_id;
+        let group = stream
+            .groups
+            .entry(Box::from(group))
+            .or_insert_with(|| Group {
+                last_delivered: match start {
+                    Offset::Latest => tip,
+                    Offset::Earliest => StreamId::ZERO,
+                    Offset::Id(id) => id,
+                },
+                pending: BTreeMap::new(),
+            });
+        Ok(group.last_delivered)
+    }
+
+    async fn group_read(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        consumer: &str,
+        from: GroupRead,
+        count: usize,
+    ) -> Result<Option<Batch>, EngineError> {
+        let now = now_ms();
+        let mut st = self.state.lock();
+        let Some(stream) = st.streams.get_mut(channel) else {
+            return Err(no_group(channel, group));
+        };
+        let Some(g) = stream.groups.get_mut(group) else {
+            return Err(no_group(channel, group));
+        };
+        let mut builder = BatchBuilder::new(channel.clone());
+        match from {
+            GroupRead::New => {
+                let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
+                for entry in stream.entries.range(start..).take(count) {
+                    builder.push_encoded(entry.id, &entry.item);
+                    g.pending.insert(
+                        entry.id,
+                        PendingEntry {
+                            consumer: Box::from(consumer),
+                            delivered_at: now,
+                            deliveries: 1,
+                        },
+                    );
+                    g.last_delivered = entry.id;
+                }
+            }
+            GroupRead::Pending { after } => {
+                let mut gone = Vec::new();
+                let mut taken = 0;
+                let entries = &stream.entries;
+                for (id, p) in g.pending.range_mut(after.successor()..) {
+                    if taken >= count {
+                        break;
+                    }
+                    if *p.consumer != *consumer {
+                        continue;
+                    }
+                    let i = entries.partition_point(|e| e.id < *id);
+                    match entries.get(i).filter(|e| e.id == *id) {
+                        Some(entry) => {
+                            builder.push_encoded(entry.id, &entry.item);
+                            p.deliveries += 1;
+                            p.delivered_at = now;
+                            taken += 1;
+                        }
+                        None => gone.push(*id),
+                    }
+                }
+                for id in gone {
+                    g.pending.remove(&id);
+                }
+            }
+        }
+        Ok(builder.finish())
+    }
+
+    async fn group_ack(
+        &self,
+        channel: &str,
+        group: &str,
+        ids: &[StreamId],
+    ) -> Result<u64, EngineError> {
+        let mut st = self.state.lock();
+        let Some(g) = st
+            .streams
+            .get_mut(channel)
+            .and_then(|s| s.groups.get_mut(group))
+        else {
+            return Ok(0);
+        };
+        Ok(ids
+            .iter()
+            .filter(|id| g.pending.remove(id).is_some())
+            .count() as u64)
+    }
+
+    async fn group_claim(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        start: StreamId,
+        count: usize,
+    ) -> Result<Claimed, EngineError> {
+        let now = now_ms();
+        let min_idle = min_idle.as_millis() as u64;
+        let mut st = self.state.lock();
+        let Some(stream) = st.streams.get_mut(channel) else {
+            return Err(no_group(channel, group));
+        };
+        let Some(g) = stream.groups.get_mut(group) else {
+            return Err(no_group(channel, group));
+        };
+        let mut builder = BatchBuilder::new(channel.clone());
+        let mut deliveries = Vec::new();
+        let mut gone = Vec::new();
+        let mut next = StreamId::ZERO;
+        let entries = &stream.entries;
+        for (id, p) in g.pending.range_mut(start..) {
+            if deliveries.len() >= count {
+                next = *id;
+                break;
+            }
+            if now.saturating_sub(p.delivered_at) < min_idle {
+                continue;
+            }
+            let i = entries.partition_point(|e| e.id < *id);
+            match entries.get(i).filter(|e| e.id == *id) {
+                Some(entry) => {
+                    builder.push_encoded(entry.id, &entry.item);
+                    p.consumer = Box::from(consumer);
+                    p.deliveries += 1;
+                    p.delivered_at = now;
+                    deliveries.push(p.deliveries);
+                }
+                None => gone.push(*id),
+            }
+        }
+        for id in gone {
+            g.pending.remove(&id);
+        }
+        Ok(Claimed {
+            batch: builder.finish(),
+            deliveries,
+            next,
+        })
     }
 
     fn watch(&self, channel: Arc<str>, ready: ReadySender) {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redistribute_protocol::{Fields, StreamId};
+use redistribute_protocol::{Fields, Offset, StreamId};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -93,10 +93,77 @@ pub trait Engine: Send + Sync + 'static {
     /// Stops feeding the channel. Must not block.
     fn unwatch(&self, channel: &Arc<str>);
 
+    /// Creates consumer group `group` of the channel if it does not exist (creating the
+    /// channel too, like `XGROUP CREATE … MKSTREAM`), starting after `start` (`$`: the tip,
+    /// `0`: everything retained). Returns the group's last delivered ID.
+    async fn group_create(
+        &self,
+        channel: &str,
+        group: &str,
+        start: Offset,
+    ) -> Result<StreamId, EngineError>;
+
+    /// Reads for `consumer` of `group` without blocking (`XREADGROUP`): with
+    /// [`GroupRead::Pending`] the consumer's own delivered-but-unacknowledged entries after
+    /// an ID (their delivery count grows by one), with [`GroupRead::New`] entries never
+    /// delivered to the group (they become pending for the consumer). Entries removed from
+    /// the stream while pending are dropped from the pending list and not returned.
+    async fn group_read(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        consumer: &str,
+        from: GroupRead,
+        count: usize,
+    ) -> Result<Option<Batch>, EngineError>;
+
+    /// Acknowledges entries (`XACK`); returns how many were pending.
+    async fn group_ack(
+        &self,
+        channel: &str,
+        group: &str,
+        ids: &[StreamId],
+    ) -> Result<u64, EngineError>;
+
+    /// Transfers to `consumer` up to `count` pending entries idle for at least `min_idle`,
+    /// scanning the pending list from `start` (`XAUTOCLAIM`); each claim counts as a delivery.
+    async fn group_claim(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        start: StreamId,
+        count: usize,
+    ) -> Result<Claimed, EngineError>;
+
     /// Counters for tests and metrics.
     fn stats(&self) -> EngineStats {
         EngineStats::default()
     }
+}
+
+/// Where a consumer-group read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRead {
+    /// The consumer's own pending entries after this ID (`XREADGROUP … <id>`).
+    Pending {
+        /// Exclusive start; `0-0` for all of them.
+        after: StreamId,
+    },
+    /// Entries never delivered to the group (`XREADGROUP … >`).
+    New,
+}
+
+/// What [`Engine::group_claim`] transferred.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    /// The claimed entries, in ID order.
+    pub batch: Option<Batch>,
+    /// Delivery count of each claimed entry (this claim included), aligned with the batch.
+    pub deliveries: Vec<u64>,
+    /// Where the next scan of the pending list starts (`0-0`: it was scanned to the end).
+    pub next: StreamId,
 }
 
 /// Counters an engine exposes.

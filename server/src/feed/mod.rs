@@ -7,6 +7,7 @@
 //! yields. The rules that keep the history/live seam exact live in [`subscription`].
 //! Dropping a feed releases all of its subscriptions at once.
 
+mod group;
 pub mod outbound;
 pub mod subscription;
 
@@ -89,6 +90,10 @@ pub struct Feed {
     catch_up: VecDeque<Arc<str>>,
     in_flight: Option<CatchUpFuture>,
     out: Outbound,
+    /// Consumer-group subscriptions by channel ([`group`]).
+    groups: HashMap<Arc<str>, crate::groups::Member>,
+    group_tx: crate::groups::GroupSender,
+    group_rx: tokio::sync::mpsc::Receiver<Arc<Batch>>,
 }
 
 impl Feed {
@@ -96,6 +101,7 @@ impl Feed {
     pub fn new(app: Arc<App>) -> Feed {
         let limits = &app.config.limits;
         let (queue_tx, queue_rx) = LiveQueue::new(limits.queue_batches, limits.queue_bytes);
+        let (group_tx, group_rx) = tokio::sync::mpsc::channel(group::QUEUE_BATCHES);
         Feed {
             id: app.next_connection_id(),
             app,
@@ -106,6 +112,9 @@ impl Feed {
             catch_up: VecDeque::new(),
             in_flight: None,
             out: Outbound::default(),
+            groups: HashMap::new(),
+            group_tx,
+            group_rx,
         }
     }
 
@@ -116,12 +125,12 @@ impl Feed {
 
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
-        self.subs.len()
+        self.subs.len() + self.groups.len()
     }
 
     /// Whether the feed has no subscription.
     pub fn is_empty(&self) -> bool {
-        self.subs.is_empty()
+        self.subs.is_empty() && self.groups.is_empty()
     }
 
     /// The last delivered offset (or starting point) of a subscribed channel.
@@ -135,13 +144,9 @@ impl Feed {
         channel: &str,
         offset: Offset,
     ) -> Result<Start, RequestError> {
-        if self.subs.contains_key(channel) {
-            return Err(RequestError::bad_request(format!(
-                "already subscribed to {channel:?}; unsubscribe first"
-            )));
-        }
+        self.check_new_subscription(channel)?;
         let limit = self.app.config.limits.max_subscriptions;
-        if self.subs.len() >= limit {
+        if self.len() >= limit {
             return Err(RequestError::bad_request(format!(
                 "at most {limit} subscriptions per connection"
             )));
@@ -188,6 +193,9 @@ impl Feed {
 
     /// Ends the subscription to `channel`; false if there was none.
     pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        if self.groups.remove(channel).is_some() {
+            return true;
+        }
         match self.subs.remove_entry(channel) {
             Some((channel, _)) => {
                 self.app.hub.unsubscribe(&channel, self.id);
@@ -207,6 +215,7 @@ impl Feed {
             }
             tokio::select! {
                 Some(batch) = self.queue_rx.recv() => self.take_live(batch),
+                Some(batch) = self.group_rx.recv() => self.take_group(batch),
                 _ = self.wake.notified() => self.on_lag(),
                 (channel, after, result) = poll_in_flight(&mut self.in_flight) => {
                     self.in_flight = None;

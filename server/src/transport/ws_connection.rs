@@ -313,13 +313,8 @@ impl Connection {
                 channel,
                 offset,
                 group,
-                ..
+                consumer,
             } => {
-                if group.is_some() {
-                    return Err(RequestError::bad_request(
-                        "consumer-group subscriptions are not supported by this server version",
-                    ));
-                }
                 if !self.subscribe_bucket.try_take(Instant::now()) {
                     return Err(RequestError::new(
                         ErrorCode::RateLimited,
@@ -329,9 +324,22 @@ impl Connection {
                 self.app
                     .authorizer
                     .authorize(&self.ctx, Action::Subscribe { channel: &channel })?;
-                return self
-                    .subscribe(socket, id, channel, offset.unwrap_or_default())
-                    .await;
+                let offset = offset.unwrap_or_default();
+                if let (Some(group), Some(consumer)) = (group, consumer) {
+                    let last = self
+                        .feed
+                        .subscribe_group(&channel, &group, &consumer, offset)
+                        .await?;
+                    // For a group, `offset` is the group's last delivered ID.
+                    ServerFrame::Subscribed {
+                        id,
+                        channel,
+                        offset: last,
+                        truncated: false,
+                    }
+                } else {
+                    return self.subscribe(socket, id, channel, offset).await;
+                }
             }
             ClientFrame::Unsubscribe { id, channel } => {
                 if !self.feed.unsubscribe(&channel) {
@@ -387,10 +395,18 @@ impl Connection {
                 }));
                 return Ok(());
             }
-            ClientFrame::Ack { .. } => {
-                return Err(RequestError::bad_request(
-                    "consumer-group acknowledgements are not supported by this server version",
-                ))
+            ClientFrame::Ack {
+                id,
+                channel,
+                group,
+                offsets,
+            } => {
+                // Acknowledging is part of consuming: allowed where subscribing is.
+                self.app
+                    .authorizer
+                    .authorize(&self.ctx, Action::Subscribe { channel: &channel })?;
+                let count = self.feed.ack(&channel, &group, &offsets).await?;
+                ServerFrame::Acked { id, count }
             }
         };
         send(socket, &reply).await.map_err(|_| RequestError::Socket)

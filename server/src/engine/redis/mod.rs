@@ -14,6 +14,7 @@
 //! re-resolving the owner after any error (failover, resharding) and resuming from its cursors.
 
 mod cursors;
+mod groups;
 pub mod keys;
 mod parse;
 mod reader;
@@ -27,12 +28,12 @@ use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
 use fred::types::config::{ClusterDiscoveryPolicy, Options, Server, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand, Value};
-use redistribute_protocol::StreamId;
+use redistribute_protocol::{Offset, StreamId};
 use tracing::debug;
 
 use super::{
-    stored_fields, trim_slack, Batch, Engine, EngineConfig, EngineError, EngineStats, LiveSink,
-    Position, PublishRequest, ReadySender,
+    stored_fields, trim_slack, Batch, Claimed, Engine, EngineConfig, EngineError, EngineStats,
+    GroupRead, LiveSink, Position, PublishRequest, ReadySender,
 };
 use reader::ReaderPool;
 
@@ -476,6 +477,51 @@ impl Engine for RedisEngine {
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
         self.shared.position(channel).await
+    }
+
+    async fn group_create(
+        &self,
+        channel: &str,
+        group: &str,
+        start: Offset,
+    ) -> Result<StreamId, EngineError> {
+        self.shared.group_create(channel, group, start).await
+    }
+
+    async fn group_read(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        consumer: &str,
+        from: GroupRead,
+        count: usize,
+    ) -> Result<Option<Batch>, EngineError> {
+        self.shared
+            .group_read(channel, group, consumer, from, count)
+            .await
+    }
+
+    async fn group_ack(
+        &self,
+        channel: &str,
+        group: &str,
+        ids: &[StreamId],
+    ) -> Result<u64, EngineError> {
+        self.shared.group_ack(channel, group, ids).await
+    }
+
+    async fn group_claim(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        start: StreamId,
+        count: usize,
+    ) -> Result<Claimed, EngineError> {
+        self.shared
+            .group_claim(channel, group, consumer, min_idle, start, count)
+            .await
     }
 
     fn watch(&self, channel: Arc<str>, ready: ReadySender) {

@@ -40,3 +40,35 @@ for i = 1, #info, 2 do
 end
 return {'', t}
 "#;
+
+/// KEYS: stream. ARGV: group, start ID (`$`, `0` or an ID).
+/// Creates the group (and the stream) unless it exists; returns its last delivered ID.
+pub const GROUP_CREATE: &str = r#"
+local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
+if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP') then return r end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  if name == ARGV[1] then return last end
+end
+return redis.error_reply('NOGROUP group vanished')
+"#;
+
+/// KEYS: stream. ARGV: group, consumer, min idle ms, start ID, count.
+/// `XAUTOCLAIM`, then each claimed entry's delivery count (`XPENDING`), atomically.
+/// Returns `{next start, {entries}, {delivery counts}}`.
+pub const GROUP_CLAIM: &str = r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local entries, counts = {}, {}
+for _, e in ipairs(r[2]) do
+  if type(e) == 'table' and type(e[2]) == 'table' then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    entries[#entries + 1] = e
+    counts[#counts + 1] = (p[1] and p[1][4]) or 1
+  end
+end
+return {r[1], entries, counts}
+"#;

@@ -1,0 +1,94 @@
+//! A feed's consumer-group subscriptions: joining a group through [`crate::groups`],
+//! receiving the entries its poller assigns to this consumer, and acknowledging them.
+//!
+//! Group entries are not part of the history/live machinery of plain subscriptions: the
+//! group decides what each consumer gets (its own pending entries first, then new ones, then
+//! reclaimed ones), so they are delivered as they come, and offsets within a group
+//! subscription need not increase (a redelivered entry is older than what came before it).
+
+use std::sync::Arc;
+
+use redistribute_protocol::{Offset, StreamId};
+
+use super::Feed;
+use crate::engine::{Batch, EngineError};
+use crate::error::RequestError;
+
+/// Capacity of a feed's group queue in batches. Each consumer holds at most
+/// [`crate::groups::WINDOW`] unacknowledged entries, which bounds what is queued here.
+pub(super) const QUEUE_BATCHES: usize = 1024;
+
+impl Feed {
+    /// Refuses a second subscription (plain or group) to `channel`.
+    pub(super) fn check_new_subscription(&self, channel: &str) -> Result<(), RequestError> {
+        if self.subs.contains_key(channel) || self.groups.contains_key(channel) {
+            return Err(RequestError::bad_request(format!(
+                "already subscribed to {channel:?}; unsubscribe first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Joins consumer group `group` of `channel` as `consumer`, creating the group from
+    /// `offset` when it does not exist. Returns the group's last delivered ID; the consumer's
+    /// pending entries, then new ones, follow with the next [`Feed::ready`].
+    pub async fn subscribe_group(
+        &mut self,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+        offset: Offset,
+    ) -> Result<StreamId, RequestError> {
+        self.check_new_subscription(channel)?;
+        let limit = self.app.config.limits.max_subscriptions;
+        if self.len() >= limit {
+            return Err(RequestError::bad_request(format!(
+                "at most {limit} subscriptions per connection"
+            )));
+        }
+        let timeout = self.app.config.limits.request_timeout
+            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+        let (last, member) = self
+            .app
+            .groups
+            .join(
+                channel,
+                group,
+                consumer,
+                offset,
+                self.group_tx.clone(),
+                timeout,
+            )
+            .await?;
+        self.groups.insert(Arc::from(channel), member);
+        Ok(last)
+    }
+
+    /// Acknowledges entries of `group` (`XACK`); returns how many were pending. Frees room
+    /// in this connection's window when it is that group's consumer on `channel`.
+    pub async fn ack(
+        &mut self,
+        channel: &str,
+        group: &str,
+        offsets: &[StreamId],
+    ) -> Result<u64, RequestError> {
+        let timeout = self.app.config.limits.request_timeout
+            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+        let count =
+            tokio::time::timeout(timeout, self.app.engine.group_ack(channel, group, offsets))
+                .await
+                .unwrap_or_else(|_| Err(EngineError::Unavailable("ack timed out".into())))?;
+        if let Some(member) = self.groups.get(channel).filter(|m| m.group() == group) {
+            member.acked(offsets);
+        }
+        Ok(count)
+    }
+
+    /// Collects a batch the group poller assigned to this connection; entries of a group
+    /// subscription that was ended meanwhile are left pending (reclaimed later).
+    pub(super) fn take_group(&mut self, batch: Arc<Batch>) {
+        if self.groups.contains_key(batch.channel()) {
+            self.out.push(batch, 0);
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Consumer-group delivery: one poller per (channel, group) serves every local consumer of
+//! that group.
+//!
+//! # Design
+//!
+//! An instance may serve many consumers of many groups without a Redis connection per
+//! consumer: the engine's group operations never block ([`crate::engine::Engine::group_read`]
+//! is a non-blocking `XREADGROUP`). What wakes a poller is the ordinary live feed: the poller
+//! registers with the [`Hub`](crate::hub::Hub) like a subscriber, so the instance's shared
+//! blocking `XREAD` readers (retargeted with `CLIENT UNBLOCK`, one `XREAD` per shard and key
+//! set) tell it when the channel has new entries, and it then reads them for its consumers
+//! with one `XREADGROUP … >`. Redis work per published entry is one read per instance that
+//! serves the group (instances race; each entry goes to exactly one consumer), not per
+//! consumer.
+//!
+//! Each pass of a poller:
+//!
+//! 1. **Pending first.** A consumer that just joined first gets its own pending entries
+//!    (`XREADGROUP … 0`, paged), so a worker that reconnects under the same name resumes the
+//!    jobs it had not acknowledged before any new one.
+//! 2. **Reclaim.** Every half idle time (`group_claim_idle`), entries left pending longer than
+//!    the idle time by any consumer (one that is gone, on any instance) are claimed
+//!    (`XAUTOCLAIM`) for the local consumer with the most room. An entry whose delivery count
+//!    then exceeds `group_max_deliveries` is published to `<channel>:dead` (with an
+//!    idempotency key, so a retry does not write it twice) and acknowledged instead.
+//! 3. **New entries** (`XREADGROUP … >`) for the consumer with the most room, until the
+//!    stream has no undelivered entry or no consumer has room.
+//!
+//! # Flow control
+//!
+//! Each consumer has a window of [`WINDOW`] unacknowledged entries: the poller reads for a
+//! consumer only as many entries as it has room for, and an `ack` frees room. An entry that
+//! stays unacknowledged longer than the idle time stops counting (it is up for reclaim), so a
+//! worker that fails jobs without acknowledging them does not stall. So the queues between the
+//! poller and a connection are bounded, and a fast worker takes more jobs than a slow one. A
+//! consumer whose connection drops leaves its entries pending in the group; they are reclaimed
+//! after the idle time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redistribute_protocol::{validate_channel, Fields, Offset, StreamId};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::engine::{Batch, BatchBuilder, Engine, EngineError, GroupRead, PublishRequest};
+use crate::error::RequestError;
+use crate::hub::{Hub, LiveQueue, Subscriber, SubscriberShared};
+
+/// Most unacknowledged entries a consumer holds at once.
+pub const WINDOW: usize = 64;
+
+/// Most entries read per group command.
+const READ_COUNT: usize = 256;
+
+/// Pause after a failed engine command before the poller tries again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Consumer-group settings.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Entries idle this long are reclaimed.
+    pub claim_idle: Duration,
+    /// Entries delivered more often than this go to `<channel>:dead`.
+    pub max_deliveries: u64,
+}
+
+/// Where a batch for a group consumer goes: the connection's group queue.
+pub type GroupSender = mpsc::Sender<Arc<Batch>>;
+
+/// The channel entries of dead letters of `channel` go to.
+pub fn dead_letter_channel(channel: &str) -> String {
+    format!("{channel}:dead")
+}
+
+/// A poller's (channel, group).
+type PollerKey = (Arc<str>, Arc<str>);
+
+/// All pollers of an instance.
+pub struct Groups {
+    engine: Arc<dyn Engine>,
+    hub: Arc<Hub>,
+    config: GroupConfig,
+    pollers: Mutex<HashMap<PollerKey, Arc<Poller>>>,
+    next_consumer: std::sync::atomic::AtomicU64,
+}
+
+/// One consumer's membership; dropping it leaves the group (its entries stay pending).
+pub struct Member {
+    groups: Arc<Groups>,
+    poller: Arc<Poller>,
+    id: u64,
+}
+
+struct Poller {
+    channel: Arc<str>,
+    group: Arc<str>,
+    consumers: Mutex<Vec<Consumer>>,
+    wake: Notify,
+    stop: CancellationToken,
+}
+
+struct Consumer {
+    id: u64,
+    name: Arc<str>,
+    tx: GroupSender,
+    /// Delivered, unacknowledged entries and when they were delivered.
+    inflight: BTreeMap<StreamId, Instant>,
+    /// Still reading its own pending entries, after this ID.
+    pending_after: Option<StreamId>,
+}
+
+impl Consumer {
+    /// Room left in the window; entries older than the idle time no longer count.
+    fn room(&mut self, idle: Duration) -> usize {
+        let now = Instant::now();
+        self.inflight.retain(|_, at| now.duration_since(*at) < idle);
+        WINDOW.saturating_sub(self.inflight.len())
+    }
+}
+
+impl Groups {
+    /// The group registry of an instance.
+    pub fn new(engine: Arc<dyn Engine>, hub: Arc<Hub>, config: GroupConfig) -> Arc<Groups> {
+        Arc::new(Groups {
+            engine,
+            hub,
+            config,
+            pollers: Mutex::new(HashMap::new()),
+            next_consumer: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// Joins `group` of `channel` as `consumer` (creating the group from `start` when it does
+    /// not exist). Entries go to `tx`. Returns the group's last delivered ID at join time.
+    pub async fn join(
+        self: &Arc<Self>,
+        channel: &str,
+        group: &str,
+        consumer: &str,
+        start: Offset,
+        tx: GroupSender,
+        timeout: Duration,
+    ) -> Result<(StreamId, Member), RequestError> {
+        validate_channel(group).map_err(|e| RequestError::bad_request(e.to_string()))?;
+        validate_channel(consumer).map_err(|e| RequestError::bad_request(e.to_string()))?;
+        if validate_channel(&dead_letter_channel(channel)).is_err() {
+            return Err(RequestError::bad_request(format!(
+                "channel {channel:?} is too long for consumer groups: its dead-letter channel \
+                 {:?} must be a valid channel name",
+                dead_letter_channel(channel)
+            )));
+        }
+        let created =
+            tokio::time::timeout(timeout, self.engine.group_create(channel, group, start))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(EngineError::Unavailable("group create timed out".into()))
+                })?;
+        let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
+        let poller = {
+            let mut pollers = self.pollers.lock();
+            let key = (Arc::<str>::from(channel), Arc::<str>::from(group));
+            let poller = pollers
+                .entry(key.clone())
+                .or_insert_with(|| self.spawn_poller(key.0, key.1))
+                .clone();
+            poller.consumers.lock().push(Consumer {
+                id,
+                name: Arc::from(consumer),
+                tx,
+                inflight: BTreeMap::new(),
+                pending_after: Some(StreamId::ZERO),
+            });
+            poller
+        };
+        poller.wake.notify_one();
+        let member = Member {
+            groups: self.clone(),
+            poller,
+            id,
+        };
+        Ok((created, member))
+    }
+
+    /// Number of pollers running (one per local (channel, group)).
+    pub fn poller_count(&self) -> usize {
+        self.pollers.lock().len()
+    }
+
+    fn spawn_poller(self: &Arc<Self>, channel: Arc<str>, group: Arc<str>) -> Arc<Poller> {
+        let poller = Arc::new(Poller {
+            channel,
+            group,
+            consumers: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(run_poller(self.clone(), poller.clone()));
+        poller
+    }
+
+    fn leave(&self, poller: &Arc<Poller>, id: u64) {
+        let mut pollers = self.pollers.lock();
+        let mut consumers = poller.consumers.lock();
+        consumers.retain(|c| c.id != id);
+        if consumers.is_empty() {
+            let key = (poller.channel.clone(), poller.group.clone());
+            if pollers.get(&key).is_some_and(|p| Arc::ptr_eq(p, poller)) {
+                pollers.remove(&key);
+            }
+            poller.stop.cancel();
+        }
+    }
+}
+
+impl Member {
+    /// Frees window room for acknowledged entries and lets the poller deliver more.
+    pub fn acked(&self, ids: &[StreamId]) {
+        let mut consumers = self.poller.consumers.lock();
+        if let Some(c) = consumers.iter_mut().find(|c| c.id == self.id) {
+            for id in ids {
+                c.inflight.remove(id);
+            }
+        }
+        drop(consumers);
+        self.poller.wake.notify_one();
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.poller.group
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.groups.leave(&self.poller, self.id);
+    }
+}
+
+/// A poller's loop: wait for a reason, then run passes until nothing is left to do.
+async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
+    // Hear about new entries of the channel from the instance's live readers.
+    let conn = u64::MAX - groups.next_consumer.fetch_add(1, Ordering::Relaxed);
+    let lag = Arc::new(Notify::new());
+    let shared = SubscriberShared::new(lag.clone());
+    let (queue, mut live) = LiveQueue::new(16, 1 << 20);
+    let mut ready = groups.hub.subscribe(
+        &poller.channel,
+        Subscriber {
+            conn,
+            shared: shared.clone(),
+            queue,
+        },
+    );
+    let idle = groups.config.claim_idle;
+    let tick = (idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
+    let mut state = PassState {
+        claim_cursor: StreamId::ZERO,
+        next_claim: Instant::now() + tick,
+    };
+    loop {
+        match pass(&groups, &poller, &mut state, tick).await {
+            Ok(()) => {}
+            Err(err) => {
+                warn!(channel = %poller.channel, group = %poller.group, %err, "consumer-group poll failed; retrying");
+                tokio::select! {
+                    _ = poller.stop.cancelled() => break,
+                    _ = tokio::time::sleep(RETRY_DELAY) => {}
+                }
+                continue;
+            }
+        }
+        let until_claim = state.next_claim.saturating_duration_since(Instant::now());
+        tokio::select! {
+            _ = poller.stop.cancelled() => break,
+            _ = poller.wake.notified() => {}
+            Some(_) = live.recv() => {
+                while live.try_recv().is_some() {}
+            }
+            _ = lag.notified() => {
+                shared.lagging.store(false, Ordering::Release);
+            }
+            _ = tokio::time::sleep(until_claim) => {}
+        }
+    }
+    groups.hub.unsubscribe(&poller.channel, conn);
+    debug!(channel = %poller.channel, group = %poller.group, "group poller stopped");
+}
+
+struct PassState {
+    claim_cursor: StreamId,
+    next_claim: Instant,
+}
+
+/// Who to read for next: the consumer with the most room (ties: the first), with its name,
+/// its room and whether it is still reading its own pending entries.
+fn pick(
+    poller: &Poller,
+    idle: Duration,
+    pending_phase: bool,
+) -> Option<(u64, Arc<str>, usize, Option<StreamId>)> {
+    let mut consumers = poller.consumers.lock();
+    let mut best: Option<(u64, Arc<str>, usize, Option<StreamId>)> = None;
+    for c in consumers.iter_mut() {
+        if c.tx.is_closed() || c.pending_after.is_some() != pending_phase {
+            continue;
+        }
+        let room = c.room(idle);
+        if room > 0 && best.as_ref().is_none_or(|b| room > b.2) {
+            best = Some((c.id, c.name.clone(), room, c.pending_after));
+        }
+    }
+    // Rotate so that equal consumers take turns.
+    if let Some((id, ..)) = &best {
+        if let Some(i) = consumers.iter().position(|c| c.id == *id) {
+            let c = consumers.remove(i);
+            consumers.push(c);
+        }
+    }
+    best
+}
+
+/// Hands a batch to consumer `id`; returns false when it is gone (its entries stay pending).
+fn deliver(poller: &Poller, id: u64, batch: Batch, pending_after: Option<Option<StreamId>>) {
+    let mut consumers = poller.consumers.lock();
+    let Some(c) = consumers.iter_mut().find(|c| c.id == id) else {
+        return;
+    };
+    if let Some(p) = pending_after {
+        c.pending_after = p;
+    }
+    let now = Instant::now();
+    for &offset in batch.ids() {
+        c.inflight.insert(offset, now);
+    }
+    if c.tx.try_send(Arc::new(batch)).is_err() {
+        // Full or closed: the entries stay pending and are reclaimed after the idle time.
+        debug!(channel = %poller.channel, "group consumer queue unavailable");
+    }
+}
+
+fn finish_pending(poller: &Poller, id: u64) {
+    if let Some(c) = poller.consumers.lock().iter_mut().find(|c| c.id == id) {
+        c.pending_after = None;
+    }
+}
+
+async fn pass(
+    groups: &Groups,
+    poller: &Poller,
+    state: &mut PassState,
+    tick: Duration,
+) -> Result<(), EngineError> {
+    let engine = &groups.engine;
+    let idle = groups.config.claim_idle;
+    let (channel, group) = (&poller.channel, &poller.group);
+    // 1. Each new consumer's own pending entries first.
+    while let Some((id, name, room, Some(after))) = pick(poller, idle, true) {
+        let count = room.min(READ_COUNT);
+        let from = GroupRead::Pending { after };
+        match engine
+            .group_read(channel, group, &name, from, count)
+            .await?
+        {
+            Some(batch) => {
+                let full = batch.len() >= count;
+                let last = batch.last_id();
+                deliver(poller, id, batch, Some(full.then_some(last)));
+            }
+            None => finish_pending(poller, id),
+        }
+    }
+    // 2. Reclaim idle entries, dead-lettering those delivered too often.
+    if Instant::now() >= state.next_claim {
+        while let Some((id, name, room, _)) = pick(poller, idle, false) {
+            let claimed = claim_idle(
+                engine.as_ref(),
+                channel,
+                group,
+                &name,
+                idle,
+                groups.config.max_deliveries,
+                state.claim_cursor,
+                room.min(READ_COUNT),
+            )
+            .await?;
+            state.claim_cursor = claimed.next;
+            if let Some(batch) = claimed.batch {
+                deliver(poller, id, batch, None);
+            }
+            if claimed.next == StreamId::ZERO {
+                break;
+            }
+        }
+        state.next_claim = Instant::now() + tick;
+    }
+    // 3. New entries.
+    while let Some((id, name, room, _)) = pick(poller, idle, false) {
+        let count = room.min(READ_COUNT);
+        match engine
+            .group_read(channel, group, &name, GroupRead::New, count)
+            .await?
+        {
+            Some(batch) => {
+                let short = batch.len() < count;
+                deliver(poller, id, batch, None);
+                if short {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// What [`claim_idle`] did.
+#[derive(Debug, Default)]
+pub struct ClaimOutcome {
+    /// Entries claimed for the consumer, to deliver.
+    pub batch: Option<Batch>,
+    /// Entries moved to the dead-letter channel (their offsets in the original channel).
+    pub dead: Vec<StreamId>,
+    /// Where the next scan starts (`0-0`: from the beginning).
+    pub next: StreamId,
+}
+
+/// Claims entries idle for `min_idle` for `consumer` (scanning from `start`, at most `count`),
+/// and moves each one whose delivery count exceeds `max_deliveries` to `<channel>:dead`:
+/// published there with its fields plus `dead_letter` (`channel`, `group`, `offset`,
+/// `deliveries`), under an idempotency key so a retry writes it once, then acknowledged.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim_idle(
+    engine: &dyn Engine,
+    channel: &Arc<str>,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    max_deliveries: u64,
+    start: StreamId,
+    count: usize,
+) -> Result<ClaimOutcome, EngineError> {
+    let claimed = engine
+        .group_claim(channel, group, consumer, min_idle, start, count)
+        .await?;
+    let mut outcome = ClaimOutcome {
+        next: claimed.next,
+        ..ClaimOutcome::default()
+    };
+    let Some(batch) = claimed.batch else {
+        return Ok(outcome);
+    };
+    let mut keep = BatchBuilder::new(channel.clone());
+    let dead_channel = dead_letter_channel(channel);
+    for (i, &offset) in batch.ids().iter().enumerate() {
+        let deliveries = claimed.deliveries.get(i).copied().unwrap_or(1);
+        if deliveries <= max_deliveries {
+            keep.push_encoded(offset, batch.item(i));
+            continue;
+        }
+        let mut fields: Fields = serde_json::from_str::<serde_json::Value>(batch.item(i))
+            .ok()
+            .and_then(|v| match v.get("fields") {
+                Some(serde_json::Value::Object(map)) => Some(map.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        fields.insert(
+            "dead_letter".into(),
+            serde_json::json!({
+                "channel": &**channel,
+                "group": group,
+                "offset": offset.to_string(),
+                "deliveries": deliveries,
+            }),
+        );
+        let key = format!("dead:{offset}:{group}");
+        let request = PublishRequest {
+            channel: &dead_channel,
+            fields: &fields,
+            maxlen: None,
+            idempotency_key: (key.len() <= 200).then_some(key.as_str()),
+        };
+        engine.publish(request).await?;
+        engine.group_ack(channel, group, &[offset]).await?;
+        warn!(%channel, group, %offset, deliveries, "entry moved to the dead-letter channel");
+        outcome.dead.push(offset);
+    }
+    outcome.batch = keep.finish();
+    Ok(outcome)
+}
