@@ -1,275 +1,448 @@
-//! Load generator for redistribute. Run with
-//! `cargo run --release -p loadgen -- --url ws://127.0.0.1:8080/ws --subscribers 1000 --rate 200`.
+//! Load generator for redistribute over protocol v1. Scenarios (see `BENCHMARKS.md`):
 //!
-//! It opens N subscriber connections spread over C channels, then publishes at a fixed rate
-//! over one WebSocket (pipelined), each message carrying a sequence number and its send time.
-//! It reports deliveries per second, latency percentiles (send → receive, HdrHistogram), lost,
-//! duplicated and out-of-order messages, and — given the server's (and Redis') PID — CPU time
-//! per delivery. Every message of a batched `messages` frame is counted.
+//! - `s1` broadcast: 1,000 subscribers of one channel, 200 msg/s.
+//! - `s2` per-user channels: 5,000 channels with one subscriber each, 2,000 msg/s over
+//!   WebSocket or `POST /api/publish` (`--via http`).
+//! - `s3` idle: 15,000 subscribed connections; RSS per connection.
+//! - `s4` churn: S1 plus 5,000 subscribe+unsubscribe per second on other connections; max
+//!   delivery stall and `CLIENT UNBLOCK` calls per second (from `/metrics`).
+//! - `s5` reconnect storm: 10,000 subscribers drop their connections at once mid-run and
+//!   resume from their last offsets; time until all resumed, loss and duplicates.
+//!
+//! Every message carries `seq` (per channel) and `t` (send time, µs since the epoch); every
+//! message of a batched `messages` frame is counted. Given `--server-pid` / `--redis-pid` it
+//! reports CPU µs per delivery of each and the server's RSS. `--plot run.svg` draws throughput
+//! and latency over time and the latency distribution.
+//!
+//! `cargo run --release -p loadgen -- s1 --server-pid $(pgrep -x redistribute) --redis-pid $(pgrep -x redis-server)`
 
+mod client;
+mod conn;
+mod plot;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
-use serde_json::{json, Value};
-use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+
+use client::{Churned, Ctx};
+use stats::{histogram, rss_kib, CpuSample, Tally, Timeline};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Broadcast: 1,000 subscribers, 1 channel.
+    S1,
+    /// Per-user channels: 5,000 channels, one subscriber each.
+    S2,
+    /// Idle: 15,000 connections.
+    S3,
+    /// Churn: 5,000 subscribe+unsubscribe per second while S1 runs.
+    S4,
+    /// Reconnect storm: 10,000 clients drop and resume at once.
+    S5,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// Pipelined publishes on one WebSocket.
+    Ws,
+    /// `POST /api/publish` on keep-alive connections.
+    Http,
+}
 
 #[derive(Parser, Debug)]
+#[command(about = "Load generator for redistribute (protocol v1)")]
 struct Args {
+    /// Scenario; its defaults can be overridden by the options below.
+    scenario: Scenario,
     /// Server WebSocket URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
     /// Subscriber connections.
-    #[arg(long, default_value_t = 100)]
-    subscribers: usize,
+    #[arg(long)]
+    subscribers: Option<usize>,
     /// Channels the subscribers are spread over (subscriber i takes channel i % channels).
-    #[arg(long, default_value_t = 1)]
-    channels: usize,
-    /// Messages published per second (in total, round-robin over the channels).
-    #[arg(long, default_value_t = 100)]
-    rate: u64,
-    /// Seconds to publish for.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Messages published per second, in total, round-robin over the channels.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds to publish for (S3: seconds to hold the idle connections).
+    #[arg(long)]
+    seconds: Option<u64>,
     /// Bytes of padding per message.
     #[arg(long, default_value_t = 64)]
     payload: usize,
-    /// PID of the server, to report its CPU time per delivery.
+    /// How messages are published.
+    #[arg(long, value_enum, default_value_t = Via::Ws)]
+    via: Via,
+    /// Concurrent connections for `--via http`.
+    #[arg(long, default_value_t = 16)]
+    http_workers: usize,
+    /// API key for `POST /api/publish`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// S4: subscribe+unsubscribe pairs per second.
+    #[arg(long, default_value_t = 5000)]
+    churn_rate: u64,
+    /// S4: connections the churn is spread over.
+    #[arg(long, default_value_t = 20)]
+    churn_connections: usize,
+    /// S5: seconds after publishing starts when every subscriber drops and resumes.
+    #[arg(long)]
+    drop_after: Option<f64>,
+    /// Loopback source addresses (127.0.0.1 … 127.0.0.N) the connections are spread over.
+    #[arg(long, default_value_t = 8)]
+    source_ips: usize,
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// PID of the server: CPU per delivery and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// PID of redis-server, to report its CPU time per delivery.
+    /// PID of redis-server: CPU per delivery.
     #[arg(long)]
     redis_pid: Option<u32>,
+    /// Write an SVG plot of the run here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
-/// Per-subscriber delivery bookkeeping.
-#[derive(Default)]
-struct Tally {
-    delivered: u64,
-    duplicates: u64,
-    out_of_order: u64,
+struct Plan {
+    subscribers: usize,
+    channels: usize,
+    rate: u64,
+    seconds: u64,
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64
-}
-
-/// CPU time (user + system) of a process in microseconds, from /proc.
-fn cpu_micros(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').context("bad stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // Linux reports in clock ticks of 100 Hz on every mainstream configuration.
-    Ok(ticks * 10_000)
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("bad VmRSS")?
-        .parse()?)
-}
-
-async fn subscriber(
-    url: String,
-    channel: String,
-    expected_per_channel: u64,
-    histogram: Arc<Mutex<Histogram<u64>>>,
-    ready: tokio::sync::mpsc::Sender<()>,
-    deadline: Instant,
-) -> Result<Tally> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-    ws.send(Message::text(
-        json!({"type": "subscribe", "id": 1, "channel": channel}).to_string(),
-    ))
-    .await?;
-    let mut tally = Tally::default();
-    let mut last_seq: Option<u64> = None;
-    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut ready = Some(ready);
-    while tally.delivered < expected_per_channel {
-        let msg = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
-            Ok(Some(msg)) => msg?,
-            Ok(None) => bail!("server closed the connection"),
-            Err(_) => break,
+impl Args {
+    fn plan(&self) -> Plan {
+        let (subscribers, channels, rate, seconds) = match self.scenario {
+            Scenario::S1 | Scenario::S4 => (1_000, 1, 200, 10),
+            Scenario::S2 => (5_000, 5_000, 2_000, 10),
+            Scenario::S3 => (15_000, 1, 0, 5),
+            Scenario::S5 => (10_000, 100, 200, 15),
         };
-        let Message::Text(text) = msg else { continue };
-        let frame: Value = serde_json::from_str(text.as_str())?;
-        match frame["type"].as_str() {
-            Some("subscribed") => {
-                if let Some(r) = ready.take() {
-                    r.send(()).await.ok();
-                }
-            }
-            Some("messages") => {
-                let now = now_micros();
-                for m in frame["messages"].as_array().into_iter().flatten() {
-                    let seq = m["fields"]["seq"].as_u64().unwrap_or(0);
-                    let sent = m["fields"]["t"].as_u64().unwrap_or(now);
-                    match last_seq {
-                        Some(last) if seq == last => tally.duplicates += 1,
-                        Some(last) if seq < last => tally.out_of_order += 1,
-                        _ => {
-                            tally.delivered += 1;
-                            local.saturating_record(now.saturating_sub(sent).max(1));
-                        }
-                    }
-                    last_seq = Some(seq.max(last_seq.unwrap_or(0)));
-                }
-            }
-            Some("error") => bail!("server error: {frame}"),
-            _ => {}
+        Plan {
+            subscribers: self.subscribers.unwrap_or(subscribers),
+            channels: self.channels.unwrap_or(channels).max(1),
+            rate: self.rate.unwrap_or(rate),
+            seconds: self.seconds.unwrap_or(seconds),
         }
     }
-    histogram.lock().await.add(&local)?;
-    Ok(tally)
+}
+
+async fn wait_count(
+    what: &str,
+    count: impl Fn() -> usize,
+    target: usize,
+    limit: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    while count() < target {
+        if started.elapsed() > limit {
+            bail!("{what}: {} of {target} after {limit:?}", count());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(started.elapsed())
+}
+
+fn per(value: u64, deliveries: u64) -> f64 {
+    value as f64 / deliveries.max(1) as f64
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let channels: Vec<String> = (0..args.channels).map(|i| format!("load{i}")).collect();
-    let total = args.rate * args.seconds;
-    let per_channel = total / args.channels as u64;
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.subscribers.max(1));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds + 60);
-    let mut tasks = Vec::new();
-    for i in 0..args.subscribers {
-        let channel = channels[i % channels.len()].clone();
-        tasks.push(tokio::spawn(subscriber(
-            args.url.clone(),
-            channel,
-            per_channel,
-            histogram.clone(),
-            ready_tx.clone(),
-            deadline,
-        )));
-        if i % 100 == 99 {
-            tokio::task::yield_now().await;
-        }
+    let plan = args.plan();
+    let nofile = conn::raise_nofile_limit()?;
+    if plan.subscribers + args.churn_connections + args.http_workers + 16 > nofile as usize {
+        bail!(
+            "{} connections need more than the {nofile} open files this process may have",
+            plan.subscribers
+        );
     }
-    drop(ready_tx);
-    for _ in 0..args.subscribers {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
-            .await
-            .context("subscribers did not get subscribed in time")?;
-    }
-    eprintln!(
-        "{} subscribers ready; publishing {total} messages",
-        args.subscribers
-    );
-    let rss_before = args.server_pid.map(rss_kib).transpose()?;
-
-    let cpu_before = (
-        args.server_pid.map(cpu_micros).transpose()?,
-        args.redis_pid.map(cpu_micros).transpose()?,
-    );
-    let (publisher, _) = tokio_tungstenite::connect_async(args.url.as_str()).await?;
-    let pad = "x".repeat(args.payload);
-    let started = Instant::now();
-    let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
-    let (mut sink, mut stream) = publisher.split();
-    let acks = tokio::spawn(async move {
-        let mut acked = 0u64;
-        while acked < total {
-            match stream.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str())?;
-                    match v["type"].as_str() {
-                        Some("published") => acked += 1,
-                        Some("error") => bail!("publish failed: {v}"),
-                        _ => {}
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => bail!("publisher connection closed"),
-            }
-        }
-        Ok(acked)
+    let (stop, _) = watch::channel(false);
+    let (drops, _) = watch::channel(0u64);
+    let ctx = Arc::new(Ctx {
+        dialer: conn::Dialer::new(&args.url, args.source_ips, args.connect_concurrency)?,
+        timeline: Timeline::new(),
+        subscribed: Default::default(),
+        resumed: Default::default(),
+        last_delivery_us: Default::default(),
+        stop,
+        drops,
+        hold: args.scenario == Scenario::S3,
+        started: Instant::now(),
     });
-    for seq in 0..total {
-        let due = started + interval * seq as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let channel = &channels[(seq % args.channels as u64) as usize];
-        let frame = json!({"type": "publish", "id": seq + 1, "channel": channel,
-            "fields": {"seq": seq / args.channels as u64, "t": now_micros(), "pad": pad}});
-        sink.send(Message::text(frame.to_string())).await?;
-    }
-    let publish_elapsed = started.elapsed();
-    acks.await??;
-    drop(sink);
-
-    let mut tally = Tally::default();
-    for t in tasks {
-        let one = t.await??;
-        tally.delivered += one.delivered;
-        tally.duplicates += one.duplicates;
-        tally.out_of_order += one.out_of_order;
-    }
-    let elapsed = started.elapsed();
-    let expected = per_channel * args.subscribers as u64;
-    let h = histogram.lock().await;
+    let channels: Arc<Vec<String>> = Arc::new(
+        (0..plan.channels)
+            .map(|i| match args.scenario {
+                Scenario::S2 => format!("user.{i}"),
+                _ => format!("load.{i}"),
+            })
+            .collect(),
+    );
+    let total = plan.rate * plan.seconds;
     println!(
-        "subscribers {} channels {} rate {}/s for {}s ({} published in {:.2}s)",
-        args.subscribers,
-        args.channels,
-        args.rate,
-        args.seconds,
-        total,
-        publish_elapsed.as_secs_f64()
+        "scenario {:?}: {} subscribers over {} channels, {} msg/s for {} s via {:?}",
+        args.scenario, plan.subscribers, plan.channels, plan.rate, plan.seconds, args.via
+    );
+
+    let rss_empty = args.server_pid.map(rss_kib).transpose()?;
+    let mut subs = Vec::with_capacity(plan.subscribers);
+    for i in 0..plan.subscribers {
+        let c = i % plan.channels;
+        let expected = client::expected_for(c, plan.channels, total);
+        subs.push(tokio::spawn(client::subscriber(
+            ctx.clone(),
+            i,
+            channels[c].clone(),
+            expected,
+        )));
+    }
+    let connect_time = wait_count(
+        "subscribed",
+        || ctx.subscribed.load(Ordering::Acquire),
+        plan.subscribers,
+        Duration::from_secs(120),
+    )
+    .await?;
+    println!(
+        "{} subscribers subscribed in {:.2} s",
+        plan.subscribers,
+        connect_time.as_secs_f64()
+    );
+
+    if args.scenario == Scenario::S3 {
+        tokio::time::sleep(Duration::from_secs(plan.seconds)).await;
+        if let (Some(pid), Some(before)) = (args.server_pid, rss_empty) {
+            let after = rss_kib(pid)?;
+            println!(
+                "server RSS {} KiB with no connections, {} KiB with {} idle subscribed connections: {:.2} KiB per connection",
+                before,
+                after,
+                plan.subscribers,
+                (after.saturating_sub(before)) as f64 / plan.subscribers as f64
+            );
+        }
+        println!(
+            "loadgen RSS {} KiB",
+            rss_kib(std::process::id()).unwrap_or(0)
+        );
+        ctx.stop.send_replace(true);
+        for s in subs {
+            s.await??;
+        }
+        return Ok(());
+    }
+
+    let mut churners = Vec::new();
+    let unblocks_before = if args.scenario == Scenario::S4 {
+        for i in 0..args.churn_connections {
+            churners.push(tokio::spawn(client::churner(
+                ctx.clone(),
+                i,
+                args.churn_rate as f64 / args.churn_connections as f64,
+            )));
+        }
+        // Let the churn reach its rate before measuring.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Some(conn::scrape_counter(&ctx.dialer, "redistribute_client_unblock_total").await?)
+    } else {
+        None
+    };
+
+    let rss_before = args.server_pid.map(rss_kib).transpose()?;
+    let cpu_before = CpuSample::take(args.server_pid, args.redis_pid);
+    let publish_start = Instant::now();
+    let publish_offset_us = publish_start.duration_since(ctx.started).as_micros() as u64;
+    let pad = "x".repeat(args.payload);
+    let publisher = match args.via {
+        Via::Ws => tokio::spawn(client::publish_ws(
+            ctx.clone(),
+            channels.clone(),
+            plan.rate,
+            total,
+            pad,
+        )),
+        Via::Http => tokio::spawn(client::publish_http(
+            ctx.clone(),
+            channels.clone(),
+            plan.rate,
+            total,
+            pad,
+            args.http_workers,
+            args.api_key.clone(),
+        )),
+    };
+
+    let mut resume_time = None;
+    if args.scenario == Scenario::S5 {
+        let after = args.drop_after.unwrap_or(plan.seconds as f64 / 3.0);
+        tokio::time::sleep(Duration::from_secs_f64(after)).await;
+        println!("dropping all {} connections", plan.subscribers);
+        ctx.drops.send_modify(|g| *g += 1);
+        let took = wait_count(
+            "resumed",
+            || ctx.resumed.load(Ordering::Acquire),
+            plan.subscribers,
+            Duration::from_secs(120),
+        )
+        .await?;
+        println!(
+            "all {} subscribers resumed in {:.2} s",
+            plan.subscribers,
+            took.as_secs_f64()
+        );
+        resume_time = Some(took);
+    }
+
+    let publish_elapsed = publisher.await??;
+    // Give deliveries up to 10 s after the last publish, then stop whoever is still waiting.
+    let stopper = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            ctx.stop.send_replace(true);
+        })
+    };
+    let mut tally = Tally::default();
+    let mut latency = histogram();
+    for s in subs {
+        let tracker = s.await??;
+        tally.add(&tracker.tally);
+        if let Some(h) = &tracker.latency {
+            latency.add(h)?;
+        }
+    }
+    stopper.abort();
+    let cpu_after = CpuSample::take(args.server_pid, args.redis_pid);
+    let rss_after = args.server_pid.map(rss_kib).transpose()?;
+    let unblocks_after = match unblocks_before {
+        Some(_) => {
+            Some(conn::scrape_counter(&ctx.dialer, "redistribute_client_unblock_total").await?)
+        }
+        None => None,
+    };
+    let measured = publish_start.elapsed();
+    ctx.stop.send_replace(true);
+    let mut churned = Churned::default();
+    for c in churners {
+        let one = c.await??;
+        churned.subscribed += one.subscribed;
+        churned.unsubscribed += one.unsubscribed;
+        churned.errors += one.errors;
+    }
+
+    let delivery_span = Duration::from_micros(
+        ctx.last_delivery_us
+            .load(Ordering::Relaxed)
+            .saturating_sub(publish_offset_us),
+    )
+    .max(publish_elapsed);
+    let d = tally.delivered;
+    println!(
+        "published {total} in {:.2} s ({:.0}/s)",
+        publish_elapsed.as_secs_f64(),
+        total as f64 / publish_elapsed.as_secs_f64()
     );
     println!(
-        "deliveries {} of {} expected ({:.0}/s), lost {}, duplicates {}, out of order {}",
-        tally.delivered,
-        expected,
-        tally.delivered as f64 / elapsed.as_secs_f64(),
-        expected.saturating_sub(tally.delivered),
+        "deliveries {d} of {} expected: {:.0}/s; lost {}, duplicates {}, out of order {}",
+        tally.expected,
+        d as f64 / delivery_span.as_secs_f64(),
+        tally.lost(),
         tally.duplicates,
         tally.out_of_order
     );
+    let ms = |v: u64| v as f64 / 1000.0;
     println!(
         "latency ms: p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.9) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.value_at_quantile(0.999) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
+        ms(latency.value_at_quantile(0.5)),
+        ms(latency.value_at_quantile(0.9)),
+        ms(latency.value_at_quantile(0.99)),
+        ms(latency.value_at_quantile(0.999)),
+        ms(latency.max())
     );
-    if let (Some(pid), Some(before)) = (args.server_pid, cpu_before.0) {
-        let used = cpu_micros(pid)? - before;
+    let server_cpu = cpu_after.server.zip(cpu_before.server).map(|(a, b)| a - b);
+    let redis_cpu = cpu_after.redis.zip(cpu_before.redis).map(|(a, b)| a - b);
+    if let Some(cpu) = server_cpu {
         println!(
-            "server CPU {:.2} s = {:.2} µs per delivery; RSS {} KiB before publishing, {} KiB after",
-            used as f64 / 1e6,
-            used as f64 / tally.delivered.max(1) as f64,
-            rss_before.unwrap_or(0),
-            rss_kib(pid)?
+            "server CPU {:.2} s = {:.2} µs per delivery",
+            cpu as f64 / 1e6,
+            per(cpu, d)
         );
     }
-    if let (Some(pid), Some(before)) = (args.redis_pid, cpu_before.1) {
-        let used = cpu_micros(pid)? - before;
+    if let Some(cpu) = redis_cpu {
         println!(
             "redis CPU {:.2} s = {:.2} µs per delivery",
-            used as f64 / 1e6,
-            used as f64 / tally.delivered.max(1) as f64
+            cpu as f64 / 1e6,
+            per(cpu, d)
         );
     }
+    if let (Some(s), Some(r)) = (server_cpu, redis_cpu) {
+        println!("server+redis CPU {:.2} µs per delivery", per(s + r, d));
+    }
+    println!(
+        "loadgen CPU {:.2} s = {:.2} µs per delivery (same cores)",
+        (cpu_after.loadgen - cpu_before.loadgen) as f64 / 1e6,
+        per(cpu_after.loadgen - cpu_before.loadgen, d)
+    );
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        let conns = plan.subscribers + 1 + churners_len(&args);
+        println!(
+            "server RSS {} KiB idle, {before} KiB subscribed, {after} KiB after the run: {:.2} KiB per connection",
+            rss_empty.unwrap_or(0),
+            before.saturating_sub(rss_empty.unwrap_or(0)) as f64 / conns as f64
+        );
+    }
+    println!(
+        "max gap between two frames at one subscriber (delivery stall): {:.1} ms",
+        ms(tally.max_gap_us)
+    );
+    if let (Some(before), Some(after)) = (unblocks_before, unblocks_after) {
+        let secs = measured.as_secs_f64();
+        println!(
+            "churn: {} subscribed + {} unsubscribed ({:.0} pairs/s), {} errors; CLIENT UNBLOCK {:.0} calls = {:.1}/s",
+            churned.subscribed,
+            churned.unsubscribed,
+            churned.unsubscribed as f64 / (secs + 1.5),
+            churned.errors,
+            after - before,
+            (after - before) / secs
+        );
+    }
+    if let Some(took) = resume_time {
+        println!(
+            "reconnect storm: all {} resumed in {:.2} s",
+            plan.subscribers,
+            took.as_secs_f64()
+        );
+    }
+    if let Some(path) = &args.plot {
+        let seconds = ctx.timeline.seconds();
+        let skip = (publish_offset_us / 1_000_000) as usize;
+        let title = format!(
+            "{:?}: {} subscribers, {} channels, {} msg/s",
+            args.scenario, plan.subscribers, plan.channels, plan.rate
+        );
+        plot::write(path, &title, seconds.get(skip..).unwrap_or(&[]), &latency)
+            .context("writing the plot")?;
+        println!("plot written to {}", path.display());
+    }
     Ok(())
+}
+
+fn churners_len(args: &Args) -> usize {
+    if args.scenario == Scenario::S4 {
+        args.churn_connections
+    } else {
+        0
+    }
 }

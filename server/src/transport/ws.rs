@@ -14,8 +14,10 @@ use crate::listener::IpSlot;
 use crate::App;
 
 /// Read buffer per connection: small, since tungstenite's 128 KiB default is allocated for every
-/// connection (it grows on demand for larger frames).
-const READ_BUFFER: usize = 4 * 1024;
+/// connection (it grows on demand for larger frames). Client frames are small (requests of a
+/// few hundred bytes), and the buffer is most of an idle connection's memory: 1 KiB instead of
+/// 4 KiB took idle RSS from 13.2 to about 10 KiB per connection (`loadgen s3`, BENCHMARKS.md).
+const READ_BUFFER: usize = 1024;
 
 /// Frames are collected up to this many bytes before a write to the socket (an explicit flush
 /// follows every drain of the live queue). While the socket cannot take more, the connection

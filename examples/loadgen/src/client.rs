@@ -1,0 +1,352 @@
+//! The load tool's clients: subscribers (with drop-and-resume), publishers over WebSocket or
+//! `POST /api/publish`, and churners that subscribe and unsubscribe at a fixed rate.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::conn::Dialer;
+use crate::stats::{now_micros, SeqTracker, Timeline};
+
+/// State shared by every client of a run.
+pub struct Ctx {
+    /// Opens connections.
+    pub dialer: Dialer,
+    /// Deliveries and latency per second.
+    pub timeline: Timeline,
+    /// Subscribers whose first `subscribed` arrived.
+    pub subscribed: AtomicUsize,
+    /// Subscribers that resubscribed after a deliberate drop.
+    pub resumed: AtomicUsize,
+    /// Time of the latest delivery, µs since [`Ctx::timeline`] started.
+    pub last_delivery_us: AtomicU64,
+    /// Set to stop every client.
+    pub stop: watch::Sender<bool>,
+    /// Incremented to make every subscriber drop its connection and resume.
+    pub drops: watch::Sender<u64>,
+    /// Subscribers stay connected after receiving everything they expect (idle and churn runs).
+    pub hold: bool,
+    /// Start of the run.
+    pub started: Instant,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    messages: Vec<Msg<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Msg<'a> {
+    #[serde(borrow)]
+    offset: &'a str,
+    #[serde(default)]
+    fields: Fields,
+}
+
+#[derive(Deserialize, Default)]
+struct Fields {
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    t: Option<u64>,
+}
+
+/// One subscriber of `channel`, expecting sequence numbers `0..expected`. On a drop signal it
+/// closes its connection and resubscribes from the last offset it received.
+pub async fn subscriber(
+    ctx: Arc<Ctx>,
+    index: usize,
+    channel: String,
+    expected: u64,
+) -> Result<SeqTracker> {
+    let mut stop = ctx.stop.subscribe();
+    let mut drops = ctx.drops.subscribe();
+    let mut tracker = SeqTracker::new(expected);
+    let mut offset: Option<String> = None;
+    let mut resuming = false;
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    'conn: loop {
+        drops.borrow_and_update();
+        if *stop.borrow() {
+            break;
+        }
+        let mut ws = match ctx.dialer.ws().await {
+            Ok(ws) => ws,
+            Err(err) => {
+                failures += 1;
+                if failures > 50 {
+                    bail!("subscriber {index} cannot connect: {err:#}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let from = offset.as_deref().unwrap_or("$");
+        ws.send(Message::text(format!(
+            r#"{{"type":"subscribe","id":1,"channel":"{channel}","offset":"{from}"}}"#
+        )))
+        .await?;
+        loop {
+            let msg = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break 'conn,
+                _ = drops.changed() => {
+                    tracker.pause_clock();
+                    resuming = true;
+                    drop(ws);
+                    continue 'conn;
+                }
+                msg = ws.next() => msg,
+            };
+            let text = match msg {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => bail!("subscriber {index}: {err}"),
+                None => bail!("subscriber {index}: the server closed the connection"),
+            };
+            let frame: Frame = serde_json::from_str(text.as_str())?;
+            match frame.kind {
+                "subscribed" => {
+                    if resuming {
+                        ctx.resumed.fetch_add(1, Ordering::AcqRel);
+                        resuming = false;
+                    } else {
+                        ctx.subscribed.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                "messages" => {
+                    let now = Instant::now();
+                    let now_us = now_micros();
+                    tracker.frame(now);
+                    latencies.clear();
+                    for m in &frame.messages {
+                        if let (Some(seq), Some(t)) = (m.fields.seq, m.fields.t) {
+                            if let Some(l) = tracker.record(seq, t, now_us) {
+                                latencies.push(l);
+                            }
+                        }
+                    }
+                    if let Some(last) = frame.messages.last() {
+                        match &mut offset {
+                            Some(o) => {
+                                o.clear();
+                                o.push_str(last.offset);
+                            }
+                            None => offset = Some(last.offset.to_owned()),
+                        }
+                    }
+                    ctx.timeline.record(index, now, &latencies);
+                    let at = now.duration_since(ctx.started).as_micros() as u64;
+                    ctx.last_delivery_us.fetch_max(at, Ordering::Relaxed);
+                    if tracker.complete() && !ctx.hold {
+                        break 'conn;
+                    }
+                }
+                "gap" | "error" => bail!("subscriber {index}: unexpected frame {text}"),
+                _ => {}
+            }
+        }
+    }
+    Ok(tracker)
+}
+
+/// Which channel and per-channel sequence number message `i` of the run gets.
+fn route(i: u64, channels: usize) -> (usize, u64) {
+    ((i % channels as u64) as usize, i / channels as u64)
+}
+
+/// Messages channel `c` of `channels` receives out of `total`.
+pub fn expected_for(c: usize, channels: usize, total: u64) -> u64 {
+    let (c, n) = (c as u64, channels as u64);
+    if total > c {
+        (total - c).div_ceil(n)
+    } else {
+        0
+    }
+}
+
+fn body(channel: &str, seq: u64, pad: &str) -> String {
+    format!(
+        r#""channel":"{channel}","fields":{{"seq":{seq},"t":{},"pad":"{pad}"}}"#,
+        now_micros()
+    )
+}
+
+/// Publishes `total` messages at `rate` per second round-robin over `channels`, pipelined on
+/// one WebSocket. Returns when every publish was acknowledged.
+pub async fn publish_ws(
+    ctx: Arc<Ctx>,
+    channels: Arc<Vec<String>>,
+    rate: u64,
+    total: u64,
+    pad: String,
+) -> Result<Duration> {
+    let ws = ctx.dialer.ws().await?;
+    let (mut sink, mut stream) = ws.split();
+    let acks = tokio::spawn(async move {
+        let mut acked = 0u64;
+        while acked < total {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if t.as_str().starts_with(r#"{"type":"published""#) {
+                        acked += 1;
+                    } else if t.as_str().contains(r#""type":"error""#) {
+                        bail!("publish failed: {t}");
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("publisher connection closed"),
+            }
+        }
+        Ok(())
+    });
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut i = 0;
+    while i < total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let now = Instant::now();
+        // Everything due by now goes out in one write.
+        while i < total && started + interval.mul_f64(i as f64) <= now {
+            let (c, seq) = route(i, channels.len());
+            let frame = format!(
+                r#"{{"type":"publish","id":{},{}}}"#,
+                i + 1,
+                body(&channels[c], seq, &pad)
+            );
+            sink.feed(Message::text(frame)).await?;
+            i += 1;
+        }
+        sink.flush().await?;
+    }
+    let elapsed = started.elapsed();
+    acks.await??;
+    Ok(elapsed)
+}
+
+/// Like [`publish_ws`], over `POST /api/publish` on `workers` keep-alive connections.
+pub async fn publish_http(
+    ctx: Arc<Ctx>,
+    channels: Arc<Vec<String>>,
+    rate: u64,
+    total: u64,
+    pad: String,
+    workers: usize,
+    api_key: Option<String>,
+) -> Result<Duration> {
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let headers = api_key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let (ctx, channels, next, pad, headers) = (
+            ctx.clone(),
+            channels.clone(),
+            next.clone(),
+            pad.clone(),
+            headers.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut http = ctx.dialer.http().await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+                let (c, seq) = route(i, channels.len());
+                let body = format!("{{{}}}", body(&channels[c], seq, &pad));
+                let (status, reply) = http
+                    .request("POST", "/api/publish", &headers, &body)
+                    .await?;
+                if status != 200 {
+                    bail!("POST /api/publish answered {status}: {reply}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Counts of a churner.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Churned {
+    /// `subscribed` replies.
+    pub subscribed: u64,
+    /// `unsubscribed` replies.
+    pub unsubscribed: u64,
+    /// Error replies.
+    pub errors: u64,
+}
+
+/// Subscribes to a fresh channel and unsubscribes again, `rate` pairs per second, until stopped.
+pub async fn churner(ctx: Arc<Ctx>, index: usize, rate: f64) -> Result<Churned> {
+    let ws = ctx.dialer.ws().await?;
+    let (mut sink, mut stream) = ws.split();
+    let mut stop = ctx.stop.subscribe();
+    let replies = tokio::spawn(async move {
+        let mut c = Churned::default();
+        while let Some(Ok(msg)) = stream.next().await {
+            let Message::Text(t) = msg else { continue };
+            let t = t.as_str();
+            if t.starts_with(r#"{"type":"subscribed""#) {
+                c.subscribed += 1;
+            } else if t.starts_with(r#"{"type":"unsubscribed""#) {
+                c.unsubscribed += 1;
+            } else if t.contains(r#""type":"error""#) {
+                c.errors += 1;
+            }
+        }
+        c
+    });
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut n: u64 = 0;
+    loop {
+        let due = started + interval.mul_f64(n as f64);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = tokio::time::sleep_until(due.into()) => {}
+        }
+        let now = Instant::now();
+        while started + interval.mul_f64(n as f64) <= now {
+            let channel = format!("churn.{index}.{}", n % 1000);
+            sink.feed(Message::text(format!(
+                r#"{{"type":"subscribe","id":{},"channel":"{channel}"}}"#,
+                2 * n + 1
+            )))
+            .await?;
+            sink.feed(Message::text(format!(
+                r#"{{"type":"unsubscribe","id":{},"channel":"{channel}"}}"#,
+                2 * n + 2
+            )))
+            .await?;
+            n += 1;
+        }
+        sink.flush().await?;
+    }
+    // Let the last replies arrive, then close.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = sink.close().await;
+    Ok(tokio::time::timeout(Duration::from_secs(5), replies)
+        .await
+        .map(|r| r.unwrap_or_default())
+        .unwrap_or_default())
+}
