@@ -16,6 +16,7 @@ use wasm_bindgen::JsCast;
 use crate::cache::{Cache, DEFAULT_LIMIT};
 use crate::driver::{js_error, Driver, Setup, Topic};
 use crate::errors::{ErrorInfo, BAD_CONFIG, BAD_REQUEST};
+use crate::outbox::Outbox;
 use crate::storage::LocalStorage;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -44,7 +45,34 @@ export interface ClientOptions {
   token?: string;
   /** Milliseconds a request may wait for its reply (default 10000). */
   requestTimeout?: number;
+  /**
+   * Share one WebSocket between the tabs of this origin that use the same targets and token
+   * (default `true`): a leader tab, elected with the Web Locks API, holds the socket and relays
+   * over a BroadcastChannel. Ignored (one socket per tab) where either API is missing.
+   */
+  shareSocket?: boolean;
+  /**
+   * Keep publishes made while disconnected in a persisted outbox (localStorage) and send them,
+   * exactly once, when connected again, even after a reload (default `true`).
+   */
+  outbox?: boolean;
+  /** Most messages the outbox holds (default 1000); beyond it `publish` rejects with `outbox_full`. */
+  outboxSize?: number;
 }
+
+/** A message waiting in the outbox. */
+export interface OutboxEntry {
+  /** Stable id, also the publish's idempotency key; pass it to `cancel`. */
+  id: string;
+  channel: string;
+  /** The message's fields, as returned by `decode`. */
+  fields: any;
+  /** When `publish` was called (ms since the epoch). */
+  createdAt: number;
+}
+
+/** `standalone` (no sharing), `pending` (election running), `leader` or `follower`. */
+export type Role = 'standalone' | 'pending' | 'leader' | 'follower';
 
 /** What `load` found in the cache. */
 export interface Loaded {
@@ -88,6 +116,12 @@ export interface ClientEvents {
   disconnect: (reason: string) => void;
   messages: (channel: string, messages: Message[]) => void;
   error: (error: ClientError) => void;
+  /** This tab now holds the shared connection. */
+  leader: () => void;
+  /** Another tab holds the shared connection; this one uses it. */
+  follower: () => void;
+  /** The number of messages waiting in the outbox changed. */
+  outbox: (size: number) => void;
 }
 "#;
 
@@ -180,8 +214,9 @@ impl Client {
     }
 
     /// Publishes `fields` (an object, turned into JSON by `encode`) to a channel; resolves
-    /// with the stored message's offset. Publishes made while disconnected wait for the next
-    /// connection and are retried safely (idempotency keys) until the request timeout.
+    /// with the stored message's offset. Publishes made while disconnected (or while earlier
+    /// ones still wait) go to the persisted outbox and are sent, in order and exactly once,
+    /// after reconnecting; without the outbox they wait until the request timeout.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn publish(
         &self,
@@ -197,6 +232,24 @@ impl Client {
             Ok((fields, options)) => self.driver.publish(channel, fields, options),
             Err(e) => Promise::reject(&js_error(&e)),
         }
+    }
+
+    /// The messages waiting in the outbox, oldest first.
+    #[wasm_bindgen(unchecked_return_type = "OutboxEntry[]")]
+    pub fn outbox(&self) -> Array {
+        self.driver.outbox()
+    }
+
+    /// Removes a message from the outbox; its `publish` promise rejects with `cancelled`.
+    /// Returns `false` if it is not there or this tab is already sending it.
+    pub fn cancel(&self, id: &str) -> bool {
+        self.driver.cancel(id)
+    }
+
+    /// This tab's part in the shared connection.
+    #[wasm_bindgen(getter, unchecked_return_type = "Role")]
+    pub fn role(&self) -> String {
+        self.driver.role().to_owned()
     }
 
     /// Closes the connection for good: pending requests reject with code `closed`.
@@ -235,7 +288,10 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
     Topic::parse(event).ok_or_else(|| {
         js_error(&ErrorInfo::new(
             BAD_REQUEST,
-            format!("unknown event {event:?}: expected connect, disconnect, messages or error"),
+            format!(
+                "unknown event {event:?}: expected connect, disconnect, messages, error, \
+                 leader, follower or outbox"
+            ),
         ))
     })
 }
@@ -329,7 +385,35 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
             ),
         }
     };
+    let scope = crate::outbox::scope(
+        &config
+            .targets
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let share_scope = crate::outbox::scope(&[&scope, config.token.as_deref().unwrap_or("")]);
+    let outbox_limit = match number(options, "outboxSize")? {
+        Some(n) if n.fract() == 0.0 && n >= 1.0 => n as usize,
+        Some(_) => {
+            return Err(bad_config(
+                "outboxSize must be a whole number of at least 1",
+            ))
+        }
+        None => crate::outbox::DEFAULT_LIMIT,
+    };
+    let outbox = if get(options, "outbox") == JsValue::FALSE {
+        None
+    } else {
+        LocalStorage::open()
+            .ok()
+            .map(|storage| Outbox::new(storage, &scope, outbox_limit))
+    };
     Ok(Setup {
+        share: get(options, "shareSocket") != JsValue::FALSE,
+        outbox,
+        scope: share_scope,
+        outbox_seed: seed(),
         config,
         seed: seed(),
         cache,

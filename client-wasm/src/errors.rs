@@ -37,6 +37,8 @@ pub const DECODE_FAILED: &str = "decode_failed";
 pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
 /// A cache entry could not be read and was removed.
 pub const CACHE_CORRUPT: &str = "cache_corrupt";
+/// The outbox holds its maximum number of messages (option `outboxSize`).
+pub const OUTBOX_FULL: &str = "outbox_full";
 /// localStorage cannot be used; the client works without a cache.
 pub const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
 

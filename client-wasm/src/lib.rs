@@ -31,6 +31,7 @@
 
 pub mod cache;
 pub mod errors;
+pub mod outbox;
 pub mod storage;
 
 #[cfg(target_arch = "wasm32")]

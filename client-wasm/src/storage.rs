@@ -35,6 +35,21 @@ pub trait Storage {
     fn keys(&self) -> Result<Vec<String>, StorageError>;
 }
 
+impl<S: Storage + ?Sized> Storage for &S {
+    fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &str) -> Result<(), StorageError> {
+        (**self).set(key, value)
+    }
+    fn remove(&self, key: &str) -> Result<(), StorageError> {
+        (**self).remove(key)
+    }
+    fn keys(&self) -> Result<Vec<String>, StorageError> {
+        (**self).keys()
+    }
+}
+
 /// An in-memory [`Storage`], optionally with a quota counted like browsers count
 /// `localStorage`: UTF-16 code units of keys plus values.
 #[derive(Debug, Default)]

@@ -253,7 +253,7 @@ async fn corrupt_cache_entries_are_skipped_and_reported() {
 #[wasm_bindgen_test]
 async fn unreachable_servers_report_errors_and_requests_time_out() {
     let c = client(&format!(
-        "{{ targets: ['{NOWHERE}'], localStorage: false, requestTimeout: 300 }}"
+        "{{ targets: ['{NOWHERE}'], localStorage: false, outbox: false, requestTimeout: 300 }}"
     ));
     let errors = Array::new();
     c.on("error", recorder(&errors)).unwrap();
@@ -307,4 +307,123 @@ async fn off_removes_a_listener_and_listeners_may_reenter() {
     assert!(seen.length() > 0, "the re-entering listener ran");
     let close: Function = prop(&client_js, "close").unchecked_into();
     close.call0(&client_js).unwrap();
+}
+
+/// Waits (bounded) until `check` holds.
+async fn until(what: &str, ms: i32, check: impl Fn() -> bool) {
+    let mut waited = 0;
+    while !check() {
+        assert!(waited < ms, "timed out after {ms} ms waiting for {what}");
+        tick(10).await;
+        waited += 10;
+    }
+}
+
+#[wasm_bindgen_test]
+async fn offline_publishes_wait_in_the_outbox_and_can_be_cancelled() {
+    let options = "{ targets: 'ws://127.0.0.1:9/ws?outbox-test', shareSocket: false }";
+    let c = client(options);
+    let sizes = Array::new();
+    c.on("outbox", recorder(&sizes)).unwrap();
+    let first = c.publish("chat".into(), js("{ text: 'a' }"), None);
+    let second = c.publish("chat".into(), js("{ text: 'b' }"), None);
+    let waiting = c.outbox();
+    assert_eq!(waiting.length(), 2);
+    let entry = waiting.get(0);
+    assert_eq!(prop(&entry, "channel").as_string().unwrap(), "chat");
+    assert_eq!(
+        prop(&prop(&entry, "fields"), "text").as_string().unwrap(),
+        "a"
+    );
+    assert!(prop(&entry, "createdAt").as_f64().unwrap() > 0.0);
+    let id = prop(&entry, "id").as_string().unwrap();
+    let stored = (0..local_storage().length().unwrap())
+        .filter_map(|i| local_storage().key(i).unwrap())
+        .find(|k| k.starts_with("redistribute:outbox:v1:"))
+        .expect("the outbox is in localStorage");
+    assert!(local_storage()
+        .get_item(&stored)
+        .unwrap()
+        .unwrap()
+        .contains(&id));
+
+    assert!(c.cancel(&id));
+    assert!(!c.cancel(&id), "already gone");
+    assert_eq!(code(&rejection(first).await), "cancelled");
+    assert_eq!(c.outbox().length(), 1);
+    c.close();
+    assert_eq!(code(&rejection(second).await), "closed");
+    tick(0).await;
+    let sizes: Vec<f64> = sizes
+        .iter()
+        .map(|args| Array::from(&args).get(0).as_f64().unwrap())
+        .collect();
+    assert_eq!(sizes, [1.0, 2.0, 1.0]);
+
+    // A new client (a reload) finds the message that waits, with the same id.
+    let again = client(options);
+    let left = again.outbox();
+    assert_eq!(left.length(), 1);
+    let id = prop(&left.get(0), "id").as_string().unwrap();
+    assert!(again.cancel(&id));
+    assert_eq!(again.outbox().length(), 0);
+    assert!(local_storage().get_item(&stored).unwrap().is_none());
+    again.close();
+}
+
+#[wasm_bindgen_test]
+async fn outbox_is_bounded_and_can_be_switched_off() {
+    let c = client(
+        "{ targets: 'ws://127.0.0.1:9/ws?outbox-bound', shareSocket: false, outboxSize: 1 }",
+    );
+    let kept = c.publish("chat".into(), js("{ n: 1 }"), None);
+    let refused = c.publish("chat".into(), js("{ n: 2 }"), None);
+    assert_eq!(code(&rejection(refused).await), "outbox_full");
+    let empty = c.publish("chat".into(), js("{}"), None);
+    assert_eq!(code(&rejection(empty).await), "bad_request");
+    let id = prop(&c.outbox().get(0), "id").as_string().unwrap();
+    assert!(c.cancel(&id));
+    assert_eq!(code(&rejection(kept).await), "cancelled");
+    c.close();
+
+    let off = client("{ targets: 'ws://127.0.0.1:9/ws?outbox-off', shareSocket: false, outbox: false, requestTimeout: 50 }");
+    let p = off.publish("chat".into(), js("{ n: 1 }"), None);
+    assert_eq!(off.outbox().length(), 0);
+    assert_eq!(code(&rejection(p).await), "timeout");
+    off.close();
+    assert!(Client::new(js("{ targets: 'ws://x/ws', outboxSize: 0 }")).is_err());
+}
+
+#[wasm_bindgen_test]
+async fn one_leader_per_targets_and_a_follower_takes_over() {
+    let options = "{ targets: 'ws://127.0.0.1:9/ws?roles' }";
+    let a = client(options);
+    assert_eq!(a.role(), "pending");
+    let b = client(options);
+    let (led_a, led_b, followed_b) = (Array::new(), Array::new(), Array::new());
+    a.on("leader", recorder(&led_a)).unwrap();
+    b.on("leader", recorder(&led_b)).unwrap();
+    b.on("follower", recorder(&followed_b)).unwrap();
+    until("the election", 2000, || {
+        a.role() == "leader" && b.role() == "follower"
+    })
+    .await;
+    assert_eq!((led_a.length(), followed_b.length()), (1, 1));
+
+    // Other targets: another election.
+    let other = client("{ targets: 'ws://127.0.0.1:9/ws?roles-other' }");
+    until("the other election", 2000, || other.role() == "leader").await;
+
+    // The leader goes away: the follower leads within a second.
+    let t0 = js_sys::Date::now();
+    a.close();
+    until("the takeover", 1000, || b.role() == "leader").await;
+    assert!(js_sys::Date::now() - t0 < 1000.0);
+    assert_eq!(led_b.length(), 1);
+
+    let alone = client("{ targets: 'ws://127.0.0.1:9/ws?roles', shareSocket: false }");
+    assert_eq!(alone.role(), "standalone");
+    for c in [b, other, alone] {
+        c.close();
+    }
 }

@@ -55,6 +55,10 @@ client.on('error', (err) => {
   while ($('errors').children.length > 20) $('errors').lastChild.remove();
 });
 let last; // the offset of the last message shown
+// Tabs share one socket: show this tab's part, and what waits in the offline outbox.
+client.on('leader', () => { note('role', 'leader'); document.body.dataset.role = 'leader'; });
+client.on('follower', () => { note('role', 'follower'); document.body.dataset.role = 'follower'; });
+client.on('outbox', (size) => { note('outbox', size); document.body.dataset.outbox = size; });
 client.on('messages', (ch, messages) => {
   if (ch !== channel) return;
   note('messages', messages.length);

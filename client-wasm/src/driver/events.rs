@@ -9,6 +9,8 @@ use wasm_bindgen::prelude::*;
 use super::{call, js_error, set, Inner, Out, Reply, Topic};
 use crate::cache::CachedMessage;
 use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST};
+use redistribute_protocol::session::RequestError;
+use redistribute_protocol::ErrorCode;
 
 impl Inner {
     pub(super) fn emit(&mut self, topic: Topic, args: Vec<JsValue>) {
@@ -34,6 +36,12 @@ impl Inner {
             .map(|(_, w)| w.reply)
     }
 
+    /// The outbox entry a publish request carries, if it is one.
+    fn take_inflight(&mut self, id: RequestId) -> Option<String> {
+        let i = self.inflight.iter().position(|(r, _)| *r == id.get())?;
+        Some(self.inflight.swap_remove(i).1)
+    }
+
     /// Writes to the cache; problems become `error` events.
     fn cache_store(&mut self, channel: &str, messages: &[CachedMessage]) {
         let Some(cache) = &self.cache else { return };
@@ -45,8 +53,14 @@ impl Inner {
     }
 
     pub(super) fn on_event(&mut self, event: Event) {
+        if self.hub.is_some() {
+            return self.hub_event(event);
+        }
         match event {
-            Event::Connected { target } => self.emit(Topic::Connect, vec![target.into()]),
+            Event::Connected { target } => {
+                self.emit(Topic::Connect, vec![target.into()]);
+                self.flush_outbox();
+            }
             Event::Disconnected { reason } => {
                 self.emit(Topic::Disconnect, vec![reason.to_string().into()])
             }
@@ -91,9 +105,33 @@ impl Inner {
                 let info = ErrorInfo::gap(&channel, from, to);
                 self.emit(Topic::Error, vec![js_error(&info)]);
             }
-            Event::Published { id, offset, .. } => self.settle(id, Ok(offset.to_string().into())),
+            Event::Published { id, offset, .. } => {
+                if let Some(entry) = self.take_inflight(id) {
+                    return self.finish(&entry, Ok(offset.to_string()));
+                }
+                self.settle(id, Ok(offset.to_string().into()))
+            }
             Event::Acked { id, count } => self.settle(id, Ok((count as f64).into())),
-            Event::RequestFailed { id, error } => self.settle(id, Err(ErrorInfo::request(&error))),
+            Event::RequestFailed { id, error } => {
+                let Some(entry) = self.take_inflight(id) else {
+                    return self.settle(id, Err(ErrorInfo::request(&error)));
+                };
+                // Refused for good by the server: drop it. Anything else (timeout, lost or
+                // closed connection, a server that cannot store right now): keep it and send
+                // it again, with the same key, on the next connection or in a second.
+                let transient = match &error {
+                    RequestError::Server { code, .. } => matches!(
+                        code,
+                        ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
+                    ),
+                    _ => true,
+                };
+                if !transient {
+                    self.finish(&entry, Err(ErrorInfo::request(&error)));
+                } else if self.session.is_connected() {
+                    self.retry_later();
+                }
+            }
             Event::ServerError { code, message } => {
                 let info = ErrorInfo::new(code.as_str(), message);
                 self.emit(Topic::Error, vec![js_error(&info)]);

@@ -23,15 +23,20 @@ use js_sys::{Array, Function, Object, Promise, Reflect};
 use redistribute_protocol::session::{Config, RequestId, Session, SessionError};
 use redistribute_protocol::validate_channel;
 use wasm_bindgen::prelude::*;
-use web_sys::WebSocket;
+use web_sys::BroadcastChannel;
 
 use crate::bindings::performance_now;
 use crate::cache::{Cache, CachedMessage};
 use crate::errors::ErrorInfo;
+use crate::outbox::Outbox;
 use crate::storage::LocalStorage;
 
 mod events;
+mod hub;
+mod shared;
 mod transport;
+
+use transport::{Bus, Link};
 
 /// The page events, in the order of their listener lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +45,9 @@ pub(crate) enum Topic {
     Disconnect = 1,
     Messages = 2,
     Error = 3,
+    Leader = 4,
+    Follower = 5,
+    Outbox = 6,
 }
 
 impl Topic {
@@ -50,6 +58,9 @@ impl Topic {
             "disconnect" => Topic::Disconnect,
             "messages" => Topic::Messages,
             "error" => Topic::Error,
+            "leader" => Topic::Leader,
+            "follower" => Topic::Follower,
+            "outbox" => Topic::Outbox,
             _ => return None,
         })
     }
@@ -64,6 +75,14 @@ pub(crate) struct Setup {
     pub(crate) cache_problem: Option<ErrorInfo>,
     pub(crate) encode: Option<Function>,
     pub(crate) decode: Option<Function>,
+    /// Share one connection between the tabs of the origin (when the browser can).
+    pub(crate) share: bool,
+    /// The persisted outbox, unless disabled or localStorage is unusable.
+    pub(crate) outbox: Option<Outbox<LocalStorage>>,
+    /// Names the tabs' lock and BroadcastChannel: tabs with the same targets and token share.
+    pub(crate) scope: String,
+    /// Random bits for outbox ids.
+    pub(crate) outbox_seed: u64,
 }
 
 /// How a request's success is shown to the page.
@@ -99,6 +118,8 @@ struct Handlers {
     message: Closure<dyn FnMut(web_sys::Event)>,
     close: Closure<dyn FnMut(web_sys::Event)>,
     timer: Closure<dyn FnMut()>,
+    bus: Closure<dyn FnMut(web_sys::MessageEvent)>,
+    retry: Closure<dyn FnMut()>,
 }
 
 struct Inner {
@@ -106,19 +127,54 @@ struct Inner {
     /// Whether `session.connect` ran (it runs from the first timer, so listeners registered
     /// right after `new Client` hear everything).
     started: bool,
-    socket: Option<WebSocket>,
+    link: Link,
     handlers: Option<Handlers>,
     /// The armed `setTimeout` id and the session time it fires for.
     timer: Option<(JsValue, Duration)>,
     /// Promises by request id. A short list (requests settle within the request timeout), so
     /// a `Vec` beats a map in code size.
     waiting: Vec<(u64, Waiter)>,
-    listeners: [Vec<Function>; 4],
+    listeners: [Vec<Function>; 7],
     cache: Option<Cache<LocalStorage>>,
     encode: Option<Function>,
     decode: Option<Function>,
     queue: VecDeque<Out>,
     dispatching: bool,
+    /// Set on the leader tab's hub driver (the one that holds the real socket).
+    hub: Option<Box<hub::Hub>>,
+    /// Tab sharing, when on.
+    shared: Option<shared::Shared>,
+    outbox: Option<Outbox<LocalStorage>>,
+    /// Promises of publishes that went to the outbox, by entry id.
+    parcels: Vec<(String, Waiter)>,
+    /// Outbox entries handed to the session: (request id, entry id).
+    inflight: Vec<(u64, String)>,
+    outbox_seed: u64,
+    outbox_count: u64,
+    retry_armed: bool,
+}
+
+/// Posts `{k: kind, to?, ...fields}` on a BroadcastChannel.
+pub(crate) fn post(
+    ch: &BroadcastChannel,
+    kind: &str,
+    to: Option<&str>,
+    fields: &[(&str, JsValue)],
+) {
+    let msg: JsValue = Object::new().into();
+    set(&msg, "k", &kind.into());
+    if let Some(to) = to {
+        set(&msg, "to", &to.into());
+    }
+    for (k, v) in fields {
+        set(&msg, k, v);
+    }
+    let _ = ch.post_message(&msg);
+}
+
+/// A string property of a bus message.
+pub(crate) fn field(msg: &JsValue, key: &str) -> Option<String> {
+    Reflect::get(msg, &key.into()).ok()?.as_string()
 }
 
 /// The session time: `performance.now()`, monotonic since the page started.
@@ -166,7 +222,24 @@ pub(crate) struct Driver(Rc<RefCell<Inner>>);
 impl Driver {
     /// A client that starts connecting on the next turn of the event loop.
     pub(crate) fn new(setup: Setup) -> Result<Driver, ErrorInfo> {
-        let session = Session::new(setup.config, setup.seed).map_err(|e| ErrorInfo::session(&e))?;
+        let sharing = if setup.share {
+            shared::Shared::open(&setup.scope, setup.config.clone(), setup.seed)
+        } else {
+            None
+        };
+        let mut config = setup.config;
+        let (sharing, link) = match sharing {
+            Some((shared, bus)) => {
+                // The virtual connection to the leader: no token (the leader's hub sends its
+                // own), and quick retries (they cost one BroadcastChannel message).
+                config.token = None;
+                config.backoff_initial = Duration::from_millis(20);
+                config.backoff_max = Duration::from_millis(500);
+                (Some(shared), Link::Bus(bus))
+            }
+            None => (None, Link::Ws(None)),
+        };
+        let session = Session::new(config, setup.seed).map_err(|e| ErrorInfo::session(&e))?;
         let mut queue = VecDeque::new();
         if let Some(problem) = setup.cache_problem {
             queue.push_back(Out::Emit(Topic::Error, vec![js_error(&problem)]));
@@ -174,7 +247,7 @@ impl Driver {
         let driver = Driver(Rc::new(RefCell::new(Inner {
             session,
             started: false,
-            socket: None,
+            link,
             handlers: None,
             timer: None,
             waiting: Vec::new(),
@@ -184,13 +257,36 @@ impl Driver {
             decode: setup.decode,
             queue,
             dispatching: false,
+            hub: None,
+            shared: sharing,
+            outbox: setup.outbox,
+            parcels: Vec::new(),
+            inflight: Vec::new(),
+            outbox_seed: setup.outbox_seed,
+            outbox_count: 0,
+            retry_armed: false,
         })));
-        let handlers = Handlers::new(Rc::downgrade(&driver.0));
-        let mut inner = driver.0.borrow_mut();
+        driver.attach();
+        if driver.0.borrow().shared.is_some() {
+            shared::elect(Rc::downgrade(&driver.0));
+        }
+        Ok(driver)
+    }
+
+    /// Creates the JS callbacks, listens on the bus (if any) and arms the first timer.
+    fn attach(&self) {
+        let handlers = Handlers::new(Rc::downgrade(&self.0));
+        let mut inner = self.0.borrow_mut();
+        if let Link::Bus(bus) = &inner.link {
+            bus.ch
+                .set_onmessage(Some(handlers.bus.as_ref().unchecked_ref()));
+        }
+        if let Some(hub) = &inner.hub {
+            hub.ch
+                .set_onmessage(Some(handlers.bus.as_ref().unchecked_ref()));
+        }
         inner.handlers = Some(handlers);
         inner.arm_timer();
-        drop(inner);
-        Ok(driver)
     }
 
     /// Adds a listener.
@@ -255,20 +351,41 @@ impl Driver {
         self.request(Reply::Done, |s| s.unsubscribe(channel))
     }
 
-    /// Publishes; resolves with the stored offset.
+    /// Publishes; resolves with the stored offset. While disconnected (or while earlier
+    /// publishes still wait in the outbox, to keep their order) the message goes to the outbox.
     pub(crate) fn publish(
         &self,
         channel: String,
         fields: redistribute_protocol::Fields,
         options: redistribute_protocol::session::PublishOptions,
     ) -> Promise {
+        let offline = {
+            let inner = self.0.borrow();
+            inner.outbox.as_ref().is_some_and(|o| {
+                !inner.session.is_closed() && (!inner.session.is_connected() || !o.is_empty())
+            })
+        };
+        if offline {
+            return self.enqueue(channel, fields, options);
+        }
         self.request(Reply::Publish, |s| s.publish(channel, fields, options))
     }
 
     /// Closes the client: pending promises reject with `closed`, the socket closes, no
-    /// reconnect follows.
+    /// reconnect follows. Messages in the outbox stay there for the next client.
     pub(crate) fn close(&self) {
-        self.0.borrow_mut().session.close();
+        let hub = {
+            let mut inner = self.0.borrow_mut();
+            inner.session.close();
+            for (_, w) in std::mem::take(&mut inner.parcels) {
+                let info = ErrorInfo::new(crate::errors::CLOSED, "the client was closed");
+                call(&w.reject, &[js_error(&info)]);
+            }
+            inner.shared.as_mut().and_then(|s| s.resign())
+        };
+        if let Some(hub) = hub {
+            hub.close_hub();
+        }
         self.pump();
     }
 

@@ -9,10 +9,44 @@ use redistribute_protocol::session::{Action, DisconnectReason};
 use redistribute_protocol::{decode_server, encode_client};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::{BroadcastChannel, CloseEvent, MessageEvent, WebSocket};
 
-use super::{now, Driver, Handlers, Inner};
+use super::{now, post, Driver, Handlers, Inner};
 use crate::bindings::{clear_timeout, set_timeout};
+
+/// Where the session's frames go: a WebSocket to the server, or the tabs' BroadcastChannel to
+/// the leader tab's hub (see `shared`).
+pub(super) enum Link {
+    /// The current socket, if any.
+    Ws(Option<WebSocket>),
+    /// A virtual connection to the leader tab.
+    Bus(Bus),
+}
+
+/// The follower side of a virtual connection over the tabs' BroadcastChannel.
+pub(super) struct Bus {
+    pub(super) ch: BroadcastChannel,
+    /// This client's id on the bus.
+    pub(super) tab: String,
+    /// 0: no connection, 1: `hello` sent, waiting for `open`, 2: open.
+    pub(super) state: u8,
+    /// The id of the last leader heard of.
+    pub(super) leader: String,
+    /// Whether this tab holds its own lock yet (the hub watches it only then: a watch
+    /// requested before the tab's own request would be granted as if the tab were gone).
+    pub(super) locked: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl Bus {
+    /// Asks the leader's hub for a virtual connection.
+    pub(super) fn hello(&self) {
+        let fields = [
+            ("from", self.tab.as_str().into()),
+            ("locked", self.locked.get().into()),
+        ];
+        post(&self.ch, "hello", None, &fields);
+    }
+}
 
 impl Handlers {
     pub(super) fn new(weak: Weak<RefCell<Inner>>) -> Handlers {
@@ -25,7 +59,7 @@ impl Handlers {
                 let Some(rc) = weak.upgrade() else { return };
                 {
                     let mut inner = rc.borrow_mut();
-                    let from_current = match (&inner.socket, event.target()) {
+                    let from_current = match (inner.ws(), event.target()) {
                         (Some(ws), Some(target)) => {
                             &JsValue::from(target) == AsRef::<JsValue>::as_ref(ws)
                         }
@@ -40,7 +74,25 @@ impl Handlers {
             })
         }
         let timer_weak = weak.clone();
+        let bus_weak = weak.clone();
+        let retry_weak = weak.clone();
         Handlers {
+            bus: Closure::new(move |event: MessageEvent| {
+                let Some(rc) = bus_weak.upgrade() else { return };
+                rc.borrow_mut().on_bus(&event.data());
+                Driver(rc).pump();
+            }),
+            retry: Closure::new(move || {
+                let Some(rc) = retry_weak.upgrade() else {
+                    return;
+                };
+                {
+                    let mut inner = rc.borrow_mut();
+                    inner.retry_armed = false;
+                    inner.flush_outbox();
+                }
+                Driver(rc).pump();
+            }),
             open: on_socket(weak.clone(), |inner, _: &web_sys::Event| {
                 inner.session.handle_transport_open(now());
             }),
@@ -93,15 +145,31 @@ impl Inner {
             while let Some(action) = self.session.poll_action() {
                 busy = true;
                 match action {
-                    Action::Connect { target } => self.open_socket(&target),
+                    Action::Connect { target } => match &mut self.link {
+                        Link::Ws(_) => self.open_socket(&target),
+                        Link::Bus(bus) => {
+                            bus.state = 1;
+                            bus.hello();
+                        }
+                    },
                     Action::Close => self.close_socket(),
                 }
             }
             while let Some(frame) = self.session.poll_transmit() {
                 busy = true;
-                if let Some(ws) = &self.socket {
+                match &self.link {
                     // A failed send means the socket is closing: its close event follows.
-                    let _ = ws.send_with_str(&encode_client(&frame));
+                    Link::Ws(Some(ws)) => drop(ws.send_with_str(&encode_client(&frame))),
+                    Link::Bus(bus) if bus.state == 2 => {
+                        let text = JsValue::from(encode_client(&frame));
+                        post(
+                            &bus.ch,
+                            "c",
+                            None,
+                            &[("from", bus.tab.as_str().into()), ("d", text)],
+                        );
+                    }
+                    _ => {}
                 }
             }
             while let Some(event) = self.session.poll_event() {
@@ -124,7 +192,7 @@ impl Inner {
                     ws.set_onmessage(Some(h.message.as_ref().unchecked_ref()));
                     ws.set_onclose(Some(h.close.as_ref().unchecked_ref()));
                 }
-                self.socket = Some(ws);
+                self.link = Link::Ws(Some(ws));
             }
             Err(e) => {
                 let reason = DisconnectReason::transport(None, format!("{e:?}"));
@@ -133,18 +201,37 @@ impl Inner {
         }
     }
 
+    /// The current socket.
+    fn ws(&self) -> Option<&WebSocket> {
+        match &self.link {
+            Link::Ws(ws) => ws.as_ref(),
+            Link::Bus(_) => None,
+        }
+    }
+
     /// Forgets the current socket without closing it (it is closed already).
     fn detach_socket(&mut self) {
-        if let Some(ws) = self.socket.take() {
+        let ws = match &mut self.link {
+            Link::Ws(ws) => ws.take(),
+            Link::Bus(_) => None,
+        };
+        if let Some(ws) = ws {
             ws.set_onopen(None);
             ws.set_onmessage(None);
             ws.set_onclose(None);
         }
     }
 
-    /// Closes the current socket; nothing more is heard from it.
-    fn close_socket(&mut self) {
-        if let Some(ws) = self.socket.clone() {
+    /// Closes the current socket (or virtual connection); nothing more is heard from it.
+    pub(super) fn close_socket(&mut self) {
+        if let Link::Bus(bus) = &mut self.link {
+            if bus.state != 0 {
+                bus.state = 0;
+                post(&bus.ch, "bye", None, &[("from", bus.tab.as_str().into())]);
+            }
+            return;
+        }
+        if let Some(ws) = self.ws().cloned() {
             self.detach_socket();
             let _ = ws.close();
         }
@@ -183,5 +270,9 @@ impl Drop for Inner {
             clear_timeout(&id);
         }
         self.close_socket();
+        if let Link::Bus(bus) = &self.link {
+            bus.ch.set_onmessage(None);
+            bus.ch.close();
+        }
     }
 }
