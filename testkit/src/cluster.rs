@@ -145,8 +145,7 @@ impl RedisCluster {
                 bail!("redis-cli --cluster create did not finish in time");
             }
         }
-        self.wait_healthy(deadline.saturating_duration_since(Instant::now()))
-            .await
+        Box::pin(self.wait_healthy(deadline.saturating_duration_since(Instant::now()))).await
     }
 
     /// Client ports of all nodes, in launch order (running or not).
@@ -299,6 +298,51 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// Starts the (killed) node on `port` again, with its cluster config but no data, and waits
+    /// (at most 30 s) until the cluster is healthy: a former primary whose slots were taken
+    /// over rejoins as a replica of the new primary and syncs from it.
+    pub async fn restart(&mut self, port: u16) -> Result<()> {
+        let dir = self.dir.path().to_path_buf();
+        let node = self.node_mut(port)?;
+        if let Some(mut child) = node.child.take() {
+            process::kill_and_wait(&mut child).await?;
+        }
+        // Still serving slots in the others' view: it comes back as that primary; else (it was
+        // a replica, or its replica took over) as a replica.
+        let primary = self
+            .nodes()
+            .await?
+            .iter()
+            .any(|n| n.port == port && n.primary && !n.slots.is_empty());
+        let deadline = Instant::now() + FAILOVER_TIMEOUT;
+        let child = launch(&dir, port)?;
+        self.node_mut(port)?.child = Some(child);
+        while !ping(port).await {
+            if Instant::now() >= deadline {
+                bail!("restarted node {port} did not answer PING in time");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        // A former primary turns into a replica once it learns that its slots moved.
+        let expected = if primary { "master" } else { "slave" };
+        loop {
+            let role = node_command(port, &["ROLE"]).await?;
+            let role = role
+                .as_array()
+                .and_then(|r| r.first())
+                .and_then(RespValue::as_str);
+            if role == Some(expected) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("restarted node {port} is not a {expected} in time ({role:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Box::pin(self.wait_agreement(port, primary, deadline)).await?;
+        Box::pin(self.wait_healthy(deadline.saturating_duration_since(Instant::now()))).await
+    }
+
     /// Kills the primary on `primary_port` and waits (at most 30 s) until one of its replicas
     /// has been promoted and every running node reports `cluster_state:ok`. Returns the port of
     /// the new primary.
@@ -312,7 +356,8 @@ impl RedisCluster {
         let deadline = Instant::now() + FAILOVER_TIMEOUT;
         loop {
             if let Some(&new) = self.promoted(&replicas).await.first() {
-                self.wait_healthy(deadline.saturating_duration_since(Instant::now()))
+                Box::pin(self.wait_agreement(new, true, deadline)).await?;
+                Box::pin(self.wait_healthy(deadline.saturating_duration_since(Instant::now())))
                     .await?;
                 return Ok(new);
             }
@@ -332,6 +377,7 @@ impl RedisCluster {
         let deadline = Instant::now() + FAILOVER_TIMEOUT;
         loop {
             if !self.promoted(&[replica_port]).await.is_empty() {
+                Box::pin(self.wait_agreement(replica_port, true, deadline)).await?;
                 return self
                     .wait_healthy(deadline.saturating_duration_since(Instant::now()))
                     .await;
@@ -340,6 +386,37 @@ impl RedisCluster {
                 bail!("replica {replica_port} was not promoted within {FAILOVER_TIMEOUT:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running node's `CLUSTER NODES` shows `port` working, as a primary with
+    /// slots or (`primary` false) as a replica, so lookups agree whichever node is asked.
+    async fn wait_agreement(&mut self, port: u16, primary: bool, deadline: Instant) -> Result<()> {
+        loop {
+            let mut agreed = true;
+            for asked in self.running_ports() {
+                let view = match node_command(asked, &["CLUSTER", "NODES"]).await {
+                    Ok(RespValue::Bulk(text)) => {
+                        parse_cluster_nodes(&String::from_utf8_lossy(&text))?
+                    }
+                    _ => Vec::new(),
+                };
+                agreed &= view.iter().any(|n| {
+                    n.port == port
+                        && !n.failed
+                        && n.primary == primary
+                        && (n.slots.is_empty() != primary)
+                        && (primary || n.primary_id.is_some())
+                });
+            }
+            if agreed {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let role = if primary { "primary" } else { "replica" };
+                bail!("the nodes do not all see {port} as a working {role}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -552,7 +629,8 @@ mod tests {
     use super::*;
 
     async fn must<T>(fut: impl std::future::Future<Output = Result<T>>) -> T {
-        tokio::time::timeout(Duration::from_secs(60), fut)
+        // Boxed: the steps' futures are large in debug builds (the test thread has 2 MiB).
+        tokio::time::timeout(Duration::from_secs(60), Box::pin(fut))
             .await
             .expect("test step timed out")
             .unwrap()
@@ -629,5 +707,16 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0
         assert_eq!(must(cluster.primary_for_key("{7}:k")).await, owner);
         assert_eq!(must(cluster.primaries()).await.len(), 3);
         assert_eq!(cluster.running_ports().len(), 5);
+
+        // The killed node comes back as a replica of the new primary, with the data.
+        must(cluster.restart(replica)).await;
+        assert_eq!(cluster.running_ports().len(), 6);
+        assert_eq!(must(cluster.replicas_of(owner)).await, vec![replica]);
+        let role = must(cluster.command(replica, &["ROLE"])).await;
+        assert_eq!(
+            role.as_array().unwrap()[0].as_str(),
+            Some("slave"),
+            "{role}"
+        );
     }
 }
