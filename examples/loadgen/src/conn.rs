@@ -26,31 +26,45 @@ pub fn raise_nofile_limit() -> Result<u64> {
     Ok(hard.max(soft))
 }
 
-/// Opens connections to one server.
-pub struct Dialer {
-    /// The WebSocket URL.
-    pub url: String,
+/// One server instance.
+struct Target {
+    url: String,
     addr: SocketAddr,
     host: String,
+}
+
+/// Opens connections to one server, or spreads them round-robin over several instances.
+pub struct Dialer {
+    targets: Vec<Target>,
     sources: Vec<IpAddr>,
     next: AtomicUsize,
+    next_target: AtomicUsize,
     handshakes: Semaphore,
 }
 
 impl Dialer {
-    /// A dialer for `url` (`ws://host:port/path`), binding client sockets round-robin to
-    /// `source_ips` loopback addresses 127.0.0.1, 127.0.0.2, … when the server is on loopback,
-    /// with at most `concurrent` handshakes in flight.
-    pub fn new(url: &str, source_ips: usize, concurrent: usize) -> Result<Dialer> {
-        let rest = url
-            .strip_prefix("ws://")
-            .context("only ws:// URLs are supported")?;
-        let host = rest.split('/').next().unwrap_or(rest).to_owned();
-        let addr = host
-            .to_socket_addrs()?
-            .next()
-            .with_context(|| format!("cannot resolve {host}"))?;
-        let sources = if addr.ip().is_loopback() && addr.is_ipv4() {
+    /// A dialer for `urls` (`ws://host:port/path`, one per instance), binding client sockets
+    /// round-robin to `source_ips` loopback addresses 127.0.0.1, 127.0.0.2, … when the servers
+    /// are on loopback, with at most `concurrent` handshakes in flight.
+    pub fn new(urls: &[String], source_ips: usize, concurrent: usize) -> Result<Dialer> {
+        let mut targets = Vec::new();
+        for url in urls {
+            let rest = url
+                .strip_prefix("ws://")
+                .context("only ws:// URLs are supported")?;
+            let host = rest.split('/').next().unwrap_or(rest).to_owned();
+            let addr = host
+                .to_socket_addrs()?
+                .next()
+                .with_context(|| format!("cannot resolve {host}"))?;
+            targets.push(Target {
+                url: url.to_owned(),
+                addr,
+                host,
+            });
+        }
+        let first = targets.first().context("no --url given")?;
+        let sources = if first.addr.ip().is_loopback() && first.addr.is_ipv4() {
             (1..=source_ips.clamp(1, 250))
                 .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
                 .collect()
@@ -58,22 +72,26 @@ impl Dialer {
             Vec::new()
         };
         Ok(Dialer {
-            url: url.to_owned(),
-            addr,
-            host,
+            targets,
             sources,
             next: AtomicUsize::new(0),
+            next_target: AtomicUsize::new(0),
             handshakes: Semaphore::new(concurrent.max(1)),
         })
     }
 
-    async fn tcp(&self) -> Result<TcpStream> {
+    /// The next instance, round-robin.
+    fn target(&self) -> &Target {
+        &self.targets[self.next_target.fetch_add(1, Ordering::Relaxed) % self.targets.len()]
+    }
+
+    async fn tcp(&self, target: &Target) -> Result<TcpStream> {
         let socket = TcpSocket::new_v4()?;
         if !self.sources.is_empty() {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sources.len();
             socket.bind(SocketAddr::new(self.sources[i], 0))?;
         }
-        let stream = socket.connect(self.addr).await?;
+        let stream = socket.connect(target.addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
@@ -81,22 +99,24 @@ impl Dialer {
     /// Opens a WebSocket (4 KiB read buffer: many connections live in this process).
     pub async fn ws(&self) -> Result<Ws> {
         let _permit = self.handshakes.acquire().await?;
-        let stream = self.tcp().await?;
+        let target = self.target();
+        let stream = self.tcp(target).await?;
         let config = WebSocketConfig::default().read_buffer_size(4096);
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)),
+            tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config)),
         )
         .await
         .context("WebSocket handshake timed out")??;
         Ok(ws)
     }
 
-    /// A keep-alive HTTP/1.1 connection to the server.
+    /// A keep-alive HTTP/1.1 connection to the server (the next instance, round-robin).
     pub async fn http(&self) -> Result<Http> {
+        let target = self.target();
         Ok(Http {
-            stream: BufReader::new(self.tcp().await?),
-            host: self.host.clone(),
+            stream: BufReader::new(self.tcp(target).await?),
+            host: target.host.clone(),
         })
     }
 }

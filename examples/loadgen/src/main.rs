@@ -15,6 +15,10 @@
 //! and latency over time and the latency distribution.
 //!
 //! `cargo run --release -p loadgen -- s1 --server-pid $(pgrep -x redistribute) --redis-pid $(pgrep -x redis-server)`
+//!
+//! Several `--url`s (instances of one deployment) spread the connections over them round-robin;
+//! repeated `--server-pid`/`--redis-pid` are summed. `cluster-bench.sh` runs a scenario against
+//! 1–3 instances on a local Redis Cluster.
 
 mod client;
 mod conn;
@@ -31,7 +35,7 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
 use client::{Churned, Ctx};
-use stats::{histogram, rss_kib, CpuSample, Tally, Timeline};
+use stats::{histogram, rss_kib, rss_sum, CpuSample, Tally, Timeline};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -60,9 +64,10 @@ enum Via {
 struct Args {
     /// Scenario; its defaults can be overridden by the options below.
     scenario: Scenario,
-    /// Server WebSocket URL.
+    /// Server WebSocket URL; repeat it for several instances of one deployment: connections
+    /// (subscribers and publishers) are spread over them round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
+    url: Vec<String>,
     /// Subscriber connections.
     #[arg(long)]
     subscribers: Option<usize>,
@@ -102,12 +107,12 @@ struct Args {
     /// WebSocket handshakes in flight at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
-    /// PID of the server: CPU per delivery and RSS.
+    /// PID of the server: CPU per delivery and RSS; repeatable (several instances are summed).
     #[arg(long)]
-    server_pid: Option<u32>,
-    /// PID of redis-server: CPU per delivery.
+    server_pid: Vec<u32>,
+    /// PID of redis-server: CPU per delivery; repeatable (cluster nodes are summed).
     #[arg(long)]
-    redis_pid: Option<u32>,
+    redis_pid: Vec<u32>,
     /// Write an SVG plot of the run here.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -195,7 +200,7 @@ async fn main() -> Result<()> {
         args.scenario, plan.subscribers, plan.channels, plan.rate, plan.seconds, args.via
     );
 
-    let rss_empty = args.server_pid.map(rss_kib).transpose()?;
+    let rss_empty = rss_sum(&args.server_pid)?;
     let mut subs = Vec::with_capacity(plan.subscribers);
     for i in 0..plan.subscribers {
         let c = i % plan.channels;
@@ -222,8 +227,7 @@ async fn main() -> Result<()> {
 
     if args.scenario == Scenario::S3 {
         tokio::time::sleep(Duration::from_secs(plan.seconds)).await;
-        if let (Some(pid), Some(before)) = (args.server_pid, rss_empty) {
-            let after = rss_kib(pid)?;
+        if let (Some(after), Some(before)) = (rss_sum(&args.server_pid)?, rss_empty) {
             println!(
                 "server RSS {} KiB with no connections, {} KiB with {} idle subscribed connections: {:.2} KiB per connection",
                 before,
@@ -259,8 +263,8 @@ async fn main() -> Result<()> {
         None
     };
 
-    let rss_before = args.server_pid.map(rss_kib).transpose()?;
-    let cpu_before = CpuSample::take(args.server_pid, args.redis_pid);
+    let rss_before = rss_sum(&args.server_pid)?;
+    let cpu_before = CpuSample::take(&args.server_pid, &args.redis_pid);
     let publish_start = Instant::now();
     let publish_offset_us = publish_start.duration_since(ctx.started).as_micros() as u64;
     let pad = "x".repeat(args.payload);
@@ -323,8 +327,8 @@ async fn main() -> Result<()> {
         }
     }
     stopper.abort();
-    let cpu_after = CpuSample::take(args.server_pid, args.redis_pid);
-    let rss_after = args.server_pid.map(rss_kib).transpose()?;
+    let cpu_after = CpuSample::take(&args.server_pid, &args.redis_pid);
+    let rss_after = rss_sum(&args.server_pid)?;
     let unblocks_after = match unblocks_before {
         Some(_) => {
             Some(conn::scrape_counter(&ctx.dialer, "redistribute_client_unblock_total").await?)

@@ -196,6 +196,18 @@ pub fn cpu_micros(pid: u32) -> Result<u64> {
 }
 
 /// Resident set size of a process in KiB.
+/// Summed RSS of `pids` in KiB, `None` for no pids.
+pub fn rss_sum(pids: &[u32]) -> Result<Option<u64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    pids.iter()
+        .map(|&p| rss_kib(p))
+        .sum::<Result<u64>>()
+        .map(Some)
+}
+
+/// RSS of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -221,11 +233,15 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    /// Samples the given processes.
-    pub fn take(server: Option<u32>, redis: Option<u32>) -> CpuSample {
+    /// Samples the given processes; several servers (instances) or Redis processes (cluster
+    /// nodes) are summed, none gives `None`.
+    pub fn take(servers: &[u32], redis: &[u32]) -> CpuSample {
+        let sum = |pids: &[u32]| {
+            (!pids.is_empty()).then(|| pids.iter().filter_map(|&p| cpu_micros(p).ok()).sum())
+        };
         CpuSample {
-            server: server.and_then(|p| cpu_micros(p).ok()),
-            redis: redis.and_then(|p| cpu_micros(p).ok()),
+            server: sum(servers),
+            redis: sum(redis),
             loadgen: cpu_micros(std::process::id()).unwrap_or(0),
         }
     }
