@@ -7,6 +7,9 @@
 //! fails with `unavailable` (then it is retried under the same idempotency key); in the end
 //! every acknowledged message is stored and every subscriber, on both instances, received each
 //! one exactly once and in order.
+//!
+//! Also: without the replicas `--redis-wait-replicas` asks for, publishes fail with
+//! `unavailable` instead of being acknowledged.
 
 mod cluster_support;
 
@@ -18,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use cluster_support::{offset, start_instance, subscribe_all, take, Received};
 use redistribute_server::engine::redis::keys;
-use redistribute_testkit::{RedisCluster, WsClient};
+use redistribute_testkit::{server_binary, RedisCluster, RedisServer, ServerProcess, WsClient};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -251,5 +254,41 @@ async fn primary_failover_during_steady_publishing_keeps_every_acknowledged_mess
             );
         }
     }
+    Ok(())
+}
+
+/// With `--redis-wait-replicas 1` and no replica to confirm, a publish is stored by the primary
+/// but not acknowledged: it fails with `unavailable` (as documented, it may have been stored),
+/// and a retry under the same idempotency key writes nothing twice.
+#[tokio::test]
+async fn publishes_without_enough_replicas_fail_unavailable_and_retries_write_once() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let args: Vec<String> = [
+        "--redis",
+        &redis.url(),
+        "--redis-wait-replicas",
+        "1",
+        "--redis-wait-timeout-ms",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server = ServerProcess::start(&server_binary(), &args).await?;
+    let mut client = WsClient::connect(&server.ws_url()).await?;
+    for _ in 0..2 {
+        let reply = client
+            .request(
+                json!({"type": "publish", "channel": "durable", "fields": {"n": 1},
+                            "idempotency_key": "once"}),
+            )
+            .await?;
+        ensure!(
+            reply["type"] == "error" && reply["code"] == "unavailable",
+            "{reply}"
+        );
+    }
+    let len = redis.command(&["XLEN", "rd:durable"]).await?;
+    ensure!(len.as_integer() == Some(1), "stored {len} times");
     Ok(())
 }

@@ -5,8 +5,6 @@
 mod common;
 #[path = "native_client/proxy.rs"]
 mod proxy;
-#[path = "native_client/tls.rs"]
-mod tls;
 
 use std::future::Future;
 use std::process::{Output, Stdio};
@@ -21,7 +19,6 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use proxy::Proxy;
-use tls::{TestPki, TlsTerminator};
 
 /// A generous bound for one step on a noisy machine.
 const STEP: Duration = Duration::from_secs(20);
@@ -497,15 +494,16 @@ async fn sub_and_pub_commands() -> Result<()> {
     Ok(())
 }
 
-/// 5. wss: through a TLS terminator with a test CA the client connects when it trusts the CA
+/// 5. wss: to the server's TLS listener with a test CA the client connects when it trusts the CA
 /// (library and `--ca-file`), and fails with a clear TLS error when it does not.
 #[tokio::test]
 async fn wss_with_a_test_ca() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let server = start_server(Some(&redis), &[]).await?;
-    let pki = TestPki::generate()?;
-    let terminator = TlsTerminator::start(&pki, server.addr()).await?;
-    let url = terminator.wss_url();
+    let pki = common::pki::Pki::generate()?;
+    let server = pki
+        .start_server(&["--redis", &redis.url(), "--publish-rate", "100000"])
+        .await?;
+    let url = format!("wss://127.0.0.1:{}/ws", server.port());
 
     let client = within(
         "connect over wss",

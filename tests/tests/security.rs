@@ -4,15 +4,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
 use common::pki::Pki;
-use common::{client, setup, Backend, STEP};
+use common::{client, rss_kib, setup, Backend, STEP};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use redistribute_testkit::{server_binary, ServerProcess, WsClient};
+use redistribute_testkit::{server_binary, WsClient};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -204,43 +203,13 @@ async fn origin_allow_list() -> Result<()> {
     Ok(())
 }
 
-/// Waits until the TLS server completes handshakes.
-async fn wait_for_tls(addr: SocketAddr, pki: &Pki) -> Result<()> {
-    let connector = tokio_rustls::TlsConnector::from(pki.client_config()?);
-    for _ in 0..200 {
-        if let Ok(tcp) = TcpStream::connect(addr).await {
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-            if connector.connect(name, tcp).await.is_ok() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("TLS listener never became ready")
-}
-
-async fn start_tls(pki: &Pki, extra: &[&str]) -> Result<ServerProcess> {
-    let mut args = vec![
-        "--tls-cert".to_owned(),
-        pki.cert.display().to_string(),
-        "--tls-key".to_owned(),
-        pki.key.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let server = ServerProcess::spawn(&server_binary(), &args, &[])?;
-    wait_for_tls(server.addr(), pki)
-        .await
-        .with_context(|| server.logs())?;
-    Ok(server)
-}
-
 /// 1. TLS: a native client with the test CA connects over wss:// and receives messages; a
 /// plain-text client on the TLS port fails cleanly and the server keeps serving; SIGHUP
 /// reloads a new certificate.
 #[tokio::test]
 async fn tls_listener_serves_wss_and_reloads() -> Result<()> {
     let pki = Pki::generate()?;
-    let server = start_tls(&pki, &[]).await?;
+    let server = pki.start_server(&[]).await?;
     let wss = format!("wss://127.0.0.1:{}/ws", server.port());
     let client = redistribute_client::Client::builder()
         .target(wss.clone())
@@ -283,7 +252,7 @@ async fn tls_listener_serves_wss_and_reloads() -> Result<()> {
     std::process::Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
         .status()?;
-    wait_for_tls(server.addr(), &next).await?;
+    next.wait_for_server(server.addr()).await?;
     Ok(())
 }
 
@@ -376,16 +345,6 @@ async fn publish_flood_is_rate_limited() -> Result<()> {
         "pong"
     );
     Ok(())
-}
-
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
 }
 
 /// 4. 1,000 half-open TCP connections that never finish their request are dropped after the

@@ -7,26 +7,12 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{client, seqs, setup, Backend};
+use common::{client, rss_kib, seqs, setup, Backend};
 use redistribute_testkit::WsClient;
 use serde_json::{json, Value};
 
 const TOTAL: u64 = 50_000;
 const PAYLOAD: usize = 1_000;
-
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("bad VmRSS")?
-        .parse()?)
-}
 
 /// Publishes `TOTAL` messages with a window of outstanding requests.
 async fn publish_all(c: &mut WsClient) -> Result<()> {

@@ -97,5 +97,19 @@ pub fn assert_ordered(messages: &[Value]) -> Result<()> {
     Ok(())
 }
 
+/// Resident memory of a process in KiB (from `/proc`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS line")?
+        .parse()?)
+}
+
 /// A generous wait for one step of a test on a noisy machine.
 pub const STEP: Duration = Duration::from_secs(20);

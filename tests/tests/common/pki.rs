@@ -2,13 +2,17 @@
 //! 127.0.0.1/localhost, written as PEM files for the server's `--tls-cert`/`--tls-key`, and a
 //! rustls client config that trusts the CA.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use redistribute_testkit::{server_binary, ServerProcess};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
 
 /// A CA with one server certificate, as PEM files in a temp dir.
 pub struct Pki {
@@ -22,6 +26,38 @@ pub struct Pki {
 }
 
 impl Pki {
+    /// Starts the server binary with this certificate on its listener (`--tls-cert`,
+    /// `--tls-key`) and `extra` flags, ready once TLS handshakes succeed.
+    pub async fn start_server(&self, extra: &[&str]) -> Result<ServerProcess> {
+        let mut args = vec![
+            "--tls-cert".to_owned(),
+            self.cert.display().to_string(),
+            "--tls-key".to_owned(),
+            self.key.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let server = ServerProcess::spawn(&server_binary(), &args, &[])?;
+        self.wait_for_server(server.addr())
+            .await
+            .with_context(|| server.logs())?;
+        Ok(server)
+    }
+
+    /// Waits until a TLS handshake trusting only this CA succeeds at `addr`.
+    pub async fn wait_for_server(&self, addr: SocketAddr) -> Result<()> {
+        let connector = tokio_rustls::TlsConnector::from(self.client_config()?);
+        for _ in 0..200 {
+            if let Ok(tcp) = TcpStream::connect(addr).await {
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+                if connector.connect(name, tcp).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("TLS listener never became ready")
+    }
+
     /// Generates a CA and a server certificate for 127.0.0.1 and localhost.
     pub fn generate() -> Result<Pki> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
