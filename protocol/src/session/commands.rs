@@ -32,20 +32,7 @@ impl Session {
         let channel = channel.into();
         self.admit()?;
         validate_channel(&channel)?;
-        let id = self.alloc_id();
-        self.cancel_waiter(&channel);
-        let mut sub = Subscription::new(offset);
-        sub.waiter = Some(id);
-        self.subs.insert(channel.clone(), sub);
-        let kind = Kind::Subscribe {
-            channel: channel.clone(),
-        };
-        self.requests
-            .insert(id, Pending::new(kind, Origin::User), None);
-        if self.is_connected() {
-            self.send_subscribe(&channel);
-        }
-        Ok(RequestId(id))
+        Ok(self.start_subscription(channel, Subscription::new(offset)))
     }
 
     /// Joins consumer group `group` of `channel` as `consumer`: each message of the channel
@@ -68,9 +55,14 @@ impl Session {
         validate_channel(&channel)?;
         validate_channel(&group)?;
         validate_channel(&consumer)?;
+        Ok(self.start_subscription(channel, Subscription::new_group(offset, group, consumer)))
+    }
+
+    /// Registers a (plain or group) subscription, replacing any earlier one of the channel,
+    /// and sends its `subscribe` when connected.
+    fn start_subscription(&mut self, channel: String, mut sub: Subscription) -> RequestId {
         let id = self.alloc_id();
         self.cancel_waiter(&channel);
-        let mut sub = Subscription::new_group(offset, group, consumer);
         sub.waiter = Some(id);
         self.subs.insert(channel.clone(), sub);
         let kind = Kind::Subscribe {
@@ -81,7 +73,7 @@ impl Session {
         if self.is_connected() {
             self.send_subscribe(&channel);
         }
-        Ok(RequestId(id))
+        RequestId(id)
     }
 
     /// Acknowledges messages of consumer group `group` of `channel` by offset, so they are not
