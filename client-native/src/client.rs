@@ -72,7 +72,18 @@ impl Client {
         channel: impl Into<String>,
         offset: impl Into<Offset>,
     ) -> Result<Subscription, Error> {
-        let channel = channel.into();
+        self.open_subscription(channel.into(), offset.into(), None)
+            .await
+    }
+
+    /// Sends a (plain or group) subscribe and, once the server confirmed it, returns the
+    /// subscription's stream.
+    async fn open_subscription(
+        &self,
+        channel: String,
+        offset: Offset,
+        group: Option<(String, String)>,
+    ) -> Result<Subscription, Error> {
         let capacity = self.inner.subscription_buffer;
         let (tx, rx) = mpsc::channel(capacity);
         let shared = Arc::new(SubShared::default());
@@ -80,11 +91,11 @@ impl Client {
         let (reply, answer) = oneshot::channel();
         let request = SubscribeRequest {
             channel: channel.clone(),
-            offset: offset.into(),
+            offset,
             sub,
             tx,
             shared: shared.clone(),
-            group: None,
+            group,
         };
         self.send(Command::Subscribe { request, reply }).await?;
         let start = self.answer(answer).await?;
@@ -115,33 +126,14 @@ impl Client {
         consumer: impl Into<String>,
         start: impl Into<Offset>,
     ) -> Result<GroupSubscription, Error> {
-        let channel = channel.into();
         let group = group.into();
-        let capacity = self.inner.subscription_buffer;
-        let (tx, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(SubShared::default());
-        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        let request = SubscribeRequest {
-            channel: channel.clone(),
-            offset: start.into(),
-            sub,
-            tx,
-            shared: shared.clone(),
-            group: Some((group.clone(), consumer.into())),
-        };
-        self.send(Command::Subscribe { request, reply }).await?;
-        let start = self.answer(answer).await?;
-        let inner = Subscription::new(
-            channel,
-            sub,
-            rx,
-            capacity,
-            shared,
-            self.inner.wake.clone(),
-            self.inner.commands.clone(),
-            start,
-        );
+        let inner = self
+            .open_subscription(
+                channel.into(),
+                start.into(),
+                Some((group.clone(), consumer.into())),
+            )
+            .await?;
         Ok(GroupSubscription::new(inner, group, self.clone()))
     }
 

@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use common::start_server;
 use futures_util::StreamExt;
 use redistribute_client::{Client, Error, Event, Message, Offset, StreamId, Subscription};
-use redistribute_testkit::{free_port, server_binary, RedisServer, RespValue};
+use redistribute_testkit::{server_binary, RedisServer, RespValue};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -467,7 +467,9 @@ async fn sub_and_pub_commands() -> Result<()> {
     let out = run_cli(&["pub", "chat", "n:=nope", "--target", &url]).await?;
     ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not JSON"));
 
-    let dead = format!("ws://127.0.0.1:{}/ws", free_port());
+    // Port 1 (tcpmux) is never served here: connections are refused at once. A port that was
+    // free a moment ago may meanwhile belong to another test's server or Redis.
+    let dead = "ws://127.0.0.1:1/ws".to_owned();
     for args in [
         vec!["sub", "chat", "--target", &dead, "--give-up-after", "1"],
         vec![
