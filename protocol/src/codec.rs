@@ -14,7 +14,8 @@ pub struct DecodeError {
     pub error: ProtocolError,
 }
 
-const CLIENT_TYPES: &[&str] = &[
+/// The `type` of every client frame.
+pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "connect",
     "subscribe",
     "unsubscribe",
@@ -33,24 +34,26 @@ pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
             })?;
             Ok(frame)
         }
-        Err(err) => Err(explain(text, err, CLIENT_TYPES)),
+        Err(err) => Err(explain(text, err, CLIENT_FRAME_TYPES)),
     }
 }
 
+/// The `type` of every server frame.
+pub const SERVER_FRAME_TYPES: &[&str] = &[
+    "connected",
+    "subscribed",
+    "unsubscribed",
+    "published",
+    "acked",
+    "pong",
+    "messages",
+    "gap",
+    "error",
+];
+
 /// Decodes a server frame (used by clients).
 pub fn decode_server(text: &str) -> Result<ServerFrame, DecodeError> {
-    const SERVER_TYPES: &[&str] = &[
-        "connected",
-        "subscribed",
-        "unsubscribed",
-        "published",
-        "acked",
-        "pong",
-        "messages",
-        "gap",
-        "error",
-    ];
-    serde_json::from_str::<ServerFrame>(text).map_err(|err| explain(text, err, SERVER_TYPES))
+    serde_json::from_str::<ServerFrame>(text).map_err(|err| explain(text, err, SERVER_FRAME_TYPES))
 }
 
 /// Encodes a server frame as JSON text.

@@ -13,29 +13,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use redistribute_protocol::{
+    codec::{CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES},
     decode_client, decode_server, encode_client, encode_server, DecodeError, ProtocolError,
 };
 use serde_json::Value;
-
-const CLIENT_TYPES: [&str; 6] = [
-    "connect",
-    "subscribe",
-    "unsubscribe",
-    "publish",
-    "ack",
-    "ping",
-];
-const SERVER_TYPES: [&str; 9] = [
-    "connected",
-    "subscribed",
-    "unsubscribed",
-    "published",
-    "acked",
-    "pong",
-    "messages",
-    "gap",
-    "error",
-];
 
 /// The `.json` files of a vector folder, sorted.
 fn vectors(folder: &str) -> Vec<(PathBuf, String)> {
@@ -85,13 +66,13 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 #[test]
 fn client_vectors_round_trip_and_cover_every_frame() {
     let types = round_trip("client", |t| decode_client(t).map(|f| encode_client(&f)));
-    assert_eq!(types, set(&CLIENT_TYPES));
+    assert_eq!(types, set(CLIENT_FRAME_TYPES));
 }
 
 #[test]
 fn server_vectors_round_trip_and_cover_every_frame() {
     let types = round_trip("server", |t| decode_server(t).map(|f| encode_server(&f)));
-    assert_eq!(types, set(&SERVER_TYPES));
+    assert_eq!(types, set(SERVER_FRAME_TYPES));
 }
 
 #[test]

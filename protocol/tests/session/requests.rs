@@ -58,13 +58,7 @@ fn a_request_times_out_after_the_request_timeout_from_the_call() {
     pair.advance(Duration::from_secs(10) - ms(1));
     assert!(outcomes(&pair, id).is_empty());
     pair.advance(ms(1));
-    assert_eq!(
-        outcomes(&pair, id),
-        vec![Event::RequestFailed {
-            id,
-            error: RequestError::Timeout
-        }]
-    );
+    assert_timed_out(&pair, id);
     assert_eq!(pair.events.last().unwrap().0, Duration::from_secs(13));
     // A late reply is ignored: still exactly one outcome.
     pair.server.outbox.push_back(ServerFrame::Published {
@@ -190,13 +184,7 @@ fn queued_publishes_still_time_out() {
     pair.advance(Duration::from_secs(10) - ms(1));
     assert!(outcomes(&pair, id).is_empty());
     pair.advance(ms(1));
-    assert_eq!(
-        outcomes(&pair, id),
-        vec![Event::RequestFailed {
-            id,
-            error: RequestError::Timeout
-        }]
-    );
+    assert_timed_out(&pair, id);
 }
 
 #[test]
@@ -407,5 +395,16 @@ fn server_errors_with_and_without_id() {
                 }
             },
         ]
+    );
+}
+
+/// Asserts the request's one outcome is a timeout.
+fn assert_timed_out(pair: &Pair, id: RequestId) {
+    assert_eq!(
+        outcomes(pair, id),
+        vec![Event::RequestFailed {
+            id,
+            error: RequestError::Timeout
+        }]
     );
 }
