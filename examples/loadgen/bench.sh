@@ -27,7 +27,7 @@ if [ "$engine" = redis ]; then
   redis_opts=(--redis "redis://127.0.0.1:$redis_port")
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-"$PWD/target/release/redistribute" --listen "127.0.0.1:$port" "${redis_opts[@]}" \
+"${BENCH_SERVER_BIN:-$PWD/target/release/redistribute}" --listen "127.0.0.1:$port" "${redis_opts[@]}" \
   --max-connections-per-ip 100000 --publish-rate 1000000 --publish-burst 1000000 \
   --subscribe-rate 1000000 --subscribe-burst 1000000 --log-format json "${server_args[@]}" \
   >"$dir/server.log" 2>&1 &

@@ -11,7 +11,6 @@ use redistribute_protocol::StreamId;
 use redistribute_server::engine::{Batch, BatchBuilder, LiveSink};
 use redistribute_server::feed::Outbound;
 use redistribute_server::hub::{Hub, LiveQueue, LiveQueueReceiver, Subscriber, SubscriberShared};
-use tokio::sync::Notify;
 
 const PAD: &str = "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"";
 
@@ -47,7 +46,7 @@ fn fanout(c: &mut Criterion) {
         for conn in 0..subscribers {
             let (queue, rx) = LiveQueue::new(64, 1 << 20);
             receivers.push(rx);
-            let shared = SubscriberShared::new(Arc::new(Notify::new()));
+            let shared = SubscriberShared::new();
             let _ready = hub.subscribe(
                 &channel,
                 Subscriber {

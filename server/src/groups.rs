@@ -49,7 +49,7 @@ use tracing::{debug, warn};
 
 use crate::engine::{Batch, BatchBuilder, Engine, EngineError, GroupRead, PublishRequest};
 use crate::error::RequestError;
-use crate::hub::{Hub, LiveQueue, Subscriber, SubscriberShared};
+use crate::hub::{Hub, LiveQueue, QueueEvent, Subscriber, SubscriberShared};
 
 /// Most unacknowledged entries a consumer holds at once.
 pub const WINDOW: usize = 64;
@@ -252,8 +252,7 @@ impl Drop for Member {
 async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
     // Hear about new entries of the channel from the instance's live readers.
     let conn = u64::MAX - groups.next_consumer.fetch_add(1, Ordering::Relaxed);
-    let lag = Arc::new(Notify::new());
-    let shared = SubscriberShared::new(lag.clone());
+    let shared = SubscriberShared::new();
     let (queue, mut live) = LiveQueue::new(16, 1 << 20);
     let mut ready = groups.hub.subscribe(
         &poller.channel,
@@ -286,12 +285,10 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
         tokio::select! {
             _ = poller.stop.cancelled() => break,
             _ = poller.wake.notified() => {}
-            Some(_) = live.recv() => {
-                while live.try_recv().is_some() {}
-            }
-            _ = lag.notified() => {
-                shared.lagging.store(false, Ordering::Release);
-            }
+            event = live.recv() => match event {
+                QueueEvent::Batch(_) => while live.try_recv().is_some() {},
+                QueueEvent::Signalled => shared.lagging.store(false, Ordering::Release),
+            },
             _ = tokio::time::sleep(until_claim) => {}
         }
     }

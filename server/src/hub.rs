@@ -7,41 +7,56 @@
 //! The first subscriber of a channel makes the hub watch it in the engine; the last one leaving
 //! unwatches it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
 
-use parking_lot::RwLock;
-use tokio::sync::{mpsc, watch, Notify};
+use futures_util::task::AtomicWaker;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
 
 use crate::engine::{Batch, Engine, LiveSink};
 
 /// State shared between a subscription's connection and the hub.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SubscriberShared {
-    /// Set by the hub when a batch could not be queued; cleared by the connection once it has
-    /// caught up.
+    /// Set by the hub when a batch could not be queued (the hub then signals the connection's
+    /// queue, see [`LiveQueue::signal`]); cleared by the connection once it has caught up.
     pub lagging: AtomicBool,
-    /// Wakes the connection when `lagging` is set.
-    pub wake: Arc<Notify>,
 }
 
 impl SubscriberShared {
-    /// A subscription that is not lagging, waking `wake`.
-    pub fn new(wake: Arc<Notify>) -> Arc<Self> {
-        Arc::new(SubscriberShared {
-            lagging: AtomicBool::new(false),
-            wake,
-        })
+    /// A subscription that is not lagging.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
     }
 }
 
-/// A connection's live queue, bounded in batches and in bytes.
+/// A connection's live queue, bounded in batches and in bytes: the hub offers batches without
+/// waiting, the connection takes them. One lock and one waker, and the connection is woken
+/// only when the queue turns non-empty (it drains whatever has piled up meanwhile).
 #[derive(Debug, Clone)]
 pub struct LiveQueue {
-    sender: mpsc::Sender<Arc<Batch>>,
-    queued_bytes: Arc<AtomicUsize>,
+    shared: Arc<QueueShared>,
+}
+
+#[derive(Debug)]
+struct QueueShared {
+    state: Mutex<QueueState>,
+    waker: AtomicWaker,
+    max_batches: usize,
     max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    batches: VecDeque<Arc<Batch>>,
+    bytes: usize,
+    /// [`LiveQueue::signal`] was called since the receiver last looked.
+    signalled: bool,
+    /// The receiver is gone.
+    closed: bool,
 }
 
 /// What happened to a batch offered to a [`LiveQueue`].
@@ -55,68 +70,112 @@ pub enum Offer {
     Closed,
 }
 
+/// What a [`LiveQueueReceiver`] yields.
+#[derive(Debug)]
+pub enum QueueEvent {
+    /// The next batch.
+    Batch(Arc<Batch>),
+    /// [`LiveQueue::signal`] was called (a subscription started lagging).
+    Signalled,
+}
+
 impl LiveQueue {
     /// A queue of at most `max_batches` batches and `max_bytes` encoded bytes.
     pub fn new(max_batches: usize, max_bytes: usize) -> (LiveQueue, LiveQueueReceiver) {
-        let (sender, receiver) = mpsc::channel(max_batches.max(1));
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(QueueShared {
+            state: Mutex::default(),
+            waker: AtomicWaker::new(),
+            max_batches: max_batches.max(1),
+            max_bytes,
+        });
         (
             LiveQueue {
-                sender,
-                queued_bytes: queued_bytes.clone(),
-                max_bytes,
+                shared: shared.clone(),
             },
-            LiveQueueReceiver {
-                receiver,
-                queued_bytes,
-            },
+            LiveQueueReceiver { shared },
         )
     }
 
     /// Offers a batch without waiting.
     pub fn offer(&self, batch: &Arc<Batch>) -> Offer {
         let size = batch.frame().len();
-        let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        // A single batch larger than the limit still passes into an empty queue.
-        if before > 0 && before + size > self.max_bytes {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        let mut state = self.shared.state.lock();
+        if state.closed {
+            return Offer::Closed;
+        }
+        // A single batch larger than the byte limit still passes into an empty queue.
+        let len = state.batches.len();
+        if len >= self.shared.max_batches || (len > 0 && state.bytes + size > self.shared.max_bytes)
+        {
             return Offer::Full;
         }
-        match self.sender.try_send(batch.clone()) {
-            Ok(()) => Offer::Queued,
-            Err(err) => {
-                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-                match err {
-                    mpsc::error::TrySendError::Full(_) => Offer::Full,
-                    mpsc::error::TrySendError::Closed(_) => Offer::Closed,
-                }
-            }
+        state.batches.push_back(batch.clone());
+        state.bytes += size;
+        drop(state);
+        if len == 0 {
+            self.shared.waker.wake();
         }
+        Offer::Queued
+    }
+
+    /// Wakes the receiver with [`QueueEvent::Signalled`] (before any queued batch).
+    pub fn signal(&self) {
+        self.shared.state.lock().signalled = true;
+        self.shared.waker.wake();
     }
 }
 
-/// The connection's end of its [`LiveQueue`].
+/// The connection's end of its [`LiveQueue`]. Dropping it closes the queue.
 #[derive(Debug)]
 pub struct LiveQueueReceiver {
-    receiver: mpsc::Receiver<Arc<Batch>>,
-    queued_bytes: Arc<AtomicUsize>,
+    shared: Arc<QueueShared>,
 }
 
 impl LiveQueueReceiver {
-    /// Waits for the next batch.
-    pub async fn recv(&mut self) -> Option<Arc<Batch>> {
-        let batch = self.receiver.recv().await?;
-        self.queued_bytes
-            .fetch_sub(batch.frame().len(), Ordering::AcqRel);
+    /// The next event, or `Pending` (and a wake-up when there is one).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<QueueEvent> {
+        if let Some(event) = self.try_event() {
+            return Poll::Ready(event);
+        }
+        self.shared.waker.register(cx.waker());
+        // An offer between the first look and the registration found the queue empty and
+        // woke the old waker: look again.
+        match self.try_event() {
+            Some(event) => Poll::Ready(event),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Waits for the next event.
+    pub async fn recv(&mut self) -> QueueEvent {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Takes the next batch if one is waiting (a pending signal stays pending).
+    pub fn try_recv(&mut self) -> Option<Arc<Batch>> {
+        let mut state = self.shared.state.lock();
+        let batch = state.batches.pop_front()?;
+        state.bytes -= batch.frame().len();
         Some(batch)
     }
 
-    /// Takes the next batch if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Arc<Batch>> {
-        let batch = self.receiver.try_recv().ok()?;
-        self.queued_bytes
-            .fetch_sub(batch.frame().len(), Ordering::AcqRel);
-        Some(batch)
+    fn try_event(&mut self) -> Option<QueueEvent> {
+        let mut state = self.shared.state.lock();
+        if std::mem::take(&mut state.signalled) {
+            return Some(QueueEvent::Signalled);
+        }
+        let batch = state.batches.pop_front()?;
+        state.bytes -= batch.frame().len();
+        Some(QueueEvent::Batch(batch))
+    }
+}
+
+impl Drop for LiveQueueReceiver {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock();
+        state.closed = true;
+        state.batches = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -125,7 +184,7 @@ impl LiveQueueReceiver {
 pub struct Subscriber {
     /// The connection's id (unique within the instance).
     pub conn: u64,
-    /// Lag flag and wake-up.
+    /// Lag flag.
     pub shared: Arc<SubscriberShared>,
     /// The connection's live queue.
     pub queue: LiveQueue,
@@ -253,7 +312,7 @@ impl LiveSink for Hub {
                 Offer::Queued => delivered += 1,
                 Offer::Full => {
                     sub.shared.lagging.store(true, Ordering::Release);
-                    sub.shared.wake.notify_one();
+                    sub.queue.signal();
                     self.stats.lag_events.fetch_add(1, Ordering::Relaxed);
                     dropped += 1;
                 }
@@ -267,5 +326,124 @@ impl LiveSink for Hub {
         self.stats
             .dropped_batches
             .fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use redistribute_protocol::StreamId;
+
+    use super::*;
+    use crate::engine::BatchBuilder;
+
+    fn batch(id: u64, pad: usize) -> Arc<Batch> {
+        let mut b = BatchBuilder::new("c".into());
+        b.begin_entry(StreamId::new(id, 0));
+        b.field(true, "pad", &"x".repeat(pad));
+        b.end_entry();
+        Arc::new(b.finish().expect("one entry"))
+    }
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll(rx: &mut LiveQueueReceiver, waker: &Arc<CountingWaker>) -> Option<QueueEvent> {
+        let waker = Waker::from(waker.clone());
+        match rx.poll_recv(&mut Context::from_waker(&waker)) {
+            Poll::Ready(event) => Some(event),
+            Poll::Pending => None,
+        }
+    }
+
+    fn id_of(event: Option<QueueEvent>) -> Option<u64> {
+        match event {
+            Some(QueueEvent::Batch(b)) => Some(b.first_id().ms),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn bounded_in_batches() {
+        let (tx, mut rx) = LiveQueue::new(2, 1 << 20);
+        assert_eq!(tx.offer(&batch(1, 1)), Offer::Queued);
+        assert_eq!(tx.offer(&batch(2, 1)), Offer::Queued);
+        assert_eq!(tx.offer(&batch(3, 1)), Offer::Full);
+        assert_eq!(rx.try_recv().map(|b| b.first_id().ms), Some(1));
+        assert_eq!(tx.offer(&batch(4, 1)), Offer::Queued);
+        assert_eq!(rx.try_recv().map(|b| b.first_id().ms), Some(2));
+        assert_eq!(rx.try_recv().map(|b| b.first_id().ms), Some(4));
+        assert!(rx.try_recv().is_none());
+    }
+
+    #[test]
+    fn bounded_in_bytes_but_one_oversize_batch_passes_into_an_empty_queue() {
+        let (tx, mut rx) = LiveQueue::new(100, 1000);
+        assert_eq!(tx.offer(&batch(1, 5000)), Offer::Queued);
+        assert_eq!(tx.offer(&batch(2, 10)), Offer::Full);
+        assert!(rx.try_recv().is_some());
+        assert_eq!(tx.offer(&batch(3, 600)), Offer::Queued);
+        assert_eq!(
+            tx.offer(&batch(4, 600)),
+            Offer::Full,
+            "over 1000 bytes together"
+        );
+        assert!(rx.try_recv().is_some());
+        assert_eq!(
+            tx.offer(&batch(5, 600)),
+            Offer::Queued,
+            "bytes are released on take"
+        );
+    }
+
+    #[test]
+    fn wakes_once_when_the_queue_turns_non_empty() {
+        let (tx, mut rx) = LiveQueue::new(16, 1 << 20);
+        let waker = Arc::new(CountingWaker::default());
+        assert!(poll(&mut rx, &waker).is_none());
+        tx.offer(&batch(1, 1));
+        tx.offer(&batch(2, 1));
+        tx.offer(&batch(3, 1));
+        assert_eq!(waker.0.load(Ordering::SeqCst), 1);
+        assert_eq!(id_of(poll(&mut rx, &waker)), Some(1));
+        assert_eq!(id_of(poll(&mut rx, &waker)), Some(2));
+        assert_eq!(id_of(poll(&mut rx, &waker)), Some(3));
+        assert!(poll(&mut rx, &waker).is_none());
+        tx.offer(&batch(4, 1));
+        assert_eq!(waker.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_signal_wakes_and_comes_before_queued_batches() {
+        let (tx, mut rx) = LiveQueue::new(16, 1 << 20);
+        let waker = Arc::new(CountingWaker::default());
+        assert!(poll(&mut rx, &waker).is_none());
+        tx.offer(&batch(1, 1));
+        tx.signal();
+        // One wake-up: the registration is used up until the receiver polls again.
+        assert_eq!(waker.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(poll(&mut rx, &waker), Some(QueueEvent::Signalled)));
+        assert_eq!(id_of(poll(&mut rx, &waker)), Some(1));
+        assert!(poll(&mut rx, &waker).is_none());
+    }
+
+    #[test]
+    fn closed_once_the_receiver_is_gone() {
+        let (tx, rx) = LiveQueue::new(16, 1 << 20);
+        tx.offer(&batch(1, 1));
+        drop(rx);
+        assert_eq!(tx.offer(&batch(2, 1)), Offer::Closed);
+        assert!(
+            tx.shared.state.lock().batches.is_empty(),
+            "queued batches are freed"
+        );
     }
 }

@@ -48,17 +48,11 @@ impl Feed {
         }
         let timeout = self.app.config.limits.request_timeout
             + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+        let sender = self.group_sender();
         let (last, member) = self
             .app
             .groups
-            .join(
-                channel,
-                group,
-                consumer,
-                offset,
-                self.group_tx.clone(),
-                timeout,
-            )
+            .join(channel, group, consumer, offset, sender, timeout)
             .await?;
         self.groups.insert(Arc::from(channel), member);
         Ok(last)
@@ -82,6 +76,14 @@ impl Feed {
             member.acked(offsets);
         }
         Ok(count)
+    }
+
+    /// The sender of this feed's group queue, made on first use.
+    fn group_sender(&mut self) -> crate::groups::GroupSender {
+        let (tx, _) = self
+            .group_queue
+            .get_or_insert_with(|| tokio::sync::mpsc::channel(QUEUE_BATCHES));
+        tx.clone()
     }
 
     /// Collects a batch the group poller assigned to this connection; entries of a group

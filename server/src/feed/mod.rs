@@ -16,15 +16,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use redistribute_protocol::{Offset, StreamId};
-use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::engine::{Batch, EngineError, Position};
 use crate::error::RequestError;
-use crate::hub::{LiveQueue, LiveQueueReceiver, Subscriber, SubscriberShared};
+use crate::hub::{LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared};
 use crate::App;
 pub use outbound::Outbound;
 use subscription::{AfterPage, Subscription};
@@ -86,14 +86,16 @@ pub struct Feed {
     subs: HashMap<Arc<str>, Subscription>,
     queue_tx: LiveQueue,
     queue_rx: LiveQueueReceiver,
-    wake: Arc<Notify>,
     catch_up: VecDeque<Arc<str>>,
     in_flight: Option<CatchUpFuture>,
     out: Outbound,
     /// Consumer-group subscriptions by channel ([`group`]).
     groups: HashMap<Arc<str>, crate::groups::Member>,
-    group_tx: crate::groups::GroupSender,
-    group_rx: tokio::sync::mpsc::Receiver<Arc<Batch>>,
+    /// The queue group pollers deliver to, made with the first group subscription.
+    group_queue: Option<(
+        crate::groups::GroupSender,
+        tokio::sync::mpsc::Receiver<Arc<Batch>>,
+    )>,
 }
 
 impl Feed {
@@ -101,20 +103,17 @@ impl Feed {
     pub fn new(app: Arc<App>) -> Feed {
         let limits = &app.config.limits;
         let (queue_tx, queue_rx) = LiveQueue::new(limits.queue_batches, limits.queue_bytes);
-        let (group_tx, group_rx) = tokio::sync::mpsc::channel(group::QUEUE_BATCHES);
         Feed {
             id: app.next_connection_id(),
             app,
             subs: HashMap::new(),
             queue_tx,
             queue_rx,
-            wake: Arc::new(Notify::new()),
             catch_up: VecDeque::new(),
             in_flight: None,
             out: Outbound::default(),
             groups: HashMap::new(),
-            group_tx,
-            group_rx,
+            group_queue: None,
         }
     }
 
@@ -152,7 +151,7 @@ impl Feed {
             )));
         }
         let channel: Arc<str> = Arc::from(channel);
-        let shared = SubscriberShared::new(self.wake.clone());
+        let shared = SubscriberShared::new();
         let mut ready = self.app.hub.subscribe(
             &channel,
             Subscriber {
@@ -208,19 +207,40 @@ impl Feed {
     /// Waits until something is ready to deliver (see [`Feed::take`]). Cancel-safe: progress
     /// made before a cancellation is kept for the next call.
     pub async fn ready(&mut self) {
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// [`Feed::ready`] as a poll: each round looks at every source once (live queue, group
+    /// queue, catch-up read), so none of them starves the others.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             self.start_catch_up_read();
             if !self.out.is_empty() {
-                return;
+                return Poll::Ready(());
             }
-            tokio::select! {
-                Some(batch) = self.queue_rx.recv() => self.take_live(batch),
-                Some(batch) = self.group_rx.recv() => self.take_group(batch),
-                _ = self.wake.notified() => self.on_lag(),
-                (channel, after, result) = poll_in_flight(&mut self.in_flight) => {
+            let mut progressed = false;
+            if let Poll::Ready(event) = self.queue_rx.poll_recv(cx) {
+                progressed = true;
+                match event {
+                    QueueEvent::Batch(batch) => self.take_live(batch),
+                    QueueEvent::Signalled => self.on_lag(),
+                }
+            }
+            if let Some((_, group_rx)) = &mut self.group_queue {
+                if let Poll::Ready(Some(batch)) = group_rx.poll_recv(cx) {
+                    progressed = true;
+                    self.take_group(batch);
+                }
+            }
+            if let Some(read) = &mut self.in_flight {
+                if let Poll::Ready((channel, after, result)) = read.as_mut().poll(cx) {
+                    progressed = true;
                     self.in_flight = None;
                     self.on_page(channel, after, result);
                 }
+            }
+            if !progressed {
+                return Poll::Pending;
             }
         }
     }
@@ -333,16 +353,6 @@ impl Drop for Feed {
         for channel in self.subs.keys() {
             self.app.hub.unsubscribe(channel, self.id);
         }
-    }
-}
-
-/// Awaits the in-flight catch-up read; pending forever when there is none.
-async fn poll_in_flight(
-    in_flight: &mut Option<CatchUpFuture>,
-) -> (Arc<str>, StreamId, Result<Option<Batch>, EngineError>) {
-    match in_flight {
-        Some(fut) => fut.await,
-        None => std::future::pending().await,
     }
 }
 

@@ -133,7 +133,6 @@ impl Subscription {
 mod tests {
     use super::*;
     use crate::engine::BatchBuilder;
-    use tokio::sync::Notify;
 
     fn batch(ids: &[u64]) -> Batch {
         let mut b = BatchBuilder::new("c".into());
@@ -146,10 +145,7 @@ mod tests {
     }
 
     fn sub(start: u64) -> Subscription {
-        Subscription::new(
-            SubscriberShared::new(Arc::new(Notify::new())),
-            StreamId::new(start, 0),
-        )
+        Subscription::new(SubscriberShared::new(), StreamId::new(start, 0))
     }
 
     #[test]
