@@ -75,10 +75,15 @@ pub async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tasks = app.tasks.clone();
-            tasks.track_future(async move {
-                // Keep counting against the per-IP limit while the WebSocket lives.
-                let _slot = slot;
-                serve_websocket(socket, app, peer, claims, authenticated).await
-            })
+            // The slot keeps counting against the per-IP limit while the WebSocket lives.
+            let slot = slot.map(|Extension(slot)| slot);
+            tasks.track_future(serve_websocket(
+                socket,
+                app,
+                peer,
+                claims,
+                authenticated,
+                slot,
+            ))
         })
 }

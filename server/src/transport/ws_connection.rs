@@ -23,6 +23,7 @@ use crate::engine::{EngineError, PublishRequest, MAX_FIELDS};
 use crate::error::RequestError;
 use crate::feed::Feed;
 use crate::limits::TokenBucket;
+use crate::listener::IpSlot;
 use crate::App;
 
 /// WebSocket close codes of protocol v1.
@@ -58,17 +59,26 @@ enum End {
 
 /// Serves one upgraded WebSocket until it closes. `claims` come from an `Authorization`
 /// header on the upgrade; `authenticated` says whether the connection may act before a
-/// `connect` frame (auth off, or a valid header token).
-pub async fn serve_websocket(
-    mut socket: WebSocket,
+/// `connect` frame (auth off, or a valid header token); `slot` is held (counting against the
+/// per-IP limit) until the connection ends.
+///
+/// This is a plain function returning the connection's future, built so that the socket and
+/// the connection state are stored in it once: an `async fn` keeps its arguments and the
+/// locals they are moved into side by side, and every idle connection pays for its future's
+/// whole size ([`IDLE_FUTURE_MAX_BYTES`]).
+pub fn serve_websocket(
+    socket: WebSocket,
     app: Arc<App>,
     peer: SocketAddr,
     claims: Option<Arc<Claims>>,
     authenticated: bool,
-) {
+    slot: Option<Arc<IpSlot>>,
+) -> impl Future<Output = ()> + Send + 'static {
     let now = Instant::now();
     let limits = &app.config.limits;
+    let expiry = claims.as_deref().map(token_expiry);
     let mut conn = Connection {
+        socket,
         feed: Feed::new(app.clone()),
         ctx: AuthContext {
             claims,
@@ -76,20 +86,22 @@ pub async fn serve_websocket(
             transport: "ws",
         },
         authenticated,
+        expiry,
         publish_bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
         subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),
         missed_pongs: 0,
-        app,
         bad_frames: 0,
-        publishes: FuturesOrdered::new(),
+        publishes: None,
+        _slot: slot,
+        app,
     };
     let span = info_span!("conn", id = conn.feed.id(), transport = "ws", %peer);
     async move {
         debug!("connected");
-        let connections = metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws");
-        connections.increment(1.0);
-        let end = conn.run(&mut socket).await;
-        drop(conn);
+        // Not holding the gauge handle: each handle is an allocation of its own.
+        metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").increment(1.0);
+        let end = conn.run().await;
+        let mut socket = conn.release();
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code,
@@ -101,76 +113,112 @@ pub async fn serve_websocket(
             )
             .await;
         }
-        connections.decrement(1.0);
+        metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").decrement(1.0);
         debug!("disconnected");
     }
     .instrument(span)
-    .await
 }
+
+/// Upper bound on the size of a WebSocket connection's future (the socket, the connection
+/// state and the idle `select!`), checked by a test: tokio allocates the whole future for
+/// every connection, so this is most of an idle connection's memory. Handling a request is
+/// boxed for its duration instead of being part of every connection's future.
+pub const IDLE_FUTURE_MAX_BYTES: usize = 1664;
 
 struct Connection {
     app: Arc<App>,
+    socket: WebSocket,
     feed: Feed,
     ctx: AuthContext,
     authenticated: bool,
+    /// When the current token expires.
+    expiry: Option<tokio::time::Instant>,
     publish_bucket: TokenBucket,
     subscribe_bucket: TokenBucket,
     missed_pongs: u32,
     bad_frames: u32,
-    publishes: FuturesOrdered<PublishFuture>,
+    /// Created with the first publish (most connections only subscribe).
+    publishes: Option<FuturesOrdered<PublishFuture>>,
+    _slot: Option<Arc<IpSlot>>,
 }
 
 impl Connection {
-    async fn run(&mut self, socket: &mut WebSocket) -> End {
+    async fn run(&mut self) -> End {
         let shutdown = self.app.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let limits = &self.app.config.limits;
-        let auth_deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-        let mut ping = tokio::time::interval(limits.ws_ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
+        let ping_interval = limits.ws_ping_interval;
+        let now = tokio::time::Instant::now();
+        let auth_deadline = now + limits.handshake_timeout;
+        let mut ping_due = now + ping_interval;
+        // One timer for the ping, the authentication deadline and the token's expiry, reset
+        // only when the earliest of them changes.
+        let timer = tokio::time::sleep_until(ping_due);
+        tokio::pin!(timer);
+        let mut fired = false;
         loop {
-            let expiry = self.token_expiry();
+            let mut deadline = ping_due;
+            if !self.authenticated {
+                deadline = deadline.min(auth_deadline);
+            }
+            if let Some(expiry) = self.expiry {
+                deadline = deadline.min(expiry);
+            }
+            if fired || timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+                fired = false;
+            }
+            let in_flight = self.publishes.as_ref().map_or(0, FuturesOrdered::len);
             let result = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    self.finish_publishes(socket).await;
+                () = &mut cancelled => {
+                    Box::pin(self.finish_publishes()).await;
                     return End::Close(close_code::RESTART, "server restarting");
                 }
-                () = tokio::time::sleep_until(auth_deadline), if !self.authenticated => {
-                    return End::Close(close_code::POLICY, "authentication timeout");
-                }
-                () = sleep_until_opt(expiry) => {
-                    let frame = ServerFrame::Error {
-                        id: None,
-                        code: ErrorCode::Unauthorized,
-                        message: "token expired; reconnect with a new token".into(),
-                    };
-                    let _ = send(socket, &frame).await;
-                    return End::Close(close_code::POLICY, "token expired");
-                }
-                _ = ping.tick() => {
-                    if self.missed_pongs >= 2 {
-                        debug!("two pings unanswered; dropping the connection");
-                        return End::Gone;
+                () = &mut timer => {
+                    fired = true;
+                    let now = tokio::time::Instant::now();
+                    if !self.authenticated && now >= auth_deadline {
+                        return End::Close(close_code::POLICY, "authentication timeout");
                     }
-                    self.missed_pongs += 1;
-                    socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)
+                    if self.expiry.is_some_and(|expiry| now >= expiry) {
+                        let frame = ServerFrame::Error {
+                            id: None,
+                            code: ErrorCode::Unauthorized,
+                            message: "token expired; reconnect with a new token".into(),
+                        };
+                        let _ = Box::pin(send(&mut self.socket, &frame)).await;
+                        return End::Close(close_code::POLICY, "token expired");
+                    }
+                    if now >= ping_due {
+                        ping_due = now + ping_interval;
+                        if self.missed_pongs >= 2 {
+                            debug!("two pings unanswered; dropping the connection");
+                            return End::Gone;
+                        }
+                        self.missed_pongs += 1;
+                        self.socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)
+                    } else {
+                        Ok(())
+                    }
                 }
-                Some(reply) = self.publishes.next(), if !self.publishes.is_empty() => {
-                    send(socket, &reply).await
+                Some(reply) = next_reply(&mut self.publishes), if in_flight > 0 => {
+                    Box::pin(send(&mut self.socket, &reply)).await
                 }
-                msg = socket.recv(), if self.publishes.len() < MAX_PIPELINED_PUBLISHES => {
+                msg = self.socket.recv(), if in_flight < MAX_PIPELINED_PUBLISHES => {
                     self.missed_pongs = 0;
                     match msg {
-                        Some(Ok(Message::Text(text))) => self.on_text(socket, text.as_str()).await,
+                        // Boxed: handling a request takes far more state than waiting does.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str())).await,
                         Some(Ok(Message::Binary(_))) => {
-                            self.on_bad_frame(socket, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames").await
+                            Box::pin(self.on_bad_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames")).await
                         }
                         Some(Ok(Message::Close(_))) | None => return End::Gone,
                         Some(Ok(_)) => Ok(()),
                         Some(Err(err)) => return classify_read_error(&err),
                     }
                 }
-                () = self.feed.ready() => self.flush(socket).await,
+                () = self.feed.ready() => self.flush().await,
             };
             if let Err(end) = result {
                 return end;
@@ -178,12 +226,21 @@ impl Connection {
         }
     }
 
+    /// Ends the connection's subscriptions and hands back the socket (for the close frame).
+    fn release(self) -> WebSocket {
+        self.socket
+    }
+
     /// Answers the publishes still in flight (bounded by the request timeout), so a drain never
     /// drops a publish the engine may be storing.
-    async fn finish_publishes(&mut self, socket: &mut WebSocket) {
+    async fn finish_publishes(&mut self) {
+        let Some(publishes) = self.publishes.as_mut() else {
+            return;
+        };
         let deadline = self.app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
+        let socket = &mut self.socket;
         let _ = tokio::time::timeout(deadline, async {
-            while let Some(reply) = self.publishes.next().await {
+            while let Some(reply) = publishes.next().await {
                 if send(socket, &reply).await.is_err() {
                     break;
                 }
@@ -192,31 +249,23 @@ impl Connection {
         .await;
     }
 
-    /// When the current token expires, as a tokio instant.
-    fn token_expiry(&self) -> Option<tokio::time::Instant> {
-        let claims = self.ctx.claims.as_ref()?;
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let left = claims.expires_at.saturating_sub(now_unix);
-        Some(tokio::time::Instant::now() + Duration::from_secs(left))
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        send(&mut self.socket, frame).await
     }
 
-    async fn flush(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+    async fn flush(&mut self) -> Result<(), End> {
         let mut out = self.feed.take();
         for frame in out.take_frames() {
-            socket
+            self.socket
                 .feed(Message::Text(frame))
                 .await
                 .map_err(|_| End::Gone)?;
         }
-        socket.flush().await.map_err(|_| End::Gone)
+        self.socket.flush().await.map_err(|_| End::Gone)
     }
 
     async fn on_bad_frame(
         &mut self,
-        socket: &mut WebSocket,
         id: Option<u64>,
         code: ErrorCode,
         message: &str,
@@ -228,26 +277,24 @@ impl Connection {
             code,
             message: message.to_owned(),
         };
-        send(socket, &frame).await?;
+        self.send(&frame).await?;
         if self.bad_frames >= self.app.config.limits.max_bad_frames {
             return Err(End::Close(close_code::POLICY, "too many bad frames"));
         }
         Ok(())
     }
 
-    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), End> {
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let frame = match decode_client(text) {
             Ok(frame) => frame,
             Err(err) => {
                 let message = err.error.to_string();
-                return self
-                    .on_bad_frame(socket, err.id, err.error.code(), &message)
-                    .await;
+                return self.on_bad_frame(err.id, err.error.code(), &message).await;
             }
         };
         let id = frame.id();
         if let ClientFrame::Connect { token, .. } = &frame {
-            return self.on_connect(socket, id, token.as_deref()).await;
+            return self.on_connect(id, token.as_deref()).await;
         }
         if !self.authenticated {
             let frame = ServerFrame::Error {
@@ -255,33 +302,29 @@ impl Connection {
                 code: ErrorCode::Unauthorized,
                 message: "authenticate first: send a connect frame with a token".into(),
             };
-            send(socket, &frame).await?;
+            self.send(&frame).await?;
             return Err(End::Close(close_code::POLICY, "unauthorized"));
         }
-        match self.on_request(socket, frame).await {
+        match self.on_request(frame).await {
             Ok(()) => {
                 self.bad_frames = 0;
                 Ok(())
             }
             Err(RequestError::Protocol { code, message }) if code == ErrorCode::BadRequest => {
-                self.on_bad_frame(socket, Some(id), code, &message).await
+                self.on_bad_frame(Some(id), code, &message).await
             }
             Err(RequestError::Socket) => Err(End::Gone),
-            Err(err) => send(socket, &err.into_frame(id)).await,
+            Err(err) => self.send(&err.into_frame(id)).await,
         }
     }
 
     /// `connect`: (re)authenticates with the token; a bad token closes the connection.
-    async fn on_connect(
-        &mut self,
-        socket: &mut WebSocket,
-        id: u64,
-        token: Option<&str>,
-    ) -> Result<(), End> {
+    async fn on_connect(&mut self, id: u64, token: Option<&str>) -> Result<(), End> {
         match self.app.authenticate(token) {
             Ok(claims) => {
-                if claims.is_some() {
-                    self.ctx.claims = claims;
+                if let Some(claims) = claims {
+                    self.expiry = Some(token_expiry(&claims));
+                    self.ctx.claims = Some(claims);
                 }
                 self.authenticated = true;
                 self.bad_frames = 0;
@@ -290,20 +333,16 @@ impl Connection {
                     client: format!("{:x}-{}", self.app.instance_id, self.feed.id()),
                     version: PROTOCOL_VERSION,
                 };
-                send(socket, &reply).await
+                self.send(&reply).await
             }
             Err(err) => {
-                send(socket, &err.into_frame(id)).await?;
+                self.send(&err.into_frame(id)).await?;
                 Err(End::Close(close_code::POLICY, "unauthorized"))
             }
         }
     }
 
-    async fn on_request(
-        &mut self,
-        socket: &mut WebSocket,
-        frame: ClientFrame,
-    ) -> Result<(), RequestError> {
+    async fn on_request(&mut self, frame: ClientFrame) -> Result<(), RequestError> {
         let reply = match frame {
             // Answered by `on_connect` before requests are dispatched here.
             ClientFrame::Connect { .. } => return Ok(()),
@@ -338,7 +377,7 @@ impl Connection {
                         truncated: false,
                     }
                 } else {
-                    return self.subscribe(socket, id, channel, offset).await;
+                    return self.subscribe(id, channel, offset).await;
                 }
             }
             ClientFrame::Unsubscribe { id, channel } => {
@@ -377,7 +416,8 @@ impl Connection {
                     },
                 )?;
                 let app = self.app.clone();
-                self.publishes.push_back(Box::pin(async move {
+                let publishes = self.publishes.get_or_insert_with(FuturesOrdered::new);
+                publishes.push_back(Box::pin(async move {
                     let request = PublishRequest {
                         channel: &channel,
                         fields: &fields,
@@ -409,12 +449,11 @@ impl Connection {
                 ServerFrame::Acked { id, count }
             }
         };
-        send(socket, &reply).await.map_err(|_| RequestError::Socket)
+        self.send(&reply).await.map_err(|_| RequestError::Socket)
     }
 
     async fn subscribe(
         &mut self,
-        socket: &mut WebSocket,
         id: u64,
         channel: String,
         offset: Offset,
@@ -426,12 +465,10 @@ impl Connection {
             offset: start.after,
             truncated: start.truncated,
         };
-        send(socket, &reply)
-            .await
-            .map_err(|_| RequestError::Socket)?;
+        self.send(&reply).await.map_err(|_| RequestError::Socket)?;
         if let Some((from, to)) = start.gap {
             let gap = ServerFrame::Gap { channel, from, to };
-            send(socket, &gap).await.map_err(|_| RequestError::Socket)?;
+            self.send(&gap).await.map_err(|_| RequestError::Socket)?;
         }
         Ok(())
     }
@@ -459,10 +496,20 @@ pub async fn publish(
     result
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// When a token with these claims expires, as a tokio instant.
+fn token_expiry(claims: &Claims) -> tokio::time::Instant {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let left = claims.expires_at.saturating_sub(now_unix);
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}
+
+/// The next answered publish; pending forever while there is none.
+async fn next_reply(publishes: &mut Option<FuturesOrdered<PublishFuture>>) -> Option<ServerFrame> {
+    match publishes {
+        Some(publishes) => publishes.next().await,
         None => std::future::pending().await,
     }
 }
@@ -483,5 +530,36 @@ fn classify_read_error(err: &axum::Error) -> End {
         End::Close(close_code::TOO_BIG, "frame too large")
     } else {
         End::Gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, F: Future>(_: &impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        type Args = (
+            WebSocket,
+            Arc<App>,
+            SocketAddr,
+            Option<Arc<Claims>>,
+            bool,
+            Option<Arc<IpSlot>>,
+        );
+        let size = future_size(&|(socket, app, peer, claims, authenticated, slot): Args| {
+            serve_websocket(socket, app, peer, claims, authenticated, slot)
+        });
+        eprintln!("serve_websocket future: {size} bytes");
+        assert!(
+            size <= IDLE_FUTURE_MAX_BYTES,
+            "the connection future grew to {size} bytes (bound {IDLE_FUTURE_MAX_BYTES}): box \
+             what only a request needs instead of keeping it in every idle connection"
+        );
     }
 }
