@@ -204,6 +204,19 @@ impl Feed {
         }
     }
 
+    /// Ends every subscription (what dropping the feed does) and drops anything undelivered.
+    pub fn clear(&mut self) {
+        for channel in self.subs.keys() {
+            self.app.hub.unsubscribe(channel, self.id);
+        }
+        self.subs.clear();
+        self.groups.clear();
+        self.group_queue = None;
+        self.catch_up.clear();
+        self.in_flight = None;
+        self.out = Outbound::default();
+    }
+
     /// Waits until something is ready to deliver (see [`Feed::take`]). Cancel-safe: progress
     /// made before a cancellation is kept for the next call.
     pub async fn ready(&mut self) {
@@ -303,6 +316,10 @@ impl Feed {
             return;
         }
         while let Some(channel) = self.catch_up.pop_front() {
+            if self.catch_up.is_empty() {
+                // Most feeds catch up once, right after subscribing: don't keep the slots.
+                self.catch_up = VecDeque::new();
+            }
             if let Some(sub) = self.subs.get(&channel) {
                 if !sub.is_live() {
                     self.in_flight =
@@ -333,7 +350,7 @@ impl Feed {
         let batch = match result {
             Ok(batch) => batch.map(Arc::new),
             Err(err) => {
-                warn!(%channel, %err, "catch-up read failed; retrying");
+                warn!(conn = self.id, %channel, %err, "catch-up read failed; retrying");
                 self.in_flight = Some(self.read_after(channel, after, RETRY_DELAY));
                 return;
             }
@@ -350,9 +367,7 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        for channel in self.subs.keys() {
-            self.app.hub.unsubscribe(channel, self.id);
-        }
+        self.clear();
     }
 }
 
