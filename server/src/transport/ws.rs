@@ -13,11 +13,13 @@ use super::ws_connection::serve_websocket;
 use crate::listener::IpSlot;
 use crate::App;
 
-/// Read buffer per connection: small, since tungstenite's 128 KiB default is allocated for every
-/// connection (it grows on demand for larger frames). Client frames are small (requests of a
-/// few hundred bytes), and the buffer is most of an idle connection's memory: 1 KiB instead of
-/// 4 KiB took idle RSS from 13.2 to about 10 KiB per connection (`loadgen s3`, BENCHMARKS.md).
-const READ_BUFFER: usize = 1024;
+/// Read buffer per connection: small, since tungstenite allocates it for every connection when
+/// it is created and keeps it (128 KiB by default; it grows on demand for larger frames). It
+/// also caps one read from the socket, so a client's frames of a few hundred bytes take a read
+/// or two each, which costs little next to fan-out: client frames are requests, rare beside
+/// deliveries. 4 KiB → 1 KiB → 256 bytes took idle RSS from 13.2 to 10 and then about 3.5 KiB per
+/// connection along with other changes (`loadgen s3`, BENCHMARKS.md).
+const READ_BUFFER: usize = 256;
 
 /// Frames are collected up to this many bytes before a write to the socket (an explicit flush
 /// follows every drain of the live queue). While the socket cannot take more, the connection

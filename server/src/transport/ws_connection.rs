@@ -1,13 +1,20 @@
 //! One WebSocket connection speaking protocol v1.
 //!
-//! A single task owns the socket and `select!`s over shutdown, replies of pipelined publishes,
-//! inbound frames and its [`Feed`] (live batches, catch-up pages). Frames for one channel that
-//! pile up are merged into one `messages` frame ([`crate::feed::Outbound`]).
+//! A single task owns the socket and waits on shutdown, one timer (ping, authentication
+//! deadline, token expiry), replies of pipelined publishes, inbound frames and its [`Feed`]
+//! (live batches, catch-up pages). Frames for one channel that pile up are merged into one
+//! `messages` frame ([`crate::feed::Outbound`]).
+//!
+//! Memory: every idle connection pays for its whole task future, so the waiting state is kept
+//! small (one poll function over the things waited on, no future per branch) and the state
+//! for handling a request lives in a boxed future only while the request is handled
+//! ([`IDLE_FUTURE_MAX_BYTES`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -16,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use redistribute_protocol::{
     decode_client, encode_server, ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION,
 };
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info_span, Instrument, Span};
 
 use crate::auth::{Action, AuthContext, Claims};
 use crate::engine::{EngineError, PublishRequest, MAX_FIELDS};
@@ -48,6 +55,20 @@ pub const ENGINE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Most publishes one connection may have in flight; beyond it inbound frames wait.
 const MAX_PIPELINED_PUBLISHES: usize = 64;
+
+/// What woke a waiting connection.
+enum Event {
+    /// The server is draining.
+    Shutdown,
+    /// The ping, authentication or token-expiry timer.
+    Timer,
+    /// A pipelined publish was answered.
+    Reply(ServerFrame),
+    /// A frame from the client, or the end of the stream.
+    Inbound(Option<Result<Message, axum::Error>>),
+    /// The feed has something to deliver.
+    Deliver,
+}
 
 /// Why the connection loop ended.
 enum End {
@@ -95,35 +116,34 @@ pub fn serve_websocket(
         _slot: slot,
         app,
     };
-    let span = info_span!("conn", id = conn.feed.id(), transport = "ws", %peer);
     async move {
-        debug!("connected");
+        let id = conn.feed.id();
+        debug!(conn = id, transport = "ws", %peer, "connected");
         // Not holding the gauge handle: each handle is an allocation of its own.
         metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").increment(1.0);
         let end = conn.run().await;
-        let mut socket = conn.release();
+        // Subscriptions (and publishes not answered) end before the goodbye, which may take a
+        // while.
+        conn.feed.clear();
+        conn.publishes = None;
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                socket.send(Message::Close(Some(frame))),
-            )
-            .await;
+            let close = conn.socket.send(Message::Close(Some(frame)));
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), close)).await;
         }
         metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").decrement(1.0);
-        debug!("disconnected");
+        debug!(conn = id, "disconnected");
     }
-    .instrument(span)
 }
 
 /// Upper bound on the size of a WebSocket connection's future (the socket, the connection
-/// state and the idle `select!`), checked by a test: tokio allocates the whole future for
+/// state and what it waits with), checked by a test: tokio allocates the whole future for
 /// every connection, so this is most of an idle connection's memory. Handling a request is
 /// boxed for its duration instead of being part of every connection's future.
-pub const IDLE_FUTURE_MAX_BYTES: usize = 1664;
+pub const IDLE_FUTURE_MAX_BYTES: usize = 1472;
 
 struct Connection {
     app: Arc<App>,
@@ -157,6 +177,7 @@ impl Connection {
         let timer = tokio::time::sleep_until(ping_due);
         tokio::pin!(timer);
         let mut fired = false;
+        let mut inbound_first = false;
         loop {
             let mut deadline = ping_due;
             if !self.authenticated {
@@ -169,13 +190,46 @@ impl Connection {
                 timer.as_mut().reset(deadline);
                 fired = false;
             }
-            let in_flight = self.publishes.as_ref().map_or(0, FuturesOrdered::len);
-            let result = tokio::select! {
-                () = &mut cancelled => {
+            inbound_first = !inbound_first;
+            let event = std::future::poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                let mut in_flight = 0;
+                if let Some(publishes) = self.publishes.as_mut().filter(|p| !p.is_empty()) {
+                    if let Poll::Ready(Some(reply)) = publishes.poll_next_unpin(cx) {
+                        return Poll::Ready(Event::Reply(reply));
+                    }
+                    in_flight = publishes.len();
+                }
+                // Beyond the pipelining limit, inbound frames wait in the socket.
+                let may_read = in_flight < MAX_PIPELINED_PUBLISHES;
+                // Alternating, so that neither a busy feed nor a chatty client starves the other.
+                if inbound_first && may_read {
+                    if let Poll::Ready(msg) = self.socket.poll_next_unpin(cx) {
+                        return Poll::Ready(Event::Inbound(msg));
+                    }
+                }
+                if self.feed.poll_ready(cx).is_ready() {
+                    return Poll::Ready(Event::Deliver);
+                }
+                if !inbound_first && may_read {
+                    if let Poll::Ready(msg) = self.socket.poll_next_unpin(cx) {
+                        return Poll::Ready(Event::Inbound(msg));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let result = match event {
+                Event::Shutdown => {
                     Box::pin(self.finish_publishes()).await;
                     return End::Close(close_code::RESTART, "server restarting");
                 }
-                () = &mut timer => {
+                Event::Timer => {
                     fired = true;
                     let now = tokio::time::Instant::now();
                     if !self.authenticated && now >= auth_deadline {
@@ -193,32 +247,37 @@ impl Connection {
                     if now >= ping_due {
                         ping_due = now + ping_interval;
                         if self.missed_pongs >= 2 {
-                            debug!("two pings unanswered; dropping the connection");
+                            let conn = self.feed.id();
+                            debug!(conn, "two pings unanswered; dropping the connection");
                             return End::Gone;
                         }
                         self.missed_pongs += 1;
-                        self.socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)
+                        Box::pin(self.socket.send(Message::Ping(Default::default())))
+                            .await
+                            .map_err(|_| End::Gone)
                     } else {
                         Ok(())
                     }
                 }
-                Some(reply) = next_reply(&mut self.publishes), if in_flight > 0 => {
-                    Box::pin(send(&mut self.socket, &reply)).await
-                }
-                msg = self.socket.recv(), if in_flight < MAX_PIPELINED_PUBLISHES => {
+                Event::Reply(reply) => Box::pin(send(&mut self.socket, &reply)).await,
+                Event::Inbound(msg) => {
                     self.missed_pongs = 0;
                     match msg {
                         // Boxed: handling a request takes far more state than waiting does.
-                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str())).await,
+                        Some(Ok(Message::Text(text))) => {
+                            let span = self.span();
+                            Box::pin(self.on_text(text.as_str()).instrument(span)).await
+                        }
                         Some(Ok(Message::Binary(_))) => {
-                            Box::pin(self.on_bad_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames")).await
+                            let message = "binary frames are not supported; send JSON text frames";
+                            Box::pin(self.on_bad_frame(None, ErrorCode::BadRequest, message)).await
                         }
                         Some(Ok(Message::Close(_))) | None => return End::Gone,
                         Some(Ok(_)) => Ok(()),
                         Some(Err(err)) => return classify_read_error(&err),
                     }
                 }
-                () = self.feed.ready() => self.flush().await,
+                Event::Deliver => self.flush().await,
             };
             if let Err(end) = result {
                 return end;
@@ -226,9 +285,14 @@ impl Connection {
         }
     }
 
-    /// Ends the connection's subscriptions and hands back the socket (for the close frame).
-    fn release(self) -> WebSocket {
-        self.socket
+    /// The span of one request's handling (created per request: a span that lived as long as
+    /// the connection would be a few hundred bytes of every idle connection).
+    fn span(&self) -> Span {
+        let id = self.feed.id();
+        match self.ctx.peer {
+            Some(peer) => info_span!("conn", id, transport = "ws", %peer),
+            None => info_span!("conn", id, transport = "ws"),
+        }
     }
 
     /// Answers the publishes still in flight (bounded by the request timeout), so a drain never
@@ -253,15 +317,21 @@ impl Connection {
         send(&mut self.socket, frame).await
     }
 
+    /// Writes what the feed has ready. Drives the sink by hand (what `SinkExt::feed` and
+    /// `flush` do) because their futures would add to every connection's idle size.
     async fn flush(&mut self) -> Result<(), End> {
         let mut out = self.feed.take();
         for frame in out.take_frames() {
-            self.socket
-                .feed(Message::Text(frame))
+            std::future::poll_fn(|cx| self.socket.poll_ready_unpin(cx))
                 .await
                 .map_err(|_| End::Gone)?;
+            self.socket
+                .start_send_unpin(Message::Text(frame))
+                .map_err(|_| End::Gone)?;
         }
-        self.socket.flush().await.map_err(|_| End::Gone)
+        std::future::poll_fn(|cx| self.socket.poll_flush_unpin(cx))
+            .await
+            .map_err(|_| End::Gone)
     }
 
     async fn on_bad_frame(
@@ -417,22 +487,25 @@ impl Connection {
                 )?;
                 let app = self.app.clone();
                 let publishes = self.publishes.get_or_insert_with(FuturesOrdered::new);
-                publishes.push_back(Box::pin(async move {
-                    let request = PublishRequest {
-                        channel: &channel,
-                        fields: &fields,
-                        maxlen,
-                        idempotency_key: idempotency_key.as_deref(),
-                    };
-                    match publish(&app, request).await {
-                        Ok(offset) => ServerFrame::Published {
-                            id,
-                            channel,
-                            offset,
-                        },
-                        Err(err) => err.into_frame(id),
+                publishes.push_back(Box::pin(
+                    async move {
+                        let request = PublishRequest {
+                            channel: &channel,
+                            fields: &fields,
+                            maxlen,
+                            idempotency_key: idempotency_key.as_deref(),
+                        };
+                        match publish(&app, request).await {
+                            Ok(offset) => ServerFrame::Published {
+                                id,
+                                channel,
+                                offset,
+                            },
+                            Err(err) => err.into_frame(id),
+                        }
                     }
-                }));
+                    .instrument(Span::current()),
+                ));
                 return Ok(());
             }
             ClientFrame::Ack {
@@ -504,14 +577,6 @@ fn token_expiry(claims: &Claims) -> tokio::time::Instant {
         .as_secs();
     let left = claims.expires_at.saturating_sub(now_unix);
     tokio::time::Instant::now() + Duration::from_secs(left)
-}
-
-/// The next answered publish; pending forever while there is none.
-async fn next_reply(publishes: &mut Option<FuturesOrdered<PublishFuture>>) -> Option<ServerFrame> {
-    match publishes {
-        Some(publishes) => publishes.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
