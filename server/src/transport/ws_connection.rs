@@ -70,6 +70,13 @@ enum Event {
     Deliver,
 }
 
+/// A connection's publishing state, set up with its first publish.
+struct Publishing {
+    bucket: TokenBucket,
+    /// Publishes in flight, answered in order.
+    replies: FuturesOrdered<PublishFuture>,
+}
+
 /// Why the connection loop ended.
 enum End {
     /// The peer closed or the socket failed.
@@ -108,11 +115,10 @@ pub fn serve_websocket(
         },
         authenticated,
         expiry,
-        publish_bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
         subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),
         missed_pongs: 0,
         bad_frames: 0,
-        publishes: None,
+        publishing: None,
         _slot: slot,
         app,
     };
@@ -125,7 +131,7 @@ pub fn serve_websocket(
         // Subscriptions (and publishes not answered) end before the goodbye, which may take a
         // while.
         conn.feed.clear();
-        conn.publishes = None;
+        conn.publishing = None;
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code,
@@ -143,7 +149,7 @@ pub fn serve_websocket(
 /// state and what it waits with), checked by a test: tokio allocates the whole future for
 /// every connection, so this is most of an idle connection's memory. Handling a request is
 /// boxed for its duration instead of being part of every connection's future.
-pub const IDLE_FUTURE_MAX_BYTES: usize = 1472;
+pub const IDLE_FUTURE_MAX_BYTES: usize = 1376;
 
 struct Connection {
     app: Arc<App>,
@@ -153,12 +159,11 @@ struct Connection {
     authenticated: bool,
     /// When the current token expires.
     expiry: Option<tokio::time::Instant>,
-    publish_bucket: TokenBucket,
     subscribe_bucket: TokenBucket,
     missed_pongs: u32,
     bad_frames: u32,
     /// Created with the first publish (most connections only subscribe).
-    publishes: Option<FuturesOrdered<PublishFuture>>,
+    publishing: Option<Box<Publishing>>,
     _slot: Option<Arc<IpSlot>>,
 }
 
@@ -199,7 +204,12 @@ impl Connection {
                     return Poll::Ready(Event::Timer);
                 }
                 let mut in_flight = 0;
-                if let Some(publishes) = self.publishes.as_mut().filter(|p| !p.is_empty()) {
+                if let Some(publishes) = self
+                    .publishing
+                    .as_mut()
+                    .map(|p| &mut p.replies)
+                    .filter(|p| !p.is_empty())
+                {
                     if let Poll::Ready(Some(reply)) = publishes.poll_next_unpin(cx) {
                         return Poll::Ready(Event::Reply(reply));
                     }
@@ -298,7 +308,7 @@ impl Connection {
     /// Answers the publishes still in flight (bounded by the request timeout), so a drain never
     /// drops a publish the engine may be storing.
     async fn finish_publishes(&mut self) {
-        let Some(publishes) = self.publishes.as_mut() else {
+        let Some(publishes) = self.publishing.as_mut().map(|p| &mut p.replies) else {
             return;
         };
         let deadline = self.app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
@@ -472,7 +482,18 @@ impl Connection {
                         format!("a message may have at most {MAX_FIELDS} fields"),
                     ));
                 }
-                if !self.publish_bucket.try_take(Instant::now()) {
+                let limits = &self.app.config.limits;
+                let publishing = self.publishing.get_or_insert_with(|| {
+                    Box::new(Publishing {
+                        bucket: TokenBucket::new(
+                            limits.publish_rate,
+                            limits.publish_burst,
+                            Instant::now(),
+                        ),
+                        replies: FuturesOrdered::new(),
+                    })
+                });
+                if !publishing.bucket.try_take(Instant::now()) {
                     return Err(RequestError::new(
                         ErrorCode::RateLimited,
                         "too many publishes; slow down",
@@ -486,7 +507,7 @@ impl Connection {
                     },
                 )?;
                 let app = self.app.clone();
-                let publishes = self.publishes.get_or_insert_with(FuturesOrdered::new);
+                let publishes = &mut self.publishing.as_mut().expect("set above").replies;
                 publishes.push_back(Box::pin(
                     async move {
                         let request = PublishRequest {
