@@ -6,22 +6,35 @@
 //! reclaimed ones), so they are delivered as they come, and offsets within a group
 //! subscription need not increase (a redelivered entry is older than what came before it).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use redistribute_protocol::{Offset, StreamId};
+use tokio::sync::mpsc;
 
 use super::Feed;
 use crate::engine::{Batch, EngineError};
 use crate::error::RequestError;
+use crate::groups::{GroupSender, Member};
 
 /// Capacity of a feed's group queue in batches. Each consumer holds at most
 /// [`crate::groups::WINDOW`] unacknowledged entries, which bounds what is queued here.
-pub(super) const QUEUE_BATCHES: usize = 1024;
+const QUEUE_BATCHES: usize = 1024;
+
+/// A feed's group subscriptions and the queue their pollers deliver to, made with the first
+/// group subscription (boxed: most feeds never join a group, and every idle connection would
+/// pay for the map and the queue handles).
+pub(super) struct Groups {
+    /// Membership by channel.
+    pub(super) members: HashMap<Arc<str>, Member>,
+    tx: GroupSender,
+    pub(super) rx: mpsc::Receiver<Arc<Batch>>,
+}
 
 impl Feed {
     /// Refuses a second subscription (plain or group) to `channel`.
     pub(super) fn check_new_subscription(&self, channel: &str) -> Result<(), RequestError> {
-        if self.subs.contains_key(channel) || self.groups.contains_key(channel) {
+        if self.subs.contains_key(channel) || self.group(channel).is_some() {
             return Err(RequestError::bad_request(format!(
                 "already subscribed to {channel:?}; unsubscribe first"
             )));
@@ -48,13 +61,20 @@ impl Feed {
         }
         let timeout = self.app.config.limits.request_timeout
             + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
-        let sender = self.group_sender();
+        let groups = self.groups.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+            Box::new(Groups {
+                members: HashMap::new(),
+                tx,
+                rx,
+            })
+        });
         let (last, member) = self
             .app
             .groups
-            .join(channel, group, consumer, offset, sender, timeout)
+            .join(channel, group, consumer, offset, groups.tx.clone(), timeout)
             .await?;
-        self.groups.insert(Arc::from(channel), member);
+        groups.members.insert(Arc::from(channel), member);
         Ok(last)
     }
 
@@ -72,24 +92,21 @@ impl Feed {
             tokio::time::timeout(timeout, self.app.engine.group_ack(channel, group, offsets))
                 .await
                 .unwrap_or_else(|_| Err(EngineError::Unavailable("ack timed out".into())))?;
-        if let Some(member) = self.groups.get(channel).filter(|m| m.group() == group) {
+        if let Some(member) = self.group(channel).filter(|m| m.group() == group) {
             member.acked(offsets);
         }
         Ok(count)
     }
 
-    /// The sender of this feed's group queue, made on first use.
-    fn group_sender(&mut self) -> crate::groups::GroupSender {
-        let (tx, _) = self
-            .group_queue
-            .get_or_insert_with(|| tokio::sync::mpsc::channel(QUEUE_BATCHES));
-        tx.clone()
+    /// The group membership of `channel`, if any.
+    fn group(&self, channel: &str) -> Option<&Member> {
+        self.groups.as_ref()?.members.get(channel)
     }
 
     /// Collects a batch the group poller assigned to this connection; entries of a group
     /// subscription that was ended meanwhile are left pending (reclaimed later).
     pub(super) fn take_group(&mut self, batch: Arc<Batch>) {
-        if self.groups.contains_key(batch.channel()) {
+        if self.group(batch.channel()).is_some() {
             self.out.push(batch, 0);
         }
     }

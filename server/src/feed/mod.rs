@@ -89,13 +89,8 @@ pub struct Feed {
     catch_up: VecDeque<Arc<str>>,
     in_flight: Option<CatchUpFuture>,
     out: Outbound,
-    /// Consumer-group subscriptions by channel ([`group`]).
-    groups: HashMap<Arc<str>, crate::groups::Member>,
-    /// The queue group pollers deliver to, made with the first group subscription.
-    group_queue: Option<(
-        crate::groups::GroupSender,
-        tokio::sync::mpsc::Receiver<Arc<Batch>>,
-    )>,
+    /// Consumer-group subscriptions and their queue ([`group`]), made with the first one.
+    groups: Option<Box<group::Groups>>,
 }
 
 impl Feed {
@@ -112,8 +107,7 @@ impl Feed {
             catch_up: VecDeque::new(),
             in_flight: None,
             out: Outbound::default(),
-            groups: HashMap::new(),
-            group_queue: None,
+            groups: None,
         }
     }
 
@@ -124,12 +118,12 @@ impl Feed {
 
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
-        self.subs.len() + self.groups.len()
+        self.subs.len() + self.groups.as_ref().map_or(0, |g| g.members.len())
     }
 
     /// Whether the feed has no subscription.
     pub fn is_empty(&self) -> bool {
-        self.subs.is_empty() && self.groups.is_empty()
+        self.len() == 0
     }
 
     /// The last delivered offset (or starting point) of a subscribed channel.
@@ -192,8 +186,10 @@ impl Feed {
 
     /// Ends the subscription to `channel`; false if there was none.
     pub fn unsubscribe(&mut self, channel: &str) -> bool {
-        if self.groups.remove(channel).is_some() {
-            return true;
+        if let Some(groups) = &mut self.groups {
+            if groups.members.remove(channel).is_some() {
+                return true;
+            }
         }
         match self.subs.remove_entry(channel) {
             Some((channel, _)) => {
@@ -210,8 +206,7 @@ impl Feed {
             self.app.hub.unsubscribe(channel, self.id);
         }
         self.subs.clear();
-        self.groups.clear();
-        self.group_queue = None;
+        self.groups = None;
         self.catch_up.clear();
         self.in_flight = None;
         self.out = Outbound::default();
@@ -239,8 +234,8 @@ impl Feed {
                     QueueEvent::Signalled => self.on_lag(),
                 }
             }
-            if let Some((_, group_rx)) = &mut self.group_queue {
-                if let Poll::Ready(Some(batch)) = group_rx.poll_recv(cx) {
+            if let Some(groups) = &mut self.groups {
+                if let Poll::Ready(Some(batch)) = groups.rx.poll_recv(cx) {
                     progressed = true;
                     self.take_group(batch);
                 }
