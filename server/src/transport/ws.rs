@@ -17,8 +17,8 @@ use crate::App;
 /// it is created and keeps it (128 KiB by default; it grows on demand for larger frames). It
 /// also caps one read from the socket, so a client's frames of a few hundred bytes take a read
 /// or two each, which costs little next to fan-out: client frames are requests, rare beside
-/// deliveries. 4 KiB → 1 KiB → 256 bytes took idle RSS from 13.2 to 10 and then about 3.5 KiB per
-/// connection along with other changes (`loadgen s3`, BENCHMARKS.md).
+/// deliveries. 4 KiB → 1 KiB took idle RSS from 13.2 to 10 KiB per connection; 256 bytes saves
+/// another 0.75 KiB (`loadgen s3`, BENCHMARKS.md).
 const READ_BUFFER: usize = 256;
 
 /// Frames are collected up to this many bytes before a write to the socket (an explicit flush
