@@ -300,7 +300,9 @@ impl LiveSink for Hub {
         let Some(entry) = channels.get(batch.channel()) else {
             return;
         };
-        metrics::histogram!(crate::metrics::BATCH_ENTRIES).record(batch.len() as f64);
+        crate::metrics::hot()
+            .batch_entries
+            .record(batch.len() as f64);
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         for sub in &entry.subscribers {

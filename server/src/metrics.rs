@@ -60,6 +60,31 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Handles of the metrics recorded on hot paths (per delivery, batch or publish), resolved
+/// once: the macros look the key up in the registry, copying it, on every call.
+pub struct Hot {
+    /// [`DELIVERED`].
+    pub delivered: metrics::Counter,
+    /// [`PUBLISHED`].
+    pub published: metrics::Counter,
+    /// [`BATCH_ENTRIES`].
+    pub batch_entries: metrics::Histogram,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+/// The hot-path handles (installing the recorder first, so they are never no-ops).
+pub fn hot() -> &'static Hot {
+    HOT.get_or_init(|| {
+        handle();
+        Hot {
+            delivered: metrics::counter!(DELIVERED),
+            published: metrics::counter!(PUBLISHED),
+            batch_entries: metrics::histogram!(BATCH_ENTRIES),
+        }
+    })
+}
+
 /// Records how long an engine operation took.
 pub fn engine_op(op: &'static str, started: Instant) {
     metrics::histogram!(ENGINE_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());

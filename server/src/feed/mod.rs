@@ -256,7 +256,9 @@ impl Feed {
     /// Takes what is ready to deliver, leaving the feed's collector empty.
     pub fn take(&mut self) -> Outbound {
         let out = std::mem::take(&mut self.out);
-        metrics::counter!(crate::metrics::DELIVERED).increment(out.entry_count() as u64);
+        crate::metrics::hot()
+            .delivered
+            .increment(out.entry_count() as u64);
         out
     }
 

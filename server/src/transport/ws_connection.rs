@@ -585,7 +585,7 @@ pub async fn publish(
     };
     crate::metrics::engine_op("publish", started);
     if result.is_ok() {
-        metrics::counter!(crate::metrics::PUBLISHED).increment(1);
+        crate::metrics::hot().published.increment(1);
     }
     result
 }
