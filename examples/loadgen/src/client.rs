@@ -32,6 +32,12 @@ pub struct Ctx {
     pub drops: watch::Sender<u64>,
     /// Subscribers stay connected after receiving everything they expect (idle and churn runs).
     pub hold: bool,
+    /// Subscribers of the run.
+    pub subscribers: usize,
+    /// Subscribers that received everything they expect. They stay connected until all have
+    /// (then [`Ctx::stop`] is set): a subscriber leaving early would make the server and this
+    /// tool tear its connection down while the others still wait for their last messages.
+    pub complete: AtomicUsize,
     /// Start of the run.
     pub started: Instant,
 }
@@ -75,6 +81,7 @@ pub async fn subscriber(
     let mut resuming = false;
     let mut latencies = Vec::new();
     let mut failures = 0;
+    let mut counted = false;
     'conn: loop {
         drops.borrow_and_update();
         if *stop.borrow() {
@@ -147,8 +154,11 @@ pub async fn subscriber(
                     ctx.timeline.record(index, now, &latencies);
                     let at = now.duration_since(ctx.started).as_micros() as u64;
                     ctx.last_delivery_us.fetch_max(at, Ordering::Relaxed);
-                    if tracker.complete() && !ctx.hold {
-                        break 'conn;
+                    if !counted && tracker.complete() && !ctx.hold {
+                        counted = true;
+                        if ctx.complete.fetch_add(1, Ordering::AcqRel) + 1 == ctx.subscribers {
+                            ctx.stop.send_replace(true);
+                        }
                     }
                 }
                 "gap" | "error" => bail!("subscriber {index}: unexpected frame {text}"),
@@ -288,6 +298,8 @@ pub async fn publish_http(
 /// Counts of a churner.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Churned {
+    /// subscribe+unsubscribe pairs sent.
+    pub sent: u64,
     /// `subscribed` replies.
     pub subscribed: u64,
     /// `unsubscribed` replies.
@@ -301,20 +313,26 @@ pub async fn churner(ctx: Arc<Ctx>, index: usize, rate: f64) -> Result<Churned> 
     let ws = ctx.dialer.ws().await?;
     let (mut sink, mut stream) = ws.split();
     let mut stop = ctx.stop.subscribe();
-    let replies = tokio::spawn(async move {
-        let mut c = Churned::default();
-        while let Some(Ok(msg)) = stream.next().await {
-            let Message::Text(t) = msg else { continue };
-            let t = t.as_str();
-            if t.starts_with(r#"{"type":"subscribed""#) {
-                c.subscribed += 1;
-            } else if t.starts_with(r#"{"type":"unsubscribed""#) {
-                c.unsubscribed += 1;
-            } else if t.contains(r#""type":"error""#) {
-                c.errors += 1;
+    // Counted as they come, so a close that is slow to finish loses nothing.
+    let counts: Arc<[AtomicU64; 3]> = Arc::default();
+    let replies = tokio::spawn({
+        let counts = counts.clone();
+        async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(t) = msg else { continue };
+                let t = t.as_str();
+                let kind = if t.starts_with(r#"{"type":"subscribed""#) {
+                    0
+                } else if t.starts_with(r#"{"type":"unsubscribed""#) {
+                    1
+                } else if t.contains(r#""type":"error""#) {
+                    2
+                } else {
+                    continue;
+                };
+                counts[kind].fetch_add(1, Ordering::Relaxed);
             }
         }
-        c
     });
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
@@ -345,8 +363,12 @@ pub async fn churner(ctx: Arc<Ctx>, index: usize, rate: f64) -> Result<Churned> 
     // Let the last replies arrive, then close.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = sink.close().await;
-    Ok(tokio::time::timeout(Duration::from_secs(5), replies)
-        .await
-        .map(|r| r.unwrap_or_default())
-        .unwrap_or_default())
+    let _ = tokio::time::timeout(Duration::from_secs(5), replies).await;
+    let count = |kind: usize| counts[kind].load(Ordering::Relaxed);
+    Ok(Churned {
+        sent: n,
+        subscribed: count(0),
+        unsubscribed: count(1),
+        errors: count(2),
+    })
 }

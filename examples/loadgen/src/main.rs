@@ -35,7 +35,7 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
 use client::{Churned, Ctx};
-use stats::{histogram, rss_kib, rss_sum, CpuSample, Tally, Timeline};
+use stats::{rss_kib, rss_sum, CpuSample, Tally, Timeline};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -184,6 +184,8 @@ async fn main() -> Result<()> {
         stop,
         drops,
         hold: args.scenario == Scenario::S3,
+        subscribers: plan.subscribers,
+        complete: Default::default(),
         started: Instant::now(),
     });
     let channels: Arc<Vec<String>> = Arc::new(
@@ -318,14 +320,10 @@ async fn main() -> Result<()> {
         })
     };
     let mut tally = Tally::default();
-    let mut latency = histogram();
     for s in subs {
-        let tracker = s.await??;
-        tally.add(&tracker.tally);
-        if let Some(h) = &tracker.latency {
-            latency.add(h)?;
-        }
+        tally.add(&s.await??.tally);
     }
+    let latency = ctx.timeline.latency();
     stopper.abort();
     let cpu_after = CpuSample::take(&args.server_pid, &args.redis_pid);
     let rss_after = rss_sum(&args.server_pid)?;
@@ -340,6 +338,7 @@ async fn main() -> Result<()> {
     let mut churned = Churned::default();
     for c in churners {
         let one = c.await??;
+        churned.sent += one.sent;
         churned.subscribed += one.subscribed;
         churned.unsubscribed += one.unsubscribed;
         churned.errors += one.errors;
@@ -413,7 +412,8 @@ async fn main() -> Result<()> {
     if let (Some(before), Some(after)) = (unblocks_before, unblocks_after) {
         let secs = measured.as_secs_f64();
         println!(
-            "churn: {} subscribed + {} unsubscribed ({:.0} pairs/s), {} errors; CLIENT UNBLOCK {:.0} calls = {:.1}/s",
+            "churn: {} pairs sent, {} subscribed + {} unsubscribed ({:.0} pairs/s), {} errors; CLIENT UNBLOCK {:.0} calls = {:.1}/s",
+            churned.sent,
             churned.subscribed,
             churned.unsubscribed,
             churned.unsubscribed as f64 / (secs + 1.5),

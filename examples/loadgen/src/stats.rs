@@ -58,9 +58,6 @@ pub struct SeqTracker {
     last_frame: Option<Instant>,
     /// Counts so far.
     pub tally: Tally,
-    /// Latencies of this subscriber (allocated with the first delivery: idle runs hold many
-    /// trackers).
-    pub latency: Option<Histogram<u64>>,
 }
 
 impl SeqTracker {
@@ -74,7 +71,6 @@ impl SeqTracker {
                 expected,
                 ..Tally::default()
             },
-            latency: None,
         }
     }
 
@@ -114,11 +110,7 @@ impl SeqTracker {
         }
         self.max_seen = Some(self.max_seen.map_or(seq, |m| m.max(seq)));
         self.tally.delivered += 1;
-        let latency = now_us.saturating_sub(sent_us).max(1);
-        self.latency
-            .get_or_insert_with(histogram)
-            .saturating_record(latency);
-        Some(latency)
+        Some(now_us.saturating_sub(sent_us).max(1))
     }
 }
 
@@ -133,10 +125,28 @@ pub struct Second {
 
 const SHARDS: usize = 16;
 
-/// The run's timeline, sharded to keep lock contention low.
+/// The run's timeline and overall latency histogram, sharded to keep lock contention low.
+/// Everything is allocated up front: a histogram made on a subscriber's first delivery
+/// (~150 KB at 3 significant digits) made the load tool itself slow in the first second and
+/// showed up as latency.
 pub struct Timeline {
     start: Instant,
-    shards: Vec<Mutex<Vec<Second>>>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+struct Shard {
+    seconds: Vec<Second>,
+    all: Histogram<u64>,
+}
+
+/// Seconds of timeline allocated up front (more are added as needed).
+const SECONDS_AHEAD: usize = 120;
+
+fn second() -> Second {
+    Second {
+        deliveries: 0,
+        latency: Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds"),
+    }
 }
 
 impl Timeline {
@@ -144,7 +154,14 @@ impl Timeline {
     pub fn new() -> Timeline {
         Timeline {
             start: Instant::now(),
-            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        seconds: (0..SECONDS_AHEAD).map(|_| second()).collect(),
+                        all: histogram(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -154,25 +171,34 @@ impl Timeline {
             return;
         }
         let second = now.saturating_duration_since(self.start).as_secs() as usize;
-        let mut seconds = self.shards[shard % SHARDS].lock();
-        while seconds.len() <= second {
-            seconds.push(Second {
-                deliveries: 0,
-                latency: Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds"),
-            });
+        let mut shard = self.shards[shard % SHARDS].lock();
+        while shard.seconds.len() <= second {
+            shard.seconds.push(self::second());
         }
-        let s = &mut seconds[second];
-        s.deliveries += latencies.len() as u64;
+        shard.seconds[second].deliveries += latencies.len() as u64;
         for &l in latencies {
-            s.latency.saturating_record(l);
+            shard.seconds[second].latency.saturating_record(l);
+            shard.all.saturating_record(l);
         }
+    }
+
+    /// Every latency recorded, merged over the shards.
+    pub fn latency(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for shard in &self.shards {
+            let _ = all.add(&shard.lock().all);
+        }
+        all
     }
 
     /// Every second, merged over the shards.
     pub fn seconds(&self) -> Vec<Second> {
         let mut out: Vec<Second> = Vec::new();
         for shard in &self.shards {
-            for (i, s) in shard.lock().iter().enumerate() {
+            let shard = shard.lock();
+            let used = shard.seconds.iter().rposition(|s| s.deliveries > 0);
+            let used = used.map_or(0, |last| last + 1);
+            for (i, s) in shard.seconds[..used].iter().enumerate() {
                 if out.len() <= i {
                     out.push(s.clone());
                 } else {
