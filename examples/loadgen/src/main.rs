@@ -113,9 +113,19 @@ struct Args {
     /// PID of redis-server: CPU per delivery; repeatable (cluster nodes are summed).
     #[arg(long)]
     redis_pid: Vec<u32>,
-    /// Write an SVG plot of the run here.
-    #[arg(long)]
+    /// Write an SVG plot of the run here (a path ending in `.svg`).
+    #[arg(long, value_parser = svg_path)]
     plot: Option<PathBuf>,
+}
+
+/// Accepts only `.svg` paths for `--plot`: the plot is SVG, and an SVG in `run.png` would
+/// confuse every viewer.
+fn svg_path(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("svg") => Ok(path),
+        _ => Err(format!("{s:?}: the plot is written as SVG; name it *.svg")),
+    }
 }
 
 struct Plan {
