@@ -300,6 +300,8 @@ pub async fn publish_http(
 pub struct Churned {
     /// subscribe+unsubscribe pairs sent.
     pub sent: u64,
+    /// Seconds the churner sent for.
+    pub seconds: f64,
     /// `subscribed` replies.
     pub subscribed: u64,
     /// `unsubscribed` replies.
@@ -360,6 +362,7 @@ pub async fn churner(ctx: Arc<Ctx>, index: usize, rate: f64) -> Result<Churned> 
         }
         sink.flush().await?;
     }
+    let seconds = started.elapsed().as_secs_f64();
     // Let the last replies arrive, then close.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = sink.close().await;
@@ -367,6 +370,7 @@ pub async fn churner(ctx: Arc<Ctx>, index: usize, rate: f64) -> Result<Churned> 
     let count = |kind: usize| counts[kind].load(Ordering::Relaxed);
     Ok(Churned {
         sent: n,
+        seconds,
         subscribed: count(0),
         unsubscribed: count(1),
         errors: count(2),

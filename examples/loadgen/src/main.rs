@@ -349,6 +349,7 @@ async fn main() -> Result<()> {
     for c in churners {
         let one = c.await??;
         churned.sent += one.sent;
+        churned.seconds = churned.seconds.max(one.seconds);
         churned.subscribed += one.subscribed;
         churned.unsubscribed += one.unsubscribed;
         churned.errors += one.errors;
@@ -422,11 +423,12 @@ async fn main() -> Result<()> {
     if let (Some(before), Some(after)) = (unblocks_before, unblocks_after) {
         let secs = measured.as_secs_f64();
         println!(
-            "churn: {} pairs sent, {} subscribed + {} unsubscribed ({:.0} pairs/s), {} errors; CLIENT UNBLOCK {:.0} calls = {:.1}/s",
+            "churn: {} pairs sent in {:.1} s ({:.0} pairs/s), {} subscribed + {} unsubscribed, {} errors; CLIENT UNBLOCK {:.0} calls = {:.1}/s",
             churned.sent,
+            churned.seconds,
+            churned.sent as f64 / churned.seconds.max(0.001),
             churned.subscribed,
             churned.unsubscribed,
-            churned.unsubscribed as f64 / (secs + 1.5),
             churned.errors,
             after - before,
             (after - before) / secs
