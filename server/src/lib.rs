@@ -184,6 +184,7 @@ impl ServerBuilder {
     pub async fn start(self, shutdown: CancellationToken) -> Result<Arc<App>, StartError> {
         // Install the metrics recorder before anything records.
         metrics::handle();
+        metrics::spawn_upkeep(shutdown.clone());
         let config = self.config;
         let tls = config
             .tls
