@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::engine::Ready;
 use crate::engine::{Batch, BatchBuilder, Engine, EngineError, GroupRead, PublishRequest};
 use crate::error::RequestError;
 use crate::hub::{Hub, LiveQueue, QueueEvent, Subscriber, SubscriberShared};
@@ -254,17 +255,24 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
     let conn = u64::MAX - groups.next_consumer.fetch_add(1, Ordering::Relaxed);
     let shared = SubscriberShared::new();
     let (queue, mut live) = LiveQueue::new(16, 1 << 20);
-    let mut ready = groups.hub.subscribe(
-        &poller.channel,
-        Subscriber {
-            conn,
-            shared: shared.clone(),
-            queue,
-        },
-    );
+    let mut ready = groups
+        .hub
+        .subscribe(
+            &poller.channel,
+            Subscriber {
+                conn,
+                shared: shared.clone(),
+                queue,
+            },
+        )
+        .ready;
     let idle = groups.config.claim_idle;
     let tick = (idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(5));
-    let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        ready.wait_for(|r| *r != Ready::Pending),
+    )
+    .await;
     let mut state = PassState {
         claim_cursor: StreamId::ZERO,
         next_claim: Instant::now() + tick,

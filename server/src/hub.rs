@@ -16,7 +16,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use crate::engine::{Batch, Engine, LiveSink};
+use crate::engine::{Batch, Engine, LiveSink, Ready};
 
 /// State shared between a subscription's connection and the hub.
 #[derive(Debug, Default)]
@@ -192,7 +192,18 @@ pub struct Subscriber {
 
 struct ChannelEntry {
     subscribers: Vec<Subscriber>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Ready>,
+}
+
+/// What [`Hub::subscribe`] returns.
+#[derive(Debug)]
+pub struct Watching {
+    /// Leaves [`Ready::Pending`] once the channel's live feed has fixed its starting point (at
+    /// once if the channel was already watched).
+    pub ready: watch::Receiver<Ready>,
+    /// This subscriber made the hub watch the channel: a [`Ready::At`] position was read for
+    /// it, after it joined, so it may serve as its own position read.
+    pub first: bool,
 }
 
 /// Fan-out counters.
@@ -229,15 +240,17 @@ impl Hub {
         self.engine.get().and_then(Weak::upgrade)
     }
 
-    /// Adds a subscriber; returns a receiver that turns `true` once the channel's live feed has
-    /// fixed its starting point (at once if the channel was already watched).
-    pub fn subscribe(&self, channel: &Arc<str>, subscriber: Subscriber) -> watch::Receiver<bool> {
+    /// Adds a subscriber; see [`Watching`].
+    pub fn subscribe(&self, channel: &Arc<str>, subscriber: Subscriber) -> Watching {
         let mut channels = self.channels.write();
         if let Some(entry) = channels.get_mut(channel) {
             entry.subscribers.push(subscriber);
-            return entry.ready.clone();
+            return Watching {
+                ready: entry.ready.clone(),
+                first: false,
+            };
         }
-        let (ready_tx, ready) = watch::channel(false);
+        let (ready_tx, ready) = watch::channel(Ready::Pending);
         channels.insert(
             channel.clone(),
             ChannelEntry {
@@ -248,7 +261,7 @@ impl Hub {
         if let Some(engine) = self.engine() {
             engine.watch(channel.clone(), ready_tx);
         }
-        ready
+        Watching { ready, first: true }
     }
 
     /// Removes the connection's subscriber from the channel.

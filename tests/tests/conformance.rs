@@ -11,7 +11,7 @@ use redistribute_protocol::{decode_server, Fields, Message, Offset, ServerFrame,
 use redistribute_server::engine::embedded::EmbeddedEngine;
 use redistribute_server::engine::redis::{keys, RedisConfig, RedisEngine};
 use redistribute_server::engine::{
-    Batch, Engine, EngineConfig, GroupRead, LiveSink, PublishRequest,
+    Batch, Engine, EngineConfig, GroupRead, LiveSink, PublishRequest, Ready,
 };
 use redistribute_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
@@ -194,11 +194,19 @@ async fn idempotency_keys_return_the_first_offset(s: Subject) -> Result<()> {
 
 async fn watched_channels_feed_new_entries_in_order(mut s: Subject) -> Result<()> {
     let before = publish(&s, "live", json!({"n": -1})).await?;
-    let (ready_tx, mut ready) = watch::channel(false);
+    let (ready_tx, mut ready) = watch::channel(Ready::Pending);
     s.engine.watch("live".into(), ready_tx);
-    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
-        .await
-        .context("watch never became ready")??;
+    let fixed = *tokio::time::timeout(
+        Duration::from_secs(10),
+        ready.wait_for(|r| *r != Ready::Pending),
+    )
+    .await
+    .context("watch never became ready")??;
+    // A new watch reports the position it starts from (the first subscriber uses it).
+    match fixed {
+        Ready::At(position) => assert_eq!(position.last_id, before),
+        other => panic!("a new watch is ready with {other:?}, not its position"),
+    }
     let mut ids = Vec::new();
     for n in 0..50 {
         ids.push(publish(&s, "live", json!({ "n": n })).await?);
@@ -235,22 +243,28 @@ async fn many_channels_feed_live_and_new_watches_start_at_once(mut s: Subject) -
     let names: Vec<String> = (0..40).map(|i| format!("many:{i}")).collect();
     let mut readies = Vec::new();
     for name in &names {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(Ready::Pending);
         s.engine.watch(name.as_str().into(), tx);
         readies.push(rx);
     }
     for ready in &mut readies {
-        tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
-            .await
-            .context("watch never became ready")??;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            ready.wait_for(|r| *r != Ready::Pending),
+        )
+        .await
+        .context("watch never became ready")??;
     }
     // Let the readers block in XREAD.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (tx, mut late) = watch::channel(false);
+    let (tx, mut late) = watch::channel(Ready::Pending);
     s.engine.watch("many:late".into(), tx);
-    tokio::time::timeout(Duration::from_secs(10), late.wait_for(|r| *r))
-        .await
-        .context("a watch added while readers were blocked never became ready")??;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        late.wait_for(|r| *r != Ready::Pending),
+    )
+    .await
+    .context("a watch added while readers were blocked never became ready")??;
     let mut expected = std::collections::HashMap::new();
     for (i, name) in names
         .iter()

@@ -110,6 +110,42 @@ async fn blocked_reader_is_retargeted_with_client_unblock() -> Result<()> {
     Ok(())
 }
 
+/// The first subscriber of a channel takes the live reader's position read as its own: one
+/// position script per new channel, not two; a later subscriber reads its own (the reader's is
+/// older than its subscribe). Both get exactly what was published after they subscribed.
+#[tokio::test]
+async fn a_new_channel_costs_one_position_read() -> Result<()> {
+    let setup = setup(Backend::Redis, &[]).await?;
+    let redis = setup.redis.as_ref().unwrap();
+    let mut publisher = client(&setup.server).await?;
+    publisher.publish("fresh", json!({"seq": 0})).await?;
+    redis.config_resetstat().await?;
+    let mut first = client(&setup.server).await?;
+    first.subscribe("fresh", None).await?;
+    let evals =
+        |stats: &std::collections::HashMap<String, u64>| stats.get("eval").copied().unwrap_or(0);
+    let after_first = evals(&redis.info_commandstats().await?);
+    ensure!(after_first == 1, "first subscriber: {after_first} EVALs");
+    publisher.publish("fresh", json!({"seq": 1})).await?;
+    let mut second = client(&setup.server).await?;
+    second.subscribe("fresh", None).await?;
+    let after_second = evals(&redis.info_commandstats().await?);
+    ensure!(
+        after_second == 3,
+        "publish + second subscriber: {after_second} EVALs in all"
+    );
+    publisher.publish("fresh", json!({"seq": 2})).await?;
+    assert_eq!(
+        seqs(&first.recv_messages("fresh", 2, STEP).await?),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(&second.recv_messages("fresh", 1, STEP).await?),
+        vec![2]
+    );
+    Ok(())
+}
+
 /// Counts `XREAD` calls while `messages` messages are delivered to `subscribers` clients.
 async fn xreads_for(subscribers: usize, messages: u64) -> Result<u64> {
     let setup = setup(Backend::Redis, &[]).await?;

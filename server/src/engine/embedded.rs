@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     stored_fields, trim_slack, Batch, BatchBuilder, Claimed, Engine, EngineConfig, EngineError,
-    EngineStats, GroupRead, LiveSink, Position, PublishRequest, ReadySender,
+    EngineStats, GroupRead, LiveSink, Position, PublishRequest, Ready, ReadySender,
 };
 
 /// One stored message, already encoded as the JSON object clients receive.
@@ -454,14 +454,17 @@ impl Engine for EmbeddedEngine {
 
     fn watch(&self, channel: Arc<str>, ready: ReadySender) {
         let mut st = self.state.lock();
-        let tip = st
+        let position = st
             .streams
             .get(&channel)
-            .map(|s| s.last_id)
+            .map(|s| Position {
+                last_id: s.last_id,
+                trimmed_through: s.trimmed_through,
+            })
             .unwrap_or_default();
-        st.cursors.insert(channel, tip);
+        st.cursors.insert(channel, position.last_id);
         drop(st);
-        ready.send_replace(true);
+        ready.send_replace(Ready::At(position));
     }
 
     fn unwatch(&self, channel: &Arc<str>) {

@@ -62,9 +62,21 @@ pub trait LiveSink: Send + Sync + 'static {
     fn deliver(&self, batch: Arc<Batch>);
 }
 
+/// How far a watched channel's live feed is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// The starting point is not fixed yet.
+    Pending,
+    /// Fixed now, at this position: every entry after `last_id` reaches the sink. The
+    /// subscriber that started the watch may take it as its own position read.
+    At(Position),
+    /// Fixed, at a point read earlier (the channel was being read already).
+    Started,
+}
+
 /// Signals that a watched channel's live feed has fixed its starting point: from then on every
 /// entry appended after that point reaches the sink.
-pub type ReadySender = watch::Sender<bool>;
+pub type ReadySender = watch::Sender<Ready>;
 
 /// A storage engine; see the module docs.
 #[async_trait]
@@ -86,8 +98,8 @@ pub trait Engine: Send + Sync + 'static {
     /// The channel's last assigned ID and trim watermark.
     async fn position(&self, channel: &str) -> Result<Position, EngineError>;
 
-    /// Starts feeding the channel's new entries to the sink; `ready` is set to `true` once the
-    /// starting point is fixed. Must not block (it is called under the hub's lock).
+    /// Starts feeding the channel's new entries to the sink; `ready` leaves [`Ready::Pending`]
+    /// once the starting point is fixed. Must not block (it is called under the hub's lock).
     fn watch(&self, channel: Arc<str>, ready: ReadySender);
 
     /// Stops feeding the channel. Must not block.

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::cursors::Cursors;
 use super::{map_err, parse, Shared};
-use crate::engine::{EngineError, EngineStats, LiveSink, ReadySender};
+use crate::engine::{EngineError, EngineStats, LiveSink, Ready, ReadySender};
 
 /// A pending change to a reader's channel set.
 enum Op {
@@ -374,7 +374,7 @@ impl Reader {
                 Op::Remove => self.cursors.remove(&channel),
                 Op::Add(ready) => {
                     if self.cursors.contains(&channel) {
-                        ready.send_replace(true);
+                        ready.send_replace(Ready::Started);
                         continue;
                     }
                     if failed.is_some() {
@@ -385,7 +385,7 @@ impl Reader {
                         Ok(pos) => {
                             let key = self.shared.stream_key(&channel);
                             self.cursors.insert(channel, key, pos.last_id);
-                            ready.send_replace(true);
+                            ready.send_replace(Ready::At(pos));
                         }
                         Err(err) => {
                             self.requeue(channel, Op::Add(ready));
