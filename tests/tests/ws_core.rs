@@ -110,6 +110,47 @@ async fn blocked_reader_is_retargeted_with_client_unblock() -> Result<()> {
     Ok(())
 }
 
+/// A second `subscribe` to a channel replaces the first (both engines): its reply, then the new
+/// subscription's messages — here its whole history from `0` — each once, then live ones.
+async fn a_second_subscribe_replaces_the_first(backend: Backend) -> Result<()> {
+    let setup = setup(backend, &[]).await?;
+    let mut sub = client(&setup.server).await?;
+    sub.subscribe("again", None).await?;
+    let mut publisher = client(&setup.server).await?;
+    for seq in 1..=2 {
+        publisher.publish("again", json!({ "seq": seq })).await?;
+    }
+    assert_eq!(
+        seqs(&sub.recv_messages("again", 2, STEP).await?),
+        vec![1, 2]
+    );
+    let reply = sub.subscribe("again", Some("0")).await?;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(
+        seqs(&sub.recv_messages("again", 2, STEP).await?),
+        vec![1, 2]
+    );
+    for seq in 3..=4 {
+        publisher.publish("again", json!({ "seq": seq })).await?;
+    }
+    // Once each: a subscription left behind would deliver 3 twice.
+    assert_eq!(
+        seqs(&sub.recv_messages("again", 2, STEP).await?),
+        vec![3, 4]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_subscribe_replaces_the_first_redis() -> Result<()> {
+    a_second_subscribe_replaces_the_first(Backend::Redis).await
+}
+
+#[tokio::test]
+async fn a_second_subscribe_replaces_the_first_embedded() -> Result<()> {
+    a_second_subscribe_replaces_the_first(Backend::Embedded).await
+}
+
 /// The first subscriber of a channel takes the live reader's position read as its own: one
 /// position script per new channel, not two; a later subscriber reads its own (the reader's is
 /// older than its subscribe). Both get exactly what was published after they subscribed.

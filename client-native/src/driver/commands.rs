@@ -3,10 +3,12 @@
 //!
 //! Replacing a subscription (subscribing again to a channel, or resuming one that overflowed)
 //! is done as `unsubscribe`, then `subscribe` once the `unsubscribed` reply came back; so is a
-//! subscribe of a channel whose unsubscribe is still in flight. The server refuses a second
-//! `subscribe` of a channel, and waiting for the reply means no message of the old
-//! subscription (still on the wire) can reach the new one: for a new subscription from `0`
-//! such a message would move its position past the history it is about to receive.
+//! subscribe of a channel whose unsubscribe is still in flight. Waiting for the reply means no
+//! message of the old subscription (still on the wire) can reach the new one: for a new
+//! subscription from `0` such a message would move its position past the history it is about
+//! to receive. (The server would also replace a second `subscribe` in place, and the session
+//! drops a channel's messages while its `subscribe` is unanswered; the explicit unsubscribe
+//! also ends the old subscription's stream at a clear point.)
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

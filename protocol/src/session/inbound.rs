@@ -145,6 +145,12 @@ impl Session {
         let Some(sub) = self.subs.get_mut(&channel) else {
             return;
         };
+        // Until its `subscribed` arrives, the channel's messages belong to a subscription this
+        // one replaces (the server sends nothing of a subscription before its reply): taking
+        // them would move the position past the history the new one is about to receive.
+        if sub.inflight.is_some() {
+            return;
+        }
         let messages = sub.accept(messages);
         if !messages.is_empty() {
             self.events.push_back(Event::Messages { channel, messages });

@@ -264,6 +264,42 @@ fn refused_subscriptions_are_forgotten() {
     assert!(pair.session.is_connected());
 }
 
+/// Replacing a live subscription (here with one from `0`): messages of the old subscription that
+/// arrive before the new `subscribed` are dropped, or they would move the position past the
+/// history the new subscription then receives, which would be lost as "already seen".
+#[test]
+fn messages_before_a_replacing_subscribed_belong_to_the_old_subscription() {
+    let mut pair = Pair::connected(&["ws://a"]);
+    pair.session.subscribe("c", Offset::Latest).unwrap();
+    pair.drive();
+    let a = pair.server.append("c", body(1));
+    pair.drive();
+    assert_eq!(pair.delivered("c"), vec![a]);
+
+    // The server has not answered the second subscribe when the next live message goes out.
+    pair.server.swallow.insert("subscribe");
+    pair.session.subscribe("c", Offset::Earliest).unwrap();
+    pair.drive();
+    let b = pair.server.append("c", body(2));
+    pair.drive();
+    assert_eq!(
+        pair.delivered("c"),
+        vec![a],
+        "a message of the replaced subscription"
+    );
+
+    // Now it answers: `subscribed` from 0, then the history.
+    pair.server.swallow.clear();
+    let (target, resubscribe) = pair.server.received.last().cloned().unwrap();
+    pair.server.handle(&target, resubscribe);
+    pair.drive();
+    assert_eq!(
+        pair.delivered("c"),
+        vec![a, a, b],
+        "the new subscription's full history"
+    );
+}
+
 #[test]
 fn resubscribing_replaces_and_cancels_the_unanswered_request() {
     let mut pair = Pair::new(Config::new(["ws://a"]), 1);

@@ -32,16 +32,6 @@ pub(super) struct Groups {
 }
 
 impl Feed {
-    /// Refuses a second subscription (plain or group) to `channel`.
-    pub(super) fn check_new_subscription(&self, channel: &str) -> Result<(), RequestError> {
-        if self.subs.contains_key(channel) || self.group(channel).is_some() {
-            return Err(RequestError::bad_request(format!(
-                "already subscribed to {channel:?}; unsubscribe first"
-            )));
-        }
-        Ok(())
-    }
-
     /// Joins consumer group `group` of `channel` as `consumer`, creating the group from
     /// `offset` when it does not exist. Returns the group's last delivered ID; the consumer's
     /// pending entries, then new ones, follow with the next [`Feed::ready`].
@@ -52,7 +42,8 @@ impl Feed {
         consumer: &str,
         offset: Offset,
     ) -> Result<StreamId, RequestError> {
-        self.check_new_subscription(channel)?;
+        // A second subscribe to a channel replaces the first.
+        self.unsubscribe(channel);
         let limit = self.app.config.limits.max_subscriptions;
         if self.len() >= limit {
             return Err(RequestError::bad_request(format!(

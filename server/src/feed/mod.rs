@@ -139,7 +139,10 @@ impl Feed {
         channel: &str,
         offset: Offset,
     ) -> Result<Start, RequestError> {
-        self.check_new_subscription(channel)?;
+        // A second subscribe to a channel replaces the first: nothing of the old subscription
+        // is written after this (its queued batches no longer match a subscription, and the
+        // new one starts from its own position), so the reply separates the two on the wire.
+        self.unsubscribe(channel);
         let limit = self.app.config.limits.max_subscriptions;
         if self.len() >= limit {
             return Err(RequestError::bad_request(format!(
