@@ -159,6 +159,20 @@ describe('tabs share one socket; the outbox survives reloads', { timeout: 300000
     console.log(`logs: ${logDir}`);
   });
 
+  it('subscribing again from 0 replaces the subscription: history again, then live, once each', async () => {
+    const channel = `tabs-again-${Date.now()}`;
+    const tab = await openTab(channel, { share: false, name: 'again' });
+    for (let n = 0; n < 3; n++) await publish(server.port, channel, n);
+    const first = (await history(server.port, channel)).map((m) => m.offset);
+    await receivesExactly(tab, first, 'first subscription');
+    const reply = await tab.evaluate((c) => window.client.subscribe(c, '0'), channel);
+    assert.equal(reply.offset, '0-0', `second subscribe answered ${JSON.stringify(reply)}`);
+    await receivesExactly(tab, [...first, ...first], 'replacing subscription (its history)');
+    await publish(server.port, channel, 3);
+    const all = (await history(server.port, channel)).map((m) => m.offset);
+    await receivesExactly(tab, [...first, ...all], 'replacing subscription (live)');
+  });
+
   it('three tabs use one WebSocket and all receive every message', async () => {
     const channel = `tabs-one-${Date.now()}`;
     const tabs = [];
