@@ -153,10 +153,7 @@ impl LiveQueueReceiver {
 
     /// Takes the next batch if one is waiting (a pending signal stays pending).
     pub fn try_recv(&mut self) -> Option<Arc<Batch>> {
-        let mut state = self.shared.state.lock();
-        let batch = state.batches.pop_front()?;
-        state.bytes -= batch.frame().len();
-        Some(batch)
+        self.shared.state.lock().pop()
     }
 
     fn try_event(&mut self) -> Option<QueueEvent> {
@@ -164,9 +161,15 @@ impl LiveQueueReceiver {
         if std::mem::take(&mut state.signalled) {
             return Some(QueueEvent::Signalled);
         }
-        let batch = state.batches.pop_front()?;
-        state.bytes -= batch.frame().len();
-        Some(QueueEvent::Batch(batch))
+        state.pop().map(QueueEvent::Batch)
+    }
+}
+
+impl QueueState {
+    fn pop(&mut self) -> Option<Arc<Batch>> {
+        let batch = self.batches.pop_front()?;
+        self.bytes -= batch.frame().len();
+        Some(batch)
     }
 }
 

@@ -125,10 +125,10 @@ pub struct Second {
 
 const SHARDS: usize = 16;
 
-/// The run's timeline and overall latency histogram, sharded to keep lock contention low.
-/// Everything is allocated up front: a histogram made on a subscriber's first delivery
+/// The run's timeline and overall latency histogram, sharded to keep lock contention low. The
+/// overall histograms are allocated up front: one made on each subscriber's first delivery
 /// (~150 KB at 3 significant digits) made the load tool itself slow in the first second and
-/// showed up as latency.
+/// showed up as latency. A second's histograms (2 digits, small) are made as it starts.
 pub struct Timeline {
     start: Instant,
     shards: Vec<Mutex<Shard>>,
@@ -138,9 +138,6 @@ struct Shard {
     seconds: Vec<Second>,
     all: Histogram<u64>,
 }
-
-/// Seconds of timeline allocated up front (more are added as needed).
-const SECONDS_AHEAD: usize = 120;
 
 fn second() -> Second {
     Second {
@@ -157,7 +154,7 @@ impl Timeline {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        seconds: (0..SECONDS_AHEAD).map(|_| second()).collect(),
+                        seconds: Vec::new(),
                         all: histogram(),
                     })
                 })
@@ -195,10 +192,7 @@ impl Timeline {
     pub fn seconds(&self) -> Vec<Second> {
         let mut out: Vec<Second> = Vec::new();
         for shard in &self.shards {
-            let shard = shard.lock();
-            let used = shard.seconds.iter().rposition(|s| s.deliveries > 0);
-            let used = used.map_or(0, |last| last + 1);
-            for (i, s) in shard.seconds[..used].iter().enumerate() {
+            for (i, s) in shard.lock().seconds.iter().enumerate() {
                 if out.len() <= i {
                     out.push(s.clone());
                 } else {

@@ -42,14 +42,7 @@ impl Feed {
         consumer: &str,
         offset: Offset,
     ) -> Result<StreamId, RequestError> {
-        // A second subscribe to a channel replaces the first.
-        self.unsubscribe(channel);
-        let limit = self.app.config.limits.max_subscriptions;
-        if self.len() >= limit {
-            return Err(RequestError::bad_request(format!(
-                "at most {limit} subscriptions per connection"
-            )));
-        }
+        self.make_room(channel)?;
         let timeout = self.app.config.limits.request_timeout
             + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
         let groups = self.groups.get_or_insert_with(|| {

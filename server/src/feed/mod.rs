@@ -139,16 +139,7 @@ impl Feed {
         channel: &str,
         offset: Offset,
     ) -> Result<Start, RequestError> {
-        // A second subscribe to a channel replaces the first: nothing of the old subscription
-        // is written after this (its queued batches no longer match a subscription, and the
-        // new one starts from its own position), so the reply separates the two on the wire.
-        self.unsubscribe(channel);
-        let limit = self.app.config.limits.max_subscriptions;
-        if self.len() >= limit {
-            return Err(RequestError::bad_request(format!(
-                "at most {limit} subscriptions per connection"
-            )));
-        }
+        self.make_room(channel)?;
         let channel: Arc<str> = Arc::from(channel);
         let shared = SubscriberShared::new();
         let Watching { mut ready, first } = self.app.hub.subscribe(
@@ -192,6 +183,21 @@ impl Feed {
             .insert(channel.clone(), Subscription::new(shared, start.after));
         self.catch_up.push_back(channel);
         Ok(start)
+    }
+
+    /// Ends any subscription (plain or group) to `channel`, which a new subscribe replaces, and
+    /// refuses one beyond the per-connection limit. Nothing of the old subscription is written
+    /// after this (its queued batches no longer match a subscription, and the new one starts
+    /// from its own position), so the new one's reply separates the two on the wire.
+    fn make_room(&mut self, channel: &str) -> Result<(), RequestError> {
+        self.unsubscribe(channel);
+        let limit = self.app.config.limits.max_subscriptions;
+        if self.len() >= limit {
+            return Err(RequestError::bad_request(format!(
+                "at most {limit} subscriptions per connection"
+            )));
+        }
+        Ok(())
     }
 
     /// Ends the subscription to `channel`; false if there was none.

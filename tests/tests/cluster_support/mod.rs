@@ -43,38 +43,54 @@ pub fn offset(text: &str) -> Result<(u64, u64)> {
     Ok((ms.parse()?, seq.parse()?))
 }
 
-/// Subscribes `client` to every channel (requests pipelined) and waits for every reply.
-pub async fn subscribe_all(
+/// Sends one request per item, pipelined (`request` builds it from its id), and waits within
+/// `timeout` for every reply, each of type `expected`; returns the replies by item.
+async fn pipeline<T: Clone + Eq + std::hash::Hash + std::fmt::Debug>(
     client: &mut WsClient,
-    channels: &[String],
+    items: impl IntoIterator<Item = T>,
+    expected: &str,
     timeout: Duration,
-) -> Result<()> {
+    request: impl Fn(u64, &T) -> Value,
+) -> Result<HashMap<T, Value>> {
     let mut pending = HashMap::new();
-    for channel in channels {
+    for item in items {
         let id = client.next_id();
-        client
-            .send_json(&json!({"type": "subscribe", "id": id, "channel": channel}))
-            .await?;
-        pending.insert(id, channel.clone());
+        client.send_json(&request(id, &item)).await?;
+        pending.insert(id, item);
     }
+    let mut replies = HashMap::new();
     let deadline = Instant::now() + timeout;
     while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         let frame = client
             .recv_json_timeout(left)
             .await
-            .with_context(|| format!("{} subscribes still unanswered", pending.len()))?;
-        let Some(id) = frame.get("id").and_then(Value::as_u64) else {
-            bail!("unexpected frame while subscribing: {frame}");
-        };
-        let channel = pending
-            .remove(&id)
-            .with_context(|| format!("reply to an unknown request: {frame}"))?;
-        ensure!(
-            frame["type"] == "subscribed",
-            "subscribe {channel}: {frame}"
-        );
+            .with_context(|| format!("{} requests still unanswered", pending.len()))?;
+        let item = frame
+            .get("id")
+            .and_then(Value::as_u64)
+            .and_then(|id| pending.remove(&id))
+            .with_context(|| format!("unexpected frame while waiting for {expected}: {frame}"))?;
+        ensure!(frame["type"] == expected, "{item:?}: {frame}");
+        replies.insert(item, frame);
     }
+    Ok(replies)
+}
+
+/// Subscribes `client` to every channel (requests pipelined) and waits for every reply.
+pub async fn subscribe_all(
+    client: &mut WsClient,
+    channels: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    pipeline(
+        client,
+        channels.iter().cloned(),
+        "subscribed",
+        timeout,
+        |id, channel| json!({"type": "subscribe", "id": id, "channel": channel}),
+    )
+    .await?;
     Ok(())
 }
 
@@ -137,34 +153,19 @@ pub async fn publish_all(
     items: &[(String, u64)],
     timeout: Duration,
 ) -> Result<HashMap<(String, u64), (u64, u64)>> {
-    let mut pending = HashMap::new();
-    for (channel, seq) in items {
-        let id = client.next_id();
-        client
-            .send_json(&json!({"type": "publish", "id": id, "channel": channel,
-                                 "fields": {"seq": seq}}))
-            .await?;
-        pending.insert(id, (channel.clone(), *seq));
-    }
-    let mut acked = HashMap::new();
-    let deadline = Instant::now() + timeout;
-    while !pending.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = client
-            .recv_json_timeout(left)
-            .await
-            .with_context(|| format!("{} publishes still unanswered", pending.len()))?;
-        let id = frame.get("id").and_then(Value::as_u64);
-        let item = id
-            .and_then(|id| pending.remove(&id))
-            .with_context(|| format!("unexpected frame while publishing: {frame}"))?;
-        ensure!(frame["type"] == "published", "publish {item:?}: {frame}");
-        acked.insert(
-            item,
-            offset(frame["offset"].as_str().context("no offset")?)?,
-        );
-    }
-    Ok(acked)
+    let replies = pipeline(client, items.iter().cloned(), "published", timeout, |id, (channel, seq)| {
+        json!({"type": "publish", "id": id, "channel": channel, "fields": {"seq": seq}})
+    })
+    .await?;
+    replies
+        .into_iter()
+        .map(|(item, reply)| {
+            Ok((
+                item,
+                offset(reply["offset"].as_str().context("no offset")?)?,
+            ))
+        })
+        .collect()
 }
 
 /// Blocked `XREAD` readers (`CLIENT LIST` entries with `cmd=xread`) and all client
