@@ -13,6 +13,7 @@ pub mod groups;
 pub mod hub;
 pub mod limits;
 pub mod listener;
+pub mod message;
 pub mod metrics;
 pub mod transport;
 

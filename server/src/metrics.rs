@@ -15,6 +15,8 @@ use crate::App;
 pub const PUBLISHED: &str = "redistribute_messages_published_total";
 /// Messages written to clients (every message of a batched frame counts).
 pub const DELIVERED: &str = "redistribute_messages_delivered_total";
+/// Gaps reported to subscribers during delivery (ranges trimmed or undeliverable).
+pub const GAPS: &str = "redistribute_gaps_reported_total";
 /// Entries per batch read from the engine's live feed.
 pub const BATCH_ENTRIES: &str = "redistribute_live_batch_entries";
 /// Live batches handed to subscriber queues / not queued (lagging or full).
@@ -88,6 +90,8 @@ pub struct Hot {
     pub published: metrics::Counter,
     /// [`BATCH_ENTRIES`].
     pub batch_entries: metrics::Histogram,
+    /// [`GAPS`].
+    pub gaps: metrics::Counter,
 }
 
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -100,6 +104,7 @@ pub fn hot() -> &'static Hot {
             delivered: metrics::counter!(DELIVERED),
             published: metrics::counter!(PUBLISHED),
             batch_entries: metrics::histogram!(BATCH_ENTRIES),
+            gaps: metrics::counter!(GAPS),
         }
     })
 }

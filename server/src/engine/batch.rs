@@ -13,6 +13,21 @@ use redistribute_protocol::StreamId;
 /// Closing bytes of every `messages` frame.
 const FRAME_END: &str = "]}";
 
+/// Batches are cut by bytes: a producer starts a new batch before an entry would push the
+/// encoded items past this (one entry alone may exceed it, up to [`MAX_ENTRY_BYTES`]).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Largest message, as its encoded entry (`{"offset":…,"fields":{…}}`) in a `messages` frame.
+/// Publishes over it are refused with `too_large`; an entry written by another producer that
+/// is larger is not delivered but reported as a gap.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of arrays and objects inside one field value (`1` is 0, `[1]` is 1).
+/// Publishes over it are refused with `bad_request`; a deeper value written by another producer
+/// is delivered as a JSON string. A `messages` frame then nests at most this + 4 levels, well
+/// within what JSON decoders accept (serde_json: 128).
+pub const MAX_VALUE_DEPTH: usize = 64;
+
 /// Consecutive entries of one channel with their `messages` frame encoded once.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -21,9 +36,22 @@ pub struct Batch {
     /// Byte offset in `frame` where each entry's JSON object starts.
     starts: Vec<u32>,
     frame: Utf8Bytes,
+    gap_through: Option<StreamId>,
 }
 
 impl Batch {
+    /// For live batches: entries of the channel after the previous live batch, up to and
+    /// including this ID, were not delivered by the live feed (trimmed before the reader read
+    /// them, or skipped as undeliverable). Always lower than the batch's first entry.
+    pub fn gap_through(&self) -> Option<StreamId> {
+        self.gap_through
+    }
+
+    /// Bytes of the encoded items (the frame without its envelope).
+    pub fn items_len(&self) -> usize {
+        self.items_from(0).len()
+    }
+
     /// The channel the entries belong to.
     pub fn channel(&self) -> &Arc<str> {
         &self.channel
@@ -89,9 +117,37 @@ fn push_json_str(out: &mut String, s: &str) {
     let _ = out.write_str(&escaped);
 }
 
-/// Whether `text` is one complete JSON value.
+/// Whether `text` is one complete JSON value nested at most [`MAX_VALUE_DEPTH`] deep.
 fn is_json(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    json_depth(text) <= MAX_VALUE_DEPTH
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+/// The deepest nesting of arrays and objects in JSON text (brackets inside strings do not
+/// count). Text that is not JSON gives some number; callers also parse it.
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Builds a [`Batch`] entry by entry.
@@ -101,6 +157,7 @@ pub struct BatchBuilder {
     ids: Vec<StreamId>,
     starts: Vec<u32>,
     out: String,
+    gap_through: Option<StreamId>,
 }
 
 impl BatchBuilder {
@@ -115,7 +172,20 @@ impl BatchBuilder {
             ids: Vec::new(),
             starts: Vec::new(),
             out,
+            gap_through: None,
         }
+    }
+
+    /// Marks the batch as following missed entries; see [`Batch::gap_through`].
+    pub fn set_gap_through(&mut self, id: StreamId) {
+        self.gap_through = Some(id);
+    }
+
+    /// Bytes of the items encoded so far.
+    pub fn items_len(&self) -> usize {
+        self.starts
+            .first()
+            .map_or(0, |&start| self.out.len() - start as usize)
     }
 
     /// Starts an entry; follow with [`BatchBuilder::field`] calls and [`BatchBuilder::end_entry`].
@@ -190,6 +260,7 @@ impl BatchBuilder {
             ids: self.ids,
             starts: self.starts,
             frame: Utf8Bytes::from(self.out),
+            gap_through: self.gap_through,
         })
     }
 }
@@ -259,6 +330,32 @@ mod tests {
         assert_eq!(first["fields"]["n"], 42);
         let second: serde_json::Value = serde_json::from_str(batch.item(1)).unwrap();
         assert_eq!(second["offset"], "2-0");
+    }
+
+    #[test]
+    fn values_nested_deeper_than_the_limit_are_delivered_as_strings() {
+        let at_limit = format!(
+            "{}1{}",
+            "[".repeat(MAX_VALUE_DEPTH),
+            "]".repeat(MAX_VALUE_DEPTH)
+        );
+        let past = format!("[{at_limit}]");
+        let tricky = format!("\"{}\"", "[{\\\"".repeat(200));
+        assert_eq!(json_depth(&at_limit), MAX_VALUE_DEPTH);
+        assert_eq!(json_depth(&tricky), 0);
+        let mut b = BatchBuilder::new("c".into());
+        b.begin_entry(StreamId::new(1, 0));
+        b.field(true, "ok", &at_limit);
+        b.field(false, "deep", &past);
+        b.field(false, "s", &tricky);
+        b.end_entry();
+        let batch = b.finish().unwrap();
+        let ServerFrame::Messages { messages, .. } = decode_server(batch.frame()).unwrap() else {
+            panic!("not a messages frame");
+        };
+        assert!(messages[0].fields["ok"].is_array());
+        assert_eq!(messages[0].fields["deep"], serde_json::Value::String(past));
+        assert!(messages[0].fields["s"].is_string());
     }
 
     #[test]

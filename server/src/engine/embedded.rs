@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     stored_fields, trim_slack, Batch, BatchBuilder, Claimed, Engine, EngineConfig, EngineError,
-    EngineStats, GroupRead, LiveSink, Position, PublishRequest, Ready, ReadySender,
+    EngineStats, GroupRead, LiveSink, Page, Position, PublishRequest, Ready, ReadySender,
 };
 
 /// One stored message, already encoded as the JSON object clients receive.
@@ -269,12 +269,18 @@ impl Engine for EmbeddedEngine {
         channel: &Arc<str>,
         after: StreamId,
         limit: usize,
-    ) -> Result<Option<Batch>, EngineError> {
+        _max_bytes: usize,
+    ) -> Result<Page, EngineError> {
         let st = self.state.lock();
-        Ok(st
-            .streams
-            .get(channel)
-            .and_then(|s| read_stream(s, channel, after, limit)))
+        let Some(stream) = st.streams.get(channel) else {
+            return Ok(Page::default());
+        };
+        let batch = read_stream(stream, channel, after, limit);
+        Ok(Page {
+            full: batch.as_ref().is_some_and(|b| b.len() >= limit),
+            gap_through: stream.trimmed_through.filter(|t| *t > after),
+            batch,
+        })
     }
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {

@@ -18,10 +18,24 @@ use redistribute_protocol::{Fields, Offset, StreamId};
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use batch::{Batch, BatchBuilder};
+pub use batch::{Batch, BatchBuilder, MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_VALUE_DEPTH};
 
 /// Most fields one message may have.
 pub const MAX_FIELDS: usize = 1024;
+
+/// One catch-up read ([`Engine::read`]).
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Entries after the requested offset: at most `limit` of them, and their encoded items at
+    /// most `max_bytes` (but always at least one entry when any exists).
+    pub batch: Option<Batch>,
+    /// Entries with offsets in `(after, gap_through]` are gone (trimmed, or skipped as
+    /// undeliverable). `None` when nothing after `after` is known to be missing. Always lower
+    /// than the batch's first entry.
+    pub gap_through: Option<StreamId>,
+    /// The read stopped at `limit` entries or at `max_bytes`: more entries may follow.
+    pub full: bool,
+}
 
 /// A request to append one message.
 #[derive(Debug, Clone)]
@@ -87,13 +101,15 @@ pub trait Engine: Send + Sync + 'static {
     /// Appends a message; returns its offset only once it is stored.
     async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamId, EngineError>;
 
-    /// Reads up to `limit` entries with offsets greater than `after`.
+    /// Reads up to `limit` entries (and about `max_bytes` of encoded items) with offsets greater
+    /// than `after`, and what is known to be missing after `after`; see [`Page`].
     async fn read(
         &self,
         channel: &Arc<str>,
         after: StreamId,
         limit: usize,
-    ) -> Result<Option<Batch>, EngineError>;
+        max_bytes: usize,
+    ) -> Result<Page, EngineError>;
 
     /// The channel's last assigned ID and trim watermark.
     async fn position(&self, channel: &str) -> Result<Position, EngineError>;
@@ -216,8 +232,8 @@ pub async fn latest_entry(
     let Some(before) = position.last_id.predecessor() else {
         return Ok(None);
     };
-    let batch = engine.read(channel, before, 1).await?;
-    Ok(batch.filter(|b| b.last_id() == position.last_id))
+    let page = engine.read(channel, before, 1, usize::MAX).await?;
+    Ok(page.batch.filter(|b| b.last_id() == position.last_id))
 }
 
 /// How many entries to trim at once past `maxlen`, so trimming is amortized (like `MAXLEN ~`).

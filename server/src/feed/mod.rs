@@ -22,23 +22,39 @@ use std::time::Duration;
 use redistribute_protocol::{Offset, StreamId};
 use tracing::warn;
 
-use crate::engine::{Batch, EngineError, Position, Ready};
+use crate::engine::{EngineError, Page, Position, Ready, MAX_BATCH_BYTES};
 use crate::error::RequestError;
 use crate::hub::{
     LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared, Watching,
 };
 use crate::App;
-pub use outbound::Outbound;
-use subscription::{AfterPage, Subscription};
+pub use outbound::{Delivery, Outbound};
+use subscription::{AfterPage, Subscription, Take};
 
 /// Most live batches taken from the queue in one go.
 const DRAIN_MAX: usize = 64;
 
+/// A queue drain stops once this many bytes of entries are collected, so what one delivery
+/// holds (and an SSE chunk or a poll response carries) is bounded in bytes.
+const DRAIN_MAX_BYTES: usize = 1 << 20;
+
+/// Most bytes of encoded entries one catch-up read returns (one entry may exceed it).
+const CATCH_UP_PAGE_BYTES: usize = MAX_BATCH_BYTES;
+
 /// Pause before retrying a failed catch-up read.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
-type CatchUpFuture =
-    Pin<Box<dyn Future<Output = (Arc<str>, StreamId, Result<Option<Batch>, EngineError>)> + Send>>;
+/// A catch-up read in flight and what it answers.
+struct PageRead {
+    channel: Arc<str>,
+    /// The subscription that asked ([`Subscription::generation`]).
+    generation: u64,
+    /// The read was of entries after this offset.
+    after: StreamId,
+    result: Result<Page, EngineError>,
+}
+
+type CatchUpFuture = Pin<Box<dyn Future<Output = PageRead> + Send>>;
 
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +109,8 @@ pub struct Feed {
     out: Outbound,
     /// Consumer-group subscriptions and their queue ([`group`]), made with the first one.
     groups: Option<Box<group::Groups>>,
+    /// The last [`Subscription::generation`] given out.
+    generation: u64,
 }
 
 impl Feed {
@@ -110,6 +128,7 @@ impl Feed {
             in_flight: None,
             out: Outbound::default(),
             groups: None,
+            generation: 0,
         }
     }
 
@@ -179,8 +198,9 @@ impl Feed {
             }
         };
         let start = Start::resolve(offset, position);
-        self.subs
-            .insert(channel.clone(), Subscription::new(shared, start.after));
+        self.generation += 1;
+        let sub = Subscription::new(shared, start.after, self.generation);
+        self.subs.insert(channel.clone(), sub);
         self.catch_up.push_back(channel);
         Ok(start)
     }
@@ -257,10 +277,10 @@ impl Feed {
                 }
             }
             if let Some(read) = &mut self.in_flight {
-                if let Poll::Ready((channel, after, result)) = read.as_mut().poll(cx) {
+                if let Poll::Ready(read) = read.as_mut().poll(cx) {
                     progressed = true;
                     self.in_flight = None;
-                    self.on_page(channel, after, result);
+                    self.on_page(read);
                 }
             }
             if !progressed {
@@ -285,19 +305,34 @@ impl Feed {
         }
     }
 
-    fn take_live(&mut self, first: Arc<Batch>) {
+    fn take_live(&mut self, first: Arc<crate::engine::Batch>) {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(batch) = next.take() {
             taken += 1;
             if let Some(sub) = self.subs.get_mut(batch.channel()) {
-                if let Some(from) = sub.accept_live(&batch) {
-                    self.out.push(batch, from);
-                }
+                let take = sub.accept_live(&batch);
+                Self::deliver(&mut self.out, batch.channel(), take, Some(batch.clone()));
             }
-            if taken < DRAIN_MAX {
+            if taken < DRAIN_MAX && self.out.bytes() < DRAIN_MAX_BYTES {
                 next = self.queue_rx.try_recv();
             }
+        }
+    }
+
+    /// Collects what a subscription took: its gap first, then its entries.
+    fn deliver(
+        out: &mut Outbound,
+        channel: &Arc<str>,
+        take: Take,
+        batch: Option<Arc<crate::engine::Batch>>,
+    ) {
+        if let Some((from, to)) = take.gap {
+            crate::metrics::hot().gaps.increment(1);
+            out.push_gap(channel.clone(), from, to);
+        }
+        if let (Some(from), Some(batch)) = (take.from, batch) {
+            out.push(batch, from);
         }
     }
 
@@ -310,17 +345,30 @@ impl Feed {
         }
     }
 
-    fn read_after(&self, channel: Arc<str>, after: StreamId, delay: Duration) -> CatchUpFuture {
+    fn read_after(
+        &self,
+        channel: Arc<str>,
+        generation: u64,
+        after: StreamId,
+        delay: Duration,
+    ) -> CatchUpFuture {
         let engine = self.app.engine.clone();
-        let page = self.app.config.limits.catch_up_page;
+        let limit = self.app.config.limits.catch_up_page;
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             let started = std::time::Instant::now();
-            let result = engine.read(&channel, after, page).await;
+            let result = engine
+                .read(&channel, after, limit, CATCH_UP_PAGE_BYTES)
+                .await;
             crate::metrics::engine_op("read", started);
-            (channel, after, result)
+            PageRead {
+                channel,
+                generation,
+                after,
+                result,
+            }
         })
     }
 
@@ -335,46 +383,48 @@ impl Feed {
             }
             if let Some(sub) = self.subs.get(&channel) {
                 if !sub.is_live() {
+                    let (generation, last) = (sub.generation, sub.last);
                     self.in_flight =
-                        Some(self.read_after(channel.clone(), sub.last, Duration::ZERO));
+                        Some(self.read_after(channel, generation, last, Duration::ZERO));
                     return;
                 }
             }
         }
     }
 
-    fn on_page(
-        &mut self,
-        channel: Arc<str>,
-        after: StreamId,
-        result: Result<Option<Batch>, EngineError>,
-    ) {
+    fn on_page(&mut self, read: PageRead) {
+        let PageRead {
+            channel,
+            generation,
+            after,
+            result,
+        } = read;
         let Some(sub) = self.subs.get_mut(&channel) else {
             return;
         };
         if sub.is_live() {
             return;
         }
-        if sub.last != after {
-            // Resubscribed meanwhile: this page answers an older question.
+        if sub.generation != generation || sub.last != after {
+            // Resubscribed meanwhile: this page answers an older question (it may have been
+            // read before the new subscription joined the live feed, so it cannot close the
+            // seam), even when it starts at the same offset.
             self.catch_up.push_back(channel);
             return;
         }
-        let batch = match result {
-            Ok(batch) => batch.map(Arc::new),
+        let page = match result {
+            Ok(page) => page,
             Err(err) => {
                 warn!(conn = self.id, %channel, %err, "catch-up read failed; retrying");
-                self.in_flight = Some(self.read_after(channel, after, RETRY_DELAY));
+                self.in_flight = Some(self.read_after(channel, generation, after, RETRY_DELAY));
                 return;
             }
         };
-        let (deliver, next) = sub.on_page(batch.as_deref(), self.app.config.limits.catch_up_page);
+        let (take, next) = sub.on_page(&page);
         if next == AfterPage::ReadAgain {
-            self.catch_up.push_front(channel);
+            self.catch_up.push_front(channel.clone());
         }
-        if let (Some(from), Some(batch)) = (deliver, batch) {
-            self.out.push(batch, from);
-        }
+        Self::deliver(&mut self.out, &channel, take, page.batch.map(Arc::new));
     }
 }
 

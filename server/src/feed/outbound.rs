@@ -3,7 +3,12 @@
 //! A batch delivered whole is sent as the frame the engine encoded once for every subscriber
 //! (a reference-count increment). When several batches of one channel are waiting, or only a
 //! suffix of a batch is new to this subscriber, their encoded items are spliced into one frame
-//! without decoding anything. Merged frames stop growing at [`MERGE_LIMIT`] bytes.
+//! without decoding anything. Merged frames stop growing at [`MERGE_LIMIT`] bytes. Gaps (entries
+//! a subscription cannot receive) keep their place among a channel's messages.
+//!
+//! Frame size: a batch is at most [`crate::engine::MAX_BATCH_BYTES`] of items or one entry of at
+//! most [`crate::engine::MAX_ENTRY_BYTES`], and merging never passes [`MERGE_LIMIT`], so no frame
+//! exceeds [`MAX_SERVER_FRAME`].
 
 use std::sync::Arc;
 
@@ -11,15 +16,39 @@ use axum::extract::ws::Utf8Bytes;
 use redistribute_protocol::StreamId;
 
 use crate::engine::batch::messages_frame;
-use crate::engine::Batch;
+use crate::engine::{Batch, MAX_BATCH_BYTES, MAX_ENTRY_BYTES};
 
 /// Merged frames are not grown past this many bytes of items.
 pub const MERGE_LIMIT: usize = 256 * 1024;
 
+/// No frame the server sends is larger than this (the documented maximum frame size).
+pub const MAX_SERVER_FRAME: usize = 2 << 20;
+
+const _: () = assert!(
+    MERGE_LIMIT + MAX_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
+        && MAX_BATCH_BYTES + MAX_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
+);
+
+enum Parts {
+    /// Entries of batches, each from an index on.
+    Messages(Vec<(Arc<Batch>, usize)>),
+    /// Entries in `(from, to]` are missed.
+    Gap(StreamId, StreamId),
+}
+
 struct Group {
     channel: Arc<str>,
-    parts: Vec<(Arc<Batch>, usize)>,
+    parts: Parts,
     bytes: usize,
+}
+
+/// One thing to deliver, as [`Outbound::deliveries`] yields it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    /// A message: its channel, offset and entry JSON (`{"offset":…,"fields":{…}}`).
+    Message(&'a Arc<str>, StreamId, &'a str),
+    /// The channel's entries in `(from, to]` are missed.
+    Gap(&'a Arc<str>, StreamId, StreamId),
 }
 
 /// Collects deliveries of one queue drain; see the module docs.
@@ -27,6 +56,7 @@ struct Group {
 pub struct Outbound {
     groups: Vec<Group>,
     entries: usize,
+    bytes: usize,
 }
 
 impl Outbound {
@@ -34,6 +64,7 @@ impl Outbound {
     pub fn push(&mut self, batch: Arc<Batch>, from: usize) {
         self.entries += batch.len() - from;
         let bytes = batch.items_from(from).len();
+        self.bytes += bytes;
         let channel = batch.channel();
         match self
             .groups
@@ -41,16 +72,35 @@ impl Outbound {
             .rev()
             .find(|g| Arc::ptr_eq(&g.channel, channel) || *g.channel == **channel)
         {
-            Some(group) if group.bytes + bytes <= MERGE_LIMIT => {
-                group.bytes += bytes;
-                group.parts.push((batch, from));
+            Some(Group {
+                parts: Parts::Messages(parts),
+                bytes: group_bytes,
+                ..
+            }) if *group_bytes + bytes <= MERGE_LIMIT => {
+                *group_bytes += bytes;
+                parts.push((batch, from));
             }
             _ => self.groups.push(Group {
                 channel: channel.clone(),
                 bytes,
-                parts: vec![(batch, from)],
+                parts: Parts::Messages(vec![(batch, from)]),
             }),
         }
+    }
+
+    /// Adds a gap: the channel's entries in `(from, to]` are missed. It is delivered after
+    /// what was pushed for the channel before and before what is pushed after.
+    pub fn push_gap(&mut self, channel: Arc<str>, from: StreamId, to: StreamId) {
+        self.groups.push(Group {
+            channel,
+            parts: Parts::Gap(from, to),
+            bytes: 0,
+        });
+    }
+
+    /// Bytes of encoded entries collected.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Number of messages collected.
@@ -63,27 +113,43 @@ impl Outbound {
         self.groups.is_empty()
     }
 
-    /// Every entry, in order per channel: `(channel, offset, entry JSON)`.
-    pub fn entries(&self) -> impl Iterator<Item = (&Arc<str>, StreamId, &str)> + '_ {
+    /// Every message and gap, in order per channel.
+    pub fn deliveries(&self) -> impl Iterator<Item = Delivery<'_>> + '_ {
         self.groups.iter().flat_map(|group| {
-            group.parts.iter().flat_map(move |(batch, from)| {
-                (*from..batch.len()).map(move |i| (&group.channel, batch.ids()[i], batch.item(i)))
-            })
+            let channel = &group.channel;
+            let (parts, gap) = match &group.parts {
+                Parts::Messages(parts) => (parts.as_slice(), None),
+                Parts::Gap(from, to) => (&[][..], Some(Delivery::Gap(channel, *from, *to))),
+            };
+            gap.into_iter()
+                .chain(parts.iter().flat_map(move |(batch, from)| {
+                    (*from..batch.len())
+                        .map(move |i| Delivery::Message(channel, batch.ids()[i], batch.item(i)))
+                }))
         })
     }
 
     /// The frames to send, in order per channel; leaves the collector empty.
     pub fn take_frames(&mut self) -> impl Iterator<Item = Utf8Bytes> + '_ {
-        self.groups
-            .drain(..)
-            .map(|group| match group.parts.as_slice() {
+        self.entries = 0;
+        self.bytes = 0;
+        self.groups.drain(..).map(|group| match group.parts {
+            Parts::Messages(parts) => match parts.as_slice() {
                 [(batch, 0)] => batch.frame().clone(),
                 parts => Utf8Bytes::from(messages_frame(
                     &group.channel,
                     parts.iter().map(|(b, from)| b.items_from(*from)),
                 )),
-            })
+            },
+            Parts::Gap(from, to) => Utf8Bytes::from(gap_frame(&group.channel, from, to)),
+        })
     }
+}
+
+/// The `gap` frame: the channel's entries in `(from, to]` are missed.
+pub fn gap_frame(channel: &str, from: StreamId, to: StreamId) -> String {
+    // Channel names are validated: no JSON escaping needed.
+    format!("{{\"type\":\"gap\",\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}")
 }
 
 #[cfg(test)]
@@ -127,5 +193,32 @@ mod tests {
             vec![("a".into(), vec![2, 3, 4]), ("b".into(), vec![7])]
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_gap_keeps_its_place_among_the_channel_messages() {
+        let mut out = Outbound::default();
+        out.push(batch("a", &[1]), 0);
+        out.push_gap("a".into(), StreamId::new(1, 0), StreamId::new(5, 0));
+        out.push(batch("a", &[6]), 0);
+        let mut deliveries = Vec::new();
+        for d in out.deliveries() {
+            deliveries.push(match d {
+                Delivery::Message(_, offset, _) => format!("m{}", offset.ms),
+                Delivery::Gap(_, from, to) => format!("g{}-{}", from.ms, to.ms),
+            });
+        }
+        assert_eq!(deliveries, ["m1", "g1-5", "m6"]);
+        let frames: Vec<_> = out.take_frames().collect();
+        assert_eq!(frames.len(), 3);
+        let gap = decode_server(&frames[1]).unwrap();
+        assert_eq!(
+            gap,
+            ServerFrame::Gap {
+                channel: "a".into(),
+                from: StreamId::new(1, 0),
+                to: StreamId::new(5, 0)
+            }
+        );
     }
 }

@@ -11,14 +11,28 @@
 //!   read covers what the hub skipped.
 //! - Live batches are delivered from the first entry after the last delivered offset, so
 //!   nothing is delivered twice.
+//! - Catch-up ends only on a page that is not full (the engine read to the stream's end).
+//! - Whatever the engine reports missing after the last delivered offset (a page's or a live
+//!   batch's `gap_through`: trimmed, or undeliverable) becomes a gap `(last, gap_through]`
+//!   before the entries that follow it, and `last` moves to its end: nothing is skipped
+//!   silently.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use redistribute_protocol::StreamId;
 
-use crate::engine::Batch;
+use crate::engine::{Batch, Page};
 use crate::hub::SubscriberShared;
+
+/// What a subscription takes from a batch or a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Take {
+    /// Entries in `(from, to]` are missed: report them before any entry.
+    pub gap: Option<(StreamId, StreamId)>,
+    /// Index of the first entry to deliver, if any.
+    pub from: Option<usize>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -42,15 +56,19 @@ pub struct Subscription {
     pub shared: Arc<SubscriberShared>,
     /// The last offset delivered (or the starting point).
     pub last: StreamId,
+    /// Unique per subscription within its feed.
+    pub generation: u64,
     mode: Mode,
 }
 
 impl Subscription {
-    /// A new subscription that starts after `start` and first catches up from the stream.
-    pub fn new(shared: Arc<SubscriberShared>, start: StreamId) -> Self {
+    /// A new subscription that starts after `start` and first catches up from the stream;
+    /// `generation` tells its catch-up reads from those of a subscription it replaced.
+    pub fn new(shared: Arc<SubscriberShared>, start: StreamId, generation: u64) -> Self {
         Subscription {
             shared,
             last: start,
+            generation,
             mode: Mode::CatchUp {
                 max_discarded: None,
             },
@@ -62,17 +80,19 @@ impl Subscription {
         self.mode == Mode::Live
     }
 
-    /// Offers a live batch; returns the index of the first entry to deliver (and advances
-    /// `last`), or `None` when nothing of it is to be delivered now.
-    pub fn accept_live(&mut self, batch: &Batch) -> Option<usize> {
+    /// Offers a live batch; says what to deliver now (and advances `last`).
+    pub fn accept_live(&mut self, batch: &Batch) -> Take {
         match &mut self.mode {
-            Mode::Live => self.take_from(batch),
+            Mode::Live => Take {
+                gap: self.skip_through(batch.gap_through()),
+                from: self.take_from(batch),
+            },
             Mode::CatchUp { max_discarded } => {
                 let last = batch.last_id();
                 if max_discarded.is_none_or(|m| last > m) {
                     *max_discarded = Some(last);
                 }
-                None
+                Take::default()
             }
         }
     }
@@ -90,16 +110,13 @@ impl Subscription {
         }
     }
 
-    /// Takes a catch-up page read after `last` with at most `page_size` entries; returns the
-    /// index of the first entry to deliver (if any) and what to do next.
-    pub fn on_page(
-        &mut self,
-        batch: Option<&Batch>,
-        page_size: usize,
-    ) -> (Option<usize>, AfterPage) {
-        let deliver = batch.and_then(|b| self.take_from(b));
-        let full = batch.is_some_and(|b| b.len() >= page_size);
-        let next = if full {
+    /// Takes a catch-up page read after `last`; says what to deliver and what to do next.
+    pub fn on_page(&mut self, page: &Page) -> (Take, AfterPage) {
+        let take = Take {
+            gap: self.skip_through(page.gap_through),
+            from: page.batch.as_ref().and_then(|b| self.take_from(b)),
+        };
+        let next = if page.full {
             AfterPage::ReadAgain
         } else if self.shared.lagging.swap(false, Ordering::AcqRel) {
             // The hub skipped batches until now; one more read covers them.
@@ -115,7 +132,15 @@ impl Subscription {
                 }
             }
         };
-        (deliver, next)
+        (take, next)
+    }
+
+    /// Moves past entries the engine reports missing; returns the gap to report.
+    fn skip_through(&mut self, gap_through: Option<StreamId>) -> Option<(StreamId, StreamId)> {
+        let through = gap_through.filter(|g| *g > self.last)?;
+        let gap = (self.last, through);
+        self.last = through;
+        Some(gap)
     }
 
     fn take_from(&mut self, batch: &Batch) -> Option<usize> {
@@ -145,45 +170,108 @@ mod tests {
     }
 
     fn sub(start: u64) -> Subscription {
-        Subscription::new(SubscriberShared::new(), StreamId::new(start, 0))
+        Subscription::new(SubscriberShared::new(), StreamId::new(start, 0), 1)
+    }
+
+    /// A page as the engine returns it for a read of at most `limit` entries.
+    fn page(ids: &[u64], limit: usize) -> Page {
+        Page {
+            batch: (!ids.is_empty()).then(|| batch(ids)),
+            gap_through: None,
+            full: ids.len() >= limit,
+        }
+    }
+
+    fn delivered(take: Take) -> Option<usize> {
+        assert_eq!(take.gap, None);
+        take.from
     }
 
     #[test]
     fn discarded_live_batches_force_another_read() {
         let mut s = sub(0);
-        assert_eq!(s.accept_live(&batch(&[3, 4])), None);
+        assert_eq!(s.accept_live(&batch(&[3, 4])), Take::default());
         // A short read that ended before 4: not level yet.
-        let (d, next) = s.on_page(Some(&batch(&[1, 2])), 10);
-        assert_eq!((d, next), (Some(0), AfterPage::ReadAgain));
-        let (d, next) = s.on_page(Some(&batch(&[3, 4])), 10);
-        assert_eq!((d, next), (Some(0), AfterPage::Live));
+        let (d, next) = s.on_page(&page(&[1, 2], 10));
+        assert_eq!((delivered(d), next), (Some(0), AfterPage::ReadAgain));
+        let (d, next) = s.on_page(&page(&[3, 4], 10));
+        assert_eq!((delivered(d), next), (Some(0), AfterPage::Live));
         assert_eq!(s.last, StreamId::new(4, 0));
     }
 
     #[test]
     fn live_batches_overlapping_history_deliver_only_the_new_part() {
         let mut s = sub(0);
-        s.on_page(Some(&batch(&[1, 2, 3])), 10);
+        s.on_page(&page(&[1, 2, 3], 10));
         assert!(s.is_live());
-        assert_eq!(s.accept_live(&batch(&[2, 3, 4, 5])), Some(2));
-        assert_eq!(s.accept_live(&batch(&[5])), None);
+        assert_eq!(delivered(s.accept_live(&batch(&[2, 3, 4, 5]))), Some(2));
+        assert_eq!(delivered(s.accept_live(&batch(&[5]))), None);
         assert_eq!(s.last, StreamId::new(5, 0));
     }
 
     #[test]
     fn full_pages_read_again_and_lag_flag_is_cleared_before_going_live() {
         let mut s = sub(0);
-        let (_, next) = s.on_page(Some(&batch(&[1, 2])), 2);
+        let (_, next) = s.on_page(&page(&[1, 2], 2));
         assert_eq!(next, AfterPage::ReadAgain);
-        s.on_page(None, 2);
+        s.on_page(&page(&[], 2));
         assert!(s.is_live());
         s.shared.lagging.store(true, Ordering::Release);
         assert!(s.start_catch_up());
         assert!(!s.start_catch_up());
-        let (_, next) = s.on_page(None, 2);
+        let (_, next) = s.on_page(&page(&[], 2));
         assert_eq!(next, AfterPage::ReadAgain);
         assert!(!s.shared.lagging.load(Ordering::Acquire));
-        let (_, next) = s.on_page(None, 2);
+        let (_, next) = s.on_page(&page(&[], 2));
         assert_eq!(next, AfterPage::Live);
+    }
+
+    #[test]
+    fn a_page_cut_by_bytes_is_not_the_end_of_the_stream() {
+        let mut s = sub(0);
+        let mut cut = page(&[1], 500);
+        cut.full = true;
+        let (_, next) = s.on_page(&cut);
+        assert_eq!(next, AfterPage::ReadAgain);
+        assert!(!s.is_live());
+    }
+
+    #[test]
+    fn trimmed_entries_become_a_gap_before_what_follows_in_catch_up_and_live() {
+        let mut s = sub(10);
+        // Trimmed through 20 while catching up: gap (10, 20], then 21 and 22.
+        let mut p = page(&[21, 22], 500);
+        p.gap_through = Some(StreamId::new(20, 0));
+        let (take, next) = s.on_page(&p);
+        let gap = (StreamId::new(10, 0), StreamId::new(20, 0));
+        assert_eq!(
+            take,
+            Take {
+                gap: Some(gap),
+                from: Some(0)
+            }
+        );
+        assert_eq!(next, AfterPage::Live);
+        assert_eq!(s.last, StreamId::new(22, 0));
+        // A watermark the subscription is already past is no gap.
+        let mut p = page(&[], 500);
+        p.gap_through = Some(StreamId::new(15, 0));
+        assert_eq!(s.on_page(&p).0, Take::default());
+        // The live reader was outrun by a trim: gap (22, 30], then 31.
+        let mut b = BatchBuilder::new("c".into());
+        b.set_gap_through(StreamId::new(30, 0));
+        b.begin_entry(StreamId::new(31, 0));
+        b.field(true, "n", "31");
+        b.end_entry();
+        let take = s.accept_live(&b.finish().unwrap());
+        let gap = (StreamId::new(22, 0), StreamId::new(30, 0));
+        assert_eq!(
+            take,
+            Take {
+                gap: Some(gap),
+                from: Some(0)
+            }
+        );
+        assert_eq!(s.last, StreamId::new(31, 0));
     }
 }

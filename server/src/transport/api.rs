@@ -5,17 +5,21 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use redistribute_protocol::{decode_client, ClientFrame, ErrorCode, Offset, StreamId};
+use redistribute_protocol::{decode_client, ClientFrame, Offset, StreamId};
 
 use super::http::{check_api_key, push_message, push_offsets, query_pairs, query_value, HttpError};
 use super::ws_connection::publish;
-use crate::engine::{PublishRequest, MAX_FIELDS};
+use crate::engine::PublishRequest;
 use crate::error::RequestError;
 use crate::feed::Start;
 use crate::App;
 
 /// Most messages one history request returns.
 const MAX_HISTORY: usize = 1_000;
+
+/// Most bytes of encoded entries one `/api/history` answer carries (at least one entry);
+/// continue from the returned offset for more.
+const HISTORY_MAX_BYTES: usize = 4 << 20;
 
 /// `POST /api/publish` with `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
 pub async fn publish_api(
@@ -48,13 +52,7 @@ async fn publish_inner(app: &App, headers: &HeaderMap, body: &str) -> Result<Str
     else {
         return Err(HttpError::bad_request("not a publish"));
     };
-    if fields.len() > MAX_FIELDS {
-        return Err(RequestError::new(
-            ErrorCode::TooLarge,
-            format!("a message may have at most {MAX_FIELDS} fields"),
-        )
-        .into());
-    }
+    crate::message::check_fields(&fields)?;
     let request = PublishRequest {
         channel: &channel,
         fields: &fields,
@@ -107,14 +105,20 @@ async fn history_inner(
         .map_err(RequestError::from)?;
     let start = Start::resolve(from, position);
     let channel: Arc<str> = Arc::from(channel);
-    let batch = app
+    let page = app
         .engine
-        .read(&channel, start.after, limit)
+        .read(&channel, start.after, limit, HISTORY_MAX_BYTES)
         .await
         .map_err(RequestError::from)?;
+    // Trimmed between the position read and this read: the page knows.
+    let gap = match page.gap_through.filter(|g| *g > start.after) {
+        Some(through) => Some((start.gap.map_or(start.after, |(from, _)| from), through)),
+        None => start.gap,
+    };
+    let truncated = start.truncated || gap.is_some();
     let mut body = String::from("{\"messages\":[");
-    let mut last = start.after;
-    if let Some(batch) = &batch {
+    let mut last = gap.map_or(start.after, |(_, to)| to.max(start.after));
+    if let Some(batch) = &page.batch {
         for i in 0..batch.len() {
             if i > 0 {
                 body.push(',');
@@ -125,9 +129,9 @@ async fn history_inner(
     }
     body.push_str("],");
     push_offsets(&mut body, [(&*channel, last)]);
-    if start.truncated {
+    if truncated {
         body.push_str(",\"truncated\":true");
-        if let Some((from, to)) = start.gap {
+        if let Some((from, to)) = gap {
             body.push_str(&format!(",\"gap\":{{\"from\":\"{from}\",\"to\":\"{to}\"}}"));
         }
     }

@@ -158,6 +158,12 @@ pub fn push_message(out: &mut String, channel: &str, entry: &str) {
     out.push_str(&entry[1..]);
 }
 
+/// A gap as JSON: `{"channel","from","to"}` (the channel's entries in `(from, to]` are missed).
+pub fn gap_json(channel: &str, from: StreamId, to: StreamId) -> String {
+    // Channel names are validated: no JSON escaping needed.
+    format!("{{\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}")
+}
+
 /// Appends `"offsets":{"<channel>":"<offset>",…}` (no surrounding braces).
 pub fn push_offsets<'a>(out: &mut String, offsets: impl IntoIterator<Item = (&'a str, StreamId)>) {
     out.push_str("\"offsets\":{");

@@ -14,10 +14,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::http::{
-    authorize_subscriber, channels_with_offsets, push_message, push_offsets, query_pairs,
+    authorize_subscriber, channels_with_offsets, gap_json, push_message, push_offsets, query_pairs,
     query_value, HttpError,
 };
-use crate::feed::Feed;
+use crate::feed::{Delivery, Feed};
 use crate::App;
 
 /// Answers one long-poll request.
@@ -88,12 +88,13 @@ async fn hold(
 
     let mut feed = Feed::new(app.clone());
     let mut gaps = Vec::new();
+    let mut truncated = Vec::new();
     for (channel, offset) in &channels {
         let start = feed.subscribe(channel, *offset).await?;
         if let Some((from, to)) = start.gap {
-            gaps.push(format!(
-                "{{\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}"
-            ));
+            gaps.push(gap_json(channel, from, to));
+        } else if start.truncated {
+            truncated.push(format!("\"{channel}\""));
         }
     }
     let replaced = async {
@@ -113,11 +114,17 @@ async fn hold(
     feed.collect_queued();
     let out = feed.take();
     let mut body = String::from("{\"messages\":[");
-    for (i, (channel, _, entry)) in out.entries().enumerate() {
-        if i > 0 {
-            body.push(',');
+    let mut first = true;
+    for delivery in out.deliveries() {
+        match delivery {
+            Delivery::Message(channel, _, entry) => {
+                if !std::mem::take(&mut first) {
+                    body.push(',');
+                }
+                push_message(&mut body, channel, entry);
+            }
+            Delivery::Gap(channel, from, to) => gaps.push(gap_json(channel, from, to)),
         }
-        push_message(&mut body, channel, entry);
     }
     body.push_str("],");
     push_offsets(
@@ -129,6 +136,11 @@ async fn hold(
     if !gaps.is_empty() {
         body.push_str(",\"gaps\":[");
         body.push_str(&gaps.join(","));
+        body.push(']');
+    }
+    if !truncated.is_empty() {
+        body.push_str(",\"truncated\":[");
+        body.push_str(&truncated.join(","));
         body.push(']');
     }
     body.push('}');

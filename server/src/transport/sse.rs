@@ -22,9 +22,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::http::{
-    authorize_subscriber, channels_with_offsets, push_message, query_pairs, query_value, HttpError,
+    authorize_subscriber, channels_with_offsets, gap_json, push_message, query_pairs, query_value,
+    HttpError,
 };
-use crate::feed::Feed;
+use crate::feed::{Delivery, Feed};
 use crate::App;
 
 /// Reconnect delay suggested to `EventSource` clients, in ms.
@@ -74,8 +75,13 @@ async fn open(
     for (channel, offset) in &channels {
         let start = feed.subscribe(channel, *offset).await?;
         if let Some((from, to)) = start.gap {
+            preamble.push_str("event: gap\ndata: ");
+            preamble.push_str(&gap_json(channel, from, to));
+            preamble.push_str("\n\n");
+        } else if start.truncated {
             preamble.push_str(&format!(
-                "event: gap\ndata: {{\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}\n\n"
+                "event: truncated\ndata: {{\"channel\":\"{channel}\",\"offset\":\"{}\"}}\n\n",
+                start.after
             ));
         }
     }
@@ -147,14 +153,28 @@ async fn stream_events(
             () = feed.ready() => {
                 let out = feed.take();
                 let mut chunk = String::new();
-                for (channel, offset, entry) in out.entries() {
+                for delivery in out.deliveries() {
+                    let (channel, position) = match delivery {
+                        Delivery::Message(channel, offset, _) => (channel, offset),
+                        Delivery::Gap(channel, _, to) => (channel, to),
+                    };
                     if let Some(i) = names.iter().position(|n| n == channel) {
-                        positions[i] = offset;
+                        positions[i] = position;
                     }
-                    chunk.push_str("event: message\nid: ");
+                    let (event, data) = match delivery {
+                        Delivery::Message(channel, _, entry) => {
+                            let mut data = String::new();
+                            push_message(&mut data, channel, entry);
+                            ("message", data)
+                        }
+                        Delivery::Gap(channel, from, to) => ("gap", gap_json(channel, from, to)),
+                    };
+                    chunk.push_str("event: ");
+                    chunk.push_str(event);
+                    chunk.push_str("\nid: ");
                     chunk.push_str(&token(&positions));
                     chunk.push_str("\ndata: ");
-                    push_message(&mut chunk, channel, entry);
+                    chunk.push_str(&data);
                     chunk.push_str("\n\n");
                 }
                 chunk

@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::http::{push_message, query_pairs, HttpError};
 use crate::engine::{latest_entry, Batch};
 use crate::error::RequestError;
-use crate::feed::Feed;
+use crate::feed::{Delivery, Feed};
 use crate::App;
 
 /// Answers a task poll or watch.
@@ -101,7 +101,12 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
                 }
                 () = feed.ready() => {
                     let out = feed.take();
-                    let Some((channel, _, entry)) = out.entries().next() else { continue };
+                    let Some((channel, entry)) = out.deliveries().find_map(|d| match d {
+                        Delivery::Message(channel, _, entry) => Some((channel, entry)),
+                        Delivery::Gap(..) => None,
+                    }) else {
+                        continue;
+                    };
                     let mut body = String::new();
                     push_message(&mut body, channel, entry);
                     body

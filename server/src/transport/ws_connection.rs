@@ -26,7 +26,7 @@ use redistribute_protocol::{
 use tracing::{debug, info_span, Instrument, Span};
 
 use crate::auth::{Action, AuthContext, Claims};
-use crate::engine::{EngineError, PublishRequest, MAX_FIELDS};
+use crate::engine::{EngineError, PublishRequest};
 use crate::error::RequestError;
 use crate::feed::Feed;
 use crate::limits::TokenBucket;
@@ -476,12 +476,7 @@ impl Connection {
                 maxlen,
                 idempotency_key,
             } => {
-                if fields.len() > MAX_FIELDS {
-                    return Err(RequestError::new(
-                        ErrorCode::TooLarge,
-                        format!("a message may have at most {MAX_FIELDS} fields"),
-                    ));
-                }
+                crate::message::check_fields(&fields)?;
                 let limits = &self.app.config.limits;
                 let publishing = self.publishing.get_or_insert_with(|| {
                     Box::new(Publishing {

@@ -33,7 +33,7 @@ use tracing::debug;
 
 use super::{
     stored_fields, trim_slack, Batch, Claimed, Engine, EngineConfig, EngineError, EngineStats,
-    GroupRead, LiveSink, Position, PublishRequest, ReadySender,
+    GroupRead, LiveSink, Page, Position, PublishRequest, ReadySender,
 };
 use reader::ReaderPool;
 
@@ -456,7 +456,8 @@ impl Engine for RedisEngine {
         channel: &Arc<str>,
         after: StreamId,
         limit: usize,
-    ) -> Result<Option<Batch>, EngineError> {
+        _max_bytes: usize,
+    ) -> Result<Page, EngineError> {
         let cmd = CustomCommand::new_static("XRANGE", ClusterHash::FirstKey, false);
         let args: Vec<Value> = vec![
             self.shared.stream_key(channel).into(),
@@ -472,7 +473,13 @@ impl Engine for RedisEngine {
             .custom(cmd, args)
             .await
             .map_err(map_err)?;
-        parse::entries(channel, &reply)
+        let batch = parse::entries(channel, &reply)?;
+        let full = batch.as_ref().is_some_and(|b| b.len() >= limit);
+        Ok(Page {
+            batch,
+            gap_through: None,
+            full,
+        })
     }
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
