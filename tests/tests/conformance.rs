@@ -99,8 +99,9 @@ async fn publish(s: &Subject, channel: &str, value: serde_json::Value) -> Result
 async fn read_all(s: &Subject, channel: &str, after: StreamId) -> Result<Vec<Message>> {
     let channel: Arc<str> = channel.into();
     Ok(s.engine
-        .read(&channel, after, 10_000)
+        .read(&channel, after, 10_000, usize::MAX)
         .await?
+        .batch
         .map(|b| messages(&b))
         .unwrap_or_default())
 }
@@ -123,9 +124,19 @@ async fn ids_increase_and_history_reads_after_an_offset(s: Subject) -> Result<()
     assert_eq!(after.len(), 10);
     // Pages.
     let channel: Arc<str> = "c".into();
-    let page = s.engine.read(&channel, ids[0], 5).await?.context("page")?;
+    let page = s
+        .engine
+        .read(&channel, ids[0], 5, usize::MAX)
+        .await?
+        .batch
+        .context("page")?;
     assert_eq!(page.ids(), &ids[1..6]);
-    assert!(s.engine.read(&channel, ids[19], 5).await?.is_none());
+    assert!(s
+        .engine
+        .read(&channel, ids[19], 5, usize::MAX)
+        .await?
+        .batch
+        .is_none());
     // Other channels are independent.
     assert!(read_all(&s, "elsewhere", StreamId::ZERO).await?.is_empty());
     Ok(())
@@ -518,8 +529,9 @@ async fn cluster_keys_are_the_documented_ones() -> Result<()> {
     let channel: Arc<str> = "foreign".into();
     let got = s
         .engine
-        .read(&channel, StreamId::ZERO, 10)
+        .read(&channel, StreamId::ZERO, 10, usize::MAX)
         .await?
+        .batch
         .map(|b| messages(&b))
         .unwrap_or_default();
     assert_eq!(got.len(), 1);
