@@ -325,8 +325,10 @@ impl Run {
 
 /// A configuration that makes lag, paging and byte limits happen in small cases.
 fn config(redis: Option<String>) -> Config {
-    let mut config = Config::default();
-    config.redis = redis;
+    let mut config = Config {
+        redis,
+        ..Config::default()
+    };
     config.limits.queue_batches = 3;
     config.limits.queue_bytes = 8 * 1024;
     config.limits.catch_up_page = 7;
