@@ -397,3 +397,45 @@ async fn poll_behind_the_trim_gets_gaps() -> Result<()> {
     ensure!(!seen.gaps.is_empty());
     Ok(())
 }
+
+/// Connections that stop reading while large messages go by: the server's memory per stalled
+/// connection stays under the documented bound, and each finishes reading everything once it
+/// reads again.
+#[tokio::test]
+async fn stalled_connections_near_the_frame_limit_stay_bounded() -> Result<()> {
+    const CONNECTIONS: usize = 8;
+    const COUNT: usize = 30;
+    /// docs/operations.md: live queue (4 MiB) + 8 MiB.
+    const BOUND_PER_CONNECTION_KIB: u64 = 12 * 1024;
+    let setup = setup(Backend::Redis, &[]).await?;
+    let server = &setup.server;
+    let mut stalled = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut ws = client(server).await?;
+        ws.subscribe("stall", Some("$")).await?;
+        stalled.push(ws);
+    }
+    let before = common::rss_kib(server.pid())?;
+    let mut publisher = client(server).await?;
+    let payload = "s".repeat(900_000);
+    let mut offsets = Vec::new();
+    for i in 0..COUNT {
+        offsets.push(publisher.publish("stall", json!({"i": i, "p": payload})).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = common::rss_kib(server.pid())?.saturating_sub(before);
+    eprintln!(
+        "RSS grew {grown} KiB for {CONNECTIONS} stalled connections ({} KiB each)",
+        grown / CONNECTIONS as u64
+    );
+    ensure!(
+        grown <= BOUND_PER_CONNECTION_KIB * CONNECTIONS as u64,
+        "RSS grew {grown} KiB for {CONNECTIONS} stalled connections"
+    );
+    for ws in &mut stalled {
+        let got = ws.recv_messages("stall", COUNT, Duration::from_secs(60)).await?;
+        let got: Vec<&str> = got.iter().map(|m| m["offset"].as_str().unwrap()).collect();
+        ensure!(got == offsets, "a stalled connection missed messages");
+    }
+    Ok(())
+}

@@ -28,6 +28,10 @@ use super::http::{
 use crate::feed::{Delivery, Feed};
 use crate::App;
 
+/// Chunks waiting to be written to one stream (each is one delivery, at most about 2 MiB): a
+/// client that stops reading holds at most this many.
+const SSE_CHUNKS: usize = 2;
+
 /// Reconnect delay suggested to `EventSource` clients, in ms.
 const RETRY_MS: u64 = 2_000;
 
@@ -93,7 +97,7 @@ async fn open(
         .iter()
         .map(|c| feed.last_offset(c).unwrap_or_default())
         .collect();
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(SSE_CHUNKS);
     tx.try_send(Ok(Bytes::from(preamble))).ok();
     app.tasks
         .spawn(stream_events(app.clone(), feed, names, positions, tx));
