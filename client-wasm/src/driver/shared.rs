@@ -283,7 +283,8 @@ impl Inner {
             }
             "ack" | "nack" => {
                 let id = field(msg, "id").unwrap_or_default();
-                if let Some(i) = self.parcels.iter().position(|(p, _)| *p == id) {
+                // Every publish queued with this id (an idempotency key given twice).
+                while let Some(i) = self.parcels.iter().position(|(p, _)| *p == id) {
                     let (_, w) = self.parcels.swap_remove(i);
                     if kind == "ack" {
                         call(
@@ -360,11 +361,12 @@ impl Inner {
             fields.push(("id", id.into()));
             post(&bus.ch, kind, None, &fields);
         }
-        if let Some(i) = self.parcels.iter().position(|(p, _)| p == id) {
+        // Every publish queued with this id (an idempotency key given twice).
+        while let Some(i) = self.parcels.iter().position(|(p, _)| p == id) {
             let (_, w) = self.parcels.swap_remove(i);
-            match result {
+            match &result {
                 Ok(offset) => call(&w.resolve, &[offset.into()]),
-                Err(e) => call(&w.reject, &[super::js_error(&e)]),
+                Err(e) => call(&w.reject, &[super::js_error(e)]),
             }
         }
         self.emit_outbox_size();
