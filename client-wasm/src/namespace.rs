@@ -57,6 +57,12 @@ impl Namespace {
     pub fn outbox_prefix(&self) -> String {
         format!("redistribute:{}:outbox:v2:", self.id)
     }
+
+    /// The key prefix of the outcomes of this namespace's sent outbox messages (how other
+    /// tabs learn them); the message id follows.
+    pub fn outcome_prefix(&self) -> String {
+        format!("redistribute:{}:outbox-done:v2:", self.id)
+    }
 }
 
 /// A target URL in a canonical form: scheme and host in lower case, the scheme's default port

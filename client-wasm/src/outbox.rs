@@ -23,6 +23,13 @@
 //! the same instant may each see room for the last one, so the bound can be passed by a few).
 //! An entry that cannot be parsed is skipped (and left alone).
 //!
+//! When a message is done, the client that sent (or cancelled) it first writes its
+//! [`Outcome`] under `redistribute:<namespace>:outbox-done:v2:<id>`
+//! (`{"v":2,"t":…,"offset":"…"}` or `{"v":2,"t":…,"code":"…","message":"…"}`), then removes the
+//! message. A tab whose `publish` made a message that another tab sent (tabs that do not share
+//! a connection, hence no relay) settles its promise from that record. Records are removed
+//! [`OUTCOME_TTL_MS`] after they were written.
+//!
 //! Earlier versions kept all messages in one entry, `redistribute:outbox:v1:<scope>`
 //! (`{"v":1,"entries":[…]}`, `<scope>` the [`scope`] of the targets in the order given). A
 //! client without a `namespace` name and with those targets moves its messages into the
@@ -48,6 +55,36 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const LEGACY_PREFIX: &str = "redistribute:outbox:v1:";
 /// How many messages may wait by default.
 pub const DEFAULT_LIMIT: usize = 1000;
+/// How long the outcome of a sent message is kept for other tabs (ms): the server's default
+/// idempotency TTL, beyond which a resend would be stored again anyway.
+pub const OUTCOME_TTL_MS: f64 = 600_000.0;
+
+/// How a message left the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server stored it at this offset.
+    Stored(String),
+    /// It was refused for good or cancelled: the error code and message.
+    Refused {
+        /// The error's code.
+        code: String,
+        /// The error's message.
+        message: String,
+    },
+}
+
+/// The stored JSON of an outcome.
+#[derive(Serialize, Deserialize)]
+struct OutcomeRecord {
+    v: u32,
+    t: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
 
 /// A message waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +154,7 @@ pub fn scope(parts: &[&str]) -> String {
 pub struct Outbox<S> {
     storage: S,
     prefix: String,
+    done: String,
     legacy: Option<String>,
     limit: usize,
     /// This client's last `o` and `seq`.
@@ -132,6 +170,7 @@ impl<S: Storage> Outbox<S> {
         Outbox {
             storage,
             prefix: namespace.outbox_prefix(),
+            done: namespace.outcome_prefix(),
             legacy: (!namespace.is_named()).then(|| format!("{LEGACY_PREFIX}{legacy}")),
             limit,
             last: Cell::new((f64::NEG_INFINITY, 0)),
@@ -277,7 +316,59 @@ impl<S: Storage> Outbox<S> {
         Ok(records.len() + 1)
     }
 
-    /// Removes a message; whether it was there.
+    /// A message is done: records its outcome for the other tabs (best effort: a full quota
+    /// skips it), removes it, and removes outcomes older than [`OUTCOME_TTL_MS`]. Whether it
+    /// was there.
+    pub fn finish(&self, id: &str, outcome: &Outcome, now_ms: f64) -> bool {
+        for key in self.storage.keys().unwrap_or_default() {
+            let Some(rest) = key.strip_prefix(&self.done) else {
+                continue;
+            };
+            if rest != id
+                && self
+                    .read_outcome(&key)
+                    .is_none_or(|(t, _)| t + OUTCOME_TTL_MS < now_ms)
+            {
+                let _ = self.storage.remove(&key);
+            }
+        }
+        let (offset, code, message) = match outcome {
+            Outcome::Stored(offset) => (Some(offset.clone()), None, None),
+            Outcome::Refused { code, message } => (None, Some(code.clone()), Some(message.clone())),
+        };
+        let record = OutcomeRecord {
+            v: FORMAT_VERSION,
+            t: now_ms,
+            offset,
+            code,
+            message,
+        };
+        let text = serde_json::to_string(&record).expect("an outcome always serializes");
+        let _ = self.storage.set(&format!("{}{id}", self.done), &text);
+        self.remove(id)
+    }
+
+    fn read_outcome(&self, key: &str) -> Option<(f64, Outcome)> {
+        let text = self.storage.get(key).ok().flatten()?;
+        let r = serde_json::from_str::<OutcomeRecord>(&text).ok()?;
+        let outcome = match (r.offset, r.code) {
+            (Some(offset), None) => Outcome::Stored(offset),
+            (None, Some(code)) => Outcome::Refused {
+                code,
+                message: r.message.unwrap_or_default(),
+            },
+            _ => return None,
+        };
+        (r.v == FORMAT_VERSION).then_some((r.t, outcome))
+    }
+
+    /// The recorded outcome of a message that is done, if known.
+    pub fn outcome(&self, id: &str) -> Option<Outcome> {
+        self.read_outcome(&format!("{}{id}", self.done))
+            .map(|(_, o)| o)
+    }
+
+    /// Removes a message without recording an outcome; whether it was there.
     pub fn remove(&self, id: &str) -> bool {
         let key = self.key(id);
         let mut found = matches!(self.storage.get(&key), Ok(Some(_)));
@@ -504,6 +595,35 @@ mod tests {
         assert_eq!(storage.get(&old).unwrap(), None);
         assert!(outbox.remove("a") && outbox.remove("b"));
         assert!(outbox.is_empty() && !outbox.remove("a"));
+    }
+
+    #[test]
+    fn outcomes_are_recorded_for_other_tabs_then_expire() {
+        let storage = MemoryStorage::new();
+        let tab1 = Outbox::new(&storage, &ns(), "s", 10);
+        let tab2 = Outbox::new(&storage, &ns(), "s", 10);
+        tab2.push(entry("x")).unwrap();
+        tab2.push(entry("y")).unwrap();
+        assert_eq!(tab1.outcome("x"), None, "still waiting");
+        let stored = Outcome::Stored("5-0".into());
+        assert!(tab1.finish("x", &stored, 1000.0));
+        let refused = Outcome::Refused {
+            code: "cancelled".into(),
+            message: "the message was cancelled".into(),
+        };
+        assert!(tab1.finish("y", &refused, 2000.0));
+        assert!(tab2.is_empty(), "outcomes are not waiting messages");
+        assert_eq!(tab2.outcome("x"), Some(stored.clone()));
+        assert_eq!(tab2.outcome("y"), Some(refused));
+        assert!(!tab1.finish("z", &stored, 1000.0 + OUTCOME_TTL_MS));
+        // Written at 1000 and 2000: at 1000 + TTL both are still there, just past it x goes.
+        assert!(tab2.outcome("x").is_some() && tab2.outcome("y").is_some());
+        tab1.finish("w", &stored, 1000.0 + OUTCOME_TTL_MS + 1.0);
+        assert_eq!(tab2.outcome("x"), None);
+        assert!(tab2.outcome("y").is_some());
+        // Another namespace never sees them.
+        let other = Outbox::new(&storage, &Namespace::new(&["ws://b/ws"], None), "s", 10);
+        assert_eq!(other.outcome("y"), None);
     }
 
     #[test]
