@@ -16,6 +16,7 @@ use wasm_bindgen::JsCast;
 use crate::cache::{Cache, DEFAULT_LIMIT};
 use crate::driver::{js_error, Driver, Setup, Topic};
 use crate::errors::{ErrorInfo, BAD_CONFIG, BAD_REQUEST};
+use crate::namespace::Namespace;
 use crate::outbox::Outbox;
 use crate::storage::LocalStorage;
 
@@ -58,6 +59,14 @@ export interface ClientOptions {
   outbox?: boolean;
   /** Most messages the outbox holds (default 1000); beyond it `publish` rejects with `outbox_full`. */
   outboxSize?: number;
+  /**
+   * Names whose cache and outbox these are, e.g. the signed-in user (`'user-42'`). Clients on
+   * one origin share cached messages, resume offsets and queued publishes only when they have
+   * the same targets (order and duplicates ignored) and the same namespace; so two users taking
+   * turns on one browser never see each other's cache or send each other's messages. Default:
+   * none (all clients of the same targets share).
+   */
+  namespace?: string;
 }
 
 /** A message waiting in the outbox. */
@@ -367,6 +376,14 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     }
     config.validate().map_err(|e| ErrorInfo::session(&e))?;
 
+    let namespace = match get(options, "namespace") {
+        v if v.is_undefined() || v.is_null() => None,
+        v => Some(
+            v.as_string()
+                .ok_or_else(|| bad_config("namespace must be a string"))?,
+        ),
+    };
+    let namespace = Namespace::new(&config.targets, namespace.as_deref());
     let limit = match number(options, "cacheSize")? {
         Some(n) if n.fract() == 0.0 => n as usize,
         Some(_) => return Err(bad_config("cacheSize must be a whole number")),
@@ -376,7 +393,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         (None, None)
     } else {
         match LocalStorage::open() {
-            Ok(storage) => (Some(Cache::new(storage, limit)), None),
+            Ok(storage) => (Some(Cache::new(storage, limit, &namespace)), None),
             Err(e) => (
                 None,
                 Some(ErrorInfo::cache(&crate::cache::CacheError::Unavailable(
@@ -407,7 +424,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     } else {
         LocalStorage::open()
             .ok()
-            .map(|storage| Outbox::new(storage, &scope, outbox_limit))
+            .map(|storage| Outbox::new(storage, &namespace, &scope, outbox_limit))
     };
     Ok(Setup {
         share: get(options, "shareSocket") != JsValue::FALSE,

@@ -1,7 +1,9 @@
 //! The per-channel message cache: what `load(channel)` returns without touching the network.
 //!
-//! One storage entry per channel under the key `redistribute:v1:<channel>` (the format version
-//! is part of the key, so a later format never misreads this one), holding JSON:
+//! One storage entry per channel under the key `redistribute:<namespace>:cache:v1:<channel>`
+//! (see [`crate::namespace`]: clients of other targets, or with another `namespace` name, never
+//! read it; the format version is part of the key, so a later format never misreads this one),
+//! holding JSON:
 //!
 //! ```json
 //! {"v":1,"t":1700000000000,"offset":"1700000000000-3",
@@ -17,10 +19,13 @@
 //!
 //! Writes merge with what is stored (by offset), so two tabs caching the same channel
 //! converge instead of overwriting each other. Nothing here fails the caller: a corrupt entry
-//! is removed and reported, a full quota first evicts other channels' entries (least recently
-//! written first), then the oldest half of this channel's messages, repeatedly; if even the bare
-//! entry does not fit, the write is skipped (the older entry stays: it resumes earlier, which
-//! replays messages but loses none) and reported.
+//! is removed and reported. A full quota never costs a resume offset: it first removes the
+//! unscoped entries of earlier versions (`redistribute:v1:<channel>`, never read since entries
+//! are scoped by namespace) and this cache's unreadable entries, then empties other channels'
+//! entries of their messages, least recently written first, keeping their offsets, then drops
+//! the oldest half of this channel's messages, repeatedly; if even the bare entry does not fit,
+//! the write is skipped (the older entry stays: it resumes earlier, which replays messages but
+//! loses none). Each of these is reported.
 
 use std::cmp::Ordering;
 
@@ -29,12 +34,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
+use crate::namespace::Namespace;
 use crate::storage::{Storage, StorageError};
 
-/// The version of the stored format, also part of [`DEFAULT_PREFIX`].
+/// The version of the stored format, also part of the key prefix.
 pub const FORMAT_VERSION: u32 = 1;
-/// The key prefix of cache entries; the channel name follows.
-pub const DEFAULT_PREFIX: &str = "redistribute:v1:";
+/// The key prefix of the unscoped cache entries of earlier versions; the channel name follows.
+/// They are never read, and removed first when the quota is full.
+pub const LEGACY_PREFIX: &str = "redistribute:v1:";
 /// How many messages per channel are kept by default.
 pub const DEFAULT_LIMIT: usize = 100;
 
@@ -79,18 +86,19 @@ pub enum CacheError {
         /// What was wrong.
         reason: String,
     },
-    /// The storage quota is full. Space was made by evicting `evicted` other channels' entries
-    /// and the `dropped` oldest messages of this channel; `stored` says whether the write then
-    /// fitted.
+    /// The storage quota is full. Space was made by evicting `evicted` other entries (old
+    /// format or unreadable ones removed, other channels' messages dropped with their resume
+    /// offsets kept) and the `dropped` oldest messages of this channel; `stored` says whether
+    /// the write then fitted.
     #[error(
         "storage quota exceeded while caching channel {channel:?}: evicted {evicted} other \
-         channel(s) and {dropped} old message(s); {}",
-        if *stored { "cache updated" } else { "cache not updated" }
+         entr(ies) (resume offsets kept) and {dropped} old message(s); {}",
+        if *stored { "cache updated" } else { "cache not updated (it resumes earlier)" }
     )]
     QuotaExceeded {
         /// The channel being written.
         channel: String,
-        /// Entries of other channels removed.
+        /// Other entries removed (old format, unreadable) or emptied of their messages.
         evicted: usize,
         /// Old messages of this channel dropped.
         dropped: usize,
@@ -166,13 +174,13 @@ pub struct Cache<S> {
 }
 
 impl<S: Storage> Cache<S> {
-    /// A cache keeping at most `limit` messages per channel under [`DEFAULT_PREFIX`]
-    /// (`limit` 0 keeps only the resume offsets).
-    pub fn new(storage: S, limit: usize) -> Self {
-        Self::with_prefix(storage, limit, DEFAULT_PREFIX)
+    /// The cache of `namespace`, keeping at most `limit` messages per channel (`limit` 0
+    /// keeps only the resume offsets).
+    pub fn new(storage: S, limit: usize, namespace: &Namespace) -> Self {
+        Self::with_prefix(storage, limit, namespace.cache_prefix())
     }
 
-    /// Like [`Cache::new`] with another key prefix (tests; several apps on one origin).
+    /// Like [`Cache::new`] with an explicit key prefix.
     pub fn with_prefix(storage: S, limit: usize, prefix: impl Into<String>) -> Self {
         Cache {
             storage,
@@ -283,8 +291,17 @@ impl<S: Storage> Cache<S> {
             stored,
         };
         let mut evicted = 0;
-        for other in self.others_by_age(&key)? {
-            self.storage.remove(&other).map_err(unavailable)?;
+        for (other, keep) in self.evictable(&key)? {
+            match keep {
+                // Smaller than what it replaces; if even that fails, the entry stays as it was.
+                Some(bare) => {
+                    let text = serde_json::to_string(&bare).expect("an entry always serializes");
+                    if self.storage.set(&other, &text).is_err() {
+                        continue;
+                    }
+                }
+                None => self.storage.remove(&other).map_err(unavailable)?,
+            }
             evicted += 1;
             if self.storage.set(&key, &text).is_ok() {
                 return Err(quota(evicted, 0, true));
@@ -303,21 +320,40 @@ impl<S: Storage> Cache<S> {
         Err(quota(evicted, dropped, false))
     }
 
-    /// This cache's other entries, least recently written (or unreadable) first.
-    fn others_by_age(&self, key: &str) -> Result<Vec<String>, CacheError> {
-        let mut others: Vec<(f64, String)> = Vec::new();
+    /// What may go to make room, in order: entries of the old unscoped format and this
+    /// cache's unreadable entries (`None`: remove), then this cache's other entries holding
+    /// messages, least recently written first, each with what replaces it (its offset without
+    /// messages). Entries holding only an offset are never touched.
+    fn evictable(&self, key: &str) -> Result<Vec<(String, Option<Entry>)>, CacheError> {
+        let mut others: Vec<(f64, String, Option<Entry>)> = Vec::new();
         for k in self.storage.keys().map_err(unavailable)? {
-            if k == key || !k.starts_with(&self.prefix) {
+            if k == key {
                 continue;
             }
-            let t = match self.storage.get(&k) {
-                Ok(Some(text)) => Entry::parse(&text).map_or(f64::NEG_INFINITY, |e| e.t),
-                _ => f64::NEG_INFINITY,
+            if k.starts_with(LEGACY_PREFIX) && !self.prefix.starts_with(LEGACY_PREFIX) {
+                others.push((f64::NEG_INFINITY, k, None));
+                continue;
+            }
+            if !k.starts_with(&self.prefix) {
+                continue;
+            }
+            let parsed = match self.storage.get(&k) {
+                Ok(Some(text)) => Entry::parse(&text).ok(),
+                _ => None,
             };
-            others.push((t, k));
+            match parsed {
+                None => others.push((f64::NEG_INFINITY, k, None)),
+                Some(e) if e.messages.is_empty() => {}
+                Some(mut e) => {
+                    // The resume point of the messages it held.
+                    e.offset = e.last_offset();
+                    e.messages.clear();
+                    others.push((e.t, k, Some(e)));
+                }
+            }
         }
         others.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
-        Ok(others.into_iter().map(|(_, k)| k).collect())
+        Ok(others.into_iter().map(|(_, k, e)| (k, e)).collect())
     }
 }
 
@@ -353,13 +389,17 @@ mod tests {
         })
     }
 
+    fn ns() -> Namespace {
+        Namespace::new(&["ws://a/ws"], None)
+    }
+
     fn offsets(loaded: &Loaded) -> Vec<u64> {
         loaded.messages.iter().map(|m| m.offset.ms).collect()
     }
 
     #[test]
     fn empty_channel_loads_nothing() {
-        let cache = Cache::new(MemoryStorage::new(), 10);
+        let cache = Cache::new(MemoryStorage::new(), 10, &ns());
         let loaded = cache.load("chat").unwrap();
         assert!(loaded.messages.is_empty());
         assert_eq!(loaded.last_offset, None);
@@ -367,7 +407,7 @@ mod tests {
 
     #[test]
     fn stores_and_bounds_per_channel() {
-        let cache = Cache::new(MemoryStorage::new(), 3);
+        let cache = Cache::new(MemoryStorage::new(), 3, &ns());
         assert!(cache
             .store("chat", &[msg(1, "a"), msg(2, "b")], None, 1.0)
             .is_empty());
@@ -388,7 +428,7 @@ mod tests {
 
     #[test]
     fn position_without_messages_is_the_resume_point() {
-        let cache = Cache::new(MemoryStorage::new(), 3);
+        let cache = Cache::new(MemoryStorage::new(), 3, &ns());
         cache.store("chat", &[], Some(StreamId::new(9, 1)), 1.0);
         let loaded = cache.load("chat").unwrap();
         assert!(loaded.messages.is_empty());
@@ -403,7 +443,7 @@ mod tests {
 
     #[test]
     fn offsets_order_numerically() {
-        let cache = Cache::new(MemoryStorage::new(), 10);
+        let cache = Cache::new(MemoryStorage::new(), 10, &ns());
         cache.store("c", &[msg(9, "a")], None, 1.0);
         cache.store("c", &[msg(10, "b")], None, 2.0);
         assert_eq!(offsets(&cache.load("c").unwrap()), vec![9, 10]);
@@ -415,7 +455,7 @@ mod tests {
 
     #[test]
     fn concurrent_writers_merge_without_duplicates() {
-        let cache = Cache::new(MemoryStorage::new(), 10);
+        let cache = Cache::new(MemoryStorage::new(), 10, &ns());
         cache.store("c", &[msg(1, "a"), msg(2, "b"), msg(3, "c")], None, 1.0);
         // A second tab that saw 2..4 writes after the first.
         cache.store("c", &[msg(2, "b"), msg(3, "c"), msg(4, "d")], None, 2.0);
@@ -424,7 +464,7 @@ mod tests {
 
     #[test]
     fn zero_limit_keeps_only_the_offset() {
-        let cache = Cache::new(MemoryStorage::new(), 0);
+        let cache = Cache::new(MemoryStorage::new(), 0, &ns());
         cache.store("c", &[msg(1, "a")], None, 1.0);
         let loaded = cache.load("c").unwrap();
         assert!(loaded.messages.is_empty());
@@ -433,7 +473,7 @@ mod tests {
 
     #[test]
     fn corrupt_entries_are_removed_and_reported() {
-        let cache = Cache::new(MemoryStorage::new(), 10);
+        let cache = Cache::new(MemoryStorage::new(), 10, &ns());
         for bad in [
             "not json",
             r#"{"v":2,"messages":[]}"#,
@@ -441,33 +481,34 @@ mod tests {
             r#"{"v":1,"messages":[{"offset":"1-0","fields":[1]}]}"#,
             r#"{"v":1,"messages":[{"offset":"2-0","fields":{}},{"offset":"1-0","fields":{}}]}"#,
         ] {
-            cache.storage().set("redistribute:v1:c", bad).unwrap();
+            cache.storage().set(&cache.key("c"), bad).unwrap();
             let err = cache.load("c").unwrap_err();
             assert!(matches!(err, CacheError::Corrupt { .. }), "{bad}: {err}");
-            assert_eq!(cache.storage().get("redistribute:v1:c").unwrap(), None);
+            assert_eq!(cache.storage().get(&cache.key("c")).unwrap(), None);
             assert!(cache.load("c").unwrap().messages.is_empty());
         }
         // A write over a corrupt entry replaces it and reports it.
-        cache.storage().set("redistribute:v1:c", "{").unwrap();
+        cache.storage().set(&cache.key("c"), "{").unwrap();
         let problems = cache.store("c", &[msg(5, "e")], None, 1.0);
         assert!(matches!(problems[..], [CacheError::Corrupt { .. }]));
         assert_eq!(offsets(&cache.load("c").unwrap()), vec![5]);
     }
 
     #[test]
-    fn full_quota_evicts_least_recently_written_channels_first() {
-        let cache = Cache::new(MemoryStorage::new(), 10);
-        cache.store("old", &[msg(1, "old")], None, 1.0);
+    fn full_quota_empties_least_recently_written_channels_first_keeping_offsets() {
+        let cache = Cache::new(MemoryStorage::new(), 10, &ns());
+        cache.store("old", &[msg(1, "old")], Some(StreamId::new(1, 5)), 1.0);
         cache.store("new", &[msg(1, "new")], None, 2.0);
+        cache.store("bare", &[], Some(StreamId::new(3, 0)), 0.5);
         cache.storage().set("app-data", "keep me").unwrap();
         let batch = [msg(1, "a"), msg(2, "b")];
-        let scratch = Cache::new(MemoryStorage::new(), 10);
+        let scratch = Cache::new(MemoryStorage::new(), 10, &ns());
         scratch.store("c", &batch, None, 3.0);
-        // Room for the new entry only once one of the two others is gone.
+        // Room for the new entry once the oldest channel's message is gone (it frees ~40).
         let used = cache.storage().used();
         cache
             .storage()
-            .set_quota(Some(used + scratch.storage().used() - 5));
+            .set_quota(Some(used + scratch.storage().used() - 20));
         let problems = cache.store("c", &batch, None, 3.0);
         assert!(
             matches!(
@@ -481,9 +522,15 @@ mod tests {
             ),
             "{problems:?}"
         );
-        assert!(cache.load("old").unwrap().messages.is_empty());
+        let old = cache.load("old").unwrap();
+        assert!(old.messages.is_empty());
+        assert_eq!(old.last_offset, Some(StreamId::new(1, 5)), "offset kept");
         assert_eq!(offsets(&cache.load("new").unwrap()), vec![1]);
         assert_eq!(offsets(&cache.load("c").unwrap()), vec![1, 2]);
+        assert_eq!(
+            cache.load("bare").unwrap().last_offset,
+            Some(StreamId::new(3, 0))
+        );
         // Foreign keys are never touched.
         assert_eq!(
             cache.storage().get("app-data").unwrap().as_deref(),
@@ -492,10 +539,74 @@ mod tests {
     }
 
     #[test]
+    fn full_quota_never_removes_another_channels_offset() {
+        let cache = Cache::new(MemoryStorage::new(), 10, &ns());
+        for (i, channel) in ["a", "b", "c"].iter().enumerate() {
+            cache.store(channel, &[], Some(StreamId::new(i as u64 + 1, 0)), 1.0);
+        }
+        cache.store("d", &[msg(1, "x")], None, 2.0);
+        cache.storage().set_quota(Some(cache.storage().used()));
+        let problems = cache.store("d", &[msg(2, "a long message")], None, 3.0);
+        assert!(
+            matches!(problems[..], [CacheError::QuotaExceeded { .. }]),
+            "{problems:?}"
+        );
+        for (i, channel) in ["a", "b", "c"].iter().enumerate() {
+            assert_eq!(
+                cache.load(channel).unwrap().last_offset,
+                Some(StreamId::new(i as u64 + 1, 0)),
+                "{channel}"
+            );
+        }
+        // The channel being written resumes no later than what it delivered.
+        assert!(cache.load("d").unwrap().last_offset >= Some(StreamId::new(1, 0)));
+    }
+
+    #[test]
+    fn other_namespaces_and_old_unscoped_entries_are_not_read() {
+        let storage = MemoryStorage::new();
+        let a = Cache::new(&storage, 10, &Namespace::new(&["ws://a/ws"], None));
+        let b = Cache::new(&storage, 10, &Namespace::new(&["ws://b/ws"], None));
+        let user = Cache::new(&storage, 10, &Namespace::new(&["ws://a/ws"], Some("u1")));
+        storage
+            .set(
+                &format!("{LEGACY_PREFIX}chat"),
+                r#"{"v":1,"t":1,"offset":"9-0","messages":[]}"#,
+            )
+            .unwrap();
+        a.store("chat", &[msg(5, "a")], None, 1.0);
+        for cache in [&b, &user] {
+            let loaded = cache.load("chat").unwrap();
+            assert!(loaded.messages.is_empty() && loaded.last_offset.is_none());
+        }
+        assert_eq!(
+            a.load("chat").unwrap().last_offset,
+            Some(StreamId::new(5, 0))
+        );
+        // Under quota pressure the old entry goes first, before any message of this cache.
+        storage.set_quota(Some(storage.used()));
+        let problems = a.store("chat", &[msg(6, "b")], None, 2.0);
+        assert!(
+            matches!(
+                problems[..],
+                [CacheError::QuotaExceeded {
+                    evicted: 1,
+                    dropped: 0,
+                    stored: true,
+                    ..
+                }]
+            ),
+            "{problems:?}"
+        );
+        assert_eq!(storage.get(&format!("{LEGACY_PREFIX}chat")).unwrap(), None);
+        assert_eq!(offsets(&a.load("chat").unwrap()), vec![5, 6]);
+    }
+
+    #[test]
     fn full_quota_drops_old_messages_then_skips() {
         let storage = MemoryStorage::new();
         storage.set("app-data", &"x".repeat(100)).unwrap();
-        let cache = Cache::new(storage, 100);
+        let cache = Cache::new(storage, 100, &ns());
         let batch: Vec<_> = (1..=8).map(|i| msg(i, "message")).collect();
         cache.storage().set_quota(Some(100 + 200));
         let problems = cache.store("c", &batch, None, 1.0);
@@ -527,7 +638,7 @@ mod tests {
 
     #[test]
     fn nothing_new_writes_nothing() {
-        let cache = Cache::new(MemoryStorage::new(), 10);
+        let cache = Cache::new(MemoryStorage::new(), 10, &ns());
         cache.store("c", &[msg(1, "a")], Some(StreamId::new(1, 0)), 1.0);
         cache.storage().set_quota(Some(0));
         // Same message and position again: no write, so no quota problem either.

@@ -19,6 +19,8 @@
 //! Modules:
 //!
 //! * [`cache`]: the bounded, versioned per-channel message cache (pure Rust, over [`storage`]);
+//! * [`namespace`]: which storage entries belong to a client (its targets and optional name);
+//! * [`outbox`]: publishes made while disconnected, one storage entry per message;
 //! * [`storage`]: the key-value [`Storage`](storage::Storage) trait with an in-memory
 //!   implementation (and, in the browser, `localStorage`);
 //! * [`errors`]: the `code` of every error the JavaScript side sees;
@@ -31,6 +33,7 @@
 
 pub mod cache;
 pub mod errors;
+pub mod namespace;
 pub mod outbox;
 pub mod storage;
 

@@ -8,6 +8,7 @@
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use redistribute_protocol::{Message, StreamId};
 use redistribute_wasm::cache::{Cache, CacheError, CachedMessage};
+use redistribute_wasm::namespace::Namespace;
 use redistribute_wasm::storage::{LocalStorage, Storage};
 use redistribute_wasm::Client;
 use wasm_bindgen::prelude::*;
@@ -180,11 +181,17 @@ async fn invalid_requests_reject_with_bad_request() {
     c.close();
 }
 
+/// The storage key of a channel's cache entry for a client of `targets` and `name`.
+fn cache_key(targets: &[&str], name: Option<&str>, channel: &str) -> String {
+    format!("{}{channel}", Namespace::new(targets, name).cache_prefix())
+}
+
 #[wasm_bindgen_test]
 async fn load_reads_the_cache_without_network_and_decodes() {
+    let key = cache_key(&[NOWHERE], None, "room");
     local_storage()
         .set_item(
-            "redistribute:v1:room",
+            &key,
             r#"{"v":1,"t":1,"offset":"7-0","messages":[{"offset":"5-0","fields":{"text":"hi"}}]}"#,
         )
         .unwrap();
@@ -216,14 +223,69 @@ async fn load_reads_the_cache_without_network_and_decodes() {
         0
     );
     c.close();
-    local_storage().remove_item("redistribute:v1:room").unwrap();
+    local_storage().remove_item(&key).unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn caches_are_scoped_by_targets_and_namespace() {
+    let entry = r#"{"v":1,"t":1,"offset":"7-0","messages":[{"offset":"7-0","fields":{"n":1}}]}"#;
+    let key = cache_key(&[NOWHERE], None, "scoped");
+    local_storage().set_item(&key, entry).unwrap();
+    // The unscoped entry of earlier versions is never a resume point.
+    local_storage()
+        .set_item("redistribute:v1:scoped", entry)
+        .unwrap();
+    let last = |options: &str| {
+        let c = client(options);
+        let loaded = c.load("scoped");
+        c.close();
+        JsFuture::from(loaded)
+    };
+    let found = last(&format!("{{ targets: ['{NOWHERE}', '{NOWHERE}'] }}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        prop(&found, "lastOffset").as_string().as_deref(),
+        Some("7-0")
+    );
+    for options in [
+        format!("{{ targets: '{NOWHERE}', namespace: 'user-1' }}"),
+        format!("{{ targets: ['{NOWHERE}', 'ws://127.0.0.1:9/other'] }}"),
+        "{ targets: 'ws://127.0.0.1:9/other' }".to_owned(),
+    ] {
+        let loaded = last(&options).await.unwrap();
+        assert!(prop(&loaded, "lastOffset").is_undefined(), "{options}");
+        assert_eq!(
+            prop(&loaded, "messages").unchecked_into::<Array>().length(),
+            0
+        );
+    }
+    // An empty name is no name.
+    let loaded = last(&format!("{{ targets: '{NOWHERE}', namespace: '' }}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        prop(&loaded, "lastOffset").as_string().as_deref(),
+        Some("7-0")
+    );
+    assert_eq!(
+        code(
+            &Client::new(js("{ targets: 'ws://x/ws', namespace: 42 }"))
+                .err()
+                .expect("a number is no namespace")
+        ),
+        "bad_config"
+    );
+    local_storage().remove_item(&key).unwrap();
+    local_storage()
+        .remove_item("redistribute:v1:scoped")
+        .unwrap();
 }
 
 #[wasm_bindgen_test]
 async fn corrupt_cache_entries_are_skipped_and_reported() {
-    local_storage()
-        .set_item("redistribute:v1:broken", "{not json")
-        .unwrap();
+    let key = cache_key(&[NOWHERE], None, "broken");
+    local_storage().set_item(&key, "{not json").unwrap();
     let c = client(&format!("{{ targets: '{NOWHERE}' }}"));
     let errors = Array::new();
     c.on("error", recorder(&errors)).unwrap();
@@ -243,10 +305,7 @@ async fn corrupt_cache_entries_are_skipped_and_reported() {
         .find(|e| code(e) == "cache_corrupt")
         .unwrap();
     assert_eq!(prop(&err, "channel").as_string().as_deref(), Some("broken"));
-    assert_eq!(
-        local_storage().get_item("redistribute:v1:broken").unwrap(),
-        None
-    );
+    assert_eq!(local_storage().get_item(&key).unwrap(), None);
     c.close();
 }
 
@@ -337,15 +396,19 @@ async fn offline_publishes_wait_in_the_outbox_and_can_be_cancelled() {
     );
     assert!(prop(&entry, "createdAt").as_f64().unwrap() > 0.0);
     let id = prop(&entry, "id").as_string().unwrap();
-    let stored = (0..local_storage().length().unwrap())
+    // One entry per message, under the namespace's prefix and the message's id.
+    let prefix = Namespace::new(&["ws://127.0.0.1:9/ws?outbox-test"], None).outbox_prefix();
+    let stored: Vec<String> = (0..local_storage().length().unwrap())
         .filter_map(|i| local_storage().key(i).unwrap())
-        .find(|k| k.starts_with("redistribute:outbox:v1:"))
-        .expect("the outbox is in localStorage");
+        .filter(|k| k.starts_with(&prefix))
+        .collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let key = format!("{prefix}{id}");
     assert!(local_storage()
-        .get_item(&stored)
+        .get_item(&key)
         .unwrap()
         .unwrap()
-        .contains(&id));
+        .contains(r#""text":"a""#));
 
     assert!(c.cancel(&id));
     assert!(!c.cancel(&id), "already gone");
@@ -367,8 +430,57 @@ async fn offline_publishes_wait_in_the_outbox_and_can_be_cancelled() {
     let id = prop(&left.get(0), "id").as_string().unwrap();
     assert!(again.cancel(&id));
     assert_eq!(again.outbox().length(), 0);
-    assert!(local_storage().get_item(&stored).unwrap().is_none());
+    assert!((0..local_storage().length().unwrap())
+        .filter_map(|i| local_storage().key(i).unwrap())
+        .all(|k| !k.starts_with(&prefix)));
     again.close();
+}
+
+#[wasm_bindgen_test]
+async fn outboxes_are_scoped_and_the_old_format_is_moved() {
+    let targets = "ws://127.0.0.1:9/ws?outbox-move";
+    // What an earlier version left: one entry holding the list, keyed by the targets' scope.
+    let old = format!(
+        "redistribute:outbox:v1:{}",
+        redistribute_wasm::outbox::scope(&[targets])
+    );
+    local_storage()
+        .set_item(
+            &old,
+            r#"{"v":1,"entries":[{"id":"old-1","channel":"chat","fields":{"n":1},"createdAt":1},{"id":"old-2","channel":"chat","fields":{"n":2},"createdAt":2}]}"#,
+        )
+        .unwrap();
+    let ids = |c: &Client| -> Vec<String> {
+        c.outbox()
+            .iter()
+            .map(|e| prop(&e, "id").as_string().unwrap())
+            .collect()
+    };
+    // A named client never takes them: the old format does not say whose they are.
+    let named = client(&format!(
+        "{{ targets: '{targets}', shareSocket: false, namespace: 'user-1' }}"
+    ));
+    assert!(ids(&named).is_empty());
+    assert!(local_storage().get_item(&old).unwrap().is_some());
+    let plain = client(&format!("{{ targets: '{targets}', shareSocket: false }}"));
+    assert_eq!(ids(&plain), ["old-1", "old-2"]);
+    assert_eq!(local_storage().get_item(&old).unwrap(), None, "moved");
+    // New messages queue behind them, in their own namespace only.
+    let mine = plain.publish("chat".into(), js("{ n: 3 }"), None);
+    let theirs = named.publish("chat".into(), js("{ n: 4 }"), None);
+    assert_eq!(ids(&plain).len(), 3);
+    assert_eq!(ids(&plain)[..2], ["old-1", "old-2"]);
+    assert_eq!(ids(&named).len(), 1);
+    assert!(!named.cancel("old-1"));
+    for id in ids(&plain) {
+        assert!(plain.cancel(&id));
+    }
+    let named_id = ids(&named).remove(0);
+    assert!(named.cancel(&named_id));
+    assert_eq!(code(&rejection(mine).await), "cancelled");
+    assert_eq!(code(&rejection(theirs).await), "cancelled");
+    plain.close();
+    named.close();
 }
 
 #[wasm_bindgen_test]

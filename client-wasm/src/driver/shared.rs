@@ -20,7 +20,9 @@
 //! each other (a tab may not see another's entry yet): two tabs sending the same entry is
 //! harmless, the server stores its key once, and since every tab sends the entries in the same
 //! (append) order, the first copy of each reaches the server in that order too. A publish
-//! promise settles in the tab that made it, by its own send or another tab's `ack`/`nack`.
+//! promise settles in the tab that made it, by its own send or another tab's `ack`/`nack`, or,
+//! when the tabs do not share a connection (no bus), by the outcome the sending tab recorded in
+//! the outbox (see `crate::outbox::Outcome`), read when this tab's session connects.
 
 use std::cell::RefCell;
 use std::rc::Weak;
@@ -34,7 +36,7 @@ use web_sys::BroadcastChannel;
 
 use super::{call, field, now, post, set, Bus, Driver, Inner, Link, Reply, Topic, Waiter};
 use crate::errors::{ErrorInfo, BAD_REQUEST, CANCELLED, OUTBOX_FULL, QUOTA_EXCEEDED};
-use crate::outbox::{Entry, OutboxError};
+use crate::outbox::{Entry, OutboxError, Outcome};
 use crate::storage::StorageError;
 
 #[wasm_bindgen]
@@ -283,7 +285,8 @@ impl Inner {
             }
             "ack" | "nack" => {
                 let id = field(msg, "id").unwrap_or_default();
-                if let Some(i) = self.parcels.iter().position(|(p, _)| *p == id) {
+                // Every publish queued with this id (an idempotency key given twice).
+                while let Some(i) = self.parcels.iter().position(|(p, _)| *p == id) {
                     let (_, w) = self.parcels.swap_remove(i);
                     if kind == "ack" {
                         call(
@@ -312,6 +315,7 @@ impl Inner {
             Some(o) => o.list(),
             None => return,
         };
+        self.settle_done(&entries);
         for e in entries {
             if self.inflight.iter().any(|(_, id)| *id == e.id) {
                 continue;
@@ -325,6 +329,37 @@ impl Inner {
                 Err(SessionError::Backpressure { .. }) => break,
                 Err(err) => self.finish(&e.id, Err(ErrorInfo::session(&err))),
             }
+        }
+    }
+
+    /// Settles this tab's outbox promises whose messages another tab sent or cancelled
+    /// without telling it over the bus (tabs that do not share a connection): their
+    /// messages no longer wait, and the outbox recorded how they ended.
+    fn settle_done(&mut self, waiting: &[Entry]) {
+        let Some(o) = &self.outbox else { return };
+        let mut done = Vec::new();
+        for (id, _) in &self.parcels {
+            let gone =
+                !waiting.iter().any(|e| e.id == *id) && !self.inflight.iter().any(|(_, e)| e == id);
+            if gone && !done.iter().any(|(d, _)| d == id) {
+                if let Some(outcome) = o.outcome(id) {
+                    done.push((id.clone(), outcome));
+                }
+            }
+        }
+        for (id, outcome) in &done {
+            while let Some(i) = self.parcels.iter().position(|(p, _)| p == id) {
+                let (_, w) = self.parcels.swap_remove(i);
+                match outcome {
+                    Outcome::Stored(offset) => call(&w.resolve, &[offset.into()]),
+                    Outcome::Refused { code, message } => {
+                        call(&w.reject, &[remote_error(code, message)])
+                    }
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.emit_outbox_size();
         }
     }
 
@@ -343,7 +378,14 @@ impl Inner {
     /// promise here or in the tab that made it, and reports the new size.
     pub(super) fn finish(&mut self, id: &str, result: Result<String, ErrorInfo>) {
         if let Some(o) = &self.outbox {
-            o.remove(id);
+            let outcome = match &result {
+                Ok(offset) => Outcome::Stored(offset.clone()),
+                Err(e) => Outcome::Refused {
+                    code: e.code.to_owned(),
+                    message: e.message.clone(),
+                },
+            };
+            o.finish(id, &outcome, js_sys::Date::now());
         }
         if let (Link::Bus(bus), Some(_)) = (&self.link, &self.shared) {
             let (kind, fields): (&str, Vec<(&str, JsValue)>) = match &result {
@@ -360,11 +402,12 @@ impl Inner {
             fields.push(("id", id.into()));
             post(&bus.ch, kind, None, &fields);
         }
-        if let Some(i) = self.parcels.iter().position(|(p, _)| p == id) {
+        // Every publish queued with this id (an idempotency key given twice).
+        while let Some(i) = self.parcels.iter().position(|(p, _)| p == id) {
             let (_, w) = self.parcels.swap_remove(i);
-            match result {
+            match &result {
                 Ok(offset) => call(&w.resolve, &[offset.into()]),
-                Err(e) => call(&w.reject, &[super::js_error(&e)]),
+                Err(e) => call(&w.reject, &[super::js_error(e)]),
             }
         }
         self.emit_outbox_size();
