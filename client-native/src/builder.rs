@@ -48,6 +48,8 @@ pub struct ClientBuilder {
     backoff_max: Duration,
     auto_idempotency: bool,
     max_pending: usize,
+    retry_subscribe: bool,
+    subscribe_retry_limit: Option<u32>,
     subscription_buffer: usize,
     event_buffer: usize,
     command_buffer: usize,
@@ -67,6 +69,8 @@ impl Default for ClientBuilder {
             backoff_max: DEFAULT_BACKOFF_MAX,
             auto_idempotency: true,
             max_pending: DEFAULT_MAX_PENDING,
+            retry_subscribe: true,
+            subscribe_retry_limit: None,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
             event_buffer: DEFAULT_EVENT_BUFFER,
             command_buffer: DEFAULT_COMMAND_BUFFER,
@@ -128,6 +132,25 @@ impl ClientBuilder {
     /// stored once. Off: such a publish fails with [`Error::ConnectionLost`] instead.
     pub fn auto_idempotency(mut self, on: bool) -> Self {
         self.auto_idempotency = on;
+        self
+    }
+
+    /// Whether [`Client::subscribe`](crate::Client::subscribe) itself retries transient
+    /// server errors (`unavailable`, `rate_limited`, `internal`) with backoff until it
+    /// succeeds, fails permanently or reaches the request timeout (default on; each failed
+    /// attempt is reported as [`Event::SubscribeRetrying`](crate::Event::SubscribeRetrying)).
+    /// Off: such an error fails the call at once. Subscriptions re-established after a
+    /// reconnect are always retried.
+    pub fn retry_subscribe(mut self, on: bool) -> Self {
+        self.retry_subscribe = on;
+        self
+    }
+
+    /// Caps how many consecutive transient failures of one subscription's `subscribe` are
+    /// retried before it ends with [`Event::SubscriptionLost`](crate::Event::SubscriptionLost)
+    /// (default: no cap, retry forever).
+    pub fn subscribe_retry_limit(mut self, limit: u32) -> Self {
+        self.subscribe_retry_limit = Some(limit);
         self
     }
 
@@ -195,6 +218,8 @@ impl ClientBuilder {
             backoff_max: self.backoff_max,
             auto_idempotency: self.auto_idempotency,
             max_pending: self.max_pending,
+            retry_subscribe: self.retry_subscribe,
+            subscribe_retry_limit: self.subscribe_retry_limit,
         };
         let session = Session::new(config, seed()?)?;
         let (driver, client) = Driver::new(session, settings);

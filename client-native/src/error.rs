@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use redistribute_protocol::session::{RequestError, SessionError};
-use redistribute_protocol::{ErrorCode, ProtocolError};
+use redistribute_protocol::{ErrorCode, ProtocolError, StreamId};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,8 +18,8 @@ pub enum Error {
     #[error("invalid fields: {0}")]
     Fields(String),
     /// The server answered with an `error` frame. [`ErrorCode`] says what to do (see
-    /// `docs/protocol.md` §6): `unavailable` and `rate_limited` may be retried later,
-    /// `forbidden` and `bad_request` may not.
+    /// `docs/protocol.md` §6): `unavailable`, `rate_limited` and `internal` are transient
+    /// ([`ErrorCode::is_transient`]) and may be retried later, the others may not.
     #[error("server error {code}: {message}")]
     Server {
         /// The wire code, e.g. `unavailable`.
@@ -57,6 +57,16 @@ pub enum Error {
         after: Duration,
         /// The last failure of each target tried, in target order.
         failures: Vec<TargetFailure>,
+    },
+    /// A frame of the subscription's channel could not be decoded, so the subscription ended
+    /// where delivery stopped: nothing after `after` was delivered. Subscribe again from
+    /// `after` (`Offset::Id`) to get exactly what was missed once the cause is fixed.
+    #[error("{}", RequestError::Undecodable { after: *.after, reason: reason.clone() })]
+    Undecodable {
+        /// The last delivered offset of the channel (`None`: nothing delivered yet).
+        after: Option<StreamId>,
+        /// What the decoder said.
+        reason: String,
     },
     /// The builder's settings cannot work (no targets, a URL that is not `ws://` or
     /// `wss://`, a zero timeout, no tokio runtime): fix the named setting.
@@ -117,6 +127,7 @@ impl From<RequestError> for Error {
             RequestError::ConnectionLost => Error::ConnectionLost,
             RequestError::Closed => Error::Closed,
             RequestError::Cancelled => Error::Cancelled,
+            RequestError::Undecodable { after, reason } => Error::Undecodable { after, reason },
         }
     }
 }

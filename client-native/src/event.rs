@@ -52,13 +52,32 @@ pub enum Event {
         /// The highest removed offset (inclusive).
         to: StreamId,
     },
-    /// The server refused to re-establish a subscription after a reconnect (e.g. the token no
-    /// longer allows it). Its [`Subscription`](crate::Subscription) stream has ended.
+    /// A subscription ended without the application asking, and its
+    /// [`Subscription`](crate::Subscription) stream has ended: the server refused to
+    /// re-establish it after a reconnect with a permanent error (e.g. the token no longer
+    /// allows it: `forbidden`), it failed transiently more often than
+    /// [`ClientBuilder::subscribe_retry_limit`](crate::ClientBuilder::subscribe_retry_limit)
+    /// allows, or a frame of its channel could not be decoded ([`Error::Undecodable`], which
+    /// names the last delivered offset). Transient errors never end a subscription otherwise.
     SubscriptionLost {
         /// Channel name.
         channel: String,
         /// The server's answer.
         error: Error,
+    },
+    /// Re-establishing (or establishing) a subscription failed with a transient server error
+    /// (`unavailable` while Redis restarts, `rate_limited`, `internal`). The subscription
+    /// stays and is subscribed again from its last delivered offset after `retry_in` (and on
+    /// every new connection); nothing is lost.
+    SubscribeRetrying {
+        /// Channel name.
+        channel: String,
+        /// The server's answer.
+        error: Error,
+        /// Consecutive failed attempts so far (1 for the first).
+        attempt: u32,
+        /// The delay before the next attempt.
+        retry_in: std::time::Duration,
     },
     /// The application did not keep up with a subscription and its buffer filled: the client
     /// stopped buffering the channel and will re-subscribe from `resume_after` once half the

@@ -30,6 +30,13 @@
 //!   from it on the next connection, whichever instance that is; duplicates are dropped by
 //!   offset. A [`Subscription`] therefore yields each message once, in order. Trimmed
 //!   messages are reported as [`Event::Gap`], never skipped silently.
+//! - **Never give up, never skip.** Transient server errors (`unavailable` while Redis
+//!   restarts, `rate_limited`, `internal`), timeouts and dropped connections never end a
+//!   subscription: it is subscribed again from its last delivered offset with backoff
+//!   ([`Event::SubscribeRetrying`]); only permanent errors end it ([`Event::SubscriptionLost`]).
+//!   A server frame that cannot be decoded is never dropped silently: it ends its channel's
+//!   subscription with [`Error::Undecodable`] naming the last delivered offset, or, when it
+//!   names no channel (or exceeds [`MAX_FRAME_SIZE`]), the connection, which then resumes.
 //! - **Publish retry.** Publishes get an automatic idempotency key: one interrupted by a
 //!   disconnect, or issued while disconnected, is (re-)sent on the next connection and stored
 //!   once; it fails with [`Error::Timeout`] if no reply came within the request timeout.
@@ -65,3 +72,4 @@ pub use group::{GroupMessage, GroupSubscription};
 pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
 pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
 pub use subscription::Subscription;
+pub use transport::MAX_FRAME_SIZE;

@@ -107,12 +107,18 @@ async fn open_inner(target: &Target, tls: Option<Arc<ClientConfig>>) -> Result<W
     Ok(ws)
 }
 
-/// WebSocket settings: inbound frames up to 16 MiB (the server's frames are far smaller; the
-/// cap bounds what a misbehaving peer can make us buffer).
+/// The largest server frame (WebSocket message) the client accepts: 16 MiB. Every frame a
+/// server sends is far smaller (frames are cut at about 1 MiB plus one maximum-size message);
+/// the cap bounds what a misbehaving peer can make the client buffer. A larger frame ends the
+/// connection with [`DisconnectReason::BadFrame`](crate::DisconnectReason::BadFrame) and the
+/// client resumes after a growing backoff delay.
+pub const MAX_FRAME_SIZE: usize = 16 << 20;
+
+/// WebSocket settings: inbound frames up to [`MAX_FRAME_SIZE`].
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(16 << 20))
-        .max_frame_size(Some(16 << 20))
+        .max_message_size(Some(MAX_FRAME_SIZE))
+        .max_frame_size(Some(MAX_FRAME_SIZE))
 }
 
 #[cfg(test)]

@@ -47,6 +47,18 @@ export interface ClientOptions {
   /** Milliseconds a request may wait for its reply (default 10000). */
   requestTimeout?: number;
   /**
+   * Retry `subscribe` itself on transient server errors (`unavailable`, `rate_limited`,
+   * `internal`) with backoff, within `requestTimeout` (default `true`; each failed attempt is an
+   * `error` event with the server's code and the channel). Subscriptions re-established after a
+   * reconnect are always retried and never dropped for a transient error.
+   */
+  retrySubscribe?: boolean;
+  /**
+   * Consecutive transient failures of one subscription's `subscribe` that are retried before it
+   * is dropped with a `subscription_lost` error (default: no limit).
+   */
+  subscribeRetryLimit?: number;
+  /**
    * Share one WebSocket between the tabs of this origin that use the same targets and token
    * (default `true`): a leader tab, elected with the Web Locks API, holds the socket and relays
    * over a BroadcastChannel. Ignored (one socket per tab) where either API is missing.
@@ -374,6 +386,15 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     if let Some(ms) = number(options, "requestTimeout")? {
         config.request_timeout = Duration::from_secs_f64(ms / 1000.0);
     }
+    // Transient subscribe failures are retried forever unless the page caps them.
+    if get(options, "retrySubscribe") == JsValue::FALSE {
+        config.retry_subscribe = false;
+    }
+    config.subscribe_retry_limit = match number(options, "subscribeRetryLimit")? {
+        Some(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) => Some(n as u32),
+        Some(_) => return Err(bad_config("subscribeRetryLimit must be a whole number")),
+        None => None,
+    };
     config.validate().map_err(|e| ErrorInfo::session(&e))?;
 
     let namespace = match get(options, "namespace") {

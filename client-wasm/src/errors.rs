@@ -29,8 +29,12 @@ pub const BAD_REQUEST: &str = "bad_request";
 pub const CONNECT_FAILED: &str = "connect_failed";
 /// Messages of a channel were trimmed before this client saw them (`from`/`to` say which).
 pub const GAP: &str = "gap";
-/// A subscription could not be re-established after a reconnect and was dropped.
+/// A subscription could not be re-established after a reconnect (a permanent refusal, or
+/// more transient failures than `subscribeRetryLimit`) and was dropped.
 pub const SUBSCRIPTION_LOST: &str = "subscription_lost";
+/// A frame of a subscribed channel could not be decoded: the subscription ended, and the
+/// message names the last delivered offset (subscribe again from it to recover the rest).
+pub const UNDECODABLE: &str = "undecodable";
 /// The page's `decode` threw for a message; the message was skipped.
 pub const DECODE_FAILED: &str = "decode_failed";
 /// localStorage was full: old cache entries were evicted, or the cache was not updated.
@@ -80,6 +84,7 @@ impl ErrorInfo {
             RequestError::ConnectionLost => CONNECTION_LOST,
             RequestError::Closed => CLOSED,
             RequestError::Cancelled => CANCELLED,
+            RequestError::Undecodable { .. } => UNDECODABLE,
         };
         let message = match e {
             RequestError::Server { message, .. } => message.clone(),

@@ -26,6 +26,17 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Whether the condition may pass on its own, so the same request may succeed later:
+    /// `unavailable`, `rate_limited` and `internal`. Clients retry these with backoff; the
+    /// others (`bad_request`, `unauthorized`, `forbidden`, `not_found`, `too_large`) are
+    /// permanent for the request as sent.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
+        )
+    }
+
     /// The wire spelling, e.g. `bad_request`.
     pub fn as_str(self) -> &'static str {
         match self {

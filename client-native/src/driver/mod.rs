@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use redistribute_protocol::session::{Action, DisconnectReason, Session};
-use redistribute_protocol::{decode_server, encode_client, Offset};
+use redistribute_protocol::{encode_client, Offset};
 use rustls::ClientConfig;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tracing::{debug, warn};
 
 pub(crate) use commands::{Command, SubscribeRequest};
@@ -33,7 +33,7 @@ use route::{Deferred, Entry, Reply};
 use crate::client::Client;
 use crate::error::{Error, TargetFailure};
 use crate::event::{ConnectionState, Event};
-use crate::transport::{self, Target, WsStream};
+use crate::transport::{self, Target, WsStream, MAX_FRAME_SIZE};
 
 /// How long closing a socket politely may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -277,10 +277,9 @@ impl Driver {
         let now = self.now();
         let reason = match item {
             Some(Ok(WsMessage::Text(text))) => {
-                match decode_server(text.as_str()) {
-                    Ok(frame) => self.session.handle_frame(frame, now),
-                    Err(e) => warn!(error = %e.error, "ignoring an undecodable server frame"),
-                }
+                // Text that does not decode is never skipped: the session ends the channel's
+                // subscription, or the connection, and says so.
+                self.session.handle_text(text.as_str(), now);
                 return;
             }
             Some(Ok(WsMessage::Close(frame))) => match frame {
@@ -289,6 +288,15 @@ impl Driver {
             },
             // Pings are answered by tungstenite; binary frames are not part of the protocol.
             Some(Ok(_)) => return,
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                // A frame above MAX_FRAME_SIZE: unreadable, and it would come again at the same
+                // offset after a resume, so the session reconnects with a growing delay.
+                warn!(error = %e, "server frame above the client's limit");
+                self.socket = None;
+                let reason = format!("{e} (the client's limit is {MAX_FRAME_SIZE} bytes)");
+                self.session.handle_bad_frame(reason, now);
+                return;
+            }
             Some(Err(e)) => DisconnectReason::transport(None, e.to_string()),
             None => DisconnectReason::transport(None, "connection closed"),
         };

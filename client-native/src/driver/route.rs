@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::Driver;
+use super::{Driver, RESUME_RETRY};
 use crate::error::Error;
 use crate::event::{ConnectionState, Event};
 use crate::subscription::{Start, SubShared};
@@ -152,6 +152,20 @@ impl Driver {
                     error: error.into(),
                 });
             }
+            SessionEvent::SubscribeRetrying {
+                channel,
+                error,
+                attempt,
+                retry_in,
+            } => {
+                debug!(%channel, %error, attempt, ?retry_in, "subscribe failed; retrying");
+                self.emit(Event::SubscribeRetrying {
+                    channel,
+                    error: error.into(),
+                    attempt,
+                    retry_in,
+                });
+            }
             SessionEvent::Unsubscribed { id, .. } => self.on_outcome(id.get(), Ok(())),
             SessionEvent::Messages { channel, messages } => self.deliver(channel, messages),
             SessionEvent::Gap { channel, from, to } => self.emit(Event::Gap { channel, from, to }),
@@ -210,7 +224,20 @@ impl Driver {
                 Err(error),
             ) => {
                 let current = self.entries.get(&channel).is_some_and(|e| e.sub == sub);
-                if current {
+                let transient = match &error {
+                    Error::Server { code, .. } => code.is_transient(),
+                    Error::Timeout | Error::ConnectionLost => true,
+                    _ => false,
+                };
+                if current && reply.is_none() && transient {
+                    // A resume after overflow that did not get through (a timeout, or a
+                    // transient error past the session's retries): never give up on it;
+                    // resume again shortly, from the same offset.
+                    if let Some(entry) = self.entries.get_mut(&channel) {
+                        entry.phase = Phase::Overflowed;
+                    }
+                    self.resume_retry = Some(Instant::now() + RESUME_RETRY);
+                } else if current {
                     self.lose(channel, reply, error);
                 } else if let Some(reply) = reply {
                     let _ = reply.send(Err(error));

@@ -8,7 +8,7 @@ use wasm_bindgen::prelude::*;
 
 use super::{call, js_error, set, Inner, Out, Reply, Topic};
 use crate::cache::CachedMessage;
-use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST};
+use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST, UNDECODABLE};
 use redistribute_protocol::session::RequestError;
 use redistribute_protocol::ErrorCode;
 
@@ -85,12 +85,33 @@ impl Inner {
                 }
             }
             Event::SubscriptionLost { channel, error } => {
-                let info = ErrorInfo::new(
-                    SUBSCRIPTION_LOST,
-                    format!("could not resume the subscription: {error}"),
-                )
+                let info = match error {
+                    RequestError::Undecodable { .. } => {
+                        ErrorInfo::new(UNDECODABLE, format!("the subscription ended: {error}"))
+                    }
+                    _ => ErrorInfo::new(
+                        SUBSCRIPTION_LOST,
+                        format!("could not resume the subscription: {error}"),
+                    ),
+                }
                 .on(channel);
                 self.emit(Topic::Error, vec![js_error(&info)]);
+            }
+            Event::SubscribeRetrying {
+                channel,
+                error,
+                attempt,
+                retry_in,
+            } => {
+                // The subscription stays: one `error` event per failed attempt, with the
+                // server's code.
+                let mut info = ErrorInfo::request(&error);
+                info.message = format!(
+                    "subscribe failed (attempt {attempt}): {}; retrying in {} ms",
+                    info.message,
+                    retry_in.as_millis()
+                );
+                self.emit(Topic::Error, vec![js_error(&info.on(channel))]);
             }
             Event::Unsubscribed { id, .. } | Event::Pong { id } => {
                 self.settle(id, Ok(JsValue::TRUE))

@@ -29,7 +29,7 @@ use std::rc::Weak;
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use redistribute_protocol::session::{Config, DisconnectReason, PublishOptions, SessionError};
-use redistribute_protocol::{decode_server, validate_channel, Fields};
+use redistribute_protocol::{validate_channel, Fields};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::BroadcastChannel;
@@ -273,8 +273,12 @@ impl Inner {
                 self.session.handle_transport_closed(t, reason);
             }
             "s" if bus.state == 2 => {
-                if let Some(frame) = field(msg, "d").and_then(|d| decode_server(&d).ok()) {
-                    self.session.handle_frame(frame, t);
+                // Frames relayed by the leader's hub; the same rule as on a socket.
+                match field(msg, "d") {
+                    Some(d) => self.session.handle_text(&d, t),
+                    None => self
+                        .session
+                        .handle_bad_frame("a relayed frame without data", t),
                 }
             }
             "cf" => {

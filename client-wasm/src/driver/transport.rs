@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::rc::Weak;
 use std::time::Duration;
 
+use redistribute_protocol::encode_client;
 use redistribute_protocol::session::{Action, DisconnectReason};
-use redistribute_protocol::{decode_server, encode_client};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{BroadcastChannel, CloseEvent, MessageEvent, WebSocket};
@@ -97,12 +97,15 @@ impl Handlers {
                 inner.session.handle_transport_open(now());
             }),
             message: on_socket(weak.clone(), |inner, event| {
-                // Text frames only; the server sends nothing else. Undecodable text is dropped.
+                // Text frames only; the server sends nothing else. Text that does not decode is
+                // never skipped: the session ends its channel's subscription (or the
+                // connection) and says so.
                 let event: &MessageEvent = event.unchecked_ref();
-                if let Some(text) = event.data().as_string() {
-                    if let Ok(frame) = decode_server(&text) {
-                        inner.session.handle_frame(frame, now());
-                    }
+                match event.data().as_string() {
+                    Some(text) => inner.session.handle_text(&text, now()),
+                    None => inner
+                        .session
+                        .handle_bad_frame("a binary frame from the server", now()),
                 }
             }),
             close: on_socket(weak, |inner, event| {

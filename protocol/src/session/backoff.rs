@@ -62,23 +62,42 @@ impl Backoff {
 
     /// The bound of the next delay: `min(max, initial · 2^failures)`.
     pub(crate) fn ceiling(&self) -> Duration {
-        BACKOFF_FACTOR
-            .checked_pow(self.failures)
-            .and_then(|factor| self.initial.checked_mul(factor))
-            .map_or(self.max, |d| d.min(self.max))
+        ceiling(self.initial, self.max, self.failures)
     }
 
     /// Draws the delay before the next attempt and counts one more failure.
     pub(crate) fn next_delay(&mut self, rng: &mut SplitMix64) -> Duration {
-        let ceiling = u64::try_from(self.ceiling().as_nanos()).unwrap_or(u64::MAX);
+        let delay = jitter(self.ceiling(), rng);
         self.failures = self.failures.saturating_add(1);
-        Duration::from_nanos(rng.up_to(ceiling))
+        delay
+    }
+
+    /// Like [`Backoff::next_delay`] but drawn in `[bound / 2, bound]` ("equal jitter"), so the
+    /// delay reliably grows with repeated failures.
+    pub(crate) fn next_equal_jitter(&mut self, rng: &mut SplitMix64) -> Duration {
+        let half = self.ceiling() / 2;
+        self.failures = self.failures.saturating_add(1);
+        half + jitter(half, rng)
     }
 
     /// Forgets past failures (after a connection proved healthy).
     pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
+}
+
+/// The delay bound after `failures` earlier consecutive failures: `min(max, initial · 2^failures)`.
+pub(crate) fn ceiling(initial: Duration, max: Duration, failures: u32) -> Duration {
+    BACKOFF_FACTOR
+        .checked_pow(failures)
+        .and_then(|factor| initial.checked_mul(factor))
+        .map_or(max, |d| d.min(max))
+}
+
+/// A delay drawn uniformly in `[0, ceiling]` ("full jitter").
+pub(crate) fn jitter(ceiling: Duration, rng: &mut SplitMix64) -> Duration {
+    let ceiling = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rng.up_to(ceiling))
 }
 
 #[cfg(test)]
@@ -130,5 +149,13 @@ mod tests {
         assert_eq!(ceilings[39], Duration::from_secs(10));
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(100));
+        for _ in 0..40 {
+            let bound = b.ceiling();
+            let d = b.next_equal_jitter(&mut rng);
+            assert!(
+                d >= bound / 2 && d <= bound,
+                "{d:?} outside [{bound:?}/2, {bound:?}]"
+            );
+        }
     }
 }

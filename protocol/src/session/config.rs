@@ -1,7 +1,7 @@
 //! Session configuration and per-publish options.
 //!
 //! Plain structs with documented units and defaults, passed in by the driver: no globals, no
-//! environment reads. [`Config::new`] gives the defaults of DESIGN.md §8 for a list of targets.
+//! environment reads. [`Config::new`] gives the defaults for a list of targets.
 
 use std::time::Duration;
 
@@ -40,11 +40,21 @@ pub struct Config {
     /// Most requests waiting for an outcome at once; beyond it commands fail with
     /// [`SessionError::Backpressure`].
     pub max_pending: usize,
+    /// Retry the caller's own `subscribe` on transient errors (`unavailable`, `rate_limited`,
+    /// `internal`) too, with backoff, until it succeeds, fails permanently or reaches its
+    /// request timeout. Off: such an error fails the caller's subscribe at once. Re-subscribes
+    /// after a reconnect are always retried.
+    pub retry_subscribe: bool,
+    /// How many consecutive transient failures of one subscription's `subscribe` are retried
+    /// before the subscription is given up ([`Event::SubscriptionLost`](super::Event::SubscriptionLost)); `None`
+    /// (the default) retries forever.
+    pub subscribe_retry_limit: Option<u32>,
 }
 
 impl Config {
     /// The defaults for these targets: no token, 10 s request timeout, backoff 100 ms → 10 s,
-    /// automatic idempotency keys, at most 10,000 pending requests.
+    /// automatic idempotency keys, at most 10,000 pending requests, transient subscribe
+    /// failures retried forever.
     pub fn new<I, S>(targets: I) -> Config
     where
         I: IntoIterator<Item = S>,
@@ -58,6 +68,8 @@ impl Config {
             backoff_max: DEFAULT_BACKOFF_MAX,
             auto_idempotency: true,
             max_pending: DEFAULT_MAX_PENDING,
+            retry_subscribe: true,
+            subscribe_retry_limit: None,
         }
     }
 
@@ -110,6 +122,8 @@ mod tests {
         assert_eq!(c.backoff_max, Duration::from_secs(10));
         assert!(c.auto_idempotency);
         assert_eq!(c.max_pending, 10_000);
+        assert!(c.retry_subscribe);
+        assert_eq!(c.subscribe_retry_limit, None);
         c.validate().unwrap();
     }
 

@@ -72,6 +72,25 @@ impl Session {
         while let Some((id, pending)) = self.requests.pop_expired(self.now) {
             self.expire(id, pending);
         }
+        self.fire_retries();
+    }
+
+    /// Sends `subscribe` again for the channels whose retry after a transient failure is due.
+    fn fire_retries(&mut self) {
+        while let Some((at, channel)) = self.retries.first().cloned() {
+            if at > self.now || !self.is_connected() {
+                return;
+            }
+            self.retries.pop_first();
+            let due = self
+                .subs
+                .get_mut(&channel)
+                .filter(|s| s.retry_at == Some(at) && s.inflight.is_none());
+            if let Some(sub) = due {
+                sub.retry_at = None;
+                self.send_subscribe(&channel);
+            }
+        }
     }
 
     /// Asks the driver for a transport to the current target.
@@ -88,6 +107,12 @@ impl Session {
     /// send the requests that waited for a connection.
     pub(super) fn establish(&mut self, healthy: bool) {
         self.state = State::Open { healthy };
+        self.opened_at = self.now;
+        // Every channel is subscribed now: pending retries are moot.
+        self.retries.clear();
+        for (_, sub) in self.subs.iter_mut() {
+            sub.retry_at = None;
+        }
         self.events.push_back(Event::Connected {
             target: self.target_name(),
         });
@@ -164,6 +189,32 @@ impl Session {
     /// Ends the current attempt or connection (if any): reports it, settles the requests that
     /// cannot survive it, and schedules the next attempt after a backoff delay.
     pub(super) fn fail_connection(&mut self, reason: DisconnectReason, close_transport: bool) {
+        self.fail_connection_after(reason, close_transport, Duration::ZERO);
+    }
+
+    /// The server sent something unreadable that belongs to no one channel: drop the
+    /// connection and resume from unchanged positions, after a delay that grows with each
+    /// such failure soon after connecting (a reply resets the ordinary backoff, not this one).
+    pub(super) fn fail_bad_frame(&mut self, reason: String) {
+        if !matches!(self.state, State::Handshaking { .. } | State::Open { .. }) {
+            return;
+        }
+        let lasted = matches!(self.state, State::Open { .. })
+            && self.now.saturating_sub(self.opened_at) >= self.config.backoff_max;
+        if lasted {
+            self.bad_frames.reset();
+        }
+        let at_least = self.bad_frames.next_equal_jitter(&mut self.rng);
+        self.fail_connection_after(DisconnectReason::BadFrame { reason }, true, at_least);
+    }
+
+    /// [`Session::fail_connection`], waiting at least `at_least` before the next attempt.
+    fn fail_connection_after(
+        &mut self,
+        reason: DisconnectReason,
+        close_transport: bool,
+        at_least: Duration,
+    ) {
         let event = match self.state {
             State::Connecting { .. } | State::Handshaking { .. } => Event::ConnectFailed {
                 target: self.target_name(),
@@ -177,7 +228,7 @@ impl Session {
         }
         self.events.push_back(event);
         self.lose_connection();
-        let delay = self.backoff.next_delay(&mut self.rng);
+        let delay = self.backoff.next_delay(&mut self.rng).max(at_least);
         self.state = State::Backoff {
             until: self.now.saturating_add(delay),
         };

@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use crate::error::{ErrorCode, ProtocolError};
+use crate::offset::StreamId;
 
 /// A command the session refused before sending anything.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -26,8 +27,9 @@ pub enum SessionError {
     Config(&'static str),
 }
 
-/// Why a request ended without success; carried by
-/// [`Event::RequestFailed`](super::Event::RequestFailed).
+/// Why a request ended without success, carried by
+/// [`Event::RequestFailed`](super::Event::RequestFailed); or why a subscription ended without the
+/// caller asking, carried by [`Event::SubscriptionLost`](super::Event::SubscriptionLost).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RequestError {
     /// The server answered with an `error` frame.
@@ -54,4 +56,40 @@ pub enum RequestError {
     /// channel before this subscribe was answered.
     #[error("superseded by a later command on the same channel")]
     Cancelled,
+    /// A frame of the subscription's channel could not be decoded (e.g. JSON nested deeper
+    /// than the decoder allows). Nothing after `after` was delivered: the subscription ended
+    /// there, so resubscribing from `after` (or reading the channel by other means) recovers
+    /// exactly what was missed. `None`: no position was known yet.
+    #[error("{}", undecodable_message(*.after, reason))]
+    Undecodable {
+        /// The last delivered offset (or the server's resume point) of the channel.
+        after: Option<StreamId>,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+impl RequestError {
+    /// Whether the failure may pass on its own and the same request may succeed later: a
+    /// server error with a transient code ([`ErrorCode::is_transient`]), a timeout, or a lost
+    /// connection. The session retries transient subscribe failures with backoff (see the
+    /// [module documentation](super#transient-and-permanent-errors)).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RequestError::Server { code, .. } => code.is_transient(),
+            RequestError::Timeout | RequestError::ConnectionLost => true,
+            RequestError::Closed | RequestError::Cancelled | RequestError::Undecodable { .. } => {
+                false
+            }
+        }
+    }
+}
+
+fn undecodable_message(after: Option<StreamId>, reason: &str) -> String {
+    match after {
+        Some(after) => {
+            format!("undecodable frame from the server; delivered up to {after}: {reason}")
+        }
+        None => format!("undecodable frame from the server; nothing delivered yet: {reason}"),
+    }
 }

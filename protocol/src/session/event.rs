@@ -50,6 +50,15 @@ pub enum DisconnectReason {
     },
     /// [`Session::close`](super::Session::close) was called.
     Closed,
+    /// The server sent a frame the client could not read and could not attribute to one
+    /// channel (not JSON, an unknown `type`, a reply that does not parse, a frame above the
+    /// driver's size limit). The session closed the transport and resumes every subscription
+    /// from its unchanged position after a backoff delay that keeps growing while such frames
+    /// keep coming soon after connecting.
+    BadFrame {
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 impl DisconnectReason {
@@ -77,6 +86,9 @@ impl fmt::Display for DisconnectReason {
                 write!(f, "rejected by server ({code}): {message}")
             }
             DisconnectReason::Closed => f.write_str("closed by the application"),
+            DisconnectReason::BadFrame { reason } => {
+                write!(f, "unreadable frame from the server: {reason}")
+            }
         }
     }
 }
@@ -132,13 +144,31 @@ pub enum Event {
         /// The session re-subscribed on its own after a reconnect (no caller request).
         resumed: bool,
     },
-    /// A subscription the session was re-establishing after a reconnect was refused by the
-    /// server; it is forgotten and will not be retried.
+    /// A subscription ended without the caller asking: the server refused to re-establish it
+    /// after a reconnect with a permanent error (`forbidden`, `not_found`, …), it ran out of
+    /// [`Config::subscribe_retry_limit`](super::Config::subscribe_retry_limit), or a frame of
+    /// its channel could not be decoded ([`RequestError::Undecodable`], which names the last
+    /// delivered offset). It is forgotten and will not be retried.
     SubscriptionLost {
         /// Channel name.
         channel: String,
         /// The server's answer.
         error: RequestError,
+    },
+    /// A `subscribe` the session keeps (a re-subscribe after a reconnect, or the caller's
+    /// when [`Config::retry_subscribe`](super::Config::retry_subscribe) is on) failed with a
+    /// transient error (`unavailable`, `rate_limited`, `internal`). The subscription stays;
+    /// the session sends `subscribe` again from the same position after `retry_in`, and on
+    /// every new connection.
+    SubscribeRetrying {
+        /// Channel name.
+        channel: String,
+        /// The server's answer.
+        error: RequestError,
+        /// Consecutive failed attempts so far (1 for the first).
+        attempt: u32,
+        /// The delay before the next attempt.
+        retry_in: std::time::Duration,
     },
     /// An `unsubscribe` finished.
     Unsubscribed {

@@ -11,14 +11,38 @@ use std::time::Duration;
 use super::error::RequestError;
 use super::event::{DisconnectReason, Event, RequestId};
 use super::requests::{Kind, Origin, Pending};
-use super::{Session, State};
+use super::{backoff, Session, State};
+use crate::codec::decode_server;
 use crate::error::ErrorCode;
-use crate::frame::{Message, ServerFrame};
+use crate::frame::{ClientFrame, Message, ServerFrame};
 use crate::offset::StreamId;
 
 impl Session {
-    /// A frame arrived on the current transport (decode it with
-    /// [`decode_server`](crate::codec::decode_server) first; undecodable text can be dropped).
+    /// A text frame arrived on the current transport: decodes it and handles it like
+    /// [`Session::handle_frame`]. Text that does not decode is never skipped silently: it ends
+    /// the subscription of the channel it belongs to, or the connection (see
+    /// [Frames the session cannot read](super#frames-the-session-cannot-read)).
+    pub fn handle_text(&mut self, text: &str, now: Duration) {
+        match decode_server(text) {
+            Ok(frame) => self.handle_frame(frame, now),
+            Err(e) => {
+                self.tick(now);
+                self.on_undecodable(text, e.error.to_string());
+            }
+        }
+    }
+
+    /// The driver received a frame it could not read at all (e.g. above its size limit), so
+    /// it cannot tell which channel it belongs to: the session closes the transport and
+    /// resumes from unchanged positions after a growing backoff delay.
+    pub fn handle_bad_frame(&mut self, reason: impl Into<String>, now: Duration) {
+        self.tick(now);
+        self.fail_bad_frame(reason.into());
+    }
+
+    /// A frame that arrived decoded (by the driver, with
+    /// [`decode_server`](crate::codec::decode_server)). Drivers that receive text should call
+    /// [`Session::handle_text`] instead, which also handles text that does not decode.
     pub fn handle_frame(&mut self, frame: ServerFrame, now: Duration) {
         self.tick(now);
         if !matches!(self.state, State::Handshaking { .. } | State::Open { .. }) {
@@ -128,6 +152,7 @@ impl Session {
             return;
         }
         sub.inflight = None;
+        sub.failures = 0;
         if sub.waiter == Some(id) {
             sub.waiter = None;
         }
@@ -166,12 +191,16 @@ impl Session {
             return;
         };
         let error = RequestError::Server { code, message };
-        match pending.kind {
+        match &pending.kind {
             Kind::Subscribe { channel } => {
+                let channel = channel.clone();
                 let current = self
                     .subs
                     .get(&channel)
                     .is_some_and(|s| s.inflight == Some(id));
+                if current && self.retry_subscribe(&channel, &pending, id, &error) {
+                    return;
+                }
                 if current {
                     self.subs.remove(&channel);
                     if pending.origin == Origin::Internal {
@@ -190,5 +219,209 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Keeps a subscription whose `subscribe` (`id`, just answered with `error`) failed
+    /// transiently, and schedules the next attempt. Returns whether it did; `false` means the
+    /// failure ends the subscription (permanent, a caller's subscribe without
+    /// [`Config::retry_subscribe`](super::Config::retry_subscribe), or out of retries).
+    fn retry_subscribe(
+        &mut self,
+        channel: &str,
+        pending: &Pending,
+        id: u64,
+        error: &RequestError,
+    ) -> bool {
+        let retry = error.is_transient()
+            && (pending.origin == Origin::Internal || self.config.retry_subscribe);
+        let limit = self.config.subscribe_retry_limit;
+        let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return false;
+        };
+        if !retry || limit.is_some_and(|l| sub.failures >= l) {
+            return false;
+        }
+        let bound = backoff::ceiling(initial, max, sub.failures);
+        sub.failures = sub.failures.saturating_add(1);
+        sub.inflight = None;
+        let attempt = sub.failures;
+        let retry_in = backoff::jitter(bound, &mut self.rng);
+        let at = self.now.saturating_add(retry_in);
+        sub.retry_at = Some(at);
+        if pending.origin == Origin::User {
+            // The caller keeps waiting, within its original deadline.
+            let mut again = Pending::new(pending.kind.clone(), Origin::User);
+            again.sent = false;
+            let deadline = pending.deadline();
+            self.requests.insert(id, again, deadline);
+        }
+        self.retries.insert((at, channel.to_owned()));
+        self.events.push_back(Event::SubscribeRetrying {
+            channel: channel.to_owned(),
+            error: error.clone(),
+            attempt,
+            retry_in,
+        });
+        true
+    }
+
+    /// Text that did not decode: end the subscription it belongs to, or the connection.
+    fn on_undecodable(&mut self, text: &str, reason: String) {
+        if !matches!(self.state, State::Handshaking { .. } | State::Open { .. }) {
+            return;
+        }
+        let (kind, channel) = scan_frame(text);
+        let channel =
+            channel.filter(|_| matches!(kind.as_deref(), Some("messages" | "gap" | "subscribed")));
+        let Some(channel) = channel else {
+            self.fail_bad_frame(reason);
+            return;
+        };
+        let Some(sub) = self.subs.get(&channel) else {
+            // Not subscribed (any more): a decoded frame of it would be ignored as well.
+            if kind.as_deref() == Some("subscribed") {
+                self.fail_bad_frame(reason);
+            }
+            return;
+        };
+        if sub.inflight.is_some() && kind.as_deref() != Some("subscribed") {
+            // Data of the subscription being replaced, which a decoded frame would not deliver
+            // either (the server sends nothing of a subscription before its reply).
+            return;
+        }
+        self.end_undecodable(channel, reason);
+    }
+
+    /// Ends a subscription whose frame could not be decoded: unsubscribes it on the server and
+    /// tells the caller where delivery stopped.
+    fn end_undecodable(&mut self, channel: String, reason: String) {
+        let Some(sub) = self.subs.remove(&channel) else {
+            return;
+        };
+        let error = RequestError::Undecodable {
+            after: sub.position(),
+            reason,
+        };
+        if self.is_connected() {
+            // Nobody waits for the reply: an unknown id is ignored.
+            let id = self.alloc_id();
+            self.transmit.push_back(ClientFrame::Unsubscribe {
+                id,
+                channel: channel.clone(),
+            });
+        }
+        if let Some(inflight) = sub.inflight.filter(|i| Some(*i) != sub.waiter) {
+            self.requests.remove(inflight);
+        }
+        let waiter = sub.waiter.and_then(|w| self.requests.remove(w).map(|_| w));
+        match waiter {
+            Some(waiter) => self.fail(waiter, error),
+            None => self
+                .events
+                .push_back(Event::SubscriptionLost { channel, error }),
+        }
+    }
+}
+
+/// The top-level string members `type` and `channel` of a JSON object, read by a shallow,
+/// non-recursive scan that tolerates anything the decoder rejected (deep nesting, bad values
+/// elsewhere, a cut-off text).
+pub(crate) fn scan_frame(text: &str) -> (Option<String>, Option<String>) {
+    let bytes = text.as_bytes();
+    let (mut kind, mut channel) = (None, None);
+    let mut depth = 0usize;
+    let mut expect_key = false;
+    let mut key: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let Some(end) = string_end(bytes, i) else {
+                    break;
+                };
+                if depth == 1 {
+                    let value = serde_json::from_str::<String>(&text[i..=end]).ok();
+                    if expect_key {
+                        key = value;
+                        expect_key = false;
+                    } else {
+                        match key.take().as_deref() {
+                            Some("type") => kind = kind.or(value),
+                            Some("channel") => channel = channel.or(value),
+                            _ => {}
+                        }
+                    }
+                }
+                i = end + 1;
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    expect_key = bytes[i] == b'{';
+                } else if depth == 2 {
+                    key = None;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => {
+                expect_key = true;
+                key = None;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (kind, channel)
+}
+
+/// The index of the quote closing the JSON string that opens at `start`.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan_frame;
+
+    fn scan(text: &str) -> (Option<&'static str>, Option<String>) {
+        let (kind, channel) = scan_frame(text);
+        let kind = kind.map(|k| &*Box::leak(k.into_boxed_str()));
+        (kind, channel)
+    }
+
+    #[test]
+    fn finds_top_level_type_and_channel_in_any_order_past_deep_nesting() {
+        let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+        let text = format!(
+            r#"{{"messages":[{{"offset":"1-0","fields":{{"channel":"inner","v":{deep}}}}}],"channel":"c\"x","type":"messages"}}"#
+        );
+        assert_eq!(scan(&text), (Some("messages"), Some("c\"x".to_owned())));
+        let text = format!(r#"{{"type":"messages","channel":"chat","messages":{deep}}}"#);
+        assert_eq!(scan(&text), (Some("messages"), Some("chat".to_owned())));
+    }
+
+    #[test]
+    fn ignores_nested_members_and_survives_garbage() {
+        assert_eq!(scan(r#"{"x":{"type":"gap","channel":"no"}}"#), (None, None));
+        assert_eq!(scan(r#"{"type":"pong","id":"#), (Some("pong"), None));
+        assert_eq!(
+            scan(r#"{"type":"messages","channel":"c"#),
+            (Some("messages"), None)
+        );
+        assert_eq!(scan(r#"{"channel":7,"type":["messages"]}"#), (None, None));
+        assert_eq!(scan("not json"), (None, None));
+        assert_eq!(scan(""), (None, None));
+        assert_eq!(scan(r#"["type","messages"]"#), (None, None));
+        assert_eq!(scan("}}}]]{"), (None, None));
     }
 }

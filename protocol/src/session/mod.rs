@@ -55,6 +55,41 @@
 //! sees each message once, in order. [`Session::offsets`] exposes the positions for
 //! persistence; `subscribe(channel, Offset::Id(saved))` resumes from a saved one.
 //!
+//! # Transient and permanent errors
+//!
+//! Transient failures never end a subscription: a `subscribe` answered `unavailable`,
+//! `rate_limited` or `internal` ([`ErrorCode::is_transient`](crate::ErrorCode::is_transient))
+//! keeps the subscription and its position, emits [`Event::SubscribeRetrying`] and is sent
+//! again after a backoff delay (the same exponential backoff with full jitter as reconnects,
+//! counted per channel and reset by `subscribed`), and again on every new connection. Request
+//! timeouts and transport closes (1006, 1011, 1012, 1013, …) end the connection, and the session
+//! reconnects and re-subscribes every channel from its position. This holds for re-subscribes
+//! after a reconnect always, and for the caller's own `subscribe` while
+//! [`Config::retry_subscribe`] is on (the default; it then waits at most its request timeout).
+//! [`Config::subscribe_retry_limit`] can cap the retries. Permanent errors (`forbidden`,
+//! `bad_request`, `not_found`, `unauthorized`, `too_large`) end the subscription: the caller's
+//! subscribe fails ([`Event::RequestFailed`]), a re-subscribe reports
+//! [`Event::SubscriptionLost`].
+//!
+//! # Frames the session cannot read
+//!
+//! Feed the transport's text to [`Session::handle_text`]; the session never skips a frame it
+//! cannot decode, and never moves a position past data it did not deliver:
+//!
+//! * when a shallow scan of the text finds a `messages`, `gap` or `subscribed` frame of a
+//!   subscribed channel (top-level `"type"` and `"channel"`), that subscription ends with
+//!   [`Event::SubscriptionLost`] carrying [`RequestError::Undecodable`], which names the last
+//!   delivered offset (or the caller's subscribe fails with it); the session unsubscribes the
+//!   channel on the server, and every other channel keeps flowing. Resubscribing from that
+//!   offset recovers exactly what was missed;
+//! * any other unreadable frame (not JSON, unknown `type`, a reply that does not parse, or a
+//!   frame the driver could not receive at all, reported with [`Session::handle_bad_frame`])
+//!   ends the connection with [`DisconnectReason::BadFrame`]; the session reconnects and
+//!   resumes from unchanged positions. While such failures repeat within
+//!   [`Config::backoff_max`] of connecting, the delay before reconnecting keeps growing to
+//!   [`Config::backoff_max`] even though each connection answers requests, so a frame that
+//!   arrives again after every resume cannot cause a tight reconnect loop.
+//!
 //! # Requests
 //!
 //! Every command returns a [`RequestId`] and gets exactly one outcome event: its success event
@@ -90,7 +125,7 @@ mod inbound;
 mod requests;
 mod subscriptions;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 pub use backoff::BACKOFF_FACTOR;
@@ -144,6 +179,14 @@ pub struct Session {
     config: Config,
     rng: SplitMix64,
     backoff: Backoff,
+    /// Reconnect delays after unreadable frames: reset only by a connection that lasted
+    /// [`Config::backoff_max`], not by a reply.
+    bad_frames: Backoff,
+    /// When the current connection became ready.
+    opened_at: Duration,
+    /// Subscribe retries after transient failures: `(due, channel)`. Entries whose channel no
+    /// longer has that `retry_at` are stale and skipped.
+    retries: BTreeSet<(Duration, String)>,
     /// Random prefix of generated idempotency keys.
     key_prefix: u64,
     /// The latest time seen in an input.
@@ -169,6 +212,9 @@ impl Session {
         let key_prefix = rng.next_u64();
         Ok(Session {
             backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            bad_frames: Backoff::new(config.backoff_initial, config.backoff_max),
+            opened_at: Duration::ZERO,
+            retries: BTreeSet::new(),
             config,
             rng,
             key_prefix,
@@ -206,7 +252,8 @@ impl Session {
             State::Connecting { deadline } | State::Handshaking { deadline, .. } => Some(deadline),
             State::Backoff { until } => Some(until),
             State::Closed => return None,
-            State::Idle | State::Open { .. } => None,
+            State::Open { .. } => self.retries.first().map(|(at, _)| *at),
+            State::Idle => None,
         };
         let requests = self.requests.next_deadline(self.now);
         match (state, requests) {

@@ -81,6 +81,11 @@ impl Pending {
             deadline: None,
         }
     }
+
+    /// When it times out, once stamped.
+    pub(crate) fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
 }
 
 /// Pending requests by id, with a deadline index.

@@ -12,6 +12,7 @@
 //! can only cause a repeated gap report on a reconnect, never a lost or duplicated message.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::frame::Message;
 use crate::offset::{Offset, StreamId};
@@ -30,6 +31,10 @@ pub(crate) struct Subscription {
     pub(crate) inflight: Option<u64>,
     /// `(group, consumer)` of a consumer-group subscription.
     pub(crate) group: Option<(String, String)>,
+    /// Consecutive transient failures of its `subscribe` (reset by `subscribed`).
+    pub(crate) failures: u32,
+    /// When to send `subscribe` again after a transient failure, on the open connection.
+    pub(crate) retry_at: Option<Duration>,
 }
 
 impl Subscription {
@@ -46,6 +51,8 @@ impl Subscription {
             waiter: None,
             inflight: None,
             group: None,
+            failures: 0,
+            retry_at: None,
         }
     }
 

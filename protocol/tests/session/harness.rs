@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use redistribute_protocol::session::{Action, Config, DisconnectReason, Event, Session};
 use redistribute_protocol::{
-    decode_client, encode_client, ClientFrame, ErrorCode, Fields, Message, Offset, ServerFrame,
-    StreamId, PROTOCOL_VERSION,
+    decode_client, encode_client, encode_server, ClientFrame, ErrorCode, Fields, Message, Offset,
+    ServerFrame, StreamId, PROTOCOL_VERSION,
 };
 
 /// Milliseconds as a `Duration`.
@@ -55,6 +55,10 @@ pub struct FakeServer {
     pub received: Vec<(String, ClientFrame)>,
     /// Frames to deliver to the client.
     pub outbox: VecDeque<ServerFrame>,
+    /// Raw texts to deliver to the client, each before the frames of `outbox`.
+    pub raw: VecDeque<String>,
+    /// Per channel: answer this many more `subscribe`s with this error code (not subscribing).
+    pub refuse: HashMap<String, (ErrorCode, usize)>,
 }
 
 /// The wire `type` of a client frame.
@@ -111,6 +115,7 @@ impl FakeServer {
     fn on_close(&mut self) {
         self.subs.clear();
         self.outbox.clear();
+        self.raw.clear();
     }
 
     /// Handles one frame as the real server would.
@@ -146,6 +151,15 @@ impl FakeServer {
                 offset,
                 ..
             } => {
+                if let Some((code, n)) = self.refuse.get_mut(&channel).filter(|(_, n)| *n > 0) {
+                    *n -= 1;
+                    let reply = ServerFrame::Error {
+                        id: Some(id),
+                        code: *code,
+                        message: format!("refused with {code}"),
+                    };
+                    return self.reply(k, reply);
+                }
                 if self.forbidden.contains(&channel) {
                     let reply = ServerFrame::Error {
                         id: Some(id),
@@ -296,10 +310,16 @@ impl Pair {
                     .expect("frame sent without transport");
                 self.server.handle(&target, frame);
             }
+            while let Some(text) = self.server.raw.pop_front() {
+                moved = true;
+                assert!(self.transport.is_some(), "server frame without transport");
+                self.session.handle_text(&text, self.now);
+            }
             while let Some(frame) = self.server.outbox.pop_front() {
                 moved = true;
                 assert!(self.transport.is_some(), "server frame without transport");
-                self.session.handle_frame(frame, self.now);
+                // Over the wire as text, as drivers do.
+                self.session.handle_text(&encode_server(&frame), self.now);
             }
             while let Some(event) = self.session.poll_event() {
                 moved = true;

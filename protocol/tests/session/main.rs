@@ -4,5 +4,6 @@
 mod failover;
 mod groups;
 mod harness;
+mod no_loss;
 mod requests;
 mod resume;
