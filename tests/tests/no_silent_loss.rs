@@ -420,7 +420,11 @@ async fn stalled_connections_near_the_frame_limit_stay_bounded() -> Result<()> {
     let payload = "s".repeat(900_000);
     let mut offsets = Vec::new();
     for i in 0..COUNT {
-        offsets.push(publisher.publish("stall", json!({"i": i, "p": payload})).await?);
+        offsets.push(
+            publisher
+                .publish("stall", json!({"i": i, "p": payload}))
+                .await?,
+        );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let grown = common::rss_kib(server.pid())?.saturating_sub(before);
@@ -433,7 +437,9 @@ async fn stalled_connections_near_the_frame_limit_stay_bounded() -> Result<()> {
         "RSS grew {grown} KiB for {CONNECTIONS} stalled connections"
     );
     for ws in &mut stalled {
-        let got = ws.recv_messages("stall", COUNT, Duration::from_secs(60)).await?;
+        let got = ws
+            .recv_messages("stall", COUNT, Duration::from_secs(60))
+            .await?;
         let got: Vec<&str> = got.iter().map(|m| m["offset"].as_str().unwrap()).collect();
         ensure!(got == offsets, "a stalled connection missed messages");
     }

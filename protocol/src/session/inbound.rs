@@ -109,7 +109,10 @@ impl Session {
             }
             ServerFrame::Messages { channel, messages } => self.on_messages(channel, messages),
             ServerFrame::Gap { channel, from, to } => {
-                if self.subs.get(&channel).is_some() {
+                // Like messages, a gap before the `subscribed` reply belongs to the
+                // subscription being replaced.
+                if let Some(sub) = self.subs.get_mut(&channel).filter(|s| s.inflight.is_none()) {
+                    sub.on_gap(from, to);
                     self.events.push_back(Event::Gap { channel, from, to });
                 }
             }

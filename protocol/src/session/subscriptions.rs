@@ -89,6 +89,19 @@ impl Subscription {
         }
     }
 
+    /// Records a reported gap: the entries in `(from, to]` are gone, so the position moves to
+    /// `to` when the gap starts at or before it (a resume then does not report it again).
+    pub(crate) fn on_gap(&mut self, from: StreamId, to: StreamId) {
+        if self.group.is_some() {
+            return;
+        }
+        if let Some(p) = self.position {
+            if from <= p && to > p {
+                self.position = Some(to);
+            }
+        }
+    }
+
     /// Keeps the messages after the position, in order, and advances the position past them.
     pub(crate) fn accept(&mut self, messages: Vec<Message>) -> Vec<Message> {
         if self.group.is_some() {
@@ -163,6 +176,21 @@ mod tests {
 
     fn offsets(ms: &[Message]) -> Vec<StreamId> {
         ms.iter().map(|m| m.offset).collect()
+    }
+
+    #[test]
+    fn a_gap_moves_the_position_to_its_end() {
+        let mut s = Subscription::new(Offset::Id(StreamId::new(5, 0)));
+        s.on_gap(StreamId::new(5, 0), StreamId::new(9, 0));
+        assert_eq!(s.resume_offset(), Offset::Id(StreamId::new(9, 0)));
+        // A gap that does not touch the position (an older one) changes nothing.
+        s.on_gap(StreamId::new(1, 0), StreamId::new(4, 0));
+        s.on_gap(StreamId::new(12, 0), StreamId::new(14, 0));
+        assert_eq!(s.resume_offset(), Offset::Id(StreamId::new(9, 0)));
+        assert_eq!(
+            offsets(&s.accept(vec![msg(8, 0), msg(10, 0)])),
+            [StreamId::new(10, 0)]
+        );
     }
 
     #[test]

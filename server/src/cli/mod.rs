@@ -160,12 +160,21 @@ pub(crate) async fn report_events(mut events: redistribute_client::Events) {
                 eprintln!("redistribute: connected to {target}");
             }
             Event::Gap { channel, from, to } => eprintln!(
-                "redistribute: gap in {channel}: messages after {from} up to {to} were trimmed \
+                "redistribute: gap in {channel}: messages after {from} up to {to} were gone \
                  before they could be delivered"
             ),
             Event::SubscriptionLost { channel, error } => {
                 eprintln!("redistribute: subscription to {channel} lost: {error}");
             }
+            Event::SubscribeRetrying {
+                channel,
+                error,
+                attempt,
+                retry_in,
+            } => eprintln!(
+                "redistribute: subscribe to {channel} failed ({error}, attempt {attempt}); \
+                 retrying in {retry_in:.1?}"
+            ),
             Event::Overflow { channel, .. } => eprintln!(
                 "redistribute: output is slower than {channel}; replaying it from the stream"
             ),
