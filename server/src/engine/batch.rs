@@ -13,6 +13,10 @@ use redistribute_protocol::StreamId;
 /// Closing bytes of every `messages` frame.
 const FRAME_END: &str = "]}";
 
+/// Batches are cut by bytes: a producer starts a new batch before an entry would push the
+/// encoded items past this (one entry alone may exceed it, up to its encoded size).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 /// Consecutive entries of one channel with their `messages` frame encoded once.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -21,9 +25,23 @@ pub struct Batch {
     /// Byte offset in `frame` where each entry's JSON object starts.
     starts: Vec<u32>,
     frame: Utf8Bytes,
+    gap_through: Option<StreamId>,
 }
 
 impl Batch {
+    /// For live batches: entries of the channel after the previous live batch, up to and
+    /// including this ID, were not delivered by the live feed (trimmed before the reader read
+    /// them, or skipped as undeliverable). Always lower than the batch's first entry.
+    pub fn gap_through(&self) -> Option<StreamId> {
+        self.gap_through
+    }
+
+    /// Bytes of the encoded items (the comma-separated JSON objects, without the frame's
+    /// envelope): what [`MAX_BATCH_BYTES`] and catch-up byte limits bound.
+    pub fn items_len(&self) -> usize {
+        self.frame.len() - FRAME_END.len() - self.starts[0] as usize
+    }
+
     /// The channel the entries belong to.
     pub fn channel(&self) -> &Arc<str> {
         &self.channel
@@ -101,6 +119,7 @@ pub struct BatchBuilder {
     ids: Vec<StreamId>,
     starts: Vec<u32>,
     out: String,
+    gap_through: Option<StreamId>,
 }
 
 impl BatchBuilder {
@@ -115,7 +134,54 @@ impl BatchBuilder {
             ids: Vec::new(),
             starts: Vec::new(),
             out,
+            gap_through: None,
         }
+    }
+
+    /// Marks entries up to and including `id` as not delivered (see [`Batch::gap_through`]);
+    /// a later call keeps the higher ID. [`BatchBuilder::finish`] lowers it below the first
+    /// entry if needed.
+    pub fn set_gap_through(&mut self, id: StreamId) {
+        self.gap_through = Some(self.gap_through.map_or(id, |g| g.max(id)));
+    }
+
+    /// The gap recorded so far.
+    pub fn gap_through(&self) -> Option<StreamId> {
+        self.gap_through
+    }
+
+    /// Bytes of the encoded items so far (see [`Batch::items_len`]).
+    pub fn items_len(&self) -> usize {
+        self.starts
+            .first()
+            .map_or(0, |&s| self.out.len() - s as usize)
+    }
+
+    /// Bytes the encoded items would have with one more item of `item_len` bytes.
+    pub fn items_len_with(&self, item_len: usize) -> usize {
+        let sep = usize::from(!self.ids.is_empty());
+        self.items_len() + sep + item_len
+    }
+
+    /// Removes the last entry (and its separator), e.g. one that turned out too large.
+    pub fn pop_entry(&mut self) {
+        if let Some(start) = self.starts.pop() {
+            self.ids.pop();
+            let cut = if self.ids.is_empty() {
+                start as usize
+            } else {
+                start as usize - 1 // the comma before it
+            };
+            self.out.truncate(cut);
+        }
+    }
+
+    /// Byte length of the last entry's encoded JSON object (0 when there is none); valid
+    /// after [`BatchBuilder::end_entry`].
+    pub fn last_item_len(&self) -> usize {
+        self.starts
+            .last()
+            .map_or(0, |&s| self.out.len() - s as usize)
     }
 
     /// Starts an entry; follow with [`BatchBuilder::field`] calls and [`BatchBuilder::end_entry`].
@@ -185,12 +251,28 @@ impl BatchBuilder {
             return None;
         }
         self.out.push_str(FRAME_END);
+        let first = self.ids[0];
+        let gap_through = self
+            .gap_through
+            .map(|g| match first.predecessor() {
+                Some(before) => g.min(before),
+                None => StreamId::ZERO,
+            })
+            .filter(|g| *g > StreamId::ZERO);
         Some(Batch {
             channel: self.channel,
             ids: self.ids,
             starts: self.starts,
             frame: Utf8Bytes::from(self.out),
+            gap_through,
         })
+    }
+
+    /// Finishes the entries so far as one batch and starts a new builder for the channel
+    /// (for cutting a long run of entries into batches of at most [`MAX_BATCH_BYTES`]).
+    pub fn cut(&mut self) -> Option<Batch> {
+        let fresh = BatchBuilder::new(self.channel.clone());
+        std::mem::replace(self, fresh).finish()
     }
 }
 

@@ -34,6 +34,9 @@ use subscription::{AfterPage, Subscription};
 /// Most live batches taken from the queue in one go.
 const DRAIN_MAX: usize = 64;
 
+/// Most bytes of encoded entries one catch-up page reads (at least one entry).
+const CATCH_UP_BYTES: usize = 1024 * 1024;
+
 /// Pause before retrying a failed catch-up read.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
@@ -318,7 +321,10 @@ impl Feed {
                 tokio::time::sleep(delay).await;
             }
             let started = std::time::Instant::now();
-            let result = engine.read(&channel, after, page).await;
+            let result = engine
+                .read(&channel, after, page, CATCH_UP_BYTES)
+                .await
+                .map(|page| page.batch);
             crate::metrics::engine_op("read", started);
             (channel, after, result)
         })

@@ -17,6 +17,9 @@ use crate::App;
 /// Most messages one history request returns.
 const MAX_HISTORY: usize = 1_000;
 
+/// Most bytes of encoded messages one history response holds (at least one message).
+const HISTORY_BYTES: usize = 1024 * 1024;
+
 /// `POST /api/publish` with `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
 pub async fn publish_api(
     State(app): State<Arc<App>>,
@@ -107,11 +110,12 @@ async fn history_inner(
         .map_err(RequestError::from)?;
     let start = Start::resolve(from, position);
     let channel: Arc<str> = Arc::from(channel);
-    let batch = app
+    let page = app
         .engine
-        .read(&channel, start.after, limit)
+        .read(&channel, start.after, limit, HISTORY_BYTES)
         .await
         .map_err(RequestError::from)?;
+    let batch = page.batch;
     let mut body = String::from("{\"messages\":[");
     let mut last = start.after;
     if let Some(batch) = &batch {
@@ -125,9 +129,16 @@ async fn history_inner(
     }
     body.push_str("],");
     push_offsets(&mut body, [(&*channel, last)]);
-    if start.truncated {
+    // Entries trimmed (or skipped as undeliverable) between the position read and the page
+    // read, or right after the requested offset, widen the gap.
+    let gap = match (start.gap, page.gap_through) {
+        (Some((from, _)), Some(to)) => Some((from, to)),
+        (None, Some(to)) => Some((start.after, to)),
+        (gap, None) => gap,
+    };
+    if start.truncated || page.gap_through.is_some() {
         body.push_str(",\"truncated\":true");
-        if let Some((from, to)) = start.gap {
+        if let Some((from, to)) = gap {
             body.push_str(&format!(",\"gap\":{{\"from\":\"{from}\",\"to\":\"{to}\"}}"));
         }
     }
