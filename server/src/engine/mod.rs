@@ -39,7 +39,9 @@ pub const MAX_TRIM_PER_PUBLISH: u64 = 2_000;
 #[derive(Debug, Clone, Default)]
 pub struct Page {
     /// Entries after the requested offset: at most `limit` of them, and the encoded items at
-    /// most `max_bytes` (but always at least one entry when any exists).
+    /// most `max_bytes` (but always at least one entry when any exists). Undeliverable entries
+    /// count towards `limit`, so a page that examined only those is `None` with a
+    /// `gap_through`: the next read starts after `gap_through`.
     pub batch: Option<Batch>,
     /// Entries with offsets in `(after, gap_through]` are gone (trimmed: the watermark is read
     /// atomically with the entries; or skipped as undeliverable, see [`MAX_ENTRY_BYTES`]).
