@@ -11,18 +11,62 @@ use redistribute_protocol::{decode_server, Fields, Message, Offset, ServerFrame,
 use redistribute_server::engine::embedded::EmbeddedEngine;
 use redistribute_server::engine::redis::{keys, RedisConfig, RedisEngine};
 use redistribute_server::engine::{
-    Batch, Engine, EngineConfig, GroupRead, LiveSink, PublishRequest, Ready,
+    Batch, Engine, EngineConfig, GroupRead, LiveSink, Page, PublishRequest, Ready, MAX_BATCH_BYTES,
+    MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
 };
 use redistribute_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-/// Records what the engine feeds to its sink.
-struct Recorder(mpsc::UnboundedSender<Arc<Batch>>);
+/// Records what the engine feeds to its sink. While its [`Gate`] is closed, `deliver` blocks
+/// (only in multi-threaded tests), holding the engine's live reader like a slow consumer.
+struct Recorder(mpsc::UnboundedSender<Arc<Batch>>, Arc<Gate>);
 
 impl LiveSink for Recorder {
     fn deliver(&self, batch: Arc<Batch>) {
+        self.1.pass();
         let _ = self.0.send(batch);
+    }
+}
+
+/// Holds a live reader inside `deliver` while closed.
+#[derive(Default)]
+struct Gate {
+    closed: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+    /// Set once a delivery waited at the closed gate.
+    held: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.changed.notify_all();
+    }
+
+    /// Waits while closed (at most 30 s, so a failing test cannot hang).
+    fn pass(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut closed = self.closed.lock().unwrap();
+        while *closed && std::time::Instant::now() < deadline {
+            self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+            closed = self
+                .changed
+                .wait_timeout(closed, Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Waits until a delivery is held at the gate.
+    async fn wait_held(&self) -> Result<()> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.held.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .context("no delivery reached the closed gate")
     }
 }
 
@@ -30,16 +74,22 @@ impl LiveSink for Recorder {
 struct Subject {
     engine: Arc<dyn Engine>,
     live: mpsc::UnboundedReceiver<Arc<Batch>>,
+    gate: Arc<Gate>,
     redis: Option<RedisServer>,
     cluster: Option<RedisCluster>,
 }
 
 async fn embedded() -> Result<Subject> {
     let (tx, live) = mpsc::unbounded_channel();
-    let engine = EmbeddedEngine::start(Arc::new(Recorder(tx)), EngineConfig::default());
+    let gate = Arc::new(Gate::default());
+    let engine = EmbeddedEngine::start(
+        Arc::new(Recorder(tx, gate.clone())),
+        EngineConfig::default(),
+    );
     Ok(Subject {
         engine,
         live,
+        gate,
         redis: None,
         cluster: None,
     })
@@ -48,12 +98,14 @@ async fn embedded() -> Result<Subject> {
 async fn redis() -> Result<Subject> {
     let server = RedisServer::start().await?;
     let (tx, live) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate::default());
     let mut config = RedisConfig::new(server.url());
     config.block = Duration::from_secs(30);
-    let engine = RedisEngine::connect(config, Arc::new(Recorder(tx))).await?;
+    let engine = RedisEngine::connect(config, Arc::new(Recorder(tx, gate.clone()))).await?;
     Ok(Subject {
         engine,
         live,
+        gate,
         redis: Some(server),
         cluster: None,
     })
@@ -62,12 +114,14 @@ async fn redis() -> Result<Subject> {
 async fn redis_cluster() -> Result<Subject> {
     let cluster = RedisCluster::start(3, 0).await?;
     let (tx, live) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate::default());
     let mut config = RedisConfig::cluster(cluster.urls());
     config.block = Duration::from_secs(30);
-    let engine = RedisEngine::connect(config, Arc::new(Recorder(tx))).await?;
+    let engine = RedisEngine::connect(config, Arc::new(Recorder(tx, gate.clone()))).await?;
     Ok(Subject {
         engine,
         live,
+        gate,
         redis: None,
         cluster: Some(cluster),
     })
@@ -94,6 +148,71 @@ async fn publish(s: &Subject, channel: &str, value: serde_json::Value) -> Result
             idempotency_key: None,
         })
         .await?)
+}
+
+async fn publish_maxlen(
+    s: &Subject,
+    channel: &str,
+    value: serde_json::Value,
+    maxlen: u64,
+) -> Result<StreamId> {
+    let f = fields(value);
+    Ok(s.engine
+        .publish(PublishRequest {
+            channel,
+            fields: &f,
+            maxlen: Some(maxlen),
+            idempotency_key: None,
+        })
+        .await?)
+}
+
+/// Checks a sequence of deliveries (each an optional gap and a batch, in order, starting after
+/// `start`) against the acknowledged offsets: gaps and batches move strictly forward, a gap is
+/// below its batch's first entry, and every acknowledged offset was delivered once or lies in a
+/// reported gap. Returns how many offsets were covered by gaps.
+fn check_no_silent_loss(
+    start: StreamId,
+    deliveries: &[(Option<StreamId>, Option<Arc<Batch>>)],
+    acked: &[StreamId],
+) -> Result<usize> {
+    let mut last = start;
+    let mut delivered = std::collections::BTreeSet::new();
+    let mut gaps = Vec::new();
+    for (gap, batch) in deliveries {
+        if let Some(gap) = *gap {
+            ensure!(gap > last, "gap through {gap} does not move past {last}");
+            if let Some(batch) = batch {
+                ensure!(
+                    gap < batch.first_id(),
+                    "gap {gap} reaches {}",
+                    batch.first_id()
+                );
+            }
+            gaps.push((last, gap));
+            last = gap;
+        }
+        if let Some(batch) = batch {
+            ensure!(
+                batch.first_id() > last,
+                "batch repeats offsets up to {last}"
+            );
+            delivered.extend(batch.ids().iter().copied());
+            last = batch.last_id();
+        }
+    }
+    let mut in_gaps = 0;
+    for id in acked {
+        if delivered.contains(id) {
+            continue;
+        }
+        ensure!(
+            gaps.iter().any(|(from, to)| from < id && id <= to),
+            "offset {id} was neither delivered nor reported in a gap (gaps {gaps:?})"
+        );
+        in_gaps += 1;
+    }
+    Ok(in_gaps)
 }
 
 async fn read_all(s: &Subject, channel: &str, after: StreamId) -> Result<Vec<Message>> {
@@ -124,19 +243,11 @@ async fn ids_increase_and_history_reads_after_an_offset(s: Subject) -> Result<()
     assert_eq!(after.len(), 10);
     // Pages.
     let channel: Arc<str> = "c".into();
-    let page = s
-        .engine
-        .read(&channel, ids[0], 5, usize::MAX)
-        .await?
-        .batch
-        .context("page")?;
-    assert_eq!(page.ids(), &ids[1..6]);
-    assert!(s
-        .engine
-        .read(&channel, ids[19], 5, usize::MAX)
-        .await?
-        .batch
-        .is_none());
+    let page = s.engine.read(&channel, ids[0], 5, usize::MAX).await?;
+    assert_eq!(page.gap_through, None);
+    assert_eq!(page.batch.context("page")?.ids(), &ids[1..6]);
+    let end = s.engine.read(&channel, ids[19], 5, usize::MAX).await?;
+    assert!(end.batch.is_none() && end.gap_through.is_none());
     // Other channels are independent.
     assert!(read_all(&s, "elsewhere", StreamId::ZERO).await?.is_empty());
     Ok(())
@@ -441,6 +552,234 @@ async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     Ok(())
 }
 
+/// A catch-up reader that lags while `maxlen` trims past its position learns of every trimmed
+/// entry from the page's gap (read atomically with the entries), at every page.
+async fn trims_during_catch_up_are_reported_as_gaps(s: Subject) -> Result<()> {
+    let channel: Arc<str> = "lagging".into();
+    let mut acked = Vec::new();
+    for n in 0..30 {
+        acked.push(publish_maxlen(&s, &channel, json!({ "n": n }), 10).await?);
+    }
+    let mut deliveries = Vec::new();
+    let mut last = StreamId::ZERO;
+    for round in 0.. {
+        let Page { batch, gap_through } = s.engine.read(&channel, last, 3, usize::MAX).await?;
+        if let Some(gap) = gap_through {
+            last = gap;
+        }
+        if let Some(b) = &batch {
+            ensure!(b.len() <= 3, "a page of {} entries for limit 3", b.len());
+            last = b.last_id();
+        }
+        let done = batch.is_none() && gap_through.is_none();
+        deliveries.push((gap_through, batch.map(Arc::new)));
+        if done {
+            break;
+        }
+        // The producer outruns the reader for a while: 7 new entries per page of 3.
+        if round < 8 {
+            for n in 0..7 {
+                acked.push(publish_maxlen(&s, &channel, json!({ "r": round, "n": n }), 10).await?);
+            }
+        }
+    }
+    let in_gaps = check_no_silent_loss(StreamId::ZERO, &deliveries, &acked)?;
+    ensure!(in_gaps > 0, "nothing was trimmed under the reader");
+    Ok(())
+}
+
+/// Catch-up pages are bounded by bytes (at least one entry), at and past the limit.
+async fn pages_are_bounded_by_bytes(s: Subject) -> Result<()> {
+    let channel: Arc<str> = "sizes".into();
+    let sizes = [
+        10, 1_000, 50_000, 120_000, 300_000, 5, 70_000, 260_000, 1, 2, 3, 90_000,
+    ];
+    let mut acked = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        acked.push(publish(&s, &channel, json!({ "i": i, "v": "x".repeat(*n) })).await?);
+    }
+    let all = s
+        .engine
+        .read(&channel, StreamId::ZERO, 1_000, usize::MAX)
+        .await?
+        .batch
+        .context("entries")?;
+    assert_eq!(all.ids(), acked);
+    let item = |i: usize| all.item(i).len();
+    // Exactly the first two entries' encoded items fit, one byte less leaves one.
+    let two = item(0) + 1 + item(1);
+    for (max_bytes, expected) in [(two, 2), (two - 1, 1), (0, 1), (1, 1)] {
+        let page = s
+            .engine
+            .read(&channel, StreamId::ZERO, 10, max_bytes)
+            .await?;
+        let batch = page.batch.context("a page")?;
+        ensure!(
+            batch.len() == expected,
+            "max_bytes {max_bytes}: {} entries, wanted {expected}",
+            batch.len()
+        );
+        ensure!(page.gap_through.is_none());
+    }
+    for max_bytes in [1, 100, 50_000, 120_100, 262_144, 400_000, 1_000_000] {
+        let mut after = StreamId::ZERO;
+        let mut seen = Vec::new();
+        while let Some(batch) = s
+            .engine
+            .read(&channel, after, 1_000, max_bytes)
+            .await?
+            .batch
+        {
+            ensure!(
+                batch.items_len() <= max_bytes || batch.len() == 1,
+                "max_bytes {max_bytes}: a page of {} entries holds {} bytes",
+                batch.len(),
+                batch.items_len()
+            );
+            let frame_items: usize = (0..batch.len()).map(|i| batch.item(i).len() + 1).sum();
+            ensure!(batch.items_len() + 1 == frame_items);
+            seen.extend(batch.ids().iter().copied());
+            after = batch.last_id();
+        }
+        ensure!(
+            seen == acked,
+            "max_bytes {max_bytes}: pages lost or repeated entries"
+        );
+    }
+    Ok(())
+}
+
+/// Collects live batches until every offset in `want` arrived or was passed.
+async fn collect_live(
+    s: &mut Subject,
+    want: &std::collections::HashMap<String, StreamId>,
+) -> Result<Vec<Arc<Batch>>> {
+    let mut got = Vec::new();
+    let mut reached = std::collections::HashSet::new();
+    while reached.len() < want.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(15), s.live.recv())
+            .await
+            .with_context(|| format!("live feed stalled; reached {reached:?} of {want:?}"))?
+            .context("feed closed")?;
+        if want
+            .get(&**batch.channel())
+            .is_some_and(|id| batch.last_id() >= *id)
+        {
+            reached.insert(batch.channel().to_string());
+        }
+        got.push(batch);
+    }
+    Ok(got)
+}
+
+async fn watch_ready(s: &Subject, channel: &str) -> Result<StreamId> {
+    let (tx, mut ready) = watch::channel(Ready::Pending);
+    s.engine.watch(channel.into(), tx);
+    let fixed = *tokio::time::timeout(
+        Duration::from_secs(10),
+        ready.wait_for(|r| *r != Ready::Pending),
+    )
+    .await
+    .context("watch never became ready")??;
+    match fixed {
+        Ready::At(position) => Ok(position.last_id),
+        other => anyhow::bail!("a new watch is ready with {other:?}"),
+    }
+}
+
+/// A live reader held up (a slow sink) while `maxlen: 1` trims a burst reports every entry it
+/// missed as the gap of its next batch; a burst of large entries arrives in batches of at most
+/// [`MAX_BATCH_BYTES`] (a single entry may exceed it).
+async fn live_reader_reports_trims_and_cuts_batches_by_bytes(mut s: Subject) -> Result<()> {
+    let start_trim = watch_ready(&s, "burst").await?;
+    let start_big = watch_ready(&s, "large").await?;
+    s.gate.set(true);
+    let mut trimmed_acked = vec![publish_maxlen(&s, "burst", json!({"n": -1}), 1).await?];
+    s.gate.wait_held().await?;
+    // The reader is held inside `deliver`; everything below queues up behind it.
+    for n in 0..100 {
+        trimmed_acked.push(publish_maxlen(&s, "burst", json!({ "n": n }), 1).await?);
+    }
+    let sizes = [
+        100_000,
+        100_000,
+        MAX_BATCH_BYTES,
+        10,
+        MAX_BATCH_BYTES - 200,
+        1,
+        300_000,
+        20_000,
+        200_000,
+        60_000,
+    ];
+    let mut big_acked = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        big_acked.push(publish(&s, "large", json!({ "i": i, "v": "y".repeat(*n) })).await?);
+    }
+    s.gate.set(false);
+    let want = [
+        ("burst".to_string(), *trimmed_acked.last().unwrap()),
+        ("large".to_string(), *big_acked.last().unwrap()),
+    ]
+    .into_iter()
+    .collect();
+    let got = collect_live(&mut s, &want).await?;
+    let of = |channel: &str| -> Vec<(Option<StreamId>, Option<Arc<Batch>>)> {
+        got.iter()
+            .filter(|b| &**b.channel() == channel)
+            .map(|b| (b.gap_through(), Some(b.clone())))
+            .collect()
+    };
+    let in_gaps = check_no_silent_loss(start_trim, &of("burst"), &trimmed_acked)?;
+    ensure!(in_gaps >= 90, "only {in_gaps} trimmed entries in gaps");
+    let large = of("large");
+    ensure!(check_no_silent_loss(start_big, &large, &big_acked)? == 0);
+    for (gap, batch) in &large {
+        let batch = batch.as_ref().unwrap();
+        ensure!(gap.is_none(), "a gap in an untrimmed channel");
+        ensure!(
+            batch.items_len() <= MAX_BATCH_BYTES || batch.len() == 1,
+            "a live batch of {} entries holds {} bytes",
+            batch.len(),
+            batch.items_len()
+        );
+    }
+    Ok(())
+}
+
+/// Generates one test per engine for each conformance check that holds a live reader up (a
+/// blocking sink needs a multi-threaded runtime).
+macro_rules! conformance_threaded {
+    ($($check:ident),* $(,)?) => {
+        mod embedded_engine_threaded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() -> anyhow::Result<()> {
+                    super::$check(super::embedded().await?).await
+                }
+            )*
+        }
+        mod redis_engine_threaded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() -> anyhow::Result<()> {
+                    super::$check(super::redis().await?).await
+                }
+            )*
+        }
+        mod redis_cluster_engine_threaded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() -> anyhow::Result<()> {
+                    super::$check(super::redis_cluster().await?).await
+                }
+            )*
+        }
+    };
+}
+
+conformance_threaded!(live_reader_reports_trims_and_cuts_batches_by_bytes);
+
 /// Generates one test per engine for each conformance check.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -472,6 +811,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    trims_during_catch_up_are_reported_as_gaps,
+    pages_are_bounded_by_bytes,
     ids_increase_and_history_reads_after_an_offset,
     position_reports_last_id_and_trim_watermark,
     idempotency_keys_return_the_first_offset,
@@ -550,5 +891,174 @@ async fn cluster_keys_are_the_documented_ones() -> Result<()> {
     let len = cluster.command(owner, &["XLEN", &key]).await?;
     assert_eq!(len.as_integer(), Some(2), "{len}");
     assert_ne!(id, StreamId::ZERO);
+    Ok(())
+}
+
+/// An entry another producer wrote past [`MAX_ENTRY_BYTES`] (of stored field names and values)
+/// is never delivered: catch-up pages and the live feed skip it and cover it with a gap. One
+/// at exactly the limit is delivered.
+#[tokio::test]
+async fn foreign_oversize_entries_are_skipped_into_gaps() -> Result<()> {
+    let mut s = redis().await?;
+    let redis = s.redis.take().context("a single Redis")?;
+    let xadd = |key: &'static str, value: String| {
+        let redis = &redis;
+        async move {
+            let reply = redis
+                .command(&["XADD", key, "*", "v", &value])
+                .await?
+                .into_result()?;
+            StreamId::parse(reply.as_str().context("an ID")?).context("an ID")
+        }
+    };
+    // "v" (1 byte) + the value: exactly the limit, then one byte past it.
+    let small = xadd("rd:huge", "1".into()).await?;
+    let at_limit = xadd("rd:huge", "2".repeat(MAX_ENTRY_BYTES - 1)).await?;
+    let over = xadd("rd:huge", "3".repeat(MAX_ENTRY_BYTES)).await?;
+    let over2 = xadd("rd:huge", "4".repeat(MAX_ENTRY_BYTES + 1000)).await?;
+    let after = xadd("rd:huge", "5".into()).await?;
+    let channel: Arc<str> = "huge".into();
+    let big = 64 * MAX_ENTRY_BYTES;
+    // A page ends before an oversize entry; the next one skips it into its gap.
+    let first = s.engine.read(&channel, StreamId::ZERO, 10, big).await?;
+    ensure!(first.gap_through.is_none());
+    assert_eq!(first.batch.context("page")?.ids(), [small, at_limit]);
+    let second = s.engine.read(&channel, at_limit, 10, big).await?;
+    assert_eq!(second.gap_through, Some(over2));
+    assert_eq!(second.batch.context("page")?.ids(), [after]);
+    // Starting right at an oversize entry.
+    let third = s.engine.read(&channel, over, 10, big).await?;
+    assert_eq!(third.gap_through, Some(over2));
+    // Live: an oversize entry, alone in its reply, is reported with the next batch.
+    let start = watch_ready(&s, "huge").await?;
+    assert_eq!(start, after);
+    let live_over = xadd("rd:huge", "6".repeat(MAX_ENTRY_BYTES + 1)).await?;
+    // Let the reader read it on its own before the next entry arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = publish(&s, "huge", json!({"n": 1})).await?;
+    let live_over2 = xadd("rd:huge", "7".repeat(MAX_ENTRY_BYTES + 1)).await?;
+    let last = publish(&s, "huge", json!({"n": 2})).await?;
+    let want = [("huge".to_string(), last)].into_iter().collect();
+    let got = collect_live(&mut s, &want).await?;
+    let deliveries: Vec<_> = got
+        .iter()
+        .map(|b| (b.gap_through(), Some(b.clone())))
+        .collect();
+    check_no_silent_loss(after, &deliveries, &[live_over, next, live_over2, last])?;
+    let delivered: Vec<StreamId> = got.iter().flat_map(|b| b.ids().to_vec()).collect();
+    assert_eq!(delivered, [next, last]);
+    assert_eq!(got[0].gap_through(), Some(live_over));
+    Ok(())
+}
+
+/// A publish with `maxlen: 1` on a large stream trims at most [`MAX_TRIM_PER_PUBLISH`]
+/// entries (bounded work per publish) and keeps the watermark exact at every step; later
+/// publishes finish the job.
+#[tokio::test]
+async fn trimming_a_large_stream_is_bounded_per_publish() -> Result<()> {
+    let s = redis().await?;
+    let redis = s.redis.as_ref().context("a single Redis")?;
+    const ENTRIES: usize = 200_000;
+    redis
+        .command(&[
+            "EVAL",
+            "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'n', i) end",
+            "1",
+            "rd:long",
+            &ENTRIES.to_string(),
+        ])
+        .await?
+        .into_result()?;
+    let xlen = || async {
+        let len = redis.command(&["XLEN", "rd:long"]).await?;
+        len.as_integer().context("XLEN")
+    };
+    let head = |count: usize| async move {
+        let reply = redis
+            .command(&["XRANGE", "rd:long", "-", "+", "COUNT", &count.to_string()])
+            .await?
+            .into_result()?;
+        reply
+            .as_array()
+            .context("XRANGE")?
+            .iter()
+            .map(|e| {
+                let id = e
+                    .as_array()
+                    .and_then(|p| p.first())
+                    .and_then(|v| v.as_str());
+                StreamId::parse(id.context("an entry ID")?).context("an entry ID")
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let cap = MAX_TRIM_PER_PUBLISH as usize;
+    let mut publishes = 0;
+    loop {
+        let before = xlen().await?;
+        let ids = head(cap + 1).await?;
+        let new = publish_maxlen(&s, "long", json!({ "p": publishes }), 1).await?;
+        publishes += 1;
+        let after = xlen().await?;
+        let trimmed = (before + 1 - after) as usize;
+        ensure!(
+            trimmed <= cap,
+            "one publish trimmed {trimmed} entries (cap {cap})"
+        );
+        if trimmed > 0 {
+            // Exactly the oldest `trimmed` entries went, and the watermark is the last of them.
+            let first_kept = ids.get(trimmed).copied().unwrap_or(new);
+            assert_eq!(head(1).await?.first(), Some(&first_kept));
+            let position = s.engine.position("long").await?;
+            assert_eq!(position.trimmed_through, Some(ids[trimmed - 1]));
+        }
+        if after <= 2 {
+            break;
+        }
+        ensure!(publishes < 2 * ENTRIES / cap, "trimming does not converge");
+    }
+    ensure!(
+        publishes >= ENTRIES / cap,
+        "{publishes} publishes trimmed {ENTRIES} entries"
+    );
+    Ok(())
+}
+
+/// A trim watermark never outlives its stream: once the stream is deleted the position has no
+/// watermark (and the `#trim` key is removed), and a recreated stream starts without one.
+#[tokio::test]
+async fn trim_watermarks_die_with_their_stream() -> Result<()> {
+    let s = redis().await?;
+    let redis = s.redis.as_ref().context("a single Redis")?;
+    for round in 0..2 {
+        for n in 0..30 {
+            publish_maxlen(&s, "gone", json!({ "n": n }), 5).await?;
+        }
+        ensure!(s.engine.position("gone").await?.trimmed_through.is_some());
+        redis.command(&["DEL", "rd:gone"]).await?.into_result()?;
+        if round == 0 {
+            // Read while deleted: no watermark, and the orphan key goes.
+            let position = s.engine.position("gone").await?;
+            assert_eq!(position.trimmed_through, None);
+            assert_eq!(position.last_id, StreamId::ZERO);
+            let exists = redis.command(&["EXISTS", "rd:gone#trim"]).await?;
+            assert_eq!(exists.as_integer(), Some(0));
+            let page = s
+                .engine
+                .read(&"gone".into(), StreamId::ZERO, 10, 1 << 20)
+                .await?;
+            ensure!(page.batch.is_none() && page.gap_through.is_none());
+        }
+        // Recreated (round 1: straight away, without a read in between).
+        let id = publish(&s, "gone", json!({"again": round})).await?;
+        let position = s.engine.position("gone").await?;
+        assert_eq!(position.trimmed_through, None, "round {round}");
+        assert_eq!(position.last_id, id);
+        let page = s
+            .engine
+            .read(&"gone".into(), StreamId::ZERO, 10, 1 << 20)
+            .await?;
+        assert_eq!(page.gap_through, None, "round {round}");
+        redis.command(&["DEL", "rd:gone"]).await?.into_result()?;
+    }
     Ok(())
 }

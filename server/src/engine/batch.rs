@@ -14,19 +14,8 @@ use redistribute_protocol::StreamId;
 const FRAME_END: &str = "]}";
 
 /// Batches are cut by bytes: a producer starts a new batch before an entry would push the
-/// encoded items past this (one entry alone may exceed it, up to [`MAX_ENTRY_BYTES`]).
+/// encoded items past this (one entry alone may exceed it, up to its encoded size).
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
-
-/// Largest message, as its encoded entry (`{"offset":…,"fields":{…}}`) in a `messages` frame.
-/// Publishes over it are refused with `too_large`; an entry written by another producer that
-/// is larger is not delivered but reported as a gap.
-pub const MAX_ENTRY_BYTES: usize = 1 << 20;
-
-/// Deepest nesting of arrays and objects inside one field value (`1` is 0, `[1]` is 1).
-/// Publishes over it are refused with `bad_request`; a deeper value written by another producer
-/// is delivered as a JSON string. A `messages` frame then nests at most this + 4 levels, well
-/// within what JSON decoders accept (serde_json: 128).
-pub const MAX_VALUE_DEPTH: usize = 64;
 
 /// Consecutive entries of one channel with their `messages` frame encoded once.
 #[derive(Debug, Clone)]
@@ -47,9 +36,10 @@ impl Batch {
         self.gap_through
     }
 
-    /// Bytes of the encoded items (the frame without its envelope).
+    /// Bytes of the encoded items (the comma-separated JSON objects, without the frame's
+    /// envelope): what [`MAX_BATCH_BYTES`] and catch-up byte limits bound.
     pub fn items_len(&self) -> usize {
-        self.items_from(0).len()
+        self.frame.len() - FRAME_END.len() - self.starts[0] as usize
     }
 
     /// The channel the entries belong to.
@@ -117,11 +107,18 @@ fn push_json_str(out: &mut String, s: &str) {
     let _ = out.write_str(&escaped);
 }
 
+/// Whether `text` is one complete JSON value.
 /// Whether `text` is one complete JSON value nested at most [`MAX_VALUE_DEPTH`] deep.
 fn is_json(text: &str) -> bool {
     json_depth(text) <= MAX_VALUE_DEPTH
         && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
+
+/// Deepest nesting of arrays and objects inside one field value (`1` is 0, `[1]` is 1).
+/// Publishes over it are refused with `bad_request`; a deeper value written by another producer
+/// is delivered as a JSON string. A `messages` frame then nests at most this + 4 levels, well
+/// within what JSON decoders accept (serde_json: 128).
+pub const MAX_VALUE_DEPTH: usize = 64;
 
 /// The deepest nesting of arrays and objects in JSON text (brackets inside strings do not
 /// count). Text that is not JSON gives some number; callers also parse it.
@@ -176,16 +173,50 @@ impl BatchBuilder {
         }
     }
 
-    /// Marks the batch as following missed entries; see [`Batch::gap_through`].
+    /// Marks entries up to and including `id` as not delivered (see [`Batch::gap_through`]);
+    /// a later call keeps the higher ID. [`BatchBuilder::finish`] lowers it below the first
+    /// entry if needed.
     pub fn set_gap_through(&mut self, id: StreamId) {
-        self.gap_through = Some(id);
+        self.gap_through = Some(self.gap_through.map_or(id, |g| g.max(id)));
     }
 
-    /// Bytes of the items encoded so far.
+    /// The gap recorded so far.
+    pub fn gap_through(&self) -> Option<StreamId> {
+        self.gap_through
+    }
+
+    /// Bytes of the encoded items so far (see [`Batch::items_len`]).
     pub fn items_len(&self) -> usize {
         self.starts
             .first()
-            .map_or(0, |&start| self.out.len() - start as usize)
+            .map_or(0, |&s| self.out.len() - s as usize)
+    }
+
+    /// Bytes the encoded items would have with one more item of `item_len` bytes.
+    pub fn items_len_with(&self, item_len: usize) -> usize {
+        let sep = usize::from(!self.ids.is_empty());
+        self.items_len() + sep + item_len
+    }
+
+    /// Removes the last entry (and its separator), e.g. one that turned out too large.
+    pub fn pop_entry(&mut self) {
+        if let Some(start) = self.starts.pop() {
+            self.ids.pop();
+            let cut = if self.ids.is_empty() {
+                start as usize
+            } else {
+                start as usize - 1 // the comma before it
+            };
+            self.out.truncate(cut);
+        }
+    }
+
+    /// Byte length of the last entry's encoded JSON object (0 when there is none); valid
+    /// after [`BatchBuilder::end_entry`].
+    pub fn last_item_len(&self) -> usize {
+        self.starts
+            .last()
+            .map_or(0, |&s| self.out.len() - s as usize)
     }
 
     /// Starts an entry; follow with [`BatchBuilder::field`] calls and [`BatchBuilder::end_entry`].
@@ -255,13 +286,28 @@ impl BatchBuilder {
             return None;
         }
         self.out.push_str(FRAME_END);
+        let first = self.ids[0];
+        let gap_through = self
+            .gap_through
+            .map(|g| match first.predecessor() {
+                Some(before) => g.min(before),
+                None => StreamId::ZERO,
+            })
+            .filter(|g| *g > StreamId::ZERO);
         Some(Batch {
             channel: self.channel,
             ids: self.ids,
             starts: self.starts,
             frame: Utf8Bytes::from(self.out),
-            gap_through: self.gap_through,
+            gap_through,
         })
+    }
+
+    /// Finishes the entries so far as one batch and starts a new builder for the channel
+    /// (for cutting a long run of entries into batches of at most [`MAX_BATCH_BYTES`]).
+    pub fn cut(&mut self) -> Option<Batch> {
+        let fresh = BatchBuilder::new(self.channel.clone());
+        std::mem::replace(self, fresh).finish()
     }
 }
 

@@ -4,7 +4,10 @@
 //!
 //! Live delivery mirrors the Redis reader: `publish` marks a watched channel dirty and wakes one
 //! dispatcher task, which reads every dirty channel past its cursor and hands the entries to
-//! the sink. One dispatcher keeps per-channel order and batches bursts.
+//! the sink. One dispatcher keeps per-channel order and batches bursts, cutting batches at
+//! [`MAX_BATCH_BYTES`]. Everything happens under one lock, so the trim watermark read with the
+//! entries is exact: entries trimmed before the dispatcher (or a catch-up read) reached them are
+//! reported as a gap, never skipped silently.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     stored_fields, trim_slack, Batch, BatchBuilder, Claimed, Engine, EngineConfig, EngineError,
     EngineStats, GroupRead, LiveSink, Page, Position, PublishRequest, Ready, ReadySender,
+    MAX_BATCH_BYTES, MAX_ENTRY_BYTES,
 };
 
 /// One stored message, already encoded as the JSON object clients receive.
@@ -26,6 +30,8 @@ use super::{
 struct StoredEntry {
     id: StreamId,
     item: Box<str>,
+    /// Bytes of the stored field names and values (see [`MAX_ENTRY_BYTES`]).
+    size: usize,
 }
 
 #[derive(Debug, Default)]
@@ -138,16 +144,21 @@ async fn dispatch(
                     let Some(&cursor) = st.cursors.get(&channel) else {
                         continue;
                     };
-                    let Some(batch) = st
-                        .streams
-                        .get(&channel)
-                        .and_then(|s| read_stream(s, &channel, cursor, read_count))
-                    else {
+                    let Some(stream) = st.streams.get(&channel) else {
+                        continue;
+                    };
+                    // Entries skipped past the cursor (trimmed, or too large) are covered by the
+                    // batch's gap; with no entry to carry it the cursor stays, and the next
+                    // read reports the same gap (or a later one) with the next entry.
+                    let (batch, _) =
+                        read_stream(stream, &channel, cursor, read_count, MAX_BATCH_BYTES);
+                    let Some(batch) = batch else {
                         continue;
                     };
                     let last = batch.last_id();
+                    let more = stream.last_id > last;
                     st.cursors.insert(channel.clone(), last);
-                    if st.streams[&channel].last_id > last {
+                    if more {
                         st.dirty.insert(channel);
                     }
                     out.push(batch);
@@ -164,18 +175,39 @@ async fn dispatch(
     }
 }
 
+/// Reads entries after `after`: at most `limit`, the encoded items at most `max_bytes` (at least
+/// one entry), stopping before an entry larger than [`MAX_ENTRY_BYTES`] unless it comes first
+/// (then it is skipped into the gap). Returns the batch (carrying the gap) and the gap.
 fn read_stream(
     stream: &Stream,
     channel: &Arc<str>,
     after: StreamId,
     limit: usize,
-) -> Option<Batch> {
-    let start = stream.index_after(after);
+    max_bytes: usize,
+) -> (Option<Batch>, Option<StreamId>) {
     let mut builder = BatchBuilder::new(channel.clone());
-    for entry in stream.entries.range(start..).take(limit) {
+    if let Some(trimmed) = stream.trimmed_through.filter(|t| *t > after) {
+        builder.set_gap_through(trimmed);
+    }
+    let start = stream.index_after(after);
+    for entry in stream.entries.range(start..) {
+        if builder.len() >= limit {
+            break;
+        }
+        if entry.size > MAX_ENTRY_BYTES {
+            if builder.is_empty() {
+                builder.set_gap_through(entry.id);
+                continue;
+            }
+            break;
+        }
+        if !builder.is_empty() && builder.items_len_with(entry.item.len()) > max_bytes {
+            break;
+        }
         builder.push_encoded(entry.id, &entry.item);
     }
-    builder.finish()
+    let gap = builder.gap_through();
+    (builder.finish(), gap)
 }
 
 fn no_group(channel: &str, group: &str) -> EngineError {
@@ -210,7 +242,9 @@ impl Engine for EmbeddedEngine {
 
     async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamId, EngineError> {
         let mut fields_json = String::new();
+        let mut size = 0;
         for (i, (name, value)) in stored_fields(req.fields).enumerate() {
+            size += name.len() + value.len();
             if i > 0 {
                 fields_json.push(',');
             }
@@ -241,6 +275,7 @@ impl Engine for EmbeddedEngine {
         stream.entries.push_back(StoredEntry {
             id,
             item: format!("{{\"offset\":\"{id}\",\"fields\":{{{fields_json}}}}}").into_boxed_str(),
+            size,
         });
         if let Some(maxlen) = req.maxlen {
             let maxlen = maxlen as usize;
@@ -269,18 +304,14 @@ impl Engine for EmbeddedEngine {
         channel: &Arc<str>,
         after: StreamId,
         limit: usize,
-        _max_bytes: usize,
+        max_bytes: usize,
     ) -> Result<Page, EngineError> {
         let st = self.state.lock();
         let Some(stream) = st.streams.get(channel) else {
             return Ok(Page::default());
         };
-        let batch = read_stream(stream, channel, after, limit);
-        Ok(Page {
-            full: batch.as_ref().is_some_and(|b| b.len() >= limit),
-            gap_through: stream.trimmed_through.filter(|t| *t > after),
-            batch,
-        })
+        let (batch, gap) = read_stream(stream, channel, after, limit.max(1), max_bytes);
+        Ok(Page::new(after, batch, gap))
     }
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {

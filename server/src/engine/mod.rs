@@ -18,23 +18,59 @@ use redistribute_protocol::{Fields, Offset, StreamId};
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use batch::{Batch, BatchBuilder, MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_VALUE_DEPTH};
+pub use batch::{Batch, BatchBuilder, MAX_BATCH_BYTES, MAX_VALUE_DEPTH};
 
 /// Most fields one message may have.
 pub const MAX_FIELDS: usize = 1024;
 
-/// One catch-up read ([`Engine::read`]).
-#[derive(Debug, Default)]
+/// Largest entry the engines deliver, in bytes of its stored fields (the sum of each field
+/// name's and each stored JSON value's length; a message's encoded `fields` object is always
+/// larger, so publishes limited to this many bytes of encoded fields are always delivered).
+/// A larger entry (only another producer writing into the stream can store one) is skipped by
+/// reads and the live feed and covered by a gap ([`Page::gap_through`], [`Batch::gap_through`]).
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// Largest entry the engines deliver as encoded in a `messages` frame
+/// (`{"offset":…,"fields":{…}}`): [`MAX_ENTRY_BYTES`] plus room for the JSON around the
+/// stored names and values. Another producer's bytes that escaping makes larger than this are
+/// skipped into a gap like an oversize entry. Publishes are limited to [`MAX_ENTRY_BYTES`] of
+/// encoded entry, so they always fit.
+pub const MAX_ENCODED_ENTRY_BYTES: usize = MAX_ENTRY_BYTES + 64 * 1024;
+
+/// Most entries one publish trims from a Redis stream. A publish with a `maxlen` far below the
+/// stream's length (say `maxlen: 1` on a million entries) removes at most this many and later
+/// publishes continue, so no single publish stalls Redis; the watermark stays exact.
+pub const MAX_TRIM_PER_PUBLISH: u64 = 2_000;
+
+/// One catch-up read.
+#[derive(Debug, Clone, Default)]
 pub struct Page {
-    /// Entries after the requested offset: at most `limit` of them, and their encoded items at
-    /// most `max_bytes` (but always at least one entry when any exists).
+    /// Entries after the requested offset: at most `limit` of them, and the encoded items at
+    /// most `max_bytes` (but always at least one entry when any exists). Undeliverable entries
+    /// count towards `limit`, so a page that examined only those is `None` with a
+    /// `gap_through`: the next read starts after `gap_through`.
     pub batch: Option<Batch>,
-    /// Entries with offsets in `(after, gap_through]` are gone (trimmed, or skipped as
-    /// undeliverable). `None` when nothing after `after` is known to be missing. Always lower
-    /// than the batch's first entry.
+    /// Entries with offsets in `(after, gap_through]` are gone (trimmed: the watermark is read
+    /// atomically with the entries; or skipped as undeliverable, see [`MAX_ENTRY_BYTES`]).
+    /// `None` when nothing after `after` is known to be missing. Always lower than the batch's
+    /// first entry.
     pub gap_through: Option<StreamId>,
-    /// The read stopped at `limit` entries or at `max_bytes`: more entries may follow.
-    pub full: bool,
+}
+
+impl Page {
+    /// Builds a page, keeping `gap_through` only when it is above `after`, and lowering it below
+    /// the batch's first entry.
+    pub fn new(after: StreamId, batch: Option<Batch>, gap_through: Option<StreamId>) -> Page {
+        let mut gap = gap_through.filter(|g| *g > after);
+        if let (Some(g), Some(b)) = (gap, &batch) {
+            let below = b.first_id().predecessor().unwrap_or(StreamId::ZERO);
+            gap = Some(g.min(below)).filter(|g| *g > after);
+        }
+        Page {
+            batch,
+            gap_through: gap,
+        }
+    }
 }
 
 /// A request to append one message.
@@ -101,8 +137,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Appends a message; returns its offset only once it is stored.
     async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamId, EngineError>;
 
-    /// Reads up to `limit` entries (and about `max_bytes` of encoded items) with offsets greater
-    /// than `after`, and what is known to be missing after `after`; see [`Page`].
+    /// Reads entries with offsets greater than `after`: at most `limit` of them and at most
+    /// `max_bytes` of encoded items (at least one entry when any exists), with the gap of
+    /// trimmed or undeliverable entries right after `after` (see [`Page`]).
     async fn read(
         &self,
         channel: &Arc<str>,
@@ -232,13 +269,20 @@ pub async fn latest_entry(
     let Some(before) = position.last_id.predecessor() else {
         return Ok(None);
     };
-    let page = engine.read(channel, before, 1, usize::MAX).await?;
+    let page = engine.read(channel, before, 1, MAX_ENTRY_BYTES).await?;
     Ok(page.batch.filter(|b| b.last_id() == position.last_id))
 }
 
-/// How many entries to trim at once past `maxlen`, so trimming is amortized (like `MAXLEN ~`).
+/// How many entries to trim at once past `maxlen`, so trimming is amortized (like `MAXLEN ~`);
+/// at most half of [`MAX_TRIM_PER_PUBLISH`], so one publish brings a stream that grew one
+/// entry past the slack back to `maxlen`.
 pub fn trim_slack(maxlen: u64) -> u64 {
-    (maxlen / 16).max(1)
+    (maxlen / 16).clamp(1, MAX_TRIM_PER_PUBLISH / 2)
+}
+
+/// Bytes an entry counts against [`MAX_ENTRY_BYTES`]: its stored field names and values.
+pub fn stored_size<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+    fields.into_iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
 /// Encodes each field value as the JSON text stored in the engine.

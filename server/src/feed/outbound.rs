@@ -7,7 +7,7 @@
 //! a subscription cannot receive) keep their place among a channel's messages.
 //!
 //! Frame size: a batch is at most [`crate::engine::MAX_BATCH_BYTES`] of items or one entry of at
-//! most [`crate::engine::MAX_ENTRY_BYTES`], and merging never passes [`MERGE_LIMIT`], so no frame
+//! most [`crate::engine::MAX_ENCODED_ENTRY_BYTES`], and merging never passes [`MERGE_LIMIT`], so no frame
 //! exceeds [`MAX_SERVER_FRAME`].
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use redistribute_protocol::StreamId;
 
 use crate::engine::batch::messages_frame;
-use crate::engine::{Batch, MAX_BATCH_BYTES, MAX_ENTRY_BYTES};
+use crate::engine::{Batch, MAX_BATCH_BYTES, MAX_ENCODED_ENTRY_BYTES};
 
 /// Merged frames are not grown past this many bytes of items.
 pub const MERGE_LIMIT: usize = 256 * 1024;
@@ -25,8 +25,8 @@ pub const MERGE_LIMIT: usize = 256 * 1024;
 pub const MAX_SERVER_FRAME: usize = 2 << 20;
 
 const _: () = assert!(
-    MERGE_LIMIT + MAX_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
-        && MAX_BATCH_BYTES + MAX_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
+    MERGE_LIMIT + MAX_ENCODED_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
+        && MAX_BATCH_BYTES + MAX_ENCODED_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
 );
 
 enum Parts {

@@ -11,7 +11,8 @@
 //!   read covers what the hub skipped.
 //! - Live batches are delivered from the first entry after the last delivered offset, so
 //!   nothing is delivered twice.
-//! - Catch-up ends only on a page that is not full (the engine read to the stream's end).
+//! - Catch-up ends only on an empty page (no entry, no gap): a page with entries may have been
+//!   cut by count or bytes, and one with only a gap may have skipped undeliverable entries.
 //! - Whatever the engine reports missing after the last delivered offset (a page's or a live
 //!   batch's `gap_through`: trimmed, or undeliverable) becomes a gap `(last, gap_through]`
 //!   before the entries that follow it, and `last` moves to its end: nothing is skipped
@@ -116,7 +117,7 @@ impl Subscription {
             gap: self.skip_through(page.gap_through),
             from: page.batch.as_ref().and_then(|b| self.take_from(b)),
         };
-        let next = if page.full {
+        let next = if page.batch.is_some() || page.gap_through.is_some() {
             AfterPage::ReadAgain
         } else if self.shared.lagging.swap(false, Ordering::AcqRel) {
             // The hub skipped batches until now; one more read covers them.
@@ -173,12 +174,11 @@ mod tests {
         Subscription::new(SubscriberShared::new(), StreamId::new(start, 0), 1)
     }
 
-    /// A page as the engine returns it for a read of at most `limit` entries.
-    fn page(ids: &[u64], limit: usize) -> Page {
+    /// A page as the engine returns it.
+    fn page(ids: &[u64]) -> Page {
         Page {
             batch: (!ids.is_empty()).then(|| batch(ids)),
             gap_through: None,
-            full: ids.len() >= limit,
         }
     }
 
@@ -192,17 +192,20 @@ mod tests {
         let mut s = sub(0);
         assert_eq!(s.accept_live(&batch(&[3, 4])), Take::default());
         // A short read that ended before 4: not level yet.
-        let (d, next) = s.on_page(&page(&[1, 2], 10));
+        let (d, next) = s.on_page(&page(&[1, 2]));
         assert_eq!((delivered(d), next), (Some(0), AfterPage::ReadAgain));
-        let (d, next) = s.on_page(&page(&[3, 4], 10));
-        assert_eq!((delivered(d), next), (Some(0), AfterPage::Live));
+        let (d, next) = s.on_page(&page(&[3, 4]));
+        assert_eq!((delivered(d), next), (Some(0), AfterPage::ReadAgain));
+        let (d, next) = s.on_page(&page(&[]));
+        assert_eq!((delivered(d), next), (None, AfterPage::Live));
         assert_eq!(s.last, StreamId::new(4, 0));
     }
 
     #[test]
     fn live_batches_overlapping_history_deliver_only_the_new_part() {
         let mut s = sub(0);
-        s.on_page(&page(&[1, 2, 3], 10));
+        s.on_page(&page(&[1, 2, 3]));
+        s.on_page(&page(&[]));
         assert!(s.is_live());
         assert_eq!(delivered(s.accept_live(&batch(&[2, 3, 4, 5]))), Some(2));
         assert_eq!(delivered(s.accept_live(&batch(&[5]))), None);
@@ -212,35 +215,41 @@ mod tests {
     #[test]
     fn full_pages_read_again_and_lag_flag_is_cleared_before_going_live() {
         let mut s = sub(0);
-        let (_, next) = s.on_page(&page(&[1, 2], 2));
+        let (_, next) = s.on_page(&page(&[1, 2]));
         assert_eq!(next, AfterPage::ReadAgain);
-        s.on_page(&page(&[], 2));
+        s.on_page(&page(&[]));
         assert!(s.is_live());
         s.shared.lagging.store(true, Ordering::Release);
         assert!(s.start_catch_up());
         assert!(!s.start_catch_up());
-        let (_, next) = s.on_page(&page(&[], 2));
+        let (_, next) = s.on_page(&page(&[]));
         assert_eq!(next, AfterPage::ReadAgain);
         assert!(!s.shared.lagging.load(Ordering::Acquire));
-        let (_, next) = s.on_page(&page(&[], 2));
+        let (_, next) = s.on_page(&page(&[]));
         assert_eq!(next, AfterPage::Live);
     }
 
     #[test]
-    fn a_page_cut_by_bytes_is_not_the_end_of_the_stream() {
+    fn only_an_empty_page_ends_catch_up() {
         let mut s = sub(0);
-        let mut cut = page(&[1], 500);
-        cut.full = true;
-        let (_, next) = s.on_page(&cut);
+        // However short: it may have been cut by bytes.
+        let (_, next) = s.on_page(&page(&[1]));
         assert_eq!(next, AfterPage::ReadAgain);
-        assert!(!s.is_live());
+        // Only undeliverable entries were examined: read on after them.
+        let mut skipped = page(&[]);
+        skipped.gap_through = Some(StreamId::new(5, 0));
+        let (_, next) = s.on_page(&skipped);
+        assert_eq!(next, AfterPage::ReadAgain);
+        assert_eq!(s.last, StreamId::new(5, 0));
+        let (_, next) = s.on_page(&page(&[]));
+        assert_eq!(next, AfterPage::Live);
     }
 
     #[test]
     fn trimmed_entries_become_a_gap_before_what_follows_in_catch_up_and_live() {
         let mut s = sub(10);
         // Trimmed through 20 while catching up: gap (10, 20], then 21 and 22.
-        let mut p = page(&[21, 22], 500);
+        let mut p = page(&[21, 22]);
         p.gap_through = Some(StreamId::new(20, 0));
         let (take, next) = s.on_page(&p);
         let gap = (StreamId::new(10, 0), StreamId::new(20, 0));
@@ -251,12 +260,13 @@ mod tests {
                 from: Some(0)
             }
         );
-        assert_eq!(next, AfterPage::Live);
+        assert_eq!(next, AfterPage::ReadAgain);
         assert_eq!(s.last, StreamId::new(22, 0));
         // A watermark the subscription is already past is no gap.
-        let mut p = page(&[], 500);
+        let mut p = page(&[]);
         p.gap_through = Some(StreamId::new(15, 0));
         assert_eq!(s.on_page(&p).0, Take::default());
+        assert_eq!(s.on_page(&page(&[])).1, AfterPage::Live);
         // The live reader was outrun by a trim: gap (22, 30], then 31.
         let mut b = BatchBuilder::new("c".into());
         b.set_gap_through(StreamId::new(30, 0));

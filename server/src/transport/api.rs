@@ -19,7 +19,7 @@ const MAX_HISTORY: usize = 1_000;
 
 /// Most bytes of encoded entries one `/api/history` answer carries (at least one entry);
 /// continue from the returned offset for more.
-const HISTORY_MAX_BYTES: usize = 4 << 20;
+const HISTORY_MAX_BYTES: usize = 1 << 20;
 
 /// `POST /api/publish` with `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
 pub async fn publish_api(

@@ -13,6 +13,8 @@ struct Cursor {
     key: Bytes,
     id: StreamId,
     id_arg: Bytes,
+    /// Entries up to this ID were skipped (too large) with no batch after them to report it.
+    gap: Option<StreamId>,
 }
 
 /// Watched channels of one reader; see the module docs.
@@ -45,7 +47,21 @@ impl Cursors {
             key,
             id,
             id_arg: Bytes::from(id.to_string()),
+            gap: None,
         });
+    }
+
+    /// How far `channel` was read, and the gap not reported yet.
+    pub(super) fn state(&self, channel: &str) -> Option<(StreamId, Option<StreamId>)> {
+        let &i = self.by_channel.get(channel)?;
+        Some((self.entries[i].id, self.entries[i].gap))
+    }
+
+    /// Records the gap of `channel` not reported yet (`None` once a batch carried it).
+    pub(super) fn set_gap(&mut self, channel: &str, gap: Option<StreamId>) {
+        if let Some(&i) = self.by_channel.get(channel) {
+            self.entries[i].gap = gap;
+        }
     }
 
     /// Stops reading `channel`.

@@ -3,7 +3,9 @@
 //! - Writes go through one shared, multiplexed connection running the [`scripts::PUBLISH`]
 //!   script (`XADD`, trimming with a watermark, idempotency keys), acknowledged only after Redis
 //!   answered.
-//! - History is `XRANGE key (after + COUNT n`.
+//! - History and catch-up pages come from the [`scripts::READ`] script (chunked `XRANGE`
+//!   bounded by count and bytes, with the trim watermark read atomically) over a connection of
+//!   their own, so a large page never holds up publishes.
 //! - Live entries come from [`reader`]s: dedicated connections blocked in `XREAD` over the
 //!   watched channels, each covering a bounded number of keys and retargeted at once with
 //!   `CLIENT UNBLOCK` when its set changes.
@@ -33,7 +35,8 @@ use tracing::debug;
 
 use super::{
     stored_fields, trim_slack, Batch, Claimed, Engine, EngineConfig, EngineError, EngineStats,
-    GroupRead, LiveSink, Page, Position, PublishRequest, ReadySender,
+    GroupRead, LiveSink, Page, Position, PublishRequest, ReadySender, MAX_ENTRY_BYTES,
+    MAX_TRIM_PER_PUBLISH,
 };
 use reader::ReaderPool;
 
@@ -109,6 +112,9 @@ struct Shared {
     /// The client publishes go through: `writer`, or with `wait_replicas` a client of its own
     /// so that `WAIT`s (which hold their connection) do not delay reads and unblocks.
     publisher: Client,
+    /// The client history and catch-up pages are read through (a connection of its own: a
+    /// page of up to a MiB or more would otherwise delay the publishes queued behind it).
+    pages: Client,
     /// When the cluster routing table was last refreshed (single-flight, throttled).
     routing_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -218,6 +224,10 @@ impl Shared {
         })
     }
 }
+
+/// Most bytes of field values one publish reads while trimming (it stops trimming there; later
+/// publishes continue), besides [`MAX_TRIM_PER_PUBLISH`].
+const TRIM_BYTE_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Runs a Lua script with `EVAL` as a plain pipelined command.
 ///
@@ -348,11 +358,13 @@ impl RedisEngine {
         } else {
             writer.clone()
         };
+        let pages = connect(build_client(client_config.clone())?).await?;
         let shared = Arc::new(Shared {
             config,
             client_config,
             writer,
             publisher,
+            pages,
             routing_refreshed: tokio::sync::Mutex::new(None),
         });
         let readers = ReaderPool::new(shared.clone(), sink);
@@ -430,6 +442,8 @@ impl Engine for RedisEngine {
                 .to_string(),
         );
         args.push(trim_slack(maxlen).to_string());
+        args.push(MAX_TRIM_PER_PUBLISH.to_string());
+        args.push(TRIM_BYTE_BUDGET.to_string());
         for (name, value) in stored_fields(req.fields) {
             args.push(name.to_owned());
             args.push(value);
@@ -456,30 +470,37 @@ impl Engine for RedisEngine {
         channel: &Arc<str>,
         after: StreamId,
         limit: usize,
-        _max_bytes: usize,
+        max_bytes: usize,
     ) -> Result<Page, EngineError> {
-        let cmd = CustomCommand::new_static("XRANGE", ClusterHash::FirstKey, false);
-        let args: Vec<Value> = vec![
-            self.shared.stream_key(channel).into(),
-            format!("({after}").into(),
-            "+".into(),
-            "COUNT".into(),
-            (limit as i64).into(),
-        ];
-        let reply: Value = self
-            .shared
-            .writer
-            .with_options(&self.shared.options())
-            .custom(cmd, args)
-            .await
-            .map_err(map_err)?;
-        let batch = parse::entries(channel, &reply)?;
-        let full = batch.as_ref().is_some_and(|b| b.len() >= limit);
-        Ok(Page {
-            batch,
-            gap_through: None,
-            full,
-        })
+        let key = self.shared.stream_key(channel);
+        let reply: Value = eval(
+            &self.shared.pages,
+            &self.shared.options(),
+            scripts::READ,
+            vec![key.clone(), format!("{key}#trim")],
+            vec![
+                after.to_string(),
+                limit.max(1).to_string(),
+                max_bytes.to_string(),
+                MAX_ENTRY_BYTES.to_string(),
+            ],
+        )
+        .await
+        .map_err(map_err)?;
+        let unexpected = || EngineError::Internal(format!("unexpected read reply {reply:?}"));
+        let Value::Array(parts) = &reply else {
+            return Err(unexpected());
+        };
+        let [watermark, skipped, entries] = parts.as_slice() else {
+            return Err(unexpected());
+        };
+        let gap = parse::optional_id(watermark)?
+            .filter(|w| *w > after)
+            .max(parse::optional_id(skipped)?);
+        let encoded = parse::entries_bounded(channel, entries, max_bytes, 1, gap)?;
+        let batch = encoded.batches.into_iter().next();
+        let gap = gap.max(encoded.pending_gap);
+        Ok(Page::new(after, batch, gap))
     }
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {

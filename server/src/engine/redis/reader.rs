@@ -13,6 +13,16 @@
 //! a dead node, `CLUSTERDOWN`) the reader drops its connection, refreshes the routing table,
 //! reconnects to the slot's current owner and resumes from its cursors, so nothing is skipped
 //! or repeated. Consumer-group reads will be per shard in the same way.
+//!
+//! Trims can outrun a reader (`maxlen: 1` and a burst between two `XREAD`s: it gets only the
+//! newest entry). After each `XREAD` reply the reader reads the trim watermarks of the replied
+//! keys (one `MGET` per reply, skipped when every key's first new entry directly follows its
+//! cursor), and a watermark above a key's previous cursor becomes the `gap_through` of that
+//! key's first batch, lowered below the batch's first entry. The watermark is read just after
+//! the `XREAD`, not atomically with it: if trimming passed the reply's first entry in between,
+//! the gap covers everything before that entry, possibly more than was really trimmed (never
+//! less). Replies are cut into batches of at most [`MAX_BATCH_BYTES`], and entries larger than
+//! [`crate::engine::MAX_ENTRY_BYTES`] are skipped into the next batch's gap.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +39,8 @@ use tracing::{debug, warn};
 
 use super::cursors::Cursors;
 use super::{map_err, parse, Shared};
-use crate::engine::{EngineError, EngineStats, LiveSink, Ready, ReadySender};
+use crate::engine::{EngineError, EngineStats, LiveSink, Ready, ReadySender, MAX_BATCH_BYTES};
+use redistribute_protocol::StreamId;
 
 /// A pending change to a reader's channel set.
 enum Op {
@@ -425,21 +436,63 @@ impl Reader {
         let reply: Result<Value, _> = client.with_options(&options).custom(cmd, args).await;
         self.control.in_read.store(false, Ordering::Release);
         let reply = reply.map_err(map_err)?;
-        let mut batches = Vec::new();
+        // Each replied key: its channel, entries, previous cursor and unreported gap.
+        let mut replied = Vec::new();
         for (key, entries) in parse::xread_streams(&reply)? {
             let Some(channel) = self.cursors.channel_for_key(key.as_bytes()) else {
                 continue;
             };
-            if let Some(batch) = parse::entries(channel, entries)? {
-                batches.push(batch);
+            let Some((cursor, gap)) = self.cursors.state(channel) else {
+                continue;
+            };
+            replied.push((channel.clone(), key, entries, cursor, gap));
+        }
+        // Nothing can have been trimmed unseen when the first new entry directly follows the
+        // cursor; otherwise read the watermarks (one round trip for the whole reply).
+        let adjacent = |entries: &Value, cursor: StreamId| {
+            parse::first_entry_id(entries).is_some_and(|first| first == cursor.successor())
+        };
+        let watermarks = if replied.iter().all(|r| adjacent(r.2, r.3)) {
+            vec![None; replied.len()]
+        } else {
+            watermarks(client, replied.iter().map(|r| &*r.1)).await?
+        };
+        let mut batches = Vec::new();
+        for ((channel, _, entries, cursor, gap), watermark) in replied.iter().zip(watermarks) {
+            let gap = (*gap).max(watermark.filter(|w| w > cursor));
+            let encoded =
+                parse::entries_bounded(channel, entries, MAX_BATCH_BYTES, usize::MAX, gap)?;
+            if let Some(last) = encoded.last_seen {
+                self.cursors.advance(channel, last);
             }
+            self.cursors.set_gap(channel, encoded.pending_gap);
+            batches.extend(encoded.batches);
         }
         for batch in batches {
-            self.cursors.advance(batch.channel(), batch.last_id());
             self.sink.deliver(Arc::new(batch));
         }
         Ok(())
     }
+}
+
+/// The trim watermarks (`<key>#trim`) of the stream keys, in order, with one `MGET`.
+async fn watermarks<'a>(
+    client: &Client,
+    keys: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Option<StreamId>>, EngineError> {
+    let args: Vec<Value> = keys.map(|k| Value::from(format!("{k}#trim"))).collect();
+    let count = args.len();
+    let cmd = CustomCommand::new_static("MGET", ClusterHash::FirstKey, false);
+    let reply: Value = client.custom(cmd, args).await.map_err(map_err)?;
+    let values = match reply {
+        Value::Array(values) if values.len() == count => values,
+        other => {
+            return Err(EngineError::Internal(format!(
+                "unexpected MGET reply {other:?}"
+            )))
+        }
+    };
+    values.iter().map(parse::optional_id).collect()
 }
 
 async fn client_id(client: &Client) -> Result<i64, EngineError> {

@@ -5,23 +5,47 @@
 //! highest removed ID in `<stream>#trim`. Idempotency keys live in `<stream>#idem:<key>`. `#`
 //! cannot occur in channel names, so these keys never collide with a channel's stream, and in
 //! cluster mode they share the stream's hash tag.
+//!
+//! Finding the exact watermark means reading the removed entries' IDs, so one publish removes
+//! at most [`crate::engine::MAX_TRIM_PER_PUBLISH`] entries (and stops early past a byte budget
+//! of removed fields): a publish with a `maxlen` far below the stream's length does bounded
+//! work, and later publishes continue trimming. A watermark belongs to its stream: a publish
+//! that creates the stream (it was deleted, or never existed) drops the old `#trim` first, and
+//! [`READ`] and [`POSITION`] ignore (and [`POSITION`] deletes) a `#trim` whose stream is gone.
 
 /// KEYS: stream, trim watermark, [idempotency key].
-/// ARGV: maxlen (0 = none), idempotency TTL ms, trim slack, field, value, ...
+/// ARGV: maxlen (0 = none), idempotency TTL ms, trim slack, most entries to trim, byte budget
+/// of trimmed fields, field, value, ...
 /// Returns the entry ID (the first one when the idempotency key was seen before).
 pub const PUBLISH: &str = r#"
 if KEYS[3] then
   local prev = redis.call('GET', KEYS[3])
   if prev then return prev end
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 6))
 local maxlen = tonumber(ARGV[1])
 if maxlen > 0 then
   local len = redis.call('XLEN', KEYS[1])
   if len > maxlen + tonumber(ARGV[3]) then
-    local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - maxlen)
-    redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen)
-    redis.call('SET', KEYS[2], old[#old][1])
+    local k = math.min(len - maxlen, tonumber(ARGV[4]))
+    local budget = tonumber(ARGV[5])
+    local n, bytes, chunk, last, from = 0, 0, 16, nil, '-'
+    while n < k and bytes < budget do
+      local got = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', math.min(chunk, k - n))
+      if #got == 0 then break end
+      for _, e in ipairs(got) do
+        for _, v in ipairs(e[2]) do bytes = bytes + #v end
+      end
+      n = n + #got
+      last = got[#got][1]
+      from = '(' .. last
+      chunk = chunk * 2
+    end
+    if last then
+      redis.call('XTRIM', KEYS[1], 'MAXLEN', len - n)
+      redis.call('SET', KEYS[2], last)
+    end
   end
 end
 if KEYS[3] then
@@ -30,15 +54,62 @@ end
 return id
 "#;
 
-/// KEYS: stream, trim watermark. Returns `{last-generated-id or '', watermark or ''}`.
+/// KEYS: stream, trim watermark. Returns `{last-generated-id or '', watermark or ''}`; deletes a
+/// watermark whose stream is gone.
 pub const POSITION: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  return {'', ''}
+end
 local t = redis.call('GET', KEYS[2]) or ''
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'', t} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 for i = 1, #info, 2 do
   if info[i] == 'last-generated-id' then return {info[i + 1], t} end
 end
 return {'', t}
+"#;
+
+/// KEYS: stream, trim watermark. ARGV: after (exclusive), most entries, byte budget, largest
+/// deliverable entry (bytes of stored fields).
+///
+/// One catch-up page, atomically with the trim watermark: reads in growing chunks after
+/// `after` until `limit` entries are taken or their encoded size (exact for stored JSON values and
+/// plain names; Rust then cuts exactly) would pass the budget (at least one entry). An entry larger than the largest deliverable one is skipped when no
+/// entry was taken yet (reported as `skipped`), else the page ends before it. Skipped entries
+/// count towards `limit`, so a page does bounded work. Returns
+/// `{watermark or '', skipped through or '', {entries}}`.
+pub const READ: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', '', {}} end
+local wm = redis.call('GET', KEYS[2]) or ''
+local limit = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local largest = tonumber(ARGV[4])
+local out, seen, bytes, skipped, chunk, from = {}, 0, 0, '', 8, '(' .. ARGV[1]
+while seen < limit do
+  local want = math.min(chunk, limit - seen)
+  local got = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', want)
+  local stop = #got < want
+  for _, e in ipairs(got) do
+    local f, size = e[2], 0
+    for i = 1, #f do size = size + #f[i] end
+    if size > largest then
+      if #out > 0 then stop = true break end
+      skipped = e[1]
+    else
+      local cost = size + 2 * #f + 24 + #e[1]
+      if #out > 0 then cost = cost + 1 end
+      if #out > 0 and bytes + cost > budget then stop = true break end
+      bytes = bytes + cost
+      out[#out + 1] = e
+    end
+    seen = seen + 1
+    if seen >= limit then break end
+  end
+  if stop or #got == 0 then break end
+  from = '(' .. got[#got][1]
+  chunk = chunk * 2
+end
+return {wm, skipped, out}
 "#;
 
 /// KEYS: stream. ARGV: group, start ID (`$`, `0` or an ID).
