@@ -245,6 +245,30 @@ impl Infra {
         Ok((ids, last))
     }
 
+    /// Writes every server's log (`server-<port>.log`) and Redis' (`redis-<port>.log`) into
+    /// `dir`.
+    pub fn save_logs(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for server in &self.servers {
+            std::fs::write(
+                dir.join(format!("server-{}.log", server.port())),
+                server.logs(),
+            )?;
+        }
+        match &self.storage {
+            Storage::Single(redis) => std::fs::write(
+                dir.join(format!("redis-{}.log", redis.port())),
+                redis.logs(),
+            )?,
+            Storage::Cluster(cluster) => {
+                for port in cluster.ports() {
+                    std::fs::write(dir.join(format!("redis-{port}.log")), cluster.logs(port))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kills every process (also done on drop; explicit so it happens before `exit`).
     pub async fn shutdown(&mut self) {
         for server in &mut self.servers {

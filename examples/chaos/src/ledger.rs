@@ -56,6 +56,7 @@ struct Inner {
     double_stored: BTreeSet<(String, String, u64)>,
     jobs_published: BTreeSet<StreamId>,
     jobs_delivered: u64,
+    jobs_seen: HashSet<StreamId>,
     jobs_acked: HashSet<StreamId>,
     publish_errors: BTreeMap<String, u64>,
 }
@@ -79,6 +80,21 @@ pub struct Loss {
     pub channel: String,
     /// The missing offset.
     pub offset: StreamId,
+}
+
+/// A subscription that has not caught up (yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lag {
+    /// The subscriber.
+    pub subscriber: String,
+    /// The channel.
+    pub channel: String,
+    /// Acknowledged offsets neither delivered nor inside a reported gap.
+    pub missing: usize,
+    /// The lowest of them.
+    pub first_missing: StreamId,
+    /// The highest offset delivered.
+    pub last_delivered: Option<StreamId>,
 }
 
 /// What the final check found in the plain subscriptions.
@@ -227,8 +243,15 @@ impl Ledger {
     }
 
     /// Records a job delivered to a worker.
-    pub fn job_delivered(&self) {
-        self.inner.lock().jobs_delivered += 1;
+    pub fn job_delivered(&self, offset: StreamId) {
+        let mut inner = self.inner.lock();
+        inner.jobs_delivered += 1;
+        inner.jobs_seen.insert(offset);
+    }
+
+    /// Whether a worker received the job at least once.
+    pub fn job_seen(&self, offset: StreamId) -> bool {
+        self.inner.lock().jobs_seen.contains(&offset)
     }
 
     /// Records a job whose `ack` was answered.
@@ -262,15 +285,22 @@ impl Ledger {
     }
 
     /// Subscriptions that have not yet received (or been told about) everything acknowledged
-    /// on their channel: (subscriber, channel, missing count).
-    pub fn lagging(&self) -> Vec<(String, String, usize)> {
+    /// on their channel.
+    pub fn lagging(&self) -> Vec<Lag> {
         let inner = self.inner.lock();
         inner
             .subs
             .iter()
             .filter_map(|record| {
-                let missing = missing(&inner.acked, record).count();
-                (missing > 0).then(|| (record.subscriber.clone(), record.channel.clone(), missing))
+                let mut missing = missing(&inner.acked, record);
+                let first_missing = missing.next()?;
+                Some(Lag {
+                    subscriber: record.subscriber.clone(),
+                    channel: record.channel.clone(),
+                    missing: 1 + missing.count(),
+                    first_missing,
+                    last_delivered: record.last,
+                })
             })
             .collect()
     }
@@ -379,7 +409,11 @@ mod tests {
         let lost: Vec<StreamId> = v.losses.iter().map(|l| l.offset).collect();
         assert_eq!(lost, vec![id(8), id(10)]);
         assert_eq!(v.subscriptions_with_loss, 1);
-        assert_eq!(ledger.lagging(), vec![("c".into(), "c".into(), 2)]);
+        let lag = ledger.lagging();
+        assert_eq!(lag.len(), 1);
+        assert_eq!((lag[0].subscriber.as_str(), lag[0].missing), ("c", 2));
+        assert_eq!(lag[0].first_missing, id(8));
+        assert_eq!(lag[0].last_delivered, Some(id(9)));
     }
 
     #[test]
@@ -387,11 +421,13 @@ mod tests {
         let ledger = Ledger::default();
         ledger.job_published(id(1));
         ledger.job_published(id(2));
-        ledger.job_delivered();
-        ledger.job_delivered();
+        ledger.job_delivered(id(1));
+        ledger.job_delivered(id(1));
         ledger.job_acked(id(1));
         ledger.job_acked(id(1));
         assert_eq!(ledger.job_counts(), (2, 2, 1));
+        assert!(ledger.job_seen(id(1)));
+        assert!(!ledger.job_seen(id(2)));
         assert_eq!(ledger.jobs_unacked(), vec![id(2)]);
     }
 }

@@ -85,6 +85,9 @@ struct Args {
     /// Longest quiet period for subscribers and workers to catch up, in seconds.
     #[arg(long, default_value_t = 30)]
     settle_seconds: u64,
+    /// Write each server instance's and Redis' log into this directory at the end.
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -112,6 +115,11 @@ async fn main() {
         outcome = run(&args, seed, infra.clone()) => Some(outcome),
         _ = signals => None,
     };
+    if let Some(dir) = &args.logs {
+        if let Err(e) = infra.lock().await.save_logs(dir) {
+            eprintln!("chaos: cannot save the logs: {e:#}");
+        }
+    }
     infra.lock().await.shutdown().await;
     match outcome {
         Some(Ok(failed)) => std::process::exit(i32::from(failed)),
@@ -261,6 +269,10 @@ async fn run(args: &Args, seed: u64, infra: Arc<Mutex<Infra>>) -> Result<bool> {
         );
     }
     let origin = tokio::time::Instant::now();
+    eprintln!(
+        "chaos: t=0 is Unix ms {} (offsets' first part)",
+        faults::now_ms()
+    );
     let fault_task = tokio::spawn(faults::run(
         schedule,
         origin,
@@ -319,7 +331,18 @@ async fn run(args: &Args, seed: u64, infra: Arc<Mutex<Infra>>) -> Result<bool> {
                 "chaos: not caught up after {}s: {} subscriptions lag, {jobs_open} jobs unacked; lagging: {:?}",
                 args.settle_seconds,
                 lagging.len(),
-                lagging.iter().take(12).collect::<Vec<_>>()
+                lagging
+                    .iter()
+                    .take(12)
+                    .map(|l| format!(
+                        "{} {}: {} missing from {}, last delivered {:?}",
+                        l.subscriber,
+                        l.channel,
+                        l.missing,
+                        l.first_missing,
+                        l.last_delivered.map(|o| o.to_string())
+                    ))
+                    .collect::<Vec<_>>()
             );
             break;
         }
@@ -355,18 +378,26 @@ async fn report(
     let unacked = ledger.jobs_unacked();
     let mut jobs_lost = 0u64;
     let mut jobs_pending = 0u64;
+    let mut jobs_ack_unconfirmed = 0u64;
     if !unacked.is_empty() {
         let (pending, last) = infra.group_state(JOBS, workers::GROUP).await?;
         let last = last.and_then(|l| redistribute_client::StreamId::parse(&l).ok());
         for offset in &unacked {
             let text = offset.to_string();
-            if pending.contains(&text) || last.is_none_or(|l| *offset > l) {
+            let stored = infra.stored(JOBS, &text).await.unwrap_or(false);
+            if pending.contains(&text) || (stored && last.is_none_or(|l| *offset > l)) {
+                // Still to be delivered or acknowledged: not lost.
                 jobs_pending += 1;
+            } else if stored && ledger.job_seen(*offset) {
+                // A worker got it and sent an ack whose answer was lost; the group no longer
+                // holds it as pending, so that ack was applied.
+                jobs_ack_unconfirmed += 1;
+                eprintln!("chaos: job {offset}: ack applied but never answered");
             } else {
                 jobs_lost += 1;
                 eprintln!(
-                    "chaos: job {offset} lost: not acked, not pending (stored: {})",
-                    infra.stored(JOBS, &text).await.unwrap_or(false)
+                    "chaos: job {offset} LOST: not acked, not pending, delivered to a worker: {}, still in Redis: {stored}",
+                    ledger.job_seen(*offset)
                 );
             }
         }
@@ -448,6 +479,7 @@ async fn report(
         "out_of_order": verdict.out_of_order,
         "double_stored": verdict.double_stored,
         "jobs_pending": jobs_pending,
+        "jobs_ack_unconfirmed": jobs_ack_unconfirmed,
         "faults_failed": failed_faults,
         "publish_errors": ledger.publish_errors(),
     });

@@ -51,14 +51,15 @@ pub async fn native(
             let Some(job) = job else {
                 continue 'subscribe;
             };
-            ledger.job_delivered();
-            for _ in 0..5 {
+            ledger.job_delivered(job.offset);
+            // Until an ack is answered (acks are idempotent) or the run ends.
+            while !stop.is_cancelled() {
                 match tokio::time::timeout(Duration::from_secs(6), job.ack()).await {
                     Ok(Ok(_)) => {
                         ledger.job_acked(job.offset);
                         break;
                     }
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    _ => tokio::time::sleep(Duration::from_millis(300)).await,
                 }
             }
         }
@@ -128,7 +129,7 @@ pub async fn raw(
                         continue;
                     }
                     for &offset in &offsets {
-                        ledger.job_delivered();
+                        ledger.job_delivered(offset);
                         unanswered.insert(offset);
                     }
                     next_id += 1;
