@@ -76,9 +76,22 @@ pub struct Fault {
 
 /// The schedule for `seed`: one fault every `every` (±25 %) from 3 s until 3 s before the
 /// end, kinds in a seeded order that uses every kind once before any repeats.
-pub fn schedule(seed: u64, seconds: u64, cluster: bool, every: Duration) -> Vec<Fault> {
+/// `only`, when not empty, restricts the kinds to those names.
+pub fn schedule(
+    seed: u64,
+    seconds: u64,
+    cluster: bool,
+    every: Duration,
+    only: &[String],
+) -> Vec<Fault> {
     let mut rng = Rng::derive(seed, 0xFA17);
-    let kinds = Kind::all(cluster);
+    let kinds: Vec<Kind> = Kind::all(cluster)
+        .into_iter()
+        .filter(|k| only.is_empty() || only.iter().any(|o| o == k.name()))
+        .collect();
+    if kinds.is_empty() {
+        return Vec::new();
+    }
     let mut bag: Vec<Kind> = Vec::new();
     let mut faults = Vec::new();
     let end = Duration::from_secs(seconds.saturating_sub(3));
@@ -230,9 +243,9 @@ mod tests {
 
     #[test]
     fn a_seed_reproduces_its_schedule_and_covers_the_kinds() {
-        let a = schedule(42, 60, false, Duration::from_secs(4));
-        let b = schedule(42, 60, false, Duration::from_secs(4));
-        let c = schedule(43, 60, false, Duration::from_secs(4));
+        let a = schedule(42, 60, false, Duration::from_secs(4), &[]);
+        let b = schedule(42, 60, false, Duration::from_secs(4), &[]);
+        let c = schedule(43, 60, false, Duration::from_secs(4), &[]);
         let key = |s: &[Fault]| -> Vec<(Duration, Kind, u64)> {
             s.iter().map(|f| (f.at, f.kind, f.target)).collect()
         };
@@ -246,11 +259,19 @@ mod tests {
         assert!(a
             .iter()
             .all(|f| f.at >= Duration::from_secs(3) && f.at < Duration::from_secs(57)));
-        let cluster = schedule(1, 60, true, Duration::from_secs(4));
+        let cluster = schedule(1, 60, true, Duration::from_secs(4), &[]);
         assert!(cluster.iter().any(|f| f.kind == Kind::RedisFailover));
         assert!(cluster
             .iter()
             .all(|f| !matches!(f.kind, Kind::RedisKill | Kind::RedisTerm)));
-        assert!(schedule(1, 5, false, Duration::from_secs(4)).is_empty());
+        assert!(schedule(1, 5, false, Duration::from_secs(4), &[]).is_empty());
+        let only = ["redis_term".to_owned(), "churn".to_owned()];
+        let some = schedule(1, 60, false, Duration::from_secs(4), &only);
+        assert!(some.len() >= 10);
+        assert!(some
+            .iter()
+            .all(|f| matches!(f.kind, Kind::RedisTerm | Kind::Churn)));
+        let none = ["redis_failover".to_owned()];
+        assert!(schedule(1, 60, false, Duration::from_secs(4), &none).is_empty());
     }
 }

@@ -79,6 +79,10 @@ struct Args {
     /// Bytes of padding per message.
     #[arg(long, default_value_t = 200)]
     pad: usize,
+    /// Only these fault kinds (comma-separated names, e.g. `redis_term,client_stall`;
+    /// default: every kind of the topology).
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    faults: Vec<String>,
     /// Mean seconds between faults.
     #[arg(long, default_value_t = 4.0)]
     fault_every: f64,
@@ -94,6 +98,14 @@ struct Args {
 async fn main() {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(faults::now_ms);
+    let known: Vec<&str> = faults::Kind::all(args.cluster)
+        .into_iter()
+        .map(faults::Kind::name)
+        .collect();
+    if let Some(bad) = args.faults.iter().find(|f| !known.contains(&f.as_str())) {
+        eprintln!("chaos: unknown fault kind {bad:?} for this topology; known: {known:?}");
+        std::process::exit(2);
+    }
     let bin = infra::server_binary();
     eprintln!("chaos: seed {seed}, server binary {}", bin.display());
     let infra = match Infra::start(&bin, args.cluster, args.instances).await {
@@ -257,6 +269,7 @@ async fn run(args: &Args, seed: u64, infra: Arc<Mutex<Infra>>) -> Result<bool> {
         args.seconds,
         args.cluster,
         Duration::from_secs_f64(args.fault_every.max(0.1)),
+        &args.faults,
     );
     eprintln!("chaos: {} faults scheduled:", schedule.len());
     for f in &schedule {
