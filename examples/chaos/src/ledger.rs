@@ -348,6 +348,17 @@ impl Ledger {
         verdict
     }
 
+    /// How many subscriptions of `channel` received `offset` (proof that it was stored and
+    /// served, for a loss elsewhere).
+    pub fn delivered_to(&self, channel: &str, offset: StreamId) -> usize {
+        self.inner
+            .lock()
+            .subs
+            .iter()
+            .filter(|r| r.channel == channel && r.delivered.contains(&offset))
+            .count()
+    }
+
     /// The gaps a subscription was told about (for the report).
     pub fn gaps_of(&self, sub: SubId) -> Vec<(StreamId, StreamId)> {
         self.inner.lock().subs[sub].gaps.clone()
@@ -400,6 +411,8 @@ mod tests {
         assert!(v.losses.is_empty(), "{:?}", v.losses);
         assert_eq!(v.double_stored, 1);
         assert_eq!(ledger.resume_point(a), Some(id(10)));
+        assert_eq!(ledger.delivered_to("c", id(9)), 2);
+        assert_eq!(ledger.delivered_to("c", id(6)), 0);
 
         let c = ledger.register("c", "poll", "c", None);
         ledger.set_start(c, id(7));

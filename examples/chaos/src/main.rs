@@ -443,7 +443,8 @@ async fn report(
         let who: Vec<String> = losses.iter().map(|l| l.subscriber.clone()).collect();
         let gaps = ledger.gaps_of(losses[0].sub);
         eprintln!(
-            "chaos: LOST {channel} {offset} (still in Redis: {stored}; near {}) for {who:?}; gaps of {}: {:?}",
+            "chaos: LOST {channel} {offset} (still in Redis: {stored}; received by {} other subscriptions; near {}) for {who:?}; gaps of {}: {:?}",
+            ledger.delivered_to(channel, *offset),
             nearest_fault(done, offset.ms),
             losses[0].subscriber,
             gaps.iter().map(|(a, b)| format!("({a},{b}]")).collect::<Vec<_>>()
