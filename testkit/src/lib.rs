@@ -5,7 +5,8 @@
 //!
 //! - [`RedisServer`]: a throw-away `redis-server` (no persistence) on a free port, with a tiny
 //!   RESP2 client ([`RespConnection`], [`RespValue`]) for setting up and inspecting Redis, e.g.
-//!   counting `XREAD` calls through [`RedisServer::info_commandstats`].
+//!   counting `XREAD` calls through [`RedisServer::info_commandstats`]; or, with
+//!   [`RedisServer::start_persistent`], a durable one that keeps its data across restarts.
 //! - [`RedisCluster`]: a throw-away Redis Cluster (N primaries, R replicas each) on free ports,
 //!   formed with `redis-cli --cluster create`, with helpers to find key owners, count
 //!   connections and fail primaries over.

@@ -1,4 +1,5 @@
-//! A throw-away `redis-server` per test: free port, no persistence, killed on drop.
+//! A throw-away `redis-server` per test: free port, no persistence (or, on request, a durable
+//! append-only file kept across restarts), killed on drop.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,7 +22,8 @@ const REBIND_TIMEOUT: Duration = Duration::from_secs(10);
 const START_ATTEMPTS: usize = 5;
 
 /// A `redis-server` child process on 127.0.0.1 and a free port, without persistence
-/// (`--save "" --appendonly no`), working in its own temporary directory.
+/// (`--save "" --appendonly no`; see [`RedisServer::start_persistent`] for a durable one),
+/// working in its own temporary directory.
 ///
 /// The binary is `redis-server` from `PATH`, or the path in the environment variable
 /// `TESTKIT_REDIS_SERVER`. The process is killed when this value is dropped.
@@ -30,6 +32,8 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: TempDir,
+    /// Started with [`RedisServer::start_persistent`]: AOF on, data kept across restarts.
+    persistent: bool,
 }
 
 /// What one launch attempt came to.
@@ -43,6 +47,18 @@ enum Launch {
 impl RedisServer {
     /// Starts `redis-server` on a free port and waits (at most 10 s) until it answers PING.
     pub async fn start() -> Result<RedisServer> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`RedisServer::start`], but durable: append-only file on with
+    /// `appendfsync always` (every write is fsynced before Redis replies), so everything
+    /// Redis acknowledged survives a SIGKILL, and [`RedisServer::restart`] reloads the data
+    /// from the same directory instead of starting empty.
+    pub async fn start_persistent() -> Result<RedisServer> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("redistribute-redis-")
             .tempdir()
@@ -50,12 +66,13 @@ impl RedisServer {
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match launch(&dir, port, Instant::now() + START_TIMEOUT).await? {
+            match launch(&dir, port, Instant::now() + START_TIMEOUT, persistent).await? {
                 Launch::Ready(child) => {
                     return Ok(RedisServer {
                         port,
                         child: Some(child),
                         dir,
+                        persistent,
                     })
                 }
                 Launch::Exited(why) => failures.push(format!("port {port}: {why}")),
@@ -137,8 +154,28 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Starts Redis again on the same port (stopping it first if it runs), with an empty
-    /// dataset. Retries binding for up to 10 s in case the port is still held.
+    /// Shuts Redis down cleanly (SIGTERM: a persistent server flushes its append-only file)
+    /// and waits, at most 10 s, until it has exited; SIGKILL if it has not by then. Does
+    /// nothing if it is not running.
+    pub async fn terminate(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait()?.is_none() {
+                process::terminate(child.id())?;
+                if process::wait_exit(&mut child, Duration::from_secs(10))
+                    .await?
+                    .is_none()
+                {
+                    process::kill_and_wait(&mut child).await?;
+                    bail!("redis-server did not exit within 10 s of SIGTERM (killed)");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts Redis again on the same port (stopping it first if it runs): with an empty
+    /// dataset, or for a server from [`RedisServer::start_persistent`] with the data of its
+    /// append-only file. Retries binding for up to 10 s in case the port is still held.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;
         let deadline = Instant::now() + REBIND_TIMEOUT;
@@ -147,6 +184,7 @@ impl RedisServer {
                 &self.dir,
                 self.port,
                 deadline.max(Instant::now() + START_TIMEOUT),
+                self.persistent,
             )
             .await?
             {
@@ -188,16 +226,21 @@ fn log_path(dir: &TempDir) -> PathBuf {
 }
 
 /// Spawns `redis-server` on `port` and waits until it answers PING, it exits, or `deadline`.
-async fn launch(dir: &TempDir, port: u16, deadline: Instant) -> Result<Launch> {
+/// `persistent`: append-only file on, fsynced on every write.
+async fn launch(dir: &TempDir, port: u16, deadline: Instant, persistent: bool) -> Result<Launch> {
     let bin = std::env::var_os("TESTKIT_REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
     let log = log_path(dir);
     let mut cmd = Command::new(&bin);
     cmd.args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path());
+        .args(["--save", ""]);
+    if persistent {
+        cmd.args(["--appendonly", "yes"])
+            .args(["--appendfsync", "always"]);
+    } else {
+        cmd.args(["--appendonly", "no"]);
+    }
+    cmd.arg("--dir").arg(dir.path());
     let mut child = process::spawn_logged(&mut cmd, &log).with_context(|| {
         format!(
             "is redis-server installed? (looked for {bin:?}; set TESTKIT_REDIS_SERVER to override)"
@@ -336,6 +379,33 @@ mod tests {
             RespValue::Simple("PONG".into())
         );
         assert!(redis.logs().contains("Ready to accept connections"));
+    }
+
+    #[tokio::test]
+    async fn a_persistent_server_keeps_its_data_across_sigkill_and_sigterm() {
+        let mut redis = must(RedisServer::start_persistent()).await;
+        let port = redis.port();
+        let first = must(redis.command(&["XADD", "s", "*", "n", "1"])).await;
+        must(redis.stop()).await; // SIGKILL: appendfsync always has the write on disk
+        must(redis.restart()).await;
+        assert_eq!(redis.port(), port);
+        let second = must(redis.command(&["XADD", "s", "*", "n", "2"])).await;
+        must(redis.terminate()).await; // SIGTERM: clean shutdown
+        assert!(!redis.is_running());
+        must(redis.terminate()).await; // not running: nothing to do
+        must(redis.restart()).await;
+        let all = must(redis.command(&["XRANGE", "s", "-", "+"])).await;
+        let ids: Vec<String> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_array().unwrap()[0].as_str().unwrap().to_owned())
+            .collect();
+        let expected: Vec<String> = [first, second]
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, expected);
     }
 
     #[tokio::test]
