@@ -179,6 +179,108 @@ async fn task_watch_racing_done_never_hangs() -> Result<()> {
     Ok(())
 }
 
+/// Reads an SSE stream up to the first blank-line-terminated block that has an `id:` field and
+/// returns that id; fails if an event with data comes first.
+async fn opening_id(stream: &mut HttpStream) -> Result<String> {
+    let deadline = Instant::now() + STEP;
+    let mut text = String::new();
+    loop {
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut id = None;
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id:") {
+                    id = Some(value.trim_start().to_owned());
+                }
+                ensure!(
+                    !line.starts_with("data:"),
+                    "an event came before any id: {block:?}"
+                );
+            }
+            if let Some(id) = id {
+                return Ok(id);
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no id within {STEP:?}; the stream sent {text:?}"
+        );
+        let chunk = stream
+            .next_chunk(deadline.saturating_duration_since(Instant::now()))
+            .await?
+            .context("the stream ended before its opening id")?;
+        text.push_str(std::str::from_utf8(&chunk)?);
+    }
+}
+
+/// The data of the next `message` events, `count` of them.
+async fn messages(stream: &mut HttpStream, count: usize) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + STEP;
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < count {
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                out.push(serde_json::from_str(data)?);
+            }
+        }
+        if out.len() >= count {
+            break;
+        }
+        let chunk = stream
+            .next_chunk(deadline.saturating_duration_since(Instant::now()))
+            .await?
+            .context("the stream ended early")?;
+        text.push_str(std::str::from_utf8(&chunk)?);
+    }
+    Ok(out)
+}
+
+/// Item 9: an SSE stream opened at `$` names its starting positions with `id:` at the
+/// opening; one that drops before its first event and reconnects with that `Last-Event-ID`
+/// gets what was published meanwhile exactly once. Also for a resumed stream, and for a
+/// channel that does not exist yet.
+#[tokio::test]
+async fn sse_opening_carries_the_resume_point() -> Result<()> {
+    let setup = setup(Backend::Redis, &[]).await?;
+    let addr = setup.server.addr();
+    let mut c = client(&setup.server).await?;
+    let before = c.publish("open-a", json!({"n": 0})).await?;
+    let path = "/sse?channel=open-a&channel=open-b";
+
+    let mut first = HttpStream::open(addr, path, &[], STEP).await?;
+    assert_eq!(first.status, 200);
+    let token = opening_id(&mut first).await?;
+    assert_eq!(token, format!("{before},0-0"), "the tip of each channel");
+    drop(first);
+
+    let missed_a = c.publish("open-a", json!({"n": 1})).await?;
+    let missed_b = c.publish("open-b", json!({"n": 2})).await?;
+    let mut second = HttpStream::open(addr, path, &[("Last-Event-ID", &token)], STEP).await?;
+    assert_eq!(second.status, 200);
+    let resumed = opening_id(&mut second).await?;
+    assert_eq!(resumed, token, "a resumed stream opens at its resume point");
+    let later = c.publish("open-a", json!({"n": 3})).await?;
+    let got = messages(&mut second, 3).await?;
+    // Order holds within a channel; channels interleave freely.
+    let of = |channel: &str| -> Vec<&str> {
+        got.iter()
+            .filter(|m| m["channel"] == channel)
+            .filter_map(|m| m["offset"].as_str())
+            .collect()
+    };
+    assert_eq!(
+        (of("open-a"), of("open-b")),
+        (
+            vec![missed_a.as_str(), later.as_str()],
+            vec![missed_b.as_str()]
+        ),
+        "each message exactly once: {got:?}"
+    );
+    Ok(())
+}
+
 /// Item 9 for long-polls: a poll that times out empty still names the next offset of every
 /// channel (the tip for `$`, `0-0` for a channel without entries), and polling from them gets
 /// exactly what was published in between.
