@@ -169,6 +169,13 @@ impl Feed {
                 queue: self.queue_tx.clone(),
             },
         );
+        // Until the subscription is stored, leaving early in any way (an error, a timeout, or
+        // the caller dropping this future while it waits) takes the registration back.
+        let registered = Registered {
+            hub: &self.app.hub,
+            channel: &channel,
+            conn: self.id,
+        };
         let engine = self.app.engine.clone();
         let position = async {
             let ready = *ready
@@ -189,14 +196,10 @@ impl Feed {
             + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
         let position = match tokio::time::timeout(timeout, position).await {
             Ok(Ok(position)) => position,
-            result => {
-                self.app.hub.unsubscribe(&channel, self.id);
-                return Err(match result {
-                    Ok(Err(err)) => err.into(),
-                    _ => EngineError::Unavailable("subscribe timed out".into()).into(),
-                });
-            }
+            Ok(Err(err)) => return Err(err.into()),
+            Err(_) => return Err(EngineError::Unavailable("subscribe timed out".into()).into()),
         };
+        registered.keep();
         let start = Start::resolve(offset, position);
         self.generation += 1;
         let sub = Subscription::new(shared, start.after, self.generation);
@@ -425,6 +428,28 @@ impl Feed {
             self.catch_up.push_front(channel.clone());
         }
         Self::deliver(&mut self.out, &channel, take, page.batch.map(Arc::new));
+    }
+}
+
+/// A hub registration made by [`Feed::subscribe`] that is not stored in the feed yet: dropped
+/// without [`Registered::keep`], it unsubscribes (nothing else would, as [`Feed`]'s drop only
+/// knows stored subscriptions).
+struct Registered<'a> {
+    hub: &'a crate::hub::Hub,
+    channel: &'a Arc<str>,
+    conn: u64,
+}
+
+impl Registered<'_> {
+    /// The subscription is about to be stored: the feed owns the registration now.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.channel, self.conn);
     }
 }
 

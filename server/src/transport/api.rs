@@ -7,7 +7,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use redistribute_protocol::{decode_client, ClientFrame, Offset, StreamId};
 
-use super::http::{check_api_key, push_message, push_offsets, query_pairs, query_value, HttpError};
+use super::http::{
+    check_api_key, parse_count, push_message, push_offsets, query_pairs, query_value, HttpError,
+};
 use super::ws_connection::publish;
 use crate::engine::PublishRequest;
 use crate::error::RequestError;
@@ -92,11 +94,7 @@ async fn history_inner(
     };
     let limit = match query_value(&pairs, "limit") {
         None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_HISTORY).contains(l))
-            .ok_or_else(|| HttpError::bad_request(format!("limit must be 1-{MAX_HISTORY}")))?,
+        Some(l) => parse_count("limit", l, 1..=MAX_HISTORY)?,
     };
     let position = app
         .engine

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -139,6 +140,61 @@ pub fn channels_with_offsets(
         .map(str::to_owned)
         .zip(offsets)
         .collect())
+}
+
+/// Longest numeric query value accepted, in characters.
+const MAX_NUMBER_CHARS: usize = 32;
+
+/// Parses a duration query parameter `name`: a plain decimal number of seconds (`0`, `25`,
+/// `2.5`), capped at `max`. Anything else (empty, signs, exponents, `inf`, `NaN`, over 32
+/// characters) is `400`.
+pub fn parse_seconds(name: &str, value: &str, max: Duration) -> Result<Duration, HttpError> {
+    let bad = || {
+        HttpError::bad_request(format!(
+            "{name} must be a plain decimal number of seconds such as 25 or 2.5 (larger than \
+             {} is capped to it), not {value:?}",
+            max.as_secs_f64()
+        ))
+    };
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if value.len() > MAX_NUMBER_CHARS || !digits(whole) || !digits(fraction) {
+        return Err(bad());
+    }
+    let secs: f64 = value.parse().map_err(|_| bad())?;
+    // Cap before converting: a `Duration` cannot hold every finite f64.
+    if secs >= max.as_secs_f64() {
+        return Ok(max);
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+/// Parses a count query parameter `name`: plain decimal digits within `range`; anything else
+/// (empty, signs, fractions, exponents, out of range) is `400`.
+pub fn parse_count(
+    name: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, HttpError> {
+    let bad = || {
+        HttpError::bad_request(format!(
+            "{name} must be a whole number from {} to {}, not {value:?}",
+            range.start(),
+            range.end()
+        ))
+    };
+    if value.is_empty()
+        || value.len() > MAX_NUMBER_CHARS
+        || !value.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    // All digits: the only parse failure left is overflow, which is out of range too.
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(bad)
 }
 
 fn values<'a>(pairs: &'a [(String, String)], key: &str) -> Vec<&'a str> {
@@ -326,6 +382,56 @@ mod tests {
         ] {
             assert!(channels_with_offsets(&pairs(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn seconds_are_plain_decimals_capped_at_the_maximum() {
+        let max = Duration::from_secs(120);
+        let ok = |v: &str| parse_seconds("timeout", v, max).unwrap();
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(ok("0.0"), Duration::ZERO);
+        assert_eq!(ok("2.5"), Duration::from_millis(2500));
+        assert_eq!(ok("119.999"), Duration::from_millis(119_999));
+        assert_eq!(ok("120"), max);
+        assert_eq!(ok("120.001"), max);
+        assert_eq!(ok("20000000000000000000"), max);
+        assert_eq!(ok(&"9".repeat(32)), max);
+        for bad in [
+            "", " 1", "1 ", "+1", "-1", "-0", "1.", ".5", "1e3", "2e19", "1E3", "inf", "-inf",
+            "infinity", "NaN", "nan", "0x10", "1_0", "1,5", "5s", "1..2", "1.2.3",
+        ] {
+            let err = parse_seconds("timeout", bad, max).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        assert!(parse_seconds("timeout", &"9".repeat(33), max).is_err());
+    }
+
+    #[test]
+    fn counts_are_plain_digits_in_range() {
+        let count = |v: &str| parse_count("limit", v, 1..=1000);
+        assert_eq!(count("1").unwrap(), 1);
+        assert_eq!(count("1000").unwrap(), 1000);
+        assert_eq!(count("0007").unwrap(), 7);
+        for bad in [
+            "",
+            "0",
+            "1001",
+            "-1",
+            "+5",
+            " 5",
+            "5 ",
+            "1.5",
+            "1e3",
+            "NaN",
+            "inf",
+            "x",
+            "18446744073709551616",
+            "99999999999999999999999999999999",
+        ] {
+            assert!(count(bad).is_err(), "{bad:?}");
+        }
+        let message = count("0").unwrap_err().message;
+        assert!(message.contains("1 to 1000"), "{message}");
     }
 
     #[test]

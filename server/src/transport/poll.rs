@@ -5,7 +5,6 @@
 //! which releases its subscriptions at once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use std::net::SocketAddr;
 
@@ -14,8 +13,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::http::{
-    authorize_subscriber, channels_with_offsets, gap_json, push_message, push_offsets, query_pairs,
-    query_value, HttpError,
+    authorize_subscriber, channels_with_offsets, gap_json, parse_seconds, push_message,
+    push_offsets, query_pairs, query_value, HttpError,
 };
 use crate::feed::{Delivery, Feed};
 use crate::App;
@@ -67,14 +66,7 @@ async fn hold(
     let http = &app.config.http;
     let timeout = match query_value(pairs, "timeout") {
         None => http.poll_timeout,
-        Some(t) => {
-            let secs: f64 = t
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| HttpError::bad_request("timeout must be a number of seconds"))?;
-            Duration::from_secs_f64(secs).min(http.poll_max_timeout)
-        }
+        Some(t) => parse_seconds("timeout", t, http.poll_max_timeout)?,
     };
     let holder = query_value(pairs, "client_id")
         .map(|id| {

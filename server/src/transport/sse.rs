@@ -1,9 +1,11 @@
 //! `GET /sse`: Server-Sent Events over one or more channels.
 //!
 //! Each `message` event's `id:` is a resume token covering every channel of the stream: the
-//! last offsets, comma-separated in the order the `channel` parameters were given. A browser's
-//! `EventSource` sends it back as `Last-Event-ID` when it reconnects (to the same URL, so the
-//! same channel order), and every channel resumes exactly there. A `retry:` hint and comment
+//! last offsets, comma-separated in the order the `channel` parameters were given. The
+//! opening carries one too (the starting positions), so a stream that drops before its first
+//! message resumes where it started. A browser's `EventSource` sends it back as
+//! `Last-Event-ID` when it reconnects (to the same URL, so the same channel order), and every
+//! channel resumes exactly there. A `retry:` hint and comment
 //! heartbeats keep proxies and clients informed. The stream is written by a task into a small
 //! bounded channel: a client that does not read stalls its task, whose feed then switches to
 //! catch-up reads instead of buffering.
@@ -64,10 +66,12 @@ async fn open(
         "sse",
         channels.iter().map(|(c, _)| c.as_str()),
     )?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| query_value(&pairs, "last_event_id"));
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            HttpError::bad_request("Last-Event-ID must be a resume token this server sent")
+        })?),
+        None => query_value(&pairs, "last_event_id"),
+    };
     if let Some(token) = last_event_id.filter(|t| !t.is_empty()) {
         let offsets = parse_token(token, channels.len())?;
         for ((_, offset), resumed) in channels.iter_mut().zip(offsets) {
@@ -97,6 +101,12 @@ async fn open(
         .iter()
         .map(|c| feed.last_offset(c).unwrap_or_default())
         .collect();
+    // The starting positions as a resume token, before any message: a stream that drops
+    // before its first event resumes exactly here instead of at `$` again. An `id` without
+    // `data` sets the client's last event id without dispatching an event.
+    preamble.push_str("id: ");
+    preamble.push_str(&token(&positions));
+    preamble.push_str("\n\n");
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(SSE_CHUNKS);
     tx.try_send(Ok(Bytes::from(preamble))).ok();
     app.tasks

@@ -18,13 +18,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
-use redistribute_protocol::{validate_channel, Offset};
+use redistribute_protocol::{validate_channel, Offset, StreamId};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::http::{push_message, query_pairs, HttpError};
-use crate::engine::{latest_entry, Batch};
+use crate::engine::{latest_entry, Batch, Engine, EngineError};
 use crate::error::RequestError;
 use crate::feed::{Delivery, Feed};
 use crate::App;
@@ -48,10 +48,10 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
     let task_id = verify(id, app.config.http.task_secret.as_deref())?;
     let channel: Arc<str> = Arc::from(format!("task:{task_id}"));
     validate_channel(&channel).map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let latest = latest_entry(&*app.engine, &channel)
-        .await
-        .map_err(RequestError::from)?;
     if !watch {
+        let latest = latest_entry(&*app.engine, &channel)
+            .await
+            .map_err(RequestError::from)?;
         return match latest {
             Some(batch) => Ok(json_response(entry_json(&batch))),
             None => Err(HttpError::new(
@@ -61,13 +61,18 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
             )),
         };
     }
-    if let Some(batch) = latest.as_ref().filter(|b| is_done(b)) {
+    // Subscribe first, then look at the newest entry as of the subscription's start: an
+    // update published at any moment is either that entry or delivered by the feed, so a
+    // `done` racing the watch is never missed.
+    let mut feed = Feed::new(app.clone());
+    let start = feed.subscribe(&channel, Offset::Latest).await?;
+    let newest = entry_at(&*app.engine, &channel, start.after)
+        .await
+        .map_err(RequestError::from)?;
+    if let Some(batch) = newest.as_ref().filter(|b| is_done(b)) {
         return Ok(json_response(entry_json(batch)));
     }
     let holder = app.task_watches.claim(task_id.to_owned());
-    let mut feed = Feed::new(app.clone());
-    let after = latest.map_or(Offset::Latest, |b| Offset::Id(b.last_id()));
-    feed.subscribe(&channel, after).await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(2);
     let keepalive = app.config.http.task_keepalive;
     let tasks = app.tasks.clone();
@@ -148,6 +153,19 @@ pub fn sign_task_id(id: &str, secret: &str) -> String {
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(id.as_bytes());
     format!("{id}.{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The entry with offset `id`, if the channel still holds it.
+async fn entry_at(
+    engine: &dyn Engine,
+    channel: &Arc<str>,
+    id: StreamId,
+) -> Result<Option<Batch>, EngineError> {
+    let Some(before) = id.predecessor() else {
+        return Ok(None);
+    };
+    let batch = engine.read(channel, before, 1).await?;
+    Ok(batch.filter(|b| b.first_id() == id))
 }
 
 fn is_done(batch: &Batch) -> bool {
