@@ -17,7 +17,9 @@
 //!
 //! 1. **Pending first.** A consumer that just joined first gets its own pending entries
 //!    (`XREADGROUP … 0`, paged), so a worker that reconnects under the same name resumes the
-//!    jobs it had not acknowledged before any new one.
+//!    jobs it had not acknowledged before any new one. Such a read is a delivery too: an
+//!    entry past `group_max_deliveries` goes to `<channel>:dead` (as in step 2), so a worker
+//!    that crashes on a job and reconnects at once does not get it forever.
 //! 2. **Reclaim.** Every half idle time (`group_claim_idle`), entries left pending longer than
 //!    the idle time by any consumer (one that is gone, on any instance) are claimed
 //!    (`XAUTOCLAIM`) for the local consumer with the most room. An entry whose delivery count
@@ -337,8 +339,14 @@ fn pick(
     best
 }
 
-/// Hands a batch to consumer `id`; returns false when it is gone (its entries stay pending).
-fn deliver(poller: &Poller, id: u64, batch: Batch, pending_after: Option<Option<StreamId>>) {
+/// Hands a batch (if any) to consumer `id` and moves its pending read on; when the consumer
+/// is gone its entries stay pending.
+fn deliver(
+    poller: &Poller,
+    id: u64,
+    batch: Option<Batch>,
+    pending_after: Option<Option<StreamId>>,
+) {
     let mut consumers = poller.consumers.lock();
     let Some(c) = consumers.iter_mut().find(|c| c.id == id) else {
         return;
@@ -346,6 +354,9 @@ fn deliver(poller: &Poller, id: u64, batch: Batch, pending_after: Option<Option<
     if let Some(p) = pending_after {
         c.pending_after = p;
     }
+    let Some(batch) = batch else {
+        return;
+    };
     let now = Instant::now();
     for &offset in batch.ids() {
         c.inflight.insert(offset, now);
@@ -379,10 +390,20 @@ async fn pass(
             .group_read(channel, group, &name, from, count)
             .await?
         {
-            Some(batch) => {
-                let full = batch.len() >= count;
-                let last = batch.last_id();
-                deliver(poller, id, batch, Some(full.then_some(last)));
+            Some(read) => {
+                let full = read.batch.len() >= count;
+                let last = read.batch.last_id();
+                let max = groups.config.max_deliveries;
+                let (keep, _) = dead_letter_excess(
+                    engine.as_ref(),
+                    channel,
+                    group,
+                    read.batch,
+                    &read.deliveries,
+                    max,
+                )
+                .await?;
+                deliver(poller, id, keep, Some(full.then_some(last)));
             }
             None => finish_pending(poller, id),
         }
@@ -402,8 +423,8 @@ async fn pass(
             )
             .await?;
             state.claim_cursor = claimed.next;
-            if let Some(batch) = claimed.batch {
-                deliver(poller, id, batch, None);
+            if claimed.batch.is_some() {
+                deliver(poller, id, claimed.batch, None);
             }
             if claimed.next == StreamId::ZERO {
                 break;
@@ -418,9 +439,9 @@ async fn pass(
             .group_read(channel, group, &name, GroupRead::New, count)
             .await?
         {
-            Some(batch) => {
-                let short = batch.len() < count;
-                deliver(poller, id, batch, None);
+            Some(read) => {
+                let short = read.batch.len() < count;
+                deliver(poller, id, Some(read.batch), None);
                 if short {
                     break;
                 }
@@ -467,10 +488,43 @@ pub async fn claim_idle(
     let Some(batch) = claimed.batch else {
         return Ok(outcome);
     };
+    let (keep, dead) = dead_letter_excess(
+        engine,
+        channel,
+        group,
+        batch,
+        &claimed.deliveries,
+        max_deliveries,
+    )
+    .await?;
+    outcome.batch = keep;
+    outcome.dead = dead;
+    Ok(outcome)
+}
+
+/// Splits entries just delivered (`deliveries`: each one's delivery count, this delivery
+/// included) into those to hand to the consumer and those delivered more than
+/// `max_deliveries` times. Each of the latter is published to `<channel>:dead` with its
+/// fields plus `dead_letter` (`channel`, `group`, `offset`, `deliveries`), under an
+/// idempotency key so a retry writes it once, then acknowledged. Every path that delivers a
+/// pending entry again (a consumer's own pending list, a claim) goes through here, so no
+/// entry is delivered more than `max_deliveries` times.
+pub async fn dead_letter_excess(
+    engine: &dyn Engine,
+    channel: &Arc<str>,
+    group: &str,
+    batch: Batch,
+    deliveries: &[u64],
+    max_deliveries: u64,
+) -> Result<(Option<Batch>, Vec<StreamId>), EngineError> {
+    if deliveries.iter().all(|&n| n <= max_deliveries) {
+        return Ok((Some(batch), Vec::new()));
+    }
     let mut keep = BatchBuilder::new(channel.clone());
+    let mut dead = Vec::new();
     let dead_channel = dead_letter_channel(channel);
     for (i, &offset) in batch.ids().iter().enumerate() {
-        let deliveries = claimed.deliveries.get(i).copied().unwrap_or(1);
+        let deliveries = deliveries.get(i).copied().unwrap_or(1);
         if deliveries <= max_deliveries {
             keep.push_encoded(offset, batch.item(i));
             continue;
@@ -501,8 +555,7 @@ pub async fn claim_idle(
         engine.publish(request).await?;
         engine.group_ack(channel, group, &[offset]).await?;
         warn!(%channel, group, %offset, deliveries, "entry moved to the dead-letter channel");
-        outcome.dead.push(offset);
+        dead.push(offset);
     }
-    outcome.batch = keep.finish();
-    Ok(outcome)
+    Ok((keep.finish(), dead))
 }

@@ -310,7 +310,7 @@ async fn group_read(
     Ok(s.engine
         .group_read(&channel, "g", consumer, from, count)
         .await?
-        .map(|b| b.ids().to_vec())
+        .map(|b| b.batch.ids().to_vec())
         .unwrap_or_default())
 }
 
@@ -361,7 +361,7 @@ async fn groups_deliver_each_entry_once_and_keep_it_pending_until_acked(s: Subje
         .engine
         .group_read(&"jobs".into(), "late", "c", GroupRead::New, 10)
         .await?
-        .map(|b| b.ids().to_vec());
+        .map(|b| b.batch.ids().to_vec());
     assert_eq!(late, Some(vec![next]));
     // MKSTREAM: a group on a channel that has no entry yet.
     let empty = s.engine.group_create("fresh", "g", Offset::Latest).await?;
@@ -380,11 +380,14 @@ async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     s.engine.group_create("work", "g", Offset::Earliest).await?;
     let a = publish(&s, "work", json!({"job": "a"})).await?;
     let b = publish(&s, "work", json!({"job": "b"})).await?;
-    assert_eq!(
-        group_read(&s, "work", "c1", GroupRead::New, 10).await?,
-        [a, b]
-    );
     let channel: Arc<str> = "work".into();
+    let new = s
+        .engine
+        .group_read(&channel, "g", "c1", GroupRead::New, 10)
+        .await?
+        .context("new entries")?;
+    assert_eq!(new.batch.ids(), [a, b]);
+    assert_eq!(new.deliveries, [1, 1]);
     let hour = Duration::from_secs(3600);
     let none = s
         .engine
@@ -402,7 +405,13 @@ async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     assert!(group_read(&s, "work", "c1", ALL_PENDING, 10)
         .await?
         .is_empty());
-    assert_eq!(group_read(&s, "work", "c2", ALL_PENDING, 10).await?, [a, b]);
+    let again = s
+        .engine
+        .group_read(&channel, "g", "c2", ALL_PENDING, 10)
+        .await?
+        .context("c2's pending entries")?;
+    assert_eq!(again.batch.ids(), [a, b]);
+    assert_eq!(again.deliveries, [3, 3], "a pending read counts a delivery");
     s.engine.group_ack("work", "g", &[b]).await?;
     // The next claim would be delivery 4 > 3: `a` goes to `work:dead` and is acknowledged.
     let outcome = redistribute_server::groups::claim_idle(

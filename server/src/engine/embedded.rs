@@ -323,7 +323,7 @@ impl Engine for EmbeddedEngine {
         consumer: &str,
         from: GroupRead,
         count: usize,
-    ) -> Result<Option<Batch>, EngineError> {
+    ) -> Result<Option<super::GroupBatch>, EngineError> {
         let now = now_ms();
         let mut st = self.state.lock();
         let Some(stream) = st.streams.get_mut(channel) else {
@@ -333,6 +333,7 @@ impl Engine for EmbeddedEngine {
             return Err(no_group(channel, group));
         };
         let mut builder = BatchBuilder::new(channel.clone());
+        let mut deliveries = Vec::new();
         match from {
             GroupRead::New => {
                 let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
@@ -347,6 +348,7 @@ impl Engine for EmbeddedEngine {
                         },
                     );
                     g.last_delivered = entry.id;
+                    deliveries.push(1);
                 }
             }
             GroupRead::Pending { after } => {
@@ -366,6 +368,7 @@ impl Engine for EmbeddedEngine {
                             builder.push_encoded(entry.id, &entry.item);
                             p.deliveries += 1;
                             p.delivered_at = now;
+                            deliveries.push(p.deliveries);
                             taken += 1;
                         }
                         None => gone.push(*id),
@@ -376,7 +379,9 @@ impl Engine for EmbeddedEngine {
                 }
             }
         }
-        Ok(builder.finish())
+        Ok(builder
+            .finish()
+            .map(|batch| super::GroupBatch { batch, deliveries }))
     }
 
     async fn group_ack(

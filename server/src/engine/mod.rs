@@ -118,8 +118,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Reads for `consumer` of `group` without blocking (`XREADGROUP`): with
     /// [`GroupRead::Pending`] the consumer's own delivered-but-unacknowledged entries after
     /// an ID (their delivery count grows by one), with [`GroupRead::New`] entries never
-    /// delivered to the group (they become pending for the consumer). Entries removed from
-    /// the stream while pending are dropped from the pending list and not returned.
+    /// delivered to the group (they become pending for the consumer, delivery count 1).
+    /// Returns the entries with their delivery counts. Entries removed from the stream while
+    /// pending are dropped from the pending list and not returned.
     async fn group_read(
         &self,
         channel: &Arc<str>,
@@ -127,7 +128,7 @@ pub trait Engine: Send + Sync + 'static {
         consumer: &str,
         from: GroupRead,
         count: usize,
-    ) -> Result<Option<Batch>, EngineError>;
+    ) -> Result<Option<GroupBatch>, EngineError>;
 
     /// Acknowledges entries (`XACK`); returns how many were pending.
     async fn group_ack(
@@ -165,6 +166,15 @@ pub enum GroupRead {
     },
     /// Entries never delivered to the group (`XREADGROUP … >`).
     New,
+}
+
+/// What [`Engine::group_read`] delivered.
+#[derive(Debug, Clone)]
+pub struct GroupBatch {
+    /// The entries, in ID order.
+    pub batch: Batch,
+    /// Delivery count of each entry (this read included), aligned with the batch.
+    pub deliveries: Vec<u64>,
 }
 
 /// What [`Engine::group_claim`] transferred.

@@ -495,7 +495,7 @@ impl Engine for RedisEngine {
         consumer: &str,
         from: GroupRead,
         count: usize,
-    ) -> Result<Option<Batch>, EngineError> {
+    ) -> Result<Option<super::GroupBatch>, EngineError> {
         self.shared
             .group_read(channel, group, consumer, from, count)
             .await

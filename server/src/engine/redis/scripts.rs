@@ -57,6 +57,27 @@ end
 return redis.error_reply('NOGROUP group vanished')
 "#;
 
+/// KEYS: stream. ARGV: group, consumer, count, start ID.
+/// The consumer's own pending entries after the start ID (`XREADGROUP … <id>`, which counts a
+/// delivery), each with its delivery count (`XPENDING`), atomically; entries deleted from the
+/// stream while pending are acknowledged and left out.
+/// Returns `{{entries}, {delivery counts}}`.
+pub const GROUP_PENDING: &str = r#"
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])
+local entries, counts = {}, {}
+if not r or not r[1] then return {entries, counts} end
+for _, e in ipairs(r[1][2]) do
+  if type(e[2]) == 'table' then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    entries[#entries + 1] = e
+    counts[#counts + 1] = (p[1] and p[1][4]) or 1
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], e[1])
+  end
+end
+return {entries, counts}
+"#;
+
 /// KEYS: stream. ARGV: group, consumer, min idle ms, start ID, count.
 /// `XAUTOCLAIM`, then each claimed entry's delivery count (`XPENDING`), atomically.
 /// Returns `{next start, {entries}, {delivery counts}}`.
