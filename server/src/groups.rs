@@ -50,7 +50,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::engine::Ready;
-use crate::engine::{Batch, BatchBuilder, Engine, EngineError, GroupRead, PublishRequest};
+use crate::engine::{
+    Batch, BatchBuilder, Engine, EngineError, GroupRead, GroupTurn, PublishRequest,
+};
 use crate::error::RequestError;
 use crate::hub::{Hub, LiveQueue, QueueEvent, Subscriber, SubscriberShared};
 
@@ -59,6 +61,10 @@ pub const WINDOW: usize = 64;
 
 /// Most entries read per group command.
 const READ_COUNT: usize = 256;
+
+/// When new entries were left to another instance's consumer, how soon the poller looks
+/// again (only while undelivered entries remain).
+const RECHECK: Duration = Duration::from_millis(200);
 
 /// Pause after a failed engine command before the poller tries again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -80,6 +86,16 @@ pub fn dead_letter_channel(channel: &str) -> String {
     format!("{channel}:dead")
 }
 
+/// An ID for this process, unique among the instances sharing a store.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let local = std::collections::hash_map::RandomState::new();
+    let salt = std::hash::BuildHasher::hash_one(&local, nanos);
+    format!("{:x}.{nanos:x}.{salt:x}", std::process::id())
+}
+
 /// A poller's (channel, group).
 type PollerKey = (Arc<str>, Arc<str>);
 
@@ -90,6 +106,8 @@ pub struct Groups {
     config: GroupConfig,
     pollers: Mutex<HashMap<PollerKey, Arc<Poller>>>,
     next_consumer: std::sync::atomic::AtomicU64,
+    /// This instance's ID in the groups' turn records.
+    instance: String,
 }
 
 /// One consumer's membership; dropping it leaves the group (its entries stay pending).
@@ -135,6 +153,7 @@ impl Groups {
             config,
             pollers: Mutex::new(HashMap::new()),
             next_consumer: std::sync::atomic::AtomicU64::new(1),
+            instance: instance_id(),
         })
     }
 
@@ -216,6 +235,8 @@ impl Groups {
         let mut pollers = self.pollers.lock();
         let mut consumers = poller.consumers.lock();
         consumers.retain(|c| c.id != id);
+        // The next pass takes it out of the turns (or the poller stops and does).
+        poller.wake.notify_one();
         if consumers.is_empty() {
             let key = (poller.channel.clone(), poller.group.clone());
             if pollers.get(&key).is_some_and(|p| Arc::ptr_eq(p, poller)) {
@@ -278,6 +299,7 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
     let mut state = PassState {
         claim_cursor: StreamId::ZERO,
         next_claim: Instant::now() + tick,
+        recheck: None,
     };
     loop {
         match pass(&groups, &poller, &mut state, tick).await {
@@ -291,7 +313,10 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
                 continue;
             }
         }
-        let until_claim = state.next_claim.saturating_duration_since(Instant::now());
+        let next = state
+            .recheck
+            .map_or(state.next_claim, |r| r.min(state.next_claim));
+        let until_claim = next.saturating_duration_since(Instant::now());
         tokio::select! {
             _ = poller.stop.cancelled() => break,
             _ = poller.wake.notified() => {}
@@ -302,6 +327,19 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
             _ = tokio::time::sleep(until_claim) => {}
         }
     }
+    // Take this instance's consumers out of the turns, so no other instance waits for them.
+    let turn = GroupTurn {
+        instance: &groups.instance,
+        consumers: &[],
+        lease: lease(tick),
+        count: 0,
+    };
+    let leave = groups
+        .engine
+        .group_take_turns(&poller.channel, &poller.group, &turn);
+    if let Ok(Err(err)) = tokio::time::timeout(RETRY_DELAY, leave).await {
+        debug!(channel = %poller.channel, group = %poller.group, %err, "leaving the turns failed");
+    }
     groups.hub.unsubscribe(&poller.channel, conn);
     debug!(channel = %poller.channel, group = %poller.group, "group poller stopped");
 }
@@ -309,6 +347,9 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
 struct PassState {
     claim_cursor: StreamId,
     next_claim: Instant,
+    /// When to look again at entries left to another instance's consumer (in case that
+    /// instance is gone or its consumer got busy meanwhile).
+    recheck: Option<Instant>,
 }
 
 /// Who to read for next: the consumer with the most room (ties: the first), with its name,
@@ -432,24 +473,71 @@ async fn pass(
         }
         state.next_claim = Instant::now() + tick;
     }
-    // 3. New entries.
-    while let Some((id, name, room, _)) = pick(poller, idle, false) {
-        let count = room.min(READ_COUNT);
-        match engine
-            .group_read(channel, group, &name, GroupRead::New, count)
-            .await?
-        {
-            Some(read) => {
-                let short = read.batch.len() < count;
-                deliver(poller, id, Some(read.batch), None);
-                if short {
-                    break;
-                }
+    // 3. New entries, taking turns with the group's consumers on every instance.
+    state.recheck = None;
+    loop {
+        let consumers = rooms(poller, idle);
+        let total: usize = consumers.iter().map(|(_, room)| room).sum();
+        let count = total.min(READ_COUNT);
+        let turn = GroupTurn {
+            instance: &groups.instance,
+            consumers: &consumers,
+            lease: lease(tick),
+            count,
+        };
+        let turns = engine.group_take_turns(channel, group, &turn).await?;
+        let taken: usize = turns.batches.iter().map(|(_, b)| b.len()).sum();
+        for (name, batch) in turns.batches {
+            match by_name(poller, &name, idle) {
+                Some(id) => deliver(poller, id, Some(batch), None),
+                // It left meanwhile: the entries stay pending and are reclaimed later.
+                None => debug!(%channel, consumer = %name, "group consumer left"),
             }
-            None => break,
+        }
+        if turns.deferred {
+            state.recheck = Some(Instant::now() + RECHECK);
+        }
+        if count == 0 || taken < count {
+            break;
         }
     }
     Ok(())
+}
+
+/// How long a record of an instance's consumers lasts unless renewed: a running poller
+/// renews it at least every `tick`.
+fn lease(tick: Duration) -> Duration {
+    tick * 3 + Duration::from_secs(1)
+}
+
+/// Each local consumer name with its room for new entries (0 while it still reads its own
+/// pending entries or its connection is closing).
+fn rooms(poller: &Poller, idle: Duration) -> Vec<(Arc<str>, usize)> {
+    let mut consumers = poller.consumers.lock();
+    let mut out: Vec<(Arc<str>, usize)> = Vec::with_capacity(consumers.len());
+    for c in consumers.iter_mut() {
+        let room = if c.tx.is_closed() || c.pending_after.is_some() {
+            0
+        } else {
+            c.room(idle)
+        };
+        match out.iter_mut().find(|(name, _)| *name == c.name) {
+            Some(entry) => entry.1 += room,
+            None => out.push((c.name.clone(), room)),
+        }
+    }
+    out
+}
+
+/// The local consumer of this name with the most room.
+fn by_name(poller: &Poller, name: &str, idle: Duration) -> Option<u64> {
+    let mut consumers = poller.consumers.lock();
+    consumers
+        .iter_mut()
+        .filter(|c| &*c.name == name && !c.tx.is_closed())
+        .map(|c| (c.room(idle), c.id))
+        .max_by_key(|(room, _)| *room)
+        .map(|(_, id)| id)
 }
 
 /// What [`claim_idle`] did.

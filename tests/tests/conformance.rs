@@ -11,7 +11,7 @@ use redistribute_protocol::{decode_server, Fields, Message, Offset, ServerFrame,
 use redistribute_server::engine::embedded::EmbeddedEngine;
 use redistribute_server::engine::redis::{keys, RedisConfig, RedisEngine};
 use redistribute_server::engine::{
-    Batch, Engine, EngineConfig, GroupRead, LiveSink, PublishRequest, Ready,
+    Batch, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, PublishRequest, Ready,
 };
 use redistribute_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
@@ -439,6 +439,65 @@ async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     Ok(())
 }
 
+async fn new_group_entries_go_to_consumers_in_turn(s: Subject) -> Result<()> {
+    s.engine
+        .group_create("turns", "g", Offset::Earliest)
+        .await?;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(publish(&s, "turns", json!({ "n": n })).await?);
+    }
+    let channel: Arc<str> = "turns".into();
+    let take = |consumers: Vec<(Arc<str>, usize)>, count: usize| {
+        let s = &s;
+        let channel = channel.clone();
+        async move {
+            let turn = GroupTurn {
+                instance: "i1",
+                consumers: &consumers,
+                lease: Duration::from_secs(60),
+                count,
+            };
+            let turns = s.engine.group_take_turns(&channel, "g", &turn).await?;
+            ensure!(!turns.deferred, "one instance never defers");
+            anyhow::Ok(
+                turns
+                    .batches
+                    .into_iter()
+                    .map(|(name, b)| (name.to_string(), b.ids().to_vec()))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    // Equal room: alternate (ties by name, then the one served least recently).
+    let got = take(vec![("c1".into(), 2), ("c2".into(), 2)], 10).await?;
+    assert_eq!(
+        got,
+        [
+            ("c1".to_owned(), vec![ids[0], ids[2]]),
+            ("c2".to_owned(), vec![ids[1], ids[3]])
+        ]
+    );
+    // The most room first; `count` caps a call; no room, nothing.
+    let got = take(vec![("c1".into(), 0), ("c2".into(), 5)], 1).await?;
+    assert_eq!(got, [("c2".to_owned(), vec![ids[4]])]);
+    assert!(take(vec![("c1".into(), 0), ("c2".into(), 0)], 10)
+        .await?
+        .is_empty());
+    // c2 was served last: c1 goes first on a tie.
+    let got = take(vec![("c1".into(), 1), ("c2".into(), 1)], 10).await?;
+    assert_eq!(got, [("c1".to_owned(), vec![ids[5]])]);
+    // Each is pending for its consumer, delivered once.
+    let c2 = s
+        .engine
+        .group_read(&channel, "g", "c2", ALL_PENDING, 10)
+        .await?
+        .context("c2's pending entries")?;
+    assert_eq!(c2.batch.ids(), [ids[1], ids[3], ids[4]]);
+    assert_eq!(c2.deliveries, [2, 2, 2]);
+    Ok(())
+}
+
 /// Generates one test per engine for each conformance check.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -477,6 +536,7 @@ conformance!(
     many_channels_feed_live_and_new_watches_start_at_once,
     groups_deliver_each_entry_once_and_keep_it_pending_until_acked,
     idle_entries_are_claimed_with_delivery_counts_then_dead_lettered,
+    new_group_entries_go_to_consumers_in_turn,
 );
 
 /// Values written by another producer that are not JSON arrive as JSON strings (Redis only:

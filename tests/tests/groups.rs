@@ -467,3 +467,57 @@ async fn a_job_whose_worker_keeps_crashing_is_dead_lettered_embedded() -> Result
     }
     Ok(())
 }
+
+/// Jobs published one at a time (each worker idle when a job comes, as with a slow
+/// producer) are shared per worker, not per instance: w1 and w2 on instance A and w3 on
+/// instance B each get about a third (instances used to race for each job, so B's single
+/// worker got half of them).
+#[tokio::test]
+async fn jobs_trickling_in_are_shared_per_worker_across_instances() -> Result<()> {
+    const JOBS: u64 = 600;
+    let (_redis, a, b) = two_instances(&[]).await?;
+    let ledger: Ledger = Arc::default();
+    let mut workers = Vec::new();
+    let mut clients = Vec::new();
+    for (name, server) in [("w1", &a), ("w2", &a), ("w3", &b)] {
+        let client = connect(server).await?;
+        workers.push(spawn_worker(
+            name,
+            join(&client, name).await?,
+            ledger.clone(),
+        ));
+        clients.push(client);
+    }
+    let producer = connect(&a).await?;
+    for seq in 0..JOBS {
+        within(
+            "publish",
+            STEP,
+            producer.publish("jobs", json!({ "seq": seq })),
+        )
+        .await??;
+    }
+    wait_all_processed(&ledger, JOBS, Duration::from_secs(120)).await?;
+    let ledger = ledger.lock().await.clone();
+    let mut per_worker: HashMap<String, u64> = HashMap::new();
+    for (_, worker) in &ledger {
+        *per_worker.entry(worker.clone()).or_default() += 1;
+    }
+    eprintln!("{JOBS} jobs one at a time, 3 workers on 2 instances: split {per_worker:?}");
+    for name in ["w1", "w2", "w3"] {
+        let n = per_worker.get(name).copied().unwrap_or(0);
+        // A fair share is a third (200); racing instances gave w3 half (300) and w1, w2 a
+        // quarter (150) each.
+        ensure!(
+            (JOBS * 25 / 100..=JOBS * 42 / 100).contains(&n),
+            "uneven split {per_worker:?}: {name} did {n}"
+        );
+    }
+    for client in &clients {
+        client.close().await;
+    }
+    for w in workers {
+        within("worker end", STEP, w).await???;
+    }
+    Ok(())
+}

@@ -42,6 +42,10 @@ struct Stream {
 struct Group {
     last_delivered: StreamId,
     pending: BTreeMap<StreamId, PendingEntry>,
+    /// When each consumer was last served a new entry (a serve count), for taking turns.
+    served: HashMap<Box<str>, u64>,
+    /// Entries handed out by turns so far.
+    serves: u64,
 }
 
 #[derive(Debug)]
@@ -312,6 +316,7 @@ impl Engine for EmbeddedEngine {
                     Offset::Id(id) => id,
                 },
                 pending: BTreeMap::new(),
+                ..Group::default()
             });
         Ok(group.last_delivered)
     }
@@ -382,6 +387,75 @@ impl Engine for EmbeddedEngine {
         Ok(builder
             .finish()
             .map(|batch| super::GroupBatch { batch, deliveries }))
+    }
+
+    async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &super::GroupTurn<'_>,
+    ) -> Result<super::Turns, EngineError> {
+        // One instance: every consumer is local, so turns never defer.
+        let now = now_ms();
+        let mut st = self.state.lock();
+        let Some(stream) = st.streams.get_mut(channel) else {
+            return Err(no_group(channel, group));
+        };
+        let Some(g) = stream.groups.get_mut(group) else {
+            return Err(no_group(channel, group));
+        };
+        g.served
+            .retain(|name, _| turn.consumers.iter().any(|(n, _)| **n == **name));
+        let mut rooms: Vec<(Arc<str>, usize, u64)> = turn
+            .consumers
+            .iter()
+            .map(|(name, room)| {
+                (
+                    name.clone(),
+                    *room,
+                    g.served.get(&**name).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let mut builders: Vec<(Arc<str>, BatchBuilder)> = Vec::new();
+        let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
+        for entry in stream.entries.range(start..).take(turn.count) {
+            let Some(best) = rooms.iter_mut().filter(|r| r.1 > 0).min_by(|a, b| {
+                (b.1.cmp(&a.1))
+                    .then_with(|| a.2.cmp(&b.2))
+                    .then_with(|| a.0.cmp(&b.0))
+            }) else {
+                break;
+            };
+            g.serves += 1;
+            best.1 -= 1;
+            best.2 = g.serves;
+            g.served.insert(Box::from(&*best.0), g.serves);
+            g.pending.insert(
+                entry.id,
+                PendingEntry {
+                    consumer: Box::from(&*best.0),
+                    delivered_at: now,
+                    deliveries: 1,
+                },
+            );
+            g.last_delivered = entry.id;
+            let i = match builders.iter().position(|(n, _)| *n == best.0) {
+                Some(i) => i,
+                None => {
+                    builders.push((best.0.clone(), BatchBuilder::new(channel.clone())));
+                    builders.len() - 1
+                }
+            };
+            builders[i].1.push_encoded(entry.id, &entry.item);
+        }
+        Ok(super::Turns {
+            batches: builders
+                .into_iter()
+                .filter_map(|(name, b)| Some((name, b.finish()?)))
+                .collect(),
+            deferred: false,
+        })
     }
 
     async fn group_ack(

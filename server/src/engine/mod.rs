@@ -130,6 +130,21 @@ pub trait Engine: Send + Sync + 'static {
         count: usize,
     ) -> Result<Option<GroupBatch>, EngineError>;
 
+    /// Hands entries never delivered to the group to consumers **in turn across instances**:
+    /// records this instance's consumers (`turn.consumers`, each with its room; the record
+    /// lasts `turn.lease` unless renewed, and consumers of this instance left out are
+    /// removed), then, one entry at a time, gives the next entry to the group's consumer
+    /// with the most room (ties: the one served least recently; `XREADGROUP … >` as that
+    /// consumer), while that consumer is one of this instance's. When it belongs to another
+    /// instance (which reads it itself when woken by the same entry), stops and reports
+    /// whether undelivered entries remain. At most `turn.count` entries.
+    async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &GroupTurn<'_>,
+    ) -> Result<Turns, EngineError>;
+
     /// Acknowledges entries (`XACK`); returns how many were pending.
     async fn group_ack(
         &self,
@@ -166,6 +181,28 @@ pub enum GroupRead {
     },
     /// Entries never delivered to the group (`XREADGROUP … >`).
     New,
+}
+
+/// An instance's request to [`Engine::group_take_turns`].
+#[derive(Debug, Clone)]
+pub struct GroupTurn<'a> {
+    /// This instance's ID (unique per process).
+    pub instance: &'a str,
+    /// Every local consumer of the group by name, with its room (0: none).
+    pub consumers: &'a [(Arc<str>, usize)],
+    /// How long the record of these consumers lasts unless renewed.
+    pub lease: Duration,
+    /// Most entries to hand out.
+    pub count: usize,
+}
+
+/// What [`Engine::group_take_turns`] handed out.
+#[derive(Debug, Clone, Default)]
+pub struct Turns {
+    /// Entries per local consumer name (each delivered once).
+    pub batches: Vec<(Arc<str>, Batch)>,
+    /// It stopped at another instance's consumer while undelivered entries remain.
+    pub deferred: bool,
 }
 
 /// What [`Engine::group_read`] delivered.

@@ -16,7 +16,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use redistribute_protocol::{Offset, StreamId};
 
 use super::{eval, map_err, parse, scripts, Shared};
-use crate::engine::{Claimed, EngineError, GroupBatch, GroupRead};
+use crate::engine::{Claimed, EngineError, GroupBatch, GroupRead, GroupTurn, Turns};
 
 impl Shared {
     /// Runs a plain command on the channel's stream key, routed to its slot.
@@ -129,6 +129,60 @@ impl Shared {
             deliveries: vec![1; batch.len()],
             batch,
         }))
+    }
+
+    pub(super) async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &GroupTurn<'_>,
+    ) -> Result<Turns, EngineError> {
+        let key = self.stream_key(channel);
+        let record = format!("{key}#turns:{group}");
+        let mut args = vec![
+            group.to_owned(),
+            turn.instance.to_owned(),
+            turn.lease.as_millis().max(1).to_string(),
+            turn.count.to_string(),
+        ];
+        for (name, room) in turn.consumers {
+            args.push(name.to_string());
+            args.push(room.to_string());
+        }
+        let reply = eval(
+            &self.writer,
+            &self.options(),
+            scripts::GROUP_TURNS,
+            vec![key, record],
+            args,
+        )
+        .await
+        .map_err(map_err)?;
+        let unexpected = || EngineError::Internal(format!("unexpected turns reply {reply:?}"));
+        let Value::Array(parts) = &reply else {
+            return Err(unexpected());
+        };
+        let Some((deferred, rest)) = parts.split_first() else {
+            return Err(unexpected());
+        };
+        let mut turns = Turns {
+            deferred: matches!(deferred, Value::Integer(1)),
+            batches: Vec::new(),
+        };
+        for pair in rest.chunks(2) {
+            let [name, entries] = pair else {
+                return Err(unexpected());
+            };
+            let name = match name {
+                Value::String(s) => Arc::<str>::from(&**s),
+                Value::Bytes(b) => Arc::<str>::from(String::from_utf8_lossy(b).as_ref()),
+                _ => return Err(unexpected()),
+            };
+            if let Some(batch) = parse::entries(channel, entries)? {
+                turns.batches.push((name, batch));
+            }
+        }
+        Ok(turns)
     }
 
     pub(super) async fn group_ack(

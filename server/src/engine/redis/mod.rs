@@ -501,6 +501,15 @@ impl Engine for RedisEngine {
             .await
     }
 
+    async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &super::GroupTurn<'_>,
+    ) -> Result<super::Turns, EngineError> {
+        self.shared.group_take_turns(channel, group, turn).await
+    }
+
     async fn group_ack(
         &self,
         channel: &str,
