@@ -8,10 +8,9 @@
 //! is a non-blocking `XREADGROUP`). What wakes a poller is the ordinary live feed: the poller
 //! registers with the [`Hub`](crate::hub::Hub) like a subscriber, so the instance's shared
 //! blocking `XREAD` readers (retargeted with `CLIENT UNBLOCK`, one `XREAD` per shard and key
-//! set) tell it when the channel has new entries, and it then reads them for its consumers
-//! with one `XREADGROUP … >`. Redis work per published entry is one read per instance that
-//! serves the group (instances race; each entry goes to exactly one consumer), not per
-//! consumer.
+//! set) tell it when the channel has new entries, and it then hands them out with one script
+//! call ([`crate::engine::Engine::group_take_turns`]). Redis work per published entry is one
+//! call per instance that serves the group, not per consumer.
 //!
 //! Each pass of a poller:
 //!
@@ -25,8 +24,15 @@
 //!    (`XAUTOCLAIM`) for the local consumer with the most room. An entry whose delivery count
 //!    then exceeds `group_max_deliveries` is published to `<channel>:dead` (with an
 //!    idempotency key, so a retry does not write it twice) and acknowledged instead.
-//! 3. **New entries** (`XREADGROUP … >`) for the consumer with the most room, until the
-//!    stream has no undelivered entry or no consumer has room.
+//! 3. **New entries, in turn across instances.** The group's consumers on every instance
+//!    take turns: each new entry goes to the consumer with the most room, ties to the one
+//!    served least recently, wherever it is connected (so the split is per worker, not per
+//!    instance). The poller records its consumers and their room in the group's turn record
+//!    (a lease renewed every pass and taken back when they leave, so a crashed instance's
+//!    consumers drop out when it expires) and reads (`XREADGROUP … >` as the consumer) while
+//!    the next turn is a local consumer's. At another instance's consumer it stops: that
+//!    instance is woken by the same entry and reads it; in case it is gone or its consumer
+//!    got busy, the poller looks again shortly after while undelivered entries remain.
 //!
 //! # Flow control
 //!
