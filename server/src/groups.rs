@@ -8,23 +8,31 @@
 //! is a non-blocking `XREADGROUP`). What wakes a poller is the ordinary live feed: the poller
 //! registers with the [`Hub`](crate::hub::Hub) like a subscriber, so the instance's shared
 //! blocking `XREAD` readers (retargeted with `CLIENT UNBLOCK`, one `XREAD` per shard and key
-//! set) tell it when the channel has new entries, and it then reads them for its consumers
-//! with one `XREADGROUP … >`. Redis work per published entry is one read per instance that
-//! serves the group (instances race; each entry goes to exactly one consumer), not per
-//! consumer.
+//! set) tell it when the channel has new entries, and it then hands them out with one script
+//! call ([`crate::engine::Engine::group_take_turns`]). Redis work per published entry is one
+//! call per instance that serves the group, not per consumer.
 //!
 //! Each pass of a poller:
 //!
 //! 1. **Pending first.** A consumer that just joined first gets its own pending entries
 //!    (`XREADGROUP … 0`, paged), so a worker that reconnects under the same name resumes the
-//!    jobs it had not acknowledged before any new one.
+//!    jobs it had not acknowledged before any new one. Such a read is a delivery too: an
+//!    entry past `group_max_deliveries` goes to `<channel>:dead` (as in step 2), so a worker
+//!    that crashes on a job and reconnects at once does not get it forever.
 //! 2. **Reclaim.** Every half idle time (`group_claim_idle`), entries left pending longer than
 //!    the idle time by any consumer (one that is gone, on any instance) are claimed
 //!    (`XAUTOCLAIM`) for the local consumer with the most room. An entry whose delivery count
 //!    then exceeds `group_max_deliveries` is published to `<channel>:dead` (with an
 //!    idempotency key, so a retry does not write it twice) and acknowledged instead.
-//! 3. **New entries** (`XREADGROUP … >`) for the consumer with the most room, until the
-//!    stream has no undelivered entry or no consumer has room.
+//! 3. **New entries, in turn across instances.** The group's consumers on every instance
+//!    take turns: each new entry goes to the consumer with the most room, ties to the one
+//!    served least recently, wherever it is connected (so the split is per worker, not per
+//!    instance). The poller records its consumers and their room in the group's turn record
+//!    (a lease renewed every pass and taken back when they leave, so a crashed instance's
+//!    consumers drop out when it expires) and reads (`XREADGROUP … >` as the consumer) while
+//!    the next turn is a local consumer's. At another instance's consumer it stops: that
+//!    instance is woken by the same entry and reads it; in case it is gone or its consumer
+//!    got busy, the poller looks again shortly after while undelivered entries remain.
 //!
 //! # Flow control
 //!
@@ -48,7 +56,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::engine::Ready;
-use crate::engine::{Batch, BatchBuilder, Engine, EngineError, GroupRead, PublishRequest};
+use crate::engine::{
+    Batch, BatchBuilder, Engine, EngineError, GroupRead, GroupTurn, PublishRequest,
+};
 use crate::error::RequestError;
 use crate::hub::{Hub, LiveQueue, QueueEvent, Subscriber, SubscriberShared};
 
@@ -57,6 +67,10 @@ pub const WINDOW: usize = 64;
 
 /// Most entries read per group command.
 const READ_COUNT: usize = 256;
+
+/// When new entries were left to another instance's consumer, how soon the poller looks
+/// again (only while undelivered entries remain).
+const RECHECK: Duration = Duration::from_millis(200);
 
 /// Pause after a failed engine command before the poller tries again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -78,6 +92,16 @@ pub fn dead_letter_channel(channel: &str) -> String {
     format!("{channel}:dead")
 }
 
+/// An ID for this process, unique among the instances sharing a store.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let local = std::collections::hash_map::RandomState::new();
+    let salt = std::hash::BuildHasher::hash_one(&local, nanos);
+    format!("{:x}.{nanos:x}.{salt:x}", std::process::id())
+}
+
 /// A poller's (channel, group).
 type PollerKey = (Arc<str>, Arc<str>);
 
@@ -88,6 +112,8 @@ pub struct Groups {
     config: GroupConfig,
     pollers: Mutex<HashMap<PollerKey, Arc<Poller>>>,
     next_consumer: std::sync::atomic::AtomicU64,
+    /// This instance's ID in the groups' turn records.
+    instance: String,
 }
 
 /// One consumer's membership; dropping it leaves the group (its entries stay pending).
@@ -133,6 +159,7 @@ impl Groups {
             config,
             pollers: Mutex::new(HashMap::new()),
             next_consumer: std::sync::atomic::AtomicU64::new(1),
+            instance: instance_id(),
         })
     }
 
@@ -214,6 +241,8 @@ impl Groups {
         let mut pollers = self.pollers.lock();
         let mut consumers = poller.consumers.lock();
         consumers.retain(|c| c.id != id);
+        // The next pass takes it out of the turns (or the poller stops and does).
+        poller.wake.notify_one();
         if consumers.is_empty() {
             let key = (poller.channel.clone(), poller.group.clone());
             if pollers.get(&key).is_some_and(|p| Arc::ptr_eq(p, poller)) {
@@ -276,6 +305,7 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
     let mut state = PassState {
         claim_cursor: StreamId::ZERO,
         next_claim: Instant::now() + tick,
+        recheck: None,
     };
     loop {
         match pass(&groups, &poller, &mut state, tick).await {
@@ -289,7 +319,10 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
                 continue;
             }
         }
-        let until_claim = state.next_claim.saturating_duration_since(Instant::now());
+        let next = state
+            .recheck
+            .map_or(state.next_claim, |r| r.min(state.next_claim));
+        let until_claim = next.saturating_duration_since(Instant::now());
         tokio::select! {
             _ = poller.stop.cancelled() => break,
             _ = poller.wake.notified() => {}
@@ -300,6 +333,19 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
             _ = tokio::time::sleep(until_claim) => {}
         }
     }
+    // Take this instance's consumers out of the turns, so no other instance waits for them.
+    let turn = GroupTurn {
+        instance: &groups.instance,
+        consumers: &[],
+        lease: lease(tick),
+        count: 0,
+    };
+    let leave = groups
+        .engine
+        .group_take_turns(&poller.channel, &poller.group, &turn);
+    if let Ok(Err(err)) = tokio::time::timeout(RETRY_DELAY, leave).await {
+        debug!(channel = %poller.channel, group = %poller.group, %err, "leaving the turns failed");
+    }
     groups.hub.unsubscribe(&poller.channel, conn);
     debug!(channel = %poller.channel, group = %poller.group, "group poller stopped");
 }
@@ -307,6 +353,9 @@ async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
 struct PassState {
     claim_cursor: StreamId,
     next_claim: Instant,
+    /// When to look again at entries left to another instance's consumer (in case that
+    /// instance is gone or its consumer got busy meanwhile).
+    recheck: Option<Instant>,
 }
 
 /// Who to read for next: the consumer with the most room (ties: the first), with its name,
@@ -337,8 +386,14 @@ fn pick(
     best
 }
 
-/// Hands a batch to consumer `id`; returns false when it is gone (its entries stay pending).
-fn deliver(poller: &Poller, id: u64, batch: Batch, pending_after: Option<Option<StreamId>>) {
+/// Hands a batch (if any) to consumer `id` and moves its pending read on; when the consumer
+/// is gone its entries stay pending.
+fn deliver(
+    poller: &Poller,
+    id: u64,
+    batch: Option<Batch>,
+    pending_after: Option<Option<StreamId>>,
+) {
     let mut consumers = poller.consumers.lock();
     let Some(c) = consumers.iter_mut().find(|c| c.id == id) else {
         return;
@@ -346,6 +401,9 @@ fn deliver(poller: &Poller, id: u64, batch: Batch, pending_after: Option<Option<
     if let Some(p) = pending_after {
         c.pending_after = p;
     }
+    let Some(batch) = batch else {
+        return;
+    };
     let now = Instant::now();
     for &offset in batch.ids() {
         c.inflight.insert(offset, now);
@@ -379,10 +437,20 @@ async fn pass(
             .group_read(channel, group, &name, from, count)
             .await?
         {
-            Some(batch) => {
-                let full = batch.len() >= count;
-                let last = batch.last_id();
-                deliver(poller, id, batch, Some(full.then_some(last)));
+            Some(read) => {
+                let full = read.batch.len() >= count;
+                let last = read.batch.last_id();
+                let max = groups.config.max_deliveries;
+                let (keep, _) = dead_letter_excess(
+                    engine.as_ref(),
+                    channel,
+                    group,
+                    read.batch,
+                    &read.deliveries,
+                    max,
+                )
+                .await?;
+                deliver(poller, id, keep, Some(full.then_some(last)));
             }
             None => finish_pending(poller, id),
         }
@@ -402,8 +470,8 @@ async fn pass(
             )
             .await?;
             state.claim_cursor = claimed.next;
-            if let Some(batch) = claimed.batch {
-                deliver(poller, id, batch, None);
+            if claimed.batch.is_some() {
+                deliver(poller, id, claimed.batch, None);
             }
             if claimed.next == StreamId::ZERO {
                 break;
@@ -411,24 +479,71 @@ async fn pass(
         }
         state.next_claim = Instant::now() + tick;
     }
-    // 3. New entries.
-    while let Some((id, name, room, _)) = pick(poller, idle, false) {
-        let count = room.min(READ_COUNT);
-        match engine
-            .group_read(channel, group, &name, GroupRead::New, count)
-            .await?
-        {
-            Some(batch) => {
-                let short = batch.len() < count;
-                deliver(poller, id, batch, None);
-                if short {
-                    break;
-                }
+    // 3. New entries, taking turns with the group's consumers on every instance.
+    state.recheck = None;
+    loop {
+        let consumers = rooms(poller, idle);
+        let total: usize = consumers.iter().map(|(_, room)| room).sum();
+        let count = total.min(READ_COUNT);
+        let turn = GroupTurn {
+            instance: &groups.instance,
+            consumers: &consumers,
+            lease: lease(tick),
+            count,
+        };
+        let turns = engine.group_take_turns(channel, group, &turn).await?;
+        let taken: usize = turns.batches.iter().map(|(_, b)| b.len()).sum();
+        for (name, batch) in turns.batches {
+            match by_name(poller, &name, idle) {
+                Some(id) => deliver(poller, id, Some(batch), None),
+                // It left meanwhile: the entries stay pending and are reclaimed later.
+                None => debug!(%channel, consumer = %name, "group consumer left"),
             }
-            None => break,
+        }
+        if turns.deferred {
+            state.recheck = Some(Instant::now() + RECHECK);
+        }
+        if count == 0 || taken < count {
+            break;
         }
     }
     Ok(())
+}
+
+/// How long a record of an instance's consumers lasts unless renewed: a running poller
+/// renews it at least every `tick`.
+fn lease(tick: Duration) -> Duration {
+    tick * 3 + Duration::from_secs(1)
+}
+
+/// Each local consumer name with its room for new entries (0 while it still reads its own
+/// pending entries or its connection is closing).
+fn rooms(poller: &Poller, idle: Duration) -> Vec<(Arc<str>, usize)> {
+    let mut consumers = poller.consumers.lock();
+    let mut out: Vec<(Arc<str>, usize)> = Vec::with_capacity(consumers.len());
+    for c in consumers.iter_mut() {
+        let room = if c.tx.is_closed() || c.pending_after.is_some() {
+            0
+        } else {
+            c.room(idle)
+        };
+        match out.iter_mut().find(|(name, _)| *name == c.name) {
+            Some(entry) => entry.1 += room,
+            None => out.push((c.name.clone(), room)),
+        }
+    }
+    out
+}
+
+/// The local consumer of this name with the most room.
+fn by_name(poller: &Poller, name: &str, idle: Duration) -> Option<u64> {
+    let mut consumers = poller.consumers.lock();
+    consumers
+        .iter_mut()
+        .filter(|c| &*c.name == name && !c.tx.is_closed())
+        .map(|c| (c.room(idle), c.id))
+        .max_by_key(|(room, _)| *room)
+        .map(|(_, id)| id)
 }
 
 /// What [`claim_idle`] did.
@@ -467,10 +582,43 @@ pub async fn claim_idle(
     let Some(batch) = claimed.batch else {
         return Ok(outcome);
     };
+    let (keep, dead) = dead_letter_excess(
+        engine,
+        channel,
+        group,
+        batch,
+        &claimed.deliveries,
+        max_deliveries,
+    )
+    .await?;
+    outcome.batch = keep;
+    outcome.dead = dead;
+    Ok(outcome)
+}
+
+/// Splits entries just delivered (`deliveries`: each one's delivery count, this delivery
+/// included) into those to hand to the consumer and those delivered more than
+/// `max_deliveries` times. Each of the latter is published to `<channel>:dead` with its
+/// fields plus `dead_letter` (`channel`, `group`, `offset`, `deliveries`), under an
+/// idempotency key so a retry writes it once, then acknowledged. Every path that delivers a
+/// pending entry again (a consumer's own pending list, a claim) goes through here, so no
+/// entry is delivered more than `max_deliveries` times.
+pub async fn dead_letter_excess(
+    engine: &dyn Engine,
+    channel: &Arc<str>,
+    group: &str,
+    batch: Batch,
+    deliveries: &[u64],
+    max_deliveries: u64,
+) -> Result<(Option<Batch>, Vec<StreamId>), EngineError> {
+    if deliveries.iter().all(|&n| n <= max_deliveries) {
+        return Ok((Some(batch), Vec::new()));
+    }
     let mut keep = BatchBuilder::new(channel.clone());
+    let mut dead = Vec::new();
     let dead_channel = dead_letter_channel(channel);
     for (i, &offset) in batch.ids().iter().enumerate() {
-        let deliveries = claimed.deliveries.get(i).copied().unwrap_or(1);
+        let deliveries = deliveries.get(i).copied().unwrap_or(1);
         if deliveries <= max_deliveries {
             keep.push_encoded(offset, batch.item(i));
             continue;
@@ -501,8 +649,7 @@ pub async fn claim_idle(
         engine.publish(request).await?;
         engine.group_ack(channel, group, &[offset]).await?;
         warn!(%channel, group, %offset, deliveries, "entry moved to the dead-letter channel");
-        outcome.dead.push(offset);
+        dead.push(offset);
     }
-    outcome.batch = keep.finish();
-    Ok(outcome)
+    Ok((keep.finish(), dead))
 }

@@ -11,8 +11,8 @@ use redistribute_protocol::{decode_server, Fields, Message, Offset, ServerFrame,
 use redistribute_server::engine::embedded::EmbeddedEngine;
 use redistribute_server::engine::redis::{keys, RedisConfig, RedisEngine};
 use redistribute_server::engine::{
-    Batch, Engine, EngineConfig, GroupRead, LiveSink, Page, PublishRequest, Ready, MAX_BATCH_BYTES,
-    MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
+    Batch, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, Page, PublishRequest, Ready,
+    MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
 };
 use redistribute_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
@@ -432,7 +432,7 @@ async fn group_read(
     Ok(s.engine
         .group_read(&channel, "g", consumer, from, count)
         .await?
-        .map(|b| b.ids().to_vec())
+        .map(|b| b.batch.ids().to_vec())
         .unwrap_or_default())
 }
 
@@ -483,7 +483,7 @@ async fn groups_deliver_each_entry_once_and_keep_it_pending_until_acked(s: Subje
         .engine
         .group_read(&"jobs".into(), "late", "c", GroupRead::New, 10)
         .await?
-        .map(|b| b.ids().to_vec());
+        .map(|b| b.batch.ids().to_vec());
     assert_eq!(late, Some(vec![next]));
     // MKSTREAM: a group on a channel that has no entry yet.
     let empty = s.engine.group_create("fresh", "g", Offset::Latest).await?;
@@ -502,11 +502,14 @@ async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     s.engine.group_create("work", "g", Offset::Earliest).await?;
     let a = publish(&s, "work", json!({"job": "a"})).await?;
     let b = publish(&s, "work", json!({"job": "b"})).await?;
-    assert_eq!(
-        group_read(&s, "work", "c1", GroupRead::New, 10).await?,
-        [a, b]
-    );
     let channel: Arc<str> = "work".into();
+    let new = s
+        .engine
+        .group_read(&channel, "g", "c1", GroupRead::New, 10)
+        .await?
+        .context("new entries")?;
+    assert_eq!(new.batch.ids(), [a, b]);
+    assert_eq!(new.deliveries, [1, 1]);
     let hour = Duration::from_secs(3600);
     let none = s
         .engine
@@ -524,7 +527,13 @@ async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     assert!(group_read(&s, "work", "c1", ALL_PENDING, 10)
         .await?
         .is_empty());
-    assert_eq!(group_read(&s, "work", "c2", ALL_PENDING, 10).await?, [a, b]);
+    let again = s
+        .engine
+        .group_read(&channel, "g", "c2", ALL_PENDING, 10)
+        .await?
+        .context("c2's pending entries")?;
+    assert_eq!(again.batch.ids(), [a, b]);
+    assert_eq!(again.deliveries, [3, 3], "a pending read counts a delivery");
     s.engine.group_ack("work", "g", &[b]).await?;
     // The next claim would be delivery 4 > 3: `a` goes to `work:dead` and is acknowledged.
     let outcome = redistribute_server::groups::claim_idle(
@@ -780,6 +789,65 @@ macro_rules! conformance_threaded {
 
 conformance_threaded!(live_reader_reports_trims_and_cuts_batches_by_bytes);
 
+async fn new_group_entries_go_to_consumers_in_turn(s: Subject) -> Result<()> {
+    s.engine
+        .group_create("turns", "g", Offset::Earliest)
+        .await?;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(publish(&s, "turns", json!({ "n": n })).await?);
+    }
+    let channel: Arc<str> = "turns".into();
+    let take = |consumers: Vec<(Arc<str>, usize)>, count: usize| {
+        let s = &s;
+        let channel = channel.clone();
+        async move {
+            let turn = GroupTurn {
+                instance: "i1",
+                consumers: &consumers,
+                lease: Duration::from_secs(60),
+                count,
+            };
+            let turns = s.engine.group_take_turns(&channel, "g", &turn).await?;
+            ensure!(!turns.deferred, "one instance never defers");
+            anyhow::Ok(
+                turns
+                    .batches
+                    .into_iter()
+                    .map(|(name, b)| (name.to_string(), b.ids().to_vec()))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    // Equal room: alternate (ties by name, then the one served least recently).
+    let got = take(vec![("c1".into(), 2), ("c2".into(), 2)], 10).await?;
+    assert_eq!(
+        got,
+        [
+            ("c1".to_owned(), vec![ids[0], ids[2]]),
+            ("c2".to_owned(), vec![ids[1], ids[3]])
+        ]
+    );
+    // The most room first; `count` caps a call; no room, nothing.
+    let got = take(vec![("c1".into(), 0), ("c2".into(), 5)], 1).await?;
+    assert_eq!(got, [("c2".to_owned(), vec![ids[4]])]);
+    assert!(take(vec![("c1".into(), 0), ("c2".into(), 0)], 10)
+        .await?
+        .is_empty());
+    // c2 was served last: c1 goes first on a tie.
+    let got = take(vec![("c1".into(), 1), ("c2".into(), 1)], 10).await?;
+    assert_eq!(got, [("c1".to_owned(), vec![ids[5]])]);
+    // Each is pending for its consumer, delivered once.
+    let c2 = s
+        .engine
+        .group_read(&channel, "g", "c2", ALL_PENDING, 10)
+        .await?
+        .context("c2's pending entries")?;
+    assert_eq!(c2.batch.ids(), [ids[1], ids[3], ids[4]]);
+    assert_eq!(c2.deliveries, [2, 2, 2]);
+    Ok(())
+}
+
 /// Generates one test per engine for each conformance check.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -820,6 +888,7 @@ conformance!(
     many_channels_feed_live_and_new_watches_start_at_once,
     groups_deliver_each_entry_once_and_keep_it_pending_until_acked,
     idle_entries_are_claimed_with_delivery_counts_then_dead_lettered,
+    new_group_entries_go_to_consumers_in_turn,
 );
 
 /// Values written by another producer that are not JSON arrive as JSON strings (Redis only:

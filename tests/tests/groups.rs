@@ -14,7 +14,7 @@ use anyhow::{ensure, Context, Result};
 use common::{start_server, Backend, STEP};
 use futures_util::future::try_join_all;
 use redistribute_client::{Client, GroupSubscription, Offset, StreamId};
-use redistribute_testkit::{server_binary, RedisServer, ServerProcess};
+use redistribute_testkit::{http_get, server_binary, RedisServer, ServerProcess};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
@@ -97,6 +97,26 @@ async fn wait_all_processed(ledger: &Ledger, n: u64, limit: Duration) -> Result<
         }
     })
     .await
+}
+
+/// Waits until the server has exactly `n` WebSocket connections open (a closed client's
+/// connection, and with it its group membership, is gone), checked every 50 ms, bounded.
+async fn wait_connections(server: &ServerProcess, n: usize) -> Result<()> {
+    within("connections to close", STEP, async {
+        loop {
+            let page = http_get(server.addr(), "/metrics", STEP).await?.text();
+            let open: f64 = page
+                .lines()
+                .filter(|l| l.starts_with("redistribute_connections{transport=\"ws\"}"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if open as usize == n {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?
 }
 
 async fn two_instances(flags: &[&str]) -> Result<(RedisServer, ServerProcess, ServerProcess)> {
@@ -340,4 +360,164 @@ async fn reconnecting_worker_gets_its_pending_jobs_first_redis() -> Result<()> {
 #[tokio::test]
 async fn reconnecting_worker_gets_its_pending_jobs_first_embedded() -> Result<()> {
     reconnecting_worker_gets_its_pending_jobs_first(Backend::Embedded).await
+}
+
+/// A worker that takes the poison job and crashes before acknowledging it, reconnecting each
+/// time (alternately to each instance, well within the claim idle time), gets it at most
+/// `max` times: the next join moves it to `jobs:dead` (deliveries `max + 1`) instead of
+/// delivering it again, and the other jobs keep flowing.
+async fn a_job_whose_worker_keeps_crashing_is_dead_lettered(
+    backend: Backend,
+    max: u64,
+) -> Result<()> {
+    let max_flag = max.to_string();
+    let flags = [
+        "--group-claim-idle-ms",
+        "600000",
+        "--group-max-deliveries",
+        &max_flag,
+    ];
+    let setup = common::setup(backend, &flags).await?;
+    let mut servers = vec![setup.server];
+    if let Some(redis) = &setup.redis {
+        servers.push(start_server(Some(redis), &flags).await?);
+    }
+    let producer = connect(&servers[0]).await?;
+    let mut dead = within(
+        "subscribe dead",
+        STEP,
+        producer.subscribe("jobs:dead", Offset::Earliest),
+    )
+    .await??;
+    let poison = produce(&producer, 0..1).await?[0];
+    for attempt in 0..max {
+        let server = &servers[attempt as usize % servers.len()];
+        let worker = connect(server).await?;
+        let mut jobs = join(&worker, "w1").await?;
+        let job = within("job", STEP, jobs.recv()).await?.context("ended")?;
+        ensure!(
+            job.offset == poison,
+            "delivery {} was {} instead of the poison job",
+            attempt + 1,
+            job.offset
+        );
+        within("close", STEP, worker.close()).await?; // crashed: no ack
+                                                      // Its connection (and so its membership) is gone before the next one joins.
+        let producers = usize::from(attempt as usize % servers.len() == 0);
+        wait_connections(server, producers).await?;
+    }
+    let good = produce(&producer, 1..4).await?;
+    let server = &servers[max as usize % servers.len()];
+    let worker = connect(server).await?;
+    let mut jobs = join(&worker, "w1").await?;
+    for expected in &good {
+        let job = within("job", STEP, jobs.recv()).await?.context("ended")?;
+        ensure!(
+            job.offset == *expected,
+            "got {} (poison {poison}) instead of the good job {expected}",
+            job.offset
+        );
+        ensure!(job.ack().await?, "job {} was not pending", job.offset);
+    }
+    let letter = within("the dead letter", STEP, dead.recv())
+        .await?
+        .context("dead-letter subscription ended")?;
+    let info = &letter.fields["dead_letter"];
+    ensure!(letter.fields["seq"] == 0, "{:?}", letter.fields);
+    ensure!(info["offset"] == poison.to_string(), "{info}");
+    ensure!(info["deliveries"] == max + 1, "{info}");
+    ensure!(
+        info["channel"] == "jobs" && info["group"] == "workers",
+        "{info}"
+    );
+    // Gone from the pending list: a consumer joining again gets only a new job.
+    within("close", STEP, worker.close()).await?;
+    let producers = usize::from(max as usize % servers.len() == 0);
+    wait_connections(server, producers).await?;
+    let last = produce(&producer, 4..5).await?;
+    let worker = connect(&servers[0]).await?;
+    let mut jobs = join(&worker, "w1").await?;
+    let job = within("job", STEP, jobs.recv()).await?.context("ended")?;
+    ensure!(
+        job.offset == last[0],
+        "got {} after the dead letter",
+        job.offset
+    );
+    worker.close().await;
+    producer.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_keeps_crashing_is_dead_lettered_redis() -> Result<()> {
+    for max in [1, 3] {
+        a_job_whose_worker_keeps_crashing_is_dead_lettered(Backend::Redis, max)
+            .await
+            .with_context(|| format!("max deliveries {max}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_keeps_crashing_is_dead_lettered_embedded() -> Result<()> {
+    for max in [1, 3] {
+        a_job_whose_worker_keeps_crashing_is_dead_lettered(Backend::Embedded, max)
+            .await
+            .with_context(|| format!("max deliveries {max}"))?;
+    }
+    Ok(())
+}
+
+/// Jobs published one at a time (each worker idle when a job comes, as with a slow
+/// producer) are shared per worker, not per instance: w1 and w2 on instance A and w3 on
+/// instance B each get about a third (instances used to race for each job, so B's single
+/// worker got half of them).
+#[tokio::test]
+async fn jobs_trickling_in_are_shared_per_worker_across_instances() -> Result<()> {
+    const JOBS: u64 = 600;
+    let (_redis, a, b) = two_instances(&[]).await?;
+    let ledger: Ledger = Arc::default();
+    let mut workers = Vec::new();
+    let mut clients = Vec::new();
+    for (name, server) in [("w1", &a), ("w2", &a), ("w3", &b)] {
+        let client = connect(server).await?;
+        workers.push(spawn_worker(
+            name,
+            join(&client, name).await?,
+            ledger.clone(),
+        ));
+        clients.push(client);
+    }
+    let producer = connect(&a).await?;
+    for seq in 0..JOBS {
+        within(
+            "publish",
+            STEP,
+            producer.publish("jobs", json!({ "seq": seq })),
+        )
+        .await??;
+    }
+    wait_all_processed(&ledger, JOBS, Duration::from_secs(120)).await?;
+    let ledger = ledger.lock().await.clone();
+    let mut per_worker: HashMap<String, u64> = HashMap::new();
+    for (_, worker) in &ledger {
+        *per_worker.entry(worker.clone()).or_default() += 1;
+    }
+    eprintln!("{JOBS} jobs one at a time, 3 workers on 2 instances: split {per_worker:?}");
+    for name in ["w1", "w2", "w3"] {
+        let n = per_worker.get(name).copied().unwrap_or(0);
+        // A fair share is a third (200); racing instances gave w3 half (300) and w1, w2 a
+        // quarter (150) each.
+        ensure!(
+            (JOBS * 25 / 100..=JOBS * 42 / 100).contains(&n),
+            "uneven split {per_worker:?}: {name} did {n}"
+        );
+    }
+    for client in &clients {
+        client.close().await;
+    }
+    for w in workers {
+        within("worker end", STEP, w).await???;
+    }
+    Ok(())
 }

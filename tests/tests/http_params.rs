@@ -139,11 +139,9 @@ async fn sse_last_event_id_bounds() -> Result<()> {
 }
 
 /// `POST /api/publish`'s numeric `maxlen`: a positive integer; 0, negative, fractional,
-/// exponent or string values are 400, the largest integer is accepted (on Redis; the
-/// embedded engine's trim arithmetic overflows on it, reported separately).
-#[tokio::test]
-async fn publish_maxlen_bounds() -> Result<()> {
-    let setup = setup(Backend::Redis, &[]).await?;
+/// exponent or string values are 400, the largest integer is accepted.
+async fn publish_maxlen_bounds(backend: Backend) -> Result<()> {
+    let setup = setup(backend, &[]).await?;
     let addr = setup.server.addr();
     let publish = |maxlen: Value| {
         let body = json!({"channel": "m", "fields": {"n": 1}, "maxlen": maxlen}).to_string();
@@ -165,4 +163,16 @@ async fn publish_maxlen_bounds() -> Result<()> {
         ensure!(r.status == 200, "maxlen {ok}: {} {}", r.status, r.text());
     }
     Ok(())
+}
+
+/// `maxlen` bounds on Redis.
+#[tokio::test]
+async fn publish_maxlen_bounds_redis() -> Result<()> {
+    publish_maxlen_bounds(Backend::Redis).await
+}
+
+/// `maxlen` bounds on the embedded engine (`u64::MAX` overflowed its trim arithmetic).
+#[tokio::test]
+async fn publish_maxlen_bounds_embedded() -> Result<()> {
+    publish_maxlen_bounds(Backend::Embedded).await
 }

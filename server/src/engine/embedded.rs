@@ -48,6 +48,10 @@ struct Stream {
 struct Group {
     last_delivered: StreamId,
     pending: BTreeMap<StreamId, PendingEntry>,
+    /// When each consumer was last served a new entry (a serve count), for taking turns.
+    served: HashMap<Box<str>, u64>,
+    /// Entries handed out by turns so far.
+    serves: u64,
 }
 
 #[derive(Debug)]
@@ -278,8 +282,9 @@ impl Engine for EmbeddedEngine {
             size,
         });
         if let Some(maxlen) = req.maxlen {
-            let maxlen = maxlen as usize;
-            if stream.entries.len() > maxlen + trim_slack(maxlen as u64) as usize {
+            let maxlen = usize::try_from(maxlen).unwrap_or(usize::MAX);
+            let slack = usize::try_from(trim_slack(maxlen as u64)).unwrap_or(usize::MAX);
+            if stream.entries.len() > maxlen.saturating_add(slack) {
                 let excess = stream.entries.len() - maxlen;
                 let removed = stream.entries.drain(..excess).next_back().map(|e| e.id);
                 stream.trimmed_through = removed.or(stream.trimmed_through);
@@ -349,6 +354,7 @@ impl Engine for EmbeddedEngine {
                     Offset::Id(id) => id,
                 },
                 pending: BTreeMap::new(),
+                ..Group::default()
             });
         Ok(group.last_delivered)
     }
@@ -360,7 +366,7 @@ impl Engine for EmbeddedEngine {
         consumer: &str,
         from: GroupRead,
         count: usize,
-    ) -> Result<Option<Batch>, EngineError> {
+    ) -> Result<Option<super::GroupBatch>, EngineError> {
         let now = now_ms();
         let mut st = self.state.lock();
         let Some(stream) = st.streams.get_mut(channel) else {
@@ -370,6 +376,7 @@ impl Engine for EmbeddedEngine {
             return Err(no_group(channel, group));
         };
         let mut builder = BatchBuilder::new(channel.clone());
+        let mut deliveries = Vec::new();
         match from {
             GroupRead::New => {
                 let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
@@ -384,6 +391,7 @@ impl Engine for EmbeddedEngine {
                         },
                     );
                     g.last_delivered = entry.id;
+                    deliveries.push(1);
                 }
             }
             GroupRead::Pending { after } => {
@@ -403,6 +411,7 @@ impl Engine for EmbeddedEngine {
                             builder.push_encoded(entry.id, &entry.item);
                             p.deliveries += 1;
                             p.delivered_at = now;
+                            deliveries.push(p.deliveries);
                             taken += 1;
                         }
                         None => gone.push(*id),
@@ -413,7 +422,78 @@ impl Engine for EmbeddedEngine {
                 }
             }
         }
-        Ok(builder.finish())
+        Ok(builder
+            .finish()
+            .map(|batch| super::GroupBatch { batch, deliveries }))
+    }
+
+    async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &super::GroupTurn<'_>,
+    ) -> Result<super::Turns, EngineError> {
+        // One instance: every consumer is local, so turns never defer.
+        let now = now_ms();
+        let mut st = self.state.lock();
+        let Some(stream) = st.streams.get_mut(channel) else {
+            return Err(no_group(channel, group));
+        };
+        let Some(g) = stream.groups.get_mut(group) else {
+            return Err(no_group(channel, group));
+        };
+        g.served
+            .retain(|name, _| turn.consumers.iter().any(|(n, _)| **n == **name));
+        let mut rooms: Vec<(Arc<str>, usize, u64)> = turn
+            .consumers
+            .iter()
+            .map(|(name, room)| {
+                (
+                    name.clone(),
+                    *room,
+                    g.served.get(&**name).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let mut builders: Vec<(Arc<str>, BatchBuilder)> = Vec::new();
+        let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
+        for entry in stream.entries.range(start..).take(turn.count) {
+            let Some(best) = rooms.iter_mut().filter(|r| r.1 > 0).min_by(|a, b| {
+                (b.1.cmp(&a.1))
+                    .then_with(|| a.2.cmp(&b.2))
+                    .then_with(|| a.0.cmp(&b.0))
+            }) else {
+                break;
+            };
+            g.serves += 1;
+            best.1 -= 1;
+            best.2 = g.serves;
+            g.served.insert(Box::from(&*best.0), g.serves);
+            g.pending.insert(
+                entry.id,
+                PendingEntry {
+                    consumer: Box::from(&*best.0),
+                    delivered_at: now,
+                    deliveries: 1,
+                },
+            );
+            g.last_delivered = entry.id;
+            let i = match builders.iter().position(|(n, _)| *n == best.0) {
+                Some(i) => i,
+                None => {
+                    builders.push((best.0.clone(), BatchBuilder::new(channel.clone())));
+                    builders.len() - 1
+                }
+            };
+            builders[i].1.push_encoded(entry.id, &entry.item);
+        }
+        Ok(super::Turns {
+            batches: builders
+                .into_iter()
+                .filter_map(|(name, b)| Some((name, b.finish()?)))
+                .collect(),
+            deferred: false,
+        })
     }
 
     async fn group_ack(

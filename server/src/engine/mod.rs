@@ -171,8 +171,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Reads for `consumer` of `group` without blocking (`XREADGROUP`): with
     /// [`GroupRead::Pending`] the consumer's own delivered-but-unacknowledged entries after
     /// an ID (their delivery count grows by one), with [`GroupRead::New`] entries never
-    /// delivered to the group (they become pending for the consumer). Entries removed from
-    /// the stream while pending are dropped from the pending list and not returned.
+    /// delivered to the group (they become pending for the consumer, delivery count 1).
+    /// Returns the entries with their delivery counts. Entries removed from the stream while
+    /// pending are dropped from the pending list and not returned.
     async fn group_read(
         &self,
         channel: &Arc<str>,
@@ -180,7 +181,22 @@ pub trait Engine: Send + Sync + 'static {
         consumer: &str,
         from: GroupRead,
         count: usize,
-    ) -> Result<Option<Batch>, EngineError>;
+    ) -> Result<Option<GroupBatch>, EngineError>;
+
+    /// Hands entries never delivered to the group to consumers **in turn across instances**:
+    /// records this instance's consumers (`turn.consumers`, each with its room; the record
+    /// lasts `turn.lease` unless renewed, and consumers of this instance left out are
+    /// removed), then, one entry at a time, gives the next entry to the group's consumer
+    /// with the most room (ties: the one served least recently; `XREADGROUP … >` as that
+    /// consumer), while that consumer is one of this instance's. When it belongs to another
+    /// instance (which reads it itself when woken by the same entry), stops and reports
+    /// whether undelivered entries remain. At most `turn.count` entries.
+    async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &GroupTurn<'_>,
+    ) -> Result<Turns, EngineError>;
 
     /// Acknowledges entries (`XACK`); returns how many were pending.
     async fn group_ack(
@@ -218,6 +234,37 @@ pub enum GroupRead {
     },
     /// Entries never delivered to the group (`XREADGROUP … >`).
     New,
+}
+
+/// An instance's request to [`Engine::group_take_turns`].
+#[derive(Debug, Clone)]
+pub struct GroupTurn<'a> {
+    /// This instance's ID (unique per process).
+    pub instance: &'a str,
+    /// Every local consumer of the group by name, with its room (0: none).
+    pub consumers: &'a [(Arc<str>, usize)],
+    /// How long the record of these consumers lasts unless renewed.
+    pub lease: Duration,
+    /// Most entries to hand out.
+    pub count: usize,
+}
+
+/// What [`Engine::group_take_turns`] handed out.
+#[derive(Debug, Clone, Default)]
+pub struct Turns {
+    /// Entries per local consumer name (each delivered once).
+    pub batches: Vec<(Arc<str>, Batch)>,
+    /// It stopped at another instance's consumer while undelivered entries remain.
+    pub deferred: bool,
+}
+
+/// What [`Engine::group_read`] delivered.
+#[derive(Debug, Clone)]
+pub struct GroupBatch {
+    /// The entries, in ID order.
+    pub batch: Batch,
+    /// Delivery count of each entry (this read included), aligned with the batch.
+    pub deliveries: Vec<u64>,
 }
 
 /// What [`Engine::group_claim`] transferred.

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::http::{push_message, query_pairs, HttpError};
-use crate::engine::{latest_entry, Batch, Engine, EngineError};
+use crate::engine::{latest_entry, Batch, Engine, EngineError, MAX_ENTRY_BYTES};
 use crate::error::RequestError;
 use crate::feed::{Delivery, Feed};
 use crate::App;
@@ -164,8 +164,8 @@ async fn entry_at(
     let Some(before) = id.predecessor() else {
         return Ok(None);
     };
-    let batch = engine.read(channel, before, 1).await?;
-    Ok(batch.filter(|b| b.first_id() == id))
+    let page = engine.read(channel, before, 1, MAX_ENTRY_BYTES).await?;
+    Ok(page.batch.filter(|b| b.first_id() == id))
 }
 
 fn is_done(batch: &Batch) -> bool {

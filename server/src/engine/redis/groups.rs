@@ -16,7 +16,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use redistribute_protocol::{Offset, StreamId};
 
 use super::{eval, map_err, parse, scripts, Shared};
-use crate::engine::{Batch, Claimed, EngineError, GroupRead};
+use crate::engine::{Claimed, EngineError, GroupBatch, GroupRead, GroupTurn, Turns};
 
 impl Shared {
     /// Runs a plain command on the channel's stream key, routed to its slot.
@@ -65,34 +65,124 @@ impl Shared {
         consumer: &str,
         from: GroupRead,
         count: usize,
-    ) -> Result<Option<Batch>, EngineError> {
+    ) -> Result<Option<GroupBatch>, EngineError> {
         let key = self.stream_key(channel);
-        let id = match from {
-            GroupRead::New => ">".to_owned(),
-            GroupRead::Pending { after } => after.to_string(),
+        let count = count.max(1);
+        let after = match from {
+            GroupRead::New => {
+                return self
+                    .group_read_new(channel, &key, group, consumer, count)
+                    .await
+            }
+            GroupRead::Pending { after } => after,
         };
+        let reply = eval(
+            &self.writer,
+            &self.options(),
+            scripts::GROUP_PENDING,
+            vec![key],
+            vec![
+                group.to_owned(),
+                consumer.to_owned(),
+                count.to_string(),
+                after.to_string(),
+            ],
+        )
+        .await
+        .map_err(map_err)?;
+        let unexpected = || EngineError::Internal(format!("unexpected pending reply {reply:?}"));
+        let Value::Array(parts) = &reply else {
+            return Err(unexpected());
+        };
+        let [entries, counts] = parts.as_slice() else {
+            return Err(unexpected());
+        };
+        let deliveries = delivery_counts(counts).ok_or_else(unexpected)?;
+        Ok(parse::entries(channel, entries)?.map(|batch| GroupBatch { batch, deliveries }))
+    }
+
+    /// `XREADGROUP … >`: entries never delivered to the group, each now delivered once.
+    async fn group_read_new(
+        &self,
+        channel: &Arc<str>,
+        key: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Option<GroupBatch>, EngineError> {
         let args: Vec<Value> = vec![
             "GROUP".into(),
             group.into(),
             consumer.into(),
             "COUNT".into(),
-            (count.max(1) as i64).into(),
+            (count as i64).into(),
             "STREAMS".into(),
-            key.as_str().into(),
-            id.into(),
+            key.into(),
+            ">".into(),
         ];
-        let reply = self.stream_command("XREADGROUP", &key, args).await?;
+        let reply = self.stream_command("XREADGROUP", key, args).await?;
         let streams = parse::xread_streams(&reply)?;
         let Some((_, entries)) = streams.into_iter().next() else {
             return Ok(None);
         };
-        // A pending entry deleted from the stream comes back as `[id, nil]`: acknowledge it
-        // (it can never be processed) and leave it out.
-        let (kept, gone) = split_deleted(entries)?;
-        if !gone.is_empty() {
-            self.group_ack(channel, group, &gone).await?;
+        Ok(parse::entries(channel, entries)?.map(|batch| GroupBatch {
+            deliveries: vec![1; batch.len()],
+            batch,
+        }))
+    }
+
+    pub(super) async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &GroupTurn<'_>,
+    ) -> Result<Turns, EngineError> {
+        let key = self.stream_key(channel);
+        let record = format!("{key}#turns:{group}");
+        let mut args = vec![
+            group.to_owned(),
+            turn.instance.to_owned(),
+            turn.lease.as_millis().max(1).to_string(),
+            turn.count.to_string(),
+        ];
+        for (name, room) in turn.consumers {
+            args.push(name.to_string());
+            args.push(room.to_string());
         }
-        parse::entries(channel, &kept)
+        let reply = eval(
+            &self.writer,
+            &self.options(),
+            scripts::GROUP_TURNS,
+            vec![key, record],
+            args,
+        )
+        .await
+        .map_err(map_err)?;
+        let unexpected = || EngineError::Internal(format!("unexpected turns reply {reply:?}"));
+        let Value::Array(parts) = &reply else {
+            return Err(unexpected());
+        };
+        let Some((deferred, rest)) = parts.split_first() else {
+            return Err(unexpected());
+        };
+        let mut turns = Turns {
+            deferred: matches!(deferred, Value::Integer(1)),
+            batches: Vec::new(),
+        };
+        for pair in rest.chunks(2) {
+            let [name, entries] = pair else {
+                return Err(unexpected());
+            };
+            let name = match name {
+                Value::String(s) => Arc::<str>::from(&**s),
+                Value::Bytes(b) => Arc::<str>::from(String::from_utf8_lossy(b).as_ref()),
+                _ => return Err(unexpected()),
+            };
+            if let Some(batch) = parse::entries(channel, entries)? {
+                turns.batches.push((name, batch));
+            }
+        }
+        Ok(turns)
     }
 
     pub(super) async fn group_ack(
@@ -148,17 +238,7 @@ impl Shared {
         let [next, entries, counts] = parts.as_slice() else {
             return Err(unexpected());
         };
-        let deliveries = match counts {
-            Value::Array(counts) => counts
-                .iter()
-                .map(|c| match c {
-                    Value::Integer(n) => Ok((*n).max(0) as u64),
-                    _ => Err(unexpected()),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Value::Null => Vec::new(),
-            _ => return Err(unexpected()),
-        };
+        let deliveries = delivery_counts(counts).ok_or_else(unexpected)?;
         Ok(Claimed {
             batch: parse::entries(channel, entries)?,
             deliveries,
@@ -167,21 +247,17 @@ impl Shared {
     }
 }
 
-/// Splits `[id, fields]` entries into those still in the stream and the IDs of deleted ones
-/// (`fields` nil).
-fn split_deleted(entries: &Value) -> Result<(Value, Vec<StreamId>), EngineError> {
-    let Value::Array(items) = entries else {
-        return Ok((entries.clone(), Vec::new()));
-    };
-    let mut kept = Vec::with_capacity(items.len());
-    let mut gone = Vec::new();
-    for item in items {
-        match item {
-            Value::Array(pair) if pair.len() == 2 && matches!(pair[1], Value::Null) => {
-                gone.push(parse::stream_id(&pair[0])?);
-            }
-            other => kept.push(other.clone()),
-        }
+/// The delivery counts of a script reply (an empty table comes back as nil).
+fn delivery_counts(counts: &Value) -> Option<Vec<u64>> {
+    match counts {
+        Value::Array(counts) => counts
+            .iter()
+            .map(|c| match c {
+                Value::Integer(n) => Some((*n).max(0) as u64),
+                _ => None,
+            })
+            .collect(),
+        Value::Null => Some(Vec::new()),
+        _ => None,
     }
-    Ok((Value::Array(kept), gone))
 }

@@ -34,9 +34,8 @@ use redistribute_protocol::{Offset, StreamId};
 use tracing::debug;
 
 use super::{
-    stored_fields, trim_slack, Batch, Claimed, Engine, EngineConfig, EngineError, EngineStats,
-    GroupRead, LiveSink, Page, Position, PublishRequest, ReadySender, MAX_ENTRY_BYTES,
-    MAX_TRIM_PER_PUBLISH,
+    stored_fields, trim_slack, Claimed, Engine, EngineConfig, EngineError, EngineStats, GroupRead,
+    LiveSink, Page, Position, PublishRequest, ReadySender, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
 };
 use reader::ReaderPool;
 
@@ -523,10 +522,19 @@ impl Engine for RedisEngine {
         consumer: &str,
         from: GroupRead,
         count: usize,
-    ) -> Result<Option<Batch>, EngineError> {
+    ) -> Result<Option<super::GroupBatch>, EngineError> {
         self.shared
             .group_read(channel, group, consumer, from, count)
             .await
+    }
+
+    async fn group_take_turns(
+        &self,
+        channel: &Arc<str>,
+        group: &str,
+        turn: &super::GroupTurn<'_>,
+    ) -> Result<super::Turns, EngineError> {
+        self.shared.group_take_turns(channel, group, turn).await
     }
 
     async fn group_ack(

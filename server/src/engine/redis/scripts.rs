@@ -128,6 +128,117 @@ end
 return redis.error_reply('NOGROUP group vanished')
 "#;
 
+/// KEYS: stream. ARGV: group, consumer, count, start ID.
+/// The consumer's own pending entries after the start ID (`XREADGROUP … <id>`, which counts a
+/// delivery), each with its delivery count (`XPENDING`), atomically; entries deleted from the
+/// stream while pending are acknowledged and left out.
+/// Returns `{{entries}, {delivery counts}}`.
+pub const GROUP_PENDING: &str = r#"
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])
+local entries, counts = {}, {}
+if not r or not r[1] then return {entries, counts} end
+for _, e in ipairs(r[1][2]) do
+  if type(e[2]) == 'table' then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    entries[#entries + 1] = e
+    counts[#counts + 1] = (p[1] and p[1][4]) or 1
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], e[1])
+  end
+end
+return {entries, counts}
+"#;
+
+/// KEYS: stream, the group's turn record (a hash: consumer -> `instance room expiry-ms
+/// last-served`, field `""`: the serve counter). ARGV: group, instance, lease ms, count, then
+/// `consumer, room` for each of the instance's consumers.
+/// Renews the instance's consumers (dropping its others and every expired one), then hands
+/// new entries one at a time (`XREADGROUP … >` as the consumer) to the consumer with the most
+/// room (ties: served least recently), while that consumer is the instance's.
+/// Returns `{deferred (1: stopped at another instance's consumer with entries left), consumer,
+/// {entries}, consumer, {entries}, …}`.
+pub const GROUP_TURNS: &str = r#"
+local reg, group, inst = KEYS[2], ARGV[1], ARGV[2]
+local lease, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = {}
+for i = 5, #ARGV, 2 do mine[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local cons, seq = {}, 0
+local all = redis.call('HGETALL', reg)
+for i = 1, #all, 2 do
+  local name, v = all[i], all[i + 1]
+  if name == '' then
+    seq = tonumber(v)
+  else
+    local who, room, exp, last = string.match(v, '^(%S+) (%d+) (%d+) (%d+)$')
+    if mine[name] ~= nil then
+      cons[name] = {inst, mine[name], tonumber(last or '0')}
+    elseif who == nil or who == inst or tonumber(exp) < now then
+      redis.call('HDEL', reg, name)
+    else
+      cons[name] = {who, tonumber(room), tonumber(last)}
+    end
+  end
+end
+for name, room in pairs(mine) do
+  if cons[name] == nil then cons[name] = {inst, room, 0} end
+end
+local got, order, taken, deferred = {}, {}, 0, 0
+while taken < limit do
+  local best, br, bl
+  for name, c in pairs(cons) do
+    if c[2] > 0 and (best == nil or c[2] > br
+        or (c[2] == br and (c[3] < bl or (c[3] == bl and name < best)))) then
+      best, br, bl = name, c[2], c[3]
+    end
+  end
+  if best == nil then break end
+  if cons[best][1] ~= inst then
+    local tip = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+    if tip[1] then
+      local done = '0-0'
+      for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+        local n, l
+        for j = 1, #g, 2 do
+          if g[j] == 'name' then n = g[j + 1] end
+          if g[j] == 'last-delivered-id' then l = g[j + 1] end
+        end
+        if n == group then done = l end
+      end
+      local a1, a2 = string.match(tip[1][1], '^(%d+)-(%d+)$')
+      local b1, b2 = string.match(done, '^(%d+)-(%d+)$')
+      a1, a2, b1, b2 = tonumber(a1), tonumber(a2), tonumber(b1), tonumber(b2)
+      if a1 > b1 or (a1 == b1 and a2 > b2) then deferred = 1 end
+    end
+    break
+  end
+  local r = redis.call('XREADGROUP', 'GROUP', group, best, 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+  if not r or not r[1] or not r[1][2][1] then break end
+  if got[best] == nil then got[best] = {}; order[#order + 1] = best end
+  local list = got[best]
+  list[#list + 1] = r[1][2][1]
+  seq = seq + 1
+  cons[best][2] = cons[best][2] - 1
+  cons[best][3] = seq
+  taken = taken + 1
+end
+local exp = now + lease
+for name, c in pairs(cons) do
+  if c[1] == inst then
+    redis.call('HSET', reg, name, inst .. ' ' .. c[2] .. ' ' .. exp .. ' ' .. c[3])
+  end
+end
+redis.call('HSET', reg, '', seq)
+redis.call('PEXPIRE', reg, lease * 4)
+local out = {deferred}
+for _, name in ipairs(order) do
+  out[#out + 1] = name
+  out[#out + 1] = got[name]
+end
+return out
+"#;
+
 /// KEYS: stream. ARGV: group, consumer, min idle ms, start ID, count.
 /// `XAUTOCLAIM`, then each claimed entry's delivery count (`XPENDING`), atomically.
 /// Returns `{next start, {entries}, {delivery counts}}`.
