@@ -48,6 +48,13 @@ log "tests"
 cargo build -q -p redistribute-server --bin redistribute
 cargo test --workspace
 
+# The chaos soak: its own Redis and server instances, every client kind, seeded faults, and an
+# exact ledger; it exits non-zero on any message lost without a reported gap or duplicated.
+log "chaos soak (${CHAOS_SECONDS:-60} s)"
+cargo build -q --release -p redistribute-server -p chaos
+CHAOS_SERVER_BIN="$PWD/target/release/redistribute" \
+  target/release/chaos --seconds "${CHAOS_SECONDS:-60}"
+
 # Browser client: build the npm package (installs the matching wasm-bindgen-cli when missing),
 # run its wasm tests in headless Chromium, then the chat example end to end with Playwright.
 log "browser client: npm package"
