@@ -239,3 +239,36 @@ async fn completions_for_every_shell() -> Result<()> {
     ensure!(!ok && err.contains("tcsh"), "{err}");
     Ok(())
 }
+
+/// `rediss://` is refused for both Redis keys, from a flag and from a file: this build has no
+/// TLS towards Redis, and the Redis client connected in plaintext to such a URL before.
+#[tokio::test]
+async fn rediss_urls_are_refused_not_downgraded() -> Result<()> {
+    let url = "rediss://127.0.0.1:6380";
+    for (flag, key) in [("--redis", "redis"), ("--redis-cluster", "redis_cluster")] {
+        let (ok, _, err) = run(&["serve", "--listen", "127.0.0.1:0", flag, url], &[]).await?;
+        ensure!(!ok, "{flag} {url} was accepted");
+        ensure!(
+            err.contains(key) && err.contains("rediss://"),
+            "{flag}: {err}"
+        );
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("tls.toml");
+        std::fs::write(&file, format!("{key} = [\"{url}\"]\n"))?;
+        let (ok, out, err) = run(&["check-config", &file.display().to_string()], &[]).await?;
+        ensure!(!ok && err.contains(key), "{key} in a file: {out} {err}");
+    }
+    // Plain redis:// URLs and other schemes keep their behaviour.
+    let (ok, _, err) = run(
+        &["serve", "--listen", "127.0.0.1:0", "--redis", "http://x"],
+        &[],
+    )
+    .await?;
+    ensure!(!ok && err.contains("not a redis:// URL"), "{err}");
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("plain.toml");
+    std::fs::write(&file, "redis = [\"redis://127.0.0.1:6380\"]\n")?;
+    let (ok, _, err) = run(&["check-config", &file.display().to_string()], &[]).await?;
+    ensure!(ok, "{err}");
+    Ok(())
+}
