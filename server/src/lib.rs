@@ -143,8 +143,8 @@ pub enum StartError {
     JwtKey(#[from] auth::jwt::KeyError),
 }
 
-/// Builds an [`App`], optionally with a custom authorization hook (seed `004_*`, "Restricting
-/// channels and messages").
+/// Builds an [`App`], optionally with a custom authorization hook (the Node.js package's
+/// "Restricting channels and messages" handlers, see `docs/migration.md`).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

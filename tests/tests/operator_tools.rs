@@ -199,17 +199,21 @@ async fn es256_token_from_a_private_key() -> Result<()> {
     Ok(())
 }
 
-/// `token` refuses what cannot make a usable token: no key, both keys, an empty secret, a
-/// lifetime of 0 or past the clock's range.
+/// `token` refuses what cannot make a usable token: no key, both keys, a secret shorter than
+/// the server accepts, a lifetime of 0 or past the clock's range, a missing key file.
 #[tokio::test]
 async fn token_refuses_bad_arguments() -> Result<()> {
-    let cases: [&[&str]; 6] = [
+    let s32 = "s".repeat(32);
+    let s31 = "s".repeat(31);
+    let cases: [&[&str]; 8] = [
         &["token"],
-        &["token", "--secret", "s", "--private-key", "k.pem"],
+        &["token", "--secret", &s32, "--private-key", "k.pem"],
         &["token", "--secret", ""],
-        &["token", "--secret", "s", "--ttl", "0"],
-        &["token", "--secret", "s", "--ttl", "-1"],
-        &["token", "--secret", "s", "--ttl", "18446744073709551615"],
+        &["token", "--secret", &s31],
+        &["token", "--secret", &s32, "--ttl", "0"],
+        &["token", "--secret", &s32, "--ttl", "-1"],
+        &["token", "--secret", &s32, "--ttl", "18446744073709551615"],
+        &["token", "--private-key", "/nonexistent/key.pem"],
     ];
     for args in cases {
         let (ok, out, err) = run(args, &[]).await?;
@@ -218,8 +222,8 @@ async fn token_refuses_bad_arguments() -> Result<()> {
             "{args:?}: {out} {err}"
         );
     }
-    // At the smallest lifetime it works.
-    let (ok, out, err) = run(&["token", "--secret", "s", "--ttl", "1"], &[]).await?;
+    // At the shortest secret and lifetime it works.
+    let (ok, out, err) = run(&["token", "--secret", &s32, "--ttl", "1"], &[]).await?;
     ensure!(ok && out.trim().split('.').count() == 3, "{out} {err}");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Session configuration and per-publish options.
 //!
 //! Plain structs with documented units and defaults, passed in by the driver: no globals, no
-//! environment reads. [`Config::new`] gives the defaults of DESIGN.md §8 for a list of targets.
+//! environment reads. [`Config::new`] gives the defaults for a list of targets.
 
 use std::time::Duration;
 

@@ -63,8 +63,8 @@ pub fn mint_token(args: &TokenArgs) -> Result<String> {
     }
     let (header, key) = match (&args.secret, &args.private_key) {
         (Some(secret), None) => {
-            if secret.is_empty() {
-                bail!("--secret is empty");
+            if secret.len() < MIN_SECRET_BYTES {
+                bail!("--secret must be at least {MIN_SECRET_BYTES} bytes, as the server's --jwt-secret");
             }
             (
                 Header::new(Algorithm::HS256),
@@ -89,6 +89,9 @@ pub fn mint_token(args: &TokenArgs) -> Result<String> {
     };
     jsonwebtoken::encode(&header, &claims, &key).context("cannot sign the token")
 }
+
+/// The shortest HS256 secret the server accepts (`--jwt-secret`).
+const MIN_SECRET_BYTES: usize = 32;
 
 /// Keys of the serve flags that are not configuration keys of the file.
 const NOT_IN_FILE: &[&str] = &["config", "help"];
