@@ -276,3 +276,50 @@ async fn rediss_urls_are_refused_not_downgraded() -> Result<()> {
     ensure!(ok, "{err}");
     Ok(())
 }
+
+/// A Redis password in the URL never reaches stdout or stderr: not in the startup line, not in
+/// `check-config`, not when Redis cannot be reached (single and cluster).
+#[tokio::test]
+async fn redis_passwords_are_not_printed() -> Result<()> {
+    const PASSWORD: &str = "redis-password-not-for-logs";
+    // A real Redis that requires the password, so the server starts and prints its engine.
+    let redis = redistribute_testkit::RedisServer::start().await?;
+    redis
+        .command(&["CONFIG", "SET", "requirepass", PASSWORD])
+        .await?;
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
+    let mut server = redistribute_testkit::ServerProcess::start(
+        &server_binary(),
+        &["--redis".into(), url.clone()],
+    )
+    .await?;
+    let logs = server.logs();
+    ensure!(logs.contains("redis at redis://:***@"), "{logs}");
+    ensure!(
+        !logs.contains(PASSWORD),
+        "password printed at start: {logs}"
+    );
+    server.kill().await?;
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("redis.toml");
+    std::fs::write(&file, format!("redis = [\"{url}\"]\n"))?;
+    let (ok, out, err) = run(&["check-config", &file.display().to_string()], &[]).await?;
+    ensure!(ok && out.contains(":***@"), "{out} {err}");
+    ensure!(
+        !out.contains(PASSWORD) && !err.contains(PASSWORD),
+        "{out} {err}"
+    );
+
+    // Nothing listens on port 1: the start fails and the error names the URL without it.
+    let dead = format!("redis://user:{PASSWORD}@127.0.0.1:1");
+    for flag in ["--redis", "--redis-cluster"] {
+        let (ok, out, err) = run(&["serve", "--listen", "127.0.0.1:0", flag, &dead], &[]).await?;
+        ensure!(!ok, "{flag}: started without Redis");
+        ensure!(
+            !out.contains(PASSWORD) && !err.contains(PASSWORD),
+            "{flag}: {out} {err}"
+        );
+    }
+    Ok(())
+}
