@@ -9,7 +9,7 @@
 //! [`Event::Overflow`](crate::Event::Overflow). Once the application has taken half of the
 //! buffer, the driver re-subscribes from that offset (`unsubscribe`, then `subscribe` after the
 //! reply) and the server replays the rest from the stream (its own slow-consumer rule,
-//! DESIGN.md §3.6, one level up). So memory stays bounded, the application still sees every message once and
+//! one level up). So memory stays bounded, the application still sees every message once and
 //! in order, and the only cost is the replay. If the stream was trimmed past that offset
 //! meanwhile, the messages are gone and an [`Event::Gap`](crate::Event::Gap) says so.
 //!

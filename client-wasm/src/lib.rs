@@ -1,7 +1,7 @@
 //! Browser client of redistribute, published to npm as `redistribute-client`.
 //!
 //! Build the package with `client-wasm/build.sh` (it writes `client-wasm/pkg/`). The JavaScript
-//! API is the one of DESIGN.md §8:
+//! API (documented in `client-wasm/npm/README.md`):
 //!
 //! ```js
 //! import init, { Client } from 'redistribute-client';

@@ -10,7 +10,8 @@ const fn allowed(b: u8) -> bool {
     matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b':' | b'@' | b'/' | b'=' | b'+' | b'-')
 }
 
-/// Checks a channel name against the rules of DESIGN.md §2.
+/// Checks a channel name against the rules of `docs/protocol.md` §2 (1–200 bytes of
+/// `A-Z a-z 0-9 _ . : @ / = + -`).
 pub fn validate_channel(name: &str) -> Result<(), ProtocolError> {
     if name.is_empty() {
         return Err(ProtocolError::BadChannel("channel name is empty".into()));

@@ -1,4 +1,4 @@
-//! Every frame of wire protocol v1 as typed Rust (DESIGN.md §5, `docs/protocol.md`).
+//! Every frame of wire protocol v1 as typed Rust (`docs/protocol.md` §4).
 //!
 //! Frames are JSON objects tagged by `type`. Unknown fields are ignored so that newer peers can
 //! add optional fields without breaking older ones.

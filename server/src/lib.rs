@@ -118,12 +118,17 @@ impl App {
         if !self.config.redis_cluster.is_empty() {
             return format!(
                 "redis cluster via {} ({} shards)",
-                self.config.redis_cluster.join(", "),
+                self.config
+                    .redis_cluster
+                    .iter()
+                    .map(|url| config::redact_url(url))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 self.config.redis_shards
             );
         }
         match &self.config.redis {
-            Some(url) => format!("redis at {url}"),
+            Some(url) => format!("redis at {}", config::redact_url(url)),
             None => "embedded (in-memory; set --redis to share channels between instances)".into(),
         }
     }
@@ -143,8 +148,8 @@ pub enum StartError {
     JwtKey(#[from] auth::jwt::KeyError),
 }
 
-/// Builds an [`App`], optionally with a custom authorization hook (seed `004_*`, "Restricting
-/// channels and messages").
+/// Builds an [`App`], optionally with a custom authorization hook (the Node.js package's
+/// "Restricting channels and messages" handlers, see `docs/migration.md`).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

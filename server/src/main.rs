@@ -1,13 +1,13 @@
 //! `redistribute`: the server binary. Parses flags, initializes logging, binds, and runs
 //! [`redistribute_server::serve`] until SIGINT or SIGTERM. The client commands `sub` and `pub`
-//! live in [`cli`].
+//! and the operator tools `token`, `config` and `completions` live in [`cli`].
 
 mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use redistribute_server::{serve, App, ConfigValues, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,17 @@ enum Command {
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+    },
+    /// Print a sample config file (TOML) with every key, commented, at its default.
+    Config,
+    /// Mint a JWT the server accepts (development and tests), printed on stdout.
+    Token(cli::TokenArgs),
+    /// Print a shell completion script, e.g. `redistribute completions bash >
+    /// /etc/bash_completion.d/redistribute`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -229,6 +240,15 @@ fn main() -> ExitCode {
         Some(Command::Pub(args)) => runtime.block_on(cli::run_pub(args)),
         Some(Command::Serve(args)) => runtime.block_on(run_server(*args)),
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Config) => write_stdout(cli::sample_config(&serve_command()).as_bytes()),
+        Some(Command::Token(args)) => {
+            cli::mint_token(&args).and_then(|token| write_stdout(format!("{token}\n").as_bytes()))
+        }
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "redistribute", &mut script);
+            write_stdout(&script)
+        }
         None => runtime.block_on(run_server(cli.serve)),
     };
     match result {
@@ -238,6 +258,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a command's output; a closed stdout (`| head`) is an error, not a panic.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The `serve` subcommand's definition: every server flag with its help, environment variable
+/// and default.
+fn serve_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("serve"))
 }
 
 /// Sets up `tracing`: `RUST_LOG` filters (default `default_filter`), text or JSON lines on

@@ -1,4 +1,4 @@
-//! Abandoned requests release everything at once (issue 7, "Must show" 4; the seed `001_*`
+//! Abandoned requests release everything at once (issue 7, "Must show" 4; the
 //! problem of listeners left behind): 1,000 long-polls whose clients disconnect leave no
 //! subscription, watched channel or client-id claim behind. Runs the server in-process to
 //! read its counters directly.

@@ -431,7 +431,7 @@ async fn connections_per_ip_are_limited() -> Result<()> {
     Ok(())
 }
 
-/// The library hook replaces the default policy (seed `004_*`, "Restricting channels").
+/// The library hook replaces the default policy (the Node.js package's "Restricting channels").
 #[tokio::test]
 async fn authorization_hook_replaces_the_policy() -> Result<()> {
     use redistribute_server::auth::{Action, AuthContext, Denied};

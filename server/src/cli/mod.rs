@@ -1,6 +1,7 @@
-//! The client commands of the `redistribute` binary, `sub` and `pub` (DESIGN.md §9), built on
-//! the native client ([`redistribute_client`]). They are what a user types to see the system
-//! work, like `redis-cli` or `nats sub`.
+//! The client commands of the `redistribute` binary, `sub` and `pub`, built on the native
+//! client ([`redistribute_client`]). They are what a user types to see the system work, like
+//! `redis-cli` or `nats sub`. The operator tools (`token`, `config`, `completions`) are in
+//! [`tools`].
 //!
 //! Give-up rule: both commands fail (exit 1) once no target accepted a connection for
 //! `--give-up-after` seconds (default 10), at start or after losing a connection; the
@@ -10,6 +11,7 @@
 
 mod fields;
 mod sub;
+mod tools;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use redistribute_client::{Client, DisconnectReason, Event, Offset, PublishOption
 
 pub use fields::parse_fields;
 pub use sub::run_sub;
+pub use tools::{mint_token, sample_config, TokenArgs};
 
 /// Connection flags shared by `sub` and `pub`.
 #[derive(Args, Debug, Clone)]

@@ -185,10 +185,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// `url` with the password of its user info (`redis://user:password@host`) replaced by `***`,
+/// for logs, errors and `check-config`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    // `user:password` keeps the user; user info without `:` is masked whole.
+    let masked = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{masked}@{}", &rest[at + 1..])
+}
+
 impl Config {
     /// The effective configuration for `check-config`, with secrets masked.
     pub fn describe(&self) -> String {
         let mut text = format!("{self:#?}");
+        for url in self.redis.iter().chain(&self.redis_cluster) {
+            text = text.replace(url.as_str(), &redact_url(url));
+        }
         let mut secrets: Vec<&str> = self.http.api_keys.iter().map(String::as_str).collect();
         secrets.extend(self.http.task_secret.as_deref());
         if let AuthConfig::JwtSecret(secret) = &self.auth {
@@ -253,4 +274,25 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        let cases = [
+            ("redis://u:secret@h:6379/2", "redis://u:***@h:6379/2"),
+            ("redis://:secret@h", "redis://:***@h"),
+            ("redis://secret@h", "redis://***@h"),
+            ("redis://u:p@ss:w@h", "redis://u:***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("redis://h/a@b", "redis://h/a@b"),
+            ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
 }

@@ -164,12 +164,7 @@ impl ConfigValues {
         match self.redis.as_deref() {
             None | Some([]) => {}
             Some([url]) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(ConfigError::Invalid {
-                        key: "redis",
-                        reason: format!("{url:?} is not a redis:// or rediss:// URL"),
-                    });
-                }
+                redis_url("redis", url)?;
                 config.redis = Some(url.clone());
             }
             Some(_) => {
@@ -319,12 +314,7 @@ impl ConfigValues {
             });
         }
         for url in nodes {
-            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-                return Err(ConfigError::Invalid {
-                    key: "redis_cluster",
-                    reason: format!("{url:?} is not a redis:// or rediss:// URL"),
-                });
-            }
+            redis_url("redis_cluster", url)?;
         }
         config.redis_cluster = nodes.to_vec();
         if let Some(n) = self.redis_shards {
@@ -402,6 +392,27 @@ fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
     } else {
         Ok(value)
     }
+}
+
+/// Checks a Redis URL of `key`: `redis://` only. `rediss://` is refused because this build
+/// has no TLS towards Redis, and the Redis client would otherwise connect in plaintext to a
+/// URL that asks for TLS.
+fn redis_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("rediss://") {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: "rediss:// (TLS to Redis) is not supported by this build; use redis:// \
+                     over a private network or a local TLS tunnel (see docs/redis.md)"
+                .into(),
+        });
+    }
+    if !url.starts_with("redis://") {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("{url:?} is not a redis:// URL"),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

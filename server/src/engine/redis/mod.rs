@@ -279,8 +279,10 @@ fn map_err(err: fred::error::Error) -> EngineError {
 /// Client settings for a single Redis, or a cluster reached through its seed nodes.
 fn client_config(config: &RedisConfig) -> Result<Config, EngineError> {
     let parse = |url: &str| {
-        Config::from_url(url)
-            .map_err(|e| EngineError::Internal(format!("invalid Redis URL {url:?}: {e}")))
+        Config::from_url(url).map_err(|e| {
+            let url = crate::config::redact_url(url);
+            EngineError::Internal(format!("invalid Redis URL {url:?}: {e}"))
+        })
     };
     let Some(cluster) = &config.cluster else {
         return parse(&config.url);
@@ -297,7 +299,8 @@ fn client_config(config: &RedisConfig) -> Result<Config, EngineError> {
             ServerConfig::Clustered { hosts: more, .. } => hosts.extend(more),
             _ => {
                 return Err(EngineError::Internal(format!(
-                    "{url:?} is not a Redis Cluster node URL"
+                    "{:?} is not a Redis Cluster node URL",
+                    crate::config::redact_url(url)
                 )))
             }
         }
@@ -343,7 +346,7 @@ impl RedisEngine {
     ) -> Result<Arc<Self>, EngineError> {
         let client_config = client_config(&config)?;
         let connect = |client: Client| {
-            let url = config.url.clone();
+            let url = crate::config::redact_url(&config.url);
             async move {
                 client.init().await.map_err(|e| {
                     EngineError::Unavailable(format!("cannot connect to Redis at {url}: {e}"))
