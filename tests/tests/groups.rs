@@ -403,7 +403,7 @@ async fn a_job_whose_worker_keeps_crashing_is_dead_lettered(
         );
         within("close", STEP, worker.close()).await?; // crashed: no ack
                                                       // Its connection (and so its membership) is gone before the next one joins.
-        let producers = usize::from(attempt as usize % servers.len() == 0);
+        let producers = usize::from((attempt as usize).is_multiple_of(servers.len()));
         wait_connections(server, producers).await?;
     }
     let good = produce(&producer, 1..4).await?;
@@ -432,7 +432,7 @@ async fn a_job_whose_worker_keeps_crashing_is_dead_lettered(
     );
     // Gone from the pending list: a consumer joining again gets only a new job.
     within("close", STEP, worker.close()).await?;
-    let producers = usize::from(max as usize % servers.len() == 0);
+    let producers = usize::from((max as usize).is_multiple_of(servers.len()));
     wait_connections(server, producers).await?;
     let last = produce(&producer, 4..5).await?;
     let worker = connect(&servers[0]).await?;
