@@ -111,7 +111,7 @@ impl Session {
             ServerFrame::Gap { channel, from, to } => {
                 // Like messages, a gap before the `subscribed` reply belongs to the
                 // subscription being replaced.
-                if let Some(sub) = self.subs.get_mut(&channel).filter(|s| s.inflight.is_none()) {
+                if let Some(sub) = self.subs.get_mut(&channel).filter(|s| !s.awaiting_reply()) {
                     sub.on_gap(from, to);
                     self.events.push_back(Event::Gap { channel, from, to });
                 }
@@ -176,7 +176,7 @@ impl Session {
         // Until its `subscribed` arrives, the channel's messages belong to a subscription this
         // one replaces (the server sends nothing of a subscription before its reply): taking
         // them would move the position past the history the new one is about to receive.
-        if sub.inflight.is_some() {
+        if sub.awaiting_reply() {
             return;
         }
         let messages = sub.accept(messages);

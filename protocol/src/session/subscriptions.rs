@@ -89,6 +89,13 @@ impl Subscription {
         }
     }
 
+    /// Whether its `subscribe` is unanswered on this connection (in flight, or waiting to be
+    /// sent again after a transient failure): until the reply, the channel's messages and gaps
+    /// belong to a subscription this one replaces.
+    pub(crate) fn awaiting_reply(&self) -> bool {
+        self.inflight.is_some() || self.retry_at.is_some()
+    }
+
     /// Records a reported gap: the entries in `(from, to]` are gone, so the position moves to
     /// `to` when the gap starts at or before it (a resume then does not report it again).
     pub(crate) fn on_gap(&mut self, from: StreamId, to: StreamId) {
