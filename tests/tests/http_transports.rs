@@ -408,3 +408,63 @@ async fn api_publish_and_history_need_a_key() -> Result<()> {
     assert_eq!(body["offsets"]["api"], offsets[2]);
     Ok(())
 }
+
+/// `GET /api/history` holds at most 1 MiB of messages (at least one), whatever the `limit`:
+/// twelve 200 kB messages come as pages of 5, 5 and 2, paging on with the returned offset.
+async fn history_is_bounded_by_bytes(backend: Backend) -> Result<()> {
+    let setup = setup(backend, &["--api-key", API_KEY]).await?;
+    let addr = setup.server.addr();
+    let mut offsets = Vec::new();
+    for n in 0..12 {
+        let body = json!({"channel": "big", "fields": {"n": n, "v": "z".repeat(200_000)}});
+        let r = http_request(
+            addr,
+            "POST",
+            "/api/publish",
+            &[("X-API-Key", API_KEY)],
+            body.to_string().as_bytes(),
+            STEP,
+        )
+        .await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        offsets.push(r.json()?["offset"].as_str().context("offset")?.to_owned());
+    }
+    let mut from = "0".to_string();
+    let mut pages = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let path = format!("/api/history?channel=big&from={from}&limit=1000");
+        let r = http_request(addr, "GET", &path, &[("X-API-Key", API_KEY)], b"", STEP).await?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body = r.json()?;
+        let messages = body["messages"].as_array().context("messages")?;
+        if messages.is_empty() {
+            break;
+        }
+        ensure!(
+            body.get("truncated").is_none(),
+            "a gap in untrimmed history"
+        );
+        pages.push(messages.len());
+        for m in messages {
+            seen.push(m["offset"].as_str().context("offset")?.to_owned());
+        }
+        from = body["offsets"]["big"]
+            .as_str()
+            .context("offset")?
+            .to_owned();
+    }
+    assert_eq!(seen, offsets, "every message once, in order");
+    assert_eq!(pages, [5, 5, 2]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_is_bounded_by_bytes_embedded() -> Result<()> {
+    history_is_bounded_by_bytes(Backend::Embedded).await
+}
+
+#[tokio::test]
+async fn history_is_bounded_by_bytes_redis() -> Result<()> {
+    history_is_bounded_by_bytes(Backend::Redis).await
+}

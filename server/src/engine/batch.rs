@@ -405,6 +405,33 @@ mod tests {
     }
 
     #[test]
+    fn gaps_stay_below_the_first_entry_and_popped_entries_leave_a_valid_frame() {
+        let mut b = BatchBuilder::new("c".into());
+        b.set_gap_through(StreamId::new(7, 0));
+        b.set_gap_through(StreamId::new(3, 0)); // a lower one never lowers it
+        b.push_encoded(StreamId::new(5, 2), "{\"offset\":\"5-2\",\"fields\":{}}");
+        assert_eq!(b.items_len(), b.last_item_len());
+        b.push_encoded(
+            StreamId::new(9, 0),
+            "{\"offset\":\"9-0\",\"fields\":{\"a\":1}}",
+        );
+        let two = b.items_len();
+        b.pop_entry();
+        assert_eq!(b.items_len_with(two - b.items_len() - 1), two);
+        let batch = b.finish().unwrap();
+        // Clamped to just below the first entry.
+        assert_eq!(batch.gap_through(), Some(StreamId::new(5, 1)));
+        assert_eq!(batch.ids(), [StreamId::new(5, 2)]);
+        assert_eq!(batch.items_len(), batch.item(0).len());
+        assert!(decode_server(batch.frame()).is_ok());
+        // Nothing below the first entry: no gap.
+        let mut b = BatchBuilder::new("c".into());
+        b.set_gap_through(StreamId::new(9, 9));
+        b.push_encoded(StreamId::new(0, 1), "{\"offset\":\"0-1\",\"fields\":{}}");
+        assert_eq!(b.finish().unwrap().gap_through(), None);
+    }
+
+    #[test]
     fn empty_builder_gives_none() {
         assert!(BatchBuilder::new("c".into()).finish().is_none());
     }

@@ -241,11 +241,23 @@ async fn eval(
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<Value, fred::error::Error> {
+    eval_as("EVAL", client, options, script, keys, args).await
+}
+
+/// [`eval`] with `command` (`EVAL`, or `EVAL_RO` for a script that only reads).
+async fn eval_as(
+    command: &'static str,
+    client: &Client,
+    options: &Options,
+    script: &'static str,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<Value, fred::error::Error> {
     let slot = keys
         .first()
         .map(|k| fred::util::redis_keyslot(k.as_bytes()))
         .unwrap_or(0);
-    let cmd = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
+    let cmd = CustomCommand::new_static(command, ClusterHash::Custom(slot), false);
     let mut values: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
     values.push(Value::from_static_str(script));
     values.push(Value::Integer(keys.len() as i64));
@@ -475,7 +487,8 @@ impl Engine for RedisEngine {
         max_bytes: usize,
     ) -> Result<Page, EngineError> {
         let key = self.shared.stream_key(channel);
-        let reply: Value = eval(
+        let reply: Value = eval_as(
+            "EVAL_RO",
             &self.shared.pages,
             &self.shared.options(),
             scripts::READ,
