@@ -77,6 +77,11 @@ impl Cursors {
         }
     }
 
+    /// Each watched channel and the last ID read of it.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, StreamId)> {
+        self.entries.iter().map(|c| (&*c.channel, c.id))
+    }
+
     /// `COUNT n BLOCK ms STREAMS key… id…`.
     pub(super) fn xread_args(&self, count: u64, block_ms: u64) -> Vec<Value> {
         let mut args = Vec::with_capacity(5 + 2 * self.entries.len());

@@ -30,6 +30,10 @@ use tracing::{debug, warn};
 use super::cursors::Cursors;
 use super::{map_err, parse, Shared};
 use crate::engine::{EngineError, EngineStats, LiveSink, Ready, ReadySender};
+use redistribute_protocol::StreamId;
+
+/// Most channels whose cursors one `EVAL` checks after a reconnect.
+const RAISE_CHUNK: usize = 256;
 
 /// A pending change to a reader's channel set.
 enum Op {
@@ -72,11 +76,17 @@ struct ReaderSlot {
     channels: usize,
     /// The shard whose channels this reader serves (0 with a single Redis).
     shard: u16,
+    /// Ends this reader (and its unblocker) when it is retired.
+    stop: CancellationToken,
 }
 
 struct PoolState {
-    readers: Vec<ReaderSlot>,
-    assignment: HashMap<Arc<str>, usize>,
+    /// Running readers by id.
+    readers: HashMap<u64, ReaderSlot>,
+    /// Id of the next reader.
+    next_id: u64,
+    /// Which reader serves each watched channel.
+    assignment: HashMap<Arc<str>, u64>,
 }
 
 /// The set of readers of one engine.
@@ -94,7 +104,8 @@ impl ReaderPool {
             shared,
             sink,
             state: Mutex::new(PoolState {
-                readers: Vec::new(),
+                readers: HashMap::new(),
+                next_id: 0,
                 assignment: HashMap::new(),
             }),
             unblocks: Arc::default(),
@@ -117,51 +128,74 @@ impl ReaderPool {
 
     pub(super) fn watch(&self, channel: Arc<str>, ready: ReadySender) {
         let mut st = self.state.lock();
-        let index = match st.assignment.get(&channel) {
-            Some(&i) => i,
+        let st = &mut *st;
+        let id = match st.assignment.get(&channel) {
+            Some(&id) => id,
             None => {
                 let max = self.shared.config.keys_per_reader.max(1);
                 let shard = self.shared.shard(&channel);
-                let index = match st
+                let id = match st
                     .readers
                     .iter()
-                    .enumerate()
                     .filter(|(_, r)| r.shard == shard && r.channels < max)
-                    .min_by_key(|(_, r)| r.channels)
+                    .min_by_key(|(&id, r)| (r.channels, id))
                 {
-                    Some((i, _)) => i,
+                    Some((&id, _)) => id,
                     None => {
-                        st.readers.push(ReaderSlot {
-                            control: self.spawn_reader(shard),
-                            channels: 0,
-                            shard,
-                        });
-                        st.readers.len() - 1
+                        let id = st.next_id;
+                        st.next_id += 1;
+                        st.readers.insert(id, self.spawn_reader(shard));
+                        id
                     }
                 };
-                st.readers[index].channels += 1;
-                st.assignment.insert(channel.clone(), index);
-                index
+                if let Some(slot) = st.readers.get_mut(&id) {
+                    slot.channels += 1;
+                }
+                st.assignment.insert(channel.clone(), id);
+                id
             }
         };
-        queue(&st.readers[index].control, channel, Op::Add(ready));
-    }
-
-    pub(super) fn unwatch(&self, channel: &Arc<str>) {
-        let mut st = self.state.lock();
-        if let Some(index) = st.assignment.remove(channel) {
-            st.readers[index].channels -= 1;
-            queue(&st.readers[index].control, channel.clone(), Op::Remove);
+        if let Some(slot) = st.readers.get(&id) {
+            queue(&slot.control, channel, Op::Add(ready));
         }
     }
 
-    fn spawn_reader(&self, shard: u16) -> Arc<Control> {
+    /// Stops feeding `channel`. A reader left with no channels is retired (its connection
+    /// closed) unless it is the only empty reader of its shard: one idle reader per shard is
+    /// kept, so watching and unwatching a channel over and over does not reconnect each time.
+    pub(super) fn unwatch(&self, channel: &Arc<str>) {
+        let mut st = self.state.lock();
+        let Some(id) = st.assignment.remove(channel) else {
+            return;
+        };
+        let Some(slot) = st.readers.get_mut(&id) else {
+            return;
+        };
+        slot.channels -= 1;
+        queue(&slot.control, channel.clone(), Op::Remove);
+        if slot.channels > 0 {
+            return;
+        }
+        let shard = slot.shard;
+        let other_idle = st
+            .readers
+            .iter()
+            .any(|(&other, r)| other != id && r.shard == shard && r.channels == 0);
+        if other_idle {
+            if let Some(slot) = st.readers.remove(&id) {
+                slot.stop.cancel();
+            }
+        }
+    }
+
+    fn spawn_reader(&self, shard: u16) -> ReaderSlot {
         let control = Arc::new(Control::default());
+        let stop = self.stop.child_token();
         let reader = Reader {
             shared: self.shared.clone(),
             sink: self.sink.clone(),
             control: control.clone(),
-            stop: self.stop.clone(),
+            stop: stop.clone(),
             cursors: Cursors::default(),
             shard,
         };
@@ -170,9 +204,14 @@ impl ReaderPool {
             self.shared.clone(),
             control.clone(),
             self.unblocks.clone(),
-            self.stop.clone(),
+            stop.clone(),
         ));
-        control
+        ReaderSlot {
+            control,
+            channels: 0,
+            shard,
+            stop,
+        }
     }
 }
 
@@ -277,6 +316,9 @@ impl Reader {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(50);
         let mut connection: Option<Connection> = None;
+        // Whether the cursors held across a reconnect still have to be checked against the
+        // streams (which a failover may have set back).
+        let mut resume = false;
         loop {
             if self.stop.is_cancelled() {
                 break;
@@ -284,7 +326,10 @@ impl Reader {
             let conn = match &connection {
                 Some(conn) => conn,
                 None => match self.connect().await {
-                    Ok(conn) => connection.insert(conn),
+                    Ok(conn) => {
+                        resume = !self.cursors.is_empty();
+                        connection.insert(conn)
+                    }
                     Err(err) => {
                         warn!(%err, shard = self.shard, "reader cannot connect to Redis; retrying");
                         self.shared.refresh_routing().await;
@@ -295,6 +340,16 @@ impl Reader {
                     }
                 },
             };
+            if resume {
+                if let Err(err) = self.raise_to_cursors().await {
+                    warn!(%err, shard = self.shard, "reader cannot check its cursors; retrying");
+                    if self.pause(&mut backoff).await {
+                        break;
+                    }
+                    continue;
+                }
+                resume = false;
+            }
             if let Err(err) = self.apply_changes().await {
                 warn!(%err, "reader cannot start watching a channel; retrying");
                 if self.pause(&mut backoff).await {
@@ -364,6 +419,35 @@ impl Reader {
         }
     }
 
+    /// After a reconnect: raises every stream whose last ID is now below this reader's cursor
+    /// (the primary that served the cursor's entries failed over to a replica that lacks them)
+    /// to the cursor, recording the lost range as trimmed. New entries then get IDs above the
+    /// cursor, even from a primary whose clock is behind, so `XREAD` after the cursor sees
+    /// them, and subscribers resuming inside the lost range get an exact `gap`. The cursor came
+    /// from Redis itself, so it is not bounded by the clock as a client's offset is.
+    async fn raise_to_cursors(&self) -> Result<(), EngineError> {
+        let targets: Vec<(&str, StreamId)> = self.cursors.iter().collect();
+        let mut raised = 0;
+        for chunk in targets.chunks(RAISE_CHUNK) {
+            raised += self
+                .shared
+                .raise(chunk, None, true)
+                .await?
+                .iter()
+                .filter(|(_, raised)| *raised)
+                .count();
+        }
+        if raised > 0 {
+            warn!(
+                shard = self.shard,
+                channels = raised,
+                "streams were behind this reader's cursors (a failover lost their tails); \
+                 raised their last IDs to the cursors and recorded the lost ranges as gaps"
+            );
+        }
+        Ok(())
+    }
+
     /// Applies queued changes; a new channel starts at its current last ID.
     async fn apply_changes(&mut self) -> Result<(), EngineError> {
         let generation = self.control.wanted.load(Ordering::Acquire);
@@ -422,7 +506,12 @@ impl Reader {
         };
         let cmd = CustomCommand::new_static("XREAD", ClusterHash::FirstKey, true);
         self.control.in_read.store(true, Ordering::Release);
-        let reply: Result<Value, _> = client.with_options(&options).custom(cmd, args).await;
+        let client = client.with_options(&options);
+        let reply: Result<Value, _> = tokio::select! {
+            reply = client.custom(cmd, args) => reply,
+            // Retired or shutting down: the caller closes the connection.
+            _ = self.stop.cancelled() => Ok(Value::Null),
+        };
         self.control.in_read.store(false, Ordering::Release);
         let reply = reply.map_err(map_err)?;
         let mut batches = Vec::new();
