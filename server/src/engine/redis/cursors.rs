@@ -77,6 +77,11 @@ impl Cursors {
         }
     }
 
+    /// The last ID read of `channel`, if it is watched.
+    pub(super) fn get(&self, channel: &str) -> Option<StreamId> {
+        self.by_channel.get(channel).map(|&i| self.entries[i].id)
+    }
+
     /// Each watched channel and the last ID read of it.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, StreamId)> {
         self.entries.iter().map(|c| (&*c.channel, c.id))

@@ -13,6 +13,14 @@
 //! a dead node, `CLUSTERDOWN`) the reader drops its connection, refreshes the routing table,
 //! reconnects to the slot's current owner and resumes from its cursors, so nothing is skipped
 //! or repeated. Consumer-group reads will be per shard in the same way.
+//!
+//! After a reconnect a reader first raises any stream whose last ID fell below its cursor (a
+//! failover to a replica that lacked the tail) to the cursor ([`super::scripts::RAISE`]), so
+//! new entries, even from a primary whose clock is behind, are never below what it reads after.
+//!
+//! The pool shrinks as channels are unwatched: a reader left empty is retired (at most one idle
+//! reader per shard is kept), and one left at most a quarter full is merged into another reader
+//! of its shard, each channel's cursor moving with it (see [`ReaderPool::merge`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,8 +45,15 @@ const RAISE_CHUNK: usize = 256;
 
 /// A pending change to a reader's channel set.
 enum Op {
+    /// Start reading the channel at its current last ID.
     Add(ReadySender),
+    /// Stop reading the channel.
     Remove,
+    /// Stop reading the channel and hand its cursor to the reader the pool now assigns it to
+    /// (this reader was merged away).
+    Handover,
+    /// Take the channel over from a merged reader, reading after this ID.
+    Adopt(StreamId),
 }
 
 /// What the pool and a reader task share.
@@ -60,6 +75,8 @@ struct Control {
     connection: Mutex<Option<ReaderAddress>>,
     /// Whether the reader is inside `XREAD` (or about to send it).
     in_read: AtomicBool,
+    /// Merged away: the reader ends once it has handed over all of its channels.
+    retiring: AtomicBool,
 }
 
 /// Where to send `CLIENT UNBLOCK` for a reader.
@@ -93,7 +110,7 @@ struct PoolState {
 pub(super) struct ReaderPool {
     shared: Arc<Shared>,
     sink: Arc<dyn LiveSink>,
-    state: Mutex<PoolState>,
+    state: Arc<Mutex<PoolState>>,
     unblocks: Arc<AtomicU64>,
     stop: CancellationToken,
 }
@@ -103,11 +120,11 @@ impl ReaderPool {
         ReaderPool {
             shared,
             sink,
-            state: Mutex::new(PoolState {
+            state: Arc::new(Mutex::new(PoolState {
                 readers: HashMap::new(),
                 next_id: 0,
                 assignment: HashMap::new(),
-            }),
+            })),
             unblocks: Arc::default(),
             stop: CancellationToken::new(),
         }
@@ -144,7 +161,7 @@ impl ReaderPool {
                     None => {
                         let id = st.next_id;
                         st.next_id += 1;
-                        st.readers.insert(id, self.spawn_reader(shard));
+                        st.readers.insert(id, self.spawn_reader(id, shard));
                         id
                     }
                 };
@@ -160,9 +177,11 @@ impl ReaderPool {
         }
     }
 
-    /// Stops feeding `channel`. A reader left with no channels is retired (its connection
-    /// closed) unless it is the only empty reader of its shard: one idle reader per shard is
-    /// kept, so watching and unwatching a channel over and over does not reconnect each time.
+    /// Stops feeding `channel`, then shrinks the pool: a reader left with no channels is
+    /// retired (its connection closed) unless it is the only empty reader of its shard (one
+    /// idle reader per shard is kept, so watching and unwatching a channel over and over does
+    /// not reconnect each time); a reader left at most a quarter full is merged into another
+    /// reader of its shard that stays at most half full ([`ReaderPool::merge`]).
     pub(super) fn unwatch(&self, channel: &Arc<str>) {
         let mut st = self.state.lock();
         let Some(id) = st.assignment.remove(channel) else {
@@ -174,6 +193,10 @@ impl ReaderPool {
         slot.channels -= 1;
         queue(&slot.control, channel.clone(), Op::Remove);
         if slot.channels > 0 {
+            let max = self.shared.config.keys_per_reader.max(1);
+            if slot.channels <= max / 4 {
+                Self::merge(&mut st, id, max);
+            }
             return;
         }
         let shard = slot.shard;
@@ -188,7 +211,66 @@ impl ReaderPool {
         }
     }
 
-    fn spawn_reader(&self, shard: u16) -> ReaderSlot {
+    /// Moves every channel of under-used reader `source` to the fullest other reader of its
+    /// shard that stays at most half full, and retires `source`. Each channel's cursor moves
+    /// with it: `source` stops reading the channel and hands its cursor over
+    /// ([`Op::Handover`]); the target reads after it ([`Op::Adopt`]), so nothing is skipped or
+    /// delivered twice. The thresholds (merge at a quarter, into at most half) keep merges
+    /// from being undone by the next few watches.
+    fn merge(st: &mut PoolState, source: u64, max: usize) {
+        let Some(from) = st.readers.get(&source) else {
+            return;
+        };
+        let (shard, moving) = (from.shard, from.channels);
+        let target = st
+            .readers
+            .iter()
+            .filter(|(&id, r)| id != source && r.shard == shard)
+            .filter(|(_, r)| r.channels + moving <= max / 2)
+            .max_by_key(|(&id, r)| (r.channels, std::cmp::Reverse(id)))
+            .map(|(&id, _)| id);
+        let Some(target) = target else {
+            return;
+        };
+        let Some(to) = st.readers.get_mut(&target) else {
+            return;
+        };
+        to.channels += moving;
+        let to_control = to.control.clone();
+        let Some(from) = st.readers.remove(&source) else {
+            return;
+        };
+        from.control.retiring.store(true, Ordering::Release);
+        for (channel, id) in st.assignment.iter_mut() {
+            if *id != source {
+                continue;
+            }
+            *id = target;
+            let mut pending = from.control.pending.lock();
+            match pending.remove(channel) {
+                // Not started by `source` yet: the target starts it instead.
+                Some(Op::Add(ready)) => {
+                    drop(pending);
+                    queue(&to_control, channel.clone(), Op::Add(ready));
+                }
+                // A cursor on its way to `source` (an earlier merge): it goes on.
+                Some(Op::Adopt(cursor)) => {
+                    drop(pending);
+                    queue_unless_newer(&to_control, channel.clone(), Op::Adopt(cursor));
+                }
+                _ => {
+                    drop(pending);
+                    queue(&from.control, channel.clone(), Op::Handover);
+                }
+            }
+        }
+        // Wakes `source` (even with nothing to hand over) so that it sees it is retiring.
+        from.control.wanted.fetch_add(1, Ordering::AcqRel);
+        from.control.wake.notify_one();
+        from.control.unblock.notify_one();
+    }
+
+    fn spawn_reader(&self, id: u64, shard: u16) -> ReaderSlot {
         let control = Arc::new(Control::default());
         let stop = self.stop.child_token();
         let reader = Reader {
@@ -198,6 +280,8 @@ impl ReaderPool {
             stop: stop.clone(),
             cursors: Cursors::default(),
             shard,
+            id,
+            pool: self.state.clone(),
         };
         tokio::spawn(reader.run());
         tokio::spawn(unblocker(
@@ -217,6 +301,30 @@ impl ReaderPool {
 
 fn queue(control: &Control, channel: Arc<str>, op: Op) {
     control.pending.lock().insert(channel, op);
+    notify(control);
+}
+
+/// Queues `op` unless a newer op for the channel is queued already (which then wins).
+fn queue_unless_newer(control: &Control, channel: Arc<str>, op: Op) {
+    control.pending.lock().entry(channel).or_insert(op);
+    notify(control);
+}
+
+/// Queues `op` (unless a newer one is queued) on the reader the pool assigns `channel` to;
+/// dropped if the channel is not watched any more. Under the pool's lock, so the op never
+/// lands on a reader merged away meanwhile (merges move queued ops along).
+fn queue_on_owner(pool: &Mutex<PoolState>, channel: Arc<str>, op: Op) {
+    let pool = pool.lock();
+    let owner = pool
+        .assignment
+        .get(&channel)
+        .and_then(|owner| pool.readers.get(owner));
+    if let Some(owner) = owner {
+        queue_unless_newer(&owner.control, channel, op);
+    }
+}
+
+fn notify(control: &Control) {
     control.wanted.fetch_add(1, Ordering::AcqRel);
     control.wake.notify_one();
     control.unblock.notify_one();
@@ -296,6 +404,10 @@ struct Reader {
     cursors: Cursors,
     /// The shard this reader serves (0 with a single Redis).
     shard: u16,
+    /// This reader's id in the pool.
+    id: u64,
+    /// The pool's state, to check that an adopted channel is still assigned here.
+    pool: Arc<Mutex<PoolState>>,
 }
 
 /// A reader's own connection: a client that never reconnects by itself, and its routing task.
@@ -357,6 +469,12 @@ impl Reader {
                 }
                 continue;
             }
+            if self.control.retiring.load(Ordering::Acquire)
+                && self.cursors.is_empty()
+                && self.control.pending.lock().is_empty()
+            {
+                break;
+            }
             if self.cursors.is_empty() {
                 tokio::select! {
                     _ = self.stop.cancelled() => {}
@@ -382,6 +500,8 @@ impl Reader {
             }
         }
         self.control.connection.lock().take();
+        // Ends the unblocker too (the reader may have retired by itself after a merge).
+        self.stop.cancel();
         if let Some(conn) = connection {
             conn.close().await;
         }
@@ -456,6 +576,25 @@ impl Reader {
         for (channel, op) in ops {
             match op {
                 Op::Remove => self.cursors.remove(&channel),
+                Op::Handover => {
+                    // Without a cursor here, one is still on its way (an earlier merge): the
+                    // `Adopt` rule passes it on when it arrives.
+                    if let Some(id) = self.cursors.get(&channel) {
+                        self.cursors.remove(&channel);
+                        queue_on_owner(&self.pool, channel, Op::Adopt(id));
+                    }
+                }
+                Op::Adopt(id) => {
+                    // The pool's assignment decides: adopt the channel here, pass it on to the
+                    // reader it was merged into meanwhile, or drop it (unwatched since).
+                    let mine = self.pool.lock().assignment.get(&channel) == Some(&self.id);
+                    if !mine {
+                        queue_on_owner(&self.pool, channel, Op::Adopt(id));
+                    } else if !self.cursors.contains(&channel) {
+                        let key = self.shared.stream_key(&channel);
+                        self.cursors.insert(channel, key, id);
+                    }
+                }
                 Op::Add(ready) => {
                     if self.cursors.contains(&channel) {
                         ready.send_replace(Ready::Started);
@@ -487,9 +626,17 @@ impl Reader {
         Ok(())
     }
 
-    /// Puts an op back unless a newer one for the channel was queued meanwhile.
+    /// Puts an op back unless a newer one for the channel was queued meanwhile; if the
+    /// channel was merged into another reader meanwhile, the op goes there instead.
     fn requeue(&self, channel: Arc<str>, op: Op) {
-        self.control.pending.lock().entry(channel).or_insert(op);
+        let mut pending = self.control.pending.lock();
+        if matches!(pending.get(&channel), Some(Op::Handover)) {
+            pending.remove(&channel);
+            drop(pending);
+            queue_on_owner(&self.pool, channel, op);
+            return;
+        }
+        pending.entry(channel).or_insert(op);
     }
 
     async fn read_once(&mut self, client: &Client) -> Result<(), EngineError> {
