@@ -97,6 +97,15 @@ async fn subscribers_past_the_promoted_tail_resume_from_their_offset_without_rep
     // The promoted replica had only the first two entries.
     rewrite_stream(redis, "rd:tail", &[&offsets[0], &offsets[1]]).await?;
 
+    // HTTP history from past the tip: from the offset, nothing replayed, not truncated.
+    let path = format!("/api/history?channel=tail&from={}", offsets[3]);
+    let history = http_get(setup.server.addr(), &path, STEP).await?.json()?;
+    ensure!(
+        history["messages"] == json!([]) && history["offsets"]["tail"] == offsets[3],
+        "{history}"
+    );
+    ensure!(history.get("truncated").is_none(), "{history}");
+
     // At the tip, one past it, and the furthest acknowledged offset.
     let mut subs = Vec::new();
     for at in [&offsets[1], &offsets[2], &offsets[5]] {
