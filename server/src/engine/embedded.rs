@@ -8,6 +8,11 @@
 //! [`MAX_BATCH_BYTES`]. Everything happens under one lock, so the trim watermark read with the
 //! entries is exact: entries trimmed before the dispatcher (or a catch-up read) reached them are
 //! reported as a gap, never skipped silently.
+//!
+//! Memory: a channel that holds nothing worth keeping (no entries, no consumer groups, no trim
+//! watermark) is freed as soon as it is not watched, so channels that are only subscribed to
+//! (or raised by a resuming subscriber) do not accumulate. Channels with entries stay until the
+//! process exits; `maxlen` bounds each one.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     stored_fields, trim_slack, Batch, BatchBuilder, Claimed, Engine, EngineConfig, EngineError,
     EngineStats, GroupRead, LiveSink, Page, Position, PublishRequest, Ready, ReadySender,
-    MAX_BATCH_BYTES, MAX_ENTRY_BYTES,
+    MAX_BATCH_BYTES, MAX_CLOCK_SKEW, MAX_ENTRY_BYTES,
 };
 
 /// One stored message, already encoded as the JSON object clients receive.
@@ -63,6 +68,13 @@ struct PendingEntry {
 }
 
 impl Stream {
+    /// Whether the stream holds nothing worth keeping once unwatched: no entries, no groups and
+    /// no trim watermark (which later subscribers need for an exact gap). Such a channel is
+    /// freed when it is not watched; recreating it later gives the same answers.
+    fn is_disposable(&self) -> bool {
+        self.entries.is_empty() && self.groups.is_empty() && self.trimmed_through.is_none()
+    }
+
     /// Index of the first entry after `after`.
     fn index_after(&self, after: StreamId) -> usize {
         self.entries.partition_point(|e| e.id <= after)
@@ -221,6 +233,15 @@ fn no_group(channel: &str, group: &str) -> EngineError {
 }
 
 impl State {
+    /// Frees `channel` if it is unwatched and disposable ([`Stream::is_disposable`]).
+    fn evict_if_disposable(&mut self, channel: &str) {
+        if !self.cursors.contains_key(channel)
+            && self.streams.get(channel).is_some_and(Stream::is_disposable)
+        {
+            self.streams.remove(channel);
+        }
+    }
+
     fn expire_idempotency(&mut self, now: u64) {
         while let Some((_, expiry)) = self.idempotency_order.front() {
             if *expiry > now {
@@ -321,6 +342,29 @@ impl Engine for EmbeddedEngine {
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
         let st = self.state.lock();
+        Ok(st
+            .streams
+            .get(channel)
+            .map(|s| Position {
+                last_id: s.last_id,
+                trimmed_through: s.trimmed_through,
+            })
+            .unwrap_or_default())
+    }
+
+    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError> {
+        let limit = now_ms().saturating_add(MAX_CLOCK_SKEW.as_millis() as u64);
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let current = st
+            .streams
+            .get(channel)
+            .map_or(StreamId::ZERO, |s| s.last_id);
+        if current < to && to.ms <= limit {
+            let channel: Arc<str> = Arc::from(channel);
+            st.streams.entry(channel.clone()).or_default().last_id = to;
+            st.evict_if_disposable(&channel);
+        }
         Ok(st
             .streams
             .get(channel)
@@ -588,6 +632,7 @@ impl Engine for EmbeddedEngine {
         let mut st = self.state.lock();
         st.cursors.remove(channel);
         st.dirty.remove(channel);
+        st.evict_if_disposable(channel);
     }
 
     fn stats(&self) -> EngineStats {
@@ -597,5 +642,70 @@ impl Engine for EmbeddedEngine {
             watched: st.cursors.len(),
             unblocks: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redistribute_protocol::Fields;
+
+    struct Discard;
+
+    impl LiveSink for Discard {
+        fn deliver(&self, _batch: Arc<Batch>) {}
+    }
+
+    fn channels(engine: &EmbeddedEngine) -> usize {
+        engine.state.lock().streams.len()
+    }
+
+    /// 10,000 channels subscribed to (one raised by a resuming subscriber, as after a restart)
+    /// and abandoned: every one is freed; channels with entries, groups or a trim watermark
+    /// stay, watched or not.
+    #[tokio::test]
+    async fn abandoned_empty_channels_are_freed() {
+        let engine = EmbeddedEngine::start(Arc::new(Discard), EngineConfig::default());
+        let fields: Fields = serde_json::from_str(r#"{"n":1}"#).unwrap();
+        let publish = |channel| PublishRequest {
+            channel,
+            fields: &fields,
+            maxlen: None,
+            idempotency_key: None,
+        };
+        engine.publish(publish("kept")).await.unwrap();
+        engine
+            .group_create("grouped", "g", Offset::Latest)
+            .await
+            .unwrap();
+        let start = channels(&engine);
+        assert_eq!(start, 2);
+        let to = StreamId::new(now_ms(), 7);
+        for i in 0..10_000 {
+            let channel: Arc<str> = Arc::from(format!("gone:{i}"));
+            let (ready, _) = tokio::sync::watch::channel(Ready::Pending);
+            engine.watch(channel.clone(), ready);
+            if i % 2 == 0 {
+                let position = engine.raise_last_id(&channel, to).await.unwrap();
+                assert_eq!(position.last_id, to);
+            }
+            assert_eq!(
+                engine.position(&channel).await.unwrap().trimmed_through,
+                None
+            );
+        }
+        assert_eq!(channels(&engine), start + 5_000);
+        for i in 0..10_000 {
+            engine.unwatch(&Arc::from(format!("gone:{i}")));
+        }
+        assert_eq!(channels(&engine), start);
+        assert_eq!(engine.stats().watched, 0);
+        // A raise with no watcher keeps nothing either; too far ahead of the clock, nothing
+        // changes.
+        engine.raise_last_id("stray", to).await.unwrap();
+        let ahead = StreamId::new(now_ms() + 3_600_000, 0);
+        let kept = engine.raise_last_id("kept", ahead).await.unwrap();
+        assert!(kept.last_id < ahead);
+        assert_eq!(channels(&engine), start);
     }
 }

@@ -151,6 +151,13 @@ pub trait Engine: Send + Sync + 'static {
     /// The channel's last assigned ID and trim watermark.
     async fn position(&self, channel: &str) -> Result<Position, EngineError>;
 
+    /// Makes the channel's next IDs come after `to`, for a subscriber resuming beyond the
+    /// channel's last ID (the tail it saw was lost in a failover): if the last ID is lower and
+    /// `to` is at most [`MAX_CLOCK_SKEW`] ahead of the store's clock, the last ID becomes `to`
+    /// (creating the channel if needed). Nothing is recorded as removed, since the offset comes
+    /// from a client. Returns the channel's position afterwards.
+    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError>;
+
     /// Starts feeding the channel's new entries to the sink; `ready` leaves [`Ready::Pending`]
     /// once the starting point is fixed. Must not block (it is called under the hub's lock).
     fn watch(&self, channel: Arc<str>, ready: ReadySender);
@@ -277,6 +284,11 @@ pub struct Claimed {
     /// Where the next scan of the pending list starts (`0-0`: it was scanned to the end).
     pub next: StreamId,
 }
+
+/// How far ahead of the store's clock a client's offset may raise a channel's last ID
+/// ([`Engine::raise_last_id`]): enough for clock differences between Redis nodes, too little for
+/// a client to push a channel's IDs far into the future.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// Counters an engine exposes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

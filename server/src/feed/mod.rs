@@ -22,7 +22,7 @@ use std::time::Duration;
 use redistribute_protocol::{Offset, StreamId};
 use tracing::warn;
 
-use crate::engine::{EngineError, Page, Position, Ready, MAX_BATCH_BYTES};
+use crate::engine::{Engine, EngineError, Page, Position, Ready, MAX_BATCH_BYTES};
 use crate::error::RequestError;
 use crate::hub::{
     LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared, Watching,
@@ -84,15 +84,34 @@ impl Start {
                     truncated: true,
                     gap: Some((requested, trimmed)),
                 },
-                // Beyond anything the stream ever assigned: it was deleted and recreated, so
-                // everything it holds is new to the client.
+                // Still beyond anything the channel assigned after `raise_beyond_tip`: the
+                // offset is too far ahead of the clock to be honoured, so delivery starts at
+                // the tip, flagged (no full replay, no gap: nothing is known to be missing).
                 _ if requested > position.last_id => Start {
-                    after: StreamId::ZERO,
+                    after: position.last_id,
                     truncated: true,
                     gap: None,
                 },
                 _ => plain(requested),
             },
+        }
+    }
+
+    /// For a subscriber resuming beyond the channel's last ID (its tail was lost when Redis
+    /// failed over to a replica that lacked it), raises the channel's last ID to the offset
+    /// ([`Engine::raise_last_id`]) so every new entry comes after it, and returns the position
+    /// to resolve against; any other position is returned as it is.
+    pub async fn raise_beyond_tip(
+        engine: &dyn Engine,
+        channel: &str,
+        offset: Offset,
+        position: Position,
+    ) -> Result<Position, EngineError> {
+        match offset {
+            Offset::Id(requested) if requested > position.last_id => {
+                engine.raise_last_id(channel, requested).await
+            }
+            _ => Ok(position),
         }
     }
 }
@@ -177,7 +196,7 @@ impl Feed {
             conn: self.id,
         };
         let engine = self.app.engine.clone();
-        let position = async {
+        let read_position = async {
             let ready = *ready
                 .wait_for(|r| *r != Ready::Pending)
                 .await
@@ -191,6 +210,9 @@ impl Feed {
             let position = engine.position(&channel).await;
             crate::metrics::engine_op("position", started);
             position
+        };
+        let position = async {
+            Start::raise_beyond_tip(&*engine, &channel, offset, read_position.await?).await
         };
         let timeout = self.app.config.limits.request_timeout
             + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
@@ -488,10 +510,11 @@ mod tests {
                 gap: Some((StreamId::new(10, 0), StreamId::new(50, 0)))
             }
         );
+        // Beyond the tip (not raised: too far ahead of the clock): from the tip, flagged.
         assert_eq!(
             Start::resolve(Offset::Id(StreamId::new(200, 0)), pos),
             Start {
-                after: StreamId::ZERO,
+                after: StreamId::new(100, 0),
                 truncated: true,
                 gap: None
             }

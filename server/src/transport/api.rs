@@ -101,6 +101,9 @@ async fn history_inner(
         .position(channel)
         .await
         .map_err(RequestError::from)?;
+    let position = Start::raise_beyond_tip(&*app.engine, channel, from, position)
+        .await
+        .map_err(RequestError::from)?;
     let start = Start::resolve(from, position);
     let channel: Arc<str> = Arc::from(channel);
     let page = app

@@ -93,6 +93,16 @@ impl Cursors {
         }
     }
 
+    /// The last ID read of `channel`, if it is watched.
+    pub(super) fn get(&self, channel: &str) -> Option<StreamId> {
+        self.by_channel.get(channel).map(|&i| self.entries[i].id)
+    }
+
+    /// Each watched channel and the last ID read of it.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, StreamId)> {
+        self.entries.iter().map(|c| (&*c.channel, c.id))
+    }
+
     /// `COUNT n BLOCK ms STREAMS key… id…`.
     pub(super) fn xread_args(&self, count: u64, block_ms: u64) -> Vec<Value> {
         let mut args = Vec::with_capacity(5 + 2 * self.entries.len());

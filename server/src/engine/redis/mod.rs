@@ -35,7 +35,8 @@ use tracing::debug;
 
 use super::{
     stored_fields, trim_slack, Claimed, Engine, EngineConfig, EngineError, EngineStats, GroupRead,
-    LiveSink, Page, Position, PublishRequest, ReadySender, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
+    LiveSink, Page, Position, PublishRequest, ReadySender, MAX_CLOCK_SKEW, MAX_ENTRY_BYTES,
+    MAX_TRIM_PER_PUBLISH,
 };
 use reader::ReaderPool;
 
@@ -207,21 +208,70 @@ impl Shared {
         )
         .await
         .map_err(map_err)?;
-        let Value::Array(parts) = &reply else {
-            return Err(EngineError::Internal(format!(
-                "unexpected position reply {reply:?}"
-            )));
-        };
-        let [last, trim] = parts.as_slice() else {
-            return Err(EngineError::Internal(format!(
-                "unexpected position reply {reply:?}"
-            )));
-        };
-        Ok(Position {
-            last_id: parse::optional_id(last)?.unwrap_or_default(),
-            trimmed_through: parse::optional_id(trim)?,
-        })
+        parse_position(&reply)
     }
+
+    /// Runs [`scripts::RAISE`] over `(channel, ID)` pairs (all of one hash slot in cluster
+    /// mode): `skew` bounds how far ahead of Redis' clock an ID may be (`None`: no bound),
+    /// `record` marks the raised-over ranges as removed. Returns each channel's position and
+    /// whether it was raised.
+    async fn raise(
+        &self,
+        targets: &[(&str, StreamId)],
+        skew: Option<Duration>,
+        record: bool,
+    ) -> Result<Vec<(Position, bool)>, EngineError> {
+        let mut keys = Vec::with_capacity(2 * targets.len());
+        let mut args = Vec::with_capacity(2 + targets.len());
+        args.push(skew.map_or(-1, |s| s.as_millis() as i64).to_string());
+        args.push(if record { "1" } else { "0" }.to_owned());
+        for (channel, id) in targets {
+            let key = self.stream_key(channel);
+            keys.push(format!("{key}#trim"));
+            keys.insert(keys.len() - 1, key);
+            args.push(id.to_string());
+        }
+        let reply: Value = eval(&self.writer, &self.options(), scripts::RAISE, keys, args)
+            .await
+            .map_err(map_err)?;
+        let unexpected = || EngineError::Internal(format!("unexpected raise reply {reply:?}"));
+        let Value::Array(items) = &reply else {
+            return Err(unexpected());
+        };
+        if items.len() != targets.len() {
+            return Err(unexpected());
+        }
+        items
+            .iter()
+            .map(|item| match item {
+                Value::Array(parts) if parts.len() == 3 => Ok((
+                    position_of(&parts[0], &parts[1])?,
+                    parts[2].as_i64() == Some(1),
+                )),
+                _ => Err(unexpected()),
+            })
+            .collect()
+    }
+}
+
+/// Parses `{last-generated-id or '', watermark or ''}`.
+fn parse_position(reply: &Value) -> Result<Position, EngineError> {
+    let unexpected = || EngineError::Internal(format!("unexpected position reply {reply:?}"));
+    let Value::Array(parts) = reply else {
+        return Err(unexpected());
+    };
+    let [last, trim] = parts.as_slice() else {
+        return Err(unexpected());
+    };
+    position_of(last, trim)
+}
+
+/// A position from a last-generated ID and a watermark (each `''` when there is none).
+fn position_of(last: &Value, trim: &Value) -> Result<Position, EngineError> {
+    Ok(Position {
+        last_id: parse::optional_id(last)?.unwrap_or_default(),
+        trimmed_through: parse::optional_id(trim)?,
+    })
 }
 
 /// Most bytes of field values one publish reads while trimming (it stops trimming there; later
@@ -520,6 +570,17 @@ impl Engine for RedisEngine {
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
         self.shared.position(channel).await
+    }
+
+    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError> {
+        let mut raised = self
+            .shared
+            .raise(&[(channel, to)], Some(MAX_CLOCK_SKEW), false)
+            .await?;
+        Ok(raised
+            .pop()
+            .map(|(position, _)| position)
+            .unwrap_or_default())
     }
 
     async fn group_create(

@@ -23,6 +23,14 @@
 //! the gap covers everything before that entry, possibly more than was really trimmed (never
 //! less). Replies are cut into batches of at most [`MAX_BATCH_BYTES`], and entries larger than
 //! [`crate::engine::MAX_ENTRY_BYTES`] are skipped into the next batch's gap.
+//!
+//! After a reconnect a reader first raises any stream whose last ID fell below its cursor (a
+//! failover to a replica that lacked the tail) to the cursor ([`super::scripts::RAISE`]), so
+//! new entries, even from a primary whose clock is behind, are never below what it reads after.
+//!
+//! The pool shrinks as channels are unwatched: a reader left empty is retired (at most one idle
+//! reader per shard is kept), and one left at most a quarter full is merged into another reader
+//! of its shard, each channel's cursor moving with it (see [`ReaderPool::merge`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,10 +50,20 @@ use super::{map_err, parse, Shared};
 use crate::engine::{EngineError, EngineStats, LiveSink, Ready, ReadySender, MAX_BATCH_BYTES};
 use redistribute_protocol::StreamId;
 
+/// Most channels whose cursors one `EVAL` checks after a reconnect.
+const RAISE_CHUNK: usize = 256;
+
 /// A pending change to a reader's channel set.
 enum Op {
+    /// Start reading the channel at its current last ID.
     Add(ReadySender),
+    /// Stop reading the channel.
     Remove,
+    /// Stop reading the channel and hand its cursor to the reader the pool now assigns it to
+    /// (this reader was merged away).
+    Handover,
+    /// Take the channel over from a merged reader, reading after this ID.
+    Adopt(StreamId),
 }
 
 /// What the pool and a reader task share.
@@ -67,6 +85,8 @@ struct Control {
     connection: Mutex<Option<ReaderAddress>>,
     /// Whether the reader is inside `XREAD` (or about to send it).
     in_read: AtomicBool,
+    /// Merged away: the reader ends once it has handed over all of its channels.
+    retiring: AtomicBool,
 }
 
 /// Where to send `CLIENT UNBLOCK` for a reader.
@@ -83,18 +103,24 @@ struct ReaderSlot {
     channels: usize,
     /// The shard whose channels this reader serves (0 with a single Redis).
     shard: u16,
+    /// Ends this reader (and its unblocker) when it is retired.
+    stop: CancellationToken,
 }
 
 struct PoolState {
-    readers: Vec<ReaderSlot>,
-    assignment: HashMap<Arc<str>, usize>,
+    /// Running readers by id.
+    readers: HashMap<u64, ReaderSlot>,
+    /// Id of the next reader.
+    next_id: u64,
+    /// Which reader serves each watched channel.
+    assignment: HashMap<Arc<str>, u64>,
 }
 
 /// The set of readers of one engine.
 pub(super) struct ReaderPool {
     shared: Arc<Shared>,
     sink: Arc<dyn LiveSink>,
-    state: Mutex<PoolState>,
+    state: Arc<Mutex<PoolState>>,
     unblocks: Arc<AtomicU64>,
     stop: CancellationToken,
 }
@@ -104,10 +130,11 @@ impl ReaderPool {
         ReaderPool {
             shared,
             sink,
-            state: Mutex::new(PoolState {
-                readers: Vec::new(),
+            state: Arc::new(Mutex::new(PoolState {
+                readers: HashMap::new(),
+                next_id: 0,
                 assignment: HashMap::new(),
-            }),
+            })),
             unblocks: Arc::default(),
             stop: CancellationToken::new(),
         }
@@ -128,67 +155,186 @@ impl ReaderPool {
 
     pub(super) fn watch(&self, channel: Arc<str>, ready: ReadySender) {
         let mut st = self.state.lock();
-        let index = match st.assignment.get(&channel) {
-            Some(&i) => i,
+        let st = &mut *st;
+        let id = match st.assignment.get(&channel) {
+            Some(&id) => id,
             None => {
                 let max = self.shared.config.keys_per_reader.max(1);
                 let shard = self.shared.shard(&channel);
-                let index = match st
+                let id = match st
                     .readers
                     .iter()
-                    .enumerate()
                     .filter(|(_, r)| r.shard == shard && r.channels < max)
-                    .min_by_key(|(_, r)| r.channels)
+                    .min_by_key(|(&id, r)| (r.channels, id))
                 {
-                    Some((i, _)) => i,
+                    Some((&id, _)) => id,
                     None => {
-                        st.readers.push(ReaderSlot {
-                            control: self.spawn_reader(shard),
-                            channels: 0,
-                            shard,
-                        });
-                        st.readers.len() - 1
+                        let id = st.next_id;
+                        st.next_id += 1;
+                        st.readers.insert(id, self.spawn_reader(id, shard));
+                        id
                     }
                 };
-                st.readers[index].channels += 1;
-                st.assignment.insert(channel.clone(), index);
-                index
+                if let Some(slot) = st.readers.get_mut(&id) {
+                    slot.channels += 1;
+                }
+                st.assignment.insert(channel.clone(), id);
+                id
             }
         };
-        queue(&st.readers[index].control, channel, Op::Add(ready));
-    }
-
-    pub(super) fn unwatch(&self, channel: &Arc<str>) {
-        let mut st = self.state.lock();
-        if let Some(index) = st.assignment.remove(channel) {
-            st.readers[index].channels -= 1;
-            queue(&st.readers[index].control, channel.clone(), Op::Remove);
+        if let Some(slot) = st.readers.get(&id) {
+            queue(&slot.control, channel, Op::Add(ready));
         }
     }
 
-    fn spawn_reader(&self, shard: u16) -> Arc<Control> {
+    /// Stops feeding `channel`, then shrinks the pool: a reader left with no channels is
+    /// retired (its connection closed) unless it is the only empty reader of its shard (one
+    /// idle reader per shard is kept, so watching and unwatching a channel over and over does
+    /// not reconnect each time); a reader left at most a quarter full is merged into another
+    /// reader of its shard that stays at most half full ([`ReaderPool::merge`]).
+    pub(super) fn unwatch(&self, channel: &Arc<str>) {
+        let mut st = self.state.lock();
+        let Some(id) = st.assignment.remove(channel) else {
+            return;
+        };
+        let Some(slot) = st.readers.get_mut(&id) else {
+            return;
+        };
+        slot.channels -= 1;
+        queue(&slot.control, channel.clone(), Op::Remove);
+        if slot.channels > 0 {
+            let max = self.shared.config.keys_per_reader.max(1);
+            if slot.channels <= max / 4 {
+                Self::merge(&mut st, id, max);
+            }
+            return;
+        }
+        let shard = slot.shard;
+        let other_idle = st
+            .readers
+            .iter()
+            .any(|(&other, r)| other != id && r.shard == shard && r.channels == 0);
+        if other_idle {
+            if let Some(slot) = st.readers.remove(&id) {
+                slot.stop.cancel();
+            }
+        }
+    }
+
+    /// Moves every channel of under-used reader `source` to the fullest other reader of its
+    /// shard that stays at most half full, and retires `source`. Each channel's cursor moves
+    /// with it: `source` stops reading the channel and hands its cursor over
+    /// ([`Op::Handover`]); the target reads after it ([`Op::Adopt`]), so nothing is skipped or
+    /// delivered twice. The thresholds (merge at a quarter, into at most half) keep merges
+    /// from being undone by the next few watches.
+    fn merge(st: &mut PoolState, source: u64, max: usize) {
+        let Some(from) = st.readers.get(&source) else {
+            return;
+        };
+        let (shard, moving) = (from.shard, from.channels);
+        let target = st
+            .readers
+            .iter()
+            .filter(|(&id, r)| id != source && r.shard == shard)
+            .filter(|(_, r)| r.channels + moving <= max / 2)
+            .max_by_key(|(&id, r)| (r.channels, std::cmp::Reverse(id)))
+            .map(|(&id, _)| id);
+        let Some(target) = target else {
+            return;
+        };
+        let Some(to) = st.readers.get_mut(&target) else {
+            return;
+        };
+        to.channels += moving;
+        let to_control = to.control.clone();
+        let Some(from) = st.readers.remove(&source) else {
+            return;
+        };
+        from.control.retiring.store(true, Ordering::Release);
+        for (channel, id) in st.assignment.iter_mut() {
+            if *id != source {
+                continue;
+            }
+            *id = target;
+            let mut pending = from.control.pending.lock();
+            match pending.remove(channel) {
+                // Not started by `source` yet: the target starts it instead.
+                Some(Op::Add(ready)) => {
+                    drop(pending);
+                    queue(&to_control, channel.clone(), Op::Add(ready));
+                }
+                // A cursor on its way to `source` (an earlier merge): it goes on.
+                Some(Op::Adopt(cursor)) => {
+                    drop(pending);
+                    queue_unless_newer(&to_control, channel.clone(), Op::Adopt(cursor));
+                }
+                _ => {
+                    drop(pending);
+                    queue(&from.control, channel.clone(), Op::Handover);
+                }
+            }
+        }
+        // Wakes `source` (even with nothing to hand over) so that it sees it is retiring.
+        from.control.wanted.fetch_add(1, Ordering::AcqRel);
+        from.control.wake.notify_one();
+        from.control.unblock.notify_one();
+    }
+
+    fn spawn_reader(&self, id: u64, shard: u16) -> ReaderSlot {
         let control = Arc::new(Control::default());
+        let stop = self.stop.child_token();
         let reader = Reader {
             shared: self.shared.clone(),
             sink: self.sink.clone(),
             control: control.clone(),
-            stop: self.stop.clone(),
+            stop: stop.clone(),
             cursors: Cursors::default(),
             shard,
+            id,
+            pool: self.state.clone(),
         };
         tokio::spawn(reader.run());
         tokio::spawn(unblocker(
             self.shared.clone(),
             control.clone(),
             self.unblocks.clone(),
-            self.stop.clone(),
+            stop.clone(),
         ));
-        control
+        ReaderSlot {
+            control,
+            channels: 0,
+            shard,
+            stop,
+        }
     }
 }
 
 fn queue(control: &Control, channel: Arc<str>, op: Op) {
     control.pending.lock().insert(channel, op);
+    notify(control);
+}
+
+/// Queues `op` unless a newer op for the channel is queued already (which then wins).
+fn queue_unless_newer(control: &Control, channel: Arc<str>, op: Op) {
+    control.pending.lock().entry(channel).or_insert(op);
+    notify(control);
+}
+
+/// Queues `op` (unless a newer one is queued) on the reader the pool assigns `channel` to;
+/// dropped if the channel is not watched any more. Under the pool's lock, so the op never
+/// lands on a reader merged away meanwhile (merges move queued ops along).
+fn queue_on_owner(pool: &Mutex<PoolState>, channel: Arc<str>, op: Op) {
+    let pool = pool.lock();
+    let owner = pool
+        .assignment
+        .get(&channel)
+        .and_then(|owner| pool.readers.get(owner));
+    if let Some(owner) = owner {
+        queue_unless_newer(&owner.control, channel, op);
+    }
+}
+
+fn notify(control: &Control) {
     control.wanted.fetch_add(1, Ordering::AcqRel);
     control.wake.notify_one();
     control.unblock.notify_one();
@@ -268,6 +414,10 @@ struct Reader {
     cursors: Cursors,
     /// The shard this reader serves (0 with a single Redis).
     shard: u16,
+    /// This reader's id in the pool.
+    id: u64,
+    /// The pool's state, to check that an adopted channel is still assigned here.
+    pool: Arc<Mutex<PoolState>>,
 }
 
 /// A reader's own connection: a client that never reconnects by itself, and its routing task.
@@ -288,6 +438,9 @@ impl Reader {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(50);
         let mut connection: Option<Connection> = None;
+        // Whether the cursors held across a reconnect still have to be checked against the
+        // streams (which a failover may have set back).
+        let mut resume = false;
         loop {
             if self.stop.is_cancelled() {
                 break;
@@ -295,7 +448,10 @@ impl Reader {
             let conn = match &connection {
                 Some(conn) => conn,
                 None => match self.connect().await {
-                    Ok(conn) => connection.insert(conn),
+                    Ok(conn) => {
+                        resume = !self.cursors.is_empty();
+                        connection.insert(conn)
+                    }
                     Err(err) => {
                         warn!(%err, shard = self.shard, "reader cannot connect to Redis; retrying");
                         self.shared.refresh_routing().await;
@@ -306,12 +462,28 @@ impl Reader {
                     }
                 },
             };
+            if resume {
+                if let Err(err) = self.raise_to_cursors().await {
+                    warn!(%err, shard = self.shard, "reader cannot check its cursors; retrying");
+                    if self.pause(&mut backoff).await {
+                        break;
+                    }
+                    continue;
+                }
+                resume = false;
+            }
             if let Err(err) = self.apply_changes().await {
                 warn!(%err, "reader cannot start watching a channel; retrying");
                 if self.pause(&mut backoff).await {
                     break;
                 }
                 continue;
+            }
+            if self.control.retiring.load(Ordering::Acquire)
+                && self.cursors.is_empty()
+                && self.control.pending.lock().is_empty()
+            {
+                break;
             }
             if self.cursors.is_empty() {
                 tokio::select! {
@@ -338,6 +510,8 @@ impl Reader {
             }
         }
         self.control.connection.lock().take();
+        // Ends the unblocker too (the reader may have retired by itself after a merge).
+        self.stop.cancel();
         if let Some(conn) = connection {
             conn.close().await;
         }
@@ -375,6 +549,35 @@ impl Reader {
         }
     }
 
+    /// After a reconnect: raises every stream whose last ID is now below this reader's cursor
+    /// (the primary that served the cursor's entries failed over to a replica that lacks them)
+    /// to the cursor, recording the lost range as trimmed. New entries then get IDs above the
+    /// cursor, even from a primary whose clock is behind, so `XREAD` after the cursor sees
+    /// them, and subscribers resuming inside the lost range get an exact `gap`. The cursor came
+    /// from Redis itself, so it is not bounded by the clock as a client's offset is.
+    async fn raise_to_cursors(&self) -> Result<(), EngineError> {
+        let targets: Vec<(&str, StreamId)> = self.cursors.iter().collect();
+        let mut raised = 0;
+        for chunk in targets.chunks(RAISE_CHUNK) {
+            raised += self
+                .shared
+                .raise(chunk, None, true)
+                .await?
+                .iter()
+                .filter(|(_, raised)| *raised)
+                .count();
+        }
+        if raised > 0 {
+            warn!(
+                shard = self.shard,
+                channels = raised,
+                "streams were behind this reader's cursors (a failover lost their tails); \
+                 raised their last IDs to the cursors and recorded the lost ranges as gaps"
+            );
+        }
+        Ok(())
+    }
+
     /// Applies queued changes; a new channel starts at its current last ID.
     async fn apply_changes(&mut self) -> Result<(), EngineError> {
         let generation = self.control.wanted.load(Ordering::Acquire);
@@ -383,6 +586,25 @@ impl Reader {
         for (channel, op) in ops {
             match op {
                 Op::Remove => self.cursors.remove(&channel),
+                Op::Handover => {
+                    // Without a cursor here, one is still on its way (an earlier merge): the
+                    // `Adopt` rule passes it on when it arrives.
+                    if let Some(id) = self.cursors.get(&channel) {
+                        self.cursors.remove(&channel);
+                        queue_on_owner(&self.pool, channel, Op::Adopt(id));
+                    }
+                }
+                Op::Adopt(id) => {
+                    // The pool's assignment decides: adopt the channel here, pass it on to the
+                    // reader it was merged into meanwhile, or drop it (unwatched since).
+                    let mine = self.pool.lock().assignment.get(&channel) == Some(&self.id);
+                    if !mine {
+                        queue_on_owner(&self.pool, channel, Op::Adopt(id));
+                    } else if !self.cursors.contains(&channel) {
+                        let key = self.shared.stream_key(&channel);
+                        self.cursors.insert(channel, key, id);
+                    }
+                }
                 Op::Add(ready) => {
                     if self.cursors.contains(&channel) {
                         ready.send_replace(Ready::Started);
@@ -414,9 +636,17 @@ impl Reader {
         Ok(())
     }
 
-    /// Puts an op back unless a newer one for the channel was queued meanwhile.
+    /// Puts an op back unless a newer one for the channel was queued meanwhile; if the
+    /// channel was merged into another reader meanwhile, the op goes there instead.
     fn requeue(&self, channel: Arc<str>, op: Op) {
-        self.control.pending.lock().entry(channel).or_insert(op);
+        let mut pending = self.control.pending.lock();
+        if matches!(pending.get(&channel), Some(Op::Handover)) {
+            pending.remove(&channel);
+            drop(pending);
+            queue_on_owner(&self.pool, channel, op);
+            return;
+        }
+        pending.entry(channel).or_insert(op);
     }
 
     async fn read_once(&mut self, client: &Client) -> Result<(), EngineError> {
@@ -433,7 +663,12 @@ impl Reader {
         };
         let cmd = CustomCommand::new_static("XREAD", ClusterHash::FirstKey, true);
         self.control.in_read.store(true, Ordering::Release);
-        let reply: Result<Value, _> = client.with_options(&options).custom(cmd, args).await;
+        let client = client.with_options(&options);
+        let reply: Result<Value, _> = tokio::select! {
+            reply = client.custom(cmd, args) => reply,
+            // Retired or shutting down: the caller closes the connection.
+            _ = self.stop.cancelled() => Ok(Value::Null),
+        };
         self.control.in_read.store(false, Ordering::Release);
         let reply = reply.map_err(map_err)?;
         // Each replied key: its channel, entries, previous cursor and unreported gap.
@@ -455,7 +690,7 @@ impl Reader {
         let watermarks = if replied.iter().all(|r| adjacent(r.2, r.3)) {
             vec![None; replied.len()]
         } else {
-            watermarks(client, replied.iter().map(|r| &*r.1)).await?
+            watermarks(&client, replied.iter().map(|r| &*r.1)).await?
         };
         let mut batches = Vec::new();
         for ((channel, _, entries, cursor, gap), watermark) in replied.iter().zip(watermarks) {
@@ -477,7 +712,7 @@ impl Reader {
 
 /// The trim watermarks (`<key>#trim`) of the stream keys, in order, with one `MGET`.
 async fn watermarks<'a>(
-    client: &Client,
+    client: &impl fred::interfaces::ClientLike,
     keys: impl Iterator<Item = &'a str>,
 ) -> Result<Vec<Option<StreamId>>, EngineError> {
     let args: Vec<Value> = keys.map(|k| Value::from(format!("{k}#trim"))).collect();

@@ -254,3 +254,58 @@ for _, e in ipairs(r[2]) do
 end
 return {r[1], entries, counts}
 "#;
+
+/// KEYS: stream, trim watermark, stream, trim watermark, ... (pairs).
+/// ARGV: clock skew ms (negative: no clock check), record (`1`/`0`), one ID per pair.
+/// For each pair whose stream's last-generated ID is below the given ID, raises it with `XSETID`
+/// (creating an empty stream if there is none), so new entries come after that ID; refused when
+/// the ID is more than the skew ahead of Redis' clock. With record `1` the raised-over range is
+/// recorded as removed: the trim watermark (and the stream's max deleted ID) becomes the ID.
+/// Returns `{last-generated-id or '', watermark or '', raised 0/1}` per pair.
+pub const RAISE: &str = r#"
+local function split(id) return string.match(id, '^(%d+)-(%d+)$') end
+local function less(a, b)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  if #am ~= #bm then return #am < #bm end
+  if am ~= bm then return am < bm end
+  if #as ~= #bs then return #as < #bs end
+  return as < bs
+end
+local limit
+if tonumber(ARGV[1]) >= 0 then
+  local t = redis.call('TIME')
+  limit = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+end
+local out = {}
+for i = 1, #KEYS, 2 do
+  local key, trim, to = KEYS[i], KEYS[i + 1], ARGV[2 + (i + 1) / 2]
+  local exists = redis.call('EXISTS', key) == 1
+  local last = '0-0'
+  if exists then
+    local info = redis.call('XINFO', 'STREAM', key)
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then last = info[j + 1] end
+    end
+  end
+  local raised = 0
+  if split(to) and less(last, to) and (not limit or tonumber((split(to))) <= limit) then
+    if not exists then
+      redis.call('XGROUP', 'CREATE', key, 'redistribute:raise', '$', 'MKSTREAM')
+      redis.call('XGROUP', 'DESTROY', key, 'redistribute:raise')
+      exists = true
+    end
+    if ARGV[2] == '1' then
+      redis.call('XSETID', key, to, 'MAXDELETEDID', to)
+      redis.call('SET', trim, to)
+    else
+      redis.call('XSETID', key, to)
+    end
+    last = to
+    raised = 1
+  end
+  if not exists then last = '' end
+  out[#out + 1] = {last, redis.call('GET', trim) or '', raised}
+end
+return out
+"#;
