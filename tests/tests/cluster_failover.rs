@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 use cluster_support::{offset, start_instance, subscribe_all, take, Received};
 use redistribute_server::engine::redis::keys;
 use redistribute_testkit::{server_binary, RedisCluster, RedisServer, ServerProcess, WsClient};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -290,5 +290,221 @@ async fn publishes_without_enough_replicas_fail_unavailable_and_retries_write_on
     }
     let len = redis.command(&["XLEN", "rd:durable"]).await?;
     ensure!(len.as_integer() == Some(1), "stored {len} times");
+    Ok(())
+}
+
+/// The `last-generated-id` of stream `key` on node `port`.
+async fn last_generated(
+    cluster: &RedisCluster,
+    port: u16,
+    key: &str,
+) -> Result<Option<(u64, u64)>> {
+    let info = cluster.command(port, &["XINFO", "STREAM", key]).await?;
+    let Some(items) = info.as_array() else {
+        return Ok(None);
+    };
+    items
+        .chunks(2)
+        .find(|kv| kv[0].as_str() == Some("last-generated-id"))
+        .and_then(|kv| kv[1].as_str())
+        .map(offset)
+        .transpose()
+}
+
+/// Publishes `seq`, retrying while the server answers `unavailable`; returns the offset.
+async fn publish_retrying(client: &mut WsClient, channel: &str, seq: u64) -> Result<String> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let reply = client
+            .request(
+                json!({"type": "publish", "channel": channel, "fields": {"seq": seq},
+                            "idempotency_key": format!("{channel}-{seq}")}),
+            )
+            .await?;
+        match reply["type"].as_str() {
+            Some("published") => return Ok(reply["offset"].as_str().context("offset")?.into()),
+            Some("error") if reply["code"] == "unavailable" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => bail!("unexpected reply {reply}"),
+        }
+    }
+}
+
+/// Subscribes from `from`, retrying while the server answers `unavailable` (it is still
+/// finding the new primary); returns the `subscribed` reply.
+async fn subscribe_retrying(client: &mut WsClient, channel: &str, from: &str) -> Result<Value> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let reply = client
+            .request(json!({"type": "subscribe", "channel": channel, "offset": from}))
+            .await?;
+        match reply["type"].as_str() {
+            Some("subscribed") => return Ok(reply),
+            Some("error") if reply["code"] == "unavailable" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => bail!("unexpected reply {reply}"),
+        }
+    }
+}
+
+/// The `seq`s of the next `n` messages of `channel` (other frames are an error).
+async fn next_seqs(client: &mut WsClient, channel: &str, n: usize) -> Result<Vec<u64>> {
+    let got = client.recv_messages(channel, n, STEP).await?;
+    got.iter()
+        .map(|m| m["fields"]["seq"].as_u64().context("no seq"))
+        .collect()
+}
+
+/// Item 10 on a real Redis Cluster: the replica's link is cut while three more messages are
+/// acknowledged and delivered, then the primary dies and the replica, lacking
+/// them, is promoted. The instance's reader raises the stream past what it delivered, so a
+/// subscriber resuming from the last delivered offset gets no replay, subscribers resuming
+/// inside the lost range or at the promoted replica's tail get an exact gap, and every one of
+/// them (and the subscriber that stayed connected) receives each message published after the
+/// failover once.
+#[tokio::test]
+async fn failover_to_a_replica_without_the_tail_replays_nothing_and_loses_nothing_new() -> Result<()>
+{
+    let mut cluster = RedisCluster::start(3, 1).await?;
+    let instance = start_instance(&cluster, &["--request-timeout-ms", "2000"]).await?;
+    let channel = "lost:tail";
+    let key = keys::stream_key("rd:", channel, Some(keys::DEFAULT_SHARDS));
+    let primary = cluster.primary_for_key(&key).await?;
+    let replica = *cluster
+        .replicas_of(primary)
+        .await?
+        .first()
+        .context("no replica")?;
+
+    let mut live = WsClient::connect(&instance.ws_url()).await?;
+    live.subscribe(channel, None).await?;
+    let mut publisher = WsClient::connect(&instance.ws_url()).await?;
+    let mut offsets = Vec::new();
+    for seq in 0..3 {
+        offsets.push(publish_retrying(&mut publisher, channel, seq).await?);
+    }
+    ensure!(next_seqs(&mut live, channel, 3).await? == [0, 1, 2]);
+    // The replica has everything so far.
+    let deadline = Instant::now() + STEP;
+    loop {
+        let info = cluster.command(primary, &["INFO", "replication"]).await?;
+        let text = info.as_str().context("INFO replication")?.to_owned();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let master = field("master_repl_offset:").context("master_repl_offset")?;
+        let synced = field("slave0:").is_some_and(|s| s.contains(&format!("offset={master},")));
+        if synced {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "replica never caught up: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The replica loses its link and cannot get it back (a wrong `masterauth` fails its
+    // handshake): three more messages are acknowledged and delivered that it never gets.
+    for args in [
+        &["CONFIG", "SET", "masterauth", "wrong"][..],
+        &["CLIENT", "KILL", "TYPE", "master"][..],
+    ] {
+        cluster.command(replica, args).await?.into_result()?;
+    }
+    let deadline = Instant::now() + STEP;
+    loop {
+        let info = cluster.command(replica, &["INFO", "replication"]).await?;
+        let text = info.as_str().context("INFO replication")?;
+        if text.contains("master_link_status:down") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "replica link stays up: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for seq in 3..6 {
+        offsets.push(publish_retrying(&mut publisher, channel, seq).await?);
+    }
+    let delivered = next_seqs(&mut live, channel, 3).await;
+    cluster.kill(primary).await?;
+    ensure!(delivered? == [3, 4, 5]);
+    let last = offset(&offsets[5])?;
+
+    // The replica takes over without them; the reader raises the stream past them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let role = cluster.command(replica, &["ROLE"]).await?;
+        if role
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|r| r.as_str())
+            == Some("master")
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "replica {replica} not promoted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.wait_healthy(Duration::from_secs(30)).await?;
+    // The promoted replica lacks the tail, and the reader raised the stream past it and
+    // recorded the lost range.
+    let trim_key = format!("{key}#trim");
+    let deadline = Instant::now() + STEP;
+    loop {
+        let watermark = cluster.command(replica, &["GET", &trim_key]).await?;
+        if watermark.as_str() == Some(offsets[5].as_str()) {
+            break;
+        }
+        let now = last_generated(&cluster, replica, &key).await?;
+        ensure!(
+            Instant::now() < deadline,
+            "stream at {now:?}, watermark {watermark:?}: not raised past the delivered {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = last_generated(&cluster, replica, &key).await?;
+    ensure!(now == Some(last), "stream at {now:?}, not at {last:?}");
+    let len = cluster.command(replica, &["XLEN", &key]).await?;
+    ensure!(
+        len.as_integer() == Some(3),
+        "the promoted replica holds {len:?} entries"
+    );
+
+    // Resuming from the last delivered offset: no replay, not truncated.
+    let mut resumed = WsClient::connect(&instance.ws_url()).await?;
+    let reply = subscribe_retrying(&mut resumed, channel, &offsets[5]).await?;
+    ensure!(
+        reply["offset"] == offsets[5] && reply["truncated"] == false,
+        "{reply}"
+    );
+    // Inside the lost range, and at the promoted replica's tail: the exact gap.
+    let mut inside = Vec::new();
+    for from in [&offsets[3], &offsets[2]] {
+        let mut c = WsClient::connect(&instance.ws_url()).await?;
+        let reply = subscribe_retrying(&mut c, channel, from).await?;
+        ensure!(
+            reply["truncated"] == true && reply["offset"] == offsets[5],
+            "{reply}"
+        );
+        let gap = c
+            .recv_until(|f| f["type"] == "gap", STEP)
+            .await
+            .context("no gap frame")?;
+        ensure!(gap["from"] == **from && gap["to"] == offsets[5], "{gap}");
+        inside.push(c);
+    }
+
+    for seq in 10..13 {
+        let at = publish_retrying(&mut publisher, channel, seq).await?;
+        ensure!(offset(&at)? > last, "{at} not after {last:?}");
+    }
+    for c in [&mut live, &mut resumed]
+        .into_iter()
+        .chain(inside.iter_mut())
+    {
+        ensure!(next_seqs(c, channel, 3).await? == [10, 11, 12]);
+        c.expect_silence(Duration::from_millis(300)).await?;
+    }
     Ok(())
 }
