@@ -1129,5 +1129,12 @@ async fn trim_watermarks_die_with_their_stream() -> Result<()> {
         assert_eq!(page.gap_through, None, "round {round}");
         redis.command(&["DEL", "rd:gone"]).await?.into_result()?;
     }
+    // A consumer group creating the stream again starts it without the old watermark too.
+    for n in 0..30 {
+        publish_maxlen(&s, "gone", json!({ "n": n }), 5).await?;
+    }
+    redis.command(&["DEL", "rd:gone"]).await?.into_result()?;
+    s.engine.group_create("gone", "g", Offset::Earliest).await?;
+    assert_eq!(s.engine.position("gone").await?.trimmed_through, None);
     Ok(())
 }

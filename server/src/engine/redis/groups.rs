@@ -46,11 +46,13 @@ impl Shared {
             Offset::Earliest => "0".to_owned(),
             Offset::Id(id) => id.to_string(),
         };
+        let key = self.stream_key(channel);
+        let watermark = format!("{key}#trim");
         let reply = eval(
             &self.writer,
             &self.options(),
             scripts::GROUP_CREATE,
-            vec![self.stream_key(channel)],
+            vec![key, watermark],
             vec![group.to_owned(), start],
         )
         .await

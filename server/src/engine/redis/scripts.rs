@@ -112,9 +112,12 @@ end
 return {wm, skipped, out}
 "#;
 
-/// KEYS: stream. ARGV: group, start ID (`$`, `0` or an ID).
-/// Creates the group (and the stream) unless it exists; returns its last delivered ID.
+/// KEYS: stream, trim watermark. ARGV: group, start ID (`$`, `0` or an ID).
+/// Creates the group (and the stream) unless it exists; returns its last delivered ID. A stream
+/// it creates starts without a watermark (like a publish that creates one), so a stale `#trim`
+/// of a deleted stream never reports gaps in the new one.
 pub const GROUP_CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
 local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
 if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP') then return r end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
