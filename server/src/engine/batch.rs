@@ -88,6 +88,16 @@ impl Batch {
         &self.frame.as_str()[start..self.frame.len() - FRAME_END.len()]
     }
 
+    /// The comma-separated JSON objects of the entries in `from..to` (no brackets).
+    pub fn items_range(&self, from: usize, to: usize) -> &str {
+        let start = self.starts[from] as usize;
+        let end = match self.starts.get(to) {
+            Some(&next) => next as usize - 1, // the comma between items
+            None => self.frame.len() - FRAME_END.len(),
+        };
+        &self.frame.as_str()[start..end]
+    }
+
     /// The JSON object of entry `index`: `{"offset":…,"fields":{…}}`.
     pub fn item(&self, index: usize) -> &str {
         let start = self.starts[index] as usize;

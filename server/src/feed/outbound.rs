@@ -6,9 +6,10 @@
 //! without decoding anything. Merged frames stop growing at [`MERGE_LIMIT`] bytes. Gaps (entries
 //! a subscription cannot receive) keep their place among a channel's messages.
 //!
-//! Frame size: a batch is at most [`crate::engine::MAX_BATCH_BYTES`] of items or one entry of at
-//! most [`crate::engine::MAX_ENCODED_ENTRY_BYTES`], and merging never passes [`MERGE_LIMIT`], so no frame
-//! exceeds [`MAX_SERVER_FRAME`].
+//! Frame size: a batch larger than [`MERGE_LIMIT`] (whoever produced it, a consumer-group page
+//! say) is split into frames of at most that or of one entry, entries are at most
+//! [`crate::engine::MAX_ENCODED_ENTRY_BYTES`], and merging never passes [`MERGE_LIMIT`], so no
+//! frame exceeds [`MAX_SERVER_FRAME`].
 
 use std::sync::Arc;
 
@@ -30,8 +31,8 @@ const _: () = assert!(
 );
 
 enum Parts {
-    /// Entries of batches, each from an index on.
-    Messages(Vec<(Arc<Batch>, usize)>),
+    /// Entries of batches, each an index range `from..to`.
+    Messages(Vec<(Arc<Batch>, usize, usize)>),
     /// Entries in `(from, to]` are missed.
     Gap(StreamId, StreamId),
 }
@@ -60,10 +61,28 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Adds the entries of `batch` from index `from` on.
+    /// Adds the entries of `batch` from index `from` on. A batch larger than [`MERGE_LIMIT`]
+    /// (whoever produced it) is split into frames of at most that, or of one entry.
     pub fn push(&mut self, batch: Arc<Batch>, from: usize) {
-        self.entries += batch.len() - from;
-        let bytes = batch.items_from(from).len();
+        let len = batch.len();
+        if batch.items_from(from).len() <= MERGE_LIMIT {
+            return self.push_range(batch, from, len);
+        }
+        let (mut start, mut bytes) = (from, 0);
+        for i in from..len {
+            let item = batch.item(i).len() + 1;
+            if i > start && bytes + item > MERGE_LIMIT {
+                self.push_range(batch.clone(), start, i);
+                (start, bytes) = (i, 0);
+            }
+            bytes += item;
+        }
+        self.push_range(batch, start, len);
+    }
+
+    fn push_range(&mut self, batch: Arc<Batch>, from: usize, to: usize) {
+        self.entries += to - from;
+        let bytes = batch.items_range(from, to).len();
         self.bytes += bytes;
         let channel = batch.channel();
         match self
@@ -78,12 +97,12 @@ impl Outbound {
                 ..
             }) if *group_bytes + bytes <= MERGE_LIMIT => {
                 *group_bytes += bytes;
-                parts.push((batch, from));
+                parts.push((batch, from, to));
             }
             _ => self.groups.push(Group {
                 channel: channel.clone(),
                 bytes,
-                parts: Parts::Messages(vec![(batch, from)]),
+                parts: Parts::Messages(vec![(batch, from, to)]),
             }),
         }
     }
@@ -122,8 +141,8 @@ impl Outbound {
                 Parts::Gap(from, to) => (&[][..], Some(Delivery::Gap(channel, *from, *to))),
             };
             gap.into_iter()
-                .chain(parts.iter().flat_map(move |(batch, from)| {
-                    (*from..batch.len())
+                .chain(parts.iter().flat_map(move |(batch, from, to)| {
+                    (*from..*to)
                         .map(move |i| Delivery::Message(channel, batch.ids()[i], batch.item(i)))
                 }))
         })
@@ -135,10 +154,10 @@ impl Outbound {
         self.bytes = 0;
         self.groups.drain(..).map(|group| match group.parts {
             Parts::Messages(parts) => match parts.as_slice() {
-                [(batch, 0)] => batch.frame().clone(),
+                [(batch, 0, to)] if *to == batch.len() => batch.frame().clone(),
                 parts => Utf8Bytes::from(messages_frame(
                     &group.channel,
-                    parts.iter().map(|(b, from)| b.items_from(*from)),
+                    parts.iter().map(|(b, from, to)| b.items_range(*from, *to)),
                 )),
             },
             Parts::Gap(from, to) => Utf8Bytes::from(gap_frame(&group.channel, from, to)),
@@ -193,6 +212,38 @@ mod tests {
             vec![("a".into(), vec![2, 3, 4]), ("b".into(), vec![7])]
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_merge_limit_is_split_into_bounded_frames() {
+        let mut b = BatchBuilder::new("big".into());
+        let value = format!("\"{}\"", "v".repeat(100_000));
+        for ms in 1..=12 {
+            b.begin_entry(StreamId::new(ms, 0));
+            b.field(true, "v", &value);
+            b.end_entry();
+        }
+        let big = Arc::new(b.finish().unwrap());
+        assert!(big.frame().len() > 1 << 20);
+        let mut out = Outbound::default();
+        out.push(big, 1);
+        let frames: Vec<_> = out.take_frames().collect();
+        assert!(frames.len() > 1);
+        let mut got = Vec::new();
+        for frame in &frames {
+            assert!(
+                frame.len() <= MERGE_LIMIT + 1024,
+                "a frame of {} bytes",
+                frame.len()
+            );
+            got.extend(offsets(frame).1);
+        }
+        assert_eq!(got, (2..=12).collect::<Vec<_>>());
+        // A small batch is still sent as its shared frame.
+        let small = batch("s", &[1, 2]);
+        out.push(small.clone(), 0);
+        let frames: Vec<_> = out.take_frames().collect();
+        assert_eq!(frames[0].as_str().as_ptr(), small.frame().as_str().as_ptr());
     }
 
     #[test]
