@@ -4,6 +4,8 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, openSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
+import { createServer as createHttpServer, request } from 'node:http';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -129,3 +131,47 @@ export async function launchBrowser() {
 
 /** Where the children's logs are (printed when a test fails). */
 export const logDir = logs;
+
+/** Serves `page` (HTML) at / and the built package under /pkg/, on a free loopback port. */
+export function servePages(page) {
+  const server = createHttpServer(async (req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    if (path === '/') {
+      res.writeHead(200, { 'content-type': 'text/html' }).end(page);
+      return;
+    }
+    const name = path.startsWith('/pkg/') ? path.slice(5) : '';
+    if (!/^[\w.-]+$/.test(name)) {
+      res.writeHead(404).end();
+      return;
+    }
+    try {
+      const body = await readFile(join(root, 'client-wasm', 'pkg', name));
+      const type = name.endsWith('.wasm') ? 'application/wasm' : 'text/javascript';
+      res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
+}
+
+/** An HTTP call to the server on a fresh connection that closes after the reply. */
+export function api(port, method, path, body) {
+  return new Promise((ok, fail) => {
+    const req = request(
+      { host: '127.0.0.1', port, method, path, agent: false, timeout: 10000,
+        headers: { 'content-type': 'application/json', connection: 'close' } },
+      (res) => {
+        let text = '';
+        res.on('data', (c) => { text += c; });
+        res.on('end', () => (res.statusCode < 300
+          ? ok(text ? JSON.parse(text) : null)
+          : fail(new Error(`${method} ${path}: ${res.statusCode} ${text}`))));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: timed out`)));
+    req.on('error', fail);
+    req.end(body ? JSON.stringify(body) : undefined);
+  });
+}

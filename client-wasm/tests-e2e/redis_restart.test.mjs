@@ -7,11 +7,10 @@
 // redis-server on free ports. Every wait is bounded.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { launchBrowser, logDir, root, startRedis, startServer, waitFor } from './fixtures.mjs';
+import {
+  api, launchBrowser, logDir, servePages, startRedis, startServer, waitFor,
+} from './fixtures.mjs';
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>restart</title>
 <script type="module">
@@ -27,36 +26,9 @@ await client.subscribe('restart', '0');
 window.ready = true;
 </script>`;
 
-function servePages() {
-  const server = createServer(async (req, res) => {
-    const path = new URL(req.url, 'http://x').pathname;
-    if (path === '/') {
-      res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE);
-      return;
-    }
-    const name = path.startsWith('/pkg/') ? path.slice(5) : '';
-    try {
-      if (!/^[\w.-]+$/.test(name)) throw new Error('not found');
-      const body = await readFile(join(root, 'client-wasm', 'pkg', name));
-      const type = name.endsWith('.wasm') ? 'application/wasm' : 'text/javascript';
-      res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
-    } catch {
-      res.writeHead(404).end();
-    }
-  });
-  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
-}
-
 async function publish(port, n) {
-  const res = await fetch(`http://127.0.0.1:${port}/api/publish`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ channel: 'restart', fields: { n } }),
-    signal: AbortSignal.timeout(10000),
-  });
-  const text = await res.text();
-  assert.equal(res.status, 200, `publish ${n}: ${text}`);
-  return JSON.parse(text).offset;
+  const reply = await api(port, 'POST', '/api/publish', { channel: 'restart', fields: { n } });
+  return reply.offset;
 }
 
 /** Publishes until one is acknowledged (Redis may still be coming back). */
@@ -80,7 +52,7 @@ describe('the browser client survives a Redis restart during a failover', { time
     redis = await startRedis();
     a = await startServer(redis.url);
     b = await startServer(redis.url);
-    web = await servePages();
+    web = await servePages(PAGE);
     browser = await launchBrowser();
   });
 

@@ -15,11 +15,10 @@
 // Run: client-wasm/build.sh && cargo build -p redistribute-server && npm test (here).
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, request } from 'node:http';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { launchBrowser, logDir, root, startRedis, startServer, waitFor } from './fixtures.mjs';
+import {
+  api, launchBrowser, logDir, servePages, startRedis, startServer, waitFor,
+} from './fixtures.mjs';
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>storage</title>
 <script type="module">
@@ -49,50 +48,6 @@ window.churn = async (channel, who, count, cancelEvery) => {
 window.ready = true;
 </script>`;
 
-/** Serves the test page at / and the built package under /pkg/. */
-function servePages() {
-  const server = createServer(async (req, res) => {
-    const path = new URL(req.url, 'http://x').pathname;
-    if (path === '/') {
-      res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE);
-      return;
-    }
-    const name = path.startsWith('/pkg/') ? path.slice(5) : '';
-    if (!/^[\w.-]+$/.test(name)) {
-      res.writeHead(404).end();
-      return;
-    }
-    try {
-      const body = await readFile(join(root, 'client-wasm', 'pkg', name));
-      const type = name.endsWith('.wasm') ? 'application/wasm' : 'text/javascript';
-      res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
-    } catch {
-      res.writeHead(404).end();
-    }
-  });
-  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
-}
-
-/** An HTTP call to a server on a fresh connection that closes after the reply. */
-function api(port, method, path, body) {
-  return new Promise((ok, fail) => {
-    const req = request(
-      { host: '127.0.0.1', port, method, path, agent: false, timeout: 10000,
-        headers: { 'content-type': 'application/json', connection: 'close' } },
-      (res) => {
-        let text = '';
-        res.on('data', (c) => { text += c; });
-        res.on('end', () => (res.statusCode < 300
-          ? ok(text ? JSON.parse(text) : null)
-          : fail(new Error(`${method} ${path}: ${res.statusCode} ${text}`))));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: timed out`)));
-    req.on('error', fail);
-    req.end(body ? JSON.stringify(body) : undefined);
-  });
-}
-
 const publish = (port, channel, n) => api(port, 'POST', '/api/publish', { channel, fields: { n } });
 
 async function history(port, channel) {
@@ -120,7 +75,7 @@ describe('localStorage shared by tabs and clients of one origin', { timeout: 300
   before(async () => {
     [redis1, redis2] = [await startRedis(), await startRedis()];
     [s1, s2] = [await startServer(redis1.url), await startServer(redis2.url)];
-    web = await servePages();
+    web = await servePages(PAGE);
     browser = await launchBrowser();
   });
 

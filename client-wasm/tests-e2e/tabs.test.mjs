@@ -9,11 +9,11 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createServer, request } from 'node:http';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { launchBrowser, logDir, root, startRedis, startServer, waitFor } from './fixtures.mjs';
+import {
+  api, launchBrowser, logDir, servePages, startRedis, startServer, waitFor,
+} from './fixtures.mjs';
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>tabs</title>
 <script type="module">
@@ -36,50 +36,6 @@ window.send = (channel, n) =>
 if (q.get('channel')) await client.subscribe(q.get('channel'), '0');
 window.ready = true;
 </script>`;
-
-/** Serves the test page at / and the built package under /pkg/. */
-function servePages() {
-  const server = createServer(async (req, res) => {
-    const path = new URL(req.url, 'http://x').pathname;
-    if (path === '/') {
-      res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE);
-      return;
-    }
-    const name = path.startsWith('/pkg/') ? path.slice(5) : '';
-    if (!/^[\w.-]+$/.test(name)) {
-      res.writeHead(404).end();
-      return;
-    }
-    try {
-      const body = await readFile(join(root, 'client-wasm', 'pkg', name));
-      const type = name.endsWith('.wasm') ? 'application/wasm' : 'text/javascript';
-      res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
-    } catch {
-      res.writeHead(404).end();
-    }
-  });
-  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
-}
-
-/** An HTTP call to the server on a fresh connection that closes after the reply. */
-function api(port, method, path, body) {
-  return new Promise((ok, fail) => {
-    const req = request(
-      { host: '127.0.0.1', port, method, path, agent: false, timeout: 10000,
-        headers: { 'content-type': 'application/json', connection: 'close' } },
-      (res) => {
-        let text = '';
-        res.on('data', (c) => { text += c; });
-        res.on('end', () => (res.statusCode < 300
-          ? ok(text ? JSON.parse(text) : null)
-          : fail(new Error(`${method} ${path}: ${res.statusCode} ${text}`))));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: timed out`)));
-    req.on('error', fail);
-    req.end(body ? JSON.stringify(body) : undefined);
-  });
-}
 
 const publish = (port, channel, n) => api(port, 'POST', '/api/publish', { channel, fields: { n } });
 
@@ -142,7 +98,7 @@ describe('tabs share one socket; the outbox survives reloads', { timeout: 300000
   before(async () => {
     redis = await startRedis();
     server = await startServer(redis.url);
-    web = await servePages();
+    web = await servePages(PAGE);
     browser = await launchBrowser();
   });
 
