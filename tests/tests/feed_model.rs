@@ -346,7 +346,7 @@ fn run_case(redis: Option<String>, ops: &[Op]) -> Result<()> {
         let app = App::start(config(redis), shutdown.clone()).await?;
         let case = CASE.fetch_add(1, Ordering::Relaxed);
         let mut run = Run {
-            feed: Some(Feed::new(app.clone())),
+            feed: Some(Feed::new(app.clone(), "test")),
             app,
             names: (0..CHANNELS).map(|c| format!("model{case}:{c}")).collect(),
             acked: vec![Vec::new(); CHANNELS],

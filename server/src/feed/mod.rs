@@ -120,6 +120,9 @@ impl Start {
 pub struct Feed {
     app: Arc<App>,
     id: u64,
+    /// The transport driving the feed (`ws`, `sse`, `poll`, ...), named in its logs so a
+    /// connection id can be told apart from the ids of other transports.
+    transport: &'static str,
     subs: HashMap<Arc<str>, Subscription>,
     queue_tx: LiveQueue,
     queue_rx: LiveQueueReceiver,
@@ -133,12 +136,13 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// An empty feed with a fresh id.
-    pub fn new(app: Arc<App>) -> Feed {
+    /// An empty feed with a fresh id, driven by `transport` (named in its logs).
+    pub fn new(app: Arc<App>, transport: &'static str) -> Feed {
         let limits = &app.config.limits;
         let (queue_tx, queue_rx) = LiveQueue::new(limits.queue_batches, limits.queue_bytes);
         Feed {
             id: app.next_connection_id(),
+            transport,
             app,
             subs: HashMap::new(),
             queue_tx,
@@ -440,7 +444,13 @@ impl Feed {
         let page = match result {
             Ok(page) => page,
             Err(err) => {
-                warn!(conn = self.id, %channel, %err, "catch-up read failed; retrying");
+                warn!(
+                    conn = self.id,
+                    transport = self.transport,
+                    %channel,
+                    %err,
+                    "catch-up read failed; retrying"
+                );
                 self.in_flight = Some(self.read_after(channel, generation, after, RETRY_DELAY));
                 return;
             }

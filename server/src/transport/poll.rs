@@ -78,7 +78,7 @@ async fn hold(
         })
         .transpose()?;
 
-    let mut feed = Feed::new(app.clone());
+    let mut feed = Feed::new(app.clone(), "poll");
     let mut gaps = Vec::new();
     let mut truncated = Vec::new();
     for (channel, offset) in &channels {

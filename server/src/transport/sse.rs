@@ -78,7 +78,7 @@ async fn open(
             *offset = Offset::Id(resumed);
         }
     }
-    let mut feed = Feed::new(app.clone());
+    let mut feed = Feed::new(app.clone(), "sse");
     let mut preamble = format!("retry: {RETRY_MS}\n\n");
     for (channel, offset) in &channels {
         let start = feed.subscribe(channel, *offset).await?;
@@ -109,6 +109,7 @@ async fn open(
     preamble.push_str("\n\n");
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(SSE_CHUNKS);
     tx.try_send(Ok(Bytes::from(preamble))).ok();
+    tracing::debug!(conn = feed.id(), %peer, channels = names.len(), "SSE stream opened");
     app.tasks
         .spawn(stream_events(app.clone(), feed, names, positions, tx));
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
@@ -156,7 +157,11 @@ async fn stream_events(
 ) {
     let connections = metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "sse");
     connections.increment(1.0);
-    let _gauge = scopeguard(move || connections.decrement(1.0));
+    let conn = feed.id();
+    let _gauge = scopeguard(move || {
+        connections.decrement(1.0);
+        tracing::debug!(conn, "SSE stream closed");
+    });
     let mut heartbeat = tokio::time::interval(app.config.http.sse_heartbeat);
     heartbeat.tick().await;
     loop {

@@ -64,7 +64,7 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
     // Subscribe first, then look at the newest entry as of the subscription's start: an
     // update published at any moment is either that entry or delivered by the feed, so a
     // `done` racing the watch is never missed.
-    let mut feed = Feed::new(app.clone());
+    let mut feed = Feed::new(app.clone(), "task");
     let start = feed.subscribe(&channel, Offset::Latest).await?;
     let newest = entry_at(&*app.engine, &channel, start.after)
         .await

@@ -107,7 +107,7 @@ pub fn serve_websocket(
     let expiry = claims.as_deref().map(token_expiry);
     let mut conn = Connection {
         socket,
-        feed: Feed::new(app.clone()),
+        feed: Feed::new(app.clone(), "ws"),
         ctx: AuthContext {
             claims,
             peer: Some(peer),

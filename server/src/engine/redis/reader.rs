@@ -42,6 +42,7 @@ use fred::prelude::Client;
 use fred::types::config::{Options, Server};
 use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
 use parking_lot::Mutex;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -420,16 +421,58 @@ struct Reader {
     pool: Arc<Mutex<PoolState>>,
 }
 
-/// A reader's own connection: a client that never reconnects by itself, and its routing task.
+/// A reader's own connection: a client that never reconnects by itself, its routing task, and
+/// a token cancelled when that task ends (Redis closed the connection).
+///
+/// Once the routing task ended, the client still calls itself connected and a command sent on
+/// it is never answered; [`Connection::run`] fails such a command (and one in flight when the
+/// connection drops) at once instead.
 struct Connection {
     client: Client,
-    task: ConnectHandle,
+    task: AbortHandle,
+    lost: CancellationToken,
 }
 
 impl Connection {
+    /// Wraps a connected client and watches its routing task.
+    fn new(client: Client, task: ConnectHandle) -> Connection {
+        let lost = CancellationToken::new();
+        let abort = task.abort_handle();
+        let signal = lost.clone();
+        tokio::spawn(async move {
+            let _ = task.await;
+            signal.cancel();
+        });
+        Connection {
+            client,
+            task: abort,
+            lost,
+        }
+    }
+
+    /// Whether the connection is gone.
+    fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Runs a command on the connection; fails as soon as the connection is lost.
+    async fn run<T>(
+        &self,
+        command: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, EngineError> {
+        tokio::select! {
+            result = command => result.map_err(map_err),
+            () = self.lost.cancelled() => Err(EngineError::Unavailable(
+                "the reader's connection to Redis was lost".into(),
+            )),
+        }
+    }
+
     /// Closes the connection (politely if Redis still answers) and ends its routing task.
     async fn close(self) {
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.quit()).await;
+        if !self.is_lost() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.client.quit()).await;
+        }
         self.task.abort();
     }
 }
@@ -492,7 +535,7 @@ impl Reader {
                 }
                 continue;
             }
-            match self.read_once(&conn.client).await {
+            match self.read_once(conn).await {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(err) => {
                     // Reconnect (in cluster mode to the slot's current owner, which a failover
@@ -526,8 +569,8 @@ impl Reader {
         };
         let client = self.shared.reader_client(node.as_ref())?;
         let task = client.init().await.map_err(map_err)?;
-        let connection = Connection { client, task };
-        match client_id(&connection.client).await {
+        let connection = Connection::new(client, task);
+        match client_id(&connection, &self.shared.options()).await {
             Ok(id) => {
                 *self.control.connection.lock() = Some(ReaderAddress { node, id });
                 Ok(connection)
@@ -649,7 +692,7 @@ impl Reader {
         pending.entry(channel).or_insert(op);
     }
 
-    async fn read_once(&mut self, client: &Client) -> Result<(), EngineError> {
+    async fn read_once(&mut self, conn: &Connection) -> Result<(), EngineError> {
         let config = &self.shared.config;
         let args = self.cursors.xread_args(
             config.engine.read_count as u64,
@@ -663,14 +706,15 @@ impl Reader {
         };
         let cmd = CustomCommand::new_static("XREAD", ClusterHash::FirstKey, true);
         self.control.in_read.store(true, Ordering::Release);
-        let client = client.with_options(&options);
+        let client = conn.client.with_options(&options);
+        let reading = conn.run(client.custom(cmd, args));
         let reply: Result<Value, _> = tokio::select! {
-            reply = client.custom(cmd, args) => reply,
+            reply = reading => reply,
             // Retired or shutting down: the caller closes the connection.
             _ = self.stop.cancelled() => Ok(Value::Null),
         };
         self.control.in_read.store(false, Ordering::Release);
-        let reply = reply.map_err(map_err)?;
+        let reply = reply?;
         // Each replied key: its channel, entries, previous cursor and unreported gap.
         let mut replied = Vec::new();
         for (key, entries) in parse::xread_streams(&reply)? {
@@ -690,7 +734,7 @@ impl Reader {
         let watermarks = if replied.iter().all(|r| adjacent(r.2, r.3)) {
             vec![None; replied.len()]
         } else {
-            watermarks(&client, replied.iter().map(|r| &*r.1)).await?
+            watermarks(conn, &self.shared.options(), replied.iter().map(|r| &*r.1)).await?
         };
         let mut batches = Vec::new();
         for ((channel, _, entries, cursor, gap), watermark) in replied.iter().zip(watermarks) {
@@ -710,15 +754,20 @@ impl Reader {
     }
 }
 
-/// The trim watermarks (`<key>#trim`) of the stream keys, in order, with one `MGET`.
+/// The trim watermarks (`<key>#trim`) of the stream keys, in order, with one `MGET` under
+/// `options` (with a timeout: the reader's client does not reconnect, and a command sent on it
+/// after its connection was lost would otherwise never be answered).
 async fn watermarks<'a>(
-    client: &impl fred::interfaces::ClientLike,
+    conn: &Connection,
+    options: &Options,
     keys: impl Iterator<Item = &'a str>,
 ) -> Result<Vec<Option<StreamId>>, EngineError> {
     let args: Vec<Value> = keys.map(|k| Value::from(format!("{k}#trim"))).collect();
     let count = args.len();
     let cmd = CustomCommand::new_static("MGET", ClusterHash::FirstKey, false);
-    let reply: Value = client.custom(cmd, args).await.map_err(map_err)?;
+    let reply: Value = conn
+        .run(conn.client.with_options(options).custom(cmd, args))
+        .await?;
     let values = match reply {
         Value::Array(values) if values.len() == count => values,
         other => {
@@ -730,10 +779,13 @@ async fn watermarks<'a>(
     values.iter().map(parse::optional_id).collect()
 }
 
-async fn client_id(client: &Client) -> Result<i64, EngineError> {
+/// The connection's `CLIENT ID`, under `options` (with a timeout, as for [`watermarks`]).
+async fn client_id(conn: &Connection, options: &Options) -> Result<i64, EngineError> {
     let cmd = CustomCommand::new_static("CLIENT", ClusterHash::Random, false);
-    client
-        .custom::<i64, Value>(cmd, vec!["ID".into()])
-        .await
-        .map_err(map_err)
+    conn.run(
+        conn.client
+            .with_options(options)
+            .custom::<i64, Value>(cmd, vec!["ID".into()]),
+    )
+    .await
 }
