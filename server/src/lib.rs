@@ -15,6 +15,7 @@ pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod request;
 pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -111,9 +111,13 @@ struct ServeArgs {
     /// Answer JSONP (`callback=`) on /poll.
     #[arg(long, env = "REDISTRIBUTE_JSONP")]
     jsonp: bool,
-    /// API key for /api/publish and /api/history; repeatable. Without one the API is open.
+    /// API key for /api/publish and /api/history (and /metrics, /status with JWT on);
+    /// repeatable. Without one the API is open, which JWT on refuses unless --allow-open-api.
     #[arg(long, env = "REDISTRIBUTE_API_KEY", value_delimiter = ',')]
     api_key: Vec<String>,
+    /// With JWT on and no --api-key, serve the back-end API and /metrics open anyway.
+    #[arg(long, env = "REDISTRIBUTE_ALLOW_OPEN_API")]
+    allow_open_api: bool,
     /// Secret for signed task ids on /task/<id>.
     #[arg(long, env = "REDISTRIBUTE_TASK_SECRET")]
     task_secret: Option<String>,
@@ -200,6 +204,7 @@ impl ServeArgs {
             allowed_origin: Some(self.allowed_origin.clone()),
             jsonp: self.jsonp.then_some(true),
             api_key: Some(self.api_key.clone()),
+            allow_open_api: self.allow_open_api.then_some(true),
             task_secret: self.task_secret.clone(),
             sse_heartbeat_secs: self.sse_heartbeat_secs,
             poll_timeout_secs: self.poll_timeout_secs,
@@ -319,6 +324,11 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(
             "authentication is off: any client may subscribe and publish to any channel \
              (set --jwt-secret or --jwt-public-key for production)"
+        );
+    } else if app.config.http.api_keys.is_empty() {
+        tracing::warn!(
+            "--allow-open-api: /api/publish, /api/history, /metrics and /status answer anyone \
+             without credentials"
         );
     }
     tokio::spawn(wait_for_signal(shutdown));

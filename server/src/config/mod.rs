@@ -81,8 +81,12 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Whether `/poll` answers JSONP (`callback=`) (default off).
     pub jsonp: bool,
-    /// API keys for `/api/*`; empty leaves the API open (development).
+    /// API keys for `/api/*` (and, with authentication on, `/metrics` and `/status`); empty
+    /// leaves the API open, which with authentication on needs [`HttpConfig::allow_open_api`].
     pub api_keys: Vec<String>,
+    /// Serve the back-end API (and operator pages) without API keys although client
+    /// authentication is on; without it such a configuration is refused.
+    pub allow_open_api: bool,
     /// Secret for signed task ids (`<id>.<hex HMAC-SHA256(secret, id)>`); `None` accepts any id.
     pub task_secret: Option<String>,
     /// Interval of SSE comment heartbeats (default 15 s).
@@ -101,6 +105,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             jsonp: false,
             api_keys: Vec::new(),
+            allow_open_api: false,
             task_secret: None,
             sse_heartbeat: Duration::from_secs(15),
             poll_timeout: Duration::from_secs(25),

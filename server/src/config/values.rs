@@ -52,6 +52,8 @@ pub struct ConfigValues {
     pub jsonp: Option<bool>,
     /// See [`HttpConfig::api_keys`].
     pub api_key: Option<Vec<String>>,
+    /// See [`HttpConfig::allow_open_api`].
+    pub allow_open_api: Option<bool>,
     /// See [`HttpConfig::task_secret`].
     pub task_secret: Option<String>,
     /// See [`HttpConfig::sse_heartbeat`], in seconds.
@@ -130,6 +132,7 @@ impl ConfigValues {
                 .or(other.allowed_origin),
             jsonp: self.jsonp.or(other.jsonp),
             api_key: self.api_key.filter(|k| !k.is_empty()).or(other.api_key),
+            allow_open_api: self.allow_open_api.or(other.allow_open_api),
             task_secret: self.task_secret.or(other.task_secret),
             sse_heartbeat_secs: self.sse_heartbeat_secs.or(other.sse_heartbeat_secs),
             poll_timeout_secs: self.poll_timeout_secs.or(other.poll_timeout_secs),
@@ -264,6 +267,19 @@ impl ConfigValues {
                 })
             }
         };
+        if !matches!(config.auth, AuthConfig::Open)
+            && config.http.api_keys.is_empty()
+            && !config.http.allow_open_api
+        {
+            return Err(ConfigError::Invalid {
+                key: "api_key",
+                reason: "client authentication is on (jwt_secret or jwt_public_key) but no API \
+                         key is set, which would leave /api/publish, /api/history and /metrics \
+                         open to anyone: set --api-key, or --allow-open-api to serve them \
+                         without credentials on purpose"
+                    .into(),
+            });
+        }
         if let Some(ms) = self.drain_timeout_ms {
             config.drain_timeout = Duration::from_millis(positive("drain_timeout_ms", ms)?);
         }
@@ -349,6 +365,9 @@ impl ConfigValues {
         }
         if let Some(jsonp) = self.jsonp {
             http.jsonp = jsonp;
+        }
+        if let Some(open) = self.allow_open_api {
+            http.allow_open_api = open;
         }
         if let Some(keys) = &self.api_key {
             if keys.iter().any(|k| k.len() < 16) {

@@ -44,7 +44,7 @@ impl Feed {
     ) -> Result<StreamId, RequestError> {
         self.make_room(channel)?;
         let timeout = self.app.config.limits.request_timeout
-            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+            + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let groups = self.groups.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
             Box::new(Groups {
@@ -71,7 +71,7 @@ impl Feed {
         offsets: &[StreamId],
     ) -> Result<u64, RequestError> {
         let timeout = self.app.config.limits.request_timeout
-            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+            + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let count =
             tokio::time::timeout(timeout, self.app.engine.group_ack(channel, group, offsets))
                 .await

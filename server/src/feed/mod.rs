@@ -219,7 +219,7 @@ impl Feed {
             Start::raise_beyond_tip(&*engine, &channel, offset, read_position.await?).await
         };
         let timeout = self.app.config.limits.request_timeout
-            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+            + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let position = match tokio::time::timeout(timeout, position).await {
             Ok(Ok(position)) => position,
             Ok(Err(err)) => return Err(err.into()),

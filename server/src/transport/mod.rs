@@ -6,6 +6,7 @@ pub mod cors;
 pub mod http;
 pub mod ops;
 pub mod poll;
+pub mod routes;
 pub mod sse;
 pub mod task;
 pub mod ws;
@@ -14,25 +15,15 @@ pub mod ws_connection;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::Router;
 
 use crate::App;
 
-/// The server's routes.
+/// The server's routes ([`routes`]), behind CORS and the body limit.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/sse", get(sse::sse))
-        .route("/poll", get(poll::poll))
-        .route("/task/{id}", get(task::task))
-        .route("/api/publish", post(api::publish_api))
-        .route("/api/history", get(api::history))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/status", get(ops::status_page))
-        .route("/status.json", get(ops::status_json))
+    let mut entries = routes::app_routes();
+    entries.extend(routes::ops_routes());
+    routes::build(&app, entries)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             cors::cors,

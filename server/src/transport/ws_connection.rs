@@ -11,7 +11,6 @@
 //! ([`IDLE_FUTURE_MAX_BYTES`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -21,16 +20,16 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use redistribute_protocol::{
-    decode_client, encode_server, ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION,
+    decode_client, encode_server, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERSION,
 };
 use tracing::{debug, info_span, Instrument, Span};
 
-use crate::auth::{Action, AuthContext, Claims};
-use crate::engine::{EngineError, PublishRequest};
+use crate::auth::{AuthContext, Claims, Credential};
 use crate::error::RequestError;
 use crate::feed::Feed;
 use crate::limits::TokenBucket;
 use crate::listener::IpSlot;
+use crate::request::{publish, subscribe, Request, ENGINE_TIMEOUT_MARGIN};
 use crate::App;
 
 /// WebSocket close codes of protocol v1.
@@ -49,9 +48,6 @@ pub mod close_code {
 /// is issued when the future is first polled, and `FuturesOrdered` first-polls in push order,
 /// so a connection's publishes are stored in the order it sent them.
 type PublishFuture = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
-
-/// How much longer than the engine's own timeout the transport waits for it.
-pub const ENGINE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Most publishes one connection may have in flight; beyond it inbound frames wait.
 const MAX_PIPELINED_PUBLISHES: usize = 64;
@@ -85,9 +81,9 @@ enum End {
     Close(u16, &'static str),
 }
 
-/// Serves one upgraded WebSocket until it closes. `claims` come from an `Authorization`
-/// header on the upgrade; `authenticated` says whether the connection may act before a
-/// `connect` frame (auth off, or a valid header token); `slot` is held (counting against the
+/// Serves one upgraded WebSocket until it closes. `caller` is who the upgrade authenticated
+/// (a token in an `Authorization` header, or [`Credential::Missing`] until a `connect` frame
+/// brings one, or open when authentication is off); `slot` is held (counting against the
 /// per-IP limit) until the connection ends.
 ///
 /// This is a plain function returning the connection's future, built so that the socket and
@@ -97,23 +93,18 @@ enum End {
 pub fn serve_websocket(
     socket: WebSocket,
     app: Arc<App>,
-    peer: SocketAddr,
-    claims: Option<Arc<Claims>>,
-    authenticated: bool,
+    caller: AuthContext,
     slot: Option<Arc<IpSlot>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let now = Instant::now();
     let limits = &app.config.limits;
-    let expiry = claims.as_deref().map(token_expiry);
+    let expiry = caller.claims.as_deref().map(token_expiry);
+    let peer = caller.peer;
     let mut conn = Connection {
         socket,
         feed: Feed::new(app.clone(), "ws"),
-        ctx: AuthContext {
-            claims,
-            peer: Some(peer),
-            transport: "ws",
-        },
-        authenticated,
+        authenticated: caller.credential != Credential::Missing,
+        ctx: caller,
         expiry,
         subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),
         missed_pongs: 0,
@@ -124,7 +115,7 @@ pub fn serve_websocket(
     };
     async move {
         let id = conn.feed.id();
-        debug!(conn = id, transport = "ws", %peer, "connected");
+        debug!(conn = id, transport = "ws", peer = ?peer, "connected");
         // Not holding the gauge handle: each handle is an allocation of its own.
         metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").increment(1.0);
         let end = conn.run().await;
@@ -405,6 +396,7 @@ impl Connection {
                 if let Some(claims) = claims {
                     self.expiry = Some(token_expiry(&claims));
                     self.ctx.claims = Some(claims);
+                    self.ctx.credential = Credential::Token;
                 }
                 self.authenticated = true;
                 self.bad_frames = 0;
@@ -422,62 +414,53 @@ impl Connection {
         }
     }
 
+    /// Hands a request to the request layer and answers it (a publish is answered when its
+    /// engine call completes, in order with the connection's other publishes).
     async fn on_request(&mut self, frame: ClientFrame) -> Result<(), RequestError> {
-        let reply = match frame {
-            // Answered by `on_connect` before requests are dispatched here.
-            ClientFrame::Connect { .. } => return Ok(()),
-            ClientFrame::Ping { id } => ServerFrame::Pong { id },
-            ClientFrame::Subscribe {
-                id,
-                channel,
-                offset,
-                group,
-                consumer,
-            } => {
-                if !self.subscribe_bucket.try_take(Instant::now()) {
-                    return Err(RequestError::new(
-                        ErrorCode::RateLimited,
-                        "too many subscribes; slow down",
-                    ));
-                }
-                self.app
-                    .authorizer
-                    .authorize(&self.ctx, Action::Subscribe { channel: &channel })?;
-                let offset = offset.unwrap_or_default();
-                if let (Some(group), Some(consumer)) = (group, consumer) {
-                    let last = self
-                        .feed
-                        .subscribe_group(&channel, &group, &consumer, offset)
-                        .await?;
+        if let ClientFrame::Ping { id } = frame {
+            return self.reply(&ServerFrame::Pong { id }).await;
+        }
+        // `connect` is answered by `on_connect` before requests are dispatched here.
+        let Some((id, request)) = Request::from_frame(frame) else {
+            return Ok(());
+        };
+        let app = &self.app;
+        let reply = match request {
+            Request::Subscribe(request) => {
+                let bucket = Some(&mut self.subscribe_bucket);
+                let subscribed =
+                    subscribe::subscribe(app, &self.ctx, bucket, &mut self.feed, &request).await?;
+                let channel = request.channel;
+                match subscribed {
                     // For a group, `offset` is the group's last delivered ID.
-                    ServerFrame::Subscribed {
+                    subscribe::Subscribed::Group(last) => ServerFrame::Subscribed {
                         id,
                         channel,
                         offset: last,
                         truncated: false,
+                    },
+                    subscribe::Subscribed::Plain(start) => {
+                        let reply = ServerFrame::Subscribed {
+                            id,
+                            channel: channel.clone(),
+                            offset: start.after,
+                            truncated: start.truncated,
+                        };
+                        self.reply(&reply).await?;
+                        let Some((from, to)) = start.gap else {
+                            return Ok(());
+                        };
+                        ServerFrame::Gap { channel, from, to }
                     }
-                } else {
-                    return self.subscribe(id, channel, offset).await;
                 }
             }
-            ClientFrame::Unsubscribe { id, channel } => {
-                if !self.feed.unsubscribe(&channel) {
-                    return Err(RequestError::new(
-                        ErrorCode::NotFound,
-                        format!("not subscribed to {channel:?}"),
-                    ));
-                }
+            Request::Unsubscribe(request) => {
+                subscribe::unsubscribe(app, &self.ctx, &mut self.feed, &request)?;
+                let channel = request.channel;
                 ServerFrame::Unsubscribed { id, channel }
             }
-            ClientFrame::Publish {
-                id,
-                channel,
-                fields,
-                maxlen,
-                idempotency_key,
-            } => {
-                crate::message::check_fields(&fields)?;
-                let limits = &self.app.config.limits;
+            Request::Publish(request) => {
+                let limits = &app.config.limits;
                 let publishing = self.publishing.get_or_insert_with(|| {
                     Box::new(Publishing {
                         bucket: TokenBucket::new(
@@ -488,101 +471,37 @@ impl Connection {
                         replies: FuturesOrdered::new(),
                     })
                 });
-                if !publishing.bucket.try_take(Instant::now()) {
-                    return Err(RequestError::new(
-                        ErrorCode::RateLimited,
-                        "too many publishes; slow down",
-                    ));
-                }
-                self.app.authorizer.authorize(
-                    &self.ctx,
-                    Action::Publish {
-                        channel: &channel,
-                        fields: &fields,
-                    },
-                )?;
-                let app = self.app.clone();
-                let publishes = &mut self.publishing.as_mut().expect("set above").replies;
-                publishes.push_back(Box::pin(
+                let allowed =
+                    publish::check(app, &self.ctx, Some(&mut publishing.bucket), request)?;
+                let app = app.clone();
+                publishing.replies.push_back(Box::pin(
                     async move {
-                        let request = PublishRequest {
-                            channel: &channel,
-                            fields: &fields,
-                            maxlen,
-                            idempotency_key: idempotency_key.as_deref(),
-                        };
-                        match publish(&app, request).await {
-                            Ok(offset) => ServerFrame::Published {
+                        match allowed.run(app).await {
+                            (channel, Ok(offset)) => ServerFrame::Published {
                                 id,
                                 channel,
                                 offset,
                             },
-                            Err(err) => err.into_frame(id),
+                            (_, Err(err)) => err.into_frame(id),
                         }
                     }
                     .instrument(Span::current()),
                 ));
                 return Ok(());
             }
-            ClientFrame::Ack {
-                id,
-                channel,
-                group,
-                offsets,
-            } => {
-                // Acknowledging is part of consuming: allowed where subscribing is.
-                self.app
-                    .authorizer
-                    .authorize(&self.ctx, Action::Subscribe { channel: &channel })?;
-                let count = self.feed.ack(&channel, &group, &offsets).await?;
+            Request::Ack(request) => {
+                let count = subscribe::ack(app, &self.ctx, &mut self.feed, &request).await?;
                 ServerFrame::Acked { id, count }
             }
+            // History is read over HTTP (`/api/history`); the protocol has no frame for it.
+            Request::History(_) => return Ok(()),
         };
-        self.send(&reply).await.map_err(|_| RequestError::Socket)
+        self.reply(&reply).await
     }
 
-    async fn subscribe(
-        &mut self,
-        id: u64,
-        channel: String,
-        offset: Offset,
-    ) -> Result<(), RequestError> {
-        let start = self.feed.subscribe(&channel, offset).await?;
-        let reply = ServerFrame::Subscribed {
-            id,
-            channel: channel.clone(),
-            offset: start.after,
-            truncated: start.truncated,
-        };
-        self.send(&reply).await.map_err(|_| RequestError::Socket)?;
-        if let Some((from, to)) = start.gap {
-            let gap = ServerFrame::Gap { channel, from, to };
-            self.send(&gap).await.map_err(|_| RequestError::Socket)?;
-        }
-        Ok(())
+    async fn reply(&mut self, frame: &ServerFrame) -> Result<(), RequestError> {
+        self.send(frame).await.map_err(|_| RequestError::Socket)
     }
-}
-
-/// Publishes through the engine, bounded by the request timeout.
-pub async fn publish(
-    app: &App,
-    request: PublishRequest<'_>,
-) -> Result<redistribute_protocol::StreamId, RequestError> {
-    // The Redis engine enforces `request_timeout` itself, and a command it times out is never
-    // sent later (fred skips timed-out commands when it replays its buffer after a reconnect).
-    // This outer bound only guards against an engine that hangs; it must not fire first, or a
-    // publish reported `unavailable` could still be written once Redis is back.
-    let timeout = app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
-    let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, app.engine.publish(request)).await {
-        Ok(result) => result.map_err(RequestError::from),
-        Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
-    };
-    crate::metrics::engine_op("publish", started);
-    if result.is_ok() {
-        crate::metrics::hot().published.increment(1);
-    }
-    result
 }
 
 /// When a token with these claims expires, as a tokio instant.
@@ -625,16 +544,9 @@ mod tests {
 
     #[test]
     fn an_idle_connection_future_stays_small() {
-        type Args = (
-            WebSocket,
-            Arc<App>,
-            SocketAddr,
-            Option<Arc<Claims>>,
-            bool,
-            Option<Arc<IpSlot>>,
-        );
-        let size = future_size(&|(socket, app, peer, claims, authenticated, slot): Args| {
-            serve_websocket(socket, app, peer, claims, authenticated, slot)
+        type Args = (WebSocket, Arc<App>, AuthContext, Option<Arc<IpSlot>>);
+        let size = future_size(&|(socket, app, caller, slot): Args| {
+            serve_websocket(socket, app, caller, slot)
         });
         eprintln!("serve_websocket future: {size} bytes");
         assert!(
