@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+const API_KEY: &str = "security-test-api-key";
 
 fn token(sub: &str, subscribe: &[&str], publish: &[&str], expires_in: i64) -> String {
     let now = SystemTime::now()
@@ -51,7 +52,11 @@ async fn expect_unauthorized_close(c: &mut WsClient, reply: &Value) -> Result<()
 /// yields the documented code; a valid token works; publish permission is separate.
 #[tokio::test]
 async fn tokens_and_channel_permissions() -> Result<()> {
-    let setup = setup(Backend::Embedded, &["--jwt-secret", SECRET]).await?;
+    let setup = setup(
+        Backend::Embedded,
+        &["--jwt-secret", SECRET, "--api-key", API_KEY],
+    )
+    .await?;
     let server = &setup.server;
 
     // No token: the first non-connect frame is refused and the connection closed.
@@ -170,7 +175,14 @@ async fn tokens_and_channel_permissions() -> Result<()> {
 async fn unauthenticated_connections_time_out() -> Result<()> {
     let setup = setup(
         Backend::Embedded,
-        &["--jwt-secret", SECRET, "--handshake-timeout-ms", "1000"],
+        &[
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--handshake-timeout-ms",
+            "1000",
+        ],
     )
     .await?;
     let mut idle = client(&setup.server).await?;

@@ -153,10 +153,16 @@ impl Authorizer for ClaimsPolicy {
             }
         };
         let (allowed, verb, channel) = match action {
-            Action::Subscribe { channel } => (claims.may_subscribe(channel), "subscribing to", channel),
+            Action::Subscribe { channel } => {
+                (claims.may_subscribe(channel), "subscribing to", channel)
+            }
             Action::History { channel } => (claims.may_subscribe(channel), "reading", channel),
-            Action::Ack { channel, .. } => (claims.may_subscribe(channel), "acknowledging on", channel),
-            Action::Publish { channel, .. } => (claims.may_publish(channel), "publishing to", channel),
+            Action::Ack { channel, .. } => {
+                (claims.may_subscribe(channel), "acknowledging on", channel)
+            }
+            Action::Publish { channel, .. } => {
+                (claims.may_publish(channel), "publishing to", channel)
+            }
         };
         if allowed {
             Ok(())

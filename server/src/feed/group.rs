@@ -43,8 +43,7 @@ impl Feed {
         offset: Offset,
     ) -> Result<StreamId, RequestError> {
         self.make_room(channel)?;
-        let timeout = self.app.config.limits.request_timeout
-            + crate::limits::ENGINE_TIMEOUT_MARGIN;
+        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let groups = self.groups.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
             Box::new(Groups {
@@ -70,8 +69,7 @@ impl Feed {
         group: &str,
         offsets: &[StreamId],
     ) -> Result<u64, RequestError> {
-        let timeout = self.app.config.limits.request_timeout
-            + crate::limits::ENGINE_TIMEOUT_MARGIN;
+        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let count =
             tokio::time::timeout(timeout, self.app.engine.group_ack(channel, group, offsets))
                 .await

@@ -218,8 +218,7 @@ impl Feed {
         let position = async {
             Start::raise_beyond_tip(&*engine, &channel, offset, read_position.await?).await
         };
-        let timeout = self.app.config.limits.request_timeout
-            + crate::limits::ENGINE_TIMEOUT_MARGIN;
+        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let position = match tokio::time::timeout(timeout, position).await {
             Ok(Ok(position)) => position,
             Ok(Err(err)) => return Err(err.into()),

@@ -158,7 +158,9 @@ impl Request {
 /// Refuses a caller without a credential where one is required (`unauthorized`).
 pub fn ensure_authenticated(app: &App, caller: &AuthContext) -> Result<(), RequestError> {
     if caller.credential == Credential::Missing
-        || (caller.credential == Credential::Open && app.auth_required() && !open_by_flag(app, caller))
+        || (caller.credential == Credential::Open
+            && app.auth_required()
+            && !open_by_flag(app, caller))
     {
         return Err(RequestError::new(
             ErrorCode::Unauthorized,

@@ -78,12 +78,11 @@ impl Allowed {
         // fire first, or a publish reported `unavailable` could still be written once Redis is
         // back.
         let started = Instant::now();
-        let result = match tokio::time::timeout(engine_deadline(&app), app.engine.publish(request))
-            .await
-        {
-            Ok(result) => result.map_err(RequestError::from),
-            Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
-        };
+        let result =
+            match tokio::time::timeout(engine_deadline(&app), app.engine.publish(request)).await {
+                Ok(result) => result.map_err(RequestError::from),
+                Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
+            };
         crate::metrics::engine_op("publish", started);
         if result.is_ok() {
             crate::metrics::hot().published.increment(1);
@@ -99,5 +98,8 @@ pub async fn publish(
     bucket: Option<&mut TokenBucket>,
     request: Publish,
 ) -> Result<StreamId, RequestError> {
-    check(app, caller, bucket, request)?.run(app.clone()).await.1
+    check(app, caller, bucket, request)?
+        .run(app.clone())
+        .await
+        .1
 }

@@ -142,9 +142,12 @@ async fn hold(
     body.push_str("],");
     push_offsets(
         &mut body,
-        channels
-            .iter()
-            .map(|s| (s.channel.as_str(), feed.last_offset(&s.channel).unwrap_or_default())),
+        channels.iter().map(|s| {
+            (
+                s.channel.as_str(),
+                feed.last_offset(&s.channel).unwrap_or_default(),
+            )
+        }),
     );
     if !gaps.is_empty() {
         body.push_str(",\"gaps\":[");

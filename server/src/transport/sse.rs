@@ -22,7 +22,9 @@ use redistribute_protocol::{Offset, StreamId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{channels_with_offsets, gap_json, push_message, query_pairs, query_value, HttpError};
+use super::http::{
+    channels_with_offsets, gap_json, push_message, query_pairs, query_value, HttpError,
+};
 use crate::auth::AuthContext;
 use crate::feed::{Delivery, Feed};
 use crate::request::{subscribe, Subscribe};

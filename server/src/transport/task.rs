@@ -79,7 +79,9 @@ async fn handle(
     let allowed = subscribe::check(&app, &caller, None, &request)?;
     let mut feed = Feed::new(app.clone(), "task");
     let subscribe::Subscribed::Plain(start) = allowed.run(&mut feed).await? else {
-        return Err(HttpError::bad_request("a task watch subscribes to no group"));
+        return Err(HttpError::bad_request(
+            "a task watch subscribes to no group",
+        ));
     };
     let channel: Arc<str> = Arc::from(request.channel);
     let newest = history::entry_at(&app, &caller, &channel, start.after).await?;

@@ -111,5 +111,28 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .parse()?)
 }
 
+/// An HS256 token signed with `secret`: subject `sub`, the `subscribe` and `publish` patterns,
+/// expiring `expires_in` seconds from now (negative: already expired).
+pub fn jwt(
+    secret: &str,
+    sub: &str,
+    subscribe: &[&str],
+    publish: &[&str],
+    expires_in: i64,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64;
+    let claims =
+        json!({"sub": sub, "exp": now + expires_in, "subscribe": subscribe, "publish": publish});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
 /// A generous wait for one step of a test on a noisy machine.
 pub const STEP: Duration = Duration::from_secs(20);
