@@ -482,3 +482,91 @@ async fn authorization_hook_replaces_the_policy() -> Result<()> {
     tokio::time::timeout(STEP, server).await???;
     Ok(())
 }
+
+/// The library hook is consulted on every path that subscribes, publishes, acknowledges or
+/// reads history: WebSocket, SSE, long-poll, task poll and watch, and the back-end API.
+#[tokio::test]
+async fn authorization_hook_is_consulted_on_every_path() -> Result<()> {
+    use redistribute_server::auth::{Action, AuthContext, Denied};
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = redistribute_server::ConfigValues::default().build()?;
+    let app = redistribute_server::ServerBuilder::new(config)
+        .authorize(move |ctx: &AuthContext, action: Action<'_>| {
+            let (kind, channel) = match action {
+                Action::Subscribe { channel } => ("subscribe", channel),
+                Action::Publish { channel, .. } => ("publish", channel),
+                Action::History { channel } => ("history", channel),
+                Action::Ack { channel, .. } => ("ack", channel),
+                _ => ("other", ""),
+            };
+            record
+                .lock()
+                .unwrap()
+                .push(format!("{} {kind} {channel}", ctx.transport));
+            if channel.contains("deny") {
+                Err(Denied::forbidden("denied by the hook"))
+            } else {
+                Ok(())
+            }
+        })
+        .start(shutdown.clone())
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(redistribute_server::serve(listener, app));
+
+    let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await?;
+    for frame in [
+        json!({"type": "subscribe", "channel": "deny:a"}),
+        json!({"type": "publish", "channel": "deny:a", "fields": {"x": 1}}),
+        json!({"type": "ack", "channel": "deny:a", "group": "g", "offsets": ["1-0"]}),
+    ] {
+        let reply = c.request(frame.clone()).await?;
+        assert_eq!(reply["code"], "forbidden", "{frame} -> {reply}");
+        assert_eq!(reply["message"], "denied by the hook", "{frame} -> {reply}");
+    }
+    let publish = json!({"channel": "deny:a", "fields": {"x": 1}}).to_string();
+    let requests = [
+        ("GET", "/sse?channel=deny:a", ""),
+        ("GET", "/poll?channel=deny:a&timeout=0", ""),
+        ("GET", "/task/deny", ""),
+        ("GET", "/task/deny?watch", ""),
+        ("POST", "/api/publish", publish.as_str()),
+        ("GET", "/api/history?channel=deny:a", ""),
+    ];
+    for (method, path, body) in requests {
+        let r = redistribute_testkit::http_request(addr, method, path, &[], body.as_bytes(), STEP)
+            .await?;
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
+        let error = &r.json()?["error"];
+        assert_eq!(error["code"], "forbidden", "{path}");
+        assert_eq!(error["message"], "denied by the hook", "{path}");
+    }
+    // Nothing was written past the refusals.
+    let r = redistribute_testkit::http_get(addr, "/api/history?channel=allowed", STEP).await?;
+    assert_eq!(r.status, 200);
+    let seen = seen.lock().unwrap().clone();
+    for expected in [
+        "ws subscribe deny:a",
+        "ws publish deny:a",
+        "ws ack deny:a",
+        "sse subscribe deny:a",
+        "poll subscribe deny:a",
+        "task history task:deny",
+        "task subscribe task:deny",
+        "api publish deny:a",
+        "api history deny:a",
+        "api history allowed",
+    ] {
+        ensure!(
+            seen.iter().any(|s| s == expected),
+            "the hook never saw {expected:?}: {seen:?}"
+        );
+    }
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server).await???;
+    Ok(())
+}
