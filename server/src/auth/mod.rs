@@ -17,6 +17,7 @@ pub use jwt::{Claims, TokenError, Verifier};
 
 /// What a client asks to do. New variants may be added: match with a `_` arm.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum Action<'a> {
     /// Subscribe to a channel (from any transport; a task watch subscribes to `task:<id>`).
     Subscribe {
