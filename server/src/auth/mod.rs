@@ -174,3 +174,96 @@ impl Authorizer for ClaimsPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(credential: Credential, claims: Option<Claims>) -> AuthContext {
+        AuthContext {
+            claims: claims.map(Arc::new),
+            peer: None,
+            transport: "test",
+            credential,
+        }
+    }
+
+    fn alice() -> Claims {
+        Claims {
+            subject: Some("alice".into()),
+            expires_at: u64::MAX,
+            subscribe: vec![pattern::ChannelPattern::parse("user:{sub}").unwrap()],
+            publish: vec![pattern::ChannelPattern::parse("chat").unwrap()],
+        }
+    }
+
+    fn code(ctx: &AuthContext, action: Action<'_>) -> Option<ErrorCode> {
+        ClaimsPolicy.authorize(ctx, action).err().map(|d| d.code)
+    }
+
+    #[test]
+    fn claims_decide_for_tokens_and_history_and_acks_follow_subscribe() {
+        let token = ctx(Credential::Token, Some(alice()));
+        let fields = Fields::new();
+        let own = "user:alice";
+        assert_eq!(code(&token, Action::Subscribe { channel: own }), None);
+        assert_eq!(code(&token, Action::History { channel: own }), None);
+        let ack = Action::Ack {
+            channel: own,
+            group: "g",
+        };
+        assert_eq!(code(&token, ack), None);
+        let bob = "user:bob";
+        for action in [
+            Action::Subscribe { channel: bob },
+            Action::History { channel: bob },
+            Action::Ack {
+                channel: bob,
+                group: "g",
+            },
+            Action::Publish {
+                channel: own,
+                fields: &fields,
+            },
+        ] {
+            assert_eq!(
+                code(&token, action),
+                Some(ErrorCode::Forbidden),
+                "{action:?}"
+            );
+        }
+        let chat = Action::Publish {
+            channel: "chat",
+            fields: &fields,
+        };
+        assert_eq!(code(&token, chat), None);
+    }
+
+    #[test]
+    fn other_credentials() {
+        let any = Action::History {
+            channel: "user:bob",
+        };
+        for credential in [Credential::Open, Credential::ApiKey, Credential::SignedTask] {
+            assert_eq!(code(&ctx(credential, None), any), None, "{credential:?}");
+        }
+        assert_eq!(
+            code(&ctx(Credential::Missing, None), any),
+            Some(ErrorCode::Unauthorized)
+        );
+        // A token credential without claims is no credential.
+        assert_eq!(
+            code(&ctx(Credential::Token, None), any),
+            Some(ErrorCode::Unauthorized)
+        );
+        // Claims left over from a token do not restrict an API key.
+        assert_eq!(code(&ctx(Credential::ApiKey, Some(alice())), any), None);
+    }
+
+    #[test]
+    fn the_owner_is_a_tokens_subject() {
+        assert_eq!(ctx(Credential::Token, Some(alice())).owner(), Some("alice"));
+        assert_eq!(ctx(Credential::ApiKey, Some(alice())).owner(), None);
+        assert_eq!(ctx(Credential::Open, None).owner(), None);
+    }
+}

@@ -493,8 +493,12 @@ impl Connection {
                 let count = subscribe::ack(app, &self.ctx, &mut self.feed, &request).await?;
                 ServerFrame::Acked { id, count }
             }
-            // History is read over HTTP (`/api/history`); the protocol has no frame for it.
-            Request::History(_) => return Ok(()),
+            // The protocol has no history frame (history is read over `/api/history`).
+            Request::History(_) => {
+                return Err(RequestError::bad_request(
+                    "history is read over HTTP: GET /api/history",
+                ))
+            }
         };
         self.reply(&reply).await
     }
