@@ -199,6 +199,23 @@ async fn websocket(server: &ServerProcess, cred: Cred) -> Result<()> {
     Ok(())
 }
 
+/// Publishes through the back-end API with the API key.
+async fn api_publish(addr: std::net::SocketAddr, channel: &str, fields: Value) -> Result<()> {
+    let body = json!({"channel": channel, "fields": fields}).to_string();
+    let headers = [("X-API-Key", API_KEY)];
+    let r = http_request(
+        addr,
+        "POST",
+        "/api/publish",
+        &headers,
+        body.as_bytes(),
+        STEP,
+    )
+    .await?;
+    ensure!(r.status == 200, "publishing to {channel}: {}", r.text());
+    Ok(())
+}
+
 /// The route-coverage test: every route of the table, every bad credential.
 #[tokio::test]
 async fn every_route_refuses_bad_credentials_and_changes_nothing() -> Result<()> {
@@ -226,17 +243,7 @@ async fn every_route_refuses_bad_credentials_and_changes_nothing() -> Result<()>
         ("user:alice", json!({"private": "alice only"})),
         ("task:job1", json!({"status": "running"})),
     ] {
-        let body = json!({"channel": channel, "fields": fields}).to_string();
-        let r = http_request(
-            addr,
-            "POST",
-            "/api/publish",
-            &[("X-API-Key", API_KEY)],
-            body.as_bytes(),
-            STEP,
-        )
-        .await?;
-        ensure!(r.status == 200, "seeding {channel}: {}", r.text());
+        api_publish(addr, channel, fields).await?;
     }
     // The right credentials are served: the routes exist and the refusals below are the
     // credentials' doing.
@@ -421,17 +428,7 @@ async fn a_client_id_is_replaced_only_by_its_user() -> Result<()> {
     assert_eq!(refused.json()?["error"]["code"], "forbidden");
     ensure!(!held.is_finished(), "bob's poll ended alice's");
     // A message ends alice's poll normally, with the message.
-    let body = json!({"channel": "user:alice", "fields": {"n": 1}}).to_string();
-    let r = http_request(
-        addr,
-        "POST",
-        "/api/publish",
-        &[("X-API-Key", API_KEY)],
-        body.as_bytes(),
-        STEP,
-    )
-    .await?;
-    ensure!(r.status == 200, "{}", r.text());
+    api_publish(addr, "user:alice", json!({"n": 1})).await?;
     let r = tokio::time::timeout(STEP * 2, held).await???;
     ensure!(r.status == 200, "{} {}", r.status, r.text());
     assert_eq!(r.json()?["messages"][0]["fields"]["n"], 1);
@@ -484,17 +481,7 @@ async fn a_client_id_is_replaced_only_by_its_user() -> Result<()> {
         .context("bob's watch was not refused at once")?;
     ensure!(r.status == 403, "{} {}", r.status, r.text());
     let mut alice_watch = alice_watch;
-    let body = json!({"channel": "task:t1", "fields": {"status": "done"}}).to_string();
-    let r = http_request(
-        addr,
-        "POST",
-        "/api/publish",
-        &[("X-API-Key", API_KEY)],
-        body.as_bytes(),
-        STEP,
-    )
-    .await?;
-    ensure!(r.status == 200, "{}", r.text());
+    api_publish(addr, "task:t1", json!({"status": "done"})).await?;
     let mut text = String::new();
     while let Some(chunk) = alice_watch.next_chunk(STEP).await? {
         text.push_str(&String::from_utf8_lossy(&chunk));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::pki::Pki;
@@ -22,18 +22,28 @@ const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 const API_KEY: &str = "security-test-api-key";
 
 fn token(sub: &str, subscribe: &[&str], publish: &[&str], expires_in: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims =
-        json!({"sub": sub, "exp": now + expires_in, "subscribe": subscribe, "publish": publish});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::jwt(SECRET, sub, subscribe, publish, expires_in)
+}
+
+/// Serves an embedded server with the authorization `hook` on a free port; cancel the token to
+/// stop it.
+async fn serve_with_hook(
+    hook: impl redistribute_server::auth::Authorizer,
+) -> Result<(
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = redistribute_server::ConfigValues::default().build()?;
+    let app = redistribute_server::ServerBuilder::new(config)
+        .authorize(hook)
+        .start(shutdown.clone())
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(redistribute_server::serve(listener, app));
+    Ok((addr, shutdown, server))
 }
 
 async fn connect_with(c: &mut WsClient, token: &str) -> Result<Value> {
@@ -447,10 +457,8 @@ async fn connections_per_ip_are_limited() -> Result<()> {
 #[tokio::test]
 async fn authorization_hook_replaces_the_policy() -> Result<()> {
     use redistribute_server::auth::{Action, AuthContext, Denied};
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = redistribute_server::ConfigValues::default().build()?;
-    let app = redistribute_server::ServerBuilder::new(config)
-        .authorize(|_ctx: &AuthContext, action: Action<'_>| match action {
+    let (addr, shutdown, server) =
+        serve_with_hook(|_ctx: &AuthContext, action: Action<'_>| match action {
             Action::Publish {
                 channel: "announcements",
                 fields,
@@ -463,11 +471,7 @@ async fn authorization_hook_replaces_the_policy() -> Result<()> {
             }
             _ => Ok(()),
         })
-        .start(shutdown.clone())
         .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(redistribute_server::serve(listener, app));
     let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await?;
     let reply = c
         .request(json!({"type": "publish", "channel": "announcements", "fields": {"text": "hi"}}))
@@ -491,32 +495,25 @@ async fn authorization_hook_is_consulted_on_every_path() -> Result<()> {
     use std::sync::{Arc, Mutex};
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let record = seen.clone();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = redistribute_server::ConfigValues::default().build()?;
-    let app = redistribute_server::ServerBuilder::new(config)
-        .authorize(move |ctx: &AuthContext, action: Action<'_>| {
-            let (kind, channel) = match action {
-                Action::Subscribe { channel } => ("subscribe", channel),
-                Action::Publish { channel, .. } => ("publish", channel),
-                Action::History { channel } => ("history", channel),
-                Action::Ack { channel, .. } => ("ack", channel),
-                _ => ("other", ""),
-            };
-            record
-                .lock()
-                .unwrap()
-                .push(format!("{} {kind} {channel}", ctx.transport));
-            if channel.contains("deny") {
-                Err(Denied::forbidden("denied by the hook"))
-            } else {
-                Ok(())
-            }
-        })
-        .start(shutdown.clone())
-        .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(redistribute_server::serve(listener, app));
+    let (addr, shutdown, server) = serve_with_hook(move |ctx: &AuthContext, action: Action<'_>| {
+        let (kind, channel) = match action {
+            Action::Subscribe { channel } => ("subscribe", channel),
+            Action::Publish { channel, .. } => ("publish", channel),
+            Action::History { channel } => ("history", channel),
+            Action::Ack { channel, .. } => ("ack", channel),
+            _ => ("other", ""),
+        };
+        record
+            .lock()
+            .unwrap()
+            .push(format!("{} {kind} {channel}", ctx.transport));
+        if channel.contains("deny") {
+            Err(Denied::forbidden("denied by the hook"))
+        } else {
+            Ok(())
+        }
+    })
+    .await?;
 
     let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await?;
     for frame in [

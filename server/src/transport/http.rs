@@ -14,6 +14,7 @@ use redistribute_protocol::{validate_channel, ErrorCode, Offset, StreamId};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RequestError;
+use crate::request::Subscribe;
 
 /// An error answer: status code plus `{"error":{"code","message"}}`.
 #[derive(Debug)]
@@ -141,6 +142,18 @@ pub fn channels_with_offsets(
         .into_iter()
         .map(str::to_owned)
         .zip(offsets)
+        .collect())
+}
+
+/// The plain subscribes a request names ([`channels_with_offsets`]).
+pub fn subscribes(pairs: &[(String, String)]) -> Result<Vec<Subscribe>, HttpError> {
+    Ok(channels_with_offsets(pairs)?
+        .into_iter()
+        .map(|(channel, offset)| Subscribe {
+            channel,
+            offset,
+            group: None,
+        })
         .collect())
 }
 

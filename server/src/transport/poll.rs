@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use super::http::{
-    channels_with_offsets, gap_json, parse_seconds, push_message, push_offsets, query_pairs,
-    query_value, HttpError,
+    gap_json, parse_seconds, push_message, push_offsets, query_pairs, query_value, subscribes,
+    HttpError,
 };
 use crate::auth::AuthContext;
 use crate::feed::{Delivery, Feed};
@@ -69,14 +69,7 @@ async fn hold(
     caller: &AuthContext,
     pairs: &[(String, String)],
 ) -> Result<String, HttpError> {
-    let channels: Vec<Subscribe> = channels_with_offsets(pairs)?
-        .into_iter()
-        .map(|(channel, offset)| Subscribe {
-            channel,
-            offset,
-            group: None,
-        })
-        .collect();
+    let channels: Vec<Subscribe> = subscribes(pairs)?;
     let allowed = channels
         .iter()
         .map(|request| subscribe::check(app, caller, None, request))

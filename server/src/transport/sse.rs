@@ -22,9 +22,7 @@ use redistribute_protocol::{Offset, StreamId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{
-    channels_with_offsets, gap_json, push_message, query_pairs, query_value, HttpError,
-};
+use super::http::{gap_json, push_message, query_pairs, query_value, subscribes, HttpError};
 use crate::auth::AuthContext;
 use crate::feed::{Delivery, Feed};
 use crate::request::{subscribe, Subscribe};
@@ -57,14 +55,7 @@ async fn open(
     query: Option<&str>,
 ) -> Result<Response, HttpError> {
     let pairs = query_pairs(query);
-    let mut channels: Vec<Subscribe> = channels_with_offsets(&pairs)?
-        .into_iter()
-        .map(|(channel, offset)| Subscribe {
-            channel,
-            offset,
-            group: None,
-        })
-        .collect();
+    let mut channels: Vec<Subscribe> = subscribes(&pairs)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(value.to_str().map_err(|_| {
             HttpError::bad_request("Last-Event-ID must be a resume token this server sent")
