@@ -3,10 +3,11 @@
 //! WebSocket frames, SSE and long-poll queries, task lookups and back-end API calls are turned
 //! into the same typed requests ([`Request`]). A route's access class ([`Access`]) decides how
 //! its caller authenticates ([`credentials`]); each request is then, in order, checked for a
-//! credential, authorized by [`crate::App::authorizer`] (the default policy or the library
-//! user's hook), rate-limited (where the transport keeps a bucket), validated (channel names,
-//! message fields) and carried out on the engine or the caller's feed under the request
-//! timeout. No transport calls the engine for a client another way.
+//! credential and a valid channel name, authorized by [`crate::App::authorizer`] (the default
+//! policy or the library user's hook), rate-limited (where the transport keeps a bucket: a
+//! WebSocket connection), checked against the message limits (a publish) and carried out on
+//! the engine or the caller's feed under the request timeout. No transport calls the engine
+//! for a client another way. A refused request changes nothing.
 //!
 //! One file per request: [`subscribe`] (with unsubscribe and ack, which act on a feed),
 //! [`publish`], [`history`]; [`task_id`] turns a task id into its channel and credential.
