@@ -326,7 +326,7 @@ impl Run {
 /// A configuration that makes lag, paging and byte limits happen in small cases.
 fn config(redis: Option<String>) -> Config {
     let mut config = Config {
-        redis,
+        redis: redis.map(Into::into),
         ..Config::default()
     };
     config.limits.queue_batches = 3;

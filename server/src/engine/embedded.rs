@@ -302,14 +302,24 @@ impl Engine for EmbeddedEngine {
             item: format!("{{\"offset\":\"{id}\",\"fields\":{{{fields_json}}}}}").into_boxed_str(),
             size,
         });
-        if let Some(maxlen) = req.maxlen {
+        let trim = self.config.retention.trim(req.channel, req.maxlen);
+        // Entries past `maxlen` (once past the slack), then entries older than the max age.
+        let mut excess = 0;
+        if let Some(maxlen) = trim.maxlen {
             let maxlen = usize::try_from(maxlen).unwrap_or(usize::MAX);
             let slack = usize::try_from(trim_slack(maxlen as u64)).unwrap_or(usize::MAX);
             if stream.entries.len() > maxlen.saturating_add(slack) {
-                let excess = stream.entries.len() - maxlen;
-                let removed = stream.entries.drain(..excess).next_back().map(|e| e.id);
-                stream.trimmed_through = removed.or(stream.trimmed_through);
+                excess = stream.entries.len() - maxlen;
             }
+        }
+        if let Some(age) = trim.max_age {
+            let oldest = now.saturating_sub(age.as_millis() as u64);
+            let aged = stream.entries.partition_point(|e| e.id.ms < oldest);
+            excess = excess.max(aged);
+        }
+        if excess > 0 {
+            let removed = stream.entries.drain(..excess).next_back().map(|e| e.id);
+            stream.trimmed_through = removed.or(stream.trimmed_through);
         }
         if let Some(key) = req.idempotency_key {
             let expiry = now + self.config.idempotency_ttl.as_millis() as u64;

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod embedded;
 pub mod redis;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +81,8 @@ pub struct PublishRequest<'a> {
     pub channel: &'a str,
     /// The message fields (non-empty).
     pub fields: &'a Fields,
-    /// Keep about this many entries (trimming older ones).
+    /// Keep about this many entries (trimming older ones), as the publisher asked: the engine
+    /// honours it only within its [`EngineConfig::retention`] policy.
     pub maxlen: Option<u64>,
     /// Deduplicates retried publishes.
     pub idempotency_key: Option<&'a str>,
@@ -308,6 +310,8 @@ pub struct EngineConfig {
     pub idempotency_ttl: Duration,
     /// Most entries a live read returns per channel.
     pub read_count: usize,
+    /// What each publish trims (the operator's policy over publishers' `maxlen`).
+    pub retention: Arc<retention::Retention>,
 }
 
 impl Default for EngineConfig {
@@ -315,6 +319,7 @@ impl Default for EngineConfig {
         EngineConfig {
             idempotency_ttl: Duration::from_secs(600),
             read_count: 512,
+            retention: Arc::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Action, AuthContext};
+use crate::config::Secret;
 use crate::error::RequestError;
 use crate::App;
 
@@ -238,7 +239,7 @@ pub fn push_offsets<'a>(out: &mut String, offsets: impl IntoIterator<Item = (&'a
 
 /// Checks a back-end API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`) against the
 /// configured keys, in constant time. With no keys configured the API is open.
-pub fn check_api_key(headers: &HeaderMap, keys: &[String]) -> Result<(), HttpError> {
+pub fn check_api_key(headers: &HeaderMap, keys: &[Secret]) -> Result<(), HttpError> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -256,7 +257,7 @@ pub fn check_api_key(headers: &HeaderMap, keys: &[String]) -> Result<(), HttpErr
     };
     let mut ok = subtle::Choice::from(0);
     for key in keys {
-        ok |= key.as_bytes().ct_eq(given.as_bytes());
+        ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
     }
     if bool::from(ok) {
         Ok(())
@@ -449,7 +450,7 @@ mod tests {
 
     #[test]
     fn api_keys() {
-        let keys = vec!["0123456789abcdef".to_string()];
+        let keys = vec![Secret::new("0123456789abcdef")];
         let mut headers = HeaderMap::new();
         assert!(check_api_key(&headers, &[]).is_ok());
         assert!(check_api_key(&headers, &keys).is_err());

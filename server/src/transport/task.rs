@@ -45,7 +45,7 @@ pub async fn task(
 }
 
 async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpError> {
-    let task_id = verify(id, app.config.http.task_secret.as_deref())?;
+    let task_id = verify(id, app.config.http.task_secret.as_ref().map(|s| s.expose()))?;
     let channel: Arc<str> = Arc::from(format!("task:{task_id}"));
     validate_channel(&channel).map_err(|e| HttpError::bad_request(e.to_string()))?;
     if !watch {

@@ -15,37 +15,53 @@
 
 /// KEYS: stream, trim watermark, [idempotency key].
 /// ARGV: maxlen (0 = none), idempotency TTL ms, trim slack, most entries to trim, byte budget
-/// of trimmed fields, field, value, ...
+/// of trimmed fields, max age ms (0 = none), field, value, ...
 /// Returns the entry ID (the first one when the idempotency key was seen before).
+///
+/// Trimming removes the oldest entries while the stream is longer than `maxlen` (once it is
+/// longer than `maxlen` plus the slack) or while they are older than the max age (by Redis'
+/// clock, `TIME`: an entry's ID is its creation time in ms), within the per-publish bounds.
 pub const PUBLISH: &str = r#"
 if KEYS[3] then
   local prev = redis.call('GET', KEYS[3])
   if prev then return prev end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 6))
-local maxlen = tonumber(ARGV[1])
-if maxlen > 0 then
-  local len = redis.call('XLEN', KEYS[1])
-  if len > maxlen + tonumber(ARGV[3]) then
-    local k = math.min(len - maxlen, tonumber(ARGV[4]))
-    local budget = tonumber(ARGV[5])
-    local n, bytes, chunk, last, from = 0, 0, 16, nil, '-'
-    while n < k and bytes < budget do
-      local got = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', math.min(chunk, k - n))
-      if #got == 0 then break end
-      for _, e in ipairs(got) do
-        for _, v in ipairs(e[2]) do bytes = bytes + #v end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 7))
+local maxlen, age = tonumber(ARGV[1]), tonumber(ARGV[6])
+local len, over, oldest = 0, 0, nil
+if maxlen > 0 or age > 0 then len = redis.call('XLEN', KEYS[1]) end
+if maxlen > 0 and len > maxlen + tonumber(ARGV[3]) then over = len - maxlen end
+if age > 0 then
+  local t = redis.call('TIME')
+  oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - age
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  if not first or tonumber(string.match(first[1], '^(%d+)')) >= oldest then oldest = nil end
+end
+if over > 0 or oldest then
+  local k = tonumber(ARGV[4])
+  local budget = tonumber(ARGV[5])
+  local n, bytes, chunk, last, from = 0, 0, 16, nil, '-'
+  local done = false
+  while not done and n < k and bytes < budget do
+    local got = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', math.min(chunk, k - n))
+    if #got == 0 then break end
+    for _, e in ipairs(got) do
+      if n >= over and not (oldest and tonumber(string.match(e[1], '^(%d+)')) < oldest) then
+        done = true
+        break
       end
-      n = n + #got
-      last = got[#got][1]
-      from = '(' .. last
-      chunk = chunk * 2
+      for _, v in ipairs(e[2]) do bytes = bytes + #v end
+      n = n + 1
+      last = e[1]
+      if bytes >= budget then break end
     end
-    if last then
-      redis.call('XTRIM', KEYS[1], 'MAXLEN', len - n)
-      redis.call('SET', KEYS[2], last)
-    end
+    from = '(' .. got[#got][1]
+    chunk = chunk * 2
+  end
+  if last then
+    redis.call('XTRIM', KEYS[1], 'MAXLEN', len - n)
+    redis.call('SET', KEYS[2], last)
   end
 end
 if KEYS[3] then
