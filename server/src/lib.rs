@@ -103,6 +103,12 @@ impl App {
             })
     }
 
+    /// Whether `ctx` may create `channel` when it does not exist ([`auth::Action::Create`]).
+    pub fn may_create(&self, ctx: &auth::AuthContext, channel: &str) -> Result<(), auth::Denied> {
+        self.authorizer
+            .authorize(ctx, auth::Action::Create { channel })
+    }
+
     /// Whether clients must authenticate.
     pub fn auth_required(&self) -> bool {
         self.verifier.is_some()

@@ -332,6 +332,8 @@ fn config(redis: Option<String>) -> Config {
     config.limits.queue_batches = 3;
     config.limits.queue_bytes = 8 * 1024;
     config.limits.catch_up_page = 7;
+    // Small `maxlen`s must trim, below the server's default floor.
+    config.retention.set_min_maxlen(0);
     config
 }
 

@@ -30,6 +30,15 @@ pub enum Action<'a> {
         /// The message.
         fields: &'a Fields,
     },
+    /// Create a channel that does not exist without publishing to it: a subscriber resuming
+    /// beyond the channel's tip, or a consumer group on a new channel. Refused, the request
+    /// goes on without creating anything (the subscriber starts at the tip, flagged
+    /// `truncated`; the group subscribe fails with `forbidden`). The default policy allows it
+    /// where publishing is allowed.
+    Create {
+        /// The channel.
+        channel: &'a str,
+    },
 }
 
 /// Who asks.
@@ -97,12 +106,20 @@ impl Authorizer for ClaimsPolicy {
         };
         match action {
             Action::Subscribe { channel } if claims.may_subscribe(channel) => Ok(()),
-            Action::Publish { channel, .. } if claims.may_publish(channel) => Ok(()),
+            Action::Publish { channel, .. } | Action::Create { channel }
+                if claims.may_publish(channel) =>
+            {
+                Ok(())
+            }
             Action::Subscribe { channel } => Err(Denied::forbidden(format!(
                 "the token does not allow subscribing to {channel:?}"
             ))),
             Action::Publish { channel, .. } => Err(Denied::forbidden(format!(
                 "the token does not allow publishing to {channel:?}"
+            ))),
+            Action::Create { channel } => Err(Denied::forbidden(format!(
+                "channel {channel:?} does not exist, and only a token that allows publishing \
+                 to it may create it"
             ))),
         }
     }

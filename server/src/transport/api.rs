@@ -101,7 +101,8 @@ async fn history_inner(
         .position(channel)
         .await
         .map_err(RequestError::from)?;
-    let position = Start::raise_beyond_tip(&*app.engine, channel, from, position)
+    // An API key may publish anywhere, so it may create the channel too.
+    let position = Start::raise_beyond_tip(&*app.engine, channel, from, position, true)
         .await
         .map_err(RequestError::from)?;
     let start = Start::resolve(from, position);

@@ -55,7 +55,7 @@ async fn hold(
     pairs: &[(String, String)],
 ) -> Result<String, HttpError> {
     let channels = channels_with_offsets(pairs)?;
-    authorize_subscriber(
+    let ctx = authorize_subscriber(
         app,
         headers,
         pairs,
@@ -82,7 +82,8 @@ async fn hold(
     let mut gaps = Vec::new();
     let mut truncated = Vec::new();
     for (channel, offset) in &channels {
-        let start = feed.subscribe(channel, *offset).await?;
+        let create = app.may_create(&ctx, channel).is_ok();
+        let start = feed.subscribe(channel, *offset, create).await?;
         if let Some((from, to)) = start.gap {
             gaps.push(gap_json(channel, from, to));
         } else if start.truncated {

@@ -58,7 +58,7 @@ async fn open(
 ) -> Result<Response, HttpError> {
     let pairs = query_pairs(query);
     let mut channels = channels_with_offsets(&pairs)?;
-    authorize_subscriber(
+    let ctx = authorize_subscriber(
         &app,
         headers,
         &pairs,
@@ -81,7 +81,8 @@ async fn open(
     let mut feed = Feed::new(app.clone(), "sse");
     let mut preamble = format!("retry: {RETRY_MS}\n\n");
     for (channel, offset) in &channels {
-        let start = feed.subscribe(channel, *offset).await?;
+        let create = app.may_create(&ctx, channel).is_ok();
+        let start = feed.subscribe(channel, *offset, create).await?;
         if let Some((from, to)) = start.gap {
             preamble.push_str("event: gap\ndata: ");
             preamble.push_str(&gap_json(channel, from, to));

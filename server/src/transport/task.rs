@@ -65,7 +65,8 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
     // update published at any moment is either that entry or delivered by the feed, so a
     // `done` racing the watch is never missed.
     let mut feed = Feed::new(app.clone(), "task");
-    let start = feed.subscribe(&channel, Offset::Latest).await?;
+    // From the tip: nothing to raise, so nothing is ever created.
+    let start = feed.subscribe(&channel, Offset::Latest, false).await?;
     let newest = entry_at(&*app.engine, &channel, start.after)
         .await
         .map_err(RequestError::from)?;

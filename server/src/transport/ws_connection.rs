@@ -447,7 +447,13 @@ impl Connection {
                 if let (Some(group), Some(consumer)) = (group, consumer) {
                     let last = self
                         .feed
-                        .subscribe_group(&channel, &group, &consumer, offset)
+                        .subscribe_group(
+                            &channel,
+                            &group,
+                            &consumer,
+                            offset,
+                            self.app.may_create(&self.ctx, &channel),
+                        )
                         .await?;
                     // For a group, `offset` is the group's last delivered ID.
                     ServerFrame::Subscribed {
@@ -547,7 +553,8 @@ impl Connection {
         channel: String,
         offset: Offset,
     ) -> Result<(), RequestError> {
-        let start = self.feed.subscribe(&channel, offset).await?;
+        let create = self.app.may_create(&self.ctx, &channel).is_ok();
+        let start = self.feed.subscribe(&channel, offset, create).await?;
         let reply = ServerFrame::Subscribed {
             id,
             channel: channel.clone(),

@@ -216,18 +216,20 @@ impl Shared {
 
     /// Runs [`scripts::RAISE`] over `(channel, ID)` pairs (all of one hash slot in cluster
     /// mode): `skew` bounds how far ahead of Redis' clock an ID may be (`None`: no bound),
-    /// `record` marks the raised-over ranges as removed. Returns each channel's position and
-    /// whether it was raised.
+    /// `record` marks the raised-over ranges as removed, `create` creates missing streams.
+    /// Returns each channel's position and whether it was raised.
     async fn raise(
         &self,
         targets: &[(&str, StreamId)],
         skew: Option<Duration>,
         record: bool,
+        create: bool,
     ) -> Result<Vec<(Position, bool)>, EngineError> {
         let mut keys = Vec::with_capacity(2 * targets.len());
-        let mut args = Vec::with_capacity(2 + targets.len());
+        let mut args = Vec::with_capacity(3 + targets.len());
         args.push(skew.map_or(-1, |s| s.as_millis() as i64).to_string());
         args.push(if record { "1" } else { "0" }.to_owned());
+        args.push(if create { "1" } else { "0" }.to_owned());
         for (channel, id) in targets {
             let key = self.stream_key(channel);
             keys.push(format!("{key}#trim"));
@@ -582,10 +584,15 @@ impl Engine for RedisEngine {
         self.shared.position(channel).await
     }
 
-    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError> {
+    async fn raise_last_id(
+        &self,
+        channel: &str,
+        to: StreamId,
+        create: bool,
+    ) -> Result<Position, EngineError> {
         let mut raised = self
             .shared
-            .raise(&[(channel, to)], Some(MAX_CLOCK_SKEW), false)
+            .raise(&[(channel, to)], Some(MAX_CLOCK_SKEW), false, create)
             .await?;
         Ok(raised
             .pop()
@@ -598,8 +605,11 @@ impl Engine for RedisEngine {
         channel: &str,
         group: &str,
         start: Offset,
-    ) -> Result<StreamId, EngineError> {
-        self.shared.group_create(channel, group, start).await
+        create: bool,
+    ) -> Result<Option<StreamId>, EngineError> {
+        self.shared
+            .group_create(channel, group, start, create)
+            .await
     }
 
     async fn group_read(

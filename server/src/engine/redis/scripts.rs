@@ -128,12 +128,16 @@ end
 return {wm, skipped, out}
 "#;
 
-/// KEYS: stream, trim watermark. ARGV: group, start ID (`$`, `0` or an ID).
-/// Creates the group (and the stream) unless it exists; returns its last delivered ID. A stream
-/// it creates starts without a watermark (like a publish that creates one), so a stale `#trim`
-/// of a deleted stream never reports gaps in the new one.
+/// KEYS: stream, trim watermark. ARGV: group, start ID (`$`, `0` or an ID), create (`1`/`0`).
+/// Creates the group (and the stream, when create is `1`) unless it exists; returns its last
+/// delivered ID, or `''` when the stream does not exist and create is `0` (nothing is written).
+/// A stream it creates starts without a watermark (like a publish that creates one), so a stale
+/// `#trim` of a deleted stream never reports gaps in the new one.
 pub const GROUP_CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] ~= '1' then return '' end
+  redis.call('DEL', KEYS[2])
+end
 local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
 if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP') then return r end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -275,9 +279,11 @@ return {r[1], entries, counts}
 "#;
 
 /// KEYS: stream, trim watermark, stream, trim watermark, ... (pairs).
-/// ARGV: clock skew ms (negative: no clock check), record (`1`/`0`), one ID per pair.
+/// ARGV: clock skew ms (negative: no clock check), record (`1`/`0`), create (`1`/`0`), one ID
+/// per pair.
 /// For each pair whose stream's last-generated ID is below the given ID, raises it with `XSETID`
-/// (creating an empty stream if there is none), so new entries come after that ID; refused when
+/// (creating an empty stream if there is none and create is `1`; with `0` a missing stream is
+/// left missing), so new entries come after that ID; refused when
 /// the ID is more than the skew ahead of Redis' clock. With record `1` the raised-over range is
 /// recorded as removed: the trim watermark (and the stream's max deleted ID) becomes the ID.
 /// Returns `{last-generated-id or '', watermark or '', raised 0/1}` per pair.
@@ -298,7 +304,7 @@ if tonumber(ARGV[1]) >= 0 then
 end
 local out = {}
 for i = 1, #KEYS, 2 do
-  local key, trim, to = KEYS[i], KEYS[i + 1], ARGV[2 + (i + 1) / 2]
+  local key, trim, to = KEYS[i], KEYS[i + 1], ARGV[3 + (i + 1) / 2]
   local exists = redis.call('EXISTS', key) == 1
   local last = '0-0'
   if exists then
@@ -308,7 +314,8 @@ for i = 1, #KEYS, 2 do
     end
   end
   local raised = 0
-  if split(to) and less(last, to) and (not limit or tonumber((split(to))) <= limit) then
+  if split(to) and less(last, to) and (not limit or tonumber((split(to))) <= limit)
+      and (exists or ARGV[3] == '1') then
     if not exists then
       redis.call('XGROUP', 'CREATE', key, 'redistribute:raise', '$', 'MKSTREAM')
       redis.call('XGROUP', 'DESTROY', key, 'redistribute:raise')
