@@ -224,7 +224,7 @@ impl Run {
                 let offset = self.offset(*channel, at);
                 let name = self.names[*channel].clone();
                 self.end_current(*channel);
-                let start = tokio::time::timeout(STEP, self.feed().subscribe(&name, offset))
+                let start = tokio::time::timeout(STEP, self.feed().subscribe(&name, offset, true))
                     .await
                     .context("subscribe timed out")??;
                 self.started(*channel, start);
@@ -235,7 +235,7 @@ impl Run {
                 let name = self.names[*channel].clone();
                 // Subscribing replaces (ends) the current subscription at once.
                 self.end_current(*channel);
-                let attempt = self.feed().subscribe(&name, offset);
+                let attempt = self.feed().subscribe(&name, offset, true);
                 if let Ok(result) = tokio::time::timeout(Duration::from_micros(1), attempt).await {
                     self.started(*channel, result?);
                 }
