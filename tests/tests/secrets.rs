@@ -38,11 +38,8 @@ impl Seen {
             for form in [secret.to_string(), encoded] {
                 if let Some(at) = self.text.find(&form) {
                     let from = self.text[..at].rfind("\n===").unwrap_or(0);
-                    let end = (at + 200).min(self.text.len());
-                    anyhow::bail!(
-                        "secret {secret:?} was printed:\n{}",
-                        &self.text[from..self.text.floor_char_boundary(end)]
-                    );
+                    let context: String = self.text[from..].chars().take(400).collect();
+                    anyhow::bail!("secret {secret:?} was printed at {at}:\n{context}");
                 }
             }
         }
