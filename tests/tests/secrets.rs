@@ -38,8 +38,13 @@ impl Seen {
             for form in [secret.to_string(), encoded] {
                 if let Some(at) = self.text.find(&form) {
                     let from = self.text[..at].rfind("\n===").unwrap_or(0);
-                    let context: String = self.text[from..].chars().take(400).collect();
-                    anyhow::bail!("secret {secret:?} was printed at {at}:\n{context}");
+                    let section: String = self.text[from..].chars().take(80).collect();
+                    let near = self
+                        .text
+                        .get(at.saturating_sub(200)..)
+                        .unwrap_or(&self.text[at..]);
+                    let near: String = near.chars().take(400).collect();
+                    anyhow::bail!("secret {secret:?} was printed in {section}…\n{near}");
                 }
             }
         }
