@@ -104,6 +104,12 @@ impl App {
             })
     }
 
+    /// Whether `ctx` may create `channel` when it does not exist ([`auth::Action::Create`]).
+    pub fn may_create(&self, ctx: &auth::AuthContext, channel: &str) -> Result<(), auth::Denied> {
+        self.authorizer
+            .authorize(ctx, auth::Action::Create { channel })
+    }
+
     /// Whether clients must authenticate.
     pub fn auth_required(&self) -> bool {
         self.verifier.is_some()
@@ -122,14 +128,14 @@ impl App {
                 self.config
                     .redis_cluster
                     .iter()
-                    .map(|url| config::redact_url(url))
+                    .map(config::RedisUrl::redacted)
                     .collect::<Vec<_>>()
                     .join(", "),
                 self.config.redis_shards
             );
         }
         match &self.config.redis {
-            Some(url) => format!("redis at {}", config::redact_url(url)),
+            Some(url) => format!("redis at {url}"),
             None => "embedded (in-memory; set --redis to share channels between instances)".into(),
         }
     }
@@ -201,7 +207,9 @@ impl ServerBuilder {
             .map(Arc::new);
         let verifier = match &config.auth {
             AuthConfig::Open => None,
-            AuthConfig::JwtSecret(secret) => Some(auth::Verifier::hs256(secret.as_bytes())),
+            AuthConfig::JwtSecret(secret) => {
+                Some(auth::Verifier::hs256(secret.expose().as_bytes()))
+            }
             AuthConfig::JwtPublicKey(path) => Some(auth::Verifier::from_public_key_file(
                 &path.display().to_string(),
             )?),
@@ -210,12 +218,13 @@ impl ServerBuilder {
         let sink: Arc<dyn LiveSink> = hub.clone();
         let engine_config = EngineConfig {
             idempotency_ttl: config.idempotency_ttl,
+            retention: Arc::new(config.retention.clone()),
             ..EngineConfig::default()
         };
         let redis = if config.redis_cluster.is_empty() {
             config.redis.clone().map(RedisConfig::new)
         } else {
-            let mut redis = RedisConfig::cluster(config.redis_cluster.clone());
+            let mut redis = RedisConfig::cluster(config.redis_cluster.iter().cloned());
             if let Some(cluster) = &mut redis.cluster {
                 cluster.shards = config.redis_shards;
             }

@@ -169,6 +169,16 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "REDISTRIBUTE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Retention of channels matching a pattern, PATTERN=SPEC with SPEC `10000`, `age=1h` or
+    /// `10000,age=24h`; repeatable (or `;`-separated), the first match wins.
+    #[arg(long, env = "REDISTRIBUTE_RETENTION", value_delimiter = ';')]
+    retention: Vec<String>,
+    /// Retention of channels no --retention pattern matches (SPEC, or `none`) [default: none].
+    #[arg(long, env = "REDISTRIBUTE_RETENTION_DEFAULT")]
+    retention_default: Option<String>,
+    /// Lowest maxlen a publisher may ask for; lower requests are raised to it [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_MIN_MAXLEN")]
+    min_maxlen: Option<u64>,
 }
 
 impl ServeArgs {
@@ -185,8 +195,13 @@ impl ServeArgs {
     fn values(&self) -> ConfigValues {
         ConfigValues {
             listen: self.listen.clone(),
-            redis: Some(self.redis.clone()),
-            redis_cluster: Some(self.redis_cluster.clone()),
+            redis: Some(self.redis.iter().map(|u| u.as_str().into()).collect()),
+            redis_cluster: Some(
+                self.redis_cluster
+                    .iter()
+                    .map(|u| u.as_str().into())
+                    .collect(),
+            ),
             redis_shards: self.redis_shards,
             redis_wait_replicas: self.redis_wait_replicas,
             redis_wait_timeout_ms: self.redis_wait_timeout_ms,
@@ -203,15 +218,15 @@ impl ServeArgs {
             request_timeout_ms: self.request_timeout_ms,
             allowed_origin: Some(self.allowed_origin.clone()),
             jsonp: self.jsonp.then_some(true),
-            api_key: Some(self.api_key.clone()),
+            api_key: Some(self.api_key.iter().map(|k| k.as_str().into()).collect()),
             allow_open_api: self.allow_open_api.then_some(true),
-            task_secret: self.task_secret.clone(),
+            task_secret: self.task_secret.as_deref().map(Into::into),
             sse_heartbeat_secs: self.sse_heartbeat_secs,
             poll_timeout_secs: self.poll_timeout_secs,
             task_keepalive_secs: self.task_keepalive_secs,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
-            jwt_secret: self.jwt_secret.clone(),
+            jwt_secret: self.jwt_secret.as_deref().map(Into::into),
             jwt_public_key: self.jwt_public_key.clone(),
             max_connections_per_ip: self.max_connections_per_ip,
             publish_rate: self.publish_rate,
@@ -222,6 +237,9 @@ impl ServeArgs {
             ws_ping_secs: self.ws_ping_secs,
             drain_timeout_ms: self.drain_timeout_ms,
             log_format: self.log_format.clone(),
+            retention: Some(self.retention.clone()),
+            retention_default: self.retention_default.clone(),
+            min_maxlen: self.min_maxlen,
         }
     }
 }
@@ -298,7 +316,7 @@ fn init_logging(default_filter: &str, format: LogFormat) {
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let env = ServeArgs::from_env_only();
     let config = env.values().or(ConfigValues::from_file(file)?).build()?;
-    println!("{}", config.describe());
+    print!("{}", config.describe());
     Ok(())
 }
 

@@ -45,6 +45,15 @@ pub enum Action<'a> {
         /// The message.
         fields: &'a Fields,
     },
+    /// Create a channel that does not exist without publishing to it: a subscriber resuming
+    /// beyond the channel's tip, or a consumer group on a new channel. Refused, the request
+    /// goes on without creating anything (the subscriber starts at the tip, flagged
+    /// `truncated`; the group subscribe fails with `forbidden`). The default policy allows it
+    /// where publishing is allowed.
+    Create {
+        /// The channel.
+        channel: &'a str,
+    },
 }
 
 /// Who asks.
@@ -164,6 +173,15 @@ impl Authorizer for ClaimsPolicy {
             Action::Publish { channel, .. } => {
                 (claims.may_publish(channel), "publishing to", channel)
             }
+            // Creating a channel that does not exist (a consumer group, or resuming beyond
+            // its tip) needs publish permission.
+            Action::Create { channel } if !claims.may_publish(channel) => {
+                return Err(Denied::forbidden(format!(
+                    "channel {channel:?} does not exist, and only a token that allows \
+                     publishing to it may create it"
+                )))
+            }
+            Action::Create { .. } => return Ok(()),
         };
         if allowed {
             Ok(())

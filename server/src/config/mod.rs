@@ -5,9 +5,14 @@
 //! This module owns the validated [`Config`]; [`values`] owns the raw [`ConfigValues`] as given
 //! by flags, environment or file, their merging and their validation.
 
+mod print;
+mod secret;
 mod values;
 
+pub use secret::{redact_url, RedisUrl, Secret, REDACTED};
 pub use values::ConfigValues;
+
+use crate::engine::retention::Retention;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,12 +88,12 @@ pub struct HttpConfig {
     pub jsonp: bool,
     /// API keys for `/api/*` (and, with authentication on, `/metrics` and `/status`); empty
     /// leaves the API open, which with authentication on needs [`HttpConfig::allow_open_api`].
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<Secret>,
     /// Serve the back-end API (and operator pages) without API keys although client
     /// authentication is on; without it such a configuration is refused.
     pub allow_open_api: bool,
     /// Secret for signed task ids (`<id>.<hex HMAC-SHA256(secret, id)>`); `None` accepts any id.
-    pub task_secret: Option<String>,
+    pub task_secret: Option<Secret>,
     /// Interval of SSE comment heartbeats (default 15 s).
     pub sse_heartbeat: Duration,
     /// Default long-poll hold time when the request names none (default 25 s).
@@ -131,7 +136,7 @@ pub enum AuthConfig {
     #[default]
     Open,
     /// HS256 tokens signed with this secret.
-    JwtSecret(String),
+    JwtSecret(Secret),
     /// RS256 or ES256 tokens verified with the public key in this PEM file.
     JwtPublicKey(PathBuf),
 }
@@ -142,10 +147,10 @@ pub struct Config {
     /// Address to listen on (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
     /// Redis URL; `None` (and no `redis_cluster`) runs the embedded engine.
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
     /// Redis Cluster seed node URLs; non-empty runs the Redis engine in cluster mode (exclusive
     /// with `redis`).
-    pub redis_cluster: Vec<String>,
+    pub redis_cluster: Vec<RedisUrl>,
     /// Shards channels are spread over in cluster mode, one hash tag each (default 16).
     pub redis_shards: u16,
     /// Replicas that must confirm a publish (`WAIT`) before it is acknowledged (default 0).
@@ -166,6 +171,9 @@ pub struct Config {
     /// An entry delivered more than this many times goes to `<channel>:dead` instead of being
     /// delivered again (default 5).
     pub group_max_deliveries: u64,
+    /// How long channels keep their entries: per channel pattern and by default, and the
+    /// lowest `maxlen` a publisher may ask for.
+    pub retention: Retention,
     /// Per-connection limits.
     pub limits: Limits,
     /// HTTP transports and API.
@@ -190,40 +198,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// `url` with the password of its user info (`redis://user:password@host`) replaced by `***`,
-/// for logs, errors and `check-config`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    // `user:password` keeps the user; user info without `:` is masked whole.
-    let masked = match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_owned(),
-    };
-    format!("{scheme}://{masked}@{}", &rest[at + 1..])
-}
-
 impl Config {
-    /// The effective configuration for `check-config`, with secrets masked.
+    /// The effective configuration for `check-config`: TOML with every key `--config` reads,
+    /// secrets masked (see [`ConfigValues::effective`]).
     pub fn describe(&self) -> String {
-        let mut text = format!("{self:#?}");
-        for url in self.redis.iter().chain(&self.redis_cluster) {
-            text = text.replace(url.as_str(), &redact_url(url));
-        }
-        let mut secrets: Vec<&str> = self.http.api_keys.iter().map(String::as_str).collect();
-        secrets.extend(self.http.task_secret.as_deref());
-        if let AuthConfig::JwtSecret(secret) = &self.auth {
-            secrets.push(secret);
-        }
-        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
-            text = text.replace(secret, "***");
-        }
-        text
+        ConfigValues::effective(self).to_toml()
     }
 }
 
@@ -242,6 +221,7 @@ impl Default for Config {
             idempotency_ttl: Duration::from_secs(600),
             group_claim_idle: Duration::from_secs(30),
             group_max_deliveries: 5,
+            retention: Retention::server_default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
             tls: None,
@@ -279,25 +259,4 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_in_urls_are_masked() {
-        let cases = [
-            ("redis://u:secret@h:6379/2", "redis://u:***@h:6379/2"),
-            ("redis://:secret@h", "redis://:***@h"),
-            ("redis://secret@h", "redis://***@h"),
-            ("redis://u:p@ss:w@h", "redis://u:***@h"),
-            ("redis://h:6379", "redis://h:6379"),
-            ("redis://h/a@b", "redis://h/a@b"),
-            ("not a url", "not a url"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(redact_url(url), want, "{url}");
-        }
-    }
 }

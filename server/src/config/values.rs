@@ -4,20 +4,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{AuthConfig, Config, ConfigError, HttpConfig, LogFormat, TlsFiles};
+use super::{AuthConfig, Config, ConfigError, HttpConfig, LogFormat, RedisUrl, Secret, TlsFiles};
+use crate::engine::retention::RetentionSpec;
 
-/// Values as given by flags, environment or file; `None` means not given.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Values as given by flags, environment or file; `None` means not given. Secrets are
+/// [`Secret`]s and Redis URLs [`RedisUrl`]s, so printing these values never shows them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigValues {
     /// See [`Config::listen`].
     pub listen: Option<String>,
     /// See [`Config::redis`].
-    pub redis: Option<Vec<String>>,
+    pub redis: Option<Vec<RedisUrl>>,
     /// See [`Config::redis_cluster`].
-    pub redis_cluster: Option<Vec<String>>,
+    pub redis_cluster: Option<Vec<RedisUrl>>,
     /// See [`Config::redis_shards`].
     pub redis_shards: Option<u16>,
     /// See [`Config::redis_wait_replicas`].
@@ -51,11 +53,11 @@ pub struct ConfigValues {
     /// See [`HttpConfig::jsonp`].
     pub jsonp: Option<bool>,
     /// See [`HttpConfig::api_keys`].
-    pub api_key: Option<Vec<String>>,
+    pub api_key: Option<Vec<Secret>>,
     /// See [`HttpConfig::allow_open_api`].
     pub allow_open_api: Option<bool>,
     /// See [`HttpConfig::task_secret`].
-    pub task_secret: Option<String>,
+    pub task_secret: Option<Secret>,
     /// See [`HttpConfig::sse_heartbeat`], in seconds.
     pub sse_heartbeat_secs: Option<u64>,
     /// See [`HttpConfig::poll_timeout`], in seconds.
@@ -67,7 +69,7 @@ pub struct ConfigValues {
     /// See [`TlsFiles::key`].
     pub tls_key: Option<PathBuf>,
     /// See [`AuthConfig::JwtSecret`].
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// See [`AuthConfig::JwtPublicKey`].
     pub jwt_public_key: Option<PathBuf>,
     /// See [`Limits::max_connections_per_ip`].
@@ -88,6 +90,12 @@ pub struct ConfigValues {
     pub drain_timeout_ms: Option<u64>,
     /// See [`Config::log_format`]: `text` or `json`.
     pub log_format: Option<String>,
+    /// Retention rules `PATTERN=SPEC`, first match wins (see [`Config::retention`]).
+    pub retention: Option<Vec<String>>,
+    /// Retention of channels no rule matches (`SPEC`, or `none`).
+    pub retention_default: Option<String>,
+    /// Lowest `maxlen` a publisher may ask for (0: none).
+    pub min_maxlen: Option<u64>,
 }
 
 impl ConfigValues {
@@ -150,6 +158,9 @@ impl ConfigValues {
             ws_ping_secs: self.ws_ping_secs.or(other.ws_ping_secs),
             drain_timeout_ms: self.drain_timeout_ms.or(other.drain_timeout_ms),
             log_format: self.log_format.or(other.log_format),
+            retention: self.retention.filter(|r| !r.is_empty()).or(other.retention),
+            retention_default: self.retention_default.or(other.retention_default),
+            min_maxlen: self.min_maxlen.or(other.min_maxlen),
         }
     }
 
@@ -167,7 +178,7 @@ impl ConfigValues {
         match self.redis.as_deref() {
             None | Some([]) => {}
             Some([url]) => {
-                redis_url("redis", url)?;
+                redis_url("redis", url.expose())?;
                 config.redis = Some(url.clone());
             }
             Some(_) => {
@@ -178,6 +189,7 @@ impl ConfigValues {
             }
         }
         self.build_cluster(&mut config)?;
+        self.build_retention(&mut config)?;
         if let Some(prefix) = self.prefix {
             if prefix
                 .bytes()
@@ -252,7 +264,9 @@ impl ConfigValues {
         };
         config.auth = match (&self.jwt_secret, &self.jwt_public_key) {
             (None, None) => AuthConfig::Open,
-            (Some(secret), None) if secret.len() >= 32 => AuthConfig::JwtSecret(secret.clone()),
+            (Some(secret), None) if secret.expose().len() >= 32 => {
+                AuthConfig::JwtSecret(secret.clone())
+            }
             (Some(_), None) => {
                 return Err(ConfigError::Invalid {
                     key: "jwt_secret",
@@ -318,6 +332,30 @@ impl ConfigValues {
         Ok(())
     }
 
+    /// The retention keys: `retention`, `retention_default`, `min_maxlen`.
+    fn build_retention(&self, config: &mut Config) -> Result<(), ConfigError> {
+        let retention = &mut config.retention;
+        for rule in self.retention.iter().flatten() {
+            retention
+                .add_rule(rule)
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "retention",
+                    reason,
+                })?;
+        }
+        if let Some(spec) = &self.retention_default {
+            let spec = RetentionSpec::parse(spec).map_err(|reason| ConfigError::Invalid {
+                key: "retention_default",
+                reason,
+            })?;
+            retention.set_default(spec);
+        }
+        if let Some(floor) = self.min_maxlen {
+            retention.set_min_maxlen(floor);
+        }
+        Ok(())
+    }
+
     /// The Redis Cluster and replication keys.
     fn build_cluster(&self, config: &mut Config) -> Result<(), ConfigError> {
         let nodes = self.redis_cluster.as_deref().unwrap_or_default();
@@ -330,7 +368,7 @@ impl ConfigValues {
             });
         }
         for url in nodes {
-            redis_url("redis_cluster", url)?;
+            redis_url("redis_cluster", url.expose())?;
         }
         config.redis_cluster = nodes.to_vec();
         if let Some(n) = self.redis_shards {
@@ -370,7 +408,7 @@ impl ConfigValues {
             http.allow_open_api = open;
         }
         if let Some(keys) = &self.api_key {
-            if keys.iter().any(|k| k.len() < 16) {
+            if keys.iter().any(|k| k.expose().len() < 16) {
                 return Err(ConfigError::Invalid {
                     key: "api_key",
                     reason: "API keys must be at least 16 characters".into(),
@@ -379,7 +417,7 @@ impl ConfigValues {
             http.api_keys = keys.clone();
         }
         if let Some(secret) = &self.task_secret {
-            if secret.len() < 16 {
+            if secret.expose().len() < 16 {
                 return Err(ConfigError::Invalid {
                     key: "task_secret",
                     reason: "must be at least 16 characters".into(),

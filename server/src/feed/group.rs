@@ -41,6 +41,7 @@ impl Feed {
         group: &str,
         consumer: &str,
         offset: Offset,
+        create: Result<(), crate::auth::Denied>,
     ) -> Result<StreamId, RequestError> {
         self.make_room(channel)?;
         let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
@@ -55,7 +56,15 @@ impl Feed {
         let (last, member) = self
             .app
             .groups
-            .join(channel, group, consumer, offset, groups.tx.clone(), timeout)
+            .join(
+                channel,
+                group,
+                consumer,
+                offset,
+                groups.tx.clone(),
+                timeout,
+                create,
+            )
             .await?;
         groups.members.insert(Arc::from(channel), member);
         Ok(last)

@@ -12,6 +12,7 @@ use redistribute_protocol::ErrorCode;
 use subtle::ConstantTimeEq;
 
 use crate::auth::{AuthContext, Claims, Credential};
+use crate::config::Secret;
 use crate::error::RequestError;
 use crate::App;
 
@@ -135,10 +136,10 @@ fn query_token(query: &[(String, String)]) -> Option<&str> {
 }
 
 /// Whether `given` is one of the configured API keys, compared in constant time.
-fn is_api_key(given: &str, keys: &[String]) -> bool {
+fn is_api_key(given: &str, keys: &[Secret]) -> bool {
     let mut ok = subtle::Choice::from(0);
     for key in keys {
-        ok |= key.as_bytes().ct_eq(given.as_bytes());
+        ok |= key.expose().as_bytes().ct_eq(given.as_bytes());
     }
     bool::from(ok)
 }
@@ -153,7 +154,7 @@ mod tests {
 
     #[test]
     fn api_keys_compare_whole_keys() {
-        let keys = vec!["0123456789abcdef".to_string()];
+        let keys = vec![Secret::new("0123456789abcdef")];
         assert!(is_api_key("0123456789abcdef", &keys));
         assert!(!is_api_key("0123456789abcde", &keys));
         assert!(!is_api_key("0123456789abcdefg", &keys));

@@ -44,9 +44,10 @@ pub async fn history(
         limit,
     } = request;
     let engine = &*app.engine;
+    let create = app.may_create(caller, channel).is_ok();
     let position = with_deadline(app, "history", async {
         let position = engine.position(channel).await?;
-        Start::raise_beyond_tip(engine, channel, *from, position).await
+        Start::raise_beyond_tip(engine, channel, *from, position, create).await
     })
     .await?;
     let start = Start::resolve(*from, position);

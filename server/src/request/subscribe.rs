@@ -9,15 +9,20 @@ use std::time::Instant;
 use redistribute_protocol::{ErrorCode, StreamId};
 
 use super::{authorize, ensure_authenticated, validate_channel, Ack, Subscribe, Unsubscribe};
-use crate::auth::{Action, AuthContext};
+use crate::auth::{Action, AuthContext, Denied};
 use crate::error::RequestError;
 use crate::feed::{Feed, Start};
 use crate::limits::TokenBucket;
 use crate::App;
 
-/// A subscribe that passed [`check`]; only it can be carried out.
+/// A subscribe that passed [`check`]; only it can be carried out. It carries whether the
+/// caller may create the channel ([`Action::Create`]), which subscribing to a channel that
+/// does not exist may need (a consumer group, or resuming beyond the tip).
 #[derive(Debug)]
-pub struct Allowed<'a>(&'a Subscribe);
+pub struct Allowed<'a> {
+    request: &'a Subscribe,
+    create: Result<(), Denied>,
+}
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,25 +57,26 @@ pub fn check<'a>(
             ));
         }
     }
-    Ok(Allowed(request))
+    let create = app.may_create(caller, &request.channel);
+    Ok(Allowed { request, create })
 }
 
 impl Allowed<'_> {
     /// The channel.
     pub fn channel(&self) -> &str {
-        &self.0.channel
+        &self.request.channel
     }
 
     /// Subscribes `feed` (the feed bounds its engine calls by the request timeout).
     pub async fn run(self, feed: &mut Feed) -> Result<Subscribed, RequestError> {
-        let request = self.0;
+        let Allowed { request, create } = self;
         match &request.group {
             Some((group, consumer)) => feed
-                .subscribe_group(&request.channel, group, consumer, request.offset)
+                .subscribe_group(&request.channel, group, consumer, request.offset, create)
                 .await
                 .map(Subscribed::Group),
             None => feed
-                .subscribe(&request.channel, request.offset)
+                .subscribe(&request.channel, request.offset, create.is_ok())
                 .await
                 .map(Subscribed::Plain),
         }

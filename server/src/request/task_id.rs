@@ -16,7 +16,7 @@ use crate::App;
 /// authentication is off); a caller with neither is refused (`forbidden` when only a secret is
 /// configured, since the id is then the credential; `unauthorized` with tokens on).
 pub fn resolve(app: &App, caller: &mut AuthContext, id: &str) -> Result<String, RequestError> {
-    let secret = app.config.http.task_secret.as_deref();
+    let secret = app.config.http.task_secret.as_ref().map(|s| s.expose());
     if let Some(bare) = secret.and_then(|secret| verify(id, secret)) {
         caller.credential = Credential::SignedTask;
         return Ok(format!("task:{bare}"));

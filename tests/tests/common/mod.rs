@@ -47,6 +47,11 @@ pub async fn start_server(redis: Option<&RedisServer>, extra: &[&str]) -> Result
         // limit itself is tested in `security.rs`.
         args.extend(["--publish-rate", "1000000", "--publish-burst", "1000000"].map(String::from));
     }
+    if !extra.contains(&"--min-maxlen") {
+        // Tests trim with a small `maxlen` to make gaps happen; the server's default floor
+        // (which raises such a `maxlen`) is tested in `retention.rs`.
+        args.extend(["--min-maxlen", "1"].map(String::from));
+    }
     if let Some(redis) = redis {
         args.push("--redis".into());
         args.push(redis.url());

@@ -38,6 +38,7 @@ use super::{
     LiveSink, Page, Position, PublishRequest, ReadySender, MAX_CLOCK_SKEW, MAX_ENTRY_BYTES,
     MAX_TRIM_PER_PUBLISH,
 };
+use crate::config::RedisUrl;
 use reader::ReaderPool;
 
 /// Settings of the Redis engine.
@@ -45,7 +46,7 @@ use reader::ReaderPool;
 pub struct RedisConfig {
     /// `redis://host:port[/db]` URL of a single Redis; in cluster mode the first seed node
     /// (for logs; credentials come from each seed URL).
-    pub url: String,
+    pub url: RedisUrl,
     /// Redis Cluster mode: seed nodes and shard count. `None`: a single Redis at `url`.
     pub cluster: Option<ClusterConfig>,
     /// Prefix of stream keys (`rd:` by default).
@@ -69,14 +70,14 @@ pub struct RedisConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// `redis://host:port` URLs of some cluster nodes; the rest are discovered.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<RedisUrl>,
     /// Channels are spread over this many shards, one hash tag each ([`keys`]).
     pub shards: u16,
 }
 
 impl RedisConfig {
     /// Defaults for `url`.
-    pub fn new(url: impl Into<String>) -> Self {
+    pub fn new(url: impl Into<RedisUrl>) -> Self {
         RedisConfig {
             url: url.into(),
             cluster: None,
@@ -92,8 +93,10 @@ impl RedisConfig {
 
     /// Defaults for a Redis Cluster reached through the seed `nodes`, with
     /// [`keys::DEFAULT_SHARDS`] shards.
-    pub fn cluster(nodes: Vec<String>) -> Self {
-        let mut config = RedisConfig::new(nodes.first().cloned().unwrap_or_default());
+    pub fn cluster<U: Into<RedisUrl>>(nodes: impl IntoIterator<Item = U>) -> Self {
+        let nodes: Vec<RedisUrl> = nodes.into_iter().map(Into::into).collect();
+        let first = nodes.first().cloned();
+        let mut config = RedisConfig::new(first.unwrap_or_else(|| RedisUrl::new("")));
         config.cluster = Some(ClusterConfig {
             nodes,
             shards: keys::DEFAULT_SHARDS,
@@ -213,18 +216,20 @@ impl Shared {
 
     /// Runs [`scripts::RAISE`] over `(channel, ID)` pairs (all of one hash slot in cluster
     /// mode): `skew` bounds how far ahead of Redis' clock an ID may be (`None`: no bound),
-    /// `record` marks the raised-over ranges as removed. Returns each channel's position and
-    /// whether it was raised.
+    /// `record` marks the raised-over ranges as removed, `create` creates missing streams.
+    /// Returns each channel's position and whether it was raised.
     async fn raise(
         &self,
         targets: &[(&str, StreamId)],
         skew: Option<Duration>,
         record: bool,
+        create: bool,
     ) -> Result<Vec<(Position, bool)>, EngineError> {
         let mut keys = Vec::with_capacity(2 * targets.len());
-        let mut args = Vec::with_capacity(2 + targets.len());
+        let mut args = Vec::with_capacity(3 + targets.len());
         args.push(skew.map_or(-1, |s| s.as_millis() as i64).to_string());
         args.push(if record { "1" } else { "0" }.to_owned());
+        args.push(if create { "1" } else { "0" }.to_owned());
         for (channel, id) in targets {
             let key = self.stream_key(channel);
             keys.push(format!("{key}#trim"));
@@ -340,10 +345,11 @@ fn map_err(err: fred::error::Error) -> EngineError {
 
 /// Client settings for a single Redis, or a cluster reached through its seed nodes.
 fn client_config(config: &RedisConfig) -> Result<Config, EngineError> {
-    let parse = |url: &str| {
-        Config::from_url(url).map_err(|e| {
-            let url = crate::config::redact_url(url);
-            EngineError::Internal(format!("invalid Redis URL {url:?}: {e}"))
+    // fred's URL errors may quote the URL: only the redacted form is printed.
+    let parse = |url: &RedisUrl| {
+        Config::from_url(url.expose()).map_err(|e| {
+            let detail = e.details().replace(url.expose(), &url.redacted());
+            EngineError::Internal(format!("invalid Redis URL {url:?}: {detail}"))
         })
     };
     let Some(cluster) = &config.cluster else {
@@ -361,8 +367,7 @@ fn client_config(config: &RedisConfig) -> Result<Config, EngineError> {
             ServerConfig::Clustered { hosts: more, .. } => hosts.extend(more),
             _ => {
                 return Err(EngineError::Internal(format!(
-                    "{:?} is not a Redis Cluster node URL",
-                    crate::config::redact_url(url)
+                    "{url:?} is not a Redis Cluster node URL"
                 )))
             }
         }
@@ -408,7 +413,7 @@ impl RedisEngine {
     ) -> Result<Arc<Self>, EngineError> {
         let client_config = client_config(&config)?;
         let connect = |client: Client| {
-            let url = crate::config::redact_url(&config.url);
+            let url = config.url.redacted();
             async move {
                 client.init().await.map_err(|e| {
                     EngineError::Unavailable(format!("cannot connect to Redis at {url}: {e}"))
@@ -494,8 +499,14 @@ impl Engine for RedisEngine {
         if let Some(idem) = req.idempotency_key {
             keys.push(format!("{}#idem:{idem}", keys[0]));
         }
-        let maxlen = req.maxlen.unwrap_or(0);
-        let mut args: Vec<String> = Vec::with_capacity(3 + 2 * req.fields.len());
+        let trim = self
+            .shared
+            .config
+            .engine
+            .retention
+            .trim(req.channel, req.maxlen);
+        let maxlen = trim.maxlen.unwrap_or(0);
+        let mut args: Vec<String> = Vec::with_capacity(6 + 2 * req.fields.len());
         args.push(maxlen.to_string());
         args.push(
             self.shared
@@ -508,6 +519,7 @@ impl Engine for RedisEngine {
         args.push(trim_slack(maxlen).to_string());
         args.push(MAX_TRIM_PER_PUBLISH.to_string());
         args.push(TRIM_BYTE_BUDGET.to_string());
+        args.push(trim.max_age.map_or(0, |age| age.as_millis()).to_string());
         for (name, value) in stored_fields(req.fields) {
             args.push(name.to_owned());
             args.push(value);
@@ -572,10 +584,15 @@ impl Engine for RedisEngine {
         self.shared.position(channel).await
     }
 
-    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError> {
+    async fn raise_last_id(
+        &self,
+        channel: &str,
+        to: StreamId,
+        create: bool,
+    ) -> Result<Position, EngineError> {
         let mut raised = self
             .shared
-            .raise(&[(channel, to)], Some(MAX_CLOCK_SKEW), false)
+            .raise(&[(channel, to)], Some(MAX_CLOCK_SKEW), false, create)
             .await?;
         Ok(raised
             .pop()
@@ -588,8 +605,11 @@ impl Engine for RedisEngine {
         channel: &str,
         group: &str,
         start: Offset,
-    ) -> Result<StreamId, EngineError> {
-        self.shared.group_create(channel, group, start).await
+        create: bool,
+    ) -> Result<Option<StreamId>, EngineError> {
+        self.shared
+            .group_create(channel, group, start, create)
+            .await
     }
 
     async fn group_read(
