@@ -1,5 +1,5 @@
 //! The route table: every HTTP route with its method, handler and access class. The router is
-//! built from this table only, and each route is wrapped in the [`guard`] that authenticates
+//! built from this table only, and each route is wrapped in the guard that authenticates
 //! its caller by the route's [`Access`] before the handler runs: a handler receives the
 //! caller ([`AuthContext`]) from the guard and cannot be reached without it. The table is
 //! public so that tests can call every route with every kind of bad credential.
@@ -127,7 +127,7 @@ pub fn routes() -> Vec<Route> {
         .collect()
 }
 
-/// A router of `entries`, each behind its [`guard`].
+/// A router of `entries`, each behind its guard.
 pub fn build(app: &Arc<App>, entries: Vec<Entry>) -> Router<Arc<App>> {
     let mut router = Router::new();
     for Entry { route, handler } in entries {
