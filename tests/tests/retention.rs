@@ -147,6 +147,22 @@ async fn length_policy(backend: Backend) -> Result<()> {
         (10..=11).contains(&kept.len()) && kept.last() == Some(&99),
         "free kept {kept:?}"
     );
+    // The back-end API is held to the same policy.
+    for seq in 0..30 {
+        let body = json!({"channel": "api:free", "fields": {"seq": seq}, "maxlen": 1}).to_string();
+        let r = http_request(
+            server.addr(),
+            "POST",
+            "/api/publish",
+            &[],
+            body.as_bytes(),
+            STEP,
+        )
+        .await?;
+        ensure!(r.status == 200, "{} {}", r.status, r.text());
+    }
+    let kept = retained(server, "api:free").await?;
+    ensure!((10..=11).contains(&kept.len()), "api:free kept {kept:?}");
     publish_maxlen(&mut c, "wide", 0..100, 10_000).await?;
     ensure!((40..=42).contains(&retained(server, "wide").await?.len()));
     publish_seq(&mut c, "plain", 0..100).await?;

@@ -107,7 +107,7 @@ impl ConfigValues {
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.display().to_string(),
-            reason: e.message().to_owned(),
+            reason: mask_strings(e.message()),
         })
     }
 
@@ -440,6 +440,20 @@ impl ConfigValues {
     }
 }
 
+/// A parse error's message with its quoted strings masked: serde quotes the value it could not
+/// use (`invalid type: string "…", expected a sequence`), which may be a secret given with the
+/// wrong type (`api_key = "…"`).
+fn mask_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    out.push_str(parts.next().unwrap_or_default());
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        out.push_str(if i % 2 == 0 { super::REDACTED } else { part });
+    }
+    out
+}
+
 fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
     if value == 0 {
         Err(ConfigError::Invalid {
@@ -466,7 +480,7 @@ fn redis_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
     if !url.starts_with("redis://") {
         return Err(ConfigError::Invalid {
             key,
-            reason: format!("{url:?} is not a redis:// URL"),
+            reason: format!("{:?} is not a redis:// URL", super::redact_url(url)),
         });
     }
     Ok(())
@@ -528,6 +542,39 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(err.to_string().contains("`redis_shards`"), "{err}");
+    }
+
+    /// A secret given with the wrong type or scheme is not quoted back in the error.
+    #[test]
+    fn errors_do_not_quote_secrets() {
+        let file = std::env::temp_dir().join(format!("rd-bad-config-{}.toml", std::process::id()));
+        for text in [
+            "api_key = \"wrong-type-secret-123\"",
+            "jwt_secret = [\"wrong-type-secret-123\"]",
+            "task_secret = 5\napi_key = [\"ok-key-0123456789\", 7]",
+            "redis = \"redis://:wrong-type-secret-123@h\"",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = ConfigValues::from_file(&file).unwrap_err().to_string();
+            assert!(!err.contains("secret-123"), "{err}");
+            assert!(!err.contains("ok-key"), "{err}");
+        }
+        let _ = std::fs::remove_file(&file);
+        let err = ConfigValues {
+            redis: Some(vec!["http://user:scheme-secret-123@h".into()]),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("user:***@h") && !err.contains("secret-123"),
+            "{err}"
+        );
+        assert_eq!(
+            mask_strings(r#"invalid type: string "x", expected "y" or `z`"#),
+            r#"invalid type: string "<redacted>", expected "<redacted>" or `z`"#
+        );
     }
 
     #[test]
