@@ -269,6 +269,18 @@ pub fn check_api_key(headers: &HeaderMap, keys: &[String]) -> Result<(), HttpErr
     }
 }
 
+/// The token an HTTP request presents: `Authorization: Bearer <jwt>`, else `token=<jwt>`.
+pub fn presented_token<'a>(
+    headers: &'a HeaderMap,
+    pairs: &'a [(String, String)],
+) -> Option<&'a str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query_value(pairs, "token"))
+}
+
 /// Authenticates an HTTP transport request (token in `Authorization: Bearer` or the `token`
 /// query parameter) and checks that it may subscribe to every channel.
 pub fn authorize_subscriber<'a>(
@@ -279,12 +291,7 @@ pub fn authorize_subscriber<'a>(
     transport: &'static str,
     channels: impl IntoIterator<Item = &'a str>,
 ) -> Result<AuthContext, HttpError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| query_value(pairs, "token"));
-    let claims = app.authenticate(token)?;
+    let claims = app.authenticate(presented_token(headers, pairs))?;
     let ctx = AuthContext {
         claims,
         peer,

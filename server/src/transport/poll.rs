@@ -1,7 +1,8 @@
 //! `GET /poll`: long-polling. Answers at once with the messages after the given offsets, or
 //! holds the request (a future, not a thread) until one arrives or the timeout passes. The
 //! body always carries the next offsets to poll from. A newer poll with the same `client_id`
-//! ends the older one (`409 replaced`). A client that goes away drops the request's feed,
+//! ends the older one (`409 replaced`); a poll held past its token's expiry answers
+//! `401 unauthorized` ([`crate::auth::lifetime`]). A client that goes away drops the request's feed,
 //! which releases its subscriptions at once.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use super::http::{
     authorize_subscriber, channels_with_offsets, gap_json, parse_seconds, push_message,
     push_offsets, query_pairs, query_value, HttpError,
 };
+use crate::auth::lifetime;
 use crate::feed::{Delivery, Feed};
 use crate::App;
 
@@ -55,7 +57,7 @@ async fn hold(
     pairs: &[(String, String)],
 ) -> Result<String, HttpError> {
     let channels = channels_with_offsets(pairs)?;
-    authorize_subscriber(
+    let ctx = authorize_subscriber(
         app,
         headers,
         pairs,
@@ -102,6 +104,9 @@ async fn hold(
             return Err(HttpError::replaced("a newer poll with this client_id replaced this one"))
         }
         () = app.shutdown.cancelled() => {}
+        () = lifetime::expired(lifetime::deadline(ctx.claims.as_deref())) => {
+            return Err(lifetime::expired_error().into())
+        }
     }
     feed.collect_queued();
     let out = feed.take();

@@ -9,13 +9,15 @@
 //!   error.
 //!
 //! With a task secret configured, ids must be signed: `<id>.<hex HMAC-SHA256(secret, id)>`.
+//! A request presenting a token (`Authorization: Bearer` or `token=`) must present a valid
+//! one, and a watch ends at its expiry with an `unauthorized` error body ([`lifetime`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use redistribute_protocol::{validate_channel, Offset, StreamId};
@@ -23,7 +25,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{push_message, query_pairs, HttpError};
+use super::http::{presented_token, push_message, query_pairs, HttpError};
+use crate::auth::lifetime;
 use crate::engine::{latest_entry, Batch, Engine, EngineError, MAX_ENTRY_BYTES};
 use crate::error::RequestError;
 use crate::feed::{Delivery, Feed};
@@ -33,18 +36,29 @@ use crate::App;
 pub async fn task(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let watch = query_pairs(query.as_deref())
-        .iter()
-        .any(|(k, _)| k == "watch");
-    match handle(app, &id, watch).await {
+    let pairs = query_pairs(query.as_deref());
+    let watch = pairs.iter().any(|(k, _)| k == "watch");
+    // A presented token is checked, and a watch ends at its expiry.
+    let expiry = match presented_token(&headers, &pairs).map(|t| app.authenticate(Some(t))) {
+        Some(Ok(claims)) => lifetime::deadline(claims.as_deref()),
+        Some(Err(err)) => return HttpError::from(err).into_response(),
+        None => None,
+    };
+    match handle(app, &id, watch, expiry).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
 }
 
-async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpError> {
+async fn handle(
+    app: Arc<App>,
+    id: &str,
+    watch: bool,
+    expiry: Option<tokio::time::Instant>,
+) -> Result<Response, HttpError> {
     let task_id = verify(id, app.config.http.task_secret.as_deref())?;
     let channel: Arc<str> = Arc::from(format!("task:{task_id}"));
     validate_channel(&channel).map_err(|e| HttpError::bad_request(e.to_string()))?;
@@ -100,6 +114,9 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
                 }
                 () = holder.replaced.cancelled() => {
                     HttpError::replaced("a newer watch of this task replaced this one").body()
+                }
+                () = lifetime::expired(expiry) => {
+                    HttpError::from(lifetime::expired_error()).body()
                 }
                 () = app.shutdown.cancelled() => {
                     HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server restarting; watch again").body()
