@@ -2,7 +2,8 @@
 //! watch) ends at its token's expiry (`exp` + 5 s leeway) with the documented code
 //! (`unauthorized`, "token expired"); expired tokens are refused on every transport; a
 //! WebSocket `connect` with a new token on a live connection replaces its permissions and its
-//! expiry without disturbing its subscriptions.
+//! expiry without disturbing its subscriptions; the native client's token provider keeps a
+//! subscription running across many short token lifetimes without a gap or a reconnect.
 //!
 //! Short-lived tokens are minted with `exp` a few seconds in the past: the server accepts them
 //! for the rest of the leeway, so they live about two seconds. Every wait is generous.
@@ -11,8 +12,13 @@ mod common;
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use anyhow::{ensure, Context, Result};
 use common::{client, hs256_token, setup, Backend, STEP};
+use futures_util::StreamExt;
+use redistribute_client::{Client, Event, Offset};
 use redistribute_testkit::{http_get, HttpStream, ServerProcess, WsClient};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -319,5 +325,88 @@ async fn refused_refreshes_close_the_connection() -> Result<()> {
     ensure!(reply["code"] == "forbidden", "{reply}");
     c.publish("a", json!({"x": 1})).await?;
     c.recv_messages("a", 1, STEP).await?;
+    Ok(())
+}
+
+/// Native client end to end against a real server on Redis: tokens living ~3 s (each
+/// connection's would be cut at `exp` + 5 s), a subscription running for about 7 lifetimes
+/// while another client publishes throughout. Every message arrives exactly once, in order;
+/// the subscriber connects once and never reconnects; the provider was called for every
+/// lifetime.
+#[tokio::test]
+async fn the_native_client_refreshes_short_lived_tokens_without_a_reconnect() -> Result<()> {
+    let setup = setup(Backend::Redis, &["--jwt-secret", SECRET]).await?;
+    let url = setup.server.ws_url();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let subscriber = Client::builder()
+        .target(&url)
+        .token_provider(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::io::Error>(hs256_token(SECRET, "reader", &["feed"], &[], 3)) }
+        })
+        .build()?;
+    let mut events = subscriber.events();
+    let mut sub = tokio::time::timeout(STEP, subscriber.subscribe("feed", Offset::Latest))
+        .await
+        .context("subscribe timed out")??;
+    let publisher = Client::builder()
+        .target(&url)
+        .token(hs256_token(SECRET, "writer", &[], &["feed"], 600))
+        .connect()
+        .await?;
+
+    let run = Duration::from_secs(20);
+    let publishing = tokio::spawn(async move {
+        let mut offsets = Vec::new();
+        let end = Instant::now() + run;
+        let mut seq = 0u64;
+        while Instant::now() < end {
+            let offset =
+                tokio::time::timeout(STEP, publisher.publish("feed", json!({ "seq": seq })))
+                    .await
+                    .context("publish timed out")??;
+            offsets.push(offset);
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::Ok(offsets)
+    });
+    let published = publishing.await??;
+    let mut received = Vec::new();
+    while received.len() < published.len() {
+        let message = tokio::time::timeout(STEP, sub.next())
+            .await
+            .with_context(|| format!("{} of {} messages", received.len(), published.len()))?
+            .context("subscription ended")?;
+        received.push(message.offset);
+    }
+    ensure!(received == published, "every message once, in order");
+    // Nothing more (no duplicate) arrives.
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "a message after the last one published"
+    );
+    let provided = calls.load(Ordering::SeqCst);
+    ensure!(
+        provided >= 6,
+        "the provider was called {provided} times in {run:?}"
+    );
+    let mut connects = 0;
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(100), events.recv()).await
+    {
+        match event {
+            Event::Connected { .. } => connects += 1,
+            Event::Disconnected { .. }
+            | Event::ConnectFailed { .. }
+            | Event::TokenRefreshFailed { .. }
+            | Event::ServerError { .. } => anyhow::bail!("unexpected {event:?}"),
+            _ => {}
+        }
+    }
+    ensure!(connects == 1, "{connects} connections");
     Ok(())
 }

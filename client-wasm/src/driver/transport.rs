@@ -156,6 +156,9 @@ impl Inner {
                         }
                     },
                     Action::Close => self.close_socket(),
+                    // Only asked after `Session::refresh_token` with a lifetime, which this
+                    // driver does not call: its token is fixed.
+                    Action::RefreshToken => {}
                 }
             }
             while let Some(frame) = self.session.poll_transmit() {
