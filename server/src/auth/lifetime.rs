@@ -19,6 +19,9 @@ use crate::error::RequestError;
 /// How long after `exp` a token is still accepted (clock skew between issuer and server).
 pub const LEEWAY: Duration = Duration::from_secs(5);
 
+/// Longest time until a deadline (about 30 years): later `exp`s are treated as this.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 /// The message of the `unauthorized` error that ends a stream whose token expired.
 pub const EXPIRED_MESSAGE: &str = "token expired; reconnect with a new token";
 
@@ -30,7 +33,9 @@ pub fn deadline(claims: Option<&Claims>) -> Option<Instant> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let until = Duration::from_secs(claims.expires_at).saturating_add(LEEWAY);
-    Some(Instant::now() + until.saturating_sub(now_unix))
+    // Capped: an `exp` centuries away must not overflow the clock.
+    let left = until.saturating_sub(now_unix).min(FAR_FUTURE);
+    Some(Instant::now() + left)
 }
 
 /// Completes at `deadline`; never without one.
