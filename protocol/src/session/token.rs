@@ -96,10 +96,11 @@ impl Session {
         self.transmit.push_back(frame);
     }
 
-    /// When the driver should be asked for a new token, if a refresh is scheduled.
+    /// When the driver should be asked for a new token, if a refresh is scheduled. Only on an
+    /// open connection: every new connection starts with a token the driver just obtained.
     pub(super) fn token_timer(&self) -> Option<Duration> {
         self.token_refresh_at
-            .filter(|_| !matches!(self.state, State::Closed | State::Idle))
+            .filter(|_| matches!(self.state, State::Open { .. }))
     }
 
     /// Asks the driver for a new token once the refresh time has come.
