@@ -214,8 +214,10 @@ async fn stream_events(
                 chunk
             }
         };
-        if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-            return;
+        // A client that stopped reading still loses the stream at the token's expiry.
+        tokio::select! {
+            sent = tx.send(Ok(Bytes::from(chunk))) => if sent.is_err() { return },
+            () = lifetime::expired(expiry) => return,
         }
     }
 }
