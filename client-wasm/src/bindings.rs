@@ -42,8 +42,18 @@ export interface ClientOptions {
   localStorage?: boolean;
   /** Messages kept per channel in the cache (default 100). */
   cacheSize?: number;
-  /** A JWT sent in the `connect` frame of every connection. */
+  /** A JWT sent in the `connect` frame of every connection (never renewed: see `tokenProvider`). */
   token?: string;
+  /**
+   * For short-lived tokens: returns a promise of a fresh JWT. Called before every connection
+   * and, on a live connection, a little before the current token's `exp` (a tenth of its
+   * lifetime, at least 1 s, at most half of it); the new token replaces the old one on the live
+   * connection, so subscriptions go on without a gap, a duplicate or a reconnect. A rejected
+   * refresh is an `error` event with code `token_refresh_failed` (the connection then ends at
+   * the old token's expiry, and the next connection calls the provider again). With tabs
+   * sharing a socket, the leader tab's provider is used. Replaces `token`.
+   */
+  tokenProvider?: () => Promise<string>;
   /** Milliseconds a request may wait for its reply (default 10000). */
   requestTimeout?: number;
   /**
@@ -458,6 +468,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         cache_problem,
         encode: function(options, "encode")?,
         decode: function(options, "decode")?,
+        token_provider: function(options, "tokenProvider")?,
     })
 }
 

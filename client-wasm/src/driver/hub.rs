@@ -117,6 +117,7 @@ impl Driver {
         seed: u64,
         scope: &str,
         locks: LockManager,
+        provider: Option<js_sys::Function>,
     ) -> Option<Driver> {
         let session = Session::new(config, seed).ok()?;
         let ch = BroadcastChannel::new(&bus_name(scope)).ok()?;
@@ -153,6 +154,7 @@ impl Driver {
             outbox_seed: 0,
             outbox_count: 0,
             retry_armed: false,
+            tokens: provider.map(super::token::Tokens::new),
         })));
         driver.attach();
         Some(driver)

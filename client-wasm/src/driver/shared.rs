@@ -68,6 +68,8 @@ pub(super) struct Shared {
     /// Resolves the promises that hold the leader lock and this tab's lock.
     release: Vec<Function>,
     closed: bool,
+    /// The page's `tokenProvider`, for a hub.
+    pub(super) provider: Option<Function>,
 }
 
 /// The name of the tabs' BroadcastChannel.
@@ -138,6 +140,7 @@ impl Shared {
             hub: None,
             release: vec![release],
             closed: false,
+            provider: None,
         };
         let bus = Bus {
             ch,
@@ -202,6 +205,7 @@ fn lead(weak: &Weak<RefCell<Inner>>) -> JsValue {
                 s.seed.rotate_left(7) ^ 0x2545_f491_4f6c_dd1d,
                 &s.scope,
                 s.locks.clone(),
+                s.provider.clone(),
             ),
             _ => None,
         }

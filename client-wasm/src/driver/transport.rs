@@ -11,6 +11,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{BroadcastChannel, CloseEvent, MessageEvent, WebSocket};
 
+use super::token::Then;
 use super::{now, post, Driver, Handlers, Inner};
 use crate::bindings::{clear_timeout, set_timeout};
 
@@ -149,13 +150,25 @@ impl Inner {
                 busy = true;
                 match action {
                     Action::Connect { target } => match &mut self.link {
-                        Link::Ws(_) => self.open_socket(&target),
+                        Link::Ws(_) => {
+                            if !self.fetch_token(Then::Open(target.clone())) {
+                                self.open_socket(&target);
+                            }
+                        }
                         Link::Bus(bus) => {
                             bus.state = 1;
                             bus.hello();
                         }
                     },
-                    Action::Close => self.close_socket(),
+                    Action::Close => {
+                        if let Some(tokens) = self.tokens.as_mut() {
+                            tokens.cancel();
+                        }
+                        self.close_socket();
+                    }
+                    Action::RefreshToken => {
+                        self.fetch_token(Then::Refresh);
+                    }
                 }
             }
             while let Some(frame) = self.session.poll_transmit() {
@@ -186,7 +199,7 @@ impl Inner {
         self.arm_timer();
     }
 
-    fn open_socket(&mut self, target: &str) {
+    pub(super) fn open_socket(&mut self, target: &str) {
         self.close_socket();
         match WebSocket::new(target) {
             Ok(ws) => {

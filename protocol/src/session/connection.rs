@@ -73,6 +73,7 @@ impl Session {
             self.expire(id, pending);
         }
         self.fire_retries();
+        self.fire_token_refresh();
     }
 
     /// Sends `subscribe` again for the channels whose retry after a transient failure is due.
@@ -370,5 +371,9 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             offsets: offsets.clone(),
         },
         Kind::Ping => ClientFrame::Ping { id },
+        Kind::Refresh { token } => ClientFrame::Connect {
+            id,
+            token: Some(token.clone()),
+        },
     }
 }

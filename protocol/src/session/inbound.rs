@@ -53,6 +53,9 @@ impl Session {
                 if matches!(self.state, State::Handshaking { id: hid, .. } if hid == id) {
                     self.backoff.reset();
                     self.establish(true);
+                } else {
+                    // A token refresh took effect: nothing changes for the application.
+                    self.take_reply(id, |k| matches!(k, Kind::Refresh { .. }));
                 }
             }
             ServerFrame::Subscribed {
@@ -193,6 +196,10 @@ impl Session {
         let Some(pending) = self.take_reply(id, |_| true) else {
             return;
         };
+        if let Kind::Refresh { .. } = pending.kind {
+            self.refresh_refused(code, message);
+            return;
+        }
         let error = RequestError::Server { code, message };
         match &pending.kind {
             Kind::Subscribe { channel } => {
@@ -216,7 +223,11 @@ impl Session {
                     self.fail(id, error);
                 }
             }
-            Kind::Unsubscribe { .. } | Kind::Publish { .. } | Kind::Ack { .. } | Kind::Ping => {
+            Kind::Unsubscribe { .. }
+            | Kind::Publish { .. }
+            | Kind::Ack { .. }
+            | Kind::Ping
+            | Kind::Refresh { .. } => {
                 if pending.origin == Origin::User {
                     self.fail(id, error);
                 }

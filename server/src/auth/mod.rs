@@ -2,9 +2,11 @@
 //! authorization policy ([`Authorizer`]) that every transport consults before subscribing or
 //! publishing. The default policy enforces the token's claims when tokens are configured and
 //! allows everything otherwise (development); a library user can replace it with their own
-//! hook ([`crate::ServerBuilder::authorize`]).
+//! hook ([`crate::ServerBuilder::authorize`]). How long a token's streams live, and what a
+//! WebSocket's token refresh must satisfy, is [`lifetime`].
 
 pub mod jwt;
+pub mod lifetime;
 pub mod pattern;
 
 use std::net::SocketAddr;

@@ -172,6 +172,12 @@ impl Feed {
         self.len() == 0
     }
 
+    /// The channels subscribed to, consumer-group memberships included.
+    pub fn channels(&self) -> impl Iterator<Item = &str> + '_ {
+        let groups = self.groups.iter().flat_map(|g| g.members.keys());
+        self.subs.keys().chain(groups).map(|c| &**c)
+    }
+
     /// The last delivered offset (or starting point) of a subscribed channel.
     pub fn last_offset(&self, channel: &str) -> Option<StreamId> {
         self.subs.get(channel).map(|s| s.last)

@@ -2,8 +2,9 @@
 //! holds the request (a future, not a thread) until one arrives or the timeout passes. The
 //! body always carries the next offsets to poll from. A newer poll with the same `client_id`
 //! by the same user ends the older one (`409 replaced`); another user's poll with that
-//! `client_id` is refused (`403 forbidden`) and ends nothing. A client that goes away drops the request's feed,
-//! which releases its subscriptions at once.
+//! `client_id` is refused (`403 forbidden`) and ends nothing. A poll held past its token's
+//! expiry answers `401 unauthorized` ([`lifetime`]). A client that goes away drops the
+//! request's feed, which releases its subscriptions at once.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use super::http::{
     gap_json, parse_seconds, push_message, push_offsets, query_pairs, query_value, subscribes,
     HttpError,
 };
-use crate::auth::AuthContext;
+use crate::auth::{lifetime, AuthContext};
 use crate::feed::{Delivery, Feed};
 use crate::request::{subscribe, Subscribe};
 use crate::App;
@@ -116,6 +117,9 @@ async fn hold(
             return Err(HttpError::replaced("a newer poll with this client_id replaced this one"))
         }
         () = app.shutdown.cancelled() => {}
+        () = lifetime::expired(lifetime::deadline(caller.claims.as_deref())) => {
+            return Err(lifetime::expired_error().into())
+        }
     }
     feed.collect_queued();
     let out = feed.take();

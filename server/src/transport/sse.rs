@@ -8,7 +8,8 @@
 //! channel resumes exactly there. A `retry:` hint and comment
 //! heartbeats keep proxies and clients informed. The stream is written by a task into a small
 //! bounded channel: a client that does not read stalls its task, whose feed then switches to
-//! catch-up reads instead of buffering.
+//! catch-up reads instead of buffering. A stream opened with a token ends at the token's expiry
+//! with an `event: error` ([`lifetime`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::http::{gap_json, push_message, query_pairs, query_value, subscribes, HttpError};
-use crate::auth::AuthContext;
+use crate::auth::{lifetime, AuthContext};
 use crate::feed::{Delivery, Feed};
 use crate::request::{subscribe, Subscribe};
 use crate::App;
@@ -104,12 +105,19 @@ async fn open(
     preamble.push_str("id: ");
     preamble.push_str(&token(&positions));
     preamble.push_str("\n\n");
+    let expiry = lifetime::deadline(caller.claims.as_deref());
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(SSE_CHUNKS);
     tx.try_send(Ok(Bytes::from(preamble))).ok();
     let peer = caller.peer.map(|p| p.to_string()).unwrap_or_default();
     tracing::debug!(conn = feed.id(), %peer, channels = names.len(), "SSE stream opened");
-    app.tasks
-        .spawn(stream_events(app.clone(), feed, names, positions, tx));
+    app.tasks.spawn(stream_events(
+        app.clone(),
+        feed,
+        names,
+        positions,
+        tx,
+        expiry,
+    ));
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -152,6 +160,7 @@ async fn stream_events(
     names: Vec<Arc<str>>,
     mut positions: Vec<StreamId>,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    expiry: Option<tokio::time::Instant>,
 ) {
     let connections = metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "sse");
     connections.increment(1.0);
@@ -167,6 +176,11 @@ async fn stream_events(
             () = app.shutdown.cancelled() => return,
             () = tx.closed() => return,
             _ = heartbeat.tick() => String::from(": heartbeat\n\n"),
+            () = lifetime::expired(expiry) => {
+                let error = HttpError::from(lifetime::expired_error()).body();
+                let _ = tx.send(Ok(Bytes::from(format!("event: error\ndata: {error}\n\n")))).await;
+                return;
+            }
             () = feed.ready() => {
                 let out = feed.take();
                 let mut chunk = String::new();
@@ -197,8 +211,10 @@ async fn stream_events(
                 chunk
             }
         };
-        if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-            return;
+        // A client that stopped reading still loses the stream at the token's expiry.
+        tokio::select! {
+            sent = tx.send(Ok(Bytes::from(chunk))) => if sent.is_err() { return },
+            () = lifetime::expired(expiry) => return,
         }
     }
 }

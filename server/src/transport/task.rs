@@ -11,7 +11,8 @@
 //! Access: a token whose claims allow the channel (a poll is authorized as history of it, a
 //! watch as a subscription), or, with a task secret configured, a signed id:
 //! `<id>.<hex HMAC-SHA256(secret, id)>` ([`crate::request::task_id`]). A watch held by one
-//! user is not replaced by another user's (`403 forbidden`).
+//! user is not replaced by another user's (`403 forbidden`). A watch opened with a token ends
+//! at the token's expiry with an `unauthorized` error body ([`lifetime`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::http::{push_message, query_pairs, HttpError};
-use crate::auth::AuthContext;
+use crate::auth::{lifetime, AuthContext};
 use crate::engine::Batch;
 use crate::feed::{Delivery, Feed};
 use crate::request::{history, subscribe, task_id, Subscribe};
@@ -91,6 +92,7 @@ async fn handle(
     let holder = app
         .task_watches
         .claim(channel.to_string(), caller.owner())?;
+    let expiry = lifetime::deadline(caller.claims.as_deref());
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(2);
     let keepalive = app.config.http.task_keepalive;
     let tasks = app.tasks.clone();
@@ -118,6 +120,9 @@ async fn handle(
                 }
                 () = holder.replaced.cancelled() => {
                     HttpError::replaced("a newer watch of this task replaced this one").body()
+                }
+                () = lifetime::expired(expiry) => {
+                    HttpError::from(lifetime::expired_error()).body()
                 }
                 () = app.shutdown.cancelled() => {
                     HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server restarting; watch again").body()

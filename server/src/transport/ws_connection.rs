@@ -24,7 +24,7 @@ use redistribute_protocol::{
 };
 use tracing::{debug, info_span, Instrument, Span};
 
-use crate::auth::{AuthContext, Claims, Credential};
+use crate::auth::{lifetime, AuthContext, Credential};
 use crate::error::RequestError;
 use crate::feed::Feed;
 use crate::limits::TokenBucket;
@@ -98,7 +98,7 @@ pub fn serve_websocket(
 ) -> impl Future<Output = ()> + Send + 'static {
     let now = Instant::now();
     let limits = &app.config.limits;
-    let expiry = caller.claims.as_deref().map(token_expiry);
+    let expiry = lifetime::deadline(caller.claims.as_deref());
     let peer = caller.peer;
     let mut conn = Connection {
         socket,
@@ -240,7 +240,7 @@ impl Connection {
                         let frame = ServerFrame::Error {
                             id: None,
                             code: ErrorCode::Unauthorized,
-                            message: "token expired; reconnect with a new token".into(),
+                            message: lifetime::EXPIRED_MESSAGE.into(),
                         };
                         let _ = Box::pin(send(&mut self.socket, &frame)).await;
                         return End::Close(close_code::POLICY, "token expired");
@@ -389,13 +389,28 @@ impl Connection {
         }
     }
 
-    /// `connect`: (re)authenticates with the token; a bad token closes the connection.
+    /// `connect`: (re)authenticates with the token; a bad token closes the connection. On an
+    /// authenticated connection this is a refresh: the new token must allow every current
+    /// subscription ([`lifetime::check_refresh`]), and replaces the claims and the expiry.
     async fn on_connect(&mut self, id: u64, token: Option<&str>) -> Result<(), End> {
-        match self.app.authenticate(token) {
+        let refreshed = self
+            .app
+            .authenticate(token)
+            .and_then(|claims| match claims {
+                Some(claims) if self.authenticated => lifetime::check_refresh(
+                    &*self.app.authorizer,
+                    &self.ctx,
+                    claims,
+                    self.feed.channels(),
+                )
+                .map(|ctx| ctx.claims),
+                claims => Ok(claims),
+            });
+        match refreshed {
             Ok(claims) => {
-                if let Some(claims) = claims {
-                    self.expiry = Some(token_expiry(&claims));
-                    self.ctx.claims = Some(claims);
+                if claims.is_some() {
+                    self.expiry = lifetime::deadline(claims.as_deref());
+                    self.ctx.claims = claims;
                     self.ctx.credential = Credential::Token;
                 }
                 self.authenticated = true;
@@ -506,16 +521,6 @@ impl Connection {
     async fn reply(&mut self, frame: &ServerFrame) -> Result<(), RequestError> {
         self.send(frame).await.map_err(|_| RequestError::Socket)
     }
-}
-
-/// When a token with these claims expires, as a tokio instant.
-fn token_expiry(claims: &Claims) -> tokio::time::Instant {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let left = claims.expires_at.saturating_sub(now_unix);
-    tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
