@@ -165,6 +165,22 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "REDISTRIBUTE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Admin listener (plain HTTP) for /metrics, /status, /status.json, /readyz and /healthz;
+    /// when set, /metrics and /status are not served on --listen.
+    #[arg(long, env = "REDISTRIBUTE_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Reverse proxy (address or CIDR network) whose client-address header is believed;
+    /// repeatable.
+    #[arg(long, env = "REDISTRIBUTE_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<String>,
+    /// Header trusted proxies write the client's address into: x-forwarded-for or forwarded
+    /// [default: x-forwarded-for].
+    #[arg(long, env = "REDISTRIBUTE_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
+    /// Largest HTTP request head (request line and headers) in bytes; larger gets 431
+    /// [default: 32768].
+    #[arg(long, env = "REDISTRIBUTE_MAX_HEADER_BYTES")]
+    max_header_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -217,6 +233,10 @@ impl ServeArgs {
             ws_ping_secs: self.ws_ping_secs,
             drain_timeout_ms: self.drain_timeout_ms,
             log_format: self.log_format.clone(),
+            admin_listen: self.admin_listen.clone(),
+            trusted_proxy: Some(self.trusted_proxy.clone()),
+            client_ip_header: self.client_ip_header.clone(),
+            max_header_bytes: self.max_header_bytes,
         }
     }
 }
@@ -315,6 +335,12 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         app.engine_description()
     );
+    if let Some(admin) = app.config.admin_listen {
+        println!(
+            "admin endpoints on http://{admin} (/metrics, /status, /readyz, /healthz); \
+             /metrics and /status are not served on the public listener"
+        );
+    }
     if !app.auth_required() {
         tracing::warn!(
             "authentication is off: any client may subscribe and publish to any channel \

@@ -35,6 +35,12 @@ use crate::App;
 
 /// WebSocket close codes of protocol v1.
 pub mod close_code {
+    /// A WebSocket protocol violation (RFC 6455): an unmasked client frame, a reserved opcode
+    /// or reserved bit, a continuation without a start, a fragmented or oversized control
+    /// frame.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame (or close reason) that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (auth, repeated bad frames).
     pub const POLICY: u16 = 1008;
     /// A frame exceeded the size limit.
@@ -602,15 +608,34 @@ async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
         .map_err(|_| End::Gone)
 }
 
+/// How to end a connection whose socket failed with `err`: RFC 6455 asks for a close frame
+/// naming a protocol violation (1002), invalid UTF-8 (1007) or a too large frame (1009); I/O
+/// errors and resets just end it.
 fn classify_read_error(err: &axum::Error) -> End {
-    let text = err.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("too big")
-    {
-        End::Close(close_code::TOO_BIG, "frame too large")
-    } else {
-        End::Gone
+    use std::error::Error as _;
+    use tungstenite::error::ProtocolError as P;
+    use tungstenite::Error as E;
+    let Some(err) = err.source().and_then(|e| e.downcast_ref::<E>()) else {
+        return End::Gone;
+    };
+    let protocol = |reason| End::Close(close_code::PROTOCOL, reason);
+    match err {
+        E::Capacity(_) => End::Close(close_code::TOO_BIG, "frame too large"),
+        E::Utf8(_) => End::Close(close_code::INVALID_DATA, "invalid UTF-8"),
+        E::Protocol(P::UnmaskedFrameFromClient) => protocol("unmasked client frame"),
+        E::Protocol(P::NonZeroReservedBits) => protocol("reserved bits set"),
+        E::Protocol(P::UnknownDataFrameType(_) | P::UnknownControlFrameType(_)) => {
+            protocol("reserved opcode")
+        }
+        E::Protocol(P::InvalidOpcode(_)) => protocol("invalid opcode"),
+        E::Protocol(P::UnexpectedContinueFrame) => protocol("continuation without a start"),
+        E::Protocol(P::ExpectedFragment(_)) => protocol("expected a continuation frame"),
+        E::Protocol(P::FragmentedControlFrame) => protocol("fragmented control frame"),
+        E::Protocol(P::ControlFrameTooBig) => protocol("control frame too big"),
+        E::Protocol(P::InvalidCloseSequence) => protocol("invalid close frame"),
+        E::Protocol(P::ResetWithoutClosingHandshake) => End::Gone,
+        E::Protocol(_) => protocol("protocol error"),
+        _ => End::Gone,
     }
 }
 
@@ -621,6 +646,40 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<A, F: Future>(_: &impl Fn(A) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    fn code_for(err: tungstenite::Error) -> Option<u16> {
+        match classify_read_error(&axum::Error::new(err)) {
+            End::Close(code, _) => Some(code),
+            End::Gone => None,
+        }
+    }
+
+    #[test]
+    fn read_errors_choose_the_rfc_close_code() {
+        use tungstenite::error::{CapacityError, ProtocolError as P};
+        use tungstenite::Error as E;
+        let too_long = CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        };
+        assert_eq!(code_for(E::Capacity(too_long)), Some(1009));
+        assert_eq!(code_for(E::Utf8("\u{fffd}".into())), Some(1007));
+        for p in [
+            P::UnmaskedFrameFromClient,
+            P::NonZeroReservedBits,
+            P::UnknownDataFrameType(3),
+            P::UnknownControlFrameType(11),
+            P::UnexpectedContinueFrame,
+            P::FragmentedControlFrame,
+            P::ControlFrameTooBig,
+            P::InvalidCloseSequence,
+        ] {
+            assert_eq!(code_for(E::Protocol(p)), Some(1002));
+        }
+        assert_eq!(code_for(E::Protocol(P::ResetWithoutClosingHandshake)), None);
+        assert_eq!(code_for(E::Io(std::io::ErrorKind::BrokenPipe.into())), None);
+        assert_eq!(code_for(E::ConnectionClosed), None);
     }
 
     #[test]
