@@ -238,8 +238,9 @@ async fn serve_connection<I>(
             let admission = admission.clone();
             let app = app.clone();
             async move {
-                let response = match admit(&app, peer, &admission, request) {
-                    Ok((request, slot)) => {
+                let mut request = request;
+                let response = match admit(&app, peer, &admission, &mut request) {
+                    Ok(slot) => {
                         let response = router.call(request).await.unwrap_or_else(|e| match e {});
                         match (admission, slot) {
                             // A proxied request's slot lives as long as its response body.
@@ -249,7 +250,7 @@ async fn serve_connection<I>(
                             _ => response,
                         }
                     }
-                    Err(refused) => refused,
+                    Err(OverLimit) => too_many_connections(),
                 };
                 Ok::<_, Infallible>(response)
             }
@@ -272,15 +273,16 @@ async fn serve_connection<I>(
     }
 }
 
-/// Finds the request's client and its slot, or the refusal when a proxied client is over its
-/// limit.
-#[allow(clippy::result_large_err)]
+/// A proxied client is over its per-IP limit.
+struct OverLimit;
+
+/// Finds the request's client and its slot and attaches both to it.
 fn admit(
     app: &App,
     peer: SocketAddr,
     admission: &Admission,
-    mut request: Request<Incoming>,
-) -> Result<(Request<Incoming>, Option<Arc<IpSlot>>), Response<Body>> {
+    request: &mut Request<Incoming>,
+) -> Result<Option<Arc<IpSlot>>, OverLimit> {
     let (client, slot) = match admission {
         Admission::Admin => (peer, None),
         Admission::Direct(slot) => (peer, Some(slot.clone())),
@@ -289,7 +291,7 @@ fn admit(
             let limit = app.config.limits.max_connections_per_ip;
             let Some(slot) = app.connections.acquire(client.ip(), limit) else {
                 debug!(%client, proxy = %peer, "connection limit per IP reached");
-                return Err(too_many_connections());
+                return Err(OverLimit);
             };
             (client, Some(Arc::new(slot)))
         }
@@ -298,7 +300,7 @@ fn admit(
     if let Some(slot) = &slot {
         request.extensions_mut().insert(slot.clone());
     }
-    Ok((request, slot))
+    Ok(slot)
 }
 
 /// A response body that holds a per-IP slot until it is finished or dropped.

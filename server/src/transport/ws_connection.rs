@@ -85,8 +85,11 @@ struct Publishing {
 
 /// Why the connection loop ended.
 enum End {
-    /// The peer closed or the socket failed.
+    /// The socket failed, or the peer went away without a close frame.
     Gone,
+    /// The peer sent a close frame: the reply tungstenite queued (the same code) is written
+    /// before the socket is dropped, completing the closing handshake.
+    PeerClosed,
     /// Close the socket with this code and reason.
     Close(u16, &'static str),
 }
@@ -138,13 +141,20 @@ pub fn serve_websocket(
         // while.
         conn.feed.clear();
         conn.publishing = None;
-        if let End::Close(code, reason) = end {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            let close = conn.socket.send(Message::Close(Some(frame)));
-            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), close)).await;
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let close = conn.socket.send(Message::Close(Some(frame)));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), close)).await;
+            }
+            End::PeerClosed => {
+                let reply = std::future::poll_fn(|cx| conn.socket.poll_flush_unpin(cx));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), reply)).await;
+            }
+            End::Gone => {}
         }
         metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").decrement(1.0);
         debug!(conn = id, "disconnected");
@@ -288,7 +298,8 @@ impl Connection {
                             let message = "binary frames are not supported; send JSON text frames";
                             Box::pin(self.on_bad_frame(None, ErrorCode::BadRequest, message)).await
                         }
-                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Ok(Message::Close(_))) => return End::PeerClosed,
+                        None => return End::Gone,
                         Some(Ok(_)) => Ok(()),
                         Some(Err(err)) => return classify_read_error(&err),
                     }
@@ -651,7 +662,7 @@ mod tests {
     fn code_for(err: tungstenite::Error) -> Option<u16> {
         match classify_read_error(&axum::Error::new(err)) {
             End::Close(code, _) => Some(code),
-            End::Gone => None,
+            End::Gone | End::PeerClosed => None,
         }
     }
 

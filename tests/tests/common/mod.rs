@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod raw_ws;
 pub mod sse;
 
 use std::time::Duration;
