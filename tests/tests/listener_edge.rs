@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{client, setup, Backend, STEP};
+use common::{client, read_http_head, setup, Backend, STEP};
 use redistribute_testkit::{free_port, http_get, http_request, server_binary, ServerProcess};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,25 +29,21 @@ async fn connect_from(src: &str, addr: SocketAddr) -> Result<TcpStream> {
     Ok(stream)
 }
 
+/// The status code of a response head.
+fn status_of(head: &str) -> Result<u16> {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad head {head:?}"))
+}
+
 /// Reads one response (head and `Content-Length` body, if any) and returns its status and body.
 async fn read_response(stream: &mut TcpStream) -> Result<(u16, String)> {
     let read = async {
         let mut buf = Vec::new();
-        let head_end = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            ensure!(n > 0, "closed before the end of the head");
-            buf.extend_from_slice(&chunk[..n]);
-        };
+        let head_end = read_http_head(stream, &mut buf).await?;
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad head {head:?}"))?;
+        let status = status_of(&head)?;
         let len = head
             .lines()
             .find_map(|l| {
@@ -81,18 +77,8 @@ async fn open_sse(src: &str, addr: SocketAddr, xff: Option<&str>) -> Result<(u16
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(STEP, stream.read(&mut chunk)).await??;
-        ensure!(n > 0, "closed before the response head");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad head {head:?}"))?;
+    tokio::time::timeout(STEP, read_http_head(&mut stream, &mut buf)).await??;
+    let status = status_of(&String::from_utf8_lossy(&buf))?;
     Ok((status, stream))
 }
 

@@ -114,3 +114,21 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 
 /// A generous wait for one step of a test on a noisy machine.
 pub const STEP: Duration = Duration::from_secs(20);
+
+/// Reads from `stream` into `buf` until it holds a whole HTTP head (up to the blank line) and
+/// returns the head's length; what follows it stays in `buf`.
+pub async fn read_http_head(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(end + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "closed before the end of the HTTP head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

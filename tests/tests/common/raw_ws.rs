@@ -55,15 +55,7 @@ impl RawWs {
         );
         stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
-        let head_end = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await?;
-            ensure!(n > 0, "closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-        };
+        let head_end = super::read_http_head(&mut stream, &mut buf).await?;
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         ensure!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
         buf.drain(..head_end);
