@@ -233,18 +233,17 @@ async fn serve_connection<I>(
         .max_header_size(limits.max_header_bytes);
     let service = {
         let app = app.clone();
-        hyper::service::service_fn(move |request: Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let admitted = admit(&app, peer, &admission, &mut request);
+            let proxied = matches!(admission, Admission::Proxied);
             let mut router = router.clone();
-            let admission = admission.clone();
-            let app = app.clone();
             async move {
-                let mut request = request;
-                let response = match admit(&app, peer, &admission, &mut request) {
+                let response = match admitted {
                     Ok(slot) => {
                         let response = router.call(request).await.unwrap_or_else(|e| match e {});
-                        match (admission, slot) {
+                        match slot {
                             // A proxied request's slot lives as long as its response body.
-                            (Admission::Proxied, Some(slot)) => {
+                            Some(slot) if proxied => {
                                 response.map(|body| Body::new(Counted { body, _slot: slot }))
                             }
                             _ => response,
