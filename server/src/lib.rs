@@ -280,7 +280,19 @@ impl ServerBuilder {
 /// drains: `/readyz` answers 503, WebSockets finish their in-flight publishes and close with
 /// 1012 (clients resume on another instance), SSE streams and held polls end, and once every
 /// connection task is done (or `drain_timeout` passed) the listener stops.
+///
+/// With `admin_listen` configured, the admin listener is bound here and serves the operator
+/// endpoints until the public listener stops.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+    let admin = match app.config.admin_listen {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (`admin_listen`): {e}"),
+            )
+        })?),
+    };
     let drain = {
         let app = app.clone();
         async move {
@@ -298,6 +310,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> 
             app.stopped.cancel();
         }
     };
-    let (result, ()) = tokio::join!(listener::serve(listener, app.clone()), drain);
-    result
+    let admin = async {
+        match admin {
+            Some(admin) => listener::serve_admin(admin, app.clone()).await,
+            None => Ok(()),
+        }
+    };
+    let (result, admin, ()) = tokio::join!(listener::serve(listener, app.clone()), admin, drain);
+    result.and(admin)
 }

@@ -179,6 +179,22 @@ struct ServeArgs {
     /// Lowest maxlen a publisher may ask for; lower requests are raised to it [default: 1000].
     #[arg(long, env = "REDISTRIBUTE_MIN_MAXLEN")]
     min_maxlen: Option<u64>,
+    /// Admin listener (plain HTTP) for /metrics, /status, /status.json, /readyz and /healthz;
+    /// when set, /metrics and /status are not served on --listen.
+    #[arg(long, env = "REDISTRIBUTE_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Reverse proxy (address or CIDR network) whose client-address header is believed;
+    /// repeatable.
+    #[arg(long, env = "REDISTRIBUTE_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<String>,
+    /// Header trusted proxies write the client's address into: x-forwarded-for or forwarded
+    /// [default: x-forwarded-for].
+    #[arg(long, env = "REDISTRIBUTE_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
+    /// Largest HTTP request head (request line and headers) in bytes; larger gets 431
+    /// [default: 32768].
+    #[arg(long, env = "REDISTRIBUTE_MAX_HEADER_BYTES")]
+    max_header_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -240,6 +256,10 @@ impl ServeArgs {
             retention: Some(self.retention.clone()),
             retention_default: self.retention_default.clone(),
             min_maxlen: self.min_maxlen,
+            admin_listen: self.admin_listen.clone(),
+            trusted_proxy: Some(self.trusted_proxy.clone()),
+            client_ip_header: self.client_ip_header.clone(),
+            max_header_bytes: self.max_header_bytes,
         }
     }
 }
@@ -338,6 +358,12 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         app.engine_description()
     );
+    if let Some(admin) = app.config.admin_listen {
+        println!(
+            "admin endpoints on http://{admin} (/metrics, /status, /readyz, /healthz); \
+             /metrics and /status are not served on the public listener"
+        );
+    }
     if !app.auth_required() {
         tracing::warn!(
             "authentication is off: any client may subscribe and publish to any channel \

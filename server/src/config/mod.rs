@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::listener::proxy::TrustedProxies;
+
 /// Per-connection limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -55,6 +57,9 @@ pub struct Limits {
     /// Idle WebSocket connections are pinged this often and dropped after two pings go
     /// unanswered (default 25 s).
     pub ws_ping_interval: Duration,
+    /// Largest HTTP request head (request line and headers) in bytes (default 32 KiB); a
+    /// larger one is answered `431 Request Header Fields Too Large` and the connection closed.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +79,7 @@ impl Default for Limits {
             subscribe_burst: 1_000,
             handshake_timeout: Duration::from_secs(10),
             ws_ping_interval: Duration::from_secs(25),
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -186,6 +192,13 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log format: human-readable text (default) or JSON lines.
     pub log_format: LogFormat,
+    /// Address of the admin listener (plain HTTP) serving `/metrics`, `/status`,
+    /// `/status.json`, `/readyz` and `/healthz`; when set, `/metrics` and `/status*` are not
+    /// served on `listen` (default none: everything on `listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` header names the client (default
+    /// none: the TCP peer is the client).
+    pub proxies: TrustedProxies,
 }
 
 /// How logs are written.
@@ -228,6 +241,8 @@ impl Default for Config {
             auth: AuthConfig::Open,
             drain_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            admin_listen: None,
+            proxies: TrustedProxies::default(),
         }
     }
 }

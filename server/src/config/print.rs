@@ -4,6 +4,7 @@
 //! "<redacted>"`) and must be given again (a file, a flag or an environment variable).
 
 use super::{AuthConfig, Config, ConfigValues, LogFormat, REDACTED};
+use crate::listener::proxy::ClientIpHeader;
 
 impl ConfigValues {
     /// The values that build `config` (every key given, secrets included as [`super::Secret`]s).
@@ -64,6 +65,23 @@ impl ConfigValues {
             retention: Some(retention.rules().map(str::to_owned).collect()),
             retention_default: Some(retention.default_spec().to_string()),
             min_maxlen: Some(retention.min_maxlen()),
+            admin_listen: config.admin_listen.map(|a| a.to_string()),
+            trusted_proxy: Some(
+                config
+                    .proxies
+                    .networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
+            client_ip_header: Some(
+                match config.proxies.header {
+                    ClientIpHeader::XForwardedFor => "x-forwarded-for",
+                    ClientIpHeader::Forwarded => "forwarded",
+                }
+                .into(),
+            ),
+            max_header_bytes: Some(limits.max_header_bytes),
         }
     }
 

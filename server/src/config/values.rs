@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{AuthConfig, Config, ConfigError, HttpConfig, LogFormat, RedisUrl, Secret, TlsFiles};
 use crate::engine::retention::RetentionSpec;
+use crate::listener::proxy::{CidrError, ClientIpHeader};
+
+/// Smallest `max_header_bytes`: a request line, a host and a token must fit.
+const MIN_HEADER_BYTES: usize = 4 * 1024;
+/// Largest `max_header_bytes`: the connection's read buffer must hold the whole head.
+const MAX_HEADER_BYTES: usize = 256 * 1024;
 
 /// Values as given by flags, environment or file; `None` means not given. Secrets are
 /// [`Secret`]s and Redis URLs [`RedisUrl`]s, so printing these values never shows them.
@@ -96,6 +102,14 @@ pub struct ConfigValues {
     pub retention_default: Option<String>,
     /// Lowest `maxlen` a publisher may ask for (0: none).
     pub min_maxlen: Option<u64>,
+    /// See [`Config::admin_listen`].
+    pub admin_listen: Option<String>,
+    /// See [`TrustedProxies::networks`]: addresses or CIDR networks.
+    pub trusted_proxy: Option<Vec<String>>,
+    /// See [`TrustedProxies::header`]: `x-forwarded-for` or `forwarded`.
+    pub client_ip_header: Option<String>,
+    /// See [`Limits::max_header_bytes`].
+    pub max_header_bytes: Option<usize>,
 }
 
 impl ConfigValues {
@@ -161,6 +175,13 @@ impl ConfigValues {
             retention: self.retention.filter(|r| !r.is_empty()).or(other.retention),
             retention_default: self.retention_default.or(other.retention_default),
             min_maxlen: self.min_maxlen.or(other.min_maxlen),
+            admin_listen: self.admin_listen.or(other.admin_listen),
+            trusted_proxy: self
+                .trusted_proxy
+                .filter(|p| !p.is_empty())
+                .or(other.trusted_proxy),
+            client_ip_header: self.client_ip_header.or(other.client_ip_header),
+            max_header_bytes: self.max_header_bytes.or(other.max_header_bytes),
         }
     }
 
@@ -169,6 +190,7 @@ impl ConfigValues {
         let mut config = Config::default();
         self.build_http(&mut config.http)?;
         self.build_security(&mut config)?;
+        self.build_edge(&mut config)?;
         if let Some(listen) = &self.listen {
             config.listen = listen.parse().map_err(|e| ConfigError::Invalid {
                 key: "listen",
@@ -352,6 +374,53 @@ impl ConfigValues {
         }
         if let Some(floor) = self.min_maxlen {
             retention.set_min_maxlen(floor);
+        }
+        Ok(())
+    }
+
+    /// The listener's edge: the admin listener, trusted proxies and the request head limit.
+    fn build_edge(&self, config: &mut Config) -> Result<(), ConfigError> {
+        if let Some(addr) = &self.admin_listen {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|e| ConfigError::Invalid {
+                key: "admin_listen",
+                reason: format!("{addr:?} is not an address like 127.0.0.1:9090 ({e})"),
+            })?;
+            if addr == config.listen {
+                return Err(ConfigError::Invalid {
+                    key: "admin_listen",
+                    reason: format!(
+                        "{addr} is also `listen`; give the admin listener its own port"
+                    ),
+                });
+            }
+            config.admin_listen = Some(addr);
+        }
+        for net in self.trusted_proxy.iter().flatten() {
+            let net = net.parse().map_err(|e: CidrError| ConfigError::Invalid {
+                key: "trusted_proxy",
+                reason: e.to_string(),
+            })?;
+            config.proxies.networks.push(net);
+        }
+        config.proxies.header = match self.client_ip_header.as_deref() {
+            None => ClientIpHeader::default(),
+            Some(h) if h.eq_ignore_ascii_case("x-forwarded-for") => ClientIpHeader::XForwardedFor,
+            Some(h) if h.eq_ignore_ascii_case("forwarded") => ClientIpHeader::Forwarded,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "client_ip_header",
+                    reason: format!("{other:?} is neither \"x-forwarded-for\" nor \"forwarded\""),
+                })
+            }
+        };
+        if let Some(n) = self.max_header_bytes {
+            if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) {
+                return Err(ConfigError::Invalid {
+                    key: "max_header_bytes",
+                    reason: format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+                });
+            }
+            config.limits.max_header_bytes = n;
         }
         Ok(())
     }
@@ -575,6 +644,68 @@ mod tests {
             mask_strings(r#"invalid type: string "x", expected "y" or `z`"#),
             r#"invalid type: string "<redacted>", expected "<redacted>" or `z`"#
         );
+    }
+
+    #[test]
+    fn edge_keys_parse_and_errors_name_the_key() {
+        let config: ConfigValues = toml::from_str(
+            "admin_listen = \"127.0.0.1:9090\"\n\
+             trusted_proxy = [\"10.0.0.0/8\", \"::1\"]\n\
+             client_ip_header = \"Forwarded\"\nmax_header_bytes = 8192",
+        )
+        .unwrap();
+        let config = config.build().unwrap();
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(config.proxies.networks.len(), 2);
+        assert!(config.proxies.trusts("10.9.8.7".parse().unwrap()));
+        assert!(config.proxies.trusts("::1".parse().unwrap()));
+        assert!(!config.proxies.trusts("127.0.0.1".parse().unwrap()));
+        assert_eq!(config.proxies.header, ClientIpHeader::Forwarded);
+        assert_eq!(config.limits.max_header_bytes, 8192);
+        let defaults = ConfigValues::default().build().unwrap();
+        assert!(defaults.admin_listen.is_none() && defaults.proxies.networks.is_empty());
+        assert_eq!(defaults.proxies.header, ClientIpHeader::XForwardedFor);
+        let bad = [
+            (
+                ConfigValues {
+                    trusted_proxy: Some(vec!["10.0.0.0/33".into()]),
+                    ..Default::default()
+                },
+                "`trusted_proxy`",
+            ),
+            (
+                ConfigValues {
+                    client_ip_header: Some("x-real-ip".into()),
+                    ..Default::default()
+                },
+                "`client_ip_header`",
+            ),
+            (
+                ConfigValues {
+                    max_header_bytes: Some(100),
+                    ..Default::default()
+                },
+                "`max_header_bytes`",
+            ),
+            (
+                ConfigValues {
+                    admin_listen: Some("nope".into()),
+                    ..Default::default()
+                },
+                "`admin_listen`",
+            ),
+            (
+                ConfigValues {
+                    admin_listen: Some("127.0.0.1:8080".into()),
+                    ..Default::default()
+                },
+                "`admin_listen`",
+            ),
+        ];
+        for (values, key) in bad {
+            let err = values.build().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

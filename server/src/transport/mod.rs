@@ -19,10 +19,17 @@ use axum::Router;
 
 use crate::App;
 
-/// The server's routes ([`routes`]), behind CORS and the body limit.
+/// The server's routes on the public listener ([`routes`]), behind CORS and the body limit.
+/// With an admin listener configured, `/metrics` and `/status*` are left out (served by
+/// [`ops_router`] only); `/readyz` stays for load balancers.
 pub fn router(app: Arc<App>) -> Router {
+    let with_ops = app.config.admin_listen.is_none();
     let mut entries = routes::app_routes();
-    entries.extend(routes::ops_routes());
+    entries.extend(
+        routes::ops_routes()
+            .into_iter()
+            .filter(|e| with_ops || e.route.access == crate::request::Access::Public),
+    );
     routes::build(&app, entries)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -30,4 +37,10 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(app.config.limits.max_frame_bytes))
         .with_state(app)
+}
+
+/// The admin listener's routes: health, readiness, metrics and the status page, without
+/// credentials (the admin listener is bound to a private interface; `docs/operations.md`).
+pub fn ops_router(app: Arc<App>) -> Router {
+    routes::build(&app, routes::admin_routes()).with_state(app)
 }

@@ -118,7 +118,19 @@ pub fn ops_routes() -> Vec<Entry> {
     ]
 }
 
-/// Every route the listener serves.
+/// The admin listener's routes (`--admin-listen`): `/healthz` and the operator routes, open to
+/// whoever reaches that listener.
+pub fn admin_routes() -> Vec<Entry> {
+    let health = entry("/healthz", Method::Get, Access::Public, "ops", ops::healthz);
+    let mut entries = vec![health];
+    entries.extend(ops_routes().into_iter().map(|mut e| {
+        e.route.access = Access::Public;
+        e
+    }));
+    entries
+}
+
+/// Every route the public listener serves (without an admin listener).
 pub fn routes() -> Vec<Route> {
     app_routes()
         .into_iter()

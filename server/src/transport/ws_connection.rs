@@ -34,6 +34,12 @@ use crate::App;
 
 /// WebSocket close codes of protocol v1.
 pub mod close_code {
+    /// A WebSocket protocol violation (RFC 6455): an unmasked client frame, a reserved opcode
+    /// or reserved bit, a continuation without a start, a fragmented or oversized control
+    /// frame.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame (or close reason) that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (auth, repeated bad frames).
     pub const POLICY: u16 = 1008;
     /// A frame exceeded the size limit.
@@ -75,8 +81,11 @@ struct Publishing {
 
 /// Why the connection loop ended.
 enum End {
-    /// The peer closed or the socket failed.
+    /// The socket failed, or the peer went away without a close frame.
     Gone,
+    /// The peer sent a close frame: the reply tungstenite queued (the same code) is written
+    /// before the socket is dropped, completing the closing handshake.
+    PeerClosed,
     /// Close the socket with this code and reason.
     Close(u16, &'static str),
 }
@@ -123,13 +132,20 @@ pub fn serve_websocket(
         // while.
         conn.feed.clear();
         conn.publishing = None;
-        if let End::Close(code, reason) = end {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            let close = conn.socket.send(Message::Close(Some(frame)));
-            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), close)).await;
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let close = conn.socket.send(Message::Close(Some(frame)));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), close)).await;
+            }
+            End::PeerClosed => {
+                let reply = std::future::poll_fn(|cx| conn.socket.poll_flush_unpin(cx));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), reply)).await;
+            }
+            End::Gone => {}
         }
         metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").decrement(1.0);
         debug!(conn = id, "disconnected");
@@ -273,7 +289,8 @@ impl Connection {
                             let message = "binary frames are not supported; send JSON text frames";
                             Box::pin(self.on_bad_frame(None, ErrorCode::BadRequest, message)).await
                         }
-                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Ok(Message::Close(_))) => return End::PeerClosed,
+                        None => return End::Gone,
                         Some(Ok(_)) => Ok(()),
                         Some(Err(err)) => return classify_read_error(&err),
                     }
@@ -530,15 +547,34 @@ async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
         .map_err(|_| End::Gone)
 }
 
+/// How to end a connection whose socket failed with `err`: RFC 6455 asks for a close frame
+/// naming a protocol violation (1002), invalid UTF-8 (1007) or a too large frame (1009); I/O
+/// errors and resets just end it.
 fn classify_read_error(err: &axum::Error) -> End {
-    let text = err.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("too big")
-    {
-        End::Close(close_code::TOO_BIG, "frame too large")
-    } else {
-        End::Gone
+    use std::error::Error as _;
+    use tungstenite::error::ProtocolError as P;
+    use tungstenite::Error as E;
+    let Some(err) = err.source().and_then(|e| e.downcast_ref::<E>()) else {
+        return End::Gone;
+    };
+    let protocol = |reason| End::Close(close_code::PROTOCOL, reason);
+    match err {
+        E::Capacity(_) => End::Close(close_code::TOO_BIG, "frame too large"),
+        E::Utf8(_) => End::Close(close_code::INVALID_DATA, "invalid UTF-8"),
+        E::Protocol(P::UnmaskedFrameFromClient) => protocol("unmasked client frame"),
+        E::Protocol(P::NonZeroReservedBits) => protocol("reserved bits set"),
+        E::Protocol(P::UnknownDataFrameType(_) | P::UnknownControlFrameType(_)) => {
+            protocol("reserved opcode")
+        }
+        E::Protocol(P::InvalidOpcode(_)) => protocol("invalid opcode"),
+        E::Protocol(P::UnexpectedContinueFrame) => protocol("continuation without a start"),
+        E::Protocol(P::ExpectedFragment(_)) => protocol("expected a continuation frame"),
+        E::Protocol(P::FragmentedControlFrame) => protocol("fragmented control frame"),
+        E::Protocol(P::ControlFrameTooBig) => protocol("control frame too big"),
+        E::Protocol(P::InvalidCloseSequence) => protocol("invalid close frame"),
+        E::Protocol(P::ResetWithoutClosingHandshake) => End::Gone,
+        E::Protocol(_) => protocol("protocol error"),
+        _ => End::Gone,
     }
 }
 
@@ -549,6 +585,40 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<A, F: Future>(_: &impl Fn(A) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    fn code_for(err: tungstenite::Error) -> Option<u16> {
+        match classify_read_error(&axum::Error::new(err)) {
+            End::Close(code, _) => Some(code),
+            End::Gone | End::PeerClosed => None,
+        }
+    }
+
+    #[test]
+    fn read_errors_choose_the_rfc_close_code() {
+        use tungstenite::error::{CapacityError, ProtocolError as P};
+        use tungstenite::Error as E;
+        let too_long = CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        };
+        assert_eq!(code_for(E::Capacity(too_long)), Some(1009));
+        assert_eq!(code_for(E::Utf8("\u{fffd}".into())), Some(1007));
+        for p in [
+            P::UnmaskedFrameFromClient,
+            P::NonZeroReservedBits,
+            P::UnknownDataFrameType(3),
+            P::UnknownControlFrameType(11),
+            P::UnexpectedContinueFrame,
+            P::FragmentedControlFrame,
+            P::ControlFrameTooBig,
+            P::InvalidCloseSequence,
+        ] {
+            assert_eq!(code_for(E::Protocol(p)), Some(1002));
+        }
+        assert_eq!(code_for(E::Protocol(P::ResetWithoutClosingHandshake)), None);
+        assert_eq!(code_for(E::Io(std::io::ErrorKind::BrokenPipe.into())), None);
+        assert_eq!(code_for(E::ConnectionClosed), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod raw_ws;
 pub mod sse;
 
 use std::time::Duration;
@@ -163,4 +164,22 @@ pub fn hs256_token(
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 encodes any claims")
+}
+
+/// Reads from `stream` into `buf` until it holds a whole HTTP head (up to the blank line) and
+/// returns the head's length; what follows it stays in `buf`.
+pub async fn read_http_head(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(end + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "closed before the end of the HTTP head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
