@@ -300,7 +300,10 @@ impl Client {
         let text = text
             .as_string()
             .ok_or_else(|| bad("encode must return a string".into()))?;
-        serde_json::from_str(&text).map_err(|_| bad("fields must be a JSON object".into()))
+        match redistribute_protocol::json::parse(&text) {
+            Ok(serde_json::Value::Object(fields)) => Ok(fields),
+            _ => Err(bad("fields must be a JSON object".into())),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ impl Namespace {
     /// `name`. An empty name is the same as none.
     pub fn new<T: AsRef<str>>(targets: &[T], name: Option<&str>) -> Self {
         let mut normal: Vec<String> = targets.iter().map(|t| normalize(t.as_ref())).collect();
-        normal.sort();
+        normal.sort_unstable();
         normal.dedup();
         let name = name.filter(|n| !n.is_empty());
         let mut parts: Vec<&str> = vec!["targets"];

@@ -26,6 +26,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of `docs/protocol.md` §6.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code of a wire spelling, e.g. `bad_request`.
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// Whether the condition may pass on its own, so the same request may succeed later:
     /// `unavailable`, `rate_limited` and `internal`. Clients retry these with backoff; the
     /// others (`bad_request`, `unauthorized`, `forbidden`, `not_found`, `too_large`) are

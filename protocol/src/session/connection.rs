@@ -6,7 +6,6 @@
 //! Inputs that do not fit the current state (a late "closed" for a transport the session already
 //! wrote off, a frame while backing off) are ignored.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use super::error::RequestError;
@@ -238,7 +237,9 @@ impl Session {
     /// not sent. Internal requests die with the connection; re-sendable caller requests wait
     /// for the next one.
     pub(super) fn lose_connection(&mut self) {
-        let unsent: HashSet<u64> = self.transmit.drain(..).map(|f| f.id()).collect();
+        // A sorted Vec, not a HashSet: the same speed here, and less code in the browser client.
+        let mut unsent: Vec<u64> = self.transmit.drain(..).map(|f| f.id()).collect();
+        unsent.sort_unstable();
         for (_, sub) in self.subs.iter_mut() {
             sub.inflight = None;
         }
@@ -246,7 +247,7 @@ impl Session {
             let Some(p) = self.requests.get_mut(id) else {
                 continue;
             };
-            let sent = p.sent && !unsent.contains(&id);
+            let sent = p.sent && unsent.binary_search(&id).is_err();
             p.sent = false;
             let fate = match (p.origin, &p.kind) {
                 (Origin::Internal, _) => Fate::Forget,
