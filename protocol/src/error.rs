@@ -26,7 +26,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in the order of `docs/protocol.md` §6.
+    /// Every code, in the order of `docs/protocol.md` §6 (a test holds the two to each other,
+    /// and the browser client's TypeScript union to this list).
     pub const ALL: [ErrorCode; 8] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
@@ -107,5 +108,30 @@ impl ProtocolError {
     /// The wire code for this error (always `bad_request`).
     pub fn code(&self) -> ErrorCode {
         ErrorCode::BadRequest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` is the table of `docs/protocol.md` §6, and every code reads back from its wire
+    /// spelling as itself (serde's spelling included).
+    #[test]
+    fn all_is_the_documented_table() {
+        let doc = include_str!("../../docs/protocol.md");
+        let table = &doc[doc.find("## 6. Errors").unwrap()..doc.find("## 7.").unwrap()];
+        let documented: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .map(|l| &l[..l.find('`').unwrap()])
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(all, documented);
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+        }
     }
 }
