@@ -467,6 +467,20 @@ mod tests {
         loaded.messages.iter().map(|m| m.offset.ms).collect()
     }
 
+    /// Interleaved, overlapping writes (two tabs) merge into one run in offset order, each
+    /// offset once, the newest `limit` kept.
+    #[test]
+    fn merge_interleaves_and_dedups() {
+        let ms = |v: &[u64]| v.iter().map(|&n| msg(n, "x")).collect::<Vec<_>>();
+        let mut stored = ms(&[2, 4, 6, 8]);
+        merge(&mut stored, &ms(&[1, 4, 5, 9, 9]), 100);
+        let got: Vec<u64> = stored.iter().map(|m| m.offset.ms).collect();
+        assert_eq!(got, [1, 2, 4, 5, 6, 8, 9]);
+        merge(&mut stored, &ms(&[3, 7]), 4);
+        let got: Vec<u64> = stored.iter().map(|m| m.offset.ms).collect();
+        assert_eq!(got, [6, 7, 8, 9]);
+    }
+
     #[test]
     fn empty_channel_loads_nothing() {
         let cache = Cache::new(MemoryStorage::new(), 10, &ns());
