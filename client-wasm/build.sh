@@ -74,7 +74,7 @@ raw=$(wc -c <"$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
 echo "built client-wasm/pkg: wasm $raw bytes ($gz gzipped, gzip -9)"
 # The size budget of the .wasm, gzipped (what a page downloads). CI fails above it.
-budget="${WASM_GZIP_BUDGET:-107520}"
+budget="${WASM_GZIP_BUDGET:-102400}"
 if [ -x "$tools/node_modules/.bin/wasm-opt" ] && [ "$gz" -gt "$budget" ]; then
   echo "build.sh: the wasm is $gz bytes gzipped, above its budget of $budget" >&2
   exit 1

@@ -27,8 +27,6 @@
 //! the write is skipped (the older entry stays: it resumes earlier, which replays messages but
 //! loses none). Each of these is reported.
 
-use std::cmp::Ordering;
-
 use redistribute_protocol::json;
 use redistribute_protocol::{Message, StreamId};
 use serde_json::Value;
@@ -406,7 +404,7 @@ impl<S: Storage> Cache<S> {
                 }
             }
         }
-        others.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+        let others = crate::order::sorted_by_key(others, |(t, k, _)| (*t, 0, k.clone()));
         Ok(others.into_iter().map(|(_, k, e)| (k, e)).collect())
     }
 }

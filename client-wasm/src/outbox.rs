@@ -40,7 +40,6 @@
 //! harmless.
 
 use std::cell::Cell;
-use std::cmp::Ordering;
 
 use redistribute_protocol::{json, Fields};
 use serde_json::{Map, Value};
@@ -226,14 +225,6 @@ impl Record {
             entry: Entry::from_object(&mut o)?,
         })
     }
-
-    fn order(&self, other: &Record) -> Ordering {
-        self.o
-            .partial_cmp(&other.o)
-            .unwrap_or(Ordering::Equal)
-            .then(self.seq.cmp(&other.seq))
-            .then_with(|| self.entry.id.cmp(&other.entry.id))
-    }
 }
 
 /// The single entry of earlier versions.
@@ -385,8 +376,7 @@ impl<S: Storage> Outbox<S> {
                 }
             }
         }
-        records.sort_unstable_by(Record::order);
-        records
+        crate::order::sorted_by_key(records, |r| (r.o, r.seq, r.entry.id.clone()))
     }
 
     /// The waiting messages, oldest first.
