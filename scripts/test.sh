@@ -77,5 +77,5 @@ CHROMEDRIVER="$(command -v chromedriver)" \
 log "browser client: TypeScript types (tsc --noEmit on a typed app)"
 (cd client-wasm/tests-e2e && npm ci --silent --no-audit --no-fund && npx tsc -p tsconfig.json)
 
-log "browser client: end-to-end (Playwright, Chromium, two servers, Redis; Node.js over the network)"
+log "browser client: end-to-end (Playwright, Chromium, two servers, Redis; a Vite build of the packed package in Chromium; Node.js over the network)"
 (cd client-wasm/tests-e2e && npm test --silent)
