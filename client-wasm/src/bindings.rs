@@ -439,7 +439,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     let (cache, cache_problem) = if get(options, "localStorage") == JsValue::FALSE {
         (None, None)
     } else {
-        match LocalStorage::open() {
+        match LocalStorage::open_or_memory() {
             Ok(storage) => (Some(Cache::new(storage, limit, &namespace)), None),
             Err(e) => (
                 None,
@@ -469,7 +469,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     let outbox = if get(options, "outbox") == JsValue::FALSE {
         None
     } else {
-        LocalStorage::open()
+        LocalStorage::open_or_memory()
             .ok()
             .map(|storage| Outbox::new(storage, &namespace, &scope, outbox_limit))
     };

@@ -1,6 +1,6 @@
-// A Node.js program using the npm package over the network (run by node.test.mjs): no
-// localStorage, BroadcastChannel sharing or Web Locks, so the client runs as a single tab
-// without a persisted cache. Prints one JSON line per step; exits non-zero on failure.
+// A Node.js program using the npm package over the network (run by node.test.mjs): no window,
+// localStorage or Web Locks, so the client has its own socket and caches in the process's
+// memory. Prints one JSON line per step; exits non-zero on failure.
 //
 //   node node-app.mjs <package dir> <ws url> <channel>
 import { readFileSync } from 'node:fs';
@@ -36,6 +36,11 @@ say('subscribed', { offset: sub.offset, role: client.role });
 const first = await within(15000, 'publish', client.publish(channel, { n: 1, text: 'from node' }));
 await until('own message', () => received.some((m) => m.offset === first));
 say('round-trip', { offset: first, fields: received.find((m) => m.offset === first).fields });
+// The in-memory cache, shared by the clients of the process like localStorage by a page's.
+const other = new mod.Client({ targets: [url], shareSocket: false });
+const cached = await other.load(channel);
+other.close();
+say('cached', { offsets: cached.messages.map((m) => m.offset), lastOffset: cached.lastOffset });
 
 // The test restarts the server now; the client reconnects and resumes from its last offset.
 say('restart-now');

@@ -1,6 +1,6 @@
-// The npm package in Node.js over the network: subscribe, publish, receive, then a server
-// restart that the client survives (reconnect, resume from its last offset: every message
-// once, in order). Node 22 has a global WebSocket; Node 20 needs --experimental-websocket.
+// The npm package in Node.js over the network: subscribe, publish, receive, the in-memory
+// cache, then a server restart that the client survives (reconnect, resume from its last
+// offset: every message once, in order). Node 22 has a global WebSocket; Node 20 needs --experimental-websocket.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -25,6 +25,9 @@ test('Node.js: publish, subscribe and resume over the network', { timeout: 18000
     assert.equal(subscribed.role, 'standalone', 'no Web Locks in Node: one socket, no sharing');
     const trip = await step('round-trip');
     assert.deepEqual(trip.fields, { n: 1, text: 'from node' });
+    const cached = await step('cached');
+    assert.deepEqual(cached.offsets, [trip.offset], 'the in-memory cache holds the message');
+    assert.equal(cached.lastOffset, trip.offset);
     await step('restart-now');
     await server.restart();
     app.stdin.write('go\n');
@@ -32,6 +35,7 @@ test('Node.js: publish, subscribe and resume over the network', { timeout: 18000
     const offsets = resumed.offsets;
     assert.equal(offsets.length, 2, `each message once: ${offsets}`);
     assert.equal(offsets[0], trip.offset);
+    assert.ok(!resumed.errors.includes('storage_unavailable'), `errors: ${resumed.errors}`);
     assert.equal(await exited, 0);
   } finally {
     app.kill('SIGKILL');
