@@ -24,10 +24,9 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use js_sys::Reflect;
+use redistribute_protocol::lite::{decode_client, encode_server};
 use redistribute_protocol::session::{Config, Event, PublishOptions, RequestError, Session};
-use redistribute_protocol::{
-    decode_client, encode_server, ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION,
-};
+use redistribute_protocol::{ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION};
 use wasm_bindgen::prelude::*;
 use web_sys::BroadcastChannel;
 

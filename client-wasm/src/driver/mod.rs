@@ -484,10 +484,10 @@ impl Driver {
         let decode = self.0.borrow().decode.clone();
         let out = Array::new();
         for m in messages {
-            let text = JsValue::from(m.fields.get());
+            let text = JsValue::from(m.fields.as_str());
             let fields = match &decode {
                 Some(f) => f.call1(&JsValue::UNDEFINED, &text),
-                None => js_sys::JSON::parse(m.fields.get()),
+                None => js_sys::JSON::parse(&m.fields),
             };
             match fields {
                 Ok(fields) => {

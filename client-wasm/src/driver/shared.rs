@@ -29,7 +29,7 @@ use std::rc::Weak;
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use redistribute_protocol::session::{Config, DisconnectReason, PublishOptions, SessionError};
-use redistribute_protocol::{validate_channel, Fields};
+use redistribute_protocol::{json, lite, validate_channel, Fields};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::BroadcastChannel;
@@ -279,7 +279,7 @@ impl Inner {
             "s" if bus.state == 2 => {
                 // Frames relayed by the leader's hub; the same rule as on a socket.
                 match field(msg, "d") {
-                    Some(d) => self.session.handle_text(&d, t),
+                    Some(d) => self.session.handle_text_with(&d, t, lite::decode_server),
                     None => self
                         .session
                         .handle_bad_frame("a relayed frame without data", t),
@@ -508,7 +508,8 @@ impl Driver {
         };
         let out = Array::new();
         for e in entries {
-            let text = serde_json::to_string(&e.fields).unwrap_or_default();
+            let mut text = String::new();
+            json::write_object(&mut text, &e.fields);
             let fields = match &decode {
                 Some(f) => f.call1(&JsValue::UNDEFINED, &text.into()),
                 None => js_sys::JSON::parse(&text),

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Weak;
 use std::time::Duration;
 
-use redistribute_protocol::encode_client;
+use redistribute_protocol::lite::{decode_server, encode_client};
 use redistribute_protocol::session::{Action, DisconnectReason};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -103,7 +103,7 @@ impl Handlers {
                 // connection) and says so.
                 let event: &MessageEvent = event.unchecked_ref();
                 match event.data().as_string() {
-                    Some(text) => inner.session.handle_text(&text, now()),
+                    Some(text) => inner.session.handle_text_with(&text, now(), decode_server),
                     None => inner
                         .session
                         .handle_bad_frame("a binary frame from the server", now()),
