@@ -61,8 +61,9 @@ cargo test --workspace
 # exact ledger; it exits non-zero on any message lost without a reported gap or duplicated.
 log "chaos soak (${CHAOS_SECONDS:-60} s)"
 cargo build -q --release -p redistribute-server -p chaos
-CHAOS_SERVER_BIN="$PWD/target/release/redistribute" \
-  target/release/chaos --seconds "${CHAOS_SECONDS:-60}"
+target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+CHAOS_SERVER_BIN="$target_dir/release/redistribute" \
+  "$target_dir/release/chaos" --seconds "${CHAOS_SECONDS:-60}"
 
 # Browser client: build the npm package (installs the matching wasm-bindgen-cli when missing),
 # run its wasm tests in headless Chromium, then the chat example end to end with Playwright.
