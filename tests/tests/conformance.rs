@@ -832,13 +832,19 @@ async fn log_reader_behind_the_log_trim_catches_channels_up(mut s: Subject) -> R
         if i == 0 {
             ensure!(in_gaps > 0, "the trimmed channel reported no gap");
         } else {
-            ensure!(in_gaps == 0, "{name}: {in_gaps} entries in gaps, none trimmed");
+            ensure!(
+                in_gaps == 0,
+                "{name}: {in_gaps} entries in gaps, none trimmed"
+            );
         }
     }
     // Live again: one more entry each arrives, alone.
     let mut want = std::collections::HashMap::new();
     for name in names {
-        want.insert(name.to_string(), publish(&s, name, json!({"after": true})).await?);
+        want.insert(
+            name.to_string(),
+            publish(&s, name, json!({"after": true})).await?,
+        );
     }
     let got = collect_live(&mut s, &want).await?;
     for batch in got {

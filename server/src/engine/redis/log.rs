@@ -216,7 +216,9 @@ impl LogPool {
         let shard = self.shared.shard(channel);
         let log = self.shards.lock().get(&shard).cloned();
         if let Some(log) = log {
-            log.requests.lock().push((channel.clone(), Request::Unwatch));
+            log.requests
+                .lock()
+                .push((channel.clone(), Request::Unwatch));
             log.work.notify_one();
         }
     }
@@ -258,7 +260,12 @@ struct Place {
 
 impl ShardLog {
     /// The reader task; see the module docs.
-    async fn read(self: Arc<Self>, shared: Arc<Shared>, sink: Arc<dyn LiveSink>, stop: CancellationToken) {
+    async fn read(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        sink: Arc<dyn LiveSink>,
+        stop: CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(50);
         let mut connection: Option<Connection> = None;
         let mut place: Option<Place> = None;
@@ -383,7 +390,11 @@ impl ShardLog {
             Value::from(self.seq_key.as_str()),
         ];
         let reply: Value = conn
-            .run(conn.client.with_options(&shared.options()).custom(cmd, args))
+            .run(
+                conn.client
+                    .with_options(&shared.options())
+                    .custom(cmd, args),
+            )
             .await?;
         let unexpected = || EngineError::Internal(format!("unexpected log tip reply {reply:?}"));
         let Value::Array(parts) = &reply else {
@@ -517,7 +528,12 @@ impl ShardLog {
     }
 
     /// The worker task: applies watch requests, reads positions, runs catch-ups.
-    async fn work(self: Arc<Self>, shared: Arc<Shared>, sink: Arc<dyn LiveSink>, stop: CancellationToken) {
+    async fn work(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        sink: Arc<dyn LiveSink>,
+        stop: CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(50);
         loop {
             if stop.is_cancelled() {
@@ -627,10 +643,12 @@ impl ShardLog {
                 names
                     .into_iter()
                     .filter_map(|name| match st.channels.get(&name) {
-                        Some(chan @ Chan {
-                            phase: Phase::Pending { .. },
-                            ..
-                        }) => Some((name, chan.generation)),
+                        Some(
+                            chan @ Chan {
+                                phase: Phase::Pending { .. },
+                                ..
+                            },
+                        ) => Some((name, chan.generation)),
                         _ => None,
                     })
                     .collect()
@@ -756,8 +774,8 @@ impl ShardLog {
         let read_count = shared.config.engine.read_count.max(1);
         for ((name, generation, cursor, _), position) in jobs.iter().zip(positions) {
             let mut after = *cursor;
-            let behind = position.last_id > after
-                || position.trimmed_through.is_some_and(|t| t > after);
+            let behind =
+                position.last_id > after || position.trimmed_through.is_some_and(|t| t > after);
             while behind {
                 let page = shared
                     .read_page(name, after, read_count, MAX_BATCH_BYTES)
@@ -766,8 +784,7 @@ impl ShardLog {
                 let Some(chan) = st.channels.get_mut(name) else {
                     break;
                 };
-                if chan.generation != *generation
-                    || !matches!(chan.phase, Phase::CatchingUp { .. })
+                if chan.generation != *generation || !matches!(chan.phase, Phase::CatchingUp { .. })
                 {
                     break;
                 }
@@ -953,7 +970,10 @@ mod tests {
     #[test]
     fn rejects_foreign_log_entries() {
         for bad in [
-            Value::Array(vec!["5-0".into(), Value::Array(vec!["a".into(), "b".into()])]),
+            Value::Array(vec![
+                "5-0".into(),
+                Value::Array(vec!["a".into(), "b".into()]),
+            ]),
             entry("x", "chat", "3-1", &[]),
             entry("1", "chat", "nope", &[]),
             Value::from("text"),
