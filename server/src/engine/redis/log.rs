@@ -153,6 +153,9 @@ struct ShardLog {
     work: Notify,
     /// Wakes a paused reader.
     wake: Notify,
+    /// Tells the reader its last channel was unwatched (it leaves its `XREAD` and closes its
+    /// connection).
+    emptied: Notify,
     /// Signalled when the reader fixed its place in the log.
     started: Notify,
     /// Whether the reader holds a connection.
@@ -233,6 +236,7 @@ impl LogPool {
             state: Mutex::new(ShardState::default()),
             work: Notify::new(),
             wake: Notify::new(),
+            emptied: Notify::new(),
             started: Notify::new(),
             reading: AtomicBool::new(false),
             watched: AtomicUsize::new(0),
@@ -333,9 +337,17 @@ impl ShardLog {
                 self.work.notify_one();
             }
             match self.read_once(&shared, &sink, conn, here, &stop).await {
-                Ok(next) => {
+                Ok(Some(next)) => {
                     place = Some(next);
                     backoff = Duration::from_millis(50);
+                }
+                // Nothing is watched any more: the connection (its `XREAD` still blocked in
+                // Redis) is closed; the reader pauses, or reconnects if watches came back.
+                Ok(None) => {
+                    self.reading.store(false, Ordering::Relaxed);
+                    if let Some(conn) = connection.take() {
+                        conn.close().await;
+                    }
                 }
                 Err(err) => {
                     warn!(%err, shard = self.shard, "log XREAD failed; reconnecting reader");
@@ -409,7 +421,8 @@ impl ShardLog {
         })
     }
 
-    /// One `XREAD` of the log after `place`; hands the watched channels' entries over.
+    /// One `XREAD` of the log after `place`; hands the watched channels' entries over and
+    /// returns the new place, or `None` when it left the `XREAD` because nothing is watched.
     async fn read_once(
         &self,
         shared: &Shared,
@@ -417,7 +430,7 @@ impl ShardLog {
         conn: &Connection,
         place: Place,
         stop: &CancellationToken,
-    ) -> Result<Place, EngineError> {
+    ) -> Result<Option<Place>, EngineError> {
         let config = &shared.config;
         let options = Options {
             timeout: Some(config.block + Duration::from_secs(10)),
@@ -437,9 +450,17 @@ impl ShardLog {
         let cmd = CustomCommand::new_static("XREAD", ClusterHash::FirstKey, true);
         let client = conn.client.with_options(&options);
         let reading = conn.run(client.custom(cmd, args));
-        let reply: Value = tokio::select! {
-            reply = reading => reply?,
-            _ = stop.cancelled() => return Ok(place),
+        tokio::pin!(reading);
+        let reply: Value = loop {
+            tokio::select! {
+                reply = &mut reading => break reply?,
+                _ = stop.cancelled() => return Ok(Some(place)),
+                _ = self.emptied.notified() => {
+                    if self.state.lock().channels.is_empty() && self.requests.lock().is_empty() {
+                        return Ok(None);
+                    }
+                }
+            }
         };
         let streams = parse::xread_streams(&reply)?;
         let Some((_, entries)) = streams.first() else {
@@ -450,11 +471,11 @@ impl ShardLog {
                 warn!(shard = self.shard, "the shard log is behind this reader (reset or failed over); catching its channels up");
                 self.state.lock().catch_up_all(true);
                 self.work.notify_one();
-                return Ok(tip);
+                return Ok(Some(tip));
             }
-            return Ok(place);
+            return Ok(Some(place));
         };
-        self.take_entries(entries, place, sink)
+        self.take_entries(entries, place, sink).map(Some)
     }
 
     /// Hands the entries of one `XREAD` reply to live channels (buffering those of the
@@ -609,7 +630,11 @@ impl ShardLog {
             }
         }
         self.watched.store(st.channels.len(), Ordering::Relaxed);
+        let empty = st.channels.is_empty();
         drop(st);
+        if empty {
+            self.emptied.notify_one();
+        }
         self.wake.notify_one();
     }
 
