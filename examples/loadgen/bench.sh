@@ -39,4 +39,6 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && 
   --server-pid "$server_pid" "${redis_pid_opt[@]}" "${loadgen_args[@]}"
 if [ "$engine" = redis ] && [ -n "${BENCH_REDIS_STATS:-}" ]; then
   redis-cli -p "$redis_port" info commandstats | grep -E 'xread|evalsha|eval|client' || true
+  redis-cli -p "$redis_port" info memory | grep -E '^used_memory:' || true
+  redis-cli -p "$redis_port" info clients | grep -E '^connected_clients:' || true
 fi

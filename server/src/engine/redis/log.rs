@@ -799,9 +799,11 @@ impl ShardLog {
         let read_count = shared.config.engine.read_count.max(1);
         for ((name, generation, cursor, _), position) in jobs.iter().zip(positions) {
             let mut after = *cursor;
-            let behind =
-                position.last_id > after || position.trimmed_through.is_some_and(|t| t > after);
-            while behind {
+            // Pages until the position read above (later entries are buffered from the log).
+            let until = position
+                .last_id
+                .max(position.trimmed_through.unwrap_or_default());
+            while after < until {
                 let page = shared
                     .read_page(name, after, read_count, MAX_BATCH_BYTES)
                     .await?;
