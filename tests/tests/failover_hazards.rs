@@ -318,7 +318,19 @@ async fn connections_and_xreads(redis: &RedisServer) -> Result<(usize, usize)> {
 /// channel at each step reaches its subscriber once.
 #[tokio::test]
 async fn log_readers_and_connections_stay_flat_from_10_to_10000_channels() -> Result<()> {
-    let setup = setup(Backend::Redis, &["--max-subscriptions", "10000"]).await?;
+    let setup = setup(
+        Backend::Redis,
+        &[
+            "--max-subscriptions",
+            "10000",
+            // 10,000 pipelined subscribes on one connection, however slow the machine.
+            "--subscribe-rate",
+            "1000000",
+            "--subscribe-burst",
+            "1000000",
+        ],
+    )
+    .await?;
     let redis = setup.redis.as_ref().context("redis")?;
     let mut sub = client(&setup.server).await?;
     let mut publisher = client(&setup.server).await?;
