@@ -53,7 +53,10 @@ if [ ! -x "$tools/node_modules/.bin/wasm-opt" ] && command -v npm >/dev/null 2>&
 fi
 if [ -x "$tools/node_modules/.bin/wasm-opt" ]; then
   # The features Rust enables by default for wasm32-unknown-unknown; all browsers have them.
-  "$tools/node_modules/.bin/wasm-opt" -Oz \
+  # --low-memory-unused and --zero-filled-memory hold for Rust's layout (the stack, then the
+  # data, from 1 MiB up) and a module that defines its own memory.
+  "$tools/node_modules/.bin/wasm-opt" -Oz --converge --low-memory-unused --zero-filled-memory \
+    --strip-producers --strip-target-features \
     --enable-bulk-memory --enable-mutable-globals --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-reference-types --enable-multivalue \
     "$wasm" -o "$wasm.opt"
@@ -69,4 +72,10 @@ rm -f "$out/.gitignore"
 
 raw=$(wc -c <"$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
-echo "built client-wasm/pkg: wasm $raw bytes ($gz gzipped)"
+echo "built client-wasm/pkg: wasm $raw bytes ($gz gzipped, gzip -9)"
+# The size budget of the .wasm, gzipped (what a page downloads). CI fails above it.
+budget="${WASM_GZIP_BUDGET:-102400}"
+if [ -x "$tools/node_modules/.bin/wasm-opt" ] && [ "$gz" -gt "$budget" ]; then
+  echo "build.sh: the wasm is $gz bytes gzipped, above its budget of $budget" >&2
+  exit 1
+fi

@@ -66,12 +66,16 @@ CHAOS_SERVER_BIN="$PWD/target/release/redistribute" \
 
 # Browser client: build the npm package (installs the matching wasm-bindgen-cli when missing),
 # run its wasm tests in headless Chromium, then the chat example end to end with Playwright.
-log "browser client: npm package"
+# build.sh prints the .wasm size and fails above its gzipped budget (WASM_GZIP_BUDGET).
+log "browser client: npm package (and its size budget)"
 QUIET=1 client-wasm/build.sh
 
 log "browser client: wasm tests in headless Chromium"
 CHROMEDRIVER="$(command -v chromedriver)" \
   cargo test -p redistribute-wasm --target wasm32-unknown-unknown
 
-log "browser client: end-to-end (Playwright, Chromium, two servers, Redis)"
-(cd client-wasm/tests-e2e && npm ci --silent --no-audit --no-fund && npm test --silent)
+log "browser client: TypeScript types (tsc --noEmit on a typed app)"
+(cd client-wasm/tests-e2e && npm ci --silent --no-audit --no-fund && npx tsc -p tsconfig.json)
+
+log "browser client: end-to-end (Playwright, Chromium, two servers, Redis; a Vite build of the packed package in Chromium; Node.js over the network)"
+(cd client-wasm/tests-e2e && npm test --silent)

@@ -13,6 +13,7 @@ use crate::client::Client;
 use crate::driver::{Driver, Settings};
 use crate::error::Error;
 use crate::tls;
+use crate::token::{TokenError, TokenProvider};
 use crate::transport::Target;
 
 /// Default for [`ClientBuilder::connect_timeout`]: 5 s.
@@ -42,6 +43,7 @@ pub const DEFAULT_COMMAND_BUFFER: usize = 256;
 pub struct ClientBuilder {
     targets: Vec<String>,
     token: Option<String>,
+    token_provider: Option<TokenProvider>,
     connect_timeout: Duration,
     request_timeout: Duration,
     backoff_initial: Duration,
@@ -63,6 +65,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             targets: Vec::new(),
             token: None,
+            token_provider: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
@@ -99,9 +102,47 @@ impl ClientBuilder {
         self
     }
 
-    /// A JWT sent in a `connect` frame at the start of every connection.
+    /// A JWT sent in a `connect` frame at the start of every connection. It is never
+    /// renewed: for tokens that expire while the client runs, use
+    /// [`token_provider`](Self::token_provider).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// An async callback giving a fresh JWT, for short-lived tokens. It is called before every
+    /// connection (the first and each reconnect) and, on a live connection, a little before
+    /// the current token's `exp` (a tenth of its lifetime, at least 1 s, at most half of it;
+    /// `exp` is read from the token without verifying it). The new token replaces the old
+    /// one on the live connection with a `connect` frame: subscriptions go on without a gap, a
+    /// duplicate or a reconnect. Each call is bounded by the request timeout; a failed call
+    /// is reported as [`Event::TokenRefreshFailed`](crate::Event::TokenRefreshFailed) (the
+    /// connection then ends at the old token's expiry and the next connection calls the
+    /// provider again). Replaces [`token`](Self::token).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), redistribute_client::Error> {
+    /// use redistribute_client::Client;
+    ///
+    /// async fn fetch_token() -> Result<String, std::io::Error> {
+    ///     // e.g. ask your auth service
+    ///     Ok("eyJhbGciOiJIUzI1NiJ9…".to_owned())
+    /// }
+    ///
+    /// let client = Client::builder()
+    ///     .target("wss://rt.example.com/ws")
+    ///     .token_provider(fetch_token)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn token_provider<F, Fut, E>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, E>> + Send + 'static,
+        E: Into<TokenError>,
+    {
+        self.token_provider = Some(TokenProvider::new(provider));
         self
     }
 
@@ -212,7 +253,7 @@ impl ClientBuilder {
         let settings = self.settings()?;
         let config = Config {
             targets: self.targets.clone(),
-            token: self.token.clone(),
+            token: self.token.clone().filter(|_| self.token_provider.is_none()),
             request_timeout: self.request_timeout,
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
@@ -274,6 +315,7 @@ impl ClientBuilder {
         Ok(Arc::new(Settings {
             targets,
             tls,
+            token_provider: self.token_provider.clone(),
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             give_up_after: self.give_up_after,

@@ -95,6 +95,14 @@ pub enum Event {
         /// The server's explanation.
         message: String,
     },
+    /// The [token provider](crate::ClientBuilder::token_provider) failed or timed out when
+    /// called to renew the token of a live connection. The connection keeps its token until
+    /// the server ends it at that token's expiry; the next connection calls the provider
+    /// again.
+    TokenRefreshFailed {
+        /// What went wrong.
+        reason: String,
+    },
     /// The client stopped: closed by the application (`error: None`) or gave up after
     /// [`ClientBuilder::give_up_after`](crate::ClientBuilder::give_up_after) without a
     /// connection ([`Error::Unreachable`]). Every subscription stream has ended.

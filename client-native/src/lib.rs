@@ -59,6 +59,7 @@ mod event;
 pub mod group;
 pub mod subscription;
 mod tls;
+mod token;
 mod transport;
 
 pub use builder::{
@@ -72,4 +73,5 @@ pub use group::{GroupMessage, GroupSubscription};
 pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
 pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
 pub use subscription::Subscription;
+pub use token::{TokenError, TokenFuture};
 pub use transport::MAX_FRAME_SIZE;

@@ -22,12 +22,18 @@ use crate::storage::LocalStorage;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &'static str = r#"
+/** A JSON value. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** A message's fields: a JSON object (what `JSON.parse` gives; a custom `decode` may give more). */
+export type Fields = { [key: string]: JsonValue };
+
 /** A message of a channel. */
 export interface Message {
   /** The stream offset, `<ms>-<seq>`; compare numerically, not as strings. */
   offset: string;
   /** The message's fields, as returned by `decode` (default `JSON.parse`). */
-  fields: any;
+  fields: Fields;
 }
 
 /** Options of `new Client`. */
@@ -42,8 +48,18 @@ export interface ClientOptions {
   localStorage?: boolean;
   /** Messages kept per channel in the cache (default 100). */
   cacheSize?: number;
-  /** A JWT sent in the `connect` frame of every connection. */
+  /** A JWT sent in the `connect` frame of every connection (never renewed: see `tokenProvider`). */
   token?: string;
+  /**
+   * For short-lived tokens: returns a promise of a fresh JWT. Called before every connection
+   * and, on a live connection, a little before the current token's `exp` (a tenth of its
+   * lifetime, at least 1 s, at most half of it); the new token replaces the old one on the live
+   * connection, so subscriptions go on without a gap, a duplicate or a reconnect. A rejected
+   * refresh is an `error` event with code `token_refresh_failed` (the connection then ends at
+   * the old token's expiry, and the next connection calls the provider again). With tabs
+   * sharing a socket, the leader tab's provider is used. Replaces `token`.
+   */
+  tokenProvider?: () => Promise<string>;
   /** Milliseconds a request may wait for its reply (default 10000). */
   requestTimeout?: number;
   /**
@@ -87,7 +103,7 @@ export interface OutboxEntry {
   id: string;
   channel: string;
   /** The message's fields, as returned by `decode`. */
-  fields: any;
+  fields: Fields;
   /** When `publish` was called (ms since the epoch). */
   createdAt: number;
 }
@@ -120,10 +136,24 @@ export interface PublishOptions {
   idempotencyKey?: string;
 }
 
+/** The codes of the server's `error` frames (wire protocol §6), passed through unchanged. */
+export type ServerErrorCode =
+  | 'bad_request' | 'unauthorized' | 'forbidden' | 'not_found' | 'too_large' | 'rate_limited'
+  | 'unavailable' | 'internal';
+
+/** The codes the client adds (see the README's table). */
+export type ClientErrorCode =
+  | 'timeout' | 'connection_lost' | 'closed' | 'cancelled' | 'backpressure' | 'bad_config'
+  | 'connect_failed' | 'gap' | 'subscription_lost' | 'undecodable' | 'decode_failed'
+  | 'quota_exceeded' | 'cache_corrupt' | 'outbox_full' | 'storage_unavailable';
+
+/** Every `code` an error of the client can have. */
+export type ErrorCode = ServerErrorCode | ClientErrorCode;
+
 /** Every error of the client: rejected promises and `error` events. */
 export interface ClientError extends Error {
-  /** `bad_request`, `timeout`, `connection_lost`, `closed`, `quota_exceeded`, … (see README). */
-  code: string;
+  /** What went wrong, for code to branch on (the message is for humans). */
+  code: ErrorCode;
   /** The channel concerned, if any. */
   channel?: string;
   /** For `gap`: messages in (from, to] were trimmed before delivery. */
@@ -143,6 +173,13 @@ export interface ClientEvents {
   follower: () => void;
   /** The number of messages waiting in the outbox changed. */
   outbox: (size: number) => void;
+}
+
+export interface Client {
+  /** Adds a listener for an event (see `ClientEvents` for each listener's arguments). */
+  on<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): void;
+  /** Removes a listener added with `on`. */
+  off<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): void;
 }
 "#;
 
@@ -187,22 +224,16 @@ impl Client {
     }
 
     /// Adds a listener: `connect(target)`, `disconnect(reason)`, `messages(channel, messages)`
-    /// or `error(err)`.
-    pub fn on(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "keyof ClientEvents")] event: &str,
-        #[wasm_bindgen(unchecked_param_type = "(...args: any[]) => void")] listener: Function,
-    ) -> Result<(), JsValue> {
+    /// or `error(err)`. (Its TypeScript type, generic over the event, is in `TYPES`.)
+    #[wasm_bindgen(skip_typescript)]
+    pub fn on(&self, event: &str, listener: Function) -> Result<(), JsValue> {
         self.driver.on(topic(event)?, listener);
         Ok(())
     }
 
     /// Removes a listener added with `on`.
-    pub fn off(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "keyof ClientEvents")] event: &str,
-        #[wasm_bindgen(unchecked_param_type = "(...args: any[]) => void")] listener: &Function,
-    ) -> Result<(), JsValue> {
+    #[wasm_bindgen(skip_typescript)]
+    pub fn off(&self, event: &str, listener: &Function) -> Result<(), JsValue> {
         self.driver.off(topic(event)?, listener);
         Ok(())
     }
@@ -242,8 +273,10 @@ impl Client {
     pub fn publish(
         &self,
         channel: String,
-        fields: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "PublishOptions")] options: Option<js_sys::Object>,
+        #[wasm_bindgen(unchecked_param_type = "Fields")] fields: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "PublishOptions")] options: Option<
+            js_sys::Object,
+        >,
     ) -> Promise {
         let options = options.map_or(JsValue::UNDEFINED, JsValue::from);
         let prepared = self
@@ -300,7 +333,10 @@ impl Client {
         let text = text
             .as_string()
             .ok_or_else(|| bad("encode must return a string".into()))?;
-        serde_json::from_str(&text).map_err(|_| bad("fields must be a JSON object".into()))
+        match redistribute_protocol::json::parse(&text) {
+            Ok(serde_json::Value::Object(fields)) => Ok(fields),
+            _ => Err(bad("fields must be a JSON object".into())),
+        }
     }
 }
 
@@ -413,7 +449,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     let (cache, cache_problem) = if get(options, "localStorage") == JsValue::FALSE {
         (None, None)
     } else {
-        match LocalStorage::open() {
+        match LocalStorage::open_or_memory() {
             Ok(storage) => (Some(Cache::new(storage, limit, &namespace)), None),
             Err(e) => (
                 None,
@@ -443,7 +479,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     let outbox = if get(options, "outbox") == JsValue::FALSE {
         None
     } else {
-        LocalStorage::open()
+        LocalStorage::open_or_memory()
             .ok()
             .map(|storage| Outbox::new(storage, &namespace, &scope, outbox_limit))
     };
@@ -458,6 +494,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         cache_problem,
         encode: function(options, "encode")?,
         decode: function(options, "decode")?,
+        token_provider: function(options, "tokenProvider")?,
     })
 }
 

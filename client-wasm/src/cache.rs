@@ -27,11 +27,9 @@
 //! the write is skipped (the older entry stays: it resumes earlier, which replays messages but
 //! loses none). Each of these is reported.
 
-use std::cmp::Ordering;
-
+use redistribute_protocol::json;
 use redistribute_protocol::{Message, StreamId};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde_json::Value;
 use thiserror::Error;
 
 use crate::namespace::Namespace;
@@ -46,19 +44,19 @@ pub const LEGACY_PREFIX: &str = "redistribute:v1:";
 pub const DEFAULT_LIMIT: usize = 100;
 
 /// One cached message. `fields` stays JSON text: it is handed to the page's `decode` as is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedMessage {
     /// The message's offset.
     pub offset: StreamId,
     /// The message's fields, as JSON text of an object.
-    pub fields: Box<RawValue>,
+    pub fields: String,
 }
 
 impl CachedMessage {
     /// Converts a delivered message.
     pub fn from_message(message: &Message) -> Self {
-        let fields =
-            serde_json::value::to_raw_value(&message.fields).expect("a JSON map always serializes");
+        let mut fields = String::new();
+        json::write_object(&mut fields, &message.fields);
         CachedMessage {
             offset: message.offset,
             fields,
@@ -111,12 +109,10 @@ pub enum CacheError {
 }
 
 /// The stored JSON of one channel.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 struct Entry {
     v: u32,
-    #[serde(default)]
     t: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     offset: Option<StreamId>,
     messages: Vec<CachedMessage>,
 }
@@ -133,21 +129,75 @@ impl Entry {
 
     /// Parses and checks stored text.
     fn parse(text: &str) -> Result<Entry, String> {
-        let entry: Entry = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if entry.v != FORMAT_VERSION {
-            return Err(format!("unsupported format version {}", entry.v));
+        let Value::Object(mut entry) = json::parse(text).map_err(|e| e.to_string())? else {
+            return Err("not a JSON object".into());
+        };
+        let mut take = |key: &str| json::take(&mut entry, key);
+        let v = take("v")
+            .and_then(|v| v.as_u64())
+            .ok_or("no format version")?;
+        if v != u64::from(FORMAT_VERSION) {
+            return Err(format!("unsupported format version {v}"));
         }
-        if let Some(m) = entry.messages.iter().find(|m| !is_object(&m.fields)) {
-            return Err(format!("fields of {} are not a JSON object", m.offset));
+        let t = match take("t") {
+            None => 0.0,
+            Some(t) => t.as_f64().ok_or("`t` is not a number")?,
+        };
+        let offset = match take("offset") {
+            None => None,
+            Some(o) => Some(stream_id(&o)?),
+        };
+        let Some(Value::Array(items)) = take("messages") else {
+            return Err("`messages` is not an array".into());
+        };
+        let mut messages = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::Object(mut m) = item else {
+                return Err("a message is not an object".into());
+            };
+            let offset = stream_id(m.get("offset").unwrap_or(&Value::Null))?;
+            let Some(Value::Object(fields)) = json::take(&mut m, "fields") else {
+                return Err(format!("fields of {offset} are not a JSON object"));
+            };
+            let mut text = String::new();
+            json::write_object(&mut text, &fields);
+            messages.push(CachedMessage {
+                offset,
+                fields: text,
+            });
         }
-        if entry
-            .messages
-            .windows(2)
-            .any(|w| w[0].offset >= w[1].offset)
-        {
+        if messages.windows(2).any(|w| w[0].offset >= w[1].offset) {
             return Err("messages are not in offset order".into());
         }
-        Ok(entry)
+        Ok(Entry {
+            v: FORMAT_VERSION,
+            t,
+            offset,
+            messages,
+        })
+    }
+
+    /// The stored text.
+    fn to_text(&self) -> String {
+        let mut out = format!("{{\"v\":{},\"t\":", self.v);
+        json::write(&mut out, &Value::from(self.t));
+        if let Some(offset) = self.offset {
+            out.push_str(",\"offset\":");
+            json::write_str(&mut out, &offset.to_string());
+        }
+        out.push_str(",\"messages\":[");
+        for (i, m) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"offset\":");
+            json::write_str(&mut out, &m.offset.to_string());
+            out.push_str(",\"fields\":");
+            out.push_str(&m.fields);
+            out.push('}');
+        }
+        out.push_str("]}");
+        out
     }
 
     /// The resume point: the later of the stored position and the last message.
@@ -157,8 +207,10 @@ impl Entry {
     }
 }
 
-fn is_object(raw: &RawValue) -> bool {
-    raw.get().trim_start().starts_with('{')
+/// A stored offset.
+fn stream_id(v: &Value) -> Result<StreamId, String> {
+    let text = v.as_str().ok_or("an offset is not a string")?;
+    StreamId::parse(text).map_err(|e| e.to_string())
 }
 
 fn unavailable(e: StorageError) -> CacheError {
@@ -278,7 +330,7 @@ impl<S: Storage> Cache<S> {
     /// Writes an entry, making room when the quota is full (see the module documentation).
     fn write(&self, channel: &str, entry: &mut Entry) -> Result<(), CacheError> {
         let key = self.key(channel);
-        let text = serde_json::to_string(entry).expect("an entry always serializes");
+        let text = entry.to_text();
         match self.storage.set(&key, &text) {
             Ok(()) => return Ok(()),
             Err(StorageError::QuotaExceeded) => {}
@@ -295,7 +347,7 @@ impl<S: Storage> Cache<S> {
             match keep {
                 // Smaller than what it replaces; if even that fails, the entry stays as it was.
                 Some(bare) => {
-                    let text = serde_json::to_string(&bare).expect("an entry always serializes");
+                    let text = bare.to_text();
                     if self.storage.set(&other, &text).is_err() {
                         continue;
                     }
@@ -312,7 +364,7 @@ impl<S: Storage> Cache<S> {
             let n = entry.messages.len().div_ceil(2);
             entry.messages.drain(..n);
             dropped += n;
-            let text = serde_json::to_string(entry).expect("an entry always serializes");
+            let text = entry.to_text();
             if self.storage.set(&key, &text).is_ok() {
                 return Err(quota(evicted, dropped, true));
             }
@@ -352,7 +404,7 @@ impl<S: Storage> Cache<S> {
                 }
             }
         }
-        others.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal));
+        let others = crate::order::sorted_by_key(others, |(t, k, _)| (*t, 0, k.clone()));
         Ok(others.into_iter().map(|(_, k, e)| (k, e)).collect())
     }
 }
@@ -364,11 +416,27 @@ fn merge(stored: &mut Vec<CachedMessage>, new: &[CachedMessage], limit: usize) {
     if new.first().is_some_and(|m| Some(m.offset) > last) {
         stored.extend_from_slice(new); // the usual case: everything is newer
     } else if !new.is_empty() {
-        let mut all: Vec<CachedMessage> = std::mem::take(stored);
-        all.extend_from_slice(new);
-        all.sort_by_key(|m| m.offset);
-        all.dedup_by_key(|m| m.offset);
-        *stored = all;
+        // Two sorted runs: one linear pass (a stored message wins over a new one of the same
+        // offset).
+        let old = std::mem::take(stored);
+        let mut old = old.into_iter().peekable();
+        let mut new = new.iter().peekable();
+        loop {
+            let next = match (old.peek(), new.peek()) {
+                (Some(a), Some(b)) if b.offset < a.offset => new.next().cloned(),
+                (Some(a), Some(b)) if b.offset == a.offset => {
+                    new.next();
+                    old.next()
+                }
+                (Some(_), _) => old.next(),
+                (None, _) => new.next().cloned(),
+            };
+            match next {
+                Some(m) if stored.last().is_some_and(|l| l.offset >= m.offset) => {}
+                Some(m) => stored.push(m),
+                None => break,
+            }
+        }
     }
     if stored.len() > limit {
         stored.drain(..stored.len() - limit);
@@ -397,6 +465,20 @@ mod tests {
         loaded.messages.iter().map(|m| m.offset.ms).collect()
     }
 
+    /// Interleaved, overlapping writes (two tabs) merge into one run in offset order, each
+    /// offset once, the newest `limit` kept.
+    #[test]
+    fn merge_interleaves_and_dedups() {
+        let ms = |v: &[u64]| v.iter().map(|&n| msg(n, "x")).collect::<Vec<_>>();
+        let mut stored = ms(&[2, 4, 6, 8]);
+        merge(&mut stored, &ms(&[1, 4, 5, 9, 9]), 100);
+        let got: Vec<u64> = stored.iter().map(|m| m.offset.ms).collect();
+        assert_eq!(got, [1, 2, 4, 5, 6, 8, 9]);
+        merge(&mut stored, &ms(&[3, 7]), 4);
+        let got: Vec<u64> = stored.iter().map(|m| m.offset.ms).collect();
+        assert_eq!(got, [6, 7, 8, 9]);
+    }
+
     #[test]
     fn empty_channel_loads_nothing() {
         let cache = Cache::new(MemoryStorage::new(), 10, &ns());
@@ -422,7 +504,7 @@ mod tests {
         let loaded = cache.load("chat").unwrap();
         assert_eq!(offsets(&loaded), vec![2, 3, 4]);
         assert_eq!(loaded.last_offset, Some(StreamId::new(4, 0)));
-        assert_eq!(loaded.messages[2].fields.get(), r#"{"text":"d"}"#);
+        assert_eq!(loaded.messages[2].fields, r#"{"text":"d"}"#);
         assert!(cache.load("other").unwrap().messages.is_empty());
     }
 

@@ -46,6 +46,25 @@ pub const OUTBOX_FULL: &str = "outbox_full";
 /// localStorage cannot be used; the client works without a cache.
 pub const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
 
+/// Every code the client adds, in the README's order.
+pub const CLIENT_CODES: [&str; 15] = [
+    TIMEOUT,
+    CONNECTION_LOST,
+    CLOSED,
+    CANCELLED,
+    BACKPRESSURE,
+    BAD_CONFIG,
+    CONNECT_FAILED,
+    GAP,
+    SUBSCRIPTION_LOST,
+    UNDECODABLE,
+    DECODE_FAILED,
+    QUOTA_EXCEEDED,
+    CACHE_CORRUPT,
+    OUTBOX_FULL,
+    STORAGE_UNAVAILABLE,
+];
+
 /// An error as the page sees it: a code, a message and, when it concerns one, a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorInfo {
@@ -149,6 +168,34 @@ mod tests {
         assert_eq!((e.code, e.message.as_str()), ("forbidden", "no"));
         assert_eq!(ErrorInfo::request(&RequestError::Timeout).code, TIMEOUT);
         assert_eq!(ErrorInfo::request(&RequestError::Closed).code, CLOSED);
+    }
+
+    /// The codes of a `type X = | 'a' | 'b';` declaration of the package's TypeScript types.
+    fn union(name: &str) -> Vec<String> {
+        let types = include_str!("bindings.rs");
+        let start = types
+            .find(&format!("export type {name} ="))
+            .unwrap_or_else(|| panic!("no type {name}"));
+        let decl = &types[start..];
+        decl[..decl.find(';').unwrap()]
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The TypeScript unions name every code, so a code added here or to the protocol crate
+    /// fails this test until the types (and the README's table) have it.
+    #[test]
+    fn typescript_unions_name_every_code() {
+        let server: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(union("ServerErrorCode"), server);
+        assert_eq!(union("ClientErrorCode"), CLIENT_CODES);
+        let readme = include_str!("../npm/README.md");
+        for code in server.iter().chain(&CLIENT_CODES) {
+            assert!(readme.contains(&format!("`{code}`")), "README lacks {code}");
+        }
     }
 
     #[test]

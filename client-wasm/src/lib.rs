@@ -21,6 +21,7 @@
 //! * [`cache`]: the bounded, versioned per-channel message cache (pure Rust, over [`storage`]);
 //! * [`namespace`]: which storage entries belong to a client (its targets and optional name);
 //! * [`outbox`]: publishes made while disconnected, one storage entry per message;
+//! * [`order`]: the one sort routine (code size);
 //! * [`storage`]: the key-value [`Storage`](storage::Storage) trait with an in-memory
 //!   implementation (and, in the browser, `localStorage`);
 //! * [`errors`]: the `code` of every error the JavaScript side sees;
@@ -34,6 +35,7 @@
 pub mod cache;
 pub mod errors;
 pub mod namespace;
+pub mod order;
 pub mod outbox;
 pub mod storage;
 

@@ -23,9 +23,14 @@ impl Namespace {
     /// The namespace of a client of `targets` (WebSocket URLs) with the page's optional
     /// `name`. An empty name is the same as none.
     pub fn new<T: AsRef<str>>(targets: &[T], name: Option<&str>) -> Self {
-        let mut normal: Vec<String> = targets.iter().map(|t| normalize(t.as_ref())).collect();
-        normal.sort();
-        normal.dedup();
+        // Sorted and deduplicated by insertion (a handful of targets; no sort routine to ship).
+        let mut normal: Vec<String> = Vec::with_capacity(targets.len());
+        for t in targets {
+            let t = normalize(t.as_ref());
+            if let Err(i) = normal.binary_search(&t) {
+                normal.insert(i, t);
+            }
+        }
         let name = name.filter(|n| !n.is_empty());
         let mut parts: Vec<&str> = vec!["targets"];
         parts.extend(normal.iter().map(String::as_str));
@@ -70,7 +75,12 @@ impl Namespace {
 /// removed. Path and query are kept as they are (they may name different endpoints).
 pub fn normalize(target: &str) -> String {
     let target = target.trim();
-    let Some((scheme, rest)) = target.split_once("://") else {
+    // The first `:` followed by `//` (a scheme has no `:`); a char search, not a substring
+    // one, which would add a string searcher to the browser client.
+    let Some((scheme, rest)) = target
+        .split_once(':')
+        .and_then(|(scheme, rest)| Some((scheme, rest.strip_prefix("//")?)))
+    else {
         return target.to_owned();
     };
     let scheme = scheme.to_ascii_lowercase();

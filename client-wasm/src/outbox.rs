@@ -40,10 +40,9 @@
 //! harmless.
 
 use std::cell::Cell;
-use std::cmp::Ordering;
 
-use redistribute_protocol::Fields;
-use serde::{Deserialize, Serialize};
+use redistribute_protocol::{json, Fields};
+use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::namespace::Namespace;
@@ -74,20 +73,65 @@ pub enum Outcome {
 }
 
 /// The stored JSON of an outcome.
-#[derive(Serialize, Deserialize)]
 struct OutcomeRecord {
     v: u32,
     t: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     offset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
 }
 
+impl OutcomeRecord {
+    fn to_text(&self) -> String {
+        let mut out = format!("{{\"v\":{},\"t\":", self.v);
+        json::write(&mut out, &Value::from(self.t));
+        for (key, value) in [
+            ("offset", &self.offset),
+            ("code", &self.code),
+            ("message", &self.message),
+        ] {
+            if let Some(value) = value {
+                out.push_str(",\"");
+                out.push_str(key);
+                out.push_str("\":");
+                json::write_str(&mut out, value);
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    fn parse(text: &str) -> Option<OutcomeRecord> {
+        let mut o = object(text)?;
+        Some(OutcomeRecord {
+            v: u32::try_from(json::take(&mut o, "v")?.as_u64()?).ok()?,
+            t: json::take(&mut o, "t")?.as_f64()?,
+            offset: opt_string(&mut o, "offset")?,
+            code: opt_string(&mut o, "code")?,
+            message: opt_string(&mut o, "message")?,
+        })
+    }
+}
+
+/// A JSON object's text, parsed.
+fn object(text: &str) -> Option<Map<String, Value>> {
+    match json::parse(text).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// An optional string member: `Some(None)` when absent or `null`, `None` when not a string.
+fn opt_string(o: &mut Map<String, Value>, key: &str) -> Option<Option<String>> {
+    match json::take(o, key) {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => Some(Some(s)),
+        Some(_) => None,
+    }
+}
+
 /// A message waiting to be sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// Unique id, also the idempotency key of the publish.
     pub id: String,
@@ -96,11 +140,49 @@ pub struct Entry {
     /// The message.
     pub fields: Fields,
     /// `MAXLEN ~` hint of the publish.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maxlen: Option<u64>,
     /// When it was made (ms since the epoch).
-    #[serde(rename = "createdAt")]
     pub created_at: f64,
+}
+
+impl Entry {
+    /// Appends `"id":…,"channel":…,"fields":…,["maxlen":…,]"createdAt":…`.
+    fn write_members(&self, out: &mut String) {
+        out.push_str("\"id\":");
+        json::write_str(out, &self.id);
+        out.push_str(",\"channel\":");
+        json::write_str(out, &self.channel);
+        out.push_str(",\"fields\":");
+        json::write_object(out, &self.fields);
+        if let Some(maxlen) = self.maxlen {
+            out.push_str(&format!(",\"maxlen\":{maxlen}"));
+        }
+        out.push_str(",\"createdAt\":");
+        json::write(out, &Value::from(self.created_at));
+    }
+
+    /// Reads the members of an entry.
+    fn from_object(o: &mut Map<String, Value>) -> Option<Entry> {
+        let mut string = |key| match json::take(o, key) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let (id, channel) = (string("id")?, string("channel")?);
+        let Some(Value::Object(fields)) = json::take(o, "fields") else {
+            return None;
+        };
+        let maxlen = match json::take(o, "maxlen") {
+            None | Some(Value::Null) => None,
+            Some(n) => Some(n.as_u64()?),
+        };
+        Some(Entry {
+            id,
+            channel,
+            fields,
+            maxlen,
+            created_at: json::take(o, "createdAt")?.as_f64()?,
+        })
+    }
 }
 
 /// Why an outbox operation failed.
@@ -114,33 +196,72 @@ pub enum OutboxError {
     Storage(#[from] StorageError),
 }
 
-/// The stored JSON of one message.
-#[derive(Serialize, Deserialize)]
+/// The stored JSON of one message: `v`, `o`, `seq` and the [`Entry`]'s members.
 struct Record {
     v: u32,
     /// Order: creation time, never before the same client's previous message.
     o: f64,
     /// Order among one client's messages of the same `o`.
     seq: u64,
-    #[serde(flatten)]
     entry: Entry,
 }
 
 impl Record {
-    fn order(&self, other: &Record) -> Ordering {
-        self.o
-            .partial_cmp(&other.o)
-            .unwrap_or(Ordering::Equal)
-            .then(self.seq.cmp(&other.seq))
-            .then_with(|| self.entry.id.cmp(&other.entry.id))
+    fn to_text(&self) -> String {
+        let mut out = format!("{{\"v\":{},\"o\":", self.v);
+        json::write(&mut out, &Value::from(self.o));
+        out.push_str(&format!(",\"seq\":{},", self.seq));
+        self.entry.write_members(&mut out);
+        out.push('}');
+        out
+    }
+
+    fn parse(text: &str) -> Option<Record> {
+        let mut o = object(text)?;
+        Some(Record {
+            v: u32::try_from(json::take(&mut o, "v")?.as_u64()?).ok()?,
+            o: json::take(&mut o, "o")?.as_f64()?,
+            seq: json::take(&mut o, "seq")?.as_u64()?,
+            entry: Entry::from_object(&mut o)?,
+        })
     }
 }
 
 /// The single entry of earlier versions.
-#[derive(Serialize, Deserialize)]
 struct Legacy {
     v: u32,
     entries: Vec<Entry>,
+}
+
+impl Legacy {
+    fn to_text(&self) -> String {
+        let mut out = format!("{{\"v\":{},\"entries\":[", self.v);
+        for (i, e) in self.entries.iter().enumerate() {
+            out.push_str(if i > 0 { ",{" } else { "{" });
+            e.write_members(&mut out);
+            out.push('}');
+        }
+        out.push_str("]}");
+        out
+    }
+
+    fn parse(text: &str) -> Option<Legacy> {
+        let mut o = object(text)?;
+        let Some(Value::Array(items)) = json::take(&mut o, "entries") else {
+            return None;
+        };
+        let entries = items
+            .into_iter()
+            .map(|item| match item {
+                Value::Object(mut e) => Entry::from_object(&mut e),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        Some(Legacy {
+            v: u32::try_from(json::take(&mut o, "v")?.as_u64()?).ok()?,
+            entries,
+        })
+    }
 }
 
 /// A short stable name for a list of targets in the order given (64-bit FNV-1a, hex): the
@@ -197,9 +318,7 @@ impl<S: Storage> Outbox<S> {
 
     fn read(&self, key: &str) -> Option<Record> {
         let text = self.storage.get(key).ok().flatten()?;
-        serde_json::from_str::<Record>(&text)
-            .ok()
-            .filter(|r| r.v == FORMAT_VERSION && self.key(&r.entry.id) == key)
+        Record::parse(&text).filter(|r| r.v == FORMAT_VERSION && self.key(&r.entry.id) == key)
     }
 
     /// The old single entry's messages, if it exists.
@@ -207,8 +326,7 @@ impl<S: Storage> Outbox<S> {
         let key = self.legacy.as_ref()?;
         let text = self.storage.get(key).ok().flatten()?;
         Some(
-            serde_json::from_str::<Legacy>(&text)
-                .ok()
+            Legacy::parse(&text)
                 .filter(|l| l.v == 1)
                 .map(|l| l.entries)
                 .unwrap_or_default(),
@@ -245,7 +363,7 @@ impl<S: Storage> Outbox<S> {
     }
 
     fn write(&self, key: &str, record: &Record) -> Result<(), StorageError> {
-        let text = serde_json::to_string(record).expect("a record always serializes");
+        let text = record.to_text();
         self.storage.set(key, &text)
     }
 
@@ -258,8 +376,7 @@ impl<S: Storage> Outbox<S> {
                 }
             }
         }
-        records.sort_by(Record::order);
-        records
+        crate::order::sorted_by_key(records, |r| (r.o, r.seq, r.entry.id.clone()))
     }
 
     /// The waiting messages, oldest first.
@@ -343,14 +460,14 @@ impl<S: Storage> Outbox<S> {
             code,
             message,
         };
-        let text = serde_json::to_string(&record).expect("an outcome always serializes");
+        let text = record.to_text();
         let _ = self.storage.set(&format!("{}{id}", self.done), &text);
         self.remove(id)
     }
 
     fn read_outcome(&self, key: &str) -> Option<(f64, Outcome)> {
         let text = self.storage.get(key).ok().flatten()?;
-        let r = serde_json::from_str::<OutcomeRecord>(&text).ok()?;
+        let r = OutcomeRecord::parse(&text)?;
         let outcome = match (r.offset, r.code) {
             (Some(offset), None) => Outcome::Stored(offset),
             (None, Some(code)) => Outcome::Refused {
@@ -384,8 +501,7 @@ impl<S: Storage> Outbox<S> {
                 removed = if entries.is_empty() {
                     self.storage.remove(legacy).is_ok()
                 } else {
-                    let text = serde_json::to_string(&Legacy { v: 1, entries })
-                        .expect("entries always serialize");
+                    let text = Legacy { v: 1, entries }.to_text();
                     self.storage.set(legacy, &text).is_ok()
                 };
             }
@@ -504,23 +620,23 @@ mod tests {
         let storage = MemoryStorage::new();
         let outbox = Outbox::new(&storage, &ns(), "s", 10);
         storage.set(&outbox.key("bad"), "{not json").unwrap();
-        let mut v3 = serde_json::to_string(&Record {
+        let mut v3 = Record {
             v: FORMAT_VERSION,
             o: 1.0,
             seq: 1,
             entry: entry("v3"),
-        })
-        .unwrap();
+        }
+        .to_text();
         v3 = v3.replace(r#""v":2"#, r#""v":3"#);
         storage.set(&outbox.key("v3"), &v3).unwrap();
         // A record under another id's key is not that key's message.
-        let moved = serde_json::to_string(&Record {
+        let moved = Record {
             v: FORMAT_VERSION,
             o: 1.0,
             seq: 1,
             entry: entry("elsewhere"),
-        })
-        .unwrap();
+        }
+        .to_text();
         storage.set(&outbox.key("here"), &moved).unwrap();
         assert!(outbox.is_empty());
         outbox.push(entry("a")).unwrap();
@@ -545,7 +661,7 @@ mod tests {
 
     fn legacy_text(ids: &[(&str, f64)]) -> String {
         let entries: Vec<Entry> = ids.iter().map(|(id, t)| entry_at(id, *t)).collect();
-        serde_json::to_string(&Legacy { v: 1, entries }).unwrap()
+        Legacy { v: 1, entries }.to_text()
     }
 
     #[test]

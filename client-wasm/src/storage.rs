@@ -1,6 +1,6 @@
 //! Key-value storage under the cache: the [`Storage`] trait, an in-memory implementation with
-//! an optional quota (tests, and browsers without `localStorage`), and the browser's
-//! `localStorage` (wasm32 only).
+//! an optional quota (tests), and (wasm32 only) the browser's `localStorage` or, where there is
+//! no window (Node.js, workers), an in-memory map shared by the clients of the process.
 //!
 //! The trait is the small part of the Web Storage API the cache needs. Every call may fail:
 //! `localStorage` throws when the origin's quota is full (`QuotaExceededError`) and when storage
@@ -123,19 +123,42 @@ impl Storage for MemoryStorage {
     }
 }
 
-/// The page's `window.localStorage`.
+/// The page's `window.localStorage`, or, with no window (Node.js, a worker), a JS `Map` shared
+/// by the clients of the process for its lifetime.
 #[cfg(target_arch = "wasm32")]
-pub struct LocalStorage(web_sys::Storage);
+pub enum LocalStorage {
+    /// `window.localStorage`.
+    Web(web_sys::Storage),
+    /// The process's in-memory map.
+    Memory(js_sys::Map),
+}
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// The in-memory storage of a process without a window (wasm is single-threaded: one map).
+    static MEMORY: js_sys::Map = js_sys::Map::new();
+}
 
 #[cfg(target_arch = "wasm32")]
 impl LocalStorage {
+    /// The window's `localStorage`; where there is no window at all (Node.js, a worker), the
+    /// process's in-memory map, so the cache and the outbox work for the life of the process.
+    /// A window whose storage is disabled or blocked is an error, as for [`LocalStorage::open`]
+    /// (a page must not silently lose what it expects to persist).
+    pub fn open_or_memory() -> Result<Self, StorageError> {
+        if web_sys::window().is_none() {
+            return Ok(LocalStorage::Memory(MEMORY.with(Clone::clone)));
+        }
+        Self::open()
+    }
+
     /// The window's `localStorage`, or why it cannot be used (no window, e.g. in a worker;
     /// storage disabled by the user or blocked for this origin).
     pub fn open() -> Result<Self, StorageError> {
         let window = web_sys::window()
             .ok_or_else(|| StorageError::Unavailable("no window (not a page)".into()))?;
         match window.local_storage() {
-            Ok(Some(storage)) => Ok(LocalStorage(storage)),
+            Ok(Some(storage)) => Ok(LocalStorage::Web(storage)),
             Ok(None) => Err(StorageError::Unavailable("localStorage is absent".into())),
             Err(e) => Err(unavailable(&e)),
         }
@@ -169,22 +192,44 @@ fn unavailable(e: &wasm_bindgen::JsValue) -> StorageError {
 #[cfg(target_arch = "wasm32")]
 impl Storage for LocalStorage {
     fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
-        self.0.get_item(key).map_err(|e| storage_error(&e))
+        match self {
+            LocalStorage::Web(s) => s.get_item(key).map_err(|e| storage_error(&e)),
+            LocalStorage::Memory(m) => Ok(m.get(&key.into()).as_string()),
+        }
     }
 
     fn set(&self, key: &str, value: &str) -> Result<(), StorageError> {
-        self.0.set_item(key, value).map_err(|e| storage_error(&e))
+        match self {
+            LocalStorage::Web(s) => s.set_item(key, value).map_err(|e| storage_error(&e)),
+            LocalStorage::Memory(m) => {
+                m.set(&key.into(), &value.into());
+                Ok(())
+            }
+        }
     }
 
     fn remove(&self, key: &str) -> Result<(), StorageError> {
-        self.0.remove_item(key).map_err(|e| storage_error(&e))
+        match self {
+            LocalStorage::Web(s) => s.remove_item(key).map_err(|e| storage_error(&e)),
+            LocalStorage::Memory(m) => {
+                m.delete(&key.into());
+                Ok(())
+            }
+        }
     }
 
     fn keys(&self) -> Result<Vec<String>, StorageError> {
-        let len = self.0.length().map_err(|e| storage_error(&e))?;
+        let s = match self {
+            LocalStorage::Web(s) => s,
+            LocalStorage::Memory(m) => {
+                let keys = js_sys::Array::from(&m.keys());
+                return Ok(keys.iter().filter_map(|k| k.as_string()).collect());
+            }
+        };
+        let len = s.length().map_err(|e| storage_error(&e))?;
         let mut keys = Vec::with_capacity(len as usize);
         for i in 0..len {
-            if let Some(key) = self.0.key(i).map_err(|e| storage_error(&e))? {
+            if let Some(key) = s.key(i).map_err(|e| storage_error(&e))? {
                 keys.push(key);
             }
         }

@@ -81,13 +81,13 @@ export async function startRedis() {
   return redis;
 }
 
-/** The `redistribute` binary on a free port; `restart()` reuses the port. */
-export async function startServer(redisUrl) {
+/** The `redistribute` binary on a free port, with `extra` flags; `restart()` reuses the port. */
+export async function startServer(redisUrl, extra = []) {
   const targetDir = resolve(root, process.env.CARGO_TARGET_DIR ?? 'target');
   const bin = process.env.REDISTRIBUTE_BIN ?? join(targetDir, 'debug', 'redistribute');
   const port = await freePort();
   const server = new Child(`server-${port}`, bin, [
-    'serve', '--listen', `127.0.0.1:${port}`, '--redis', redisUrl,
+    'serve', '--listen', `127.0.0.1:${port}`, '--redis', redisUrl, ...extra,
   ]);
   server.port = port;
   server.wsUrl = `ws://127.0.0.1:${port}/ws`;

@@ -32,10 +32,16 @@ test('npm pack gives an installable, typed package', { timeout: 180000 }, async 
     const meta = JSON.parse(readFileSync(join(installed, 'package.json'), 'utf8'));
     assert.equal(meta.name, 'redistribute-client');
     assert.equal(meta.type, 'module');
+    assert.equal(meta.engines.node, '>=22');
+    const readme = readFileSync(join(installed, 'README.md'), 'utf8');
+    assert.ok(!/\]\((?!https?:|#)/.test(readme), 'README links only absolute URLs or its own headings');
     const types = readFileSync(join(installed, meta.types), 'utf8');
     for (const decl of [
       'export class Client', 'constructor(options: ClientOptions)',
-      'load(channel: string): Promise<Loaded>', 'publish(channel: string, fields: any',
+      'load(channel: string): Promise<Loaded>',
+      'publish(channel: string, fields: Fields, options?: PublishOptions): Promise<string>',
+      'on<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): void',
+      'export type ErrorCode = ServerErrorCode | ClientErrorCode', 'code: ErrorCode',
       'subscribe(channel: string, offset?: string | null): Promise<Subscribed>',
       'export interface ClientError extends Error',
     ]) {

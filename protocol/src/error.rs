@@ -26,6 +26,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of `docs/protocol.md` §6 (a test holds the two to each other,
+    /// and the browser client's TypeScript union to this list).
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code of a wire spelling, e.g. `bad_request`.
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// Whether the condition may pass on its own, so the same request may succeed later:
     /// `unavailable`, `rate_limited` and `internal`. Clients retry these with backoff; the
     /// others (`bad_request`, `unauthorized`, `forbidden`, `not_found`, `too_large`) are
@@ -90,5 +108,30 @@ impl ProtocolError {
     /// The wire code for this error (always `bad_request`).
     pub fn code(&self) -> ErrorCode {
         ErrorCode::BadRequest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` is the table of `docs/protocol.md` §6, and every code reads back from its wire
+    /// spelling as itself (serde's spelling included).
+    #[test]
+    fn all_is_the_documented_table() {
+        let doc = include_str!("../../docs/protocol.md");
+        let table = &doc[doc.find("## 6. Errors").unwrap()..doc.find("## 7.").unwrap()];
+        let documented: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .map(|l| &l[..l.find('`').unwrap()])
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(all, documented);
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+        }
     }
 }

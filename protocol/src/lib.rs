@@ -1,7 +1,7 @@
 //! Wire protocol v1 of redistribute.
 //!
 //! This crate owns what client and server must agree on: the frames ([`frame`]), their JSON
-//! encoding ([`codec`]), stream offsets ([`offset`]), channel-name rules ([`channel`]), error
+//! encoding ([`codec`], and [`lite`] over [`json`] for clients that count their code size), stream offsets ([`offset`]), channel-name rules ([`channel`]), error
 //! codes ([`error`]) and the sans-IO client [`session`] that both the native and the browser
 //! client drive. It does no I/O, reads no clock and draws no randomness: time and random numbers
 //! are inputs.
@@ -10,6 +10,8 @@ pub mod channel;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod json;
+pub mod lite;
 pub mod offset;
 pub mod session;
 

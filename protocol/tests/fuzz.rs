@@ -8,7 +8,8 @@
 //! Longer runs: `FUZZ_ITERATIONS=10000000 cargo test -p redistribute-protocol --test fuzz --release`.
 
 use redistribute_protocol::{
-    decode_client, decode_server, encode_client, encode_server, validate_channel, Offset,
+    decode_client, decode_server, encode_client, encode_server, lite, validate_channel,
+    DecodeError, Offset,
 };
 
 /// splitmix64: small, seedable, good enough to drive a fuzzer.
@@ -165,6 +166,84 @@ fn check(input: &[u8]) {
         assert_eq!(Offset::parse(&offset.to_string()), Ok(offset), "{text:?}");
     }
     let _ = validate_channel(text);
+    same_as_lite(text);
+}
+
+/// Whether some object of a JSON text repeats a key.
+fn has_duplicate_key(text: &str) -> bool {
+    use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    struct Unique;
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !keys.insert(key) {
+                    return Err(A::Error::custom("repeated key"));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    matches!(serde_json::from_str::<Unique>(text), Err(e) if e.to_string().contains("repeated key"))
+}
+
+/// The hand-written codec (`lite`, the browser client's) accepts exactly what the serde codec
+/// accepts, decodes it to the same frame, and reads the same request id from what it refuses.
+/// The one designed difference: a repeated key, which serde refuses and `lite` takes the last
+/// of (as `JSON.parse` does).
+fn same_as_lite(text: &str) {
+    let duplicates = has_duplicate_key(text);
+    let serde_refuses_duplicate = |_: &DecodeError| duplicates;
+    match (decode_client(text), lite::decode_client(text)) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "client frame of {text:?}");
+            assert_eq!(lite::decode_client(&lite::encode_client(&a)), Ok(a));
+        }
+        (Err(a), Err(b)) => assert_eq!(a.id, b.id, "client error id of {text:?}: {a:?} {b:?}"),
+        (Err(a), Ok(_)) if serde_refuses_duplicate(&a) => {}
+        (a, b) => panic!("client codecs disagree on {text:?}: {a:?} vs {b:?}"),
+    }
+    match (decode_server(text), lite::decode_server(text)) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "server frame of {text:?}");
+            assert_eq!(lite::decode_server(&lite::encode_server(&a)), Ok(a));
+        }
+        (Err(_), Err(_)) => {}
+        (Err(a), Ok(_)) if serde_refuses_duplicate(&a) => {}
+        (a, b) => panic!("server codecs disagree on {text:?}: {a:?} vs {b:?}"),
+    }
 }
 
 fn golden_texts() -> Vec<String> {

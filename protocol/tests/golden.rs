@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use redistribute_protocol::{
     codec::{CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES},
-    decode_client, decode_server, encode_client, encode_server, DecodeError, ProtocolError,
+    decode_client, decode_server, encode_client, encode_server, lite, DecodeError, ProtocolError,
 };
 use serde_json::Value;
 
@@ -76,6 +76,22 @@ fn server_vectors_round_trip_and_cover_every_frame() {
 }
 
 #[test]
+fn vectors_round_trip_through_the_lite_codec() {
+    let types = round_trip("client", |t| {
+        let frame = lite::decode_client(t)?;
+        assert_eq!(decode_client(t).as_ref(), Ok(&frame));
+        Ok(lite::encode_client(&frame))
+    });
+    assert_eq!(types, set(CLIENT_FRAME_TYPES));
+    let types = round_trip("server", |t| {
+        let frame = lite::decode_server(t)?;
+        assert_eq!(decode_server(t).as_ref(), Ok(&frame));
+        Ok(lite::encode_server(&frame))
+    });
+    assert_eq!(types, set(SERVER_FRAME_TYPES));
+}
+
+#[test]
 fn vectors_of_one_side_are_not_frames_of_the_other() {
     for (path, text) in vectors("client") {
         let err = decode_server(&text).unwrap_err();
@@ -109,11 +125,25 @@ fn bad_vectors_fail_as_expected() {
         let name = path.display();
         let case = json(&file);
         let text = case["text"].as_str().expect("text");
-        let result = match case["side"].as_str() {
-            Some("client") => decode_client(text).map(|_| ()),
-            Some("server") => decode_server(text).map(|_| ()),
+        let (result, lite) = match case["side"].as_str() {
+            Some("client") => (
+                decode_client(text).map(|_| ()),
+                lite::decode_client(text).map(|_| ()),
+            ),
+            Some("server") => (
+                decode_server(text).map(|_| ()),
+                lite::decode_server(text).map(|_| ()),
+            ),
             other => panic!("{name}: bad side {other:?}"),
         };
+        let lite = lite.expect_err(&format!("{name} must not decode (lite)"));
+        assert_eq!(
+            kind(&lite.error),
+            case["error"],
+            "{name} (lite): {:?}",
+            lite.error
+        );
+        assert_eq!(lite.id, case["id"].as_u64(), "{name} (lite)");
         let err = result.expect_err(&format!("{name} must not decode"));
         assert_eq!(kind(&err.error), case["error"], "{name}: {:?}", err.error);
         assert_eq!(err.error.code().as_str(), case["code"], "{name}");

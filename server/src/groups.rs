@@ -170,6 +170,9 @@ impl Groups {
 
     /// Joins `group` of `channel` as `consumer` (creating the group from `start` when it does
     /// not exist). Entries go to `tx`. Returns the group's last delivered ID at join time.
+    /// `create` says whether the client may create the channel ([`crate::App::may_create`]);
+    /// if not and the channel does not exist, nothing is written and its refusal is returned.
+    #[allow(clippy::too_many_arguments)]
     pub async fn join(
         self: &Arc<Self>,
         channel: &str,
@@ -178,6 +181,7 @@ impl Groups {
         start: Offset,
         tx: GroupSender,
         timeout: Duration,
+        create: Result<(), crate::auth::Denied>,
     ) -> Result<(StreamId, Member), RequestError> {
         validate_channel(group).map_err(|e| RequestError::bad_request(e.to_string()))?;
         validate_channel(consumer).map_err(|e| RequestError::bad_request(e.to_string()))?;
@@ -188,12 +192,20 @@ impl Groups {
                 dead_letter_channel(channel)
             )));
         }
-        let created =
-            tokio::time::timeout(timeout, self.engine.group_create(channel, group, start))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(EngineError::Unavailable("group create timed out".into()))
-                })?;
+        let may_create = create.is_ok();
+        let created = tokio::time::timeout(
+            timeout,
+            self.engine.group_create(channel, group, start, may_create),
+        )
+        .await
+        .unwrap_or_else(|_| Err(EngineError::Unavailable("group create timed out".into())))?;
+        let created = match (created, create) {
+            (Some(created), _) => created,
+            (None, Err(denied)) => return Err(denied.into()),
+            (None, Ok(())) => {
+                return Err(EngineError::Internal("group create wrote nothing".into()).into())
+            }
+        };
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         let poller = {
             let mut pollers = self.pollers.lock();

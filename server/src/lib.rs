@@ -15,6 +15,7 @@ pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod request;
 pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,6 +104,12 @@ impl App {
             })
     }
 
+    /// Whether `ctx` may create `channel` when it does not exist ([`auth::Action::Create`]).
+    pub fn may_create(&self, ctx: &auth::AuthContext, channel: &str) -> Result<(), auth::Denied> {
+        self.authorizer
+            .authorize(ctx, auth::Action::Create { channel })
+    }
+
     /// Whether clients must authenticate.
     pub fn auth_required(&self) -> bool {
         self.verifier.is_some()
@@ -121,14 +128,14 @@ impl App {
                 self.config
                     .redis_cluster
                     .iter()
-                    .map(|url| config::redact_url(url))
+                    .map(config::RedisUrl::redacted)
                     .collect::<Vec<_>>()
                     .join(", "),
                 self.config.redis_shards
             );
         }
         match &self.config.redis {
-            Some(url) => format!("redis at {}", config::redact_url(url)),
+            Some(url) => format!("redis at {url}"),
             None => "embedded (in-memory; set --redis to share channels between instances)".into(),
         }
     }
@@ -200,7 +207,9 @@ impl ServerBuilder {
             .map(Arc::new);
         let verifier = match &config.auth {
             AuthConfig::Open => None,
-            AuthConfig::JwtSecret(secret) => Some(auth::Verifier::hs256(secret.as_bytes())),
+            AuthConfig::JwtSecret(secret) => {
+                Some(auth::Verifier::hs256(secret.expose().as_bytes()))
+            }
             AuthConfig::JwtPublicKey(path) => Some(auth::Verifier::from_public_key_file(
                 &path.display().to_string(),
             )?),
@@ -209,12 +218,13 @@ impl ServerBuilder {
         let sink: Arc<dyn LiveSink> = hub.clone();
         let engine_config = EngineConfig {
             idempotency_ttl: config.idempotency_ttl,
+            retention: Arc::new(config.retention.clone()),
             ..EngineConfig::default()
         };
         let redis = if config.redis_cluster.is_empty() {
             config.redis.clone().map(RedisConfig::new)
         } else {
-            let mut redis = RedisConfig::cluster(config.redis_cluster.clone());
+            let mut redis = RedisConfig::cluster(config.redis_cluster.iter().cloned());
             if let Some(cluster) = &mut redis.cluster {
                 cluster.shards = config.redis_shards;
             }
@@ -272,7 +282,19 @@ impl ServerBuilder {
 /// drains: `/readyz` answers 503, WebSockets finish their in-flight publishes and close with
 /// 1012 (clients resume on another instance), SSE streams and held polls end, and once every
 /// connection task is done (or `drain_timeout` passed) the listener stops.
+///
+/// With `admin_listen` configured, the admin listener is bound here and serves the operator
+/// endpoints until the public listener stops.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+    let admin = match app.config.admin_listen {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (`admin_listen`): {e}"),
+            )
+        })?),
+    };
     let drain = {
         let app = app.clone();
         async move {
@@ -290,6 +312,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> 
             app.stopped.cancel();
         }
     };
-    let (result, ()) = tokio::join!(listener::serve(listener, app.clone()), drain);
-    result
+    let admin = async {
+        match admin {
+            Some(admin) => listener::serve_admin(admin, app.clone()).await,
+            None => Ok(()),
+        }
+    };
+    let (result, admin, ()) = tokio::join!(listener::serve(listener, app.clone()), admin, drain);
+    result.and(admin)
 }

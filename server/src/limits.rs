@@ -1,6 +1,11 @@
-//! Rate limiting: a token bucket per connection and action (publish, subscribe).
+//! Rate limiting (a token bucket per connection and action: publish, subscribe) and the
+//! margin by which every wait on the engine outlasts the engine's own timeout.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How much longer than the engine's own timeout (`request_timeout`) a request waits for it:
+/// the Redis engine enforces the timeout itself, and this outer bound must not fire first.
+pub const ENGINE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
@@ -39,7 +44,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bursts_then_refills_at_the_rate() {

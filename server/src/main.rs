@@ -82,7 +82,7 @@ struct ServeArgs {
     #[arg(long, env = "REDISTRIBUTE_REDIS_KEYS_PER_READER")]
     redis_keys_per_reader: Option<usize>,
     /// Where the Redis live feed reads new entries: `log` (one reader per shard log) or
-    /// `channel` (readers on the channels' own streams) [default: log].
+    /// `channel` (readers on the channels' own streams) [default: channel].
     #[arg(long, env = "REDISTRIBUTE_REDIS_LIVE_READERS")]
     redis_live_readers: Option<String>,
     /// About how many entries each Redis shard log keeps [default: 10000].
@@ -118,9 +118,13 @@ struct ServeArgs {
     /// Answer JSONP (`callback=`) on /poll.
     #[arg(long, env = "REDISTRIBUTE_JSONP")]
     jsonp: bool,
-    /// API key for /api/publish and /api/history; repeatable. Without one the API is open.
+    /// API key for /api/publish and /api/history (and /metrics, /status with JWT on);
+    /// repeatable. Without one the API is open, which JWT on refuses unless --allow-open-api.
     #[arg(long, env = "REDISTRIBUTE_API_KEY", value_delimiter = ',')]
     api_key: Vec<String>,
+    /// With JWT on and no --api-key, serve the back-end API and /metrics open anyway.
+    #[arg(long, env = "REDISTRIBUTE_ALLOW_OPEN_API")]
+    allow_open_api: bool,
     /// Secret for signed task ids on /task/<id>.
     #[arg(long, env = "REDISTRIBUTE_TASK_SECRET")]
     task_secret: Option<String>,
@@ -172,6 +176,32 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "REDISTRIBUTE_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Retention of channels matching a pattern, PATTERN=SPEC with SPEC `10000`, `age=1h` or
+    /// `10000,age=24h`; repeatable (or `;`-separated), the first match wins.
+    #[arg(long, env = "REDISTRIBUTE_RETENTION", value_delimiter = ';')]
+    retention: Vec<String>,
+    /// Retention of channels no --retention pattern matches (SPEC, or `none`) [default: none].
+    #[arg(long, env = "REDISTRIBUTE_RETENTION_DEFAULT")]
+    retention_default: Option<String>,
+    /// Lowest maxlen a publisher may ask for; lower requests are raised to it [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_MIN_MAXLEN")]
+    min_maxlen: Option<u64>,
+    /// Admin listener (plain HTTP) for /metrics, /status, /status.json, /readyz and /healthz;
+    /// when set, /metrics and /status are not served on --listen.
+    #[arg(long, env = "REDISTRIBUTE_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Reverse proxy (address or CIDR network) whose client-address header is believed;
+    /// repeatable.
+    #[arg(long, env = "REDISTRIBUTE_TRUSTED_PROXY", value_delimiter = ',')]
+    trusted_proxy: Vec<String>,
+    /// Header trusted proxies write the client's address into: x-forwarded-for or forwarded
+    /// [default: x-forwarded-for].
+    #[arg(long, env = "REDISTRIBUTE_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
+    /// Largest HTTP request head (request line and headers) in bytes; larger gets 431
+    /// [default: 32768].
+    #[arg(long, env = "REDISTRIBUTE_MAX_HEADER_BYTES")]
+    max_header_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -188,8 +218,13 @@ impl ServeArgs {
     fn values(&self) -> ConfigValues {
         ConfigValues {
             listen: self.listen.clone(),
-            redis: Some(self.redis.clone()),
-            redis_cluster: Some(self.redis_cluster.clone()),
+            redis: Some(self.redis.iter().map(|u| u.as_str().into()).collect()),
+            redis_cluster: Some(
+                self.redis_cluster
+                    .iter()
+                    .map(|u| u.as_str().into())
+                    .collect(),
+            ),
             redis_shards: self.redis_shards,
             redis_wait_replicas: self.redis_wait_replicas,
             redis_wait_timeout_ms: self.redis_wait_timeout_ms,
@@ -208,14 +243,15 @@ impl ServeArgs {
             request_timeout_ms: self.request_timeout_ms,
             allowed_origin: Some(self.allowed_origin.clone()),
             jsonp: self.jsonp.then_some(true),
-            api_key: Some(self.api_key.clone()),
-            task_secret: self.task_secret.clone(),
+            api_key: Some(self.api_key.iter().map(|k| k.as_str().into()).collect()),
+            allow_open_api: self.allow_open_api.then_some(true),
+            task_secret: self.task_secret.as_deref().map(Into::into),
             sse_heartbeat_secs: self.sse_heartbeat_secs,
             poll_timeout_secs: self.poll_timeout_secs,
             task_keepalive_secs: self.task_keepalive_secs,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
-            jwt_secret: self.jwt_secret.clone(),
+            jwt_secret: self.jwt_secret.as_deref().map(Into::into),
             jwt_public_key: self.jwt_public_key.clone(),
             max_connections_per_ip: self.max_connections_per_ip,
             publish_rate: self.publish_rate,
@@ -226,6 +262,13 @@ impl ServeArgs {
             ws_ping_secs: self.ws_ping_secs,
             drain_timeout_ms: self.drain_timeout_ms,
             log_format: self.log_format.clone(),
+            retention: Some(self.retention.clone()),
+            retention_default: self.retention_default.clone(),
+            min_maxlen: self.min_maxlen,
+            admin_listen: self.admin_listen.clone(),
+            trusted_proxy: Some(self.trusted_proxy.clone()),
+            client_ip_header: self.client_ip_header.clone(),
+            max_header_bytes: self.max_header_bytes,
         }
     }
 }
@@ -302,7 +345,7 @@ fn init_logging(default_filter: &str, format: LogFormat) {
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let env = ServeArgs::from_env_only();
     let config = env.values().or(ConfigValues::from_file(file)?).build()?;
-    println!("{}", config.describe());
+    print!("{}", config.describe());
     Ok(())
 }
 
@@ -324,10 +367,21 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         app.engine_description()
     );
+    if let Some(admin) = app.config.admin_listen {
+        println!(
+            "admin endpoints on http://{admin} (/metrics, /status, /readyz, /healthz); \
+             /metrics and /status are not served on the public listener"
+        );
+    }
     if !app.auth_required() {
         tracing::warn!(
             "authentication is off: any client may subscribe and publish to any channel \
              (set --jwt-secret or --jwt-public-key for production)"
+        );
+    } else if app.config.http.api_keys.is_empty() {
+        tracing::warn!(
+            "--allow-open-api: /api/publish, /api/history, /metrics and /status answer anyone \
+             without credentials"
         );
     }
     tokio::spawn(wait_for_signal(shutdown));

@@ -1,6 +1,7 @@
 //! What a publishable message may be: how many fields, how deep a value nests, how large the
-//! entry is. Checked on every publish path (WebSocket, `/api/publish`) before the engine is
-//! called, so nothing is acknowledged that a subscriber could not receive and decode.
+//! entry is. Checked by the request layer for every publish (WebSocket, `/api/publish`) before
+//! the engine is called, so nothing is acknowledged that a subscriber could not receive and
+//! decode.
 
 use std::io;
 

@@ -98,12 +98,12 @@ async fn embedded() -> Result<Subject> {
     })
 }
 
-/// A Redis engine reading the shard logs (the default).
+/// A Redis engine reading the shard logs (`--redis-live-readers log`).
 async fn redis() -> Result<Subject> {
     redis_with(LiveReaders::Log, |_| {}).await
 }
 
-/// A Redis engine with per-channel readers.
+/// A Redis engine with per-channel readers (the default).
 async fn redis_channel_readers() -> Result<Subject> {
     redis_with(LiveReaders::Channel, |_| {}).await
 }
@@ -127,12 +127,12 @@ async fn redis_with(live: LiveReaders, tune: impl FnOnce(&mut RedisConfig)) -> R
     })
 }
 
-/// A Redis Cluster engine reading the shard logs (the default).
+/// A Redis Cluster engine reading the shard logs (`--redis-live-readers log`).
 async fn redis_cluster() -> Result<Subject> {
     redis_cluster_with(LiveReaders::Log, |_| {}).await
 }
 
-/// A Redis Cluster engine with per-channel readers.
+/// A Redis Cluster engine with per-channel readers (the default).
 async fn redis_cluster_channel_readers() -> Result<Subject> {
     redis_cluster_with(LiveReaders::Channel, |_| {}).await
 }
@@ -473,7 +473,11 @@ const ALL_PENDING: GroupRead = GroupRead::Pending {
 };
 
 async fn groups_deliver_each_entry_once_and_keep_it_pending_until_acked(s: Subject) -> Result<()> {
-    let created = s.engine.group_create("jobs", "g", Offset::Earliest).await?;
+    let created = s
+        .engine
+        .group_create("jobs", "g", Offset::Earliest, true)
+        .await?
+        .context("the group was created")?;
     ensure!(created == StreamId::ZERO, "new group from 0: {created}");
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -503,12 +507,17 @@ async fn groups_deliver_each_entry_once_and_keep_it_pending_until_acked(s: Subje
         .await?
         .is_empty());
     // An existing group keeps its position; a new one from `$` starts at the tip.
-    let again = s.engine.group_create("jobs", "g", Offset::Latest).await?;
+    let again = s
+        .engine
+        .group_create("jobs", "g", Offset::Latest, true)
+        .await?
+        .context("the group was created")?;
     ensure!(again == ids[4], "existing group: {again}");
     let tip = s
         .engine
-        .group_create("jobs", "late", Offset::Latest)
-        .await?;
+        .group_create("jobs", "late", Offset::Latest, true)
+        .await?
+        .context("the group was created")?;
     ensure!(tip == ids[4], "new group from $: {tip}");
     let next = publish(&s, "jobs", json!({"n": 5})).await?;
     let late = s
@@ -518,7 +527,11 @@ async fn groups_deliver_each_entry_once_and_keep_it_pending_until_acked(s: Subje
         .map(|b| b.batch.ids().to_vec());
     assert_eq!(late, Some(vec![next]));
     // MKSTREAM: a group on a channel that has no entry yet.
-    let empty = s.engine.group_create("fresh", "g", Offset::Latest).await?;
+    let empty = s
+        .engine
+        .group_create("fresh", "g", Offset::Latest, true)
+        .await?
+        .context("the group was created")?;
     ensure!(empty == StreamId::ZERO, "group on a new channel: {empty}");
     let first = publish(&s, "fresh", json!({"n": 1})).await?;
     assert_eq!(
@@ -531,7 +544,10 @@ async fn groups_deliver_each_entry_once_and_keep_it_pending_until_acked(s: Subje
 async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     s: Subject,
 ) -> Result<()> {
-    s.engine.group_create("work", "g", Offset::Earliest).await?;
+    s.engine
+        .group_create("work", "g", Offset::Earliest, true)
+        .await?
+        .context("the group was created")?;
     let a = publish(&s, "work", json!({"job": "a"})).await?;
     let b = publish(&s, "work", json!({"job": "b"})).await?;
     let channel: Arc<str> = "work".into();
@@ -925,8 +941,9 @@ conformance_threaded!(live_reader_reports_trims_and_cuts_batches_by_bytes);
 
 async fn new_group_entries_go_to_consumers_in_turn(s: Subject) -> Result<()> {
     s.engine
-        .group_create("turns", "g", Offset::Earliest)
-        .await?;
+        .group_create("turns", "g", Offset::Earliest, true)
+        .await?
+        .context("the group was created")?;
     let mut ids = Vec::new();
     for n in 0..6 {
         ids.push(publish(&s, "turns", json!({ "n": n })).await?);
@@ -1039,7 +1056,72 @@ conformance!(
     groups_deliver_each_entry_once_and_keep_it_pending_until_acked,
     idle_entries_are_claimed_with_delivery_counts_then_dead_lettered,
     new_group_entries_go_to_consumers_in_turn,
+    channels_are_created_only_when_allowed,
 );
+
+/// Without `create` (a client that may not publish to the channel), neither resuming beyond
+/// the tip nor a consumer group creates a channel that does not exist, and on Redis no key is
+/// written; on an existing channel both work as before, and with `create` both create it.
+async fn channels_are_created_only_when_allowed(s: Subject) -> Result<()> {
+    let ahead = StreamId::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64
+            + 1_000,
+        0,
+    );
+    let raised = s.engine.raise_last_id("absent", ahead, false).await?;
+    ensure!(
+        raised == Default::default(),
+        "raised a missing channel: {raised:?}"
+    );
+    let group = s
+        .engine
+        .group_create("absent", "g", Offset::Earliest, false)
+        .await?;
+    ensure!(
+        group.is_none(),
+        "a group created a missing channel: {group:?}"
+    );
+    ensure!(s.engine.position("absent").await?.last_id == StreamId::ZERO);
+    if let Some(redis) = &s.redis {
+        let keys = redis.command(&["KEYS", "*"]).await?;
+        ensure!(
+            keys.as_array().is_some_and(<[_]>::is_empty),
+            "refused creations wrote keys: {keys:?}"
+        );
+    }
+    // An existing channel: both go ahead without `create`.
+    let first = publish(&s, "present", json!({"n": 1})).await?;
+    let group = s
+        .engine
+        .group_create("present", "g", Offset::Earliest, false)
+        .await?;
+    ensure!(group == Some(StreamId::ZERO), "{group:?}");
+    let raised = s.engine.raise_last_id("present", ahead, false).await?;
+    ensure!(raised.last_id == ahead && ahead > first, "{raised:?}");
+    // With `create`, a missing channel is created.
+    let group = s
+        .engine
+        .group_create("made", "g", Offset::Latest, true)
+        .await?;
+    ensure!(group == Some(StreamId::ZERO), "{group:?}");
+    // (Watched, as a subscriber's channel is: the embedded engine frees unwatched empty
+    // channels at once.)
+    let (tx, _ready) = watch::channel(Ready::Pending);
+    s.engine.watch("raised".into(), tx);
+    let raised = s.engine.raise_last_id("raised", ahead, true).await?;
+    ensure!(raised.last_id == ahead, "{raised:?}");
+    ensure!(s.engine.position("raised").await?.last_id == ahead);
+    if let Some(redis) = &s.redis {
+        for key in ["rd:made", "rd:raised", "rd:present"] {
+            let exists = redis.command(&["EXISTS", key]).await?;
+            ensure!(exists.as_integer() == Some(1), "{key} missing");
+        }
+    }
+    s.engine.unwatch(&"raised".into());
+    Ok(())
+}
 
 /// Values written by another producer that are not JSON arrive as JSON strings (Redis only:
 /// nothing else can write into the embedded engine).
@@ -1285,7 +1367,10 @@ async fn trim_watermarks_die_with_their_stream() -> Result<()> {
         publish_maxlen(&s, "gone", json!({ "n": n }), 5).await?;
     }
     redis.command(&["DEL", "rd:gone"]).await?.into_result()?;
-    s.engine.group_create("gone", "g", Offset::Earliest).await?;
+    s.engine
+        .group_create("gone", "g", Offset::Earliest, true)
+        .await?
+        .context("the group was created")?;
     assert_eq!(s.engine.position("gone").await?.trimmed_through, None);
     Ok(())
 }

@@ -151,9 +151,9 @@ async fn subscribers_past_the_promoted_tail_resume_from_their_offset_without_rep
 #[tokio::test]
 async fn live_readers_past_a_set_back_stream_receive_every_new_entry() -> Result<()> {
     // The entry from the clock-ahead primary is appended by another producer, straight into
-    // the stream: per-channel readers see it live (shard-log readers would at their next
-    // catch-up only).
-    let setup = setup(Backend::Redis, &["--redis-live-readers", "channel"]).await?;
+    // the stream: the default per-channel readers see it live (shard-log readers would at
+    // their next catch-up only).
+    let setup = setup(Backend::Redis, &[]).await?;
     let redis = setup.redis.as_ref().context("redis")?;
     let mut live = client(&setup.server).await?;
     live.subscribe("clock", None).await?;
@@ -312,7 +312,7 @@ async fn connections_and_xreads(redis: &RedisServer) -> Result<(usize, usize)> {
     Ok((clients - 1, xreads))
 }
 
-/// Shard-log readers (the default): as the watched channels grow from 10 to 10,000, the
+/// Shard-log readers (`--redis-live-readers log`): as the watched channels grow from 10 to 10,000, the
 /// instance keeps one reader and three Redis connections (writer, pages, the reader blocked on
 /// the log), nothing is registered in Redis per channel, and a message published to the newest
 /// channel at each step reaches its subscriber once.
@@ -321,6 +321,8 @@ async fn log_readers_and_connections_stay_flat_from_10_to_10000_channels() -> Re
     let setup = setup(
         Backend::Redis,
         &[
+            "--redis-live-readers",
+            "log",
             "--max-subscriptions",
             "10000",
             // 10,000 pipelined subscribes on one connection, however slow the machine.
@@ -398,16 +400,7 @@ async fn log_readers_and_connections_stay_flat_from_10_to_10000_channels() -> Re
 /// throughout, deliver every message once and in order. Watching again works.
 #[tokio::test]
 async fn reader_pool_shrinks_to_its_floor_after_channels_are_unwatched() -> Result<()> {
-    let setup = setup(
-        Backend::Redis,
-        &[
-            "--redis-live-readers",
-            "channel",
-            "--redis-keys-per-reader",
-            "50",
-        ],
-    )
-    .await?;
+    let setup = setup(Backend::Redis, &["--redis-keys-per-reader", "50"]).await?;
     let channels: Vec<String> = (0..1000).map(|i| format!("many:{i}")).collect();
     let mut watchers = Vec::new();
     for chunk in channels.chunks(500) {

@@ -224,7 +224,7 @@ impl Run {
                 let offset = self.offset(*channel, at);
                 let name = self.names[*channel].clone();
                 self.end_current(*channel);
-                let start = tokio::time::timeout(STEP, self.feed().subscribe(&name, offset))
+                let start = tokio::time::timeout(STEP, self.feed().subscribe(&name, offset, true))
                     .await
                     .context("subscribe timed out")??;
                 self.started(*channel, start);
@@ -235,7 +235,7 @@ impl Run {
                 let name = self.names[*channel].clone();
                 // Subscribing replaces (ends) the current subscription at once.
                 self.end_current(*channel);
-                let attempt = self.feed().subscribe(&name, offset);
+                let attempt = self.feed().subscribe(&name, offset, true);
                 if let Ok(result) = tokio::time::timeout(Duration::from_micros(1), attempt).await {
                     self.started(*channel, result?);
                 }
@@ -326,12 +326,14 @@ impl Run {
 /// A configuration that makes lag, paging and byte limits happen in small cases.
 fn config(redis: Option<String>) -> Config {
     let mut config = Config {
-        redis,
+        redis: redis.map(Into::into),
         ..Config::default()
     };
     config.limits.queue_batches = 3;
     config.limits.queue_bytes = 8 * 1024;
     config.limits.catch_up_page = 7;
+    // Small `maxlen`s must trim, below the server's default floor.
+    config.retention.set_min_maxlen(0);
     config
 }
 

@@ -52,13 +52,9 @@ async fn api_publish(server: &ServerProcess, body: &str) -> Result<(u16, Value)>
 }
 
 async fn poison_values(backend: Backend) -> Result<()> {
-    // The Redis part ends with another producer appending to the stream directly: the live
-    // feed sees such entries with per-channel readers.
-    let extra: &[&str] = match backend {
-        Backend::Redis => &["--redis-live-readers", "channel"],
-        Backend::Embedded => &[],
-    };
-    let setup = setup(backend, extra).await?;
+    // The Redis part ends with another producer appending to the stream directly: the
+    // default per-channel readers see such entries live.
+    let setup = setup(backend, &[]).await?;
     let server = &setup.server;
     let mut ws = client(server).await?;
     // At the limit: acknowledged and delivered, decodable.

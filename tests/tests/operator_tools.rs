@@ -117,7 +117,16 @@ async fn sample_config_has_every_key_at_its_default() -> Result<()> {
 #[tokio::test]
 async fn hs256_token_is_accepted_and_enforced() -> Result<()> {
     const SECRET: &str = "operator-tools-test-secret-0123456789";
-    let setup = setup(Backend::Embedded, &["--jwt-secret", SECRET]).await?;
+    let setup = setup(
+        Backend::Embedded,
+        &[
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            "operator-tools-api-key",
+        ],
+    )
+    .await?;
     let server = &setup.server;
     let mint = |secret: &'static str| async move {
         let args = [
@@ -180,7 +189,11 @@ async fn es256_token_from_a_private_key() -> Result<()> {
     std::fs::write(&private, key.serialize_pem())?;
     std::fs::write(&public, key.public_key_pem())?;
     let public = public.display().to_string();
-    let setup = setup(Backend::Embedded, &["--jwt-public-key", &public]).await?;
+    let setup = setup(
+        Backend::Embedded,
+        &["--jwt-public-key", &public, "--allow-open-api"],
+    )
+    .await?;
     let private = private.display().to_string();
     let args = ["token", "--private-key", &private, "--subscribe", "*"];
     let (ok, token, err) = run(&args, &[]).await?;

@@ -275,7 +275,8 @@ async fn config_errors_name_the_key() -> Result<()> {
     }
     let good = file(
         "good.toml",
-        "listen = \"127.0.0.1:9999\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n",
+        "listen = \"127.0.0.1:9999\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
+         allow_open_api = true\n",
     )?;
     let output = tokio::time::timeout(
         STEP,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::pki::Pki;
@@ -19,20 +19,31 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+const API_KEY: &str = "security-test-api-key";
 
 fn token(sub: &str, subscribe: &[&str], publish: &[&str], expires_in: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims =
-        json!({"sub": sub, "exp": now + expires_in, "subscribe": subscribe, "publish": publish});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::jwt(SECRET, sub, subscribe, publish, expires_in)
+}
+
+/// Serves an embedded server with the authorization `hook` on a free port; cancel the token to
+/// stop it.
+async fn serve_with_hook(
+    hook: impl redistribute_server::auth::Authorizer,
+) -> Result<(
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = redistribute_server::ConfigValues::default().build()?;
+    let app = redistribute_server::ServerBuilder::new(config)
+        .authorize(hook)
+        .start(shutdown.clone())
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(redistribute_server::serve(listener, app));
+    Ok((addr, shutdown, server))
 }
 
 async fn connect_with(c: &mut WsClient, token: &str) -> Result<Value> {
@@ -51,7 +62,11 @@ async fn expect_unauthorized_close(c: &mut WsClient, reply: &Value) -> Result<()
 /// yields the documented code; a valid token works; publish permission is separate.
 #[tokio::test]
 async fn tokens_and_channel_permissions() -> Result<()> {
-    let setup = setup(Backend::Embedded, &["--jwt-secret", SECRET]).await?;
+    let setup = setup(
+        Backend::Embedded,
+        &["--jwt-secret", SECRET, "--api-key", API_KEY],
+    )
+    .await?;
     let server = &setup.server;
 
     // No token: the first non-connect frame is refused and the connection closed.
@@ -170,7 +185,14 @@ async fn tokens_and_channel_permissions() -> Result<()> {
 async fn unauthenticated_connections_time_out() -> Result<()> {
     let setup = setup(
         Backend::Embedded,
-        &["--jwt-secret", SECRET, "--handshake-timeout-ms", "1000"],
+        &[
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--handshake-timeout-ms",
+            "1000",
+        ],
     )
     .await?;
     let mut idle = client(&setup.server).await?;
@@ -435,10 +457,8 @@ async fn connections_per_ip_are_limited() -> Result<()> {
 #[tokio::test]
 async fn authorization_hook_replaces_the_policy() -> Result<()> {
     use redistribute_server::auth::{Action, AuthContext, Denied};
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = redistribute_server::ConfigValues::default().build()?;
-    let app = redistribute_server::ServerBuilder::new(config)
-        .authorize(|_ctx: &AuthContext, action: Action<'_>| match action {
+    let (addr, shutdown, server) =
+        serve_with_hook(|_ctx: &AuthContext, action: Action<'_>| match action {
             Action::Publish {
                 channel: "announcements",
                 fields,
@@ -451,11 +471,7 @@ async fn authorization_hook_replaces_the_policy() -> Result<()> {
             }
             _ => Ok(()),
         })
-        .start(shutdown.clone())
         .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(redistribute_server::serve(listener, app));
     let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await?;
     let reply = c
         .request(json!({"type": "publish", "channel": "announcements", "fields": {"text": "hi"}}))
@@ -466,6 +482,87 @@ async fn authorization_hook_replaces_the_policy() -> Result<()> {
         .request(json!({"type": "publish", "channel": "announcements", "fields": {"signed": true}}))
         .await?;
     assert_eq!(reply["type"], "published");
+    shutdown.cancel();
+    tokio::time::timeout(STEP, server).await???;
+    Ok(())
+}
+
+/// The library hook is consulted on every path that subscribes, publishes, acknowledges or
+/// reads history: WebSocket, SSE, long-poll, task poll and watch, and the back-end API.
+#[tokio::test]
+async fn authorization_hook_is_consulted_on_every_path() -> Result<()> {
+    use redistribute_server::auth::{Action, AuthContext, Denied};
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let (addr, shutdown, server) = serve_with_hook(move |ctx: &AuthContext, action: Action<'_>| {
+        let (kind, channel) = match action {
+            Action::Subscribe { channel } => ("subscribe", channel),
+            Action::Publish { channel, .. } => ("publish", channel),
+            Action::History { channel } => ("history", channel),
+            Action::Ack { channel, .. } => ("ack", channel),
+            _ => ("other", ""),
+        };
+        record
+            .lock()
+            .unwrap()
+            .push(format!("{} {kind} {channel}", ctx.transport));
+        if channel.contains("deny") {
+            Err(Denied::forbidden("denied by the hook"))
+        } else {
+            Ok(())
+        }
+    })
+    .await?;
+
+    let mut c = WsClient::connect(&format!("ws://{addr}/ws")).await?;
+    for frame in [
+        json!({"type": "subscribe", "channel": "deny:a"}),
+        json!({"type": "publish", "channel": "deny:a", "fields": {"x": 1}}),
+        json!({"type": "ack", "channel": "deny:a", "group": "g", "offsets": ["1-0"]}),
+    ] {
+        let reply = c.request(frame.clone()).await?;
+        assert_eq!(reply["code"], "forbidden", "{frame} -> {reply}");
+        assert_eq!(reply["message"], "denied by the hook", "{frame} -> {reply}");
+    }
+    let publish = json!({"channel": "deny:a", "fields": {"x": 1}}).to_string();
+    let requests = [
+        ("GET", "/sse?channel=deny:a", ""),
+        ("GET", "/poll?channel=deny:a&timeout=0", ""),
+        ("GET", "/task/deny", ""),
+        ("GET", "/task/deny?watch", ""),
+        ("POST", "/api/publish", publish.as_str()),
+        ("GET", "/api/history?channel=deny:a", ""),
+    ];
+    for (method, path, body) in requests {
+        let r = redistribute_testkit::http_request(addr, method, path, &[], body.as_bytes(), STEP)
+            .await?;
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
+        let error = &r.json()?["error"];
+        assert_eq!(error["code"], "forbidden", "{path}");
+        assert_eq!(error["message"], "denied by the hook", "{path}");
+    }
+    // Nothing was written past the refusals.
+    let r = redistribute_testkit::http_get(addr, "/api/history?channel=allowed", STEP).await?;
+    assert_eq!(r.status, 200);
+    let seen = seen.lock().unwrap().clone();
+    for expected in [
+        "ws subscribe deny:a",
+        "ws publish deny:a",
+        "ws ack deny:a",
+        "sse subscribe deny:a",
+        "poll subscribe deny:a",
+        "task history task:deny",
+        "task subscribe task:deny",
+        "api publish deny:a",
+        "api history deny:a",
+        "api history allowed",
+    ] {
+        ensure!(
+            seen.iter().any(|s| s == expected),
+            "the hook never saw {expected:?}: {seen:?}"
+        );
+    }
     shutdown.cancel();
     tokio::time::timeout(STEP, server).await???;
     Ok(())

@@ -89,7 +89,7 @@ async fn blocked_reader_is_retargeted_with_client_unblock() -> Result<()> {
     new_channel_is_picked_up_at_once(true).await
 }
 
-/// 3. The same with shard-log readers (the default): the blocked reader already reads every
+/// 3. The same with shard-log readers (`--redis-live-readers log`): the blocked reader already reads every
 /// channel of its log, so a newly subscribed channel is live at once with no `CLIENT UNBLOCK`.
 #[tokio::test]
 async fn log_reader_picks_up_a_new_channel_without_unblocking() -> Result<()> {

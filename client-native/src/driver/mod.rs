@@ -33,6 +33,7 @@ use route::{Deferred, Entry, Reply};
 use crate::client::Client;
 use crate::error::{Error, TargetFailure};
 use crate::event::{ConnectionState, Event};
+use crate::token::{Fetched, TokenProvider};
 use crate::transport::{self, Target, WsStream, MAX_FRAME_SIZE};
 
 /// How long closing a socket politely may take before it is dropped.
@@ -45,6 +46,7 @@ const RESUME_RETRY: Duration = Duration::from_millis(100);
 pub(crate) struct Settings {
     pub(crate) targets: Vec<Target>,
     pub(crate) tls: Option<Arc<ClientConfig>>,
+    pub(crate) token_provider: Option<TokenProvider>,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) give_up_after: Option<Duration>,
@@ -53,7 +55,10 @@ pub(crate) struct Settings {
     pub(crate) command_buffer: usize,
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<WsStream, String>> + Send>>;
+/// An open transport, with the provider's token for it when there is a provider.
+type Opened = Result<(WsStream, Option<Fetched>), String>;
+type Connecting = Pin<Box<dyn Future<Output = Opened> + Send>>;
+type Refreshing = Pin<Box<dyn Future<Output = Result<Fetched, String>> + Send>>;
 
 /// The task behind a [`Client`].
 pub(crate) struct Driver {
@@ -66,6 +71,8 @@ pub(crate) struct Driver {
     wake: Arc<Notify>,
     socket: Option<WsStream>,
     connecting: Option<Connecting>,
+    /// A token provider call for the live connection.
+    refreshing: Option<Refreshing>,
     /// Calls and internal steps waiting for a request's outcome, by request id.
     pending: HashMap<u64, Reply>,
     /// Subscriptions with a live stream, by channel.
@@ -109,6 +116,7 @@ impl Driver {
             wake,
             socket: None,
             connecting: None,
+            refreshing: None,
             pending: HashMap::new(),
             entries: HashMap::new(),
             unsubscribing: HashMap::new(),
@@ -147,6 +155,10 @@ impl Driver {
                 opened = until_ready(&mut self.connecting), if self.connecting.is_some() => {
                     self.connecting = None;
                     self.on_opened(opened);
+                }
+                fetched = until_ready(&mut self.refreshing), if self.refreshing.is_some() => {
+                    self.refreshing = None;
+                    self.on_refreshed(fetched);
                 }
                 item = next_frame(&mut self.socket), if self.socket.is_some() => {
                     self.on_socket(item);
@@ -208,12 +220,30 @@ impl Driver {
                 let target = target.clone();
                 let tls = self.settings.tls.clone();
                 let timeout = self.settings.connect_timeout;
+                let token = self
+                    .settings
+                    .token_provider
+                    .as_ref()
+                    .map(|p| p.fetch(self.settings.request_timeout));
                 self.connecting = Some(Box::pin(async move {
-                    transport::open(&target, tls, timeout).await
+                    // Every connection starts with a fresh token from the provider.
+                    let token = match token {
+                        Some(fetch) => Some(fetch.await?),
+                        None => None,
+                    };
+                    Ok((transport::open(&target, tls, timeout).await?, token))
                 }));
+            }
+            Action::RefreshToken => {
+                if let Some(provider) = &self.settings.token_provider {
+                    self.refreshing = Some(Box::pin(provider.fetch(self.settings.request_timeout)));
+                }
             }
             Action::Close => {
                 self.connecting = None;
+                // A token for the connection being closed is of no use; the next connection
+                // fetches its own.
+                self.refreshing = None;
                 if let Some(socket) = self.socket.take() {
                     tokio::spawn(close_politely(socket));
                 }
@@ -255,11 +285,28 @@ impl Driver {
         true
     }
 
-    fn on_opened(&mut self, opened: Result<WsStream, String>) {
+    /// The provider answered a refresh of the live connection's token.
+    fn on_refreshed(&mut self, fetched: Result<Fetched, String>) {
+        match fetched {
+            Ok((token, lifetime)) => {
+                let now = self.now();
+                self.session.refresh_token(now, token, lifetime);
+            }
+            Err(reason) => {
+                warn!(%reason, "token refresh failed");
+                self.emit(Event::TokenRefreshFailed { reason });
+            }
+        }
+    }
+
+    fn on_opened(&mut self, opened: Opened) {
         let now = self.now();
         match opened {
-            Ok(socket) => {
+            Ok((socket, token)) => {
                 self.socket = Some(socket);
+                if let Some((token, lifetime)) = token {
+                    self.session.refresh_token(now, token, lifetime);
+                }
                 self.session.handle_transport_open(now);
             }
             Err(reason) => {
@@ -371,8 +418,8 @@ async fn close_politely(mut socket: WsStream) {
     let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(None)).await;
 }
 
-async fn until_ready(connecting: &mut Option<Connecting>) -> Result<WsStream, String> {
-    match connecting {
+async fn until_ready<T>(pending: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+    match pending {
         Some(fut) => fut.await,
         None => std::future::pending().await,
     }

@@ -109,7 +109,8 @@ impl Inner {
                 info.message = format!(
                     "subscribe failed (attempt {attempt}): {}; retrying in {} ms",
                     info.message,
-                    retry_in.as_millis()
+                    // As u64: formatting a u128 costs the page its own code.
+                    u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX)
                 );
                 self.emit(Topic::Error, vec![js_error(&info.on(channel))]);
             }

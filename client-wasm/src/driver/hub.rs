@@ -24,10 +24,9 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use js_sys::Reflect;
+use redistribute_protocol::lite::{decode_client, encode_server};
 use redistribute_protocol::session::{Config, Event, PublishOptions, RequestError, Session};
-use redistribute_protocol::{
-    decode_client, encode_server, ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION,
-};
+use redistribute_protocol::{ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION};
 use wasm_bindgen::prelude::*;
 use web_sys::BroadcastChannel;
 
@@ -117,6 +116,7 @@ impl Driver {
         seed: u64,
         scope: &str,
         locks: LockManager,
+        provider: Option<js_sys::Function>,
     ) -> Option<Driver> {
         let session = Session::new(config, seed).ok()?;
         let ch = BroadcastChannel::new(&bus_name(scope)).ok()?;
@@ -153,6 +153,7 @@ impl Driver {
             outbox_seed: 0,
             outbox_count: 0,
             retry_armed: false,
+            tokens: provider.map(super::token::Tokens::new),
         })));
         driver.attach();
         Some(driver)

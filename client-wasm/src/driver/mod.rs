@@ -34,6 +34,7 @@ use crate::storage::LocalStorage;
 mod events;
 mod hub;
 mod shared;
+mod token;
 mod transport;
 
 use transport::{Bus, Link};
@@ -83,6 +84,8 @@ pub(crate) struct Setup {
     pub(crate) scope: String,
     /// Random bits for outbox ids.
     pub(crate) outbox_seed: u64,
+    /// The page's `tokenProvider`, if any.
+    pub(crate) token_provider: Option<Function>,
 }
 
 /// How a request's success is shown to the page.
@@ -152,6 +155,8 @@ struct Inner {
     outbox_seed: u64,
     outbox_count: u64,
     retry_armed: bool,
+    /// The page's `tokenProvider`, on a driver that holds a real socket.
+    tokens: Option<token::Tokens>,
 }
 
 /// Posts `{k: kind, to?, ...fields}` on a BroadcastChannel.
@@ -229,7 +234,9 @@ impl Driver {
         };
         let mut config = setup.config;
         let (sharing, link) = match sharing {
-            Some((shared, bus)) => {
+            Some((mut shared, bus)) => {
+                // The leader tab's hub holds the real socket and calls its provider.
+                shared.provider = setup.token_provider.clone();
                 // The virtual connection to the leader: no token (the leader's hub sends its
                 // own), and quick retries (they cost one BroadcastChannel message).
                 config.token = None;
@@ -240,6 +247,10 @@ impl Driver {
             None => (None, Link::Ws(None)),
         };
         let session = Session::new(config, setup.seed).map_err(|e| ErrorInfo::session(&e))?;
+        let tokens = match link {
+            Link::Ws(_) => setup.token_provider.map(token::Tokens::new),
+            Link::Bus(_) => None,
+        };
         let mut queue = VecDeque::new();
         if let Some(problem) = setup.cache_problem {
             queue.push_back(Out::Emit(Topic::Error, vec![js_error(&problem)]));
@@ -265,6 +276,7 @@ impl Driver {
             outbox_seed: setup.outbox_seed,
             outbox_count: 0,
             retry_armed: false,
+            tokens,
         })));
         driver.attach();
         if driver.0.borrow().shared.is_some() {
@@ -277,6 +289,9 @@ impl Driver {
     fn attach(&self) {
         let handlers = Handlers::new(Rc::downgrade(&self.0));
         let mut inner = self.0.borrow_mut();
+        if let Some(tokens) = inner.tokens.as_mut() {
+            tokens.weak = Rc::downgrade(&self.0);
+        }
         if let Link::Bus(bus) = &inner.link {
             bus.ch
                 .set_onmessage(Some(handlers.bus.as_ref().unchecked_ref()));
@@ -469,10 +484,10 @@ impl Driver {
         let decode = self.0.borrow().decode.clone();
         let out = Array::new();
         for m in messages {
-            let text = JsValue::from(m.fields.get());
+            let text = JsValue::from(m.fields.as_str());
             let fields = match &decode {
                 Some(f) => f.call1(&JsValue::UNDEFINED, &text),
-                None => js_sys::JSON::parse(m.fields.get()),
+                None => js_sys::JSON::parse(&m.fields),
             };
             match fields {
                 Ok(fields) => {

@@ -29,7 +29,7 @@ use std::rc::Weak;
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use redistribute_protocol::session::{Config, DisconnectReason, PublishOptions, SessionError};
-use redistribute_protocol::{validate_channel, Fields};
+use redistribute_protocol::{json, lite, validate_channel, Fields};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::BroadcastChannel;
@@ -68,6 +68,8 @@ pub(super) struct Shared {
     /// Resolves the promises that hold the leader lock and this tab's lock.
     release: Vec<Function>,
     closed: bool,
+    /// The page's `tokenProvider`, for a hub.
+    pub(super) provider: Option<Function>,
 }
 
 /// The name of the tabs' BroadcastChannel.
@@ -138,6 +140,7 @@ impl Shared {
             hub: None,
             release: vec![release],
             closed: false,
+            provider: None,
         };
         let bus = Bus {
             ch,
@@ -202,6 +205,7 @@ fn lead(weak: &Weak<RefCell<Inner>>) -> JsValue {
                 s.seed.rotate_left(7) ^ 0x2545_f491_4f6c_dd1d,
                 &s.scope,
                 s.locks.clone(),
+                s.provider.clone(),
             ),
             _ => None,
         }
@@ -275,7 +279,7 @@ impl Inner {
             "s" if bus.state == 2 => {
                 // Frames relayed by the leader's hub; the same rule as on a socket.
                 match field(msg, "d") {
-                    Some(d) => self.session.handle_text(&d, t),
+                    Some(d) => self.session.handle_text_with(&d, t, lite::decode_server),
                     None => self
                         .session
                         .handle_bad_frame("a relayed frame without data", t),
@@ -504,7 +508,8 @@ impl Driver {
         };
         let out = Array::new();
         for e in entries {
-            let text = serde_json::to_string(&e.fields).unwrap_or_default();
+            let mut text = String::new();
+            json::write_object(&mut text, &e.fields);
             let fields = match &decode {
                 Some(f) => f.call1(&JsValue::UNDEFINED, &text.into()),
                 None => js_sys::JSON::parse(&text),

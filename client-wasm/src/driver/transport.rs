@@ -5,12 +5,13 @@ use std::cell::RefCell;
 use std::rc::Weak;
 use std::time::Duration;
 
-use redistribute_protocol::encode_client;
+use redistribute_protocol::lite::{decode_server, encode_client};
 use redistribute_protocol::session::{Action, DisconnectReason};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{BroadcastChannel, CloseEvent, MessageEvent, WebSocket};
 
+use super::token::Then;
 use super::{now, post, Driver, Handlers, Inner};
 use crate::bindings::{clear_timeout, set_timeout};
 
@@ -102,7 +103,7 @@ impl Handlers {
                 // connection) and says so.
                 let event: &MessageEvent = event.unchecked_ref();
                 match event.data().as_string() {
-                    Some(text) => inner.session.handle_text(&text, now()),
+                    Some(text) => inner.session.handle_text_with(&text, now(), decode_server),
                     None => inner
                         .session
                         .handle_bad_frame("a binary frame from the server", now()),
@@ -149,13 +150,25 @@ impl Inner {
                 busy = true;
                 match action {
                     Action::Connect { target } => match &mut self.link {
-                        Link::Ws(_) => self.open_socket(&target),
+                        Link::Ws(_) => {
+                            if !self.fetch_token(Then::Open(target.clone())) {
+                                self.open_socket(&target);
+                            }
+                        }
                         Link::Bus(bus) => {
                             bus.state = 1;
                             bus.hello();
                         }
                     },
-                    Action::Close => self.close_socket(),
+                    Action::Close => {
+                        if let Some(tokens) = self.tokens.as_mut() {
+                            tokens.cancel();
+                        }
+                        self.close_socket();
+                    }
+                    Action::RefreshToken => {
+                        self.fetch_token(Then::Refresh);
+                    }
                 }
             }
             while let Some(frame) = self.session.poll_transmit() {
@@ -186,7 +199,7 @@ impl Inner {
         self.arm_timer();
     }
 
-    fn open_socket(&mut self, target: &str) {
+    pub(super) fn open_socket(&mut self, target: &str) {
         self.close_socket();
         match WebSocket::new(target) {
             Ok(ws) => {

@@ -80,6 +80,9 @@ impl Infra {
                 "1000000",
                 "--drain-timeout-ms",
                 "3000",
+                // Channel 0's small `maxlen` must trim, below the server's default floor.
+                "--min-maxlen",
+                "1",
             ]
             .map(String::from),
         );

@@ -6,7 +6,6 @@
 //! Inputs that do not fit the current state (a late "closed" for a transport the session already
 //! wrote off, a frame while backing off) are ignored.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use super::error::RequestError;
@@ -73,6 +72,7 @@ impl Session {
             self.expire(id, pending);
         }
         self.fire_retries();
+        self.fire_token_refresh();
     }
 
     /// Sends `subscribe` again for the channels whose retry after a transient failure is due.
@@ -238,7 +238,9 @@ impl Session {
     /// not sent. Internal requests die with the connection; re-sendable caller requests wait
     /// for the next one.
     pub(super) fn lose_connection(&mut self) {
-        let unsent: HashSet<u64> = self.transmit.drain(..).map(|f| f.id()).collect();
+        // A Vec, not a HashSet: the driver drains `transmit` at every turn, so it holds a few
+        // frames at most, and the browser client ships less code.
+        let unsent: Vec<u64> = self.transmit.drain(..).map(|f| f.id()).collect();
         for (_, sub) in self.subs.iter_mut() {
             sub.inflight = None;
         }
@@ -370,5 +372,9 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             offsets: offsets.clone(),
         },
         Kind::Ping => ClientFrame::Ping { id },
+        Kind::Refresh { token } => ClientFrame::Connect {
+            id,
+            token: Some(token.clone()),
+        },
     }
 }

@@ -107,6 +107,9 @@ pub enum Action {
     /// already written it off. After [`Session::close`](super::Session::close)
     /// ([`Session::is_closed`](super::Session::is_closed)) the driver can also stop.
     Close,
+    /// The token given to [`Session::refresh_token`](super::Session::refresh_token) ends
+    /// soon: obtain a new one and pass it to `refresh_token`. Keep the connection as it is.
+    RefreshToken,
 }
 
 /// Something that happened, for the application.

@@ -12,7 +12,7 @@ use super::error::RequestError;
 use super::event::{DisconnectReason, Event, RequestId};
 use super::requests::{Kind, Origin, Pending};
 use super::{backoff, Session, State};
-use crate::codec::decode_server;
+use crate::codec::{decode_server, DecodeError};
 use crate::error::ErrorCode;
 use crate::frame::{ClientFrame, Message, ServerFrame};
 use crate::offset::StreamId;
@@ -23,7 +23,18 @@ impl Session {
     /// the subscription of the channel it belongs to, or the connection (see
     /// [Frames the session cannot read](super#frames-the-session-cannot-read)).
     pub fn handle_text(&mut self, text: &str, now: Duration) {
-        match decode_server(text) {
+        self.handle_text_with(text, now, decode_server);
+    }
+
+    /// Like [`Session::handle_text`], with another decoder of the same frames:
+    /// [`crate::lite::decode_server`] is the one that links no serde code (the browser client).
+    pub fn handle_text_with(
+        &mut self,
+        text: &str,
+        now: Duration,
+        decode: impl FnOnce(&str) -> Result<ServerFrame, DecodeError>,
+    ) {
+        match decode(text) {
             Ok(frame) => self.handle_frame(frame, now),
             Err(e) => {
                 self.tick(now);
@@ -53,6 +64,9 @@ impl Session {
                 if matches!(self.state, State::Handshaking { id: hid, .. } if hid == id) {
                     self.backoff.reset();
                     self.establish(true);
+                } else {
+                    // A token refresh took effect: nothing changes for the application.
+                    self.take_reply(id, |k| matches!(k, Kind::Refresh { .. }));
                 }
             }
             ServerFrame::Subscribed {
@@ -193,6 +207,10 @@ impl Session {
         let Some(pending) = self.take_reply(id, |_| true) else {
             return;
         };
+        if let Kind::Refresh { .. } = pending.kind {
+            self.refresh_refused(code, message);
+            return;
+        }
         let error = RequestError::Server { code, message };
         match &pending.kind {
             Kind::Subscribe { channel } => {
@@ -216,7 +234,11 @@ impl Session {
                     self.fail(id, error);
                 }
             }
-            Kind::Unsubscribe { .. } | Kind::Publish { .. } | Kind::Ack { .. } | Kind::Ping => {
+            Kind::Unsubscribe { .. }
+            | Kind::Publish { .. }
+            | Kind::Ack { .. }
+            | Kind::Ping
+            | Kind::Refresh { .. } => {
                 if pending.origin == Origin::User {
                     self.fail(id, error);
                 }
@@ -344,7 +366,10 @@ pub(crate) fn scan_frame(text: &str) -> (Option<String>, Option<String>) {
                     break;
                 };
                 if depth == 1 {
-                    let value = serde_json::from_str::<String>(&text[i..=end]).ok();
+                    let value = match crate::json::parse(&text[i..=end]) {
+                        Ok(serde_json::Value::String(s)) => Some(s),
+                        _ => None,
+                    };
                     if expect_key {
                         key = value;
                         expect_key = false;

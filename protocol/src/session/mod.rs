@@ -46,6 +46,12 @@
 //! by [`Config::request_timeout`]; when they overrun, the session asks the driver to close the
 //! transport ([`Action::Close`]) and moves on.
 //!
+//! # Short-lived tokens
+//!
+//! [`Session::refresh_token`] switches the open connection to a new token with a `connect` on
+//! it (no reconnect, no gap) and, given the token's lifetime, asks the driver for the next one
+//! ([`Action::RefreshToken`]) a little before it ends ([`refresh_lead`]); see [`token`].
+//!
 //! # Subscriptions and resume
 //!
 //! The session remembers every subscription and its position (the last delivered offset, or
@@ -124,6 +130,7 @@ mod event;
 mod inbound;
 mod requests;
 mod subscriptions;
+mod token;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -135,6 +142,7 @@ pub use config::{
 };
 pub use error::{RequestError, SessionError};
 pub use event::{Action, DisconnectReason, Event, RequestId};
+pub use token::{refresh_lead, token_lifetime, MIN_REFRESH_LEAD};
 
 use crate::frame::ClientFrame;
 use crate::offset::StreamId;
@@ -198,6 +206,8 @@ pub struct Session {
     next_id: u64,
     subs: Subscriptions,
     requests: Requests,
+    /// When to ask the driver for a new token ([`Action::RefreshToken`]), if scheduled.
+    token_refresh_at: Option<Duration>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<Event>,
     actions: VecDeque<Action>,
@@ -224,6 +234,7 @@ impl Session {
             next_id: 1,
             subs: Subscriptions::default(),
             requests: Requests::default(),
+            token_refresh_at: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             actions: VecDeque::new(),
@@ -256,10 +267,10 @@ impl Session {
             State::Idle => None,
         };
         let requests = self.requests.next_deadline(self.now);
-        match (state, requests) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [state, requests, self.token_timer()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The position of every subscribed channel (last delivered offset or server resume point),
@@ -311,8 +322,8 @@ impl Session {
         &self.config
     }
 
-    /// Replaces the token sent on the next connections (e.g. after renewing a JWT); the current
-    /// connection is unaffected.
+    /// Replaces the token sent on the next connections; the current connection is unaffected
+    /// ([`Session::refresh_token`] also switches the open connection to the new token).
     pub fn set_token(&mut self, token: Option<String>) {
         self.config.token = token;
     }

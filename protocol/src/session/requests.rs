@@ -56,6 +56,11 @@ pub(crate) enum Kind {
     },
     /// `ping`.
     Ping,
+    /// `connect` with a new token on the open connection (always internal).
+    Refresh {
+        /// The new token.
+        token: String,
+    },
 }
 
 /// One request waiting for its outcome.

@@ -300,6 +300,8 @@ impl Pair {
                             self.server.on_close();
                         }
                     }
+                    // Recorded in `actions`; tests answer with `refresh_token`.
+                    Action::RefreshToken => {}
                 }
             }
             while let Some(frame) = self.session.poll_transmit() {
@@ -408,7 +410,7 @@ impl Pair {
             .iter()
             .filter_map(|(t, a)| match a {
                 Action::Connect { target } => Some((*t, target.clone())),
-                Action::Close => None,
+                Action::Close | Action::RefreshToken => None,
             })
             .collect()
     }

@@ -8,3 +8,4 @@ mod model;
 mod no_loss;
 mod requests;
 mod resume;
+mod tokens;

@@ -122,7 +122,7 @@ impl Verifier {
 
     fn new(key: DecodingKey, algorithm: Algorithm) -> Verifier {
         let mut validation = Validation::new(algorithm);
-        validation.leeway = 5;
+        validation.leeway = super::lifetime::LEEWAY.as_secs();
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
         Verifier {

@@ -5,15 +5,22 @@
 //! This module owns the validated [`Config`]; [`values`] owns the raw [`ConfigValues`] as given
 //! by flags, environment or file, their merging and their validation.
 
+mod print;
+mod secret;
 mod values;
 
+pub use secret::{redact_url, RedisUrl, Secret, REDACTED};
 pub use values::ConfigValues;
+
+use crate::engine::retention::Retention;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
+
+use crate::listener::proxy::TrustedProxies;
 
 /// Per-connection limits.
 #[derive(Debug, Clone)]
@@ -50,6 +57,9 @@ pub struct Limits {
     /// Idle WebSocket connections are pinged this often and dropped after two pings go
     /// unanswered (default 25 s).
     pub ws_ping_interval: Duration,
+    /// Largest HTTP request head (request line and headers) in bytes (default 32 KiB); a
+    /// larger one is answered `431 Request Header Fields Too Large` and the connection closed.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +79,7 @@ impl Default for Limits {
             subscribe_burst: 1_000,
             handshake_timeout: Duration::from_secs(10),
             ws_ping_interval: Duration::from_secs(25),
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -81,10 +92,14 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Whether `/poll` answers JSONP (`callback=`) (default off).
     pub jsonp: bool,
-    /// API keys for `/api/*`; empty leaves the API open (development).
-    pub api_keys: Vec<String>,
+    /// API keys for `/api/*` (and, with authentication on, `/metrics` and `/status`); empty
+    /// leaves the API open, which with authentication on needs [`HttpConfig::allow_open_api`].
+    pub api_keys: Vec<Secret>,
+    /// Serve the back-end API (and operator pages) without API keys although client
+    /// authentication is on; without it such a configuration is refused.
+    pub allow_open_api: bool,
     /// Secret for signed task ids (`<id>.<hex HMAC-SHA256(secret, id)>`); `None` accepts any id.
-    pub task_secret: Option<String>,
+    pub task_secret: Option<Secret>,
     /// Interval of SSE comment heartbeats (default 15 s).
     pub sse_heartbeat: Duration,
     /// Default long-poll hold time when the request names none (default 25 s).
@@ -101,6 +116,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             jsonp: false,
             api_keys: Vec::new(),
+            allow_open_api: false,
             task_secret: None,
             sse_heartbeat: Duration::from_secs(15),
             poll_timeout: Duration::from_secs(25),
@@ -126,7 +142,7 @@ pub enum AuthConfig {
     #[default]
     Open,
     /// HS256 tokens signed with this secret.
-    JwtSecret(String),
+    JwtSecret(Secret),
     /// RS256 or ES256 tokens verified with the public key in this PEM file.
     JwtPublicKey(PathBuf),
 }
@@ -137,10 +153,10 @@ pub struct Config {
     /// Address to listen on (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
     /// Redis URL; `None` (and no `redis_cluster`) runs the embedded engine.
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
     /// Redis Cluster seed node URLs; non-empty runs the Redis engine in cluster mode (exclusive
     /// with `redis`).
-    pub redis_cluster: Vec<String>,
+    pub redis_cluster: Vec<RedisUrl>,
     /// Shards channels are spread over in cluster mode, one hash tag each (default 16).
     pub redis_shards: u16,
     /// Replicas that must confirm a publish (`WAIT`) before it is acknowledged (default 0).
@@ -153,7 +169,7 @@ pub struct Config {
     pub redis_block: Duration,
     /// Most channels per Redis reader connection (default 256; per-channel readers only).
     pub redis_keys_per_reader: usize,
-    /// Where the Redis live feed reads new entries (default: the shard logs).
+    /// Where the Redis live feed reads new entries (default: the channels' own streams).
     pub redis_live_readers: crate::engine::redis::LiveReaders,
     /// About how many entries each Redis shard log keeps (default 10,000).
     pub redis_log_maxlen: u64,
@@ -165,6 +181,9 @@ pub struct Config {
     /// An entry delivered more than this many times goes to `<channel>:dead` instead of being
     /// delivered again (default 5).
     pub group_max_deliveries: u64,
+    /// How long channels keep their entries: per channel pattern and by default, and the
+    /// lowest `maxlen` a publisher may ask for.
+    pub retention: Retention,
     /// Per-connection limits.
     pub limits: Limits,
     /// HTTP transports and API.
@@ -177,6 +196,13 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log format: human-readable text (default) or JSON lines.
     pub log_format: LogFormat,
+    /// Address of the admin listener (plain HTTP) serving `/metrics`, `/status`,
+    /// `/status.json`, `/readyz` and `/healthz`; when set, `/metrics` and `/status*` are not
+    /// served on `listen` (default none: everything on `listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` header names the client (default
+    /// none: the TCP peer is the client).
+    pub proxies: TrustedProxies,
 }
 
 /// How logs are written.
@@ -189,40 +215,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// `url` with the password of its user info (`redis://user:password@host`) replaced by `***`,
-/// for logs, errors and `check-config`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    // `user:password` keeps the user; user info without `:` is masked whole.
-    let masked = match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_owned(),
-    };
-    format!("{scheme}://{masked}@{}", &rest[at + 1..])
-}
-
 impl Config {
-    /// The effective configuration for `check-config`, with secrets masked.
+    /// The effective configuration for `check-config`: TOML with every key `--config` reads,
+    /// secrets masked (see [`ConfigValues::effective`]).
     pub fn describe(&self) -> String {
-        let mut text = format!("{self:#?}");
-        for url in self.redis.iter().chain(&self.redis_cluster) {
-            text = text.replace(url.as_str(), &redact_url(url));
-        }
-        let mut secrets: Vec<&str> = self.http.api_keys.iter().map(String::as_str).collect();
-        secrets.extend(self.http.task_secret.as_deref());
-        if let AuthConfig::JwtSecret(secret) = &self.auth {
-            secrets.push(secret);
-        }
-        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
-            text = text.replace(secret, "***");
-        }
-        text
+        ConfigValues::effective(self).to_toml()
     }
 }
 
@@ -238,17 +235,20 @@ impl Default for Config {
             prefix: "rd:".into(),
             redis_block: Duration::from_secs(10),
             redis_keys_per_reader: 256,
-            redis_live_readers: crate::engine::redis::LiveReaders::Log,
+            redis_live_readers: crate::engine::redis::LiveReaders::Channel,
             redis_log_maxlen: crate::engine::redis::DEFAULT_LOG_MAXLEN,
             idempotency_ttl: Duration::from_secs(600),
             group_claim_idle: Duration::from_secs(30),
             group_max_deliveries: 5,
+            retention: Retention::server_default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
             tls: None,
             auth: AuthConfig::Open,
             drain_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            admin_listen: None,
+            proxies: TrustedProxies::default(),
         }
     }
 }
@@ -280,25 +280,4 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_in_urls_are_masked() {
-        let cases = [
-            ("redis://u:secret@h:6379/2", "redis://u:***@h:6379/2"),
-            ("redis://:secret@h", "redis://:***@h"),
-            ("redis://secret@h", "redis://***@h"),
-            ("redis://u:p@ss:w@h", "redis://u:***@h"),
-            ("redis://h:6379", "redis://h:6379"),
-            ("redis://h/a@b", "redis://h/a@b"),
-            ("not a url", "not a url"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(redact_url(url), want, "{url}");
-        }
-    }
 }

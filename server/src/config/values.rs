@@ -4,20 +4,28 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{AuthConfig, Config, ConfigError, HttpConfig, LogFormat, TlsFiles};
+use super::{AuthConfig, Config, ConfigError, HttpConfig, LogFormat, RedisUrl, Secret, TlsFiles};
+use crate::engine::retention::RetentionSpec;
+use crate::listener::proxy::{CidrError, ClientIpHeader};
 
-/// Values as given by flags, environment or file; `None` means not given.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Smallest `max_header_bytes`: a request line, a host and a token must fit.
+const MIN_HEADER_BYTES: usize = 4 * 1024;
+/// Largest `max_header_bytes`: the connection's read buffer must hold the whole head.
+const MAX_HEADER_BYTES: usize = 256 * 1024;
+
+/// Values as given by flags, environment or file; `None` means not given. Secrets are
+/// [`Secret`]s and Redis URLs [`RedisUrl`]s, so printing these values never shows them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigValues {
     /// See [`Config::listen`].
     pub listen: Option<String>,
     /// See [`Config::redis`].
-    pub redis: Option<Vec<String>>,
+    pub redis: Option<Vec<RedisUrl>>,
     /// See [`Config::redis_cluster`].
-    pub redis_cluster: Option<Vec<String>>,
+    pub redis_cluster: Option<Vec<RedisUrl>>,
     /// See [`Config::redis_shards`].
     pub redis_shards: Option<u16>,
     /// See [`Config::redis_wait_replicas`].
@@ -55,9 +63,11 @@ pub struct ConfigValues {
     /// See [`HttpConfig::jsonp`].
     pub jsonp: Option<bool>,
     /// See [`HttpConfig::api_keys`].
-    pub api_key: Option<Vec<String>>,
+    pub api_key: Option<Vec<Secret>>,
+    /// See [`HttpConfig::allow_open_api`].
+    pub allow_open_api: Option<bool>,
     /// See [`HttpConfig::task_secret`].
-    pub task_secret: Option<String>,
+    pub task_secret: Option<Secret>,
     /// See [`HttpConfig::sse_heartbeat`], in seconds.
     pub sse_heartbeat_secs: Option<u64>,
     /// See [`HttpConfig::poll_timeout`], in seconds.
@@ -69,7 +79,7 @@ pub struct ConfigValues {
     /// See [`TlsFiles::key`].
     pub tls_key: Option<PathBuf>,
     /// See [`AuthConfig::JwtSecret`].
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// See [`AuthConfig::JwtPublicKey`].
     pub jwt_public_key: Option<PathBuf>,
     /// See [`Limits::max_connections_per_ip`].
@@ -90,6 +100,20 @@ pub struct ConfigValues {
     pub drain_timeout_ms: Option<u64>,
     /// See [`Config::log_format`]: `text` or `json`.
     pub log_format: Option<String>,
+    /// Retention rules `PATTERN=SPEC`, first match wins (see [`Config::retention`]).
+    pub retention: Option<Vec<String>>,
+    /// Retention of channels no rule matches (`SPEC`, or `none`).
+    pub retention_default: Option<String>,
+    /// Lowest `maxlen` a publisher may ask for (0: none).
+    pub min_maxlen: Option<u64>,
+    /// See [`Config::admin_listen`].
+    pub admin_listen: Option<String>,
+    /// See [`TrustedProxies::networks`]: addresses or CIDR networks.
+    pub trusted_proxy: Option<Vec<String>>,
+    /// See [`TrustedProxies::header`]: `x-forwarded-for` or `forwarded`.
+    pub client_ip_header: Option<String>,
+    /// See [`Limits::max_header_bytes`].
+    pub max_header_bytes: Option<usize>,
 }
 
 impl ConfigValues {
@@ -101,7 +125,7 @@ impl ConfigValues {
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.display().to_string(),
-            reason: e.message().to_owned(),
+            reason: mask_strings(e.message()),
         })
     }
 
@@ -136,6 +160,7 @@ impl ConfigValues {
                 .or(other.allowed_origin),
             jsonp: self.jsonp.or(other.jsonp),
             api_key: self.api_key.filter(|k| !k.is_empty()).or(other.api_key),
+            allow_open_api: self.allow_open_api.or(other.allow_open_api),
             task_secret: self.task_secret.or(other.task_secret),
             sse_heartbeat_secs: self.sse_heartbeat_secs.or(other.sse_heartbeat_secs),
             poll_timeout_secs: self.poll_timeout_secs.or(other.poll_timeout_secs),
@@ -153,6 +178,16 @@ impl ConfigValues {
             ws_ping_secs: self.ws_ping_secs.or(other.ws_ping_secs),
             drain_timeout_ms: self.drain_timeout_ms.or(other.drain_timeout_ms),
             log_format: self.log_format.or(other.log_format),
+            retention: self.retention.filter(|r| !r.is_empty()).or(other.retention),
+            retention_default: self.retention_default.or(other.retention_default),
+            min_maxlen: self.min_maxlen.or(other.min_maxlen),
+            admin_listen: self.admin_listen.or(other.admin_listen),
+            trusted_proxy: self
+                .trusted_proxy
+                .filter(|p| !p.is_empty())
+                .or(other.trusted_proxy),
+            client_ip_header: self.client_ip_header.or(other.client_ip_header),
+            max_header_bytes: self.max_header_bytes.or(other.max_header_bytes),
         }
     }
 
@@ -161,6 +196,7 @@ impl ConfigValues {
         let mut config = Config::default();
         self.build_http(&mut config.http)?;
         self.build_security(&mut config)?;
+        self.build_edge(&mut config)?;
         if let Some(listen) = &self.listen {
             config.listen = listen.parse().map_err(|e| ConfigError::Invalid {
                 key: "listen",
@@ -170,7 +206,7 @@ impl ConfigValues {
         match self.redis.as_deref() {
             None | Some([]) => {}
             Some([url]) => {
-                redis_url("redis", url)?;
+                redis_url("redis", url.expose())?;
                 config.redis = Some(url.clone());
             }
             Some(_) => {
@@ -181,6 +217,7 @@ impl ConfigValues {
             }
         }
         self.build_cluster(&mut config)?;
+        self.build_retention(&mut config)?;
         if let Some(prefix) = self.prefix {
             if prefix
                 .bytes()
@@ -271,7 +308,9 @@ impl ConfigValues {
         };
         config.auth = match (&self.jwt_secret, &self.jwt_public_key) {
             (None, None) => AuthConfig::Open,
-            (Some(secret), None) if secret.len() >= 32 => AuthConfig::JwtSecret(secret.clone()),
+            (Some(secret), None) if secret.expose().len() >= 32 => {
+                AuthConfig::JwtSecret(secret.clone())
+            }
             (Some(_), None) => {
                 return Err(ConfigError::Invalid {
                     key: "jwt_secret",
@@ -286,6 +325,19 @@ impl ConfigValues {
                 })
             }
         };
+        if !matches!(config.auth, AuthConfig::Open)
+            && config.http.api_keys.is_empty()
+            && !config.http.allow_open_api
+        {
+            return Err(ConfigError::Invalid {
+                key: "api_key",
+                reason: "client authentication is on (jwt_secret or jwt_public_key) but no API \
+                         key is set, which would leave /api/publish, /api/history and /metrics \
+                         open to anyone: set --api-key, or --allow-open-api to serve them \
+                         without credentials on purpose"
+                    .into(),
+            });
+        }
         if let Some(ms) = self.drain_timeout_ms {
             config.drain_timeout = Duration::from_millis(positive("drain_timeout_ms", ms)?);
         }
@@ -324,6 +376,77 @@ impl ConfigValues {
         Ok(())
     }
 
+    /// The retention keys: `retention`, `retention_default`, `min_maxlen`.
+    fn build_retention(&self, config: &mut Config) -> Result<(), ConfigError> {
+        let retention = &mut config.retention;
+        for rule in self.retention.iter().flatten() {
+            retention
+                .add_rule(rule)
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "retention",
+                    reason,
+                })?;
+        }
+        if let Some(spec) = &self.retention_default {
+            let spec = RetentionSpec::parse(spec).map_err(|reason| ConfigError::Invalid {
+                key: "retention_default",
+                reason,
+            })?;
+            retention.set_default(spec);
+        }
+        if let Some(floor) = self.min_maxlen {
+            retention.set_min_maxlen(floor);
+        }
+        Ok(())
+    }
+
+    /// The listener's edge: the admin listener, trusted proxies and the request head limit.
+    fn build_edge(&self, config: &mut Config) -> Result<(), ConfigError> {
+        if let Some(addr) = &self.admin_listen {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|e| ConfigError::Invalid {
+                key: "admin_listen",
+                reason: format!("{addr:?} is not an address like 127.0.0.1:9090 ({e})"),
+            })?;
+            if addr == config.listen {
+                return Err(ConfigError::Invalid {
+                    key: "admin_listen",
+                    reason: format!(
+                        "{addr} is also `listen`; give the admin listener its own port"
+                    ),
+                });
+            }
+            config.admin_listen = Some(addr);
+        }
+        for net in self.trusted_proxy.iter().flatten() {
+            let net = net.parse().map_err(|e: CidrError| ConfigError::Invalid {
+                key: "trusted_proxy",
+                reason: e.to_string(),
+            })?;
+            config.proxies.networks.push(net);
+        }
+        config.proxies.header = match self.client_ip_header.as_deref() {
+            None => ClientIpHeader::default(),
+            Some(h) if h.eq_ignore_ascii_case("x-forwarded-for") => ClientIpHeader::XForwardedFor,
+            Some(h) if h.eq_ignore_ascii_case("forwarded") => ClientIpHeader::Forwarded,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "client_ip_header",
+                    reason: format!("{other:?} is neither \"x-forwarded-for\" nor \"forwarded\""),
+                })
+            }
+        };
+        if let Some(n) = self.max_header_bytes {
+            if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) {
+                return Err(ConfigError::Invalid {
+                    key: "max_header_bytes",
+                    reason: format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+                });
+            }
+            config.limits.max_header_bytes = n;
+        }
+        Ok(())
+    }
+
     /// The Redis Cluster and replication keys.
     fn build_cluster(&self, config: &mut Config) -> Result<(), ConfigError> {
         let nodes = self.redis_cluster.as_deref().unwrap_or_default();
@@ -336,7 +459,7 @@ impl ConfigValues {
             });
         }
         for url in nodes {
-            redis_url("redis_cluster", url)?;
+            redis_url("redis_cluster", url.expose())?;
         }
         config.redis_cluster = nodes.to_vec();
         if let Some(n) = self.redis_shards {
@@ -372,8 +495,11 @@ impl ConfigValues {
         if let Some(jsonp) = self.jsonp {
             http.jsonp = jsonp;
         }
+        if let Some(open) = self.allow_open_api {
+            http.allow_open_api = open;
+        }
         if let Some(keys) = &self.api_key {
-            if keys.iter().any(|k| k.len() < 16) {
+            if keys.iter().any(|k| k.expose().len() < 16) {
                 return Err(ConfigError::Invalid {
                     key: "api_key",
                     reason: "API keys must be at least 16 characters".into(),
@@ -382,7 +508,7 @@ impl ConfigValues {
             http.api_keys = keys.clone();
         }
         if let Some(secret) = &self.task_secret {
-            if secret.len() < 16 {
+            if secret.expose().len() < 16 {
                 return Err(ConfigError::Invalid {
                     key: "task_secret",
                     reason: "must be at least 16 characters".into(),
@@ -403,6 +529,20 @@ impl ConfigValues {
         }
         Ok(())
     }
+}
+
+/// A parse error's message with its quoted strings masked: serde quotes the value it could not
+/// use (`invalid type: string "…", expected a sequence`), which may be a secret given with the
+/// wrong type (`api_key = "…"`).
+fn mask_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    out.push_str(parts.next().unwrap_or_default());
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        out.push_str(if i % 2 == 0 { super::REDACTED } else { part });
+    }
+    out
 }
 
 fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
@@ -431,7 +571,7 @@ fn redis_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
     if !url.starts_with("redis://") {
         return Err(ConfigError::Invalid {
             key,
-            reason: format!("{url:?} is not a redis:// URL"),
+            reason: format!("{:?} is not a redis:// URL", super::redact_url(url)),
         });
     }
     Ok(())
@@ -493,6 +633,101 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(err.to_string().contains("`redis_shards`"), "{err}");
+    }
+
+    /// A secret given with the wrong type or scheme is not quoted back in the error.
+    #[test]
+    fn errors_do_not_quote_secrets() {
+        let file = std::env::temp_dir().join(format!("rd-bad-config-{}.toml", std::process::id()));
+        for text in [
+            "api_key = \"wrong-type-secret-123\"",
+            "jwt_secret = [\"wrong-type-secret-123\"]",
+            "task_secret = 5\napi_key = [\"ok-key-0123456789\", 7]",
+            "redis = \"redis://:wrong-type-secret-123@h\"",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = ConfigValues::from_file(&file).unwrap_err().to_string();
+            assert!(!err.contains("secret-123"), "{err}");
+            assert!(!err.contains("ok-key"), "{err}");
+        }
+        let _ = std::fs::remove_file(&file);
+        let err = ConfigValues {
+            redis: Some(vec!["http://user:scheme-secret-123@h".into()]),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("user:***@h") && !err.contains("secret-123"),
+            "{err}"
+        );
+        assert_eq!(
+            mask_strings(r#"invalid type: string "x", expected "y" or `z`"#),
+            r#"invalid type: string "<redacted>", expected "<redacted>" or `z`"#
+        );
+    }
+
+    #[test]
+    fn edge_keys_parse_and_errors_name_the_key() {
+        let config: ConfigValues = toml::from_str(
+            "admin_listen = \"127.0.0.1:9090\"\n\
+             trusted_proxy = [\"10.0.0.0/8\", \"::1\"]\n\
+             client_ip_header = \"Forwarded\"\nmax_header_bytes = 8192",
+        )
+        .unwrap();
+        let config = config.build().unwrap();
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(config.proxies.networks.len(), 2);
+        assert!(config.proxies.trusts("10.9.8.7".parse().unwrap()));
+        assert!(config.proxies.trusts("::1".parse().unwrap()));
+        assert!(!config.proxies.trusts("127.0.0.1".parse().unwrap()));
+        assert_eq!(config.proxies.header, ClientIpHeader::Forwarded);
+        assert_eq!(config.limits.max_header_bytes, 8192);
+        let defaults = ConfigValues::default().build().unwrap();
+        assert!(defaults.admin_listen.is_none() && defaults.proxies.networks.is_empty());
+        assert_eq!(defaults.proxies.header, ClientIpHeader::XForwardedFor);
+        let bad = [
+            (
+                ConfigValues {
+                    trusted_proxy: Some(vec!["10.0.0.0/33".into()]),
+                    ..Default::default()
+                },
+                "`trusted_proxy`",
+            ),
+            (
+                ConfigValues {
+                    client_ip_header: Some("x-real-ip".into()),
+                    ..Default::default()
+                },
+                "`client_ip_header`",
+            ),
+            (
+                ConfigValues {
+                    max_header_bytes: Some(100),
+                    ..Default::default()
+                },
+                "`max_header_bytes`",
+            ),
+            (
+                ConfigValues {
+                    admin_listen: Some("nope".into()),
+                    ..Default::default()
+                },
+                "`admin_listen`",
+            ),
+            (
+                ConfigValues {
+                    admin_listen: Some("127.0.0.1:8080".into()),
+                    ..Default::default()
+                },
+                "`admin_listen`",
+            ),
+        ];
+        for (values, key) in bad {
+            let err = values.build().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -302,14 +302,24 @@ impl Engine for EmbeddedEngine {
             item: format!("{{\"offset\":\"{id}\",\"fields\":{{{fields_json}}}}}").into_boxed_str(),
             size,
         });
-        if let Some(maxlen) = req.maxlen {
+        let trim = self.config.retention.trim(req.channel, req.maxlen);
+        // Entries past `maxlen` (once past the slack), then entries older than the max age.
+        let mut excess = 0;
+        if let Some(maxlen) = trim.maxlen {
             let maxlen = usize::try_from(maxlen).unwrap_or(usize::MAX);
             let slack = usize::try_from(trim_slack(maxlen as u64)).unwrap_or(usize::MAX);
             if stream.entries.len() > maxlen.saturating_add(slack) {
-                let excess = stream.entries.len() - maxlen;
-                let removed = stream.entries.drain(..excess).next_back().map(|e| e.id);
-                stream.trimmed_through = removed.or(stream.trimmed_through);
+                excess = stream.entries.len() - maxlen;
             }
+        }
+        if let Some(age) = trim.max_age {
+            let oldest = now.saturating_sub(age.as_millis() as u64);
+            let aged = stream.entries.partition_point(|e| e.id.ms < oldest);
+            excess = excess.max(aged);
+        }
+        if excess > 0 {
+            let removed = stream.entries.drain(..excess).next_back().map(|e| e.id);
+            stream.trimmed_through = removed.or(stream.trimmed_through);
         }
         if let Some(key) = req.idempotency_key {
             let expiry = now + self.config.idempotency_ttl.as_millis() as u64;
@@ -352,15 +362,18 @@ impl Engine for EmbeddedEngine {
             .unwrap_or_default())
     }
 
-    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError> {
+    async fn raise_last_id(
+        &self,
+        channel: &str,
+        to: StreamId,
+        create: bool,
+    ) -> Result<Position, EngineError> {
         let limit = now_ms().saturating_add(MAX_CLOCK_SKEW.as_millis() as u64);
         let mut guard = self.state.lock();
         let st = &mut *guard;
-        let current = st
-            .streams
-            .get(channel)
-            .map_or(StreamId::ZERO, |s| s.last_id);
-        if current < to && to.ms <= limit {
+        let current = st.streams.get(channel).map(|s| s.last_id);
+        let may_raise = current.is_some() || create;
+        if may_raise && current.unwrap_or_default() < to && to.ms <= limit {
             let channel: Arc<str> = Arc::from(channel);
             st.streams.entry(channel.clone()).or_default().last_id = to;
             st.evict_if_disposable(&channel);
@@ -380,11 +393,13 @@ impl Engine for EmbeddedEngine {
         channel: &str,
         group: &str,
         start: Offset,
-    ) -> Result<StreamId, EngineError> {
+        create: bool,
+    ) -> Result<Option<StreamId>, EngineError> {
         let mut st = self.state.lock();
         let channel: Arc<str> = match st.streams.get_key_value(channel) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(channel),
+            None if create => Arc::from(channel),
+            None => return Ok(None),
         };
         let stream = st.streams.entry(channel).or_default();
         let tip = stream.last_id;
@@ -400,7 +415,7 @@ impl Engine for EmbeddedEngine {
                 pending: BTreeMap::new(),
                 ..Group::default()
             });
-        Ok(group.last_delivered)
+        Ok(Some(group.last_delivered))
     }
 
     async fn group_read(
@@ -675,7 +690,7 @@ mod tests {
         };
         engine.publish(publish("kept")).await.unwrap();
         engine
-            .group_create("grouped", "g", Offset::Latest)
+            .group_create("grouped", "g", Offset::Latest, true)
             .await
             .unwrap();
         let start = channels(&engine);
@@ -686,7 +701,7 @@ mod tests {
             let (ready, _) = tokio::sync::watch::channel(Ready::Pending);
             engine.watch(channel.clone(), ready);
             if i % 2 == 0 {
-                let position = engine.raise_last_id(&channel, to).await.unwrap();
+                let position = engine.raise_last_id(&channel, to, true).await.unwrap();
                 assert_eq!(position.last_id, to);
             }
             assert_eq!(
@@ -702,9 +717,9 @@ mod tests {
         assert_eq!(engine.stats().watched, 0);
         // A raise with no watcher keeps nothing either; too far ahead of the clock, nothing
         // changes.
-        engine.raise_last_id("stray", to).await.unwrap();
+        engine.raise_last_id("stray", to, true).await.unwrap();
         let ahead = StreamId::new(now_ms() + 3_600_000, 0);
-        let kept = engine.raise_last_id("kept", ahead).await.unwrap();
+        let kept = engine.raise_last_id("kept", ahead, true).await.unwrap();
         assert!(kept.last_id < ahead);
         assert_eq!(channels(&engine), start);
     }

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod embedded;
 pub mod redis;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +81,8 @@ pub struct PublishRequest<'a> {
     pub channel: &'a str,
     /// The message fields (non-empty).
     pub fields: &'a Fields,
-    /// Keep about this many entries (trimming older ones).
+    /// Keep about this many entries (trimming older ones), as the publisher asked: the engine
+    /// honours it only within its [`EngineConfig::retention`] policy.
     pub maxlen: Option<u64>,
     /// Deduplicates retried publishes.
     pub idempotency_key: Option<&'a str>,
@@ -154,9 +156,15 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes the channel's next IDs come after `to`, for a subscriber resuming beyond the
     /// channel's last ID (the tail it saw was lost in a failover): if the last ID is lower and
     /// `to` is at most [`MAX_CLOCK_SKEW`] ahead of the store's clock, the last ID becomes `to`
-    /// (creating the channel if needed). Nothing is recorded as removed, since the offset comes
-    /// from a client. Returns the channel's position afterwards.
-    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError>;
+    /// (creating the channel if needed and `create` is set: a channel that does not exist is
+    /// left alone otherwise). Nothing is recorded as removed, since the offset comes from a
+    /// client. Returns the channel's position afterwards.
+    async fn raise_last_id(
+        &self,
+        channel: &str,
+        to: StreamId,
+        create: bool,
+    ) -> Result<Position, EngineError>;
 
     /// Starts feeding the channel's new entries to the sink; `ready` leaves [`Ready::Pending`]
     /// once the starting point is fixed. Must not block (it is called under the hub's lock).
@@ -165,15 +173,17 @@ pub trait Engine: Send + Sync + 'static {
     /// Stops feeding the channel. Must not block.
     fn unwatch(&self, channel: &Arc<str>);
 
-    /// Creates consumer group `group` of the channel if it does not exist (creating the
-    /// channel too, like `XGROUP CREATE … MKSTREAM`), starting after `start` (`$`: the tip,
-    /// `0`: everything retained). Returns the group's last delivered ID.
+    /// Creates consumer group `group` of the channel if it does not exist, starting after
+    /// `start` (`$`: the tip, `0`: everything retained). A channel that does not exist is
+    /// created too when `create` is set (like `XGROUP CREATE … MKSTREAM`); otherwise nothing
+    /// is written and the answer is `None`. Returns the group's last delivered ID.
     async fn group_create(
         &self,
         channel: &str,
         group: &str,
         start: Offset,
-    ) -> Result<StreamId, EngineError>;
+        create: bool,
+    ) -> Result<Option<StreamId>, EngineError>;
 
     /// Reads for `consumer` of `group` without blocking (`XREADGROUP`): with
     /// [`GroupRead::Pending`] the consumer's own delivered-but-unacknowledged entries after
@@ -308,6 +318,8 @@ pub struct EngineConfig {
     pub idempotency_ttl: Duration,
     /// Most entries a live read returns per channel.
     pub read_count: usize,
+    /// What each publish trims (the operator's policy over publishers' `maxlen`).
+    pub retention: Arc<retention::Retention>,
 }
 
 impl Default for EngineConfig {
@@ -315,6 +327,7 @@ impl Default for EngineConfig {
         EngineConfig {
             idempotency_ttl: Duration::from_secs(600),
             read_count: 512,
+            retention: Arc::default(),
         }
     }
 }

@@ -41,10 +41,10 @@ impl Feed {
         group: &str,
         consumer: &str,
         offset: Offset,
+        create: Result<(), crate::auth::Denied>,
     ) -> Result<StreamId, RequestError> {
         self.make_room(channel)?;
-        let timeout = self.app.config.limits.request_timeout
-            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let groups = self.groups.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
             Box::new(Groups {
@@ -56,7 +56,15 @@ impl Feed {
         let (last, member) = self
             .app
             .groups
-            .join(channel, group, consumer, offset, groups.tx.clone(), timeout)
+            .join(
+                channel,
+                group,
+                consumer,
+                offset,
+                groups.tx.clone(),
+                timeout,
+                create,
+            )
             .await?;
         groups.members.insert(Arc::from(channel), member);
         Ok(last)
@@ -70,8 +78,7 @@ impl Feed {
         group: &str,
         offsets: &[StreamId],
     ) -> Result<u64, RequestError> {
-        let timeout = self.app.config.limits.request_timeout
-            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let count =
             tokio::time::timeout(timeout, self.app.engine.group_ack(channel, group, offsets))
                 .await

@@ -100,16 +100,18 @@ impl Start {
     /// For a subscriber resuming beyond the channel's last ID (its tail was lost when Redis
     /// failed over to a replica that lacked it), raises the channel's last ID to the offset
     /// ([`Engine::raise_last_id`]) so every new entry comes after it, and returns the position
-    /// to resolve against; any other position is returned as it is.
+    /// to resolve against; any other position is returned as it is. A channel that does not
+    /// exist is created only with `create` (the client may publish to it).
     pub async fn raise_beyond_tip(
         engine: &dyn Engine,
         channel: &str,
         offset: Offset,
         position: Position,
+        create: bool,
     ) -> Result<Position, EngineError> {
         match offset {
             Offset::Id(requested) if requested > position.last_id => {
-                engine.raise_last_id(channel, requested).await
+                engine.raise_last_id(channel, requested, create).await
             }
             _ => Ok(position),
         }
@@ -170,16 +172,25 @@ impl Feed {
         self.len() == 0
     }
 
+    /// The channels subscribed to, consumer-group memberships included.
+    pub fn channels(&self) -> impl Iterator<Item = &str> + '_ {
+        let groups = self.groups.iter().flat_map(|g| g.members.keys());
+        self.subs.keys().chain(groups).map(|c| &**c)
+    }
+
     /// The last delivered offset (or starting point) of a subscribed channel.
     pub fn last_offset(&self, channel: &str) -> Option<StreamId> {
         self.subs.get(channel).map(|s| s.last)
     }
 
     /// Subscribes to `channel` from `offset`; delivery starts with the next [`Feed::ready`].
+    /// `create`: whether the client may create the channel ([`App::may_create`]), which
+    /// resuming beyond the tip of a channel that does not exist would.
     pub async fn subscribe(
         &mut self,
         channel: &str,
         offset: Offset,
+        create: bool,
     ) -> Result<Start, RequestError> {
         self.make_room(channel)?;
         let channel: Arc<str> = Arc::from(channel);
@@ -216,10 +227,9 @@ impl Feed {
             position
         };
         let position = async {
-            Start::raise_beyond_tip(&*engine, &channel, offset, read_position.await?).await
+            Start::raise_beyond_tip(&*engine, &channel, offset, read_position.await?, create).await
         };
-        let timeout = self.app.config.limits.request_timeout
-            + crate::transport::ws_connection::ENGINE_TIMEOUT_MARGIN;
+        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let position = match tokio::time::timeout(timeout, position).await {
             Ok(Ok(position)) => position,
             Ok(Err(err)) => return Err(err.into()),

@@ -1,22 +1,20 @@
 //! What the HTTP transports share: JSON errors with status codes, query parsing (channels
-//! paired with offsets), message encoding in the WebSocket message shape, API-key checks, and
-//! the per-key holder registry that lets a newer request replace an older one.
+//! paired with offsets), message encoding in the WebSocket message shape, and the per-key
+//! holder registry that lets a newer request of the same user replace an older one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use redistribute_protocol::{validate_channel, ErrorCode, Offset, StreamId};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Action, AuthContext};
 use crate::error::RequestError;
-use crate::App;
+use crate::request::Subscribe;
 
 /// An error answer: status code plus `{"error":{"code","message"}}`.
 #[derive(Debug)]
@@ -44,6 +42,11 @@ impl HttpError {
     /// `409 replaced`: a newer request with the same key took over.
     pub fn replaced(message: impl Into<String>) -> Self {
         HttpError::new(StatusCode::CONFLICT, "replaced", message)
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// The JSON body.
@@ -142,6 +145,18 @@ pub fn channels_with_offsets(
         .collect())
 }
 
+/// The plain subscribes a request names ([`channels_with_offsets`]).
+pub fn subscribes(pairs: &[(String, String)]) -> Result<Vec<Subscribe>, HttpError> {
+    Ok(channels_with_offsets(pairs)?
+        .into_iter()
+        .map(|(channel, offset)| Subscribe {
+            channel,
+            offset,
+            group: None,
+        })
+        .collect())
+}
+
 /// Longest numeric query value accepted, in characters.
 const MAX_NUMBER_CHARS: usize = 32;
 
@@ -236,74 +251,20 @@ pub fn push_offsets<'a>(out: &mut String, offsets: impl IntoIterator<Item = (&'a
     out.push('}');
 }
 
-/// Checks a back-end API key (`Authorization: Bearer <key>` or `X-API-Key: <key>`) against the
-/// configured keys, in constant time. With no keys configured the API is open.
-pub fn check_api_key(headers: &HeaderMap, keys: &[String]) -> Result<(), HttpError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    let Some(given) = given else {
-        return Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "an API key is required (Authorization: Bearer <key> or X-API-Key)",
-        ));
-    };
-    let mut ok = subtle::Choice::from(0);
-    for key in keys {
-        ok |= key.as_bytes().ct_eq(given.as_bytes());
-    }
-    if bool::from(ok) {
-        Ok(())
-    } else {
-        Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid API key",
-        ))
-    }
-}
-
-/// Authenticates an HTTP transport request (token in `Authorization: Bearer` or the `token`
-/// query parameter) and checks that it may subscribe to every channel.
-pub fn authorize_subscriber<'a>(
-    app: &App,
-    headers: &HeaderMap,
-    pairs: &[(String, String)],
-    peer: Option<std::net::SocketAddr>,
-    transport: &'static str,
-    channels: impl IntoIterator<Item = &'a str>,
-) -> Result<AuthContext, HttpError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| query_value(pairs, "token"));
-    let claims = app.authenticate(token)?;
-    let ctx = AuthContext {
-        claims,
-        peer,
-        transport,
-    };
-    for channel in channels {
-        app.authorizer
-            .authorize(&ctx, Action::Subscribe { channel })
-            .map_err(RequestError::from)?;
-    }
-    Ok(ctx)
-}
-
-/// Who holds each key (a long-poll `client_id`, a task id): claiming a key cancels the
-/// previous holder's token.
+/// Who holds each key (a long-poll `client_id`, a task id) and for which user: a claim by the
+/// same user cancels the previous holder's token; a claim by another user is refused.
 #[derive(Debug, Default)]
 pub struct Holders {
-    inner: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    inner: Mutex<HashMap<String, Holder>>,
     next: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Holder {
+    id: u64,
+    /// The user ([`crate::auth::AuthContext::owner`]).
+    owner: Option<String>,
+    replaced: CancellationToken,
 }
 
 /// A claim on a key; released on drop (unless a newer claim replaced it).
@@ -317,23 +278,40 @@ pub struct HolderGuard {
 }
 
 impl Holders {
-    /// Claims `key`, replacing (cancelling) its current holder.
-    pub fn claim(self: &Arc<Self>, key: String) -> HolderGuard {
+    /// Claims `key` for `owner`, replacing (cancelling) its current holder if that is the
+    /// same user; a key held by another user is refused (`403 forbidden`) and its holder
+    /// left alone.
+    pub fn claim(
+        self: &Arc<Self>,
+        key: String,
+        owner: Option<&str>,
+    ) -> Result<HolderGuard, HttpError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let replaced = CancellationToken::new();
-        if let Some((_, old)) = self
-            .inner
-            .lock()
-            .insert(key.clone(), (id, replaced.clone()))
-        {
-            old.cancel();
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.get(&key) {
+            if old.owner.as_deref() != owner {
+                return Err(HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this key is held by another user",
+                ));
+            }
+            old.replaced.cancel();
         }
-        HolderGuard {
+        let holder = Holder {
+            id,
+            owner: owner.map(str::to_owned),
+            replaced: replaced.clone(),
+        };
+        inner.insert(key.clone(), holder);
+        drop(inner);
+        Ok(HolderGuard {
             holders: self.clone(),
             key,
             id,
             replaced,
-        }
+        })
     }
 
     /// Number of keys currently held.
@@ -350,7 +328,7 @@ impl Holders {
 impl Drop for HolderGuard {
     fn drop(&mut self) {
         let mut inner = self.holders.inner.lock();
-        if inner.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+        if inner.get(&self.key).is_some_and(|h| h.id == self.id) {
             inner.remove(&self.key);
         }
     }
@@ -437,8 +415,8 @@ mod tests {
     #[test]
     fn a_new_claim_replaces_the_old_one() {
         let holders = Arc::new(Holders::default());
-        let first = holders.claim("k".into());
-        let second = holders.claim("k".into());
+        let first = holders.claim("k".into(), Some("alice")).unwrap();
+        let second = holders.claim("k".into(), Some("alice")).unwrap();
         assert!(first.replaced.is_cancelled());
         assert!(!second.replaced.is_cancelled());
         drop(first);
@@ -448,14 +426,23 @@ mod tests {
     }
 
     #[test]
-    fn api_keys() {
-        let keys = vec!["0123456789abcdef".to_string()];
-        let mut headers = HeaderMap::new();
-        assert!(check_api_key(&headers, &[]).is_ok());
-        assert!(check_api_key(&headers, &keys).is_err());
-        headers.insert("x-api-key", "0123456789abcdef".parse().unwrap());
-        assert!(check_api_key(&headers, &keys).is_ok());
-        headers.insert("authorization", "Bearer wrong".parse().unwrap());
-        assert!(check_api_key(&headers, &keys).is_err());
+    fn another_user_cannot_take_a_key_over() {
+        let holders = Arc::new(Holders::default());
+        let alice = holders.claim("k".into(), Some("alice")).unwrap();
+        for other in [Some("bob"), None, Some("alice ")] {
+            let err = holders.claim("k".into(), other).unwrap_err();
+            assert_eq!(err.status, StatusCode::FORBIDDEN);
+            assert_eq!(err.code, "forbidden");
+        }
+        assert!(!alice.replaced.is_cancelled());
+        drop(alice);
+        // Released: anyone may claim it now.
+        let bob = holders.claim("k".into(), Some("bob")).unwrap();
+        assert!(!bob.replaced.is_cancelled());
+        // No user (authentication off) replaces no user.
+        let open = holders.claim("o".into(), None).unwrap();
+        let again = holders.claim("o".into(), None).unwrap();
+        assert!(open.replaced.is_cancelled());
+        drop(again);
     }
 }

@@ -6,6 +6,7 @@ pub mod cors;
 pub mod http;
 pub mod ops;
 pub mod poll;
+pub mod routes;
 pub mod sse;
 pub mod task;
 pub mod ws;
@@ -14,29 +15,32 @@ pub mod ws_connection;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::Router;
 
 use crate::App;
 
-/// The server's routes.
+/// The server's routes on the public listener ([`routes`]), behind CORS and the body limit.
+/// With an admin listener configured, `/metrics` and `/status*` are left out (served by
+/// [`ops_router`] only); `/readyz` stays for load balancers.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/sse", get(sse::sse))
-        .route("/poll", get(poll::poll))
-        .route("/task/{id}", get(task::task))
-        .route("/api/publish", post(api::publish_api))
-        .route("/api/history", get(api::history))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/status", get(ops::status_page))
-        .route("/status.json", get(ops::status_json))
+    let with_ops = app.config.admin_listen.is_none();
+    let mut entries = routes::app_routes();
+    entries.extend(
+        routes::ops_routes()
+            .into_iter()
+            .filter(|e| with_ops || e.route.access == crate::request::Access::Public),
+    );
+    routes::build(&app, entries)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             cors::cors,
         ))
         .layer(DefaultBodyLimit::max(app.config.limits.max_frame_bytes))
         .with_state(app)
+}
+
+/// The admin listener's routes: health, readiness, metrics and the status page, without
+/// credentials (the admin listener is bound to a private interface; `docs/operations.md`).
+pub fn ops_router(app: Arc<App>) -> Router {
+    routes::build(&app, routes::admin_routes()).with_state(app)
 }

@@ -1,68 +1,80 @@
 //! `GET /poll`: long-polling. Answers at once with the messages after the given offsets, or
 //! holds the request (a future, not a thread) until one arrives or the timeout passes. The
 //! body always carries the next offsets to poll from. A newer poll with the same `client_id`
-//! ends the older one (`409 replaced`). A client that goes away drops the request's feed,
-//! which releases its subscriptions at once.
+//! by the same user ends the older one (`409 replaced`); another user's poll with that
+//! `client_id` is refused (`403 forbidden`) and ends nothing. A poll held past its token's
+//! expiry answers `401 unauthorized` ([`lifetime`]). A client that goes away drops the
+//! request's feed, which releases its subscriptions at once.
 
 use std::sync::Arc;
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::http::{
-    authorize_subscriber, channels_with_offsets, gap_json, parse_seconds, push_message,
-    push_offsets, query_pairs, query_value, HttpError,
+    gap_json, parse_seconds, push_message, push_offsets, query_pairs, query_value, subscribes,
+    HttpError,
 };
+use crate::auth::{lifetime, AuthContext};
 use crate::feed::{Delivery, Feed};
+use crate::request::{subscribe, Subscribe};
 use crate::App;
 
 /// Answers one long-poll request.
 pub async fn poll(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(caller): Extension<AuthContext>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let pairs = query_pairs(query.as_deref());
-    let callback = match query_value(&pairs, "callback") {
-        Some(_) if !app.config.http.jsonp => {
-            return HttpError::bad_request("JSONP is disabled on this server").into_response()
-        }
-        Some(name) if !valid_callback(name) => {
-            return HttpError::bad_request("callback must be 1-64 characters of A-Z a-z 0-9 _ $ .")
-                .into_response()
-        }
-        other => other.map(str::to_owned),
+    let callback = match jsonp_callback(&app, &pairs) {
+        Ok(callback) => callback,
+        Err(err) => return err.into_response(),
     };
-    let result = hold(&app, &headers, peer, &pairs).await;
-    let (status, body) = match result {
+    let (status, body) = match hold(&app, &caller, &pairs).await {
         Ok(body) => (StatusCode::OK, body),
-        Err(err) => {
-            let body = err.body();
-            (err.into_response().status(), body)
-        }
+        Err(err) => (err.status(), err.body()),
     };
-    respond(status, body, callback.as_deref())
+    respond(status, body, callback)
+}
+
+/// A refused poll (by the route's guard) answered like any other: as JSONP when it asked for
+/// it.
+pub fn error_response(app: &App, pairs: &[(String, String)], err: HttpError) -> Response {
+    match jsonp_callback(app, pairs) {
+        Ok(callback) => respond(err.status(), err.body(), callback),
+        Err(bad) => bad.into_response(),
+    }
+}
+
+/// The JSONP callback the query names, if any (`400` when JSONP is off or the name is bad).
+fn jsonp_callback<'a>(
+    app: &App,
+    pairs: &'a [(String, String)],
+) -> Result<Option<&'a str>, HttpError> {
+    match query_value(pairs, "callback") {
+        Some(_) if !app.config.http.jsonp => {
+            Err(HttpError::bad_request("JSONP is disabled on this server"))
+        }
+        Some(name) if !valid_callback(name) => Err(HttpError::bad_request(
+            "callback must be 1-64 characters of A-Z a-z 0-9 _ $ .",
+        )),
+        other => Ok(other),
+    }
 }
 
 async fn hold(
     app: &Arc<App>,
-    headers: &HeaderMap,
-    peer: SocketAddr,
+    caller: &AuthContext,
     pairs: &[(String, String)],
 ) -> Result<String, HttpError> {
-    let channels = channels_with_offsets(pairs)?;
-    authorize_subscriber(
-        app,
-        headers,
-        pairs,
-        Some(peer),
-        "poll",
-        channels.iter().map(|(c, _)| c.as_str()),
-    )?;
+    let channels: Vec<Subscribe> = subscribes(pairs)?;
+    let allowed = channels
+        .iter()
+        .map(|request| subscribe::check(app, caller, None, request))
+        .collect::<Result<Vec<_>, _>>()?;
     let http = &app.config.http;
     let timeout = match query_value(pairs, "timeout") {
         None => http.poll_timeout,
@@ -73,7 +85,7 @@ async fn hold(
             if id.is_empty() || id.len() > 200 {
                 Err(HttpError::bad_request("client_id must be 1-200 bytes"))
             } else {
-                Ok(app.poll_holders.claim(id.to_owned()))
+                app.poll_holders.claim(id.to_owned(), caller.owner())
             }
         })
         .transpose()?;
@@ -81,10 +93,13 @@ async fn hold(
     let mut feed = Feed::new(app.clone(), "poll");
     let mut gaps = Vec::new();
     let mut truncated = Vec::new();
-    for (channel, offset) in &channels {
-        let start = feed.subscribe(channel, *offset).await?;
+    for allowed in allowed {
+        let channel = allowed.channel().to_owned();
+        let subscribe::Subscribed::Plain(start) = allowed.run(&mut feed).await? else {
+            return Err(HttpError::bad_request("consumer groups need a WebSocket"));
+        };
         if let Some((from, to)) = start.gap {
-            gaps.push(gap_json(channel, from, to));
+            gaps.push(gap_json(&channel, from, to));
         } else if start.truncated {
             truncated.push(format!("\"{channel}\""));
         }
@@ -102,6 +117,9 @@ async fn hold(
             return Err(HttpError::replaced("a newer poll with this client_id replaced this one"))
         }
         () = app.shutdown.cancelled() => {}
+        () = lifetime::expired(lifetime::deadline(caller.claims.as_deref())) => {
+            return Err(lifetime::expired_error().into())
+        }
     }
     feed.collect_queued();
     let out = feed.take();
@@ -121,9 +139,12 @@ async fn hold(
     body.push_str("],");
     push_offsets(
         &mut body,
-        channels
-            .iter()
-            .map(|(c, _)| (c.as_str(), feed.last_offset(c).unwrap_or_default())),
+        channels.iter().map(|s| {
+            (
+                s.channel.as_str(),
+                feed.last_offset(&s.channel).unwrap_or_default(),
+            )
+        }),
     );
     if !gaps.is_empty() {
         body.push_str(",\"gaps\":[");

@@ -8,26 +8,25 @@
 //! channel resumes exactly there. A `retry:` hint and comment
 //! heartbeats keep proxies and clients informed. The stream is written by a task into a small
 //! bounded channel: a client that does not read stalls its task, whose feed then switches to
-//! catch-up reads instead of buffering.
+//! catch-up reads instead of buffering. A stream opened with a token ends at the token's expiry
+//! with an `event: error` ([`lifetime`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use redistribute_protocol::{Offset, StreamId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{
-    authorize_subscriber, channels_with_offsets, gap_json, push_message, query_pairs, query_value,
-    HttpError,
-};
+use super::http::{gap_json, push_message, query_pairs, query_value, subscribes, HttpError};
+use crate::auth::{lifetime, AuthContext};
 use crate::feed::{Delivery, Feed};
+use crate::request::{subscribe, Subscribe};
 use crate::App;
 
 /// Chunks waiting to be written to one stream (each is one delivery, at most about 2 MiB): a
@@ -40,11 +39,11 @@ const RETRY_MS: u64 = 2_000;
 /// Opens an event stream.
 pub async fn sse(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<AuthContext>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match open(app, &headers, peer, query.as_deref()).await {
+    match open(app, &caller, &headers, query.as_deref()).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -52,20 +51,12 @@ pub async fn sse(
 
 async fn open(
     app: Arc<App>,
+    caller: &AuthContext,
     headers: &HeaderMap,
-    peer: SocketAddr,
     query: Option<&str>,
 ) -> Result<Response, HttpError> {
     let pairs = query_pairs(query);
-    let mut channels = channels_with_offsets(&pairs)?;
-    authorize_subscriber(
-        &app,
-        headers,
-        &pairs,
-        Some(peer),
-        "sse",
-        channels.iter().map(|(c, _)| c.as_str()),
-    )?;
+    let mut channels: Vec<Subscribe> = subscribes(&pairs)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(value.to_str().map_err(|_| {
             HttpError::bad_request("Last-Event-ID must be a resume token this server sent")
@@ -74,17 +65,24 @@ async fn open(
     };
     if let Some(token) = last_event_id.filter(|t| !t.is_empty()) {
         let offsets = parse_token(token, channels.len())?;
-        for ((_, offset), resumed) in channels.iter_mut().zip(offsets) {
-            *offset = Offset::Id(resumed);
+        for (request, resumed) in channels.iter_mut().zip(offsets) {
+            request.offset = Offset::Id(resumed);
         }
     }
+    let allowed = channels
+        .iter()
+        .map(|request| subscribe::check(&app, caller, None, request))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut feed = Feed::new(app.clone(), "sse");
     let mut preamble = format!("retry: {RETRY_MS}\n\n");
-    for (channel, offset) in &channels {
-        let start = feed.subscribe(channel, *offset).await?;
+    for allowed in allowed {
+        let channel = allowed.channel().to_owned();
+        let subscribe::Subscribed::Plain(start) = allowed.run(&mut feed).await? else {
+            return Err(HttpError::bad_request("consumer groups need a WebSocket"));
+        };
         if let Some((from, to)) = start.gap {
             preamble.push_str("event: gap\ndata: ");
-            preamble.push_str(&gap_json(channel, from, to));
+            preamble.push_str(&gap_json(&channel, from, to));
             preamble.push_str("\n\n");
         } else if start.truncated {
             preamble.push_str(&format!(
@@ -95,7 +93,7 @@ async fn open(
     }
     let names: Vec<Arc<str>> = channels
         .iter()
-        .map(|(c, _)| Arc::from(c.as_str()))
+        .map(|s| Arc::from(s.channel.as_str()))
         .collect();
     let positions: Vec<StreamId> = names
         .iter()
@@ -107,11 +105,19 @@ async fn open(
     preamble.push_str("id: ");
     preamble.push_str(&token(&positions));
     preamble.push_str("\n\n");
+    let expiry = lifetime::deadline(caller.claims.as_deref());
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(SSE_CHUNKS);
     tx.try_send(Ok(Bytes::from(preamble))).ok();
+    let peer = caller.peer.map(|p| p.to_string()).unwrap_or_default();
     tracing::debug!(conn = feed.id(), %peer, channels = names.len(), "SSE stream opened");
-    app.tasks
-        .spawn(stream_events(app.clone(), feed, names, positions, tx));
+    app.tasks.spawn(stream_events(
+        app.clone(),
+        feed,
+        names,
+        positions,
+        tx,
+        expiry,
+    ));
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -154,6 +160,7 @@ async fn stream_events(
     names: Vec<Arc<str>>,
     mut positions: Vec<StreamId>,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    expiry: Option<tokio::time::Instant>,
 ) {
     let connections = metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "sse");
     connections.increment(1.0);
@@ -169,6 +176,11 @@ async fn stream_events(
             () = app.shutdown.cancelled() => return,
             () = tx.closed() => return,
             _ = heartbeat.tick() => String::from(": heartbeat\n\n"),
+            () = lifetime::expired(expiry) => {
+                let error = HttpError::from(lifetime::expired_error()).body();
+                let _ = tx.send(Ok(Bytes::from(format!("event: error\ndata: {error}\n\n")))).await;
+                return;
+            }
             () = feed.ready() => {
                 let out = feed.take();
                 let mut chunk = String::new();
@@ -199,8 +211,10 @@ async fn stream_events(
                 chunk
             }
         };
-        if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-            return;
+        // A client that stopped reading still loses the stream at the token's expiry.
+        tokio::select! {
+            sent = tx.send(Ok(Bytes::from(chunk))) => if sent.is_err() { return },
+            () = lifetime::expired(expiry) => return,
         }
     }
 }

@@ -8,7 +8,11 @@
 //!   task id on an instance: a newer watch ends the older one, whose body is then a `replaced`
 //!   error.
 //!
-//! With a task secret configured, ids must be signed: `<id>.<hex HMAC-SHA256(secret, id)>`.
+//! Access: a token whose claims allow the channel (a poll is authorized as history of it, a
+//! watch as a subscription), or, with a task secret configured, a signed id:
+//! `<id>.<hex HMAC-SHA256(secret, id)>` ([`crate::request::task_id`]). A watch held by one
+//! user is not replaced by another user's (`403 forbidden`). A watch opened with a token ends
+//! at the token's expiry with an `unauthorized` error body ([`lifetime`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,62 +21,78 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, Mac};
-use redistribute_protocol::{validate_channel, Offset, StreamId};
-use sha2::Sha256;
+use axum::Extension;
+use redistribute_protocol::Offset;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::http::{push_message, query_pairs, HttpError};
-use crate::engine::{latest_entry, Batch, Engine, EngineError, MAX_ENTRY_BYTES};
-use crate::error::RequestError;
+use crate::auth::{lifetime, AuthContext};
+use crate::engine::Batch;
 use crate::feed::{Delivery, Feed};
+use crate::request::{history, subscribe, task_id, Subscribe};
 use crate::App;
+
+pub use crate::request::task_id::sign_task_id;
 
 /// Answers a task poll or watch.
 pub async fn task(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<AuthContext>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let watch = query_pairs(query.as_deref())
         .iter()
         .any(|(k, _)| k == "watch");
-    match handle(app, &id, watch).await {
+    match handle(app, caller, &id, watch).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
 }
 
-async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpError> {
-    let task_id = verify(id, app.config.http.task_secret.as_deref())?;
-    let channel: Arc<str> = Arc::from(format!("task:{task_id}"));
-    validate_channel(&channel).map_err(|e| HttpError::bad_request(e.to_string()))?;
+async fn handle(
+    app: Arc<App>,
+    mut caller: AuthContext,
+    id: &str,
+    watch: bool,
+) -> Result<Response, HttpError> {
+    let channel = task_id::resolve(&app, &mut caller, id)?;
     if !watch {
-        let latest = latest_entry(&*app.engine, &channel)
-            .await
-            .map_err(RequestError::from)?;
-        return match latest {
+        let channel: Arc<str> = Arc::from(channel);
+        return match history::latest(&app, &caller, &channel).await? {
             Some(batch) => Ok(json_response(entry_json(&batch))),
             None => Err(HttpError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("task {task_id:?} has no status yet"),
+                format!("{channel:?} has no status yet"),
             )),
         };
     }
     // Subscribe first, then look at the newest entry as of the subscription's start: an
     // update published at any moment is either that entry or delivered by the feed, so a
     // `done` racing the watch is never missed.
+    let request = Subscribe {
+        channel,
+        offset: Offset::Latest,
+        group: None,
+    };
+    let allowed = subscribe::check(&app, &caller, None, &request)?;
     let mut feed = Feed::new(app.clone(), "task");
-    let start = feed.subscribe(&channel, Offset::Latest).await?;
-    let newest = entry_at(&*app.engine, &channel, start.after)
-        .await
-        .map_err(RequestError::from)?;
+    let subscribe::Subscribed::Plain(start) = allowed.run(&mut feed).await? else {
+        return Err(HttpError::bad_request(
+            "a task watch subscribes to no group",
+        ));
+    };
+    let channel: Arc<str> = Arc::from(request.channel);
+    let newest = history::entry_at(&app, &caller, &channel, start.after).await?;
     if let Some(batch) = newest.as_ref().filter(|b| is_done(b)) {
         return Ok(json_response(entry_json(batch)));
     }
-    let holder = app.task_watches.claim(task_id.to_owned());
+    let holder = app
+        .task_watches
+        .claim(channel.to_string(), caller.owner())?;
+    let expiry = lifetime::deadline(caller.claims.as_deref());
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(2);
     let keepalive = app.config.http.task_keepalive;
     let tasks = app.tasks.clone();
@@ -101,6 +121,9 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
                 () = holder.replaced.cancelled() => {
                     HttpError::replaced("a newer watch of this task replaced this one").body()
                 }
+                () = lifetime::expired(expiry) => {
+                    HttpError::from(lifetime::expired_error()).body()
+                }
                 () = app.shutdown.cancelled() => {
                     HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server restarting; watch again").body()
                 }
@@ -124,48 +147,6 @@ async fn handle(app: Arc<App>, id: &str, watch: bool) -> Result<Response, HttpEr
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     set_json_headers(&mut response);
     Ok(response)
-}
-
-/// Checks the id's signature when a secret is configured; returns the bare id.
-fn verify<'a>(id: &'a str, secret: Option<&str>) -> Result<&'a str, HttpError> {
-    let Some(secret) = secret else {
-        return Ok(id);
-    };
-    let forbidden = || {
-        HttpError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "task id must be signed: <id>.<hex HMAC-SHA256(secret, id)>",
-        )
-    };
-    let (bare, signature) = id.rsplit_once('.').ok_or_else(forbidden)?;
-    let signature = hex::decode(signature).map_err(|_| forbidden())?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(bare.as_bytes());
-    mac.verify_slice(&signature).map_err(|_| forbidden())?;
-    Ok(bare)
-}
-
-/// Signs a task id with the secret (for back-ends that create tasks, and for tests).
-pub fn sign_task_id(id: &str, secret: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(id.as_bytes());
-    format!("{id}.{}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// The entry with offset `id`, if the channel still holds it.
-async fn entry_at(
-    engine: &dyn Engine,
-    channel: &Arc<str>,
-    id: StreamId,
-) -> Result<Option<Batch>, EngineError> {
-    let Some(before) = id.predecessor() else {
-        return Ok(None);
-    };
-    let page = engine.read(channel, before, 1, MAX_ENTRY_BYTES).await?;
-    Ok(page.batch.filter(|b| b.first_id() == id))
 }
 
 fn is_done(batch: &Batch) -> bool {
@@ -192,24 +173,4 @@ fn set_json_headers(response: &mut Response) {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signatures() {
-        let secret = "0123456789abcdef";
-        let signed = sign_task_id("job-7", secret);
-        assert_eq!(verify(&signed, Some(secret)).unwrap(), "job-7");
-        assert!(verify("job-7", Some(secret)).is_err());
-        assert!(verify("job-7.00ff", Some(secret)).is_err());
-        assert!(verify(
-            &sign_task_id("job-8", secret).replace("job-8", "job-7"),
-            Some(secret)
-        )
-        .is_err());
-        assert_eq!(verify("anything", None).unwrap(), "anything");
-    }
 }

@@ -1,15 +1,15 @@
 //! `GET /ws`: upgrades to a WebSocket speaking protocol v1 (see [`super::ws_connection`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use super::http::HttpError;
 use super::ws_connection::serve_websocket;
+use crate::auth::AuthContext;
 use crate::listener::IpSlot;
 use crate::App;
 
@@ -27,10 +27,11 @@ const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Handles the upgrade request: refuses browser origins outside the allow-list (cross-site
-/// WebSocket hijacking) with 403, and a bad `Authorization: Bearer` token with 401.
+/// WebSocket hijacking) with 403. The route's guard has already refused a bad
+/// `Authorization: Bearer` token with 401.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<AuthContext>,
     slot: Option<Extension<Arc<IpSlot>>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -58,18 +59,6 @@ pub async fn upgrade(
             .into_response();
         }
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let claims = match bearer {
-        None => None,
-        Some(token) => match app.authenticate(Some(token)) {
-            Ok(claims) => claims,
-            Err(err) => return HttpError::from(err).into_response(),
-        },
-    };
-    let authenticated = bearer.is_some() || !app.auth_required();
     let max = app.config.limits.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -79,13 +68,6 @@ pub async fn upgrade(
             let tasks = app.tasks.clone();
             // The slot keeps counting against the per-IP limit while the WebSocket lives.
             let slot = slot.map(|Extension(slot)| slot);
-            tasks.track_future(serve_websocket(
-                socket,
-                app,
-                peer,
-                claims,
-                authenticated,
-                slot,
-            ))
+            tasks.track_future(serve_websocket(socket, app, caller, slot))
         })
 }

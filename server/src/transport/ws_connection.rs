@@ -11,7 +11,6 @@
 //! ([`IDLE_FUTURE_MAX_BYTES`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -21,20 +20,26 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use redistribute_protocol::{
-    decode_client, encode_server, ClientFrame, ErrorCode, Offset, ServerFrame, PROTOCOL_VERSION,
+    decode_client, encode_server, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERSION,
 };
 use tracing::{debug, info_span, Instrument, Span};
 
-use crate::auth::{Action, AuthContext, Claims};
-use crate::engine::{EngineError, PublishRequest};
+use crate::auth::{lifetime, AuthContext, Credential};
 use crate::error::RequestError;
 use crate::feed::Feed;
 use crate::limits::TokenBucket;
 use crate::listener::IpSlot;
+use crate::request::{publish, subscribe, Request, ENGINE_TIMEOUT_MARGIN};
 use crate::App;
 
 /// WebSocket close codes of protocol v1.
 pub mod close_code {
+    /// A WebSocket protocol violation (RFC 6455): an unmasked client frame, a reserved opcode
+    /// or reserved bit, a continuation without a start, a fragmented or oversized control
+    /// frame.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame (or close reason) that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (auth, repeated bad frames).
     pub const POLICY: u16 = 1008;
     /// A frame exceeded the size limit.
@@ -49,9 +54,6 @@ pub mod close_code {
 /// is issued when the future is first polled, and `FuturesOrdered` first-polls in push order,
 /// so a connection's publishes are stored in the order it sent them.
 type PublishFuture = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
-
-/// How much longer than the engine's own timeout the transport waits for it.
-pub const ENGINE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Most publishes one connection may have in flight; beyond it inbound frames wait.
 const MAX_PIPELINED_PUBLISHES: usize = 64;
@@ -79,15 +81,18 @@ struct Publishing {
 
 /// Why the connection loop ended.
 enum End {
-    /// The peer closed or the socket failed.
+    /// The socket failed, or the peer went away without a close frame.
     Gone,
+    /// The peer sent a close frame: the reply tungstenite queued (the same code) is written
+    /// before the socket is dropped, completing the closing handshake.
+    PeerClosed,
     /// Close the socket with this code and reason.
     Close(u16, &'static str),
 }
 
-/// Serves one upgraded WebSocket until it closes. `claims` come from an `Authorization`
-/// header on the upgrade; `authenticated` says whether the connection may act before a
-/// `connect` frame (auth off, or a valid header token); `slot` is held (counting against the
+/// Serves one upgraded WebSocket until it closes. `caller` is who the upgrade authenticated
+/// (a token in an `Authorization` header, or [`Credential::Missing`] until a `connect` frame
+/// brings one, or open when authentication is off); `slot` is held (counting against the
 /// per-IP limit) until the connection ends.
 ///
 /// This is a plain function returning the connection's future, built so that the socket and
@@ -97,23 +102,18 @@ enum End {
 pub fn serve_websocket(
     socket: WebSocket,
     app: Arc<App>,
-    peer: SocketAddr,
-    claims: Option<Arc<Claims>>,
-    authenticated: bool,
+    caller: AuthContext,
     slot: Option<Arc<IpSlot>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let now = Instant::now();
     let limits = &app.config.limits;
-    let expiry = claims.as_deref().map(token_expiry);
+    let expiry = lifetime::deadline(caller.claims.as_deref());
+    let peer = caller.peer;
     let mut conn = Connection {
         socket,
         feed: Feed::new(app.clone(), "ws"),
-        ctx: AuthContext {
-            claims,
-            peer: Some(peer),
-            transport: "ws",
-        },
-        authenticated,
+        authenticated: caller.credential != Credential::Missing,
+        ctx: caller,
         expiry,
         subscribe_bucket: TokenBucket::new(limits.subscribe_rate, limits.subscribe_burst, now),
         missed_pongs: 0,
@@ -124,7 +124,7 @@ pub fn serve_websocket(
     };
     async move {
         let id = conn.feed.id();
-        debug!(conn = id, transport = "ws", %peer, "connected");
+        debug!(conn = id, transport = "ws", peer = ?peer, "connected");
         // Not holding the gauge handle: each handle is an allocation of its own.
         metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").increment(1.0);
         let end = conn.run().await;
@@ -132,13 +132,20 @@ pub fn serve_websocket(
         // while.
         conn.feed.clear();
         conn.publishing = None;
-        if let End::Close(code, reason) = end {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            let close = conn.socket.send(Message::Close(Some(frame)));
-            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), close)).await;
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let close = conn.socket.send(Message::Close(Some(frame)));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), close)).await;
+            }
+            End::PeerClosed => {
+                let reply = std::future::poll_fn(|cx| conn.socket.poll_flush_unpin(cx));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), reply)).await;
+            }
+            End::Gone => {}
         }
         metrics::gauge!(crate::metrics::CONNECTIONS, "transport" => "ws").decrement(1.0);
         debug!(conn = id, "disconnected");
@@ -249,7 +256,7 @@ impl Connection {
                         let frame = ServerFrame::Error {
                             id: None,
                             code: ErrorCode::Unauthorized,
-                            message: "token expired; reconnect with a new token".into(),
+                            message: lifetime::EXPIRED_MESSAGE.into(),
                         };
                         let _ = Box::pin(send(&mut self.socket, &frame)).await;
                         return End::Close(close_code::POLICY, "token expired");
@@ -282,7 +289,8 @@ impl Connection {
                             let message = "binary frames are not supported; send JSON text frames";
                             Box::pin(self.on_bad_frame(None, ErrorCode::BadRequest, message)).await
                         }
-                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Ok(Message::Close(_))) => return End::PeerClosed,
+                        None => return End::Gone,
                         Some(Ok(_)) => Ok(()),
                         Some(Err(err)) => return classify_read_error(&err),
                     }
@@ -398,13 +406,29 @@ impl Connection {
         }
     }
 
-    /// `connect`: (re)authenticates with the token; a bad token closes the connection.
+    /// `connect`: (re)authenticates with the token; a bad token closes the connection. On an
+    /// authenticated connection this is a refresh: the new token must allow every current
+    /// subscription ([`lifetime::check_refresh`]), and replaces the claims and the expiry.
     async fn on_connect(&mut self, id: u64, token: Option<&str>) -> Result<(), End> {
-        match self.app.authenticate(token) {
+        let refreshed = self
+            .app
+            .authenticate(token)
+            .and_then(|claims| match claims {
+                Some(claims) if self.authenticated => lifetime::check_refresh(
+                    &*self.app.authorizer,
+                    &self.ctx,
+                    claims,
+                    self.feed.channels(),
+                )
+                .map(|ctx| ctx.claims),
+                claims => Ok(claims),
+            });
+        match refreshed {
             Ok(claims) => {
-                if let Some(claims) = claims {
-                    self.expiry = Some(token_expiry(&claims));
-                    self.ctx.claims = Some(claims);
+                if claims.is_some() {
+                    self.expiry = lifetime::deadline(claims.as_deref());
+                    self.ctx.claims = claims;
+                    self.ctx.credential = Credential::Token;
                 }
                 self.authenticated = true;
                 self.bad_frames = 0;
@@ -422,62 +446,53 @@ impl Connection {
         }
     }
 
+    /// Hands a request to the request layer and answers it (a publish is answered when its
+    /// engine call completes, in order with the connection's other publishes).
     async fn on_request(&mut self, frame: ClientFrame) -> Result<(), RequestError> {
-        let reply = match frame {
-            // Answered by `on_connect` before requests are dispatched here.
-            ClientFrame::Connect { .. } => return Ok(()),
-            ClientFrame::Ping { id } => ServerFrame::Pong { id },
-            ClientFrame::Subscribe {
-                id,
-                channel,
-                offset,
-                group,
-                consumer,
-            } => {
-                if !self.subscribe_bucket.try_take(Instant::now()) {
-                    return Err(RequestError::new(
-                        ErrorCode::RateLimited,
-                        "too many subscribes; slow down",
-                    ));
-                }
-                self.app
-                    .authorizer
-                    .authorize(&self.ctx, Action::Subscribe { channel: &channel })?;
-                let offset = offset.unwrap_or_default();
-                if let (Some(group), Some(consumer)) = (group, consumer) {
-                    let last = self
-                        .feed
-                        .subscribe_group(&channel, &group, &consumer, offset)
-                        .await?;
+        if let ClientFrame::Ping { id } = frame {
+            return self.reply(&ServerFrame::Pong { id }).await;
+        }
+        // `connect` is answered by `on_connect` before requests are dispatched here.
+        let Some((id, request)) = Request::from_frame(frame) else {
+            return Ok(());
+        };
+        let app = &self.app;
+        let reply = match request {
+            Request::Subscribe(request) => {
+                let bucket = Some(&mut self.subscribe_bucket);
+                let subscribed =
+                    subscribe::subscribe(app, &self.ctx, bucket, &mut self.feed, &request).await?;
+                let channel = request.channel;
+                match subscribed {
                     // For a group, `offset` is the group's last delivered ID.
-                    ServerFrame::Subscribed {
+                    subscribe::Subscribed::Group(last) => ServerFrame::Subscribed {
                         id,
                         channel,
                         offset: last,
                         truncated: false,
+                    },
+                    subscribe::Subscribed::Plain(start) => {
+                        let reply = ServerFrame::Subscribed {
+                            id,
+                            channel: channel.clone(),
+                            offset: start.after,
+                            truncated: start.truncated,
+                        };
+                        self.reply(&reply).await?;
+                        let Some((from, to)) = start.gap else {
+                            return Ok(());
+                        };
+                        ServerFrame::Gap { channel, from, to }
                     }
-                } else {
-                    return self.subscribe(id, channel, offset).await;
                 }
             }
-            ClientFrame::Unsubscribe { id, channel } => {
-                if !self.feed.unsubscribe(&channel) {
-                    return Err(RequestError::new(
-                        ErrorCode::NotFound,
-                        format!("not subscribed to {channel:?}"),
-                    ));
-                }
+            Request::Unsubscribe(request) => {
+                subscribe::unsubscribe(app, &self.ctx, &mut self.feed, &request)?;
+                let channel = request.channel;
                 ServerFrame::Unsubscribed { id, channel }
             }
-            ClientFrame::Publish {
-                id,
-                channel,
-                fields,
-                maxlen,
-                idempotency_key,
-            } => {
-                crate::message::check_fields(&fields)?;
-                let limits = &self.app.config.limits;
+            Request::Publish(request) => {
+                let limits = &app.config.limits;
                 let publishing = self.publishing.get_or_insert_with(|| {
                     Box::new(Publishing {
                         bucket: TokenBucket::new(
@@ -488,111 +503,41 @@ impl Connection {
                         replies: FuturesOrdered::new(),
                     })
                 });
-                if !publishing.bucket.try_take(Instant::now()) {
-                    return Err(RequestError::new(
-                        ErrorCode::RateLimited,
-                        "too many publishes; slow down",
-                    ));
-                }
-                self.app.authorizer.authorize(
-                    &self.ctx,
-                    Action::Publish {
-                        channel: &channel,
-                        fields: &fields,
-                    },
-                )?;
-                let app = self.app.clone();
-                let publishes = &mut self.publishing.as_mut().expect("set above").replies;
-                publishes.push_back(Box::pin(
+                let allowed =
+                    publish::check(app, &self.ctx, Some(&mut publishing.bucket), request)?;
+                let app = app.clone();
+                publishing.replies.push_back(Box::pin(
                     async move {
-                        let request = PublishRequest {
-                            channel: &channel,
-                            fields: &fields,
-                            maxlen,
-                            idempotency_key: idempotency_key.as_deref(),
-                        };
-                        match publish(&app, request).await {
-                            Ok(offset) => ServerFrame::Published {
+                        match allowed.run(app).await {
+                            (channel, Ok(offset)) => ServerFrame::Published {
                                 id,
                                 channel,
                                 offset,
                             },
-                            Err(err) => err.into_frame(id),
+                            (_, Err(err)) => err.into_frame(id),
                         }
                     }
                     .instrument(Span::current()),
                 ));
                 return Ok(());
             }
-            ClientFrame::Ack {
-                id,
-                channel,
-                group,
-                offsets,
-            } => {
-                // Acknowledging is part of consuming: allowed where subscribing is.
-                self.app
-                    .authorizer
-                    .authorize(&self.ctx, Action::Subscribe { channel: &channel })?;
-                let count = self.feed.ack(&channel, &group, &offsets).await?;
+            Request::Ack(request) => {
+                let count = subscribe::ack(app, &self.ctx, &mut self.feed, &request).await?;
                 ServerFrame::Acked { id, count }
             }
+            // The protocol has no history frame (history is read over `/api/history`).
+            Request::History(_) => {
+                return Err(RequestError::bad_request(
+                    "history is read over HTTP: GET /api/history",
+                ))
+            }
         };
-        self.send(&reply).await.map_err(|_| RequestError::Socket)
+        self.reply(&reply).await
     }
 
-    async fn subscribe(
-        &mut self,
-        id: u64,
-        channel: String,
-        offset: Offset,
-    ) -> Result<(), RequestError> {
-        let start = self.feed.subscribe(&channel, offset).await?;
-        let reply = ServerFrame::Subscribed {
-            id,
-            channel: channel.clone(),
-            offset: start.after,
-            truncated: start.truncated,
-        };
-        self.send(&reply).await.map_err(|_| RequestError::Socket)?;
-        if let Some((from, to)) = start.gap {
-            let gap = ServerFrame::Gap { channel, from, to };
-            self.send(&gap).await.map_err(|_| RequestError::Socket)?;
-        }
-        Ok(())
+    async fn reply(&mut self, frame: &ServerFrame) -> Result<(), RequestError> {
+        self.send(frame).await.map_err(|_| RequestError::Socket)
     }
-}
-
-/// Publishes through the engine, bounded by the request timeout.
-pub async fn publish(
-    app: &App,
-    request: PublishRequest<'_>,
-) -> Result<redistribute_protocol::StreamId, RequestError> {
-    // The Redis engine enforces `request_timeout` itself, and a command it times out is never
-    // sent later (fred skips timed-out commands when it replays its buffer after a reconnect).
-    // This outer bound only guards against an engine that hangs; it must not fire first, or a
-    // publish reported `unavailable` could still be written once Redis is back.
-    let timeout = app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
-    let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, app.engine.publish(request)).await {
-        Ok(result) => result.map_err(RequestError::from),
-        Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
-    };
-    crate::metrics::engine_op("publish", started);
-    if result.is_ok() {
-        crate::metrics::hot().published.increment(1);
-    }
-    result
-}
-
-/// When a token with these claims expires, as a tokio instant.
-fn token_expiry(claims: &Claims) -> tokio::time::Instant {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let left = claims.expires_at.saturating_sub(now_unix);
-    tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
@@ -602,15 +547,34 @@ async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), End> {
         .map_err(|_| End::Gone)
 }
 
+/// How to end a connection whose socket failed with `err`: RFC 6455 asks for a close frame
+/// naming a protocol violation (1002), invalid UTF-8 (1007) or a too large frame (1009); I/O
+/// errors and resets just end it.
 fn classify_read_error(err: &axum::Error) -> End {
-    let text = err.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("too big")
-    {
-        End::Close(close_code::TOO_BIG, "frame too large")
-    } else {
-        End::Gone
+    use std::error::Error as _;
+    use tungstenite::error::ProtocolError as P;
+    use tungstenite::Error as E;
+    let Some(err) = err.source().and_then(|e| e.downcast_ref::<E>()) else {
+        return End::Gone;
+    };
+    let protocol = |reason| End::Close(close_code::PROTOCOL, reason);
+    match err {
+        E::Capacity(_) => End::Close(close_code::TOO_BIG, "frame too large"),
+        E::Utf8(_) => End::Close(close_code::INVALID_DATA, "invalid UTF-8"),
+        E::Protocol(P::UnmaskedFrameFromClient) => protocol("unmasked client frame"),
+        E::Protocol(P::NonZeroReservedBits) => protocol("reserved bits set"),
+        E::Protocol(P::UnknownDataFrameType(_) | P::UnknownControlFrameType(_)) => {
+            protocol("reserved opcode")
+        }
+        E::Protocol(P::InvalidOpcode(_)) => protocol("invalid opcode"),
+        E::Protocol(P::UnexpectedContinueFrame) => protocol("continuation without a start"),
+        E::Protocol(P::ExpectedFragment(_)) => protocol("expected a continuation frame"),
+        E::Protocol(P::FragmentedControlFrame) => protocol("fragmented control frame"),
+        E::Protocol(P::ControlFrameTooBig) => protocol("control frame too big"),
+        E::Protocol(P::InvalidCloseSequence) => protocol("invalid close frame"),
+        E::Protocol(P::ResetWithoutClosingHandshake) => End::Gone,
+        E::Protocol(_) => protocol("protocol error"),
+        _ => End::Gone,
     }
 }
 
@@ -623,18 +587,45 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    fn code_for(err: tungstenite::Error) -> Option<u16> {
+        match classify_read_error(&axum::Error::new(err)) {
+            End::Close(code, _) => Some(code),
+            End::Gone | End::PeerClosed => None,
+        }
+    }
+
+    #[test]
+    fn read_errors_choose_the_rfc_close_code() {
+        use tungstenite::error::{CapacityError, ProtocolError as P};
+        use tungstenite::Error as E;
+        let too_long = CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        };
+        assert_eq!(code_for(E::Capacity(too_long)), Some(1009));
+        assert_eq!(code_for(E::Utf8("\u{fffd}".into())), Some(1007));
+        for p in [
+            P::UnmaskedFrameFromClient,
+            P::NonZeroReservedBits,
+            P::UnknownDataFrameType(3),
+            P::UnknownControlFrameType(11),
+            P::UnexpectedContinueFrame,
+            P::FragmentedControlFrame,
+            P::ControlFrameTooBig,
+            P::InvalidCloseSequence,
+        ] {
+            assert_eq!(code_for(E::Protocol(p)), Some(1002));
+        }
+        assert_eq!(code_for(E::Protocol(P::ResetWithoutClosingHandshake)), None);
+        assert_eq!(code_for(E::Io(std::io::ErrorKind::BrokenPipe.into())), None);
+        assert_eq!(code_for(E::ConnectionClosed), None);
+    }
+
     #[test]
     fn an_idle_connection_future_stays_small() {
-        type Args = (
-            WebSocket,
-            Arc<App>,
-            SocketAddr,
-            Option<Arc<Claims>>,
-            bool,
-            Option<Arc<IpSlot>>,
-        );
-        let size = future_size(&|(socket, app, peer, claims, authenticated, slot): Args| {
-            serve_websocket(socket, app, peer, claims, authenticated, slot)
+        type Args = (WebSocket, Arc<App>, AuthContext, Option<Arc<IpSlot>>);
+        let size = future_size(&|(socket, app, caller, slot): Args| {
+            serve_websocket(socket, app, caller, slot)
         });
         eprintln!("serve_websocket future: {size} bytes");
         assert!(

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod raw_ws;
 pub mod sse;
 
 use std::time::Duration;
@@ -46,6 +47,11 @@ pub async fn start_server(redis: Option<&RedisServer>, extra: &[&str]) -> Result
         // Load tests publish far faster than the default per-connection limit allows; the
         // limit itself is tested in `security.rs`.
         args.extend(["--publish-rate", "1000000", "--publish-burst", "1000000"].map(String::from));
+    }
+    if !extra.contains(&"--min-maxlen") {
+        // Tests trim with a small `maxlen` to make gaps happen; the server's default floor
+        // (which raises such a `maxlen`) is tested in `retention.rs`.
+        args.extend(["--min-maxlen", "1"].map(String::from));
     }
     if let Some(redis) = redis {
         args.push("--redis".into());
@@ -111,5 +117,69 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .parse()?)
 }
 
+/// An HS256 token signed with `secret`: subject `sub`, the `subscribe` and `publish` patterns,
+/// expiring `expires_in` seconds from now (negative: already expired).
+pub fn jwt(
+    secret: &str,
+    sub: &str,
+    subscribe: &[&str],
+    publish: &[&str],
+    expires_in: i64,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64;
+    let claims =
+        json!({"sub": sub, "exp": now + expires_in, "subscribe": subscribe, "publish": publish});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
 /// A generous wait for one step of a test on a noisy machine.
 pub const STEP: Duration = Duration::from_secs(20);
+
+/// An HS256 token signed with `secret` whose `exp` is `expires_in` seconds from now (negative:
+/// in the past), with these `subscribe` and `publish` patterns.
+pub fn hs256_token(
+    secret: &str,
+    sub: &str,
+    subscribe: &[&str],
+    publish: &[&str],
+    expires_in: i64,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let claims =
+        json!({"sub": sub, "exp": now + expires_in, "subscribe": subscribe, "publish": publish});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 encodes any claims")
+}
+
+/// Reads from `stream` into `buf` until it holds a whole HTTP head (up to the blank line) and
+/// returns the head's length; what follows it stays in `buf`.
+pub async fn read_http_head(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(end + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "closed before the end of the HTTP head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

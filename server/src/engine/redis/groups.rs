@@ -40,7 +40,8 @@ impl Shared {
         channel: &str,
         group: &str,
         start: Offset,
-    ) -> Result<StreamId, EngineError> {
+        create: bool,
+    ) -> Result<Option<StreamId>, EngineError> {
         let start = match start {
             Offset::Latest => "$".to_owned(),
             Offset::Earliest => "0".to_owned(),
@@ -53,11 +54,15 @@ impl Shared {
             &self.options(),
             scripts::GROUP_CREATE,
             vec![key, watermark],
-            vec![group.to_owned(), start],
+            vec![
+                group.to_owned(),
+                start,
+                if create { "1" } else { "0" }.to_owned(),
+            ],
         )
         .await
         .map_err(map_err)?;
-        parse::stream_id(&reply)
+        parse::optional_id(&reply)
     }
 
     pub(super) async fn group_read(

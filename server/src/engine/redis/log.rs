@@ -781,7 +781,7 @@ impl ShardLog {
         let positions: Vec<Position> = if jobs.iter().any(|j| j.3) {
             let targets: Vec<(&str, StreamId)> =
                 jobs.iter().map(|(n, _, c, _)| (&**n, *c)).collect();
-            let raised = shared.raise(&targets, None, true).await?;
+            let raised = shared.raise(&targets, None, true, true).await?;
             let count = raised.iter().filter(|(_, r)| *r).count();
             if count > 0 {
                 warn!(

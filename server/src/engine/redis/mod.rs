@@ -6,13 +6,14 @@
 //! - History and catch-up pages come from the [`scripts::READ`] script (chunked `XRANGE`
 //!   bounded by count and bytes, with the trim watermark read atomically) over a connection of
 //!   their own, so a large page never holds up publishes.
-//! - Live entries come, by default ([`LiveReaders::Log`]), from one [`log`] reader per shard:
-//!   the publish script also appends each message to its shard's log, and one connection per
-//!   followed shard blocks in `XREAD` on that log, keeping the entries of watched channels, so
-//!   Redis connections and wake-up work stay flat however many channels are watched. With
-//!   [`LiveReaders::Channel`], [`reader`]s block in `XREAD` over the watched channels' own
-//!   streams instead (each covering a bounded number of keys, retargeted with `CLIENT
-//!   UNBLOCK`): needed when other producers append to the streams directly, without the log.
+//! - Live entries come, by default ([`LiveReaders::Channel`]), from [`reader`]s blocked in
+//!   `XREAD` over the watched channels' own streams (each covering a bounded number of keys,
+//!   retargeted with `CLIENT UNBLOCK`), so entries other producers append to the streams
+//!   directly reach subscribers at once. With [`LiveReaders::Log`] (opt-in, for deployments
+//!   where every write goes through the server) the publish script also appends each message
+//!   to its shard's log, and one [`log`] reader per followed shard blocks in `XREAD` on that
+//!   log, keeping the entries of watched channels, so Redis connections and wake-up work stay
+//!   flat however many channels are watched.
 //!
 //! In Redis Cluster mode ([`RedisConfig::cluster`]) stream keys carry a per-shard hash tag
 //! ([`keys`]), the writer is a cluster client (following `MOVED`/`ASK`), and each reader serves
@@ -43,21 +44,24 @@ use super::{
     LiveSink, Page, Position, PublishRequest, ReadySender, MAX_CLOCK_SKEW, MAX_ENTRY_BYTES,
     MAX_TRIM_PER_PUBLISH,
 };
+use crate::config::RedisUrl;
 use log::LogPool;
 use reader::ReaderPool;
 
 /// Where the live feed reads new entries from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LiveReaders {
-    /// One reader per shard blocked on the shard's log (the default): connections and Redis
-    /// work per wake-up independent of the number of watched channels. Publishes append to
-    /// the log too, so every instance of a deployment must use this mode, and entries other
-    /// producers append to the streams directly are seen only at the next catch-up.
-    #[default]
+    /// One reader per shard blocked on the shard's log (opt-in): connections and Redis work
+    /// per wake-up independent of the number of watched channels. Publishes append to the log
+    /// too, so every instance of a deployment must use this mode, and entries other producers
+    /// append to the streams directly are seen only at the next catch-up: choose it only when
+    /// every write goes through the server.
     Log,
-    /// Readers blocked on the watched channels' own streams, `keys_per_reader` each: sees
-    /// entries whoever appended them, at the cost of a connection per `keys_per_reader`
-    /// channels and Redis work per wake-up growing with them. Publishes write no log.
+    /// Readers blocked on the watched channels' own streams, `keys_per_reader` each (the
+    /// default): sees entries whoever appended them, at the cost of a connection per
+    /// `keys_per_reader` channels and Redis work per wake-up growing with them. Publishes
+    /// write no log.
+    #[default]
     Channel,
 }
 
@@ -66,7 +70,7 @@ pub enum LiveReaders {
 pub struct RedisConfig {
     /// `redis://host:port[/db]` URL of a single Redis; in cluster mode the first seed node
     /// (for logs; credentials come from each seed URL).
-    pub url: String,
+    pub url: RedisUrl,
     /// Redis Cluster mode: seed nodes and shard count. `None`: a single Redis at `url`.
     pub cluster: Option<ClusterConfig>,
     /// Prefix of stream keys (`rd:` by default).
@@ -95,21 +99,21 @@ pub struct RedisConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// `redis://host:port` URLs of some cluster nodes; the rest are discovered.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<RedisUrl>,
     /// Channels are spread over this many shards, one hash tag each ([`keys`]).
     pub shards: u16,
 }
 
 impl RedisConfig {
     /// Defaults for `url`.
-    pub fn new(url: impl Into<String>) -> Self {
+    pub fn new(url: impl Into<RedisUrl>) -> Self {
         RedisConfig {
             url: url.into(),
             cluster: None,
             prefix: "rd:".into(),
             block: Duration::from_secs(10),
             keys_per_reader: 256,
-            live: LiveReaders::Log,
+            live: LiveReaders::Channel,
             log_maxlen: DEFAULT_LOG_MAXLEN,
             command_timeout: Duration::from_secs(5),
             wait_replicas: 0,
@@ -120,8 +124,10 @@ impl RedisConfig {
 
     /// Defaults for a Redis Cluster reached through the seed `nodes`, with
     /// [`keys::DEFAULT_SHARDS`] shards.
-    pub fn cluster(nodes: Vec<String>) -> Self {
-        let mut config = RedisConfig::new(nodes.first().cloned().unwrap_or_default());
+    pub fn cluster<U: Into<RedisUrl>>(nodes: impl IntoIterator<Item = U>) -> Self {
+        let nodes: Vec<RedisUrl> = nodes.into_iter().map(Into::into).collect();
+        let first = nodes.first().cloned();
+        let mut config = RedisConfig::new(first.unwrap_or_else(|| RedisUrl::new("")));
         config.cluster = Some(ClusterConfig {
             nodes,
             shards: keys::DEFAULT_SHARDS,
@@ -322,18 +328,20 @@ impl Shared {
 
     /// Runs [`scripts::RAISE`] over `(channel, ID)` pairs (all of one hash slot in cluster
     /// mode): `skew` bounds how far ahead of Redis' clock an ID may be (`None`: no bound),
-    /// `record` marks the raised-over ranges as removed. Returns each channel's position and
-    /// whether it was raised.
+    /// `record` marks the raised-over ranges as removed, `create` creates missing streams.
+    /// Returns each channel's position and whether it was raised.
     async fn raise(
         &self,
         targets: &[(&str, StreamId)],
         skew: Option<Duration>,
         record: bool,
+        create: bool,
     ) -> Result<Vec<(Position, bool)>, EngineError> {
         let mut keys = Vec::with_capacity(2 * targets.len());
-        let mut args = Vec::with_capacity(2 + targets.len());
+        let mut args = Vec::with_capacity(3 + targets.len());
         args.push(skew.map_or(-1, |s| s.as_millis() as i64).to_string());
         args.push(if record { "1" } else { "0" }.to_owned());
+        args.push(if create { "1" } else { "0" }.to_owned());
         for (channel, id) in targets {
             let key = self.stream_key(channel);
             keys.push(format!("{key}#trim"));
@@ -449,10 +457,11 @@ fn map_err(err: fred::error::Error) -> EngineError {
 
 /// Client settings for a single Redis, or a cluster reached through its seed nodes.
 fn client_config(config: &RedisConfig) -> Result<Config, EngineError> {
-    let parse = |url: &str| {
-        Config::from_url(url).map_err(|e| {
-            let url = crate::config::redact_url(url);
-            EngineError::Internal(format!("invalid Redis URL {url:?}: {e}"))
+    // fred's URL errors may quote the URL: only the redacted form is printed.
+    let parse = |url: &RedisUrl| {
+        Config::from_url(url.expose()).map_err(|e| {
+            let detail = e.details().replace(url.expose(), &url.redacted());
+            EngineError::Internal(format!("invalid Redis URL {url:?}: {detail}"))
         })
     };
     let Some(cluster) = &config.cluster else {
@@ -470,8 +479,7 @@ fn client_config(config: &RedisConfig) -> Result<Config, EngineError> {
             ServerConfig::Clustered { hosts: more, .. } => hosts.extend(more),
             _ => {
                 return Err(EngineError::Internal(format!(
-                    "{:?} is not a Redis Cluster node URL",
-                    crate::config::redact_url(url)
+                    "{url:?} is not a Redis Cluster node URL"
                 )))
             }
         }
@@ -523,7 +531,7 @@ impl RedisEngine {
     ) -> Result<Arc<Self>, EngineError> {
         let client_config = client_config(&config)?;
         let connect = |client: Client| {
-            let url = crate::config::redact_url(&config.url);
+            let url = config.url.redacted();
             async move {
                 client.init().await.map_err(|e| {
                     EngineError::Unavailable(format!("cannot connect to Redis at {url}: {e}"))
@@ -617,8 +625,14 @@ impl Engine for RedisEngine {
         if let Some(idem) = req.idempotency_key {
             keys.push(format!("{}#idem:{idem}", keys[0]));
         }
-        let maxlen = req.maxlen.unwrap_or(0);
-        let mut args: Vec<String> = Vec::with_capacity(3 + 2 * req.fields.len());
+        let trim = self
+            .shared
+            .config
+            .engine
+            .retention
+            .trim(req.channel, req.maxlen);
+        let maxlen = trim.maxlen.unwrap_or(0);
+        let mut args: Vec<String> = Vec::with_capacity(8 + 2 * req.fields.len());
         args.push(maxlen.to_string());
         args.push(
             self.shared
@@ -631,6 +645,7 @@ impl Engine for RedisEngine {
         args.push(trim_slack(maxlen).to_string());
         args.push(MAX_TRIM_PER_PUBLISH.to_string());
         args.push(TRIM_BYTE_BUDGET.to_string());
+        args.push(trim.max_age.map_or(0, |age| age.as_millis()).to_string());
         let log_maxlen = if self.shared.logs() {
             self.shared.config.log_maxlen
         } else {
@@ -675,10 +690,15 @@ impl Engine for RedisEngine {
         self.shared.position(channel).await
     }
 
-    async fn raise_last_id(&self, channel: &str, to: StreamId) -> Result<Position, EngineError> {
+    async fn raise_last_id(
+        &self,
+        channel: &str,
+        to: StreamId,
+        create: bool,
+    ) -> Result<Position, EngineError> {
         let mut raised = self
             .shared
-            .raise(&[(channel, to)], Some(MAX_CLOCK_SKEW), false)
+            .raise(&[(channel, to)], Some(MAX_CLOCK_SKEW), false, create)
             .await?;
         Ok(raised
             .pop()
@@ -691,8 +711,11 @@ impl Engine for RedisEngine {
         channel: &str,
         group: &str,
         start: Offset,
-    ) -> Result<StreamId, EngineError> {
-        self.shared.group_create(channel, group, start).await
+        create: bool,
+    ) -> Result<Option<StreamId>, EngineError> {
+        self.shared
+            .group_create(channel, group, start, create)
+            .await
     }
 
     async fn group_read(

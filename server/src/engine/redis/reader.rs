@@ -604,7 +604,7 @@ impl Reader {
         for chunk in targets.chunks(RAISE_CHUNK) {
             raised += self
                 .shared
-                .raise(chunk, None, true)
+                .raise(chunk, None, true, true)
                 .await?
                 .iter()
                 .filter(|(_, raised)| *raised)

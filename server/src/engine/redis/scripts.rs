@@ -15,8 +15,13 @@
 
 /// KEYS: stream, trim watermark, shard log, shard log sequence, [idempotency key].
 /// ARGV: maxlen (0 = none), idempotency TTL ms, trim slack, most entries to trim, byte budget
-/// of trimmed fields, shard log length (0 = no log entry), channel, field, value, ...
+/// of trimmed fields, max age ms (0 = none), shard log length (0 = no log entry), channel,
+/// field, value, ...
 /// Returns the entry ID (the first one when the idempotency key was seen before).
+///
+/// Trimming removes the oldest entries while the stream is longer than `maxlen` (once it is
+/// longer than `maxlen` plus the slack) or while they are older than the max age (by Redis'
+/// clock, `TIME`: an entry's ID is its creation time in ms), within the per-publish bounds.
 ///
 /// Besides the channel's stream, each new entry is appended to its shard's log (see
 /// [`super::log`]): `s <sequence> c <channel> o <entry ID> <field> <value> …`, where the
@@ -28,34 +33,46 @@ if KEYS[5] then
   if prev then return prev end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 8))
-local maxlen = tonumber(ARGV[1])
-if maxlen > 0 then
-  local len = redis.call('XLEN', KEYS[1])
-  if len > maxlen + tonumber(ARGV[3]) then
-    local k = math.min(len - maxlen, tonumber(ARGV[4]))
-    local budget = tonumber(ARGV[5])
-    local n, bytes, chunk, last, from = 0, 0, 16, nil, '-'
-    while n < k and bytes < budget do
-      local got = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', math.min(chunk, k - n))
-      if #got == 0 then break end
-      for _, e in ipairs(got) do
-        for _, v in ipairs(e[2]) do bytes = bytes + #v end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 9))
+local maxlen, age = tonumber(ARGV[1]), tonumber(ARGV[6])
+local len, over, oldest = 0, 0, nil
+if maxlen > 0 or age > 0 then len = redis.call('XLEN', KEYS[1]) end
+if maxlen > 0 and len > maxlen + tonumber(ARGV[3]) then over = len - maxlen end
+if age > 0 then
+  local t = redis.call('TIME')
+  oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - age
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  if not first or tonumber(string.match(first[1], '^(%d+)')) >= oldest then oldest = nil end
+end
+if over > 0 or oldest then
+  local k = tonumber(ARGV[4])
+  local budget = tonumber(ARGV[5])
+  local n, bytes, chunk, last, from = 0, 0, 16, nil, '-'
+  local done = false
+  while not done and n < k and bytes < budget do
+    local got = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', math.min(chunk, k - n))
+    if #got == 0 then break end
+    for _, e in ipairs(got) do
+      if n >= over and not (oldest and tonumber(string.match(e[1], '^(%d+)')) < oldest) then
+        done = true
+        break
       end
-      n = n + #got
-      last = got[#got][1]
-      from = '(' .. last
-      chunk = chunk * 2
+      for _, v in ipairs(e[2]) do bytes = bytes + #v end
+      n = n + 1
+      last = e[1]
+      if bytes >= budget then break end
     end
-    if last then
-      redis.call('XTRIM', KEYS[1], 'MAXLEN', len - n)
-      redis.call('SET', KEYS[2], last)
-    end
+    from = '(' .. got[#got][1]
+    chunk = chunk * 2
+  end
+  if last then
+    redis.call('XTRIM', KEYS[1], 'MAXLEN', len - n)
+    redis.call('SET', KEYS[2], last)
   end
 end
-if tonumber(ARGV[6]) > 0 then
+if tonumber(ARGV[7]) > 0 then
   local seq = redis.call('INCR', KEYS[4])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 's', seq, 'c', ARGV[7], 'o', id, unpack(ARGV, 8))
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 's', seq, 'c', ARGV[8], 'o', id, unpack(ARGV, 9))
 end
 if KEYS[5] then
   redis.call('SET', KEYS[5], id, 'PX', ARGV[2])
@@ -121,12 +138,16 @@ end
 return {wm, skipped, out}
 "#;
 
-/// KEYS: stream, trim watermark. ARGV: group, start ID (`$`, `0` or an ID).
-/// Creates the group (and the stream) unless it exists; returns its last delivered ID. A stream
-/// it creates starts without a watermark (like a publish that creates one), so a stale `#trim`
-/// of a deleted stream never reports gaps in the new one.
+/// KEYS: stream, trim watermark. ARGV: group, start ID (`$`, `0` or an ID), create (`1`/`0`).
+/// Creates the group (and the stream, when create is `1`) unless it exists; returns its last
+/// delivered ID, or `''` when the stream does not exist and create is `0` (nothing is written).
+/// A stream it creates starts without a watermark (like a publish that creates one), so a stale
+/// `#trim` of a deleted stream never reports gaps in the new one.
 pub const GROUP_CREATE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] ~= '1' then return '' end
+  redis.call('DEL', KEYS[2])
+end
 local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
 if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP') then return r end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -268,9 +289,11 @@ return {r[1], entries, counts}
 "#;
 
 /// KEYS: stream, trim watermark, stream, trim watermark, ... (pairs).
-/// ARGV: clock skew ms (negative: no clock check), record (`1`/`0`), one ID per pair.
+/// ARGV: clock skew ms (negative: no clock check), record (`1`/`0`), create (`1`/`0`), one ID
+/// per pair.
 /// For each pair whose stream's last-generated ID is below the given ID, raises it with `XSETID`
-/// (creating an empty stream if there is none), so new entries come after that ID; refused when
+/// (creating an empty stream if there is none and create is `1`; with `0` a missing stream is
+/// left missing), so new entries come after that ID; refused when
 /// the ID is more than the skew ahead of Redis' clock. With record `1` the raised-over range is
 /// recorded as removed: the trim watermark (and the stream's max deleted ID) becomes the ID.
 /// Returns `{last-generated-id or '', watermark or '', raised 0/1}` per pair.
@@ -291,7 +314,7 @@ if tonumber(ARGV[1]) >= 0 then
 end
 local out = {}
 for i = 1, #KEYS, 2 do
-  local key, trim, to = KEYS[i], KEYS[i + 1], ARGV[2 + (i + 1) / 2]
+  local key, trim, to = KEYS[i], KEYS[i + 1], ARGV[3 + (i + 1) / 2]
   local exists = redis.call('EXISTS', key) == 1
   local last = '0-0'
   if exists then
@@ -301,7 +324,8 @@ for i = 1, #KEYS, 2 do
     end
   end
   local raised = 0
-  if split(to) and less(last, to) and (not limit or tonumber((split(to))) <= limit) then
+  if split(to) and less(last, to) and (not limit or tonumber((split(to))) <= limit)
+      and (exists or ARGV[3] == '1') then
     if not exists then
       redis.call('XGROUP', 'CREATE', key, 'redistribute:raise', '$', 'MKSTREAM')
       redis.call('XGROUP', 'DESTROY', key, 'redistribute:raise')
