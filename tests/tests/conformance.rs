@@ -44,8 +44,21 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    /// Waits while closed (at most 30 s, so a failing test cannot hang).
+    /// Waits while closed (at most 30 s, so a failing test cannot hang). On a multi-thread
+    /// runtime the worker thread is handed over first ([`tokio::task::block_in_place`]), so
+    /// tasks it had queued (one the reader woke just before delivering) keep running on
+    /// another thread instead of waiting for the gate.
     fn pass(&self) {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread && *self.closed.lock().unwrap() {
+            tokio::task::block_in_place(|| self.wait_open());
+        } else {
+            self.wait_open();
+        }
+    }
+
+    fn wait_open(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut closed = self.closed.lock().unwrap();
         while *closed && std::time::Instant::now() < deadline {
