@@ -14,6 +14,7 @@ while [ $# -gt 0 ]; do
   loadgen_args+=("$1"); shift
 done
 cargo build -q --release -p redistribute-server -p loadgen
+target=${CARGO_TARGET_DIR:-$PWD/target}
 port=${BENCH_PORT:-18080} redis_port=${BENCH_REDIS_PORT:-16379}
 dir=$(mktemp -d)
 pids=()
@@ -27,15 +28,17 @@ if [ "$engine" = redis ]; then
   redis_opts=(--redis "redis://127.0.0.1:$redis_port")
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-"${BENCH_SERVER_BIN:-$PWD/target/release/redistribute}" --listen "127.0.0.1:$port" "${redis_opts[@]}" \
+"${BENCH_SERVER_BIN:-$target/release/redistribute}" --listen "127.0.0.1:$port" "${redis_opts[@]}" \
   --max-connections-per-ip 100000 --publish-rate 1000000 --publish-burst 1000000 \
   --subscribe-rate 1000000 --subscribe-burst 1000000 --log-format json "${server_args[@]}" \
   >"$dir/server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-"$PWD/target/release/loadgen" "$scenario" --url "ws://127.0.0.1:$port/ws" \
+"$target/release/loadgen" "$scenario" --url "ws://127.0.0.1:$port/ws" \
   --server-pid "$server_pid" "${redis_pid_opt[@]}" "${loadgen_args[@]}"
 if [ "$engine" = redis ] && [ -n "${BENCH_REDIS_STATS:-}" ]; then
   redis-cli -p "$redis_port" info commandstats | grep -E 'xread|evalsha|eval|client' || true
+  redis-cli -p "$redis_port" info memory | grep -E '^used_memory:' || true
+  redis-cli -p "$redis_port" info clients | grep -E '^connected_clients:' || true
 fi

@@ -238,6 +238,8 @@ impl ServerBuilder {
                 redis.prefix = config.prefix.clone();
                 redis.block = config.redis_block;
                 redis.keys_per_reader = config.redis_keys_per_reader;
+                redis.live = config.redis_live_readers;
+                redis.log_maxlen = config.redis_log_maxlen;
                 redis.command_timeout = config.limits.request_timeout;
                 redis.engine = engine_config;
                 RedisEngine::connect(redis, sink).await?

@@ -81,6 +81,13 @@ struct ServeArgs {
     /// Most channels per Redis reader connection [default: 256].
     #[arg(long, env = "REDISTRIBUTE_REDIS_KEYS_PER_READER")]
     redis_keys_per_reader: Option<usize>,
+    /// Where the Redis live feed reads new entries: `log` (one reader per shard log) or
+    /// `channel` (readers on the channels' own streams) [default: channel].
+    #[arg(long, env = "REDISTRIBUTE_REDIS_LIVE_READERS")]
+    redis_live_readers: Option<String>,
+    /// About how many entries each Redis shard log keeps [default: 10000].
+    #[arg(long, env = "REDISTRIBUTE_REDIS_LOG_MAXLEN")]
+    redis_log_maxlen: Option<u64>,
     /// How long idempotency keys are remembered, in seconds [default: 600].
     #[arg(long, env = "REDISTRIBUTE_IDEMPOTENCY_TTL_SECS")]
     idempotency_ttl_secs: Option<u64>,
@@ -224,6 +231,8 @@ impl ServeArgs {
             prefix: self.prefix.clone(),
             redis_block_ms: self.redis_block_ms,
             redis_keys_per_reader: self.redis_keys_per_reader,
+            redis_live_readers: self.redis_live_readers.clone(),
+            redis_log_maxlen: self.redis_log_maxlen,
             idempotency_ttl_secs: self.idempotency_ttl_secs,
             group_claim_idle_ms: self.group_claim_idle_ms,
             group_max_deliveries: self.group_max_deliveries,

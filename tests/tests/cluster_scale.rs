@@ -8,7 +8,7 @@ mod cluster_support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use cluster_support::{
     collect, publish_all, readers_and_connections, start_instance, subscribe_all, Seen,
 };
@@ -95,7 +95,8 @@ async fn three_instances_deliver_every_message_of_1000_channels_in_order() -> Re
     }
 
     // The streams are spread over all three primaries, one hash tag (slot) per shard.
-    let per_primary = cluster.keys_per_primary("rd:*").await?;
+    // (`rd:{*}:*`: the channels' streams, not the shard logs `rd:{<shard>}#log[seq]`.)
+    let per_primary = cluster.keys_per_primary("rd:{*}:*").await?;
     eprintln!("stream keys per primary (port → keys): {per_primary:?}");
     ensure!(per_primary.len() == 3, "{per_primary:?}");
     ensure!(
@@ -106,6 +107,16 @@ async fn three_instances_deliver_every_message_of_1000_channels_in_order() -> Re
     let mut tags = BTreeSet::new();
     for port in cluster.primaries().await? {
         for key in cluster.keys(port, "rd:*").await? {
+            if let Some(log) = key.strip_suffix("#log").or(key.strip_suffix("#logseq")) {
+                // One shard log (and its counter) per shard, in the shard's slot.
+                let shard: u16 = log
+                    .strip_prefix("rd:{")
+                    .and_then(|s| s.strip_suffix('}'))
+                    .and_then(|s| s.parse().ok())
+                    .with_context(|| format!("unexpected key {key}"))?;
+                ensure!(shard < keys::DEFAULT_SHARDS, "unexpected key {key}");
+                continue;
+            }
             let channel = key.split_once("}:").map(|(_, c)| c).unwrap_or_default();
             ensure!(
                 key == keys::stream_key("rd:", channel, Some(keys::DEFAULT_SHARDS)),

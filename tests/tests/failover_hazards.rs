@@ -150,6 +150,9 @@ async fn subscribers_past_the_promoted_tail_resume_from_their_offset_without_rep
 /// a subscriber resuming inside the lost range is told the exact gap.
 #[tokio::test]
 async fn live_readers_past_a_set_back_stream_receive_every_new_entry() -> Result<()> {
+    // The entry from the clock-ahead primary is appended by another producer, straight into
+    // the stream: the default per-channel readers see it live (shard-log readers would at
+    // their next catch-up only).
     let setup = setup(Backend::Redis, &[]).await?;
     let redis = setup.redis.as_ref().context("redis")?;
     let mut live = client(&setup.server).await?;
@@ -231,6 +234,7 @@ fn metric(text: &str, name: &str) -> f64 {
 /// Subscribes `c` to every channel, pipelined, and waits for every reply.
 async fn subscribe_many(c: &mut WsClient, channels: &[String]) -> Result<()> {
     for (id, channel) in channels.iter().enumerate() {
+        // Request ids need not be unique across calls: each reply is awaited here.
         c.send_json(&json!({"type": "subscribe", "id": id + 1, "channel": channel}))
             .await?;
     }
@@ -287,6 +291,106 @@ async fn publish_until(
         seq += 1;
     }
     Ok(seq)
+}
+
+/// Redis connections of the server (`connected_clients` less the connection asking) and the
+/// clients blocked in `XREAD` (the live readers).
+async fn connections_and_xreads(redis: &RedisServer) -> Result<(usize, usize)> {
+    let info = redis.command(&["INFO", "clients"]).await?;
+    let clients: usize = info
+        .as_str()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("connected_clients:")))
+        .and_then(|v| v.trim().parse().ok())
+        .context("connected_clients")?;
+    let list = redis.command(&["CLIENT", "LIST"]).await?;
+    let xreads = list
+        .as_str()
+        .context("CLIENT LIST")?
+        .lines()
+        .filter(|l| l.contains(" cmd=xread"))
+        .count();
+    Ok((clients - 1, xreads))
+}
+
+/// Shard-log readers (`--redis-live-readers log`): as the watched channels grow from 10 to 10,000, the
+/// instance keeps one reader and three Redis connections (writer, pages, the reader blocked on
+/// the log), nothing is registered in Redis per channel, and a message published to the newest
+/// channel at each step reaches its subscriber once.
+#[tokio::test]
+async fn log_readers_and_connections_stay_flat_from_10_to_10000_channels() -> Result<()> {
+    let setup = setup(
+        Backend::Redis,
+        &[
+            "--redis-live-readers",
+            "log",
+            "--max-subscriptions",
+            "10000",
+            // 10,000 pipelined subscribes on one connection, however slow the machine.
+            "--subscribe-rate",
+            "1000000",
+            "--subscribe-burst",
+            "1000000",
+        ],
+    )
+    .await?;
+    let redis = setup.redis.as_ref().context("redis")?;
+    let mut sub = client(&setup.server).await?;
+    let mut publisher = client(&setup.server).await?;
+    let mut counts = Vec::new();
+    let mut from = 0;
+    for to in [10, 100, 1_000, 10_000] {
+        let channels: Vec<String> = (from..to).map(|i| format!("user:{i}")).collect();
+        subscribe_many(&mut sub, &channels).await?;
+        from = to;
+        let newest = channels.last().context("channels")?;
+        publisher.publish(newest, json!({ "seq": to })).await?;
+        let got = sub.recv_messages(newest, 1, STEP).await?;
+        ensure!(seqs(&got) == [to as u64], "{newest}: {got:?}");
+        let text = http_get(setup.server.addr(), "/metrics", STEP)
+            .await?
+            .text();
+        let readers = metric(&text, "redistribute_engine_readers");
+        let watched = metric(&text, "redistribute_engine_watched_channels");
+        let (connections, xreads) = connections_and_xreads(redis).await?;
+        eprintln!(
+            "{to} channels: {readers} readers, {watched} watched, {connections} Redis \
+             connections, {xreads} blocked in XREAD"
+        );
+        counts.push((to, readers, connections, xreads));
+    }
+    for &(channels, readers, connections, xreads) in &counts {
+        ensure!(readers == 1.0, "{channels} channels: {readers} readers");
+        ensure!(
+            connections <= 3 && xreads <= 1,
+            "{channels} channels: {connections} connections, {xreads} in XREAD"
+        );
+    }
+    ensure!(
+        counts.iter().all(|c| c.2 == counts[0].2),
+        "connections changed with the channel count: {counts:?}"
+    );
+    // Nothing per watched channel in Redis: the streams of the 4 channels published to, the
+    // shard log and its counter.
+    let keys = redis.command(&["KEYS", "*"]).await?;
+    let mut keys: Vec<&str> = keys
+        .as_array()
+        .context("KEYS")?
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    ensure!(
+        keys == [
+            "rd:#log",
+            "rd:#logseq",
+            "rd:user:9",
+            "rd:user:99",
+            "rd:user:999",
+            "rd:user:9999"
+        ],
+        "{keys:?}"
+    );
+    Ok(())
 }
 
 /// Item 12 (a): 1,000 watched channels take 20 readers (50 keys each). Unwatching 980 of them

@@ -52,6 +52,8 @@ async fn api_publish(server: &ServerProcess, body: &str) -> Result<(u16, Value)>
 }
 
 async fn poison_values(backend: Backend) -> Result<()> {
+    // The Redis part ends with another producer appending to the stream directly: the
+    // default per-channel readers see such entries live.
     let setup = setup(backend, &[]).await?;
     let server = &setup.server;
     let mut ws = client(server).await?;

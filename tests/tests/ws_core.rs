@@ -82,11 +82,27 @@ async fn resume_without_loss_embedded() -> Result<()> {
     resume_without_loss(Backend::Embedded).await
 }
 
-/// 3. A reader blocked in `XREAD` with a long BLOCK time picks up a newly subscribed channel at
-/// once, through `CLIENT UNBLOCK`.
+/// 3. A per-channel reader blocked in `XREAD` with a long BLOCK time picks up a newly
+/// subscribed channel at once, through `CLIENT UNBLOCK`.
 #[tokio::test]
 async fn blocked_reader_is_retargeted_with_client_unblock() -> Result<()> {
-    let setup = setup(Backend::Redis, &["--redis-block-ms", "60000"]).await?;
+    new_channel_is_picked_up_at_once(true).await
+}
+
+/// 3. The same with shard-log readers (`--redis-live-readers log`): the blocked reader already reads every
+/// channel of its log, so a newly subscribed channel is live at once with no `CLIENT UNBLOCK`.
+#[tokio::test]
+async fn log_reader_picks_up_a_new_channel_without_unblocking() -> Result<()> {
+    new_channel_is_picked_up_at_once(false).await
+}
+
+async fn new_channel_is_picked_up_at_once(channel_readers: bool) -> Result<()> {
+    let mode = if channel_readers { "channel" } else { "log" };
+    let setup = setup(
+        Backend::Redis,
+        &["--redis-block-ms", "60000", "--redis-live-readers", mode],
+    )
+    .await?;
     let redis = setup.redis.as_ref().unwrap();
     let mut sub = client(&setup.server).await?;
     sub.subscribe("first", None).await?;
@@ -104,7 +120,11 @@ async fn blocked_reader_is_retargeted_with_client_unblock() -> Result<()> {
     let stats = redis.info_commandstats().await?;
     let unblocks = stats.get("client|unblock").copied().unwrap_or(0);
     println!("new channel picked up after {elapsed:?} with {unblocks} CLIENT UNBLOCK call(s)");
-    ensure!(unblocks >= 1, "no CLIENT UNBLOCK was sent: {stats:?}");
+    if channel_readers {
+        ensure!(unblocks >= 1, "no CLIENT UNBLOCK was sent: {stats:?}");
+    } else {
+        ensure!(unblocks == 0, "a log reader was unblocked: {stats:?}");
+    }
     // Without the unblock the reader would have waited out its 60 s BLOCK.
     ensure!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
     Ok(())

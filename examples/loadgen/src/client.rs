@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::Dialer;
-use crate::stats::{now_micros, SeqTracker, Timeline};
+use crate::stats::{now_micros, SeqTracker, Tally, Timeline};
 
 /// State shared by every client of a run.
 pub struct Ctx {
@@ -47,6 +47,8 @@ struct Frame<'a> {
     #[serde(rename = "type", borrow)]
     kind: &'a str,
     #[serde(default, borrow)]
+    channel: Option<&'a str>,
+    #[serde(default, borrow)]
     messages: Vec<Msg<'a>>,
 }
 
@@ -66,17 +68,24 @@ struct Fields {
     t: Option<u64>,
 }
 
-/// One subscriber of `channel`, expecting sequence numbers `0..expected`. On a drop signal it
-/// closes its connection and resubscribes from the last offset it received.
+/// One subscriber connection of `channels`, expecting sequence numbers `0..expected` on each
+/// (channel, expected) pair. On a drop signal it closes its connection and resubscribes from
+/// the last offset it received (one channel per connection only). Returns the sum of its
+/// channels' counts.
 pub async fn subscriber(
     ctx: Arc<Ctx>,
     index: usize,
-    channel: String,
-    expected: u64,
-) -> Result<SeqTracker> {
+    channels: Vec<(String, u64)>,
+) -> Result<Tally> {
     let mut stop = ctx.stop.subscribe();
     let mut drops = ctx.drops.subscribe();
-    let mut tracker = SeqTracker::new(expected);
+    let mut trackers: Vec<SeqTracker> = channels.iter().map(|(_, e)| SeqTracker::new(*e)).collect();
+    let slot: std::collections::HashMap<String, usize> = channels
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| (c.clone(), i))
+        .collect();
+    let channel = channels.first().map(|(c, _)| c.clone()).unwrap_or_default();
     let mut offset: Option<String> = None;
     let mut resuming = false;
     let mut latencies = Vec::new();
@@ -99,15 +108,26 @@ pub async fn subscriber(
             }
         };
         let from = offset.as_deref().unwrap_or("$");
-        ws.send(Message::text(format!(
-            r#"{{"type":"subscribe","id":1,"channel":"{channel}","offset":"{from}"}}"#
-        )))
-        .await?;
+        if channels.len() == 1 {
+            ws.send(Message::text(format!(
+                r#"{{"type":"subscribe","id":1,"channel":"{channel}","offset":"{from}"}}"#
+            )))
+            .await?;
+        } else {
+            for (i, (c, _)) in channels.iter().enumerate() {
+                ws.feed(Message::text(format!(
+                    r#"{{"type":"subscribe","id":{},"channel":"{c}","offset":"$"}}"#,
+                    i + 1
+                )))
+                .await?;
+            }
+            ws.flush().await?;
+        }
         loop {
             let msg = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break 'conn,
                 _ = drops.changed() => {
-                    tracker.pause_clock();
+                    trackers.iter_mut().for_each(SeqTracker::pause_clock);
                     resuming = true;
                     drop(ws);
                     continue 'conn;
@@ -133,6 +153,12 @@ pub async fn subscriber(
                 "messages" => {
                     let now = Instant::now();
                     let now_us = now_micros();
+                    let i = frame
+                        .channel
+                        .and_then(|c| slot.get(c))
+                        .copied()
+                        .unwrap_or(0);
+                    let tracker = &mut trackers[i];
                     tracker.frame(now);
                     latencies.clear();
                     for m in &frame.messages {
@@ -154,7 +180,7 @@ pub async fn subscriber(
                     ctx.timeline.record(index, now, &latencies);
                     let at = now.duration_since(ctx.started).as_micros() as u64;
                     ctx.last_delivery_us.fetch_max(at, Ordering::Relaxed);
-                    if !counted && tracker.complete() && !ctx.hold {
+                    if !counted && trackers.iter().all(SeqTracker::complete) && !ctx.hold {
                         counted = true;
                         if ctx.complete.fetch_add(1, Ordering::AcqRel) + 1 == ctx.subscribers {
                             ctx.stop.send_replace(true);
@@ -166,7 +192,11 @@ pub async fn subscriber(
             }
         }
     }
-    Ok(tracker)
+    let mut tally = Tally::default();
+    for t in &trackers {
+        tally.add(&t.tally);
+    }
+    Ok(tally)
 }
 
 /// Which channel and per-channel sequence number message `i` of the run gets.

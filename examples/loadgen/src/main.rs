@@ -71,9 +71,13 @@ struct Args {
     /// Subscriber connections.
     #[arg(long)]
     subscribers: Option<usize>,
-    /// Channels the subscribers are spread over (subscriber i takes channel i % channels).
+    /// Channels the subscribers are spread over (subscriber i takes channel i % channels, or
+    /// with `--channels-per-subscriber k` channels (i·k + j) % channels for j < k).
     #[arg(long)]
     channels: Option<usize>,
+    /// Channels each subscriber connection subscribes to (not with S5) [default: 1].
+    #[arg(long, default_value_t = 1)]
+    channels_per_subscriber: usize,
     /// Messages published per second, in total, round-robin over the channels.
     #[arg(long)]
     rate: Option<u64>,
@@ -212,29 +216,37 @@ async fn main() -> Result<()> {
         args.scenario, plan.subscribers, plan.channels, plan.rate, plan.seconds, args.via
     );
 
+    let per_sub = args.channels_per_subscriber.max(1);
+    if per_sub > 1 && args.scenario == Scenario::S5 {
+        bail!("--channels-per-subscriber is not supported with S5 (resume is per channel)");
+    }
     let rss_empty = rss_sum(&args.server_pid)?;
     let mut subs = Vec::with_capacity(plan.subscribers);
     for i in 0..plan.subscribers {
-        let c = i % plan.channels;
-        let expected = client::expected_for(c, plan.channels, total);
-        subs.push(tokio::spawn(client::subscriber(
-            ctx.clone(),
-            i,
-            channels[c].clone(),
-            expected,
-        )));
+        let mine = (0..per_sub)
+            .map(|j| {
+                let c = (i * per_sub + j) % plan.channels;
+                (
+                    channels[c].clone(),
+                    client::expected_for(c, plan.channels, total),
+                )
+            })
+            .collect();
+        subs.push(tokio::spawn(client::subscriber(ctx.clone(), i, mine)));
     }
+    let subscriptions = plan.subscribers * per_sub;
     let connect_time = wait_count(
         "subscribed",
         || ctx.subscribed.load(Ordering::Acquire),
-        plan.subscribers,
-        Duration::from_secs(120),
+        subscriptions,
+        Duration::from_secs(120 + subscriptions as u64 / 2_000),
     )
     .await?;
     println!(
-        "{} subscribers subscribed in {:.2} s",
+        "{} subscribers subscribed to {subscriptions} channel subscriptions in {:.2} s ({:.0}/s)",
         plan.subscribers,
-        connect_time.as_secs_f64()
+        connect_time.as_secs_f64(),
+        subscriptions as f64 / connect_time.as_secs_f64()
     );
 
     if args.scenario == Scenario::S3 {
@@ -331,7 +343,7 @@ async fn main() -> Result<()> {
     };
     let mut tally = Tally::default();
     for s in subs {
-        tally.add(&s.await??.tally);
+        tally.add(&s.await??);
     }
     let latency = ctx.timeline.latency();
     stopper.abort();

@@ -167,8 +167,12 @@ pub struct Config {
     pub prefix: String,
     /// How long a Redis reader blocks in `XREAD` (default 10 s).
     pub redis_block: Duration,
-    /// Most channels per Redis reader connection (default 256).
+    /// Most channels per Redis reader connection (default 256; per-channel readers only).
     pub redis_keys_per_reader: usize,
+    /// Where the Redis live feed reads new entries (default: the channels' own streams).
+    pub redis_live_readers: crate::engine::redis::LiveReaders,
+    /// About how many entries each Redis shard log keeps (default 10,000).
+    pub redis_log_maxlen: u64,
     /// How long idempotency keys are remembered (default 600 s).
     pub idempotency_ttl: Duration,
     /// Consumer-group entries left unacknowledged this long are reassigned to another live
@@ -231,6 +235,8 @@ impl Default for Config {
             prefix: "rd:".into(),
             redis_block: Duration::from_secs(10),
             redis_keys_per_reader: 256,
+            redis_live_readers: crate::engine::redis::LiveReaders::Channel,
+            redis_log_maxlen: crate::engine::redis::DEFAULT_LOG_MAXLEN,
             idempotency_ttl: Duration::from_secs(600),
             group_claim_idle: Duration::from_secs(30),
             group_max_deliveries: 5,

@@ -4,6 +4,7 @@
 //! "<redacted>"`) and must be given again (a file, a flag or an environment variable).
 
 use super::{AuthConfig, Config, ConfigValues, LogFormat, REDACTED};
+use crate::engine::redis::LiveReaders;
 use crate::listener::proxy::ClientIpHeader;
 
 impl ConfigValues {
@@ -27,6 +28,14 @@ impl ConfigValues {
             prefix: Some(config.prefix.clone()),
             redis_block_ms: Some(config.redis_block.as_millis() as u64),
             redis_keys_per_reader: Some(config.redis_keys_per_reader),
+            redis_live_readers: Some(
+                match config.redis_live_readers {
+                    LiveReaders::Log => "log",
+                    LiveReaders::Channel => "channel",
+                }
+                .into(),
+            ),
+            redis_log_maxlen: Some(config.redis_log_maxlen),
             idempotency_ttl_secs: Some(config.idempotency_ttl.as_secs()),
             group_claim_idle_ms: Some(config.group_claim_idle.as_millis() as u64),
             group_max_deliveries: Some(config.group_max_deliveries),

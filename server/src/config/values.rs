@@ -38,6 +38,10 @@ pub struct ConfigValues {
     pub redis_block_ms: Option<u64>,
     /// See [`Config::redis_keys_per_reader`].
     pub redis_keys_per_reader: Option<usize>,
+    /// See [`Config::redis_live_readers`]: `log` or `channel`.
+    pub redis_live_readers: Option<String>,
+    /// See [`Config::redis_log_maxlen`].
+    pub redis_log_maxlen: Option<u64>,
     /// See [`Config::idempotency_ttl`], in seconds.
     pub idempotency_ttl_secs: Option<u64>,
     /// See [`Config::group_claim_idle`], in ms.
@@ -140,6 +144,8 @@ impl ConfigValues {
             prefix: self.prefix.or(other.prefix),
             redis_block_ms: self.redis_block_ms.or(other.redis_block_ms),
             redis_keys_per_reader: self.redis_keys_per_reader.or(other.redis_keys_per_reader),
+            redis_live_readers: self.redis_live_readers.or(other.redis_live_readers),
+            redis_log_maxlen: self.redis_log_maxlen.or(other.redis_log_maxlen),
             idempotency_ttl_secs: self.idempotency_ttl_secs.or(other.idempotency_ttl_secs),
             group_claim_idle_ms: self.group_claim_idle_ms.or(other.group_claim_idle_ms),
             group_max_deliveries: self.group_max_deliveries.or(other.group_max_deliveries),
@@ -229,6 +235,22 @@ impl ConfigValues {
         }
         if let Some(n) = self.redis_keys_per_reader {
             config.redis_keys_per_reader = positive("redis_keys_per_reader", n as u64)? as usize;
+        }
+        if let Some(mode) = &self.redis_live_readers {
+            use crate::engine::redis::LiveReaders;
+            config.redis_live_readers = match mode.as_str() {
+                "log" => LiveReaders::Log,
+                "channel" => LiveReaders::Channel,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "redis_live_readers",
+                        reason: format!("{other:?} is neither \"log\" nor \"channel\""),
+                    })
+                }
+            };
+        }
+        if let Some(n) = self.redis_log_maxlen {
+            config.redis_log_maxlen = positive("redis_log_maxlen", n)?;
         }
         if let Some(s) = self.idempotency_ttl_secs {
             config.idempotency_ttl = Duration::from_secs(positive("idempotency_ttl_secs", s)?);

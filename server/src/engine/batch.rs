@@ -36,6 +36,18 @@ impl Batch {
         self.gap_through
     }
 
+    /// The batch with its gap raised to at least `gap` (lowered below the first entry; a gap
+    /// at or below `0-0` is none).
+    pub fn with_gap_through(mut self, gap: Option<StreamId>) -> Batch {
+        let below = self.first_id().predecessor().unwrap_or(StreamId::ZERO);
+        self.gap_through = self
+            .gap_through
+            .max(gap)
+            .map(|g| g.min(below))
+            .filter(|g| *g > StreamId::ZERO);
+        self
+    }
+
     /// Bytes of the encoded items (the comma-separated JSON objects, without the frame's
     /// envelope): what [`MAX_BATCH_BYTES`] and catch-up byte limits bound.
     pub fn items_len(&self) -> usize {

@@ -10,6 +10,11 @@
 //!   one hash slot, so one blocking `XREAD` can cover them all (Cluster rejects cross-slot
 //!   commands), and the meta keys `<stream key>#trim` and `<stream key>#idem:<key>` share it.
 //!
+//! Each publish also appends to its shard's log (read by the live readers, see the engine's
+//! docs): `<prefix>#log` with a single Redis, `<prefix>{<shard>}#log` in Cluster, with its
+//! entry counter at `<log key>seq`. `#` never occurs in channel names, so no channel's key is a
+//! log's.
+//!
 //! Changing the shard count (or the prefix) moves every channel to a new key: pick it once, or
 //! migrate the streams.
 
@@ -34,6 +39,15 @@ pub fn stream_key(prefix: &str, channel: &str, shards: Option<u16>) -> String {
     match shards {
         None => format!("{prefix}{channel}"),
         Some(n) => format!("{prefix}{{{}}}:{channel}", shard_of(channel, n)),
+    }
+}
+
+/// The log key of `shard`: `<prefix>#log` with a single Redis (`shards` `None`, one log), or
+/// `<prefix>{<shard>}#log` in Cluster (in the shard's hash slot, like its channels).
+pub fn log_key(prefix: &str, shard: u16, shards: Option<u16>) -> String {
+    match shards {
+        None => format!("{prefix}#log"),
+        Some(_) => format!("{prefix}{{{shard}}}#log"),
     }
 }
 
@@ -71,6 +85,11 @@ mod tests {
             slot
         );
         assert_eq!(shard_of("anything", 1), 0);
+        // The shard's log lives in the same slot, under a name no channel can have.
+        let log = log_key("rd:", shard, Some(16));
+        assert_eq!(log, format!("rd:{{{shard}}}#log"));
+        assert_eq!(fred::util::redis_keyslot(log.as_bytes()), slot);
+        assert_eq!(log_key("rd:", 0, None), "rd:#log");
     }
 
     #[test]

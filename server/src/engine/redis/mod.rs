@@ -6,9 +6,14 @@
 //! - History and catch-up pages come from the [`scripts::READ`] script (chunked `XRANGE`
 //!   bounded by count and bytes, with the trim watermark read atomically) over a connection of
 //!   their own, so a large page never holds up publishes.
-//! - Live entries come from [`reader`]s: dedicated connections blocked in `XREAD` over the
-//!   watched channels, each covering a bounded number of keys and retargeted at once with
-//!   `CLIENT UNBLOCK` when its set changes.
+//! - Live entries come, by default ([`LiveReaders::Channel`]), from [`reader`]s blocked in
+//!   `XREAD` over the watched channels' own streams (each covering a bounded number of keys,
+//!   retargeted with `CLIENT UNBLOCK`), so entries other producers append to the streams
+//!   directly reach subscribers at once. With [`LiveReaders::Log`] (opt-in, for deployments
+//!   where every write goes through the server) the publish script also appends each message
+//!   to its shard's log, and one [`log`] reader per followed shard blocks in `XREAD` on that
+//!   log, keeping the entries of watched channels, so Redis connections and wake-up work stay
+//!   flat however many channels are watched.
 //!
 //! In Redis Cluster mode ([`RedisConfig::cluster`]) stream keys carry a per-shard hash tag
 //! ([`keys`]), the writer is a cluster client (following `MOVED`/`ASK`), and each reader serves
@@ -18,6 +23,7 @@
 mod cursors;
 mod groups;
 pub mod keys;
+mod log;
 mod parse;
 mod reader;
 mod scripts;
@@ -39,7 +45,25 @@ use super::{
     MAX_TRIM_PER_PUBLISH,
 };
 use crate::config::RedisUrl;
+use log::LogPool;
 use reader::ReaderPool;
+
+/// Where the live feed reads new entries from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveReaders {
+    /// One reader per shard blocked on the shard's log (opt-in): connections and Redis work
+    /// per wake-up independent of the number of watched channels. Publishes append to the log
+    /// too, so every instance of a deployment must use this mode, and entries other producers
+    /// append to the streams directly are seen only at the next catch-up: choose it only when
+    /// every write goes through the server.
+    Log,
+    /// Readers blocked on the watched channels' own streams, `keys_per_reader` each (the
+    /// default): sees entries whoever appended them, at the cost of a connection per
+    /// `keys_per_reader` channels and Redis work per wake-up growing with them. Publishes
+    /// write no log.
+    #[default]
+    Channel,
+}
 
 /// Settings of the Redis engine.
 #[derive(Debug, Clone)]
@@ -53,8 +77,13 @@ pub struct RedisConfig {
     pub prefix: String,
     /// How long a reader blocks in `XREAD` before re-issuing it.
     pub block: Duration,
-    /// Most channels one reader connection covers.
+    /// Most channels one reader connection covers ([`LiveReaders::Channel`] only).
     pub keys_per_reader: usize,
+    /// Where the live feed reads from.
+    pub live: LiveReaders,
+    /// About how many entries each shard log keeps ([`LiveReaders::Log`]); a reader that
+    /// falls further behind catches its channels up from their streams.
+    pub log_maxlen: u64,
     /// Timeout of ordinary commands (publish, history).
     pub command_timeout: Duration,
     /// Acknowledge a publish only once this many replicas have it (`WAIT`); 0 (the default)
@@ -84,6 +113,8 @@ impl RedisConfig {
             prefix: "rd:".into(),
             block: Duration::from_secs(10),
             keys_per_reader: 256,
+            live: LiveReaders::Channel,
+            log_maxlen: DEFAULT_LOG_MAXLEN,
             command_timeout: Duration::from_secs(5),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
@@ -104,6 +135,9 @@ impl RedisConfig {
         config
     }
 }
+
+/// Entries each shard log keeps by default.
+pub const DEFAULT_LOG_MAXLEN: u64 = 10_000;
 
 /// State shared by the engine and its readers.
 struct Shared {
@@ -130,6 +164,16 @@ impl Shared {
 
     fn stream_key(&self, channel: &str) -> String {
         keys::stream_key(&self.config.prefix, channel, self.shards())
+    }
+
+    /// The log key of `shard`.
+    fn log_key(&self, shard: u16) -> String {
+        keys::log_key(&self.config.prefix, shard, self.shards())
+    }
+
+    /// Whether publishes append to the shard logs.
+    fn logs(&self) -> bool {
+        self.config.live == LiveReaders::Log && self.config.log_maxlen > 0
     }
 
     /// The channel's shard (always 0 with a single Redis).
@@ -212,6 +256,74 @@ impl Shared {
         .await
         .map_err(map_err)?;
         parse_position(&reply)
+    }
+
+    /// The positions of `channels` (all of one hash slot in cluster mode), in order, with one
+    /// script ([`scripts::POSITIONS`]).
+    async fn positions(&self, channels: &[Arc<str>]) -> Result<Vec<Position>, EngineError> {
+        let mut keys = Vec::with_capacity(2 * channels.len());
+        for channel in channels {
+            let key = self.stream_key(channel);
+            keys.push(format!("{key}#trim"));
+            keys.insert(keys.len() - 1, key);
+        }
+        let reply: Value = eval(
+            &self.writer,
+            &self.options(),
+            scripts::POSITIONS,
+            keys,
+            Vec::new(),
+        )
+        .await
+        .map_err(map_err)?;
+        match &reply {
+            Value::Array(items) if items.len() == channels.len() => {
+                items.iter().map(parse_position).collect()
+            }
+            _ => Err(EngineError::Internal(format!(
+                "unexpected positions reply {reply:?}"
+            ))),
+        }
+    }
+
+    /// One page of history ([`Engine::read`]).
+    async fn read_page(
+        &self,
+        channel: &Arc<str>,
+        after: StreamId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, EngineError> {
+        let key = self.stream_key(channel);
+        let reply: Value = eval_as(
+            "EVAL_RO",
+            &self.pages,
+            &self.options(),
+            scripts::READ,
+            vec![key.clone(), format!("{key}#trim")],
+            vec![
+                after.to_string(),
+                limit.max(1).to_string(),
+                max_bytes.to_string(),
+                MAX_ENTRY_BYTES.to_string(),
+            ],
+        )
+        .await
+        .map_err(map_err)?;
+        let unexpected = || EngineError::Internal(format!("unexpected read reply {reply:?}"));
+        let Value::Array(parts) = &reply else {
+            return Err(unexpected());
+        };
+        let [watermark, skipped, entries] = parts.as_slice() else {
+            return Err(unexpected());
+        };
+        let gap = parse::optional_id(watermark)?
+            .filter(|w| *w > after)
+            .max(parse::optional_id(skipped)?);
+        let encoded = parse::entries_bounded(channel, entries, max_bytes, 1, gap)?;
+        let batch = encoded.batches.into_iter().next();
+        let gap = gap.max(encoded.pending_gap);
+        Ok(Page::new(after, batch, gap))
     }
 
     /// Runs [`scripts::RAISE`] over `(channel, ID)` pairs (all of one hash slot in cluster
@@ -402,7 +514,13 @@ fn build_client(config: Config) -> Result<Client, EngineError> {
 /// acknowledged message.
 pub struct RedisEngine {
     shared: Arc<Shared>,
-    readers: ReaderPool,
+    readers: Readers,
+}
+
+/// The live readers of either kind ([`LiveReaders`]).
+enum Readers {
+    Log(LogPool),
+    Channel(ReaderPool),
 }
 
 impl RedisEngine {
@@ -436,7 +554,10 @@ impl RedisEngine {
             pages,
             routing_refreshed: tokio::sync::Mutex::new(None),
         });
-        let readers = ReaderPool::new(shared.clone(), sink);
+        let readers = match shared.config.live {
+            LiveReaders::Log => Readers::Log(LogPool::new(shared.clone(), sink)),
+            LiveReaders::Channel => Readers::Channel(ReaderPool::new(shared.clone(), sink)),
+        };
         Ok(Arc::new(RedisEngine { shared, readers }))
     }
 }
@@ -481,7 +602,10 @@ impl RedisEngine {
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
-        self.readers.stop();
+        match &self.readers {
+            Readers::Log(pool) => pool.stop(),
+            Readers::Channel(pool) => pool.stop(),
+        }
     }
 }
 
@@ -494,7 +618,9 @@ impl Engine for RedisEngine {
     async fn publish(&self, req: PublishRequest<'_>) -> Result<StreamId, EngineError> {
         let key = self.shared.stream_key(req.channel);
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        let mut keys = vec![format!("{key}#trim")];
+        let log = self.shared.log_key(self.shared.shard(req.channel));
+        let mut keys = vec![format!("{key}#trim"), log, String::new()];
+        keys[2] = format!("{}seq", keys[1]);
         keys.insert(0, key);
         if let Some(idem) = req.idempotency_key {
             keys.push(format!("{}#idem:{idem}", keys[0]));
@@ -506,7 +632,7 @@ impl Engine for RedisEngine {
             .retention
             .trim(req.channel, req.maxlen);
         let maxlen = trim.maxlen.unwrap_or(0);
-        let mut args: Vec<String> = Vec::with_capacity(6 + 2 * req.fields.len());
+        let mut args: Vec<String> = Vec::with_capacity(8 + 2 * req.fields.len());
         args.push(maxlen.to_string());
         args.push(
             self.shared
@@ -520,6 +646,13 @@ impl Engine for RedisEngine {
         args.push(MAX_TRIM_PER_PUBLISH.to_string());
         args.push(TRIM_BYTE_BUDGET.to_string());
         args.push(trim.max_age.map_or(0, |age| age.as_millis()).to_string());
+        let log_maxlen = if self.shared.logs() {
+            self.shared.config.log_maxlen
+        } else {
+            0
+        };
+        args.push(log_maxlen.to_string());
+        args.push(req.channel.to_owned());
         for (name, value) in stored_fields(req.fields) {
             args.push(name.to_owned());
             args.push(value);
@@ -548,36 +681,9 @@ impl Engine for RedisEngine {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Page, EngineError> {
-        let key = self.shared.stream_key(channel);
-        let reply: Value = eval_as(
-            "EVAL_RO",
-            &self.shared.pages,
-            &self.shared.options(),
-            scripts::READ,
-            vec![key.clone(), format!("{key}#trim")],
-            vec![
-                after.to_string(),
-                limit.max(1).to_string(),
-                max_bytes.to_string(),
-                MAX_ENTRY_BYTES.to_string(),
-            ],
-        )
-        .await
-        .map_err(map_err)?;
-        let unexpected = || EngineError::Internal(format!("unexpected read reply {reply:?}"));
-        let Value::Array(parts) = &reply else {
-            return Err(unexpected());
-        };
-        let [watermark, skipped, entries] = parts.as_slice() else {
-            return Err(unexpected());
-        };
-        let gap = parse::optional_id(watermark)?
-            .filter(|w| *w > after)
-            .max(parse::optional_id(skipped)?);
-        let encoded = parse::entries_bounded(channel, entries, max_bytes, 1, gap)?;
-        let batch = encoded.batches.into_iter().next();
-        let gap = gap.max(encoded.pending_gap);
-        Ok(Page::new(after, batch, gap))
+        self.shared
+            .read_page(channel, after, limit, max_bytes)
+            .await
     }
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
@@ -658,14 +764,23 @@ impl Engine for RedisEngine {
     }
 
     fn watch(&self, channel: Arc<str>, ready: ReadySender) {
-        self.readers.watch(channel, ready);
+        match &self.readers {
+            Readers::Log(pool) => pool.watch(channel, ready),
+            Readers::Channel(pool) => pool.watch(channel, ready),
+        }
     }
 
     fn unwatch(&self, channel: &Arc<str>) {
-        self.readers.unwatch(channel);
+        match &self.readers {
+            Readers::Log(pool) => pool.unwatch(channel),
+            Readers::Channel(pool) => pool.unwatch(channel),
+        }
     }
 
     fn stats(&self) -> EngineStats {
-        self.readers.stats()
+        match &self.readers {
+            Readers::Log(pool) => pool.stats(),
+            Readers::Channel(pool) => pool.stats(),
+        }
     }
 }

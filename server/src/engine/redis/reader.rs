@@ -427,15 +427,15 @@ struct Reader {
 /// Once the routing task ended, the client still calls itself connected and a command sent on
 /// it is never answered; [`Connection::run`] fails such a command (and one in flight when the
 /// connection drops) at once instead.
-struct Connection {
-    client: Client,
+pub(super) struct Connection {
+    pub(super) client: Client,
     task: AbortHandle,
     lost: CancellationToken,
 }
 
 impl Connection {
     /// Wraps a connected client and watches its routing task.
-    fn new(client: Client, task: ConnectHandle) -> Connection {
+    pub(super) fn new(client: Client, task: ConnectHandle) -> Connection {
         let lost = CancellationToken::new();
         let abort = task.abort_handle();
         let signal = lost.clone();
@@ -451,12 +451,12 @@ impl Connection {
     }
 
     /// Whether the connection is gone.
-    fn is_lost(&self) -> bool {
+    pub(super) fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
     }
 
     /// Runs a command on the connection; fails as soon as the connection is lost.
-    async fn run<T>(
+    pub(super) async fn run<T>(
         &self,
         command: impl std::future::Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, EngineError> {
@@ -469,7 +469,7 @@ impl Connection {
     }
 
     /// Closes the connection (politely if Redis still answers) and ends its routing task.
-    async fn close(self) {
+    pub(super) async fn close(self) {
         if !self.is_lost() {
             let _ = tokio::time::timeout(Duration::from_millis(500), self.client.quit()).await;
         }

@@ -13,21 +13,27 @@
 //! that creates the stream (it was deleted, or never existed) drops the old `#trim` first, and
 //! [`READ`] and [`POSITION`] ignore (and [`POSITION`] deletes) a `#trim` whose stream is gone.
 
-/// KEYS: stream, trim watermark, [idempotency key].
+/// KEYS: stream, trim watermark, shard log, shard log sequence, [idempotency key].
 /// ARGV: maxlen (0 = none), idempotency TTL ms, trim slack, most entries to trim, byte budget
-/// of trimmed fields, max age ms (0 = none), field, value, ...
+/// of trimmed fields, max age ms (0 = none), shard log length (0 = no log entry), channel,
+/// field, value, ...
 /// Returns the entry ID (the first one when the idempotency key was seen before).
 ///
 /// Trimming removes the oldest entries while the stream is longer than `maxlen` (once it is
 /// longer than `maxlen` plus the slack) or while they are older than the max age (by Redis'
 /// clock, `TIME`: an entry's ID is its creation time in ms), within the per-publish bounds.
+///
+/// Besides the channel's stream, each new entry is appended to its shard's log (see
+/// [`super::log`]): `s <sequence> c <channel> o <entry ID> <field> <value> …`, where the
+/// sequence counts the log's entries one by one (so a reader sees when entries it did not read
+/// were trimmed), the log being trimmed to about its length.
 pub const PUBLISH: &str = r#"
-if KEYS[3] then
-  local prev = redis.call('GET', KEYS[3])
+if KEYS[5] then
+  local prev = redis.call('GET', KEYS[5])
   if prev then return prev end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 7))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 9))
 local maxlen, age = tonumber(ARGV[1]), tonumber(ARGV[6])
 local len, over, oldest = 0, 0, nil
 if maxlen > 0 or age > 0 then len = redis.call('XLEN', KEYS[1]) end
@@ -64,8 +70,12 @@ if over > 0 or oldest then
     redis.call('SET', KEYS[2], last)
   end
 end
-if KEYS[3] then
-  redis.call('SET', KEYS[3], id, 'PX', ARGV[2])
+if tonumber(ARGV[7]) > 0 then
+  local seq = redis.call('INCR', KEYS[4])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 's', seq, 'c', ARGV[8], 'o', id, unpack(ARGV, 9))
+end
+if KEYS[5] then
+  redis.call('SET', KEYS[5], id, 'PX', ARGV[2])
 end
 return id
 "#;
@@ -334,4 +344,34 @@ for i = 1, #KEYS, 2 do
   out[#out + 1] = {last, redis.call('GET', trim) or '', raised}
 end
 return out
+"#;
+
+/// KEYS: stream, trim watermark, stream, trim watermark, … (pairs).
+/// [`POSITION`] for each pair: `{{last-generated-id or '', watermark or ''}, …}`.
+pub const POSITIONS: &str = r#"
+local out = {}
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('DEL', KEYS[i + 1])
+    out[#out + 1] = {'', ''}
+  else
+    local t = redis.call('GET', KEYS[i + 1]) or ''
+    local last = ''
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then last = info[j + 1] end
+    end
+    out[#out + 1] = {last, t}
+  end
+end
+return out
+"#;
+
+/// KEYS: shard log, shard log sequence.
+/// Where the log ends: `{ID of its last entry or '', that entry's sequence (or the sequence
+/// counter when the log has no entry, '0' when neither exists)}`.
+pub const LOG_TIP: &str = r#"
+local e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if e[1] then return {e[1][1], e[1][2][2]} end
+return {'', redis.call('GET', KEYS[2]) or '0'}
 "#;
