@@ -56,7 +56,7 @@ impl Tokens {
 fn lifetime(token: &str) -> Option<Duration> {
     token_lifetime(
         token,
-        Duration::from_secs_f64(js_sys::Date::now().max(0.0) / 1000.0),
+        Duration::from_millis(js_sys::Date::now().max(0.0) as u64),
     )
 }
 

@@ -39,9 +39,12 @@ pub fn refresh_lead(lifetime: Duration) -> Duration {
 pub fn token_lifetime(token: &str, unix_now: Duration) -> Option<Duration> {
     let payload = token.split('.').nth(1)?;
     let json = base64url_decode(payload)?;
-    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    // The crate's own reader, not serde_json's: the browser client carries no serde decoder.
+    let claims = crate::json::parse(std::str::from_utf8(&json).ok()?).ok()?;
     let exp = claims.get("exp")?.as_f64().filter(|e| e.is_finite())?;
-    let exp = Duration::try_from_secs_f64(exp.max(0.0)).ok()?;
+    // Whole milliseconds through a saturating cast: no float-to-duration conversion code,
+    // which the browser client would carry.
+    let exp = Duration::from_millis((exp.max(0.0) * 1000.0) as u64);
     Some(exp.saturating_sub(unix_now))
 }
 
