@@ -208,7 +208,7 @@ async fn drive(
 }
 
 /// A token for `secret` (HS256) that may subscribe to `news` and publish nowhere.
-fn hs256_token(secret: &str) -> Result<String> {
+fn jwt(secret: &str) -> Result<String> {
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub": "u", "exp": 4_000_000_000u64, "subscribe": ["news"]}),
@@ -271,14 +271,7 @@ async fn secrets_of_a_single_redis_server_are_never_printed() -> Result<()> {
     .to_vec();
     let mut seen = Seen::default();
     let mut server = ServerProcess::start_with_env(&server_binary(), &args, &envs).await?;
-    drive(
-        &server,
-        &mut seen,
-        API_KEY,
-        TASK_SECRET,
-        &hs256_token(JWT_SECRET)?,
-    )
-    .await?;
+    drive(&server, &mut seen, API_KEY, TASK_SECRET, &jwt(JWT_SECRET)?).await?;
 
     // Redis goes away: requests fail, the client reconnects in the background (and logs it).
     redis.stop().await?;

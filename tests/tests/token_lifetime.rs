@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use common::{client, hs256_token, setup, Backend, STEP};
+use common::{client, jwt, setup, Backend, STEP};
 use futures_util::StreamExt;
 use redistribute_client::{Client, Event, Offset};
 use redistribute_testkit::{http_get, HttpStream, ServerProcess, WsClient};
@@ -27,12 +27,12 @@ const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 
 /// A token valid for about `left` more seconds (counting the server's 5 s leeway).
 fn token_left(left: i64, subscribe: &[&str], publish: &[&str]) -> String {
-    hs256_token(SECRET, "u", subscribe, publish, left - 5)
+    jwt(SECRET, "u", subscribe, publish, left - 5)
 }
 
 /// A token that expired long ago (beyond any leeway).
 fn expired_token() -> String {
-    hs256_token(SECRET, "u", &["*"], &["*"], -120)
+    jwt(SECRET, "u", &["*"], &["*"], -120)
 }
 
 async fn start() -> Result<common::Setup> {
@@ -351,7 +351,7 @@ async fn the_native_client_refreshes_short_lived_tokens_without_a_reconnect() ->
         .target(&url)
         .token_provider(move || {
             counted.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, std::io::Error>(hs256_token(SECRET, "reader", &["feed"], &[], 3)) }
+            async { Ok::<_, std::io::Error>(jwt(SECRET, "reader", &["feed"], &[], 3)) }
         })
         .build()?;
     let mut events = subscriber.events();
@@ -360,7 +360,7 @@ async fn the_native_client_refreshes_short_lived_tokens_without_a_reconnect() ->
         .context("subscribe timed out")??;
     let publisher = Client::builder()
         .target(&url)
-        .token(hs256_token(SECRET, "writer", &[], &["feed"], 600))
+        .token(jwt(SECRET, "writer", &[], &["feed"], 600))
         .connect()
         .await?;
 

@@ -143,29 +143,6 @@ pub fn jwt(
 /// A generous wait for one step of a test on a noisy machine.
 pub const STEP: Duration = Duration::from_secs(20);
 
-/// An HS256 token signed with `secret` whose `exp` is `expires_in` seconds from now (negative:
-/// in the past), with these `subscribe` and `publish` patterns.
-pub fn hs256_token(
-    secret: &str,
-    sub: &str,
-    subscribe: &[&str],
-    publish: &[&str],
-    expires_in: i64,
-) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64;
-    let claims =
-        json!({"sub": sub, "exp": now + expires_in, "subscribe": subscribe, "publish": publish});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 encodes any claims")
-}
-
 /// Reads from `stream` into `buf` until it holds a whole HTTP head (up to the blank line) and
 /// returns the head's length; what follows it stays in `buf`.
 pub async fn read_http_head(
