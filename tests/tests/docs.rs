@@ -163,7 +163,10 @@ fn docs_reference_only_files_in_the_repository() -> Result<()> {
     let top: BTreeSet<String> = std::fs::read_dir(&root)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    let outside = ["DESIGN.md", "DESIGN §", "seed `0"];
+    // Built at run time so that this file does not contain what it looks for.
+    let design = ["DESIGN", ".md"].concat();
+    let design_section = ["DESIGN", " §"].concat();
+    let outside = [design.as_str(), design_section.as_str(), "seed `0"];
     let mut problems = Vec::new();
     let mut checked = 0;
     for path in tracked_files()? {
@@ -171,7 +174,7 @@ fn docs_reference_only_files_in_the_repository() -> Result<()> {
             continue;
         };
         for needle in outside {
-            if path != Path::new("tests/tests/docs.rs") && text.contains(needle) {
+            if text.contains(needle) {
                 problems.push(format!("{} cites {needle}", path.display()));
             }
         }
