@@ -32,7 +32,7 @@ const until = (what, check) => within(30000, what, new Promise((ok) => {
 }));
 
 const sub = await within(15000, 'subscribe', client.subscribe(channel, '0'));
-say('subscribed', { offset: sub.offset, role: client.role });
+say('subscribed', { node: process.versions.node, offset: sub.offset, role: client.role });
 const first = await within(15000, 'publish', client.publish(channel, { n: 1, text: 'from node' }));
 await until('own message', () => received.some((m) => m.offset === first));
 say('round-trip', { offset: first, fields: received.find((m) => m.offset === first).fields });
