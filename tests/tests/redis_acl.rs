@@ -1,6 +1,6 @@
 //! The Redis ACL of `docs/redis.md` is enough, and checked against a real Redis: the test reads
 //! the documented `ACL SETUSER` line from the document itself (so the two cannot drift), creates
-//! that user, runs the server as it with each live-reader mode, and drives everything that
+//! that user, runs the server as it with each live-reader mode and on a Redis Cluster, and drives everything that
 //! touches Redis: publishes with `maxlen` and an idempotency key, age retention (Redis' `TIME`),
 //! history, live delivery, a resume over trimmed entries (`gap`), and a consumer group (join,
 //! deliver, ack). Redis' `ACL LOG` must then hold no denial, and the server must have answered
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{client, start_server, STEP};
-use redistribute_testkit::{http_request, RedisServer, RespValue, ServerProcess};
+use redistribute_testkit::{http_request, RedisCluster, RedisServer, RespValue, ServerProcess};
 use serde_json::{json, Value};
 
 /// The password the test gives the documented user (the document says `CHANGE-ME`).
@@ -41,39 +41,15 @@ fn documented_acl() -> Result<Vec<String>> {
     Ok(words)
 }
 
-/// Creates the documented user on `redis` and returns the URL that logs in as it.
-async fn create_documented_user(redis: &RedisServer) -> Result<String> {
-    let words = documented_acl()?;
-    let mut args: Vec<&str> = vec!["ACL", "SETUSER"];
-    args.extend(words.iter().map(String::as_str));
-    let reply = redis.command(&args).await?;
-    ensure!(
-        matches!(&reply, RespValue::Simple(ok) if ok == "OK"),
-        "ACL SETUSER {words:?}: {reply:?}"
-    );
-    let user = words.first().context("no user name")?;
-    Ok(format!(
-        "redis://{user}:{PASSWORD}@127.0.0.1:{}",
-        redis.port()
-    ))
+/// The `ACL SETUSER …` command of the documented user.
+fn documented_user_args() -> Result<Vec<String>> {
+    let mut args = vec!["ACL".to_owned(), "SETUSER".to_owned()];
+    args.extend(documented_acl()?);
+    Ok(args)
 }
 
-/// Starts the server as the documented user.
-async fn start_as_user(url: &str, live: &str) -> Result<ServerProcess> {
-    // `start_server` would add `--redis <default user>`: pass the user's URL as an extra flag.
-    start_server(
-        None,
-        &[
-            "--redis",
-            url,
-            "--redis-live-readers",
-            live,
-            "--retention",
-            "acl-aged:*=age=1h",
-        ],
-    )
-    .await
-}
+/// A retention pattern with an age, so publishes read Redis' clock.
+const RETENTION: &str = "acl-aged:*=age=1h";
 
 /// A publish request over the WebSocket that must succeed; returns its offset.
 async fn publish(c: &mut redistribute_testkit::WsClient, frame: Value) -> Result<String> {
@@ -82,10 +58,11 @@ async fn publish(c: &mut redistribute_testkit::WsClient, frame: Value) -> Result
     Ok(reply["offset"].as_str().context("offset")?.to_owned())
 }
 
-/// What `ACL LOG` holds, readable: one line per denial (`reason`, `object`, `username`…).
-async fn acl_denials(redis: &RedisServer) -> Result<Vec<String>> {
-    let RespValue::Array(entries) = redis.command(&["ACL", "LOG"]).await? else {
-        bail!("ACL LOG did not answer an array");
+/// What an `ACL LOG` reply holds, readable: one line per denial (`reason`, `object`,
+/// `username`…).
+fn denials(log: RespValue) -> Result<Vec<String>> {
+    let RespValue::Array(entries) = log else {
+        bail!("ACL LOG did not answer an array: {log:?}");
     };
     Ok(entries
         .iter()
@@ -105,16 +82,75 @@ async fn acl_denials(redis: &RedisServer) -> Result<Vec<String>> {
 
 async fn everything_works_as_the_documented_user(live: &str) -> Result<()> {
     let redis = RedisServer::start().await?;
-    let url = create_documented_user(&redis).await?;
-    let server = start_as_user(&url, live).await?;
+    let args = documented_user_args()?;
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let reply = redis.command(&words).await?;
+    ensure!(
+        matches!(&reply, RespValue::Simple(ok) if ok == "OK"),
+        "{args:?}: {reply:?}"
+    );
+    let url = format!("redis://{}:{PASSWORD}@127.0.0.1:{}", args[2], redis.port());
+    let server = start_server(
+        None,
+        &[
+            "--redis",
+            &url,
+            "--redis-live-readers",
+            live,
+            "--retention",
+            RETENTION,
+        ],
+    )
+    .await?;
     let result = drive_everything(&server).await;
     // Redis denied nothing the server asked (a denial also explains a failure above).
-    let denials = acl_denials(&redis).await?;
+    let denied = denials(redis.command(&["ACL", "LOG"]).await?)?;
     ensure!(
-        denials.is_empty(),
-        "Redis denied the documented user ({live} live readers): {denials:#?}; the run: {result:?}"
+        denied.is_empty(),
+        "Redis denied the documented user ({live} live readers): {denied:#?}; the run: {result:?}"
     );
     result?;
+    no_permission_errors(&server)
+}
+
+/// The same on a Redis Cluster of three primaries, the user created on every node.
+#[tokio::test]
+async fn the_documented_acl_is_enough_on_a_cluster() -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let cluster = RedisCluster::start(3, 0).await?;
+        let args = documented_user_args()?;
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut flags = Vec::new();
+        for port in cluster.ports() {
+            let reply = cluster.command(port, &words).await?;
+            ensure!(
+                matches!(&reply, RespValue::Simple(ok) if ok == "OK"),
+                "{port}: {args:?}: {reply:?}"
+            );
+            flags.push("--redis-cluster".to_owned());
+            flags.push(format!("redis://{}:{PASSWORD}@127.0.0.1:{port}", args[2]));
+        }
+        flags.extend(["--retention", RETENTION].map(String::from));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let server = start_server(None, &flags).await?;
+        let result = drive_everything(&server).await;
+        let mut denied = Vec::new();
+        for port in cluster.ports() {
+            denied.extend(denials(cluster.command(port, &["ACL", "LOG"]).await?)?);
+        }
+        ensure!(
+            denied.is_empty(),
+            "Redis Cluster denied the documented user: {denied:#?}; the run: {result:?}"
+        );
+        result?;
+        no_permission_errors(&server)
+    })
+    .await
+    .context("timed out")?
+}
+
+/// The server logged no Redis permission error.
+fn no_permission_errors(server: &ServerProcess) -> Result<()> {
     let logs = server.logs();
     ensure!(
         !logs.contains("NOPERM"),
