@@ -5,13 +5,13 @@
 //! Every operation runs under the engine's one lock; a pending entry whose stream entry was
 //! trimmed meanwhile is dropped from the list instead of being delivered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redistribute_protocol::{Offset, StreamId};
 
-use super::{now_ms, Group, PendingEntry, State};
+use super::{now_ms, Group, PendingEntry, State, StoredEntry, Stream};
 use crate::engine::{BatchBuilder, Claimed, EngineError, GroupBatch, GroupRead, GroupTurn, Turns};
 
 fn no_group(channel: &str, group: &str) -> EngineError {
@@ -21,6 +21,25 @@ fn no_group(channel: &str, group: &str) -> EngineError {
 }
 
 impl State {
+    /// The entries of `channel` and its consumer group `group`; `NOGROUP` when either is
+    /// missing.
+    fn group(
+        &mut self,
+        channel: &str,
+        group: &str,
+    ) -> Result<(&VecDeque<StoredEntry>, &mut Group), EngineError> {
+        let Some(Stream {
+            entries, groups, ..
+        }) = self.streams.get_mut(channel)
+        else {
+            return Err(no_group(channel, group));
+        };
+        let Some(g) = groups.get_mut(group) else {
+            return Err(no_group(channel, group));
+        };
+        Ok((entries, g))
+    }
+
     pub(super) fn group_create(
         &mut self,
         channel: &str,
@@ -28,13 +47,12 @@ impl State {
         start: Offset,
         create: bool,
     ) -> Result<Option<StreamId>, EngineError> {
-        let st = self;
-        let channel: Arc<str> = match st.streams.get_key_value(channel) {
+        let channel: Arc<str> = match self.streams.get_key_value(channel) {
             Some((k, _)) => k.clone(),
             None if create => Arc::from(channel),
             None => return Ok(None),
         };
-        let stream = st.streams.entry(channel).or_default();
+        let stream = self.streams.entry(channel).or_default();
         let tip = stream.last_id;
         let group = stream
             .groups
@@ -60,19 +78,13 @@ impl State {
         count: usize,
     ) -> Result<Option<GroupBatch>, EngineError> {
         let now = now_ms();
-        let st = self;
-        let Some(stream) = st.streams.get_mut(channel) else {
-            return Err(no_group(channel, group));
-        };
-        let Some(g) = stream.groups.get_mut(group) else {
-            return Err(no_group(channel, group));
-        };
+        let (entries, g) = self.group(channel, group)?;
         let mut builder = BatchBuilder::new(channel.clone());
         let mut deliveries = Vec::new();
         match from {
             GroupRead::New => {
-                let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
-                for entry in stream.entries.range(start..).take(count) {
+                let start = entries.partition_point(|e| e.id <= g.last_delivered);
+                for entry in entries.range(start..).take(count) {
                     builder.push_encoded(entry.id, &entry.item);
                     g.pending.insert(
                         entry.id,
@@ -89,7 +101,6 @@ impl State {
             GroupRead::Pending { after } => {
                 let mut gone = Vec::new();
                 let mut taken = 0;
-                let entries = &stream.entries;
                 for (id, p) in g.pending.range_mut(after.successor()..) {
                     if taken >= count {
                         break;
@@ -127,13 +138,7 @@ impl State {
     ) -> Result<Turns, EngineError> {
         // One instance: every consumer is local, so turns never defer.
         let now = now_ms();
-        let st = self;
-        let Some(stream) = st.streams.get_mut(channel) else {
-            return Err(no_group(channel, group));
-        };
-        let Some(g) = stream.groups.get_mut(group) else {
-            return Err(no_group(channel, group));
-        };
+        let (entries, g) = self.group(channel, group)?;
         g.served
             .retain(|name, _| turn.consumers.iter().any(|(n, _)| **n == **name));
         let mut rooms: Vec<(Arc<str>, usize, u64)> = turn
@@ -148,8 +153,8 @@ impl State {
             })
             .collect();
         let mut builders: Vec<(Arc<str>, BatchBuilder)> = Vec::new();
-        let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
-        for entry in stream.entries.range(start..).take(turn.count) {
+        let start = entries.partition_point(|e| e.id <= g.last_delivered);
+        for entry in entries.range(start..).take(turn.count) {
             let Some(best) = rooms.iter_mut().filter(|r| r.1 > 0).min_by(|a, b| {
                 (b.1.cmp(&a.1))
                     .then_with(|| a.2.cmp(&b.2))
@@ -194,8 +199,7 @@ impl State {
         group: &str,
         ids: &[StreamId],
     ) -> Result<u64, EngineError> {
-        let st = self;
-        let Some(g) = st
+        let Some(g) = self
             .streams
             .get_mut(channel)
             .and_then(|s| s.groups.get_mut(group))
@@ -219,18 +223,11 @@ impl State {
     ) -> Result<Claimed, EngineError> {
         let now = now_ms();
         let min_idle = min_idle.as_millis() as u64;
-        let st = self;
-        let Some(stream) = st.streams.get_mut(channel) else {
-            return Err(no_group(channel, group));
-        };
-        let Some(g) = stream.groups.get_mut(group) else {
-            return Err(no_group(channel, group));
-        };
+        let (entries, g) = self.group(channel, group)?;
         let mut builder = BatchBuilder::new(channel.clone());
         let mut deliveries = Vec::new();
         let mut gone = Vec::new();
         let mut next = StreamId::ZERO;
-        let entries = &stream.entries;
         for (id, p) in g.pending.range_mut(start..) {
             if deliveries.len() >= count {
                 next = *id;

@@ -81,6 +81,14 @@ impl Stream {
         self.entries.is_empty() && self.groups.is_empty() && self.trimmed_through.is_none()
     }
 
+    /// The stream's last ID and trim watermark.
+    fn position(&self) -> Position {
+        Position {
+            last_id: self.last_id,
+            trimmed_through: self.trimmed_through,
+        }
+    }
+
     /// Index of the first entry after `after`.
     fn index_after(&self, after: StreamId) -> usize {
         self.entries.partition_point(|e| e.id <= after)
@@ -267,10 +275,7 @@ impl Engine for EmbeddedEngine {
         Ok(st
             .streams
             .get(channel)
-            .map(|s| Position {
-                last_id: s.last_id,
-                trimmed_through: s.trimmed_through,
-            })
+            .map(Stream::position)
             .unwrap_or_default())
     }
 
@@ -293,10 +298,7 @@ impl Engine for EmbeddedEngine {
         Ok(st
             .streams
             .get(channel)
-            .map(|s| Position {
-                last_id: s.last_id,
-                trimmed_through: s.trimmed_through,
-            })
+            .map(Stream::position)
             .unwrap_or_default())
     }
 
@@ -362,10 +364,7 @@ impl Engine for EmbeddedEngine {
         let position = st
             .streams
             .get(&channel)
-            .map(|s| Position {
-                last_id: s.last_id,
-                trimmed_through: s.trimmed_through,
-            })
+            .map(Stream::position)
             .unwrap_or_default();
         st.cursors.insert(channel, position.last_id);
         drop(st);

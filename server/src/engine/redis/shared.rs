@@ -10,10 +10,13 @@ use fred::prelude::{Builder, Client};
 use fred::types::config::{Options, Server, ServerConfig};
 use fred::types::Value;
 use redistribute_protocol::StreamId;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{eval, eval_as, keys, map_err, parse, scripts, LiveReaders, Shared};
 use crate::engine::{EngineError, Page, Position, MAX_ENTRY_BYTES};
+
+/// Most channels whose cursors one raise script checks.
+const RAISE_CHUNK: usize = 256;
 
 impl Shared {
     /// The shard count in cluster mode.
@@ -230,6 +233,37 @@ impl Shared {
                 _ => Err(unexpected()),
             })
             .collect()
+    }
+
+    /// After a reader reconnected: raises every stream of `targets` whose last ID is now
+    /// below the reader's cursor (the primary that served the cursor's entries failed over to
+    /// a replica that lacks them) to the cursor, recording the lost range as trimmed, and
+    /// warns when any was. New entries then get IDs above the cursor, even from a primary
+    /// whose clock is behind, and subscribers resuming inside the lost range get an exact
+    /// `gap`. The cursors came from Redis itself, so they are not bounded by the clock as a
+    /// client's offset is. Returns each stream's position, in order.
+    pub(super) async fn raise_to_cursors(
+        &self,
+        shard: u16,
+        targets: &[(&str, StreamId)],
+    ) -> Result<Vec<Position>, EngineError> {
+        let mut positions = Vec::with_capacity(targets.len());
+        let mut raised = 0;
+        for chunk in targets.chunks(RAISE_CHUNK) {
+            for (position, was_raised) in self.raise(chunk, None, true, true).await? {
+                raised += usize::from(was_raised);
+                positions.push(position);
+            }
+        }
+        if raised > 0 {
+            warn!(
+                shard,
+                channels = raised,
+                "streams were behind this reader's cursors (a failover lost their tails); \
+                 raised their last IDs to the cursors and recorded the lost ranges as gaps"
+            );
+        }
+        Ok(positions)
     }
 }
 

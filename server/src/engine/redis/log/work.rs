@@ -254,17 +254,7 @@ impl ShardLog {
         let positions: Vec<Position> = if jobs.iter().any(|j| j.3) {
             let targets: Vec<(&str, StreamId)> =
                 jobs.iter().map(|(n, _, c, _)| (&**n, *c)).collect();
-            let raised = shared.raise(&targets, None, true, true).await?;
-            let count = raised.iter().filter(|(_, r)| *r).count();
-            if count > 0 {
-                warn!(
-                    shard = self.shard,
-                    channels = count,
-                    "streams were behind this reader's cursors (a failover lost their tails); \
-                     raised their last IDs to the cursors and recorded the lost ranges as gaps"
-                );
-            }
-            raised.into_iter().map(|(p, _)| p).collect()
+            shared.raise_to_cursors(self.shard, &targets).await?
         } else {
             let names: Vec<Arc<str>> = jobs.iter().map(|j| j.0.clone()).collect();
             shared.positions(&names).await?

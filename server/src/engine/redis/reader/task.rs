@@ -21,9 +21,6 @@ use crate::engine::redis::{parse, Shared};
 use crate::engine::{EngineError, LiveSink, Ready, MAX_BATCH_BYTES};
 use redistribute_protocol::StreamId;
 
-/// Most channels whose cursors one `EVAL` checks after a reconnect.
-const RAISE_CHUNK: usize = 256;
-
 pub(super) struct Reader {
     pub(super) shared: Arc<Shared>,
     pub(super) sink: Arc<dyn LiveSink>,
@@ -140,31 +137,11 @@ impl Reader {
     }
 
     /// After a reconnect: raises every stream whose last ID is now below this reader's cursor
-    /// (the primary that served the cursor's entries failed over to a replica that lacks them)
-    /// to the cursor, recording the lost range as trimmed. New entries then get IDs above the
-    /// cursor, even from a primary whose clock is behind, so `XREAD` after the cursor sees
-    /// them, and subscribers resuming inside the lost range get an exact `gap`. The cursor came
-    /// from Redis itself, so it is not bounded by the clock as a client's offset is.
+    /// to the cursor ([`Shared::raise_to_cursors`]), so `XREAD` after the cursor sees new
+    /// entries.
     async fn raise_to_cursors(&self) -> Result<(), EngineError> {
         let targets: Vec<(&str, StreamId)> = self.cursors.iter().collect();
-        let mut raised = 0;
-        for chunk in targets.chunks(RAISE_CHUNK) {
-            raised += self
-                .shared
-                .raise(chunk, None, true, true)
-                .await?
-                .iter()
-                .filter(|(_, raised)| *raised)
-                .count();
-        }
-        if raised > 0 {
-            warn!(
-                shard = self.shard,
-                channels = raised,
-                "streams were behind this reader's cursors (a failover lost their tails); \
-                 raised their last IDs to the cursors and recorded the lost ranges as gaps"
-            );
-        }
+        self.shared.raise_to_cursors(self.shard, &targets).await?;
         Ok(())
     }
 
