@@ -333,50 +333,51 @@ async fn watch_ready(s: &Subject, channel: &str) -> Result<StreamId> {
     }
 }
 
+/// Generates module `$module` with one test (under the attribute `$test`) per check, each run
+/// against the engine `$subject` builds.
+macro_rules! engine_tests {
+    ($module:ident, $subject:ident, #[$test:meta], $($check:ident),*) => {
+        mod $module {
+            $(
+                #[$test]
+                async fn $check() -> anyhow::Result<()> {
+                    super::$check(super::$subject().await?).await
+                }
+            )*
+        }
+    };
+}
+
+/// Generates, under the attribute `$test`, one module per engine (named in the order embedded,
+/// Redis, Redis Cluster, Redis with channel readers, Redis Cluster with channel readers) with
+/// one test per check.
+macro_rules! every_engine {
+    (
+        #[$test:meta],
+        $embedded:ident, $redis:ident, $cluster:ident, $channel:ident, $cluster_channel:ident,
+        $($check:ident),*
+    ) => {
+        engine_tests!($embedded, embedded, #[$test], $($check),*);
+        engine_tests!($redis, redis, #[$test], $($check),*);
+        engine_tests!($cluster, redis_cluster, #[$test], $($check),*);
+        engine_tests!($channel, redis_channel_readers, #[$test], $($check),*);
+        engine_tests!($cluster_channel, redis_cluster_channel_readers, #[$test], $($check),*);
+    };
+}
+
 /// Generates one test per engine for each conformance check that holds a live reader up (a
 /// blocking sink needs a multi-threaded runtime).
 macro_rules! conformance_threaded {
     ($($check:ident),* $(,)?) => {
-        mod embedded_engine_threaded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::embedded().await?).await
-                }
-            )*
-        }
-        mod redis_engine_threaded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis().await?).await
-                }
-            )*
-        }
-        mod redis_cluster_engine_threaded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis_cluster().await?).await
-                }
-            )*
-        }
-        mod redis_channel_readers_threaded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis_channel_readers().await?).await
-                }
-            )*
-        }
-        mod redis_cluster_channel_readers_threaded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis_cluster_channel_readers().await?).await
-                }
-            )*
-        }
+        every_engine!(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)],
+            embedded_engine_threaded,
+            redis_engine_threaded,
+            redis_cluster_engine_threaded,
+            redis_channel_readers_threaded,
+            redis_cluster_channel_readers_threaded,
+            $($check),*
+        );
     };
 }
 
@@ -385,46 +386,15 @@ conformance_threaded!(live_reader_reports_trims_and_cuts_batches_by_bytes);
 /// Generates one test per engine for each conformance check.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
-        mod embedded_engine {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::embedded().await?).await
-                }
-            )*
-        }
-        mod redis_engine {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis().await?).await
-                }
-            )*
-        }
-        mod redis_cluster_engine {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis_cluster().await?).await
-                }
-            )*
-        }
-        mod redis_channel_readers {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis_channel_readers().await?).await
-                }
-            )*
-        }
-        mod redis_cluster_channel_readers {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    super::$check(super::redis_cluster_channel_readers().await?).await
-                }
-            )*
-        }
+        every_engine!(
+            #[tokio::test],
+            embedded_engine,
+            redis_engine,
+            redis_cluster_engine,
+            redis_channel_readers,
+            redis_cluster_channel_readers,
+            $($check),*
+        );
     };
 }
 
