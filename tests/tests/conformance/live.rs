@@ -5,19 +5,8 @@ use super::*;
 
 pub(super) async fn watched_channels_feed_new_entries_in_order(mut s: Subject) -> Result<()> {
     let before = publish(&s, "live", json!({"n": -1})).await?;
-    let (ready_tx, mut ready) = watch::channel(Ready::Pending);
-    s.engine.watch("live".into(), ready_tx);
-    let fixed = *tokio::time::timeout(
-        Duration::from_secs(10),
-        ready.wait_for(|r| *r != Ready::Pending),
-    )
-    .await
-    .context("watch never became ready")??;
     // A new watch reports the position it starts from (the first subscriber uses it).
-    match fixed {
-        Ready::At(position) => assert_eq!(position.last_id, before),
-        other => panic!("a new watch is ready with {other:?}, not its position"),
-    }
+    assert_eq!(watch_ready(&s, "live").await?, before);
     let mut ids = Vec::new();
     for n in 0..50 {
         ids.push(publish(&s, "live", json!({ "n": n })).await?);

@@ -148,21 +148,8 @@ async fn redis_channel_readers() -> Result<Subject> {
 
 async fn redis_with(live: LiveReaders, tune: impl FnOnce(&mut RedisConfig)) -> Result<Subject> {
     let server = RedisServer::start().await?;
-    let (tx, live_rx) = mpsc::unbounded_channel();
-    let gate = Arc::new(Gate::default());
-    let mut config = RedisConfig::new(server.url());
-    config.block = Duration::from_secs(30);
-    config.live = live;
-    tune(&mut config);
-    let engine = RedisEngine::connect(config, Arc::new(Recorder(tx, gate.clone()))).await?;
-    Ok(Subject {
-        engine,
-        live: live_rx,
-        gate,
-        redis: Some(server),
-        cluster: None,
-        channel_readers: live == LiveReaders::Channel,
-    })
+    let config = RedisConfig::new(server.url());
+    redis_subject(config, live, tune, Some(server), None).await
 }
 
 /// A Redis Cluster engine reading the shard logs (`--redis-live-readers log`).
@@ -180,9 +167,21 @@ async fn redis_cluster_with(
     tune: impl FnOnce(&mut RedisConfig),
 ) -> Result<Subject> {
     let cluster = RedisCluster::start(3, 0).await?;
+    let config = RedisConfig::cluster(cluster.urls());
+    redis_subject(config, live, tune, None, Some(cluster)).await
+}
+
+/// A Redis engine with `config` (reading with `live`, then tuned by `tune`) connected to the
+/// single Redis `redis` or the cluster `cluster`, which the subject keeps alive.
+async fn redis_subject(
+    mut config: RedisConfig,
+    live: LiveReaders,
+    tune: impl FnOnce(&mut RedisConfig),
+    redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
+) -> Result<Subject> {
     let (tx, live_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(Gate::default());
-    let mut config = RedisConfig::cluster(cluster.urls());
     config.block = Duration::from_secs(30);
     config.live = live;
     tune(&mut config);
@@ -191,8 +190,8 @@ async fn redis_cluster_with(
         engine,
         live: live_rx,
         gate,
-        redis: None,
-        cluster: Some(cluster),
+        redis,
+        cluster,
         channel_readers: live == LiveReaders::Channel,
     })
 }
