@@ -4,10 +4,14 @@
 //! Nodes run with `cluster-node-timeout` 1000 ms, so a killed primary is replaced by its replica
 //! within a few seconds, and `cluster-replica-validity-factor 0`, so a replica is always allowed
 //! to take over. Every wait is bounded.
+//!
+//! This module owns the cluster (forming it, its nodes, queries); `faults` kills, restarts
+//! and failovers, `node` launching and talking to one node.
+
+mod faults;
+mod node;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -15,7 +19,10 @@ use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
 use crate::process::{self, POLL_INTERVAL};
-use crate::resp::{RespConnection, RespValue};
+use crate::resp::RespValue;
+use node::{
+    cluster_ports, connect, info_field, launch, log_path, node_command, parse_cluster_nodes, ping,
+};
 
 /// How long forming the cluster (launch, create, every node `cluster_state:ok`) may take.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -289,174 +296,6 @@ impl RedisCluster {
         Ok(counts)
     }
 
-    /// Kills the node on `port` (SIGKILL) and waits until it is gone. Its data is lost.
-    pub async fn kill(&mut self, port: u16) -> Result<()> {
-        let node = self.node_mut(port)?;
-        if let Some(mut child) = node.child.take() {
-            process::kill_and_wait(&mut child).await?;
-        }
-        Ok(())
-    }
-
-    /// Starts the (killed) node on `port` again, with its cluster config but no data, and waits
-    /// (at most 30 s) until the cluster is healthy: a former primary whose slots were taken
-    /// over rejoins as a replica of the new primary and syncs from it.
-    pub async fn restart(&mut self, port: u16) -> Result<()> {
-        let dir = self.dir.path().to_path_buf();
-        let node = self.node_mut(port)?;
-        if let Some(mut child) = node.child.take() {
-            process::kill_and_wait(&mut child).await?;
-        }
-        // Still serving slots in the others' view: it comes back as that primary; else (it was
-        // a replica, or its replica took over) as a replica.
-        let primary = self
-            .nodes()
-            .await?
-            .iter()
-            .any(|n| n.port == port && n.primary && !n.slots.is_empty());
-        let deadline = Instant::now() + FAILOVER_TIMEOUT;
-        let child = launch(&dir, port)?;
-        self.node_mut(port)?.child = Some(child);
-        while !ping(port).await {
-            if Instant::now() >= deadline {
-                bail!("restarted node {port} did not answer PING in time");
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        // A former primary turns into a replica once it learns that its slots moved.
-        let expected = if primary { "master" } else { "slave" };
-        loop {
-            let role = node_command(port, &["ROLE"]).await?;
-            let role = role
-                .as_array()
-                .and_then(|r| r.first())
-                .and_then(RespValue::as_str);
-            if role == Some(expected) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!("restarted node {port} is not a {expected} in time ({role:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Box::pin(self.wait_agreement(port, primary, deadline)).await?;
-        Box::pin(self.wait_healthy(deadline.saturating_duration_since(Instant::now()))).await
-    }
-
-    /// Kills the primary on `primary_port` and waits (at most 30 s) until one of its replicas
-    /// has been promoted and every running node reports `cluster_state:ok`. Returns the port of
-    /// the new primary.
-    pub async fn kill_primary(&mut self, primary_port: u16) -> Result<u16> {
-        let replicas = self.replicas_of(primary_port).await?;
-        ensure!(
-            !replicas.is_empty(),
-            "the primary on port {primary_port} has no replica to fail over to"
-        );
-        self.kill(primary_port).await?;
-        let deadline = Instant::now() + FAILOVER_TIMEOUT;
-        loop {
-            if let Some(&new) = self.promoted(&replicas).await.first() {
-                Box::pin(self.wait_agreement(new, true, deadline)).await?;
-                Box::pin(self.wait_healthy(deadline.saturating_duration_since(Instant::now())))
-                    .await?;
-                return Ok(new);
-            }
-            if Instant::now() >= deadline {
-                bail!("no replica of {primary_port} ({replicas:?}) was promoted within {FAILOVER_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Manual failover: `CLUSTER FAILOVER` on the replica on `replica_port`, then waits (at most
-    /// 30 s) until it is a primary and every running node reports `cluster_state:ok`.
-    pub async fn failover(&mut self, replica_port: u16) -> Result<()> {
-        node_command(replica_port, &["CLUSTER", "FAILOVER"])
-            .await?
-            .into_result()?;
-        let deadline = Instant::now() + FAILOVER_TIMEOUT;
-        loop {
-            if !self.promoted(&[replica_port]).await.is_empty() {
-                Box::pin(self.wait_agreement(replica_port, true, deadline)).await?;
-                return self
-                    .wait_healthy(deadline.saturating_duration_since(Instant::now()))
-                    .await;
-            }
-            if Instant::now() >= deadline {
-                bail!("replica {replica_port} was not promoted within {FAILOVER_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until every running node's `CLUSTER NODES` shows `port` working, as a primary with
-    /// slots or (`primary` false) as a replica, so lookups agree whichever node is asked.
-    async fn wait_agreement(&mut self, port: u16, primary: bool, deadline: Instant) -> Result<()> {
-        loop {
-            let mut agreed = true;
-            for asked in self.running_ports() {
-                let view = match node_command(asked, &["CLUSTER", "NODES"]).await {
-                    Ok(RespValue::Bulk(text)) => {
-                        parse_cluster_nodes(&String::from_utf8_lossy(&text))?
-                    }
-                    _ => Vec::new(),
-                };
-                agreed &= view.iter().any(|n| {
-                    n.port == port
-                        && !n.failed
-                        && n.primary == primary
-                        && (n.slots.is_empty() != primary)
-                        && (primary || n.primary_id.is_some())
-                });
-            }
-            if agreed {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let role = if primary { "primary" } else { "replica" };
-                bail!("the nodes do not all see {port} as a working {role}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Which of `ports` call themselves primary (`ROLE`).
-    async fn promoted(&self, ports: &[u16]) -> Vec<u16> {
-        let mut promoted = Vec::new();
-        for &port in ports {
-            if let Ok(RespValue::Array(role)) = node_command(port, &["ROLE"]).await {
-                if role.first().and_then(RespValue::as_str) == Some("master") {
-                    promoted.push(port);
-                }
-            }
-        }
-        promoted
-    }
-
-    /// Waits until every running node reports `cluster_state:ok` and every running replica's
-    /// link to its primary is up.
-    pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut waiting = Vec::new();
-            for port in self.running_ports() {
-                if let Err(why) = node_healthy(port).await {
-                    waiting.push(format!("{port}: {why:#}"));
-                }
-            }
-            if waiting.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the cluster did not become healthy within {timeout:?}: {}",
-                    waiting.join("; ")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// Everything the node on `port` logged.
     pub fn logs(&self, port: u16) -> String {
         process::read_log(&log_path(self.dir.path(), port))
@@ -485,143 +324,6 @@ impl Drop for RedisCluster {
             }
         }
     }
-}
-
-/// `n` ports such that each port and its cluster bus port (port + 10000) were free a moment ago.
-fn cluster_ports(n: usize) -> Result<Vec<u16>> {
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    for _ in 0..n * 200 {
-        if ports.len() == n {
-            return Ok(ports);
-        }
-        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let port = listener.local_addr()?.port();
-        if port > 55_000 {
-            continue;
-        }
-        let Ok(bus) = TcpListener::bind(("127.0.0.1", port + 10_000)) else {
-            continue;
-        };
-        held.push((listener, bus));
-        ports.push(port);
-    }
-    if ports.len() == n {
-        return Ok(ports);
-    }
-    bail!("could not find {n} free port pairs (port and port + 10000)")
-}
-
-fn log_path(dir: &Path, port: u16) -> PathBuf {
-    dir.join(format!("redis-{port}.log"))
-}
-
-/// Spawns one cluster-enabled `redis-server` on `port`, working in `dir/<port>`.
-fn launch(dir: &Path, port: u16) -> Result<Child> {
-    let bin = std::env::var_os("TESTKIT_REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
-    let work = dir.join(port.to_string());
-    std::fs::create_dir_all(&work)?;
-    let mut cmd = Command::new(&bin);
-    cmd.args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
-        .args(["--cluster-enabled", "yes"])
-        .args(["--cluster-config-file", "nodes.conf"])
-        .args(["--cluster-node-timeout", "1000"])
-        .args(["--cluster-replica-validity-factor", "0"])
-        .args(["--repl-diskless-sync", "yes"])
-        .args(["--repl-diskless-sync-delay", "0"])
-        .arg("--dir")
-        .arg(&work);
-    process::spawn_logged(&mut cmd, &log_path(dir, port)).with_context(|| {
-        format!(
-            "is redis-server installed? (looked for {bin:?}; set TESTKIT_REDIS_SERVER to override)"
-        )
-    })
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
-
-async fn connect(port: u16) -> Result<RespConnection> {
-    RespConnection::connect_timeout(addr(port), COMMAND_TIMEOUT).await
-}
-
-async fn node_command(port: u16, args: &[&str]) -> Result<RespValue> {
-    connect(port)
-        .await?
-        .command_timeout(args, COMMAND_TIMEOUT)
-        .await
-        .with_context(|| format!("{args:?} on node {port}"))
-}
-
-async fn ping(port: u16) -> bool {
-    matches!(
-        node_command(port, &["PING"]).await,
-        Ok(RespValue::Simple(s)) if s == "PONG"
-    )
-}
-
-/// Ok when the node reports `cluster_state:ok` and, if it is a replica, its link is up.
-async fn node_healthy(port: u16) -> Result<()> {
-    let info = node_command(port, &["CLUSTER", "INFO"])
-        .await?
-        .into_result()?;
-    let state = info_field(info.as_str().unwrap_or_default(), "cluster_state");
-    ensure!(state.as_deref() == Some("ok"), "cluster_state {state:?}");
-    let repl = node_command(port, &["INFO", "replication"])
-        .await?
-        .into_result()?;
-    let text = repl.as_str().unwrap_or_default();
-    if info_field(text, "role").as_deref() == Some("slave") {
-        let link = info_field(text, "master_link_status");
-        ensure!(link.as_deref() == Some("up"), "replica link {link:?}");
-    }
-    Ok(())
-}
-
-/// The value of `name:value` in an `INFO`-style text.
-fn info_field(text: &str, name: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.trim().split_once(':')?;
-        (k == name).then(|| v.to_owned())
-    })
-}
-
-/// Parses `CLUSTER NODES` output.
-fn parse_cluster_nodes(text: &str) -> Result<Vec<ClusterNodeInfo>> {
-    let mut nodes = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        ensure!(parts.len() >= 8, "malformed CLUSTER NODES line {line:?}");
-        let hostport = parts[1].split('@').next().unwrap_or_default();
-        let port = hostport
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .with_context(|| format!("no port in {line:?}"))?;
-        let flags: Vec<&str> = parts[2].split(',').collect();
-        let mut slots = Vec::new();
-        for range in &parts[8..] {
-            if range.starts_with('[') {
-                continue; // a slot being migrated
-            }
-            let (a, b) = range.split_once('-').unwrap_or((range, range));
-            slots.push((a.parse()?, b.parse()?));
-        }
-        nodes.push(ClusterNodeInfo {
-            id: parts[0].to_owned(),
-            port,
-            primary: flags.contains(&"master"),
-            failed: flags.contains(&"fail") || flags.contains(&"fail?"),
-            primary_id: (parts[3] != "-").then(|| parts[3].to_owned()),
-            slots,
-        });
-    }
-    Ok(nodes)
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@
 //! watermark) is freed as soon as it is not watched, so channels that are only subscribed to
 //! (or raised by a resuming subscriber) do not accumulate. Channels with entries stay until the
 //! process exits; `maxlen` bounds each one.
+//!
+//! This module owns the state (streams, groups, cursors, idempotency keys) and the [`Engine`]
+//! implementation; `live` the live delivery, `groups` the consumer group operations.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -24,18 +27,21 @@ use redistribute_protocol::{Offset, StreamId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+mod groups;
+mod live;
+
 use super::{
-    stored_fields, trim_slack, Batch, BatchBuilder, Claimed, Engine, EngineConfig, EngineError,
-    EngineStats, GroupRead, LiveSink, Page, Position, PublishRequest, Ready, ReadySender,
-    MAX_BATCH_BYTES, MAX_CLOCK_SKEW, MAX_ENTRY_BYTES,
+    stored_fields, trim_slack, Claimed, Engine, EngineConfig, EngineError, EngineStats, GroupRead,
+    LiveSink, Page, Position, PublishRequest, Ready, ReadySender, MAX_CLOCK_SKEW,
 };
+use live::{dispatch, read_stream};
 
 /// One stored message, already encoded as the JSON object clients receive.
 #[derive(Debug)]
 struct StoredEntry {
     id: StreamId,
     item: Box<str>,
-    /// Bytes of the stored field names and values (see [`MAX_ENTRY_BYTES`]).
+    /// Bytes of the stored field names and values (see [`super::MAX_ENTRY_BYTES`]).
     size: usize,
 }
 
@@ -73,6 +79,14 @@ impl Stream {
     /// freed when it is not watched; recreating it later gives the same answers.
     fn is_disposable(&self) -> bool {
         self.entries.is_empty() && self.groups.is_empty() && self.trimmed_through.is_none()
+    }
+
+    /// The stream's last ID and trim watermark.
+    fn position(&self) -> Position {
+        Position {
+            last_id: self.last_id,
+            trimmed_through: self.trimmed_through,
+        }
     }
 
     /// Index of the first entry after `after`.
@@ -136,100 +150,6 @@ impl Drop for EmbeddedEngine {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-/// Reads dirty channels past their cursors and delivers them, in order.
-async fn dispatch(
-    state: Arc<Mutex<State>>,
-    wake: Arc<Notify>,
-    sink: Arc<dyn LiveSink>,
-    read_count: usize,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = wake.notified() => {}
-        }
-        loop {
-            let batches: Vec<Batch> = {
-                let mut st = state.lock();
-                let dirty: Vec<Arc<str>> = st.dirty.drain().collect();
-                let mut out = Vec::with_capacity(dirty.len());
-                for channel in dirty {
-                    let Some(&cursor) = st.cursors.get(&channel) else {
-                        continue;
-                    };
-                    let Some(stream) = st.streams.get(&channel) else {
-                        continue;
-                    };
-                    // Entries skipped past the cursor (trimmed, or too large) are covered by the
-                    // batch's gap; with no entry to carry it the cursor stays, and the next
-                    // read reports the same gap (or a later one) with the next entry.
-                    let (batch, _) =
-                        read_stream(stream, &channel, cursor, read_count, MAX_BATCH_BYTES);
-                    let Some(batch) = batch else {
-                        continue;
-                    };
-                    let last = batch.last_id();
-                    let more = stream.last_id > last;
-                    st.cursors.insert(channel.clone(), last);
-                    if more {
-                        st.dirty.insert(channel);
-                    }
-                    out.push(batch);
-                }
-                out
-            };
-            if batches.is_empty() {
-                break;
-            }
-            for batch in batches {
-                sink.deliver(Arc::new(batch));
-            }
-        }
-    }
-}
-
-/// Reads entries after `after`: at most `limit`, the encoded items at most `max_bytes` (at least
-/// one entry), stopping before an entry larger than [`MAX_ENTRY_BYTES`] unless it comes first
-/// (then it is skipped into the gap). Returns the batch (carrying the gap) and the gap.
-fn read_stream(
-    stream: &Stream,
-    channel: &Arc<str>,
-    after: StreamId,
-    limit: usize,
-    max_bytes: usize,
-) -> (Option<Batch>, Option<StreamId>) {
-    let mut builder = BatchBuilder::new(channel.clone());
-    if let Some(trimmed) = stream.trimmed_through.filter(|t| *t > after) {
-        builder.set_gap_through(trimmed);
-    }
-    let start = stream.index_after(after);
-    for entry in stream.entries.range(start..) {
-        if builder.len() >= limit {
-            break;
-        }
-        if entry.size > MAX_ENTRY_BYTES {
-            if builder.is_empty() {
-                builder.set_gap_through(entry.id);
-                continue;
-            }
-            break;
-        }
-        if !builder.is_empty() && builder.items_len_with(entry.item.len()) > max_bytes {
-            break;
-        }
-        builder.push_encoded(entry.id, &entry.item);
-    }
-    let gap = builder.gap_through();
-    (builder.finish(), gap)
-}
-
-fn no_group(channel: &str, group: &str) -> EngineError {
-    EngineError::Internal(format!(
-        "NOGROUP: no consumer group {group:?} on channel {channel:?}"
-    ))
 }
 
 impl State {
@@ -355,10 +275,7 @@ impl Engine for EmbeddedEngine {
         Ok(st
             .streams
             .get(channel)
-            .map(|s| Position {
-                last_id: s.last_id,
-                trimmed_through: s.trimmed_through,
-            })
+            .map(Stream::position)
             .unwrap_or_default())
     }
 
@@ -381,10 +298,7 @@ impl Engine for EmbeddedEngine {
         Ok(st
             .streams
             .get(channel)
-            .map(|s| Position {
-                last_id: s.last_id,
-                trimmed_through: s.trimmed_through,
-            })
+            .map(Stream::position)
             .unwrap_or_default())
     }
 
@@ -395,27 +309,9 @@ impl Engine for EmbeddedEngine {
         start: Offset,
         create: bool,
     ) -> Result<Option<StreamId>, EngineError> {
-        let mut st = self.state.lock();
-        let channel: Arc<str> = match st.streams.get_key_value(channel) {
-            Some((k, _)) => k.clone(),
-            None if create => Arc::from(channel),
-            None => return Ok(None),
-        };
-        let stream = st.streams.entry(channel).or_default();
-        let tip = stream.last_id;
-        let group = stream
-            .groups
-            .entry(Box::from(group))
-            .or_insert_with(|| Group {
-                last_delivered: match start {
-                    Offset::Latest => tip,
-                    Offset::Earliest => StreamId::ZERO,
-                    Offset::Id(id) => id,
-                },
-                pending: BTreeMap::new(),
-                ..Group::default()
-            });
-        Ok(Some(group.last_delivered))
+        self.state
+            .lock()
+            .group_create(channel, group, start, create)
     }
 
     async fn group_read(
@@ -426,64 +322,9 @@ impl Engine for EmbeddedEngine {
         from: GroupRead,
         count: usize,
     ) -> Result<Option<super::GroupBatch>, EngineError> {
-        let now = now_ms();
-        let mut st = self.state.lock();
-        let Some(stream) = st.streams.get_mut(channel) else {
-            return Err(no_group(channel, group));
-        };
-        let Some(g) = stream.groups.get_mut(group) else {
-            return Err(no_group(channel, group));
-        };
-        let mut builder = BatchBuilder::new(channel.clone());
-        let mut deliveries = Vec::new();
-        match from {
-            GroupRead::New => {
-                let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
-                for entry in stream.entries.range(start..).take(count) {
-                    builder.push_encoded(entry.id, &entry.item);
-                    g.pending.insert(
-                        entry.id,
-                        PendingEntry {
-                            consumer: Box::from(consumer),
-                            delivered_at: now,
-                            deliveries: 1,
-                        },
-                    );
-                    g.last_delivered = entry.id;
-                    deliveries.push(1);
-                }
-            }
-            GroupRead::Pending { after } => {
-                let mut gone = Vec::new();
-                let mut taken = 0;
-                let entries = &stream.entries;
-                for (id, p) in g.pending.range_mut(after.successor()..) {
-                    if taken >= count {
-                        break;
-                    }
-                    if *p.consumer != *consumer {
-                        continue;
-                    }
-                    let i = entries.partition_point(|e| e.id < *id);
-                    match entries.get(i).filter(|e| e.id == *id) {
-                        Some(entry) => {
-                            builder.push_encoded(entry.id, &entry.item);
-                            p.deliveries += 1;
-                            p.delivered_at = now;
-                            deliveries.push(p.deliveries);
-                            taken += 1;
-                        }
-                        None => gone.push(*id),
-                    }
-                }
-                for id in gone {
-                    g.pending.remove(&id);
-                }
-            }
-        }
-        Ok(builder
-            .finish()
-            .map(|batch| super::GroupBatch { batch, deliveries }))
+        self.state
+            .lock()
+            .group_read(channel, group, consumer, from, count)
     }
 
     async fn group_take_turns(
@@ -492,67 +333,7 @@ impl Engine for EmbeddedEngine {
         group: &str,
         turn: &super::GroupTurn<'_>,
     ) -> Result<super::Turns, EngineError> {
-        // One instance: every consumer is local, so turns never defer.
-        let now = now_ms();
-        let mut st = self.state.lock();
-        let Some(stream) = st.streams.get_mut(channel) else {
-            return Err(no_group(channel, group));
-        };
-        let Some(g) = stream.groups.get_mut(group) else {
-            return Err(no_group(channel, group));
-        };
-        g.served
-            .retain(|name, _| turn.consumers.iter().any(|(n, _)| **n == **name));
-        let mut rooms: Vec<(Arc<str>, usize, u64)> = turn
-            .consumers
-            .iter()
-            .map(|(name, room)| {
-                (
-                    name.clone(),
-                    *room,
-                    g.served.get(&**name).copied().unwrap_or(0),
-                )
-            })
-            .collect();
-        let mut builders: Vec<(Arc<str>, BatchBuilder)> = Vec::new();
-        let start = stream.entries.partition_point(|e| e.id <= g.last_delivered);
-        for entry in stream.entries.range(start..).take(turn.count) {
-            let Some(best) = rooms.iter_mut().filter(|r| r.1 > 0).min_by(|a, b| {
-                (b.1.cmp(&a.1))
-                    .then_with(|| a.2.cmp(&b.2))
-                    .then_with(|| a.0.cmp(&b.0))
-            }) else {
-                break;
-            };
-            g.serves += 1;
-            best.1 -= 1;
-            best.2 = g.serves;
-            g.served.insert(Box::from(&*best.0), g.serves);
-            g.pending.insert(
-                entry.id,
-                PendingEntry {
-                    consumer: Box::from(&*best.0),
-                    delivered_at: now,
-                    deliveries: 1,
-                },
-            );
-            g.last_delivered = entry.id;
-            let i = match builders.iter().position(|(n, _)| *n == best.0) {
-                Some(i) => i,
-                None => {
-                    builders.push((best.0.clone(), BatchBuilder::new(channel.clone())));
-                    builders.len() - 1
-                }
-            };
-            builders[i].1.push_encoded(entry.id, &entry.item);
-        }
-        Ok(super::Turns {
-            batches: builders
-                .into_iter()
-                .filter_map(|(name, b)| Some((name, b.finish()?)))
-                .collect(),
-            deferred: false,
-        })
+        self.state.lock().group_take_turns(channel, group, turn)
     }
 
     async fn group_ack(
@@ -561,18 +342,7 @@ impl Engine for EmbeddedEngine {
         group: &str,
         ids: &[StreamId],
     ) -> Result<u64, EngineError> {
-        let mut st = self.state.lock();
-        let Some(g) = st
-            .streams
-            .get_mut(channel)
-            .and_then(|s| s.groups.get_mut(group))
-        else {
-            return Ok(0);
-        };
-        Ok(ids
-            .iter()
-            .filter(|id| g.pending.remove(id).is_some())
-            .count() as u64)
+        self.state.lock().group_ack(channel, group, ids)
     }
 
     async fn group_claim(
@@ -584,48 +354,9 @@ impl Engine for EmbeddedEngine {
         start: StreamId,
         count: usize,
     ) -> Result<Claimed, EngineError> {
-        let now = now_ms();
-        let min_idle = min_idle.as_millis() as u64;
-        let mut st = self.state.lock();
-        let Some(stream) = st.streams.get_mut(channel) else {
-            return Err(no_group(channel, group));
-        };
-        let Some(g) = stream.groups.get_mut(group) else {
-            return Err(no_group(channel, group));
-        };
-        let mut builder = BatchBuilder::new(channel.clone());
-        let mut deliveries = Vec::new();
-        let mut gone = Vec::new();
-        let mut next = StreamId::ZERO;
-        let entries = &stream.entries;
-        for (id, p) in g.pending.range_mut(start..) {
-            if deliveries.len() >= count {
-                next = *id;
-                break;
-            }
-            if now.saturating_sub(p.delivered_at) < min_idle {
-                continue;
-            }
-            let i = entries.partition_point(|e| e.id < *id);
-            match entries.get(i).filter(|e| e.id == *id) {
-                Some(entry) => {
-                    builder.push_encoded(entry.id, &entry.item);
-                    p.consumer = Box::from(consumer);
-                    p.deliveries += 1;
-                    p.delivered_at = now;
-                    deliveries.push(p.deliveries);
-                }
-                None => gone.push(*id),
-            }
-        }
-        for id in gone {
-            g.pending.remove(&id);
-        }
-        Ok(Claimed {
-            batch: builder.finish(),
-            deliveries,
-            next,
-        })
+        self.state
+            .lock()
+            .group_claim(channel, group, consumer, min_idle, start, count)
     }
 
     fn watch(&self, channel: Arc<str>, ready: ReadySender) {
@@ -633,10 +364,7 @@ impl Engine for EmbeddedEngine {
         let position = st
             .streams
             .get(&channel)
-            .map(|s| Position {
-                last_id: s.last_id,
-                trimmed_through: s.trimmed_through,
-            })
+            .map(Stream::position)
             .unwrap_or_default();
         st.cursors.insert(channel, position.last_id);
         drop(st);
@@ -663,6 +391,7 @@ impl Engine for EmbeddedEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Batch;
     use redistribute_protocol::Fields;
 
     struct Discard;
