@@ -59,10 +59,19 @@ impl Session {
     }
 
     /// Registers a (plain or group) subscription, replacing any earlier one of the channel,
-    /// and sends its `subscribe` when connected.
-    fn start_subscription(&mut self, channel: String, mut sub: Subscription) -> RequestId {
+    /// and sends its `subscribe` when connected, unless it waits for a barrier (see
+    /// [`Session::resubscribe`]; replacing a subscription that waits for one waits too).
+    pub(super) fn start_subscription(
+        &mut self,
+        channel: String,
+        mut sub: Subscription,
+    ) -> RequestId {
         let id = self.alloc_id();
         self.cancel_waiter(&channel);
+        if sub.barrier.is_none() {
+            sub.barrier = self.subs.get(&channel).and_then(|s| s.barrier);
+        }
+        let held = sub.barrier.is_some();
         sub.waiter = Some(id);
         self.subs.insert(channel.clone(), sub);
         let kind = Kind::Subscribe {
@@ -70,7 +79,7 @@ impl Session {
         };
         self.requests
             .insert(id, Pending::new(kind, Origin::User), None);
-        if self.is_connected() {
+        if self.is_connected() && !held {
             self.send_subscribe(&channel);
         }
         RequestId(id)
@@ -118,8 +127,7 @@ impl Session {
             );
             pending.sent = true;
             self.requests.insert(id, pending, None);
-            self.transmit
-                .push_back(ClientFrame::Unsubscribe { id, channel });
+            self.send_unsubscribe(id, &channel);
         } else {
             self.events.push_back(Event::Unsubscribed {
                 id: RequestId(id),
@@ -184,6 +192,7 @@ impl Session {
         for (_, sub) in self.subs.iter_mut() {
             sub.waiter = None;
             sub.inflight = None;
+            sub.barrier = None;
         }
         for id in self.requests.ids() {
             if let Some(p) = self.requests.remove(id) {
@@ -197,7 +206,7 @@ impl Session {
     }
 
     /// Refuses commands on a closed or saturated session.
-    fn admit(&self) -> Result<(), SessionError> {
+    pub(super) fn admit(&self) -> Result<(), SessionError> {
         if self.state == State::Closed {
             return Err(SessionError::Closed);
         }
@@ -217,6 +226,16 @@ impl Session {
             self.transmit.push_back(frame);
         }
         self.requests.insert(id, pending, None);
+    }
+
+    /// Sends `unsubscribe` `id` of `channel` on the open connection, remembering it as the
+    /// channel's latest one (see [`Session::resubscribe`]).
+    pub(super) fn send_unsubscribe(&mut self, id: u64, channel: &str) {
+        self.subs.unsubscribe_sent(channel, id);
+        self.transmit.push_back(ClientFrame::Unsubscribe {
+            id,
+            channel: channel.to_owned(),
+        });
     }
 
     /// Fails the channel's unanswered caller `subscribe`, if any, as superseded.

@@ -241,9 +241,7 @@ impl Session {
         // A Vec, not a HashSet: the driver drains `transmit` at every turn, so it holds a few
         // frames at most, and the browser client ships less code.
         let unsent: Vec<u64> = self.transmit.drain(..).map(|f| f.id()).collect();
-        for (_, sub) in self.subs.iter_mut() {
-            sub.inflight = None;
-        }
+        self.subs.connection_lost();
         for id in self.requests.ids() {
             let Some(p) = self.requests.get_mut(id) else {
                 continue;
@@ -294,10 +292,7 @@ impl Session {
                 if pending.sent && self.is_connected() {
                     // The server may still subscribe us: undo it, without waiting for a reply.
                     let undo = self.alloc_id();
-                    self.transmit.push_back(ClientFrame::Unsubscribe {
-                        id: undo,
-                        channel: channel.clone(),
-                    });
+                    self.send_unsubscribe(undo, channel);
                 }
             }
         }

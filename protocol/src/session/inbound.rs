@@ -14,7 +14,7 @@ use super::requests::{Kind, Origin, Pending};
 use super::{backoff, Session, State};
 use crate::codec::{decode_server, DecodeError};
 use crate::error::ErrorCode;
-use crate::frame::{ClientFrame, Message, ServerFrame};
+use crate::frame::{Message, ServerFrame};
 use crate::offset::StreamId;
 
 impl Session {
@@ -76,14 +76,20 @@ impl Session {
                 truncated,
             } => self.on_subscribed(id, channel, offset, truncated),
             ServerFrame::Unsubscribed { id, channel } => {
-                if self
-                    .take_reply(id, |k| matches!(k, Kind::Unsubscribe { .. }))
-                    .is_some_and(|p| p.origin == Origin::User)
-                {
-                    self.events.push_back(Event::Unsubscribed {
-                        id: RequestId(id),
-                        channel,
-                    });
+                self.subs.unsubscribe_answered(id);
+                match self.take_reply(id, |k| matches!(k, Kind::Unsubscribe { .. })) {
+                    Some(p) if p.origin == Origin::User => {
+                        self.events.push_back(Event::Unsubscribed {
+                            id: RequestId(id),
+                            channel,
+                        });
+                    }
+                    Some(p) => {
+                        if let Kind::Unsubscribe { channel } = &p.kind {
+                            self.release_barrier(channel, id);
+                        }
+                    }
+                    None => {}
                 }
             }
             ServerFrame::Published {
@@ -204,6 +210,7 @@ impl Session {
             self.fail_connection(DisconnectReason::Rejected { code, message }, true);
             return;
         }
+        self.subs.unsubscribe_answered(id);
         let Some(pending) = self.take_reply(id, |_| true) else {
             return;
         };
@@ -233,6 +240,11 @@ impl Session {
                 if pending.origin == Origin::User {
                     self.fail(id, error);
                 }
+            }
+            Kind::Unsubscribe { channel } if pending.origin == Origin::Internal => {
+                // A barrier refused (`not_found`: nothing stood): the subscribe goes ahead.
+                let channel = channel.clone();
+                self.release_barrier(&channel, id);
             }
             Kind::Unsubscribe { .. }
             | Kind::Publish { .. }
@@ -310,7 +322,9 @@ impl Session {
             }
             return;
         };
-        if sub.inflight.is_some() && kind.as_deref() != Some("subscribed") {
+        if sub.barrier.is_some()
+            || (sub.inflight.is_some() && kind.as_deref() != Some("subscribed"))
+        {
             // Data of the subscription being replaced, which a decoded frame would not deliver
             // either (the server sends nothing of a subscription before its reply).
             return;
@@ -331,10 +345,7 @@ impl Session {
         if self.is_connected() {
             // Nobody waits for the reply: an unknown id is ignored.
             let id = self.alloc_id();
-            self.transmit.push_back(ClientFrame::Unsubscribe {
-                id,
-                channel: channel.clone(),
-            });
+            self.send_unsubscribe(id, &channel);
         }
         if let Some(inflight) = sub.inflight.filter(|i| Some(*i) != sub.waiter) {
             self.requests.remove(inflight);

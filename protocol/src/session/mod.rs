@@ -7,8 +7,8 @@
 //!   [`Session::handle_frame`], [`Session::handle_transport_closed`],
 //!   [`Session::handle_timeout`], each with `now`, the monotonic time since an origin the driver
 //!   picks (e.g. `Instant::now() - start`, or `performance.now()` in a browser);
-//! * commands: [`Session::subscribe`], [`Session::unsubscribe`], [`Session::publish`],
-//!   [`Session::ping`], [`Session::close`];
+//! * commands: [`Session::subscribe`], [`Session::resubscribe`], [`Session::unsubscribe`],
+//!   [`Session::publish`], [`Session::ping`], [`Session::close`];
 //! * outputs: [`Session::poll_action`] (open or close a transport), [`Session::poll_transmit`]
 //!   (frames to send, in order), [`Session::poll_event`] (for the application) and
 //!   [`Session::poll_timeout`] (when to call `handle_timeout` next).
@@ -60,6 +60,11 @@
 //! `subscribe` from the position and drops any message at or before it, so the application
 //! sees each message once, in order. [`Session::offsets`] exposes the positions for
 //! persistence; `subscribe(channel, Offset::Id(saved))` resumes from a saved one.
+//!
+//! [`Session::resubscribe`] replaces a subscription from a given offset behind a barrier: it
+//! unsubscribes first and subscribes once the `unsubscribed` reply came, so that nothing of the
+//! old subscription still on the wire reaches the new one. A driver whose local buffer
+//! overflowed resumes with it from the last offset it delivered.
 //!
 //! # Transient and permanent errors
 //!
@@ -128,6 +133,7 @@ mod connection;
 mod error;
 mod event;
 mod inbound;
+mod replace;
 mod requests;
 mod subscriptions;
 mod token;

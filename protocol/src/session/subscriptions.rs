@@ -35,6 +35,9 @@ pub(crate) struct Subscription {
     pub(crate) failures: u32,
     /// When to send `subscribe` again after a transient failure, on the open connection.
     pub(crate) retry_at: Option<Duration>,
+    /// The session's own `unsubscribe` (its id) whose reply this subscription waits for
+    /// before its `subscribe` goes out (see [`Session::resubscribe`](super::Session::resubscribe)).
+    pub(crate) barrier: Option<u64>,
 }
 
 impl Subscription {
@@ -53,6 +56,7 @@ impl Subscription {
             group: None,
             failures: 0,
             retry_at: None,
+            barrier: None,
         }
     }
 
@@ -89,11 +93,12 @@ impl Subscription {
         }
     }
 
-    /// Whether its `subscribe` is unanswered on this connection (in flight, or waiting to be
-    /// sent again after a transient failure): until the reply, the channel's messages and gaps
-    /// belong to a subscription this one replaces.
+    /// Whether its `subscribe` is unanswered on this connection (in flight, waiting to be sent
+    /// again after a transient failure, or waiting for the old subscription's `unsubscribed`):
+    /// until the reply, the channel's messages and gaps belong to a subscription this one
+    /// replaces.
     pub(crate) fn awaiting_reply(&self) -> bool {
-        self.inflight.is_some() || self.retry_at.is_some()
+        self.inflight.is_some() || self.retry_at.is_some() || self.barrier.is_some()
     }
 
     /// Records a reported gap: the entries in `(from, to]` are gone, so the position moves to
@@ -131,6 +136,10 @@ impl Subscription {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Subscriptions {
     by_channel: BTreeMap<String, Subscription>,
+    /// Per channel, the latest `unsubscribe` sent on the current connection whose reply has not
+    /// come yet (the caller's or the session's own): while one is unanswered the server may
+    /// still send the channel's messages. Forgotten with the connection.
+    unsubscribing: BTreeMap<String, u64>,
 }
 
 impl Subscriptions {
@@ -167,6 +176,32 @@ impl Subscriptions {
     /// How many channels are subscribed.
     pub(crate) fn len(&self) -> usize {
         self.by_channel.len()
+    }
+
+    /// Records an `unsubscribe` of `channel` sent on the current connection.
+    pub(crate) fn unsubscribe_sent(&mut self, channel: &str, id: u64) {
+        self.unsubscribing.insert(channel.to_owned(), id);
+    }
+
+    /// The reply to request `id` arrived: if it answers a channel's latest `unsubscribe`, that
+    /// channel has nothing standing any more (replies come in request order, so the earlier
+    /// ones were answered too).
+    pub(crate) fn unsubscribe_answered(&mut self, id: u64) {
+        self.unsubscribing.retain(|_, latest| *latest != id);
+    }
+
+    /// Whether an `unsubscribe` of `channel` is unanswered on the current connection.
+    pub(crate) fn is_unsubscribing(&self, channel: &str) -> bool {
+        self.unsubscribing.contains_key(channel)
+    }
+
+    /// The connection ended: nothing of it is subscribed or unsubscribing any more.
+    pub(crate) fn connection_lost(&mut self) {
+        self.unsubscribing.clear();
+        for sub in self.by_channel.values_mut() {
+            sub.inflight = None;
+            sub.barrier = None;
+        }
     }
 }
 

@@ -245,6 +245,9 @@ pub struct Pair {
     pub events: Vec<(Duration, Event)>,
     /// Every action, in order, with its time.
     pub actions: Vec<(Duration, Action)>,
+    /// Keep the server's frames on the wire (not delivered) until cleared, as a slow link
+    /// would: the session's frames still reach the server at once.
+    pub hold: bool,
 }
 
 impl Pair {
@@ -257,6 +260,7 @@ impl Pair {
             transport: None,
             events: Vec::new(),
             actions: Vec::new(),
+            hold: false,
         }
     }
 
@@ -312,12 +316,12 @@ impl Pair {
                     .expect("frame sent without transport");
                 self.server.handle(&target, frame);
             }
-            while let Some(text) = self.server.raw.pop_front() {
+            while let Some(text) = self.deliverable(|s| s.raw.pop_front()) {
                 moved = true;
                 assert!(self.transport.is_some(), "server frame without transport");
                 self.session.handle_text(&text, self.now);
             }
-            while let Some(frame) = self.server.outbox.pop_front() {
+            while let Some(frame) = self.deliverable(|s| s.outbox.pop_front()) {
                 moved = true;
                 assert!(self.transport.is_some(), "server frame without transport");
                 // Over the wire as text, as drivers do.
@@ -338,6 +342,14 @@ impl Pair {
             }
         }
         panic!("the pair never settled");
+    }
+
+    /// The server's next frame of a queue, unless the wire holds them.
+    fn deliverable<T>(&mut self, next: impl FnOnce(&mut FakeServer) -> Option<T>) -> Option<T> {
+        if self.hold {
+            return None;
+        }
+        next(&mut self.server)
     }
 
     /// Runs the virtual clock forward by `d`, firing every timer on its due time.

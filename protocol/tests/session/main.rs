@@ -7,5 +7,6 @@ mod harness;
 mod model;
 mod no_loss;
 mod requests;
+mod resubscribe;
 mod resume;
 mod tokens;

@@ -1,9 +1,12 @@
 //! Model-based test of the session: random interleavings of subscribes (any offset),
-//! replacing subscribes, unsubscribes, messages from other producers, publishes, lost replies,
+//! replacing subscribes and resubscribes, resumes after a local overflow, unsubscribes,
+//! messages from other producers, publishes, lost replies, server frames held on the wire,
 //! transient and permanent refusals, dropped transports, targets going down, undecodable
 //! garbage and the passing of time, checked against what the application must see:
 //!
-//! - per subscription, messages arrive once, in offset order, and only stored ones;
+//! - per subscription, messages arrive once, in offset order, and only stored ones; a resume
+//!   after an overflow (the application dropped its last few messages and resubscribes after
+//!   the last one it kept) continues the same subscription;
 //! - every subscription the application still holds at the end (not unsubscribed, not ended by
 //!   a permanent error) has received every message stored after its start;
 //! - no subscription ends because of a transient error;
@@ -35,6 +38,12 @@ enum At {
 #[derive(Debug, Clone)]
 enum Op {
     Subscribe(usize, At),
+    /// `resubscribe` instead of `subscribe`: a new subscription behind a barrier.
+    Resubscribe(usize, At),
+    /// The application's buffer overflowed: it lost its last `n` messages and resumes.
+    Resume(usize, u8),
+    /// Hold the server's frames on the wire, or let them through.
+    Hold(bool),
     Unsubscribe(usize),
     Append(usize, u8),
     Publish(usize),
@@ -51,7 +60,10 @@ fn op() -> impl Strategy<Value = Op> {
     let ch = 0..CHANNELS.len();
     let at = prop_oneof![Just(At::Latest), Just(At::Earliest), Just(At::Saved)];
     prop_oneof![
-        3 => (ch.clone(), at).prop_map(|(c, a)| Op::Subscribe(c, a)),
+        3 => (ch.clone(), at.clone()).prop_map(|(c, a)| Op::Subscribe(c, a)),
+        2 => (ch.clone(), at).prop_map(|(c, a)| Op::Resubscribe(c, a)),
+        2 => (ch.clone(), 0..4u8).prop_map(|(c, n)| Op::Resume(c, n)),
+        1 => any::<bool>().prop_map(Op::Hold),
         1 => ch.clone().prop_map(Op::Unsubscribe),
         4 => (ch.clone(), 1..5u8).prop_map(|(c, n)| Op::Append(c, n)),
         2 => ch.clone().prop_map(Op::Publish),
@@ -168,39 +180,68 @@ impl Model {
     }
 }
 
+/// Starts a new epoch of `channel` with a subscribe or resubscribe from `at`.
+fn begin(pair: &mut Pair, model: &mut Model, channel: &'static str, at: &At, replace: bool) {
+    let offset = match at {
+        At::Latest => Offset::Latest,
+        At::Earliest => Offset::Earliest,
+        At::Saved => pair
+            .session
+            .offset(channel)
+            .map_or(Offset::Earliest, Offset::Id),
+    };
+    let sent = match replace {
+        true => pair.session.resubscribe(channel, offset),
+        false => pair.session.subscribe(channel, offset),
+    };
+    let Ok(request) = sent else {
+        return;
+    };
+    model.requests.push(request);
+    if let Some(old) = model.epochs.get_mut(channel) {
+        old.ended = true;
+    }
+    let start = match offset {
+        Offset::Earliest => Some(StreamId::ZERO),
+        Offset::Id(id) => Some(id),
+        Offset::Latest => None,
+    };
+    model.epochs.insert(
+        channel,
+        Epoch {
+            request,
+            start,
+            delivered: Vec::new(),
+            ended: false,
+        },
+    );
+}
+
+/// The application dropped the last `lost` messages of `channel`'s live epoch (its buffer was
+/// full) and resumes after the last one it kept: the same epoch goes on.
+fn resume(pair: &mut Pair, model: &mut Model, channel: &'static str, lost: u8) {
+    let Some(epoch) = model.epoch(channel) else {
+        return;
+    };
+    let Some(start) = epoch.start else {
+        return;
+    };
+    let keep = epoch.delivered.len().saturating_sub(usize::from(lost));
+    let from = epoch.delivered.get(keep.wrapping_sub(1)).copied();
+    let from = from.unwrap_or(start);
+    if let Ok(request) = pair.session.resubscribe(channel, Offset::Id(from)) {
+        epoch.delivered.truncate(keep);
+        epoch.request = request;
+        model.requests.push(request);
+    }
+}
+
 fn apply(pair: &mut Pair, model: &mut Model, op: &Op) -> Result<(), String> {
     match op {
-        Op::Subscribe(c, at) => {
-            let channel = CHANNELS[*c];
-            let offset = match at {
-                At::Latest => Offset::Latest,
-                At::Earliest => Offset::Earliest,
-                At::Saved => pair
-                    .session
-                    .offset(channel)
-                    .map_or(Offset::Earliest, Offset::Id),
-            };
-            if let Ok(request) = pair.session.subscribe(channel, offset) {
-                model.requests.push(request);
-                if let Some(old) = model.epochs.get_mut(channel) {
-                    old.ended = true;
-                }
-                let start = match offset {
-                    Offset::Earliest => Some(StreamId::ZERO),
-                    Offset::Id(id) => Some(id),
-                    Offset::Latest => None,
-                };
-                model.epochs.insert(
-                    channel,
-                    Epoch {
-                        request,
-                        start,
-                        delivered: Vec::new(),
-                        ended: false,
-                    },
-                );
-            }
-        }
+        Op::Subscribe(c, at) => begin(pair, model, CHANNELS[*c], at, false),
+        Op::Resubscribe(c, at) => begin(pair, model, CHANNELS[*c], at, true),
+        Op::Resume(c, lost) => resume(pair, model, CHANNELS[*c], *lost),
+        Op::Hold(on) => pair.hold = *on,
         Op::Unsubscribe(c) => {
             let channel = CHANNELS[*c];
             if let Ok(request) = pair.session.unsubscribe(channel) {
@@ -278,6 +319,7 @@ fn run(ops: &[Op]) -> Result<(), String> {
         apply(&mut pair, &mut model, op).map_err(|e| format!("after {op:?}: {e}"))?;
     }
     // Heal every fault and let time pass: everything owed must arrive.
+    pair.hold = false;
     pair.server.down.clear();
     pair.server.lose_replies.clear();
     pair.server.forbidden.clear();
