@@ -36,8 +36,10 @@
 //!   tab (an `unsubscribe`, or the tab leaving).
 //! * Messages are sent once per batch to all tabs ([`Output::Broadcast`]); a tab's session
 //!   ignores channels it does not subscribe to and messages at or before its position. A gap
-//!   goes only to the tabs of the channel whose position it passes (a replay from an older
-//!   offset may report a gap that a tab further ahead has no part in).
+//!   goes only to the tabs of the channel whose position it passes, and starts at each one's
+//!   position (a replay from an older offset may report a gap that a tab further ahead has no
+//!   part in); a tab whose own offset is at or after the trimmed range is answered
+//!   `truncated: false`.
 //! * `publish` is published by the session (the tab's idempotency key is kept, so a tab that
 //!   retries it after a reconnect stores it once) and the outcome goes back to the tab;
 //!   `connect` and `ping` are answered at once; consumer groups are refused (`bad_request`):
@@ -521,24 +523,26 @@ impl Multiplexer {
         self.advance(session, &name);
     }
 
-    /// Sends a gap to the tabs of the channel whose position it passes.
+    /// Sends a gap to the tabs of the channel whose position it passes, each from its own
+    /// position.
     fn gap(&mut self, channel: String, from: StreamId, to: StreamId) {
         let Some(c) = self.channel_mut(&channel) else {
             return;
         };
-        let mut tabs = Vec::new();
+        let mut gaps = Vec::new();
         for m in &mut c.members {
             let Some(p) = m.position.as_mut() else {
                 continue; // unanswered: its session takes no gap yet
             };
             if to > *p {
-                if from <= *p {
+                let from = from.max(*p);
+                if from == *p {
                     *p = to;
                 }
-                tabs.push(m.tab.clone());
+                gaps.push((m.tab.clone(), from));
             }
         }
-        for tab in tabs {
+        for (tab, from) in gaps {
             let frame = ServerFrame::Gap {
                 channel: channel.clone(),
                 from,
@@ -633,9 +637,10 @@ fn answer(
             continue; // needs older messages: another round
         }
         m.waiting = None;
-        let at = match asked {
-            Offset::Id(x) if !truncated && x > offset => x,
-            _ => offset,
+        let (at, truncated) = match asked {
+            // Nothing after the tab's own offset was trimmed.
+            Offset::Id(x) if x >= offset => (x, false),
+            _ => (offset, truncated),
         };
         // The tab's session keeps an offset it asked for when the reply is truncated.
         m.position = Some(match asked {
