@@ -112,6 +112,9 @@ struct Member {
     /// Once answered: the tab session's position (what it was answered with, moved by the
     /// messages and gaps sent since), as its own session keeps it.
     position: Option<StreamId>,
+    /// Asked for `0` and got nothing yet: a gap from `0-0` (entries trimmed before the first
+    /// retained one) is none of its business.
+    from_start: bool,
 }
 
 /// A channel some tabs subscribe to.
@@ -121,6 +124,10 @@ struct Channel {
     members: Vec<Member>,
     /// The session's `subscribe` (or replacement) in flight, and the offset it asked for.
     pending: Option<(RequestId, Offset)>,
+    /// The session's subscription is from `0` and has delivered nothing yet: its position
+    /// (`0-0`) does not say whether entries were trimmed before the first retained one, so it
+    /// cannot answer a tab resuming from an offset.
+    unsettled: bool,
 }
 
 /// The tab multiplexer. See the [module documentation](self).
@@ -316,6 +323,7 @@ impl Multiplexer {
                 if let Some(c) = self.channel_mut(&channel) {
                     if let Some((_, from)) = c.pending.filter(|p| p.0 == id) {
                         c.pending = None;
+                        c.unsettled = from == Offset::Earliest;
                         let answers = answer(c, from, offset, truncated);
                         self.send_all(answers);
                     }
@@ -324,9 +332,11 @@ impl Multiplexer {
             }
             Event::Messages { channel, messages } => {
                 if let (Some(c), Some(last)) = (self.channel_mut(&channel), messages.last()) {
+                    c.unsettled = false;
                     for m in &mut c.members {
                         if let Some(p) = m.position.as_mut() {
                             *p = (*p).max(last.offset);
+                            m.from_start = false;
                         }
                     }
                 }
@@ -397,6 +407,7 @@ impl Multiplexer {
                 name: channel.clone(),
                 members: Vec::new(),
                 pending: None,
+                unsettled: false,
             });
         }
         self.remove_member(&channel, tab);
@@ -405,6 +416,7 @@ impl Multiplexer {
                 tab: tab.to_owned(),
                 waiting: Some((id, offset)),
                 position: None,
+                from_start: offset == Offset::Earliest,
             });
         }
         self.advance(session, &channel);
@@ -463,7 +475,8 @@ impl Multiplexer {
             let Some(from) = wanted.reduce(oldest) else {
                 return;
             };
-            from
+            // Never past what the tabs it serves still expect.
+            oldest(from, Offset::Id(p))
         } else {
             from
         };
@@ -530,10 +543,14 @@ impl Multiplexer {
             return;
         };
         let mut gaps = Vec::new();
+        c.unsettled = false;
         for m in &mut c.members {
             let Some(p) = m.position.as_mut() else {
                 continue; // unanswered: its session takes no gap yet
             };
+            if m.from_start && from == StreamId::ZERO {
+                continue;
+            }
             if to > *p {
                 let from = from.max(*p);
                 if from == *p {
@@ -596,13 +613,13 @@ impl Multiplexer {
 }
 
 /// Answers the waiting tabs that a standing subscription at position `p` serves: `$` from
-/// `p`, and offsets at or after `p` from themselves.
+/// `p`, and offsets at or after `p` from themselves (unless `p` is unsettled).
 fn answer_standing(c: &mut Channel, p: StreamId) -> Vec<(String, ServerFrame)> {
     let mut out = Vec::new();
     for m in &mut c.members {
         let at = match m.waiting {
             Some((_, Offset::Latest)) => p,
-            Some((_, Offset::Id(x))) if x >= p => x,
+            Some((_, Offset::Id(x))) if x >= p && !c.unsettled => x,
             _ => continue,
         };
         let Some((id, _)) = m.waiting.take() else {
@@ -633,13 +650,17 @@ fn answer(
         let Some((id, asked)) = m.waiting else {
             continue;
         };
-        if oldest(from, asked) != from {
-            continue; // needs older messages: another round
+        // A reply to `0` does not say what was trimmed before the first retained entry, so it
+        // serves no tab resuming from an offset.
+        let blind = from == Offset::Earliest && matches!(asked, Offset::Id(_));
+        if oldest(from, asked) != from || blind {
+            continue; // another round
         }
         m.waiting = None;
         let (at, truncated) = match asked {
             // Nothing after the tab's own offset was trimmed.
             Offset::Id(x) if x >= offset => (x, false),
+            Offset::Latest => (offset, false),
             _ => (offset, truncated),
         };
         // The tab's session keeps an offset it asked for when the reply is truncated.

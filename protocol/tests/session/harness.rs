@@ -183,8 +183,14 @@ impl FakeServer {
                     return self.reply(k, reply);
                 }
                 let stream = self.streams.get(&channel).cloned().unwrap_or_default();
-                let tip = stream.last().map_or(StreamId::ZERO, |m| m.offset);
-                let after = match offset.unwrap_or(Offset::Latest) {
+                let trimmed_to = self.trimmed.get(&channel).copied();
+                let tip = stream
+                    .last()
+                    .map(|m| m.offset)
+                    .or(trimmed_to)
+                    .unwrap_or(StreamId::ZERO);
+                let asked = offset.unwrap_or(Offset::Latest);
+                let after = match asked {
                     Offset::Latest => tip,
                     Offset::Earliest => StreamId::ZERO,
                     Offset::Id(x) => x,
@@ -195,7 +201,7 @@ impl FakeServer {
                     .trimmed
                     .get(&channel)
                     .copied()
-                    .filter(|t| *t > after && after != StreamId::ZERO);
+                    .filter(|t| *t > after && asked != Offset::Earliest);
                 let reply = ServerFrame::Subscribed {
                     id,
                     channel: channel.clone(),
