@@ -323,9 +323,9 @@ impl Multiplexer {
                 if let Some(c) = self.channel_mut(&channel) {
                     if let Some((_, from)) = c.pending.filter(|p| p.0 == id) {
                         c.pending = None;
-                        c.unsettled = from == Offset::Earliest;
-                        let answers = answer(c, from, offset, truncated);
-                        self.send_all(answers);
+                        let blind = from == Offset::Earliest;
+                        c.unsettled = blind;
+                        self.answer(&channel, from, offset, truncated, blind);
                     }
                 }
                 self.advance(session, &channel);
@@ -361,10 +361,7 @@ impl Multiplexer {
             Event::RequestFailed { id, error } => self.request_failed(session, id, &error),
             Event::SubscriptionLost { channel, .. } => {
                 // Each tab re-subscribes over a new connection and hears the answer itself.
-                let tabs: Vec<String> = self.members(&channel).map(str::to_owned).collect();
-                for tab in tabs {
-                    self.close(session, &tab);
-                }
+                self.close_members(session, &channel, false);
                 self.advance(session, &channel);
             }
             Event::ServerError { code, message } => {
@@ -443,20 +440,9 @@ impl Multiplexer {
             self.channels.swap_remove(i);
             return;
         }
-        if !subscribed {
-            // Tabs answered earlier lost their subscription with the session's.
-            let stranded: Vec<String> = self.channels[i]
-                .members
-                .iter()
-                .filter(|m| m.waiting.is_none())
-                .map(|m| m.tab.clone())
-                .collect();
-            if !stranded.is_empty() {
-                for tab in stranded {
-                    self.close(session, &tab);
-                }
-                return self.advance(session, channel);
-            }
+        // Tabs answered earlier lost their subscription with the session's.
+        if !subscribed && self.close_members(session, channel, true) {
+            return self.advance(session, channel);
         }
         let c = &mut self.channels[i];
         let wanted = c.members.iter().filter_map(|m| m.waiting.map(|w| w.1));
@@ -468,8 +454,8 @@ impl Multiplexer {
             let Some(p) = session.offset(channel) else {
                 return; // its (re-)subscribe is answered soon and moves it on
             };
-            let answers = answer_standing(c, p);
-            self.send_all(answers);
+            let unsettled = c.unsettled;
+            self.answer(channel, Offset::Id(p), p, false, unsettled);
             let c = &self.channels[i];
             let wanted = c.members.iter().filter_map(|m| m.waiting.map(|w| w.1));
             let Some(from) = wanted.reduce(oldest) else {
@@ -484,18 +470,7 @@ impl Multiplexer {
         match session.resubscribe(channel, from) {
             Ok(request) => self.channels[i].pending = Some((request, from)),
             Err(e) => {
-                let c = &mut self.channels[i];
-                let mut refused = Vec::new();
-                c.members.retain(|m| match m.waiting {
-                    Some((id, _)) => {
-                        refused.push((m.tab.clone(), id));
-                        false
-                    }
-                    None => true,
-                });
-                for (tab, id) in refused {
-                    self.error(&tab, id, session_error(&e), e.to_string());
-                }
+                self.refuse_waiting(i, session_error(&e), &e.to_string());
                 self.advance(session, channel);
             }
         }
@@ -513,26 +488,13 @@ impl Multiplexer {
         if let Some((tab, tab_id)) = self.take_publish(id) {
             return self.error(&tab, tab_id, code, message);
         }
-        let Some(c) = self
-            .channels
-            .iter_mut()
-            .find(|c| c.pending.is_some_and(|p| p.0 == id))
-        else {
+        let in_flight = |c: &Channel| c.pending.is_some_and(|p| p.0 == id);
+        let Some(i) = self.channels.iter().position(in_flight) else {
             return;
         };
-        c.pending = None;
-        let name = c.name.clone();
-        let mut refused = Vec::new();
-        c.members.retain(|m| match m.waiting {
-            Some((id, _)) => {
-                refused.push((m.tab.clone(), id));
-                false
-            }
-            None => true,
-        });
-        for (tab, tab_id) in refused {
-            self.error(&tab, tab_id, code, message.clone());
-        }
+        self.channels[i].pending = None;
+        let name = self.channels[i].name.clone();
+        self.refuse_waiting(i, code, &message);
         self.advance(session, &name);
     }
 
@@ -596,10 +558,90 @@ impl Multiplexer {
         });
     }
 
-    fn send_all(&mut self, frames: Vec<(String, ServerFrame)>) {
-        for (tab, frame) in frames {
-            self.send(&tab, frame);
+    /// Answers the channel's waiting tabs that a subscription from `from`, answered with
+    /// `offset` and `truncated`, serves: those that asked for `from` or later (`$` from
+    /// `offset`, an offset at or after it from itself). `blind`: the subscription does not say
+    /// what was trimmed before `offset` (a reply to `0`, before any message), so it serves no
+    /// tab resuming from an offset. A standing subscription at `p` answers as one from `p`.
+    fn answer(
+        &mut self,
+        channel: &str,
+        from: Offset,
+        offset: StreamId,
+        truncated: bool,
+        blind: bool,
+    ) {
+        let Multiplexer {
+            channels, outputs, ..
+        } = self;
+        let Some(c) = channels.iter_mut().find(|c| c.name == channel) else {
+            return;
+        };
+        for m in &mut c.members {
+            let Some((id, asked)) = m.waiting else {
+                continue;
+            };
+            let resuming = matches!(asked, Offset::Id(_));
+            if oldest(from, asked) != from || (blind && resuming) {
+                continue; // another round
+            }
+            m.waiting = None;
+            let (at, truncated) = match asked {
+                // Nothing after the tab's own offset was trimmed.
+                Offset::Id(x) if x >= offset => (x, false),
+                Offset::Latest => (offset, false),
+                _ => (offset, truncated),
+            };
+            // The tab's session keeps an offset it asked for when the reply is truncated.
+            m.position = Some(match asked {
+                Offset::Id(x) if truncated => x,
+                _ => at,
+            });
+            let frame = ServerFrame::Subscribed {
+                id,
+                channel: c.name.clone(),
+                offset: at,
+                truncated,
+            };
+            let tab = m.tab.clone();
+            outputs.push_back(Output::Send { tab, frame });
         }
+    }
+
+    /// Refuses the `subscribe` of every waiting tab of channel `i`.
+    fn refuse_waiting(&mut self, i: usize, code: ErrorCode, message: &str) {
+        let Multiplexer {
+            channels, outputs, ..
+        } = self;
+        channels[i].members.retain(|m| {
+            let Some((id, _)) = m.waiting else {
+                return true;
+            };
+            let frame = ServerFrame::Error {
+                id: Some(id),
+                code,
+                message: message.to_owned(),
+            };
+            let tab = m.tab.clone();
+            outputs.push_back(Output::Send { tab, frame });
+            false
+        });
+    }
+
+    /// Closes the virtual connections of the channel's tabs (only those answered already, or
+    /// all). Whether there were any.
+    fn close_members(&mut self, session: &mut Session, channel: &str, answered: bool) -> bool {
+        let tabs: Vec<String> = self
+            .channel(channel)
+            .into_iter()
+            .flat_map(|c| &c.members)
+            .filter(|m| !answered || m.waiting.is_none())
+            .map(|m| m.tab.clone())
+            .collect();
+        for tab in &tabs {
+            self.close(session, tab);
+        }
+        !tabs.is_empty()
     }
 
     fn error(&mut self, tab: &str, id: u64, code: ErrorCode, message: String) {
@@ -610,71 +652,4 @@ impl Multiplexer {
         };
         self.send(tab, frame);
     }
-}
-
-/// Answers the waiting tabs that a standing subscription at position `p` serves: `$` from
-/// `p`, and offsets at or after `p` from themselves (unless `p` is unsettled).
-fn answer_standing(c: &mut Channel, p: StreamId) -> Vec<(String, ServerFrame)> {
-    let mut out = Vec::new();
-    for m in &mut c.members {
-        let at = match m.waiting {
-            Some((_, Offset::Latest)) => p,
-            Some((_, Offset::Id(x))) if x >= p && !c.unsettled => x,
-            _ => continue,
-        };
-        let Some((id, _)) = m.waiting.take() else {
-            continue;
-        };
-        m.position = Some(at);
-        let frame = ServerFrame::Subscribed {
-            id,
-            channel: c.name.clone(),
-            offset: at,
-            truncated: false,
-        };
-        out.push((m.tab.clone(), frame));
-    }
-    out
-}
-
-/// Answers the waiting tabs that a new subscription from `from` serves (those that asked for
-/// `from` or later), given its reply.
-fn answer(
-    c: &mut Channel,
-    from: Offset,
-    offset: StreamId,
-    truncated: bool,
-) -> Vec<(String, ServerFrame)> {
-    let mut out = Vec::new();
-    for m in &mut c.members {
-        let Some((id, asked)) = m.waiting else {
-            continue;
-        };
-        // A reply to `0` does not say what was trimmed before the first retained entry, so it
-        // serves no tab resuming from an offset.
-        let blind = from == Offset::Earliest && matches!(asked, Offset::Id(_));
-        if oldest(from, asked) != from || blind {
-            continue; // another round
-        }
-        m.waiting = None;
-        let (at, truncated) = match asked {
-            // Nothing after the tab's own offset was trimmed.
-            Offset::Id(x) if x >= offset => (x, false),
-            Offset::Latest => (offset, false),
-            _ => (offset, truncated),
-        };
-        // The tab's session keeps an offset it asked for when the reply is truncated.
-        m.position = Some(match asked {
-            Offset::Id(x) if truncated => x,
-            _ => at,
-        });
-        let frame = ServerFrame::Subscribed {
-            id,
-            channel: c.name.clone(),
-            offset: at,
-            truncated,
-        };
-        out.push((m.tab.clone(), frame));
-    }
-    out
 }
