@@ -54,8 +54,11 @@ fi
 if [ -x "$tools/node_modules/.bin/wasm-opt" ]; then
   # The features Rust enables by default for wasm32-unknown-unknown; all browsers have them.
   # --low-memory-unused and --zero-filled-memory hold for Rust's layout (the stack, then the
-  # data, from 1 MiB up) and a module that defines its own memory.
-  "$tools/node_modules/.bin/wasm-opt" -Oz --converge --low-memory-unused --zero-filled-memory \
+  # data, from 1 MiB up) and a module that defines its own memory. Merging functions that
+  # differ only in constants, then flattening and re-looping the control flow before -Oz,
+  # saves about 1 KB gzipped (the passes run in the order given).
+  "$tools/node_modules/.bin/wasm-opt" --merge-similar-functions --flatten --rereloop \
+    -Oz --converge --low-memory-unused --zero-filled-memory \
     --strip-producers --strip-target-features \
     --enable-bulk-memory --enable-mutable-globals --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-reference-types --enable-multivalue \

@@ -327,7 +327,7 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
         js_error(&ErrorInfo::new(
             BAD_REQUEST,
             format!(
-                "unknown event {event:?}: expected connect, disconnect, messages, error, \
+                "unknown event \"{event}\": expected connect, disconnect, messages, error, \
                  leader, follower or outbox"
             ),
         ))
@@ -388,7 +388,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         .find(|t| !(t.starts_with("ws://") || t.starts_with("wss://")))
     {
         return Err(bad_config(format!(
-            "target {t:?} is not a ws:// or wss:// URL"
+            "target \"{t}\" is not a ws:// or wss:// URL"
         )));
     }
     let mut config = Config::new(targets);

@@ -77,7 +77,7 @@ pub struct Loaded {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CacheError {
     /// A stored entry could not be read; it was removed.
-    #[error("cached entry of channel {channel:?} was corrupt and has been removed: {reason}")]
+    #[error("cached entry of channel \"{channel}\" was corrupt and has been removed: {reason}")]
     Corrupt {
         /// The channel.
         channel: String,
@@ -89,7 +89,7 @@ pub enum CacheError {
     /// offsets kept) and the `dropped` oldest messages of this channel; `stored` says whether
     /// the write then fitted.
     #[error(
-        "storage quota exceeded while caching channel {channel:?}: evicted {evicted} other \
+        "storage quota exceeded while caching channel \"{channel}\": evicted {evicted} other \
          entr(ies) (resume offsets kept) and {dropped} old message(s); {}",
         if *stored { "cache updated" } else { "cache not updated (it resumes earlier)" }
     )]
