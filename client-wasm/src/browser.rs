@@ -38,7 +38,9 @@ pub(crate) fn seed() -> u64 {
     let buffer = Uint8Array::new_with_length(8);
     get_random_values(&buffer);
     // Byte by byte, not `copy_to`: no length assertion (and its formatting) in the binary.
-    (0..8).fold(0, |seed, i| seed | u64::from(buffer.get_index(i)) << (8 * i))
+    (0..8).fold(0, |seed, i| {
+        seed | u64::from(buffer.get_index(i)) << (8 * i)
+    })
 }
 
 /// A promise that stays pending until the returned function is called.
