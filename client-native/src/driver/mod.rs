@@ -5,11 +5,13 @@
 //! After every input it drains the session's outputs in order: actions (open or close a
 //! transport), frames (written to the socket), events (routed to waiting calls, subscription
 //! buffers and the event channel). All protocol decisions (failover, backoff, resume, dedupe,
-//! publish retry) are the session's; the driver only does I/O and bookkeeping of who waits for
-//! what. It never awaits the application: replies go through oneshot channels and messages
-//! through bounded buffers with `try_send` (see [`crate::subscription`]).
+//! publish retry, replacing a subscription behind an unsubscribe) are the session's; the
+//! driver only does I/O and bookkeeping of who waits for what. It never awaits the
+//! application: replies go through oneshot channels and messages through bounded buffers with
+//! `try_send` (see [`crate::subscription`]).
 
 mod commands;
+mod overflow;
 mod route;
 
 use std::collections::HashMap;
@@ -19,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use redistribute_protocol::encode_client;
 use redistribute_protocol::session::{Action, DisconnectReason, Session};
-use redistribute_protocol::{encode_client, Offset};
 use rustls::ClientConfig;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
@@ -28,7 +30,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tracing::{debug, warn};
 
 pub(crate) use commands::{Command, SubscribeRequest};
-use route::{Deferred, Entry, Reply};
+use route::{Entry, Reply};
 
 use crate::client::Client;
 use crate::error::{Error, TargetFailure};
@@ -77,10 +79,9 @@ pub(crate) struct Driver {
     pending: HashMap<u64, Reply>,
     /// Subscriptions with a live stream, by channel.
     entries: HashMap<String, Entry>,
-    /// The latest unsubscribe in flight per channel.
-    unsubscribing: HashMap<String, u64>,
-    /// Subscribes waiting for an unsubscribe (by its id) to finish.
-    deferred: HashMap<u64, Deferred>,
+    /// A subscription overflowed while routing events: see whether it can resume once they
+    /// are all routed.
+    overflowed: bool,
     /// Since when no connection was ready (for the give-up rule).
     disconnected_since: Option<Instant>,
     /// The last error of each target since the last connection.
@@ -119,8 +120,7 @@ impl Driver {
             refreshing: None,
             pending: HashMap::new(),
             entries: HashMap::new(),
-            unsubscribing: HashMap::new(),
-            deferred: HashMap::new(),
+            overflowed: false,
             disconnected_since: Some(start),
             failures: HashMap::new(),
             close_error: None,
@@ -196,6 +196,10 @@ impl Driver {
             while let Some(event) = self.session.poll_event() {
                 busy = true;
                 self.on_event(event);
+            }
+            if self.overflowed {
+                busy = true;
+                self.resume_ready();
             }
             if !busy {
                 break;
@@ -382,11 +386,6 @@ impl Driver {
         for (_, reply) in self.pending.drain() {
             reply.fail(error.clone());
         }
-        for (_, deferred) in self.deferred.drain() {
-            if let Some(reply) = deferred.reply {
-                let _ = reply.send(Err(error.clone()));
-            }
-        }
         let error = self.close_error.take();
         self.state.send_replace(ConnectionState::Closed {
             error: error.clone(),
@@ -439,10 +438,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// What a resumed subscription asks for: after the last buffered message, or what the caller
-/// first asked for if nothing was buffered yet.
-fn resume_offset(entry: &Entry) -> Offset {
-    entry.last_queued.map_or(entry.requested, Offset::Id)
 }

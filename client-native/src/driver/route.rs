@@ -1,71 +1,46 @@
 //! Routing the session's events: outcomes to the calls waiting for them, messages to the
 //! subscription buffers, connection changes to the state and the event channel.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use redistribute_protocol::session::{DisconnectReason, Event as SessionEvent, RequestError};
-use redistribute_protocol::{Message, Offset, StreamId};
-use tokio::sync::mpsc::error::TrySendError;
+use redistribute_protocol::{ErrorCode, Message, Offset, StreamId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Driver, RESUME_RETRY};
+use super::Driver;
 use crate::error::Error;
 use crate::event::{ConnectionState, Event};
 use crate::subscription::{Start, SubShared};
-
-/// Where a subscription's delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// Messages go to the buffer.
-    Live,
-    /// The buffer was full: messages are dropped until the application made room.
-    Overflowed,
-    /// Being replaced: waiting for `unsubscribed` before subscribing again.
-    Unsubscribing,
-}
 
 /// One subscription with a live stream.
 #[derive(Debug)]
 pub(super) struct Entry {
     pub(super) sub: u64,
     pub(super) tx: mpsc::Sender<Message>,
+    /// Its `overflowed` flag is also the driver's: set, messages are dropped until the
+    /// application made room and the subscription is resumed (see [`super::overflow`]).
     pub(super) shared: Arc<SubShared>,
     /// What the caller asked for.
     pub(super) requested: Offset,
     /// The offset of the last message put into the buffer.
     pub(super) last_queued: Option<StreamId>,
-    pub(super) phase: Phase,
     /// `(group, consumer)` of a consumer-group subscription.
     pub(super) group: Option<(String, String)>,
-}
-
-/// A subscribe waiting for an unsubscribe of its channel to finish (a replacement, a resume
-/// after overflow, or a subscribe right after an unsubscribe).
-#[derive(Debug)]
-pub(super) struct Deferred {
-    pub(super) channel: String,
-    pub(super) sub: u64,
-    /// The caller's subscribe, or `None` for a resume.
-    pub(super) reply: Option<oneshot::Sender<Result<Start, Error>>>,
 }
 
 /// Who waits for a request's outcome.
 #[derive(Debug)]
 pub(super) enum Reply {
-    /// A subscribe: the caller's (`reply`), or the second half of a resume (`None`).
+    /// A subscribe: the caller's (`reply`), or a resume after an overflow (`None`).
     Subscribe {
         channel: String,
         sub: u64,
         reply: Option<oneshot::Sender<Result<Start, Error>>>,
     },
-    /// An unsubscribe: the caller's, or one nobody waits for.
-    Unsubscribe {
-        channel: String,
-        reply: Option<oneshot::Sender<Result<(), Error>>>,
-    },
+    /// The caller's unsubscribe.
+    Unsubscribe(oneshot::Sender<Result<(), Error>>),
     Publish(oneshot::Sender<Result<StreamId, Error>>),
     Ping(oneshot::Sender<Result<(), Error>>),
     Ack(oneshot::Sender<Result<u64, Error>>),
@@ -80,10 +55,8 @@ impl Reply {
                     let _ = reply.send(Err(error));
                 }
             }
-            Reply::Unsubscribe { reply, .. } => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(error));
-                }
+            Reply::Unsubscribe(reply) => {
+                let _ = reply.send(Err(error));
             }
             Reply::Publish(reply) => {
                 let _ = reply.send(Err(error));
@@ -201,19 +174,16 @@ impl Driver {
             return;
         };
         match (reply, outcome) {
-            (Reply::Unsubscribe { channel, reply }, outcome) => {
-                if let Some(reply) = reply {
-                    // Not subscribed on the server is as good as unsubscribed.
-                    let answer = match &outcome {
-                        Err(Error::Server {
-                            code: redistribute_protocol::ErrorCode::NotFound,
-                            ..
-                        }) => Ok(()),
-                        other => other.clone(),
-                    };
-                    let _ = reply.send(answer);
-                }
-                self.on_unsubscribed(id, &channel, &outcome);
+            (Reply::Unsubscribe(reply), outcome) => {
+                // Not subscribed on the server is as good as unsubscribed.
+                let answer = match outcome {
+                    Err(Error::Server {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => Ok(()),
+                    other => other,
+                };
+                let _ = reply.send(answer);
             }
             (
                 Reply::Subscribe {
@@ -224,19 +194,8 @@ impl Driver {
                 Err(error),
             ) => {
                 let current = self.entries.get(&channel).is_some_and(|e| e.sub == sub);
-                let transient = match &error {
-                    Error::Server { code, .. } => code.is_transient(),
-                    Error::Timeout | Error::ConnectionLost => true,
-                    _ => false,
-                };
-                if current && reply.is_none() && transient {
-                    // A resume after overflow that did not get through (a timeout, or a
-                    // transient error past the session's retries): never give up on it;
-                    // resume again shortly, from the same offset.
-                    if let Some(entry) = self.entries.get_mut(&channel) {
-                        entry.phase = Phase::Overflowed;
-                    }
-                    self.resume_retry = Some(Instant::now() + RESUME_RETRY);
+                if current && reply.is_none() {
+                    self.resume_failed(channel, error);
                 } else if current {
                     self.lose(channel, reply, error);
                 } else if let Some(reply) = reply {
@@ -249,38 +208,19 @@ impl Driver {
         }
     }
 
-    /// Puts new messages into the channel's buffer without waiting; on a full buffer switches
-    /// the subscription to overflow (see [`crate::subscription`]).
-    fn deliver(&mut self, channel: String, messages: Vec<Message>) {
-        let Some(entry) = self.entries.get_mut(&channel) else {
-            return;
-        };
-        if entry.phase != Phase::Live {
-            return;
-        }
-        for message in messages {
-            let offset = message.offset;
-            match entry.tx.try_send(message) {
-                Ok(()) => entry.last_queued = Some(offset),
-                Err(TrySendError::Full(_)) => {
-                    debug!(%channel, "subscription buffer full; will resume from the stream");
-                    entry.phase = Phase::Overflowed;
-                    entry.shared.overflowed.store(true, Ordering::SeqCst);
-                    let resume_after = entry.last_queued;
-                    self.emit(Event::Overflow {
-                        channel,
-                        resume_after,
-                    });
-                    // The application may have made room before it could see the flag.
-                    self.resume_ready();
-                    return;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    self.entries.remove(&channel);
-                    let _ = self.unsubscribe(channel, None);
-                    return;
-                }
+    /// A subscription could not be (re-)established: end its stream and say why.
+    pub(super) fn lose(
+        &mut self,
+        channel: String,
+        reply: Option<oneshot::Sender<Result<Start, Error>>>,
+        error: Error,
+    ) {
+        self.entries.remove(&channel);
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(Err(error));
             }
+            None => self.emit(Event::SubscriptionLost { channel, error }),
         }
     }
 

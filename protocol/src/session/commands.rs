@@ -29,10 +29,8 @@ impl Session {
         channel: impl Into<String>,
         offset: Offset,
     ) -> Result<RequestId, SessionError> {
-        let channel = channel.into();
-        self.admit()?;
-        validate_channel(&channel)?;
-        Ok(self.start_subscription(channel, Subscription::new(offset)))
+        let (channel, sub) = self.plain(channel.into(), offset)?;
+        Ok(self.start_subscription(channel, sub))
     }
 
     /// Joins consumer group `group` of `channel` as `consumer`: each message of the channel
@@ -49,13 +47,34 @@ impl Session {
         consumer: impl Into<String>,
         offset: Offset,
     ) -> Result<RequestId, SessionError> {
-        let channel = channel.into();
-        let (group, consumer) = (group.into(), consumer.into());
+        let (channel, sub) = self.grouped(channel.into(), group.into(), consumer.into(), offset)?;
+        Ok(self.start_subscription(channel, sub))
+    }
+
+    /// A checked plain subscription of `channel` (the session admits another request).
+    pub(super) fn plain(
+        &self,
+        channel: String,
+        offset: Offset,
+    ) -> Result<(String, Subscription), SessionError> {
         self.admit()?;
         validate_channel(&channel)?;
-        validate_channel(&group)?;
-        validate_channel(&consumer)?;
-        Ok(self.start_subscription(channel, Subscription::new_group(offset, group, consumer)))
+        Ok((channel, Subscription::new(offset)))
+    }
+
+    /// A checked consumer-group subscription (the session admits another request).
+    pub(super) fn grouped(
+        &self,
+        channel: String,
+        group: String,
+        consumer: String,
+        offset: Offset,
+    ) -> Result<(String, Subscription), SessionError> {
+        self.admit()?;
+        for name in [&channel, &group, &consumer] {
+            validate_channel(name)?;
+        }
+        Ok((channel, Subscription::new_group(offset, group, consumer)))
     }
 
     /// Registers a (plain or group) subscription, replacing any earlier one of the channel,

@@ -20,7 +20,6 @@ use super::event::RequestId;
 use super::requests::{Kind, Origin, Pending};
 use super::subscriptions::Subscription;
 use super::Session;
-use crate::channel::validate_channel;
 use crate::offset::Offset;
 
 impl Session {
@@ -52,10 +51,8 @@ impl Session {
         channel: impl Into<String>,
         from: Offset,
     ) -> Result<RequestId, SessionError> {
-        let channel = channel.into();
-        self.admit()?;
-        validate_channel(&channel)?;
-        Ok(self.replace_subscription(channel, Subscription::new(from)))
+        let (channel, sub) = self.plain(channel.into(), from)?;
+        Ok(self.replace_subscription(channel, sub))
     }
 
     /// [`Session::resubscribe`] for a consumer group: joins `group` of `channel` as `consumer`
@@ -68,13 +65,7 @@ impl Session {
         consumer: impl Into<String>,
         from: Offset,
     ) -> Result<RequestId, SessionError> {
-        let channel = channel.into();
-        let (group, consumer) = (group.into(), consumer.into());
-        self.admit()?;
-        validate_channel(&channel)?;
-        validate_channel(&group)?;
-        validate_channel(&consumer)?;
-        let sub = Subscription::new_group(from, group, consumer);
+        let (channel, sub) = self.grouped(channel.into(), group.into(), consumer.into(), from)?;
         Ok(self.replace_subscription(channel, sub))
     }
 

@@ -228,8 +228,15 @@ impl FakeServer {
                 }
             }
             ClientFrame::Unsubscribe { id, channel } => {
-                self.subs.remove(&channel);
-                self.reply(k, ServerFrame::Unsubscribed { id, channel });
+                let reply = match self.subs.remove(&channel) {
+                    true => ServerFrame::Unsubscribed { id, channel },
+                    false => ServerFrame::Error {
+                        id: Some(id),
+                        code: ErrorCode::NotFound,
+                        message: format!("not subscribed to {channel}"),
+                    },
+                };
+                self.reply(k, reply);
             }
             ClientFrame::Publish {
                 id,

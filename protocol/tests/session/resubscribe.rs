@@ -409,3 +409,89 @@ fn an_unsubscribe_refused_as_not_found_lets_the_subscribe_go_ahead() {
         "the session's own unsubscribe reports nothing"
     );
 }
+
+#[test]
+fn an_unsubscribe_while_waiting_cancels_the_resubscribe() {
+    let (mut pair, stored) = with_history(2);
+    pair.session.subscribe("chat", Offset::Latest).unwrap();
+    pair.drive();
+    pair.hold = true;
+    let id = pair
+        .session
+        .resubscribe("chat", Offset::Id(stored[0]))
+        .unwrap();
+    let unsub = pair.session.unsubscribe("chat").unwrap();
+    pair.drive();
+    pair.hold = false;
+    pair.drive();
+    assert!(cancelled(&pair, id));
+    assert_eq!(outcomes(&pair, unsub).len(), 1);
+    let frames: Vec<&'static str> = wire(&pair, "chat").iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        frames,
+        ["subscribe", "unsubscribe", "unsubscribe"],
+        "no subscribe after"
+    );
+    assert_eq!(pair.session.subscription_count(), 0);
+    pair.server.append("chat", body(3));
+    pair.drive();
+    assert!(pair.delivered("chat").is_empty());
+}
+
+#[test]
+fn a_resubscribe_while_a_transient_refusal_waits_for_its_retry_replaces_it() {
+    let (mut pair, stored) = with_history(3);
+    pair.server
+        .refuse
+        .insert("chat".into(), (ErrorCode::Unavailable, 1));
+    let first = pair.session.subscribe("chat", Offset::Latest).unwrap();
+    pair.drive();
+    assert!(pair
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::SubscribeRetrying { .. })));
+    let second = pair
+        .session
+        .resubscribe("chat", Offset::Id(stored[0]))
+        .unwrap();
+    pair.drive();
+    assert!(cancelled(&pair, first));
+    assert_eq!(subscribed_at(&pair, second), Some(stored[0]));
+    // The retry of the replaced subscribe never goes out.
+    pair.advance(ms(10_000));
+    let frames: Vec<_> = wire(&pair, "chat");
+    assert_eq!(
+        frames,
+        [
+            ("subscribe", Some(Offset::Latest)),
+            ("unsubscribe", None),
+            ("subscribe", Some(Offset::Id(stored[0])))
+        ]
+    );
+    assert_eq!(pair.delivered("chat"), stored[1..]);
+}
+
+#[test]
+fn an_undecodable_frame_of_the_old_subscription_does_not_end_the_new_one() {
+    let (mut pair, stored) = with_history(2);
+    pair.session.subscribe("chat", Offset::Latest).unwrap();
+    pair.drive();
+    pair.hold = true;
+    let id = pair
+        .session
+        .resubscribe("chat", Offset::Id(stored[0]))
+        .unwrap();
+    pair.drive();
+    // Before the `unsubscribed` reply: a cut-off frame of the old subscription.
+    pair.server
+        .raw
+        .push_back(r#"{"type":"messages","channel":"chat","messages":[{"offset":"#.into());
+    pair.hold = false;
+    pair.drive();
+    assert_eq!(subscribed_at(&pair, id), Some(stored[0]));
+    assert!(!pair.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::SubscriptionLost { .. } | Event::Disconnected { .. }
+    )));
+    assert_eq!(pair.delivered("chat"), [stored[1]]);
+}
