@@ -344,52 +344,50 @@ impl Pair {
     /// and timers to the caller. Whether anything moved.
     pub fn pump_io(&mut self) -> bool {
         let mut moved = false;
-        {
-            while let Some(action) = self.session.poll_action() {
-                moved = true;
-                self.actions.push((self.now, action.clone()));
-                match action {
-                    Action::Connect { target } => {
-                        assert!(
-                            self.transport.is_none(),
-                            "connect while a transport is open"
-                        );
-                        if self.server.down.contains(&target) {
-                            let reason = DisconnectReason::transport(None, "refused");
-                            self.session.handle_transport_closed(self.now, reason);
-                        } else {
-                            self.transport = Some(target);
-                            self.session.handle_transport_open(self.now);
-                        }
+        while let Some(action) = self.session.poll_action() {
+            moved = true;
+            self.actions.push((self.now, action.clone()));
+            match action {
+                Action::Connect { target } => {
+                    assert!(
+                        self.transport.is_none(),
+                        "connect while a transport is open"
+                    );
+                    if self.server.down.contains(&target) {
+                        let reason = DisconnectReason::transport(None, "refused");
+                        self.session.handle_transport_closed(self.now, reason);
+                    } else {
+                        self.transport = Some(target);
+                        self.session.handle_transport_open(self.now);
                     }
-                    Action::Close => {
-                        if self.transport.take().is_some() {
-                            self.server.on_close();
-                        }
-                    }
-                    // Recorded in `actions`; tests answer with `refresh_token`.
-                    Action::RefreshToken => {}
                 }
+                Action::Close => {
+                    if self.transport.take().is_some() {
+                        self.server.on_close();
+                    }
+                }
+                // Recorded in `actions`; tests answer with `refresh_token`.
+                Action::RefreshToken => {}
             }
-            while let Some(frame) = self.session.poll_transmit() {
-                moved = true;
-                let target = self
-                    .transport
-                    .clone()
-                    .expect("frame sent without transport");
-                self.server.handle(&target, frame);
-            }
-            while let Some(text) = self.deliverable(|s| s.raw.pop_front()) {
-                moved = true;
-                assert!(self.transport.is_some(), "server frame without transport");
-                self.session.handle_text(&text, self.now);
-            }
-            while let Some(frame) = self.deliverable(|s| s.outbox.pop_front()) {
-                moved = true;
-                assert!(self.transport.is_some(), "server frame without transport");
-                // Over the wire as text, as drivers do.
-                self.session.handle_text(&encode_server(&frame), self.now);
-            }
+        }
+        while let Some(frame) = self.session.poll_transmit() {
+            moved = true;
+            let target = self
+                .transport
+                .clone()
+                .expect("frame sent without transport");
+            self.server.handle(&target, frame);
+        }
+        while let Some(text) = self.deliverable(|s| s.raw.pop_front()) {
+            moved = true;
+            assert!(self.transport.is_some(), "server frame without transport");
+            self.session.handle_text(&text, self.now);
+        }
+        while let Some(frame) = self.deliverable(|s| s.outbox.pop_front()) {
+            moved = true;
+            assert!(self.transport.is_some(), "server frame without transport");
+            // Over the wire as text, as drivers do.
+            self.session.handle_text(&encode_server(&frame), self.now);
         }
         moved
     }
