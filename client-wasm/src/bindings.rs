@@ -1,5 +1,5 @@
-//! Every `#[wasm_bindgen]` item: the exported `Client` class, the TypeScript types of its
-//! arguments and results, and the few browser globals the driver imports.
+//! What JavaScript sees: the exported `Client` class and the TypeScript types of its
+//! arguments and results (the browser APIs the client imports are in `browser`).
 //!
 //! Arguments from the page are checked here and turned into Rust values; the work is done by
 //! [`Driver`]. Requests return promises; refused arguments reject them (or, for `new Client`
@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+use js_sys::{Array, Function, Promise, Reflect};
 use redistribute_protocol::session::{Config, PublishOptions};
 use redistribute_protocol::{Fields, Offset};
 use wasm_bindgen::prelude::*;
@@ -183,25 +183,6 @@ export interface Client {
 }
 "#;
 
-#[wasm_bindgen]
-extern "C" {
-    /// `performance.now()`: the session clock.
-    #[wasm_bindgen(js_namespace = performance, js_name = now)]
-    pub(crate) fn performance_now() -> f64;
-
-    /// `setTimeout(handler, ms)`; returns the timer id.
-    #[wasm_bindgen(js_name = setTimeout)]
-    pub(crate) fn set_timeout(handler: &Function, ms: i32) -> JsValue;
-
-    /// `clearTimeout(id)`.
-    #[wasm_bindgen(js_name = clearTimeout)]
-    pub(crate) fn clear_timeout(id: &JsValue);
-
-    /// `crypto.getRandomValues(buffer)`: the session seed.
-    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
-    fn get_random_values(buffer: &Uint8Array);
-}
-
 /// A redistribute connection: subscriptions that survive reconnects and failover, publishes,
 /// and a localStorage cache of the messages (`load`).
 #[wasm_bindgen]
@@ -346,7 +327,7 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
         js_error(&ErrorInfo::new(
             BAD_REQUEST,
             format!(
-                "unknown event {event:?}: expected connect, disconnect, messages, error, \
+                "unknown event \"{event}\": expected connect, disconnect, messages, error, \
                  leader, follower or outbox"
             ),
         ))
@@ -407,7 +388,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         .find(|t| !(t.starts_with("ws://") || t.starts_with("wss://")))
     {
         return Err(bad_config(format!(
-            "target {t:?} is not a ws:// or wss:// URL"
+            "target \"{t}\" is not a ws:// or wss:// URL"
         )));
     }
     let mut config = Config::new(targets);
@@ -487,24 +468,15 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         share: get(options, "shareSocket") != JsValue::FALSE,
         outbox,
         scope: share_scope,
-        outbox_seed: seed(),
+        outbox_seed: crate::browser::seed(),
         config,
-        seed: seed(),
+        seed: crate::browser::seed(),
         cache,
         cache_problem,
         encode: function(options, "encode")?,
         decode: function(options, "decode")?,
         token_provider: function(options, "tokenProvider")?,
     })
-}
-
-/// A random session seed from `crypto.getRandomValues`.
-fn seed() -> u64 {
-    let buffer = Uint8Array::new_with_length(8);
-    get_random_values(&buffer);
-    let mut bytes = [0u8; 8];
-    buffer.copy_to(&mut bytes);
-    u64::from_le_bytes(bytes)
 }
 
 /// The optional third argument of `publish`.

@@ -25,10 +25,13 @@
 //! * [`storage`]: the key-value [`Storage`](storage::Storage) trait with an in-memory
 //!   implementation (and, in the browser, `localStorage`);
 //! * [`errors`]: the `code` of every error the JavaScript side sees;
-//! * `bindings` (wasm32 only): every `#[wasm_bindgen]` item, i.e. the JavaScript surface;
-//! * `driver` (wasm32 only): the WebSocket, the timer and the event dispatch.
+//! * `bindings` (wasm32 only): what JavaScript sees, the exported `Client` class and its types;
+//! * `browser` (wasm32 only): the browser APIs the client imports (clock, timers, seed, Web
+//!   Locks);
+//! * `driver` (wasm32 only): the WebSocket, the timer, the tabs' shared connection, the outbox
+//!   sender and the event dispatch.
 //!
-//! Everything outside `bindings` and `driver` also compiles and is unit-tested natively.
+//! Everything outside `bindings`, `browser` and `driver` also compiles and is unit-tested natively.
 //!
 //! [`Session`]: redistribute_protocol::session::Session
 
@@ -41,6 +44,8 @@ pub mod storage;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;
+#[cfg(target_arch = "wasm32")]
+mod browser;
 #[cfg(target_arch = "wasm32")]
 mod driver;
 

@@ -86,7 +86,7 @@ pub enum ProtocolError {
     #[error("frame has no \"type\" field")]
     MissingType,
     /// `type` names no frame this side understands.
-    #[error("unknown frame type {0:?}")]
+    #[error("unknown frame type \"{0}\"")]
     UnknownType(String),
     /// The frame's fields do not match its type.
     #[error("invalid {kind} frame: {reason}")]
@@ -97,7 +97,7 @@ pub enum ProtocolError {
         reason: String,
     },
     /// An offset outside the grammar `$`, `0`, `<ms>-<seq>`.
-    #[error("invalid offset {0:?}: expected \"$\", \"0\" or \"<ms>-<seq>\"")]
+    #[error("invalid offset \"{0}\": expected \"$\", \"0\" or \"<ms>-<seq>\"")]
     BadOffset(String),
     /// A channel name outside the rules.
     #[error("invalid channel name: {0}")]

@@ -2,8 +2,9 @@
 //!
 //! This crate owns what client and server must agree on: the frames ([`frame`]), their JSON
 //! encoding ([`codec`], and [`lite`] over [`json`] for clients that count their code size), stream offsets ([`offset`]), channel-name rules ([`channel`]), error
-//! codes ([`error`]) and the sans-IO client [`session`] that both the native and the browser
-//! client drive. It does no I/O, reads no clock and draws no randomness: time and random numbers
+//! codes ([`error`]), the sans-IO client [`session`] that both the native and the browser
+//! client drive, and the sans-IO [`multiplex`]er that lets several sessions (a browser's tabs)
+//! share one connection. It does no I/O, reads no clock and draws no randomness: time and random numbers
 //! are inputs.
 
 pub mod channel;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod frame;
 pub mod json;
 pub mod lite;
+pub mod multiplex;
 pub mod offset;
 pub mod session;
 

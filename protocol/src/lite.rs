@@ -388,7 +388,7 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
             ServerFrame::Error {
                 id,
                 code: ErrorCode::from_wire(&code)
-                    .ok_or_else(|| f.invalid(format!("unknown error code {code:?}")))?,
+                    .ok_or_else(|| f.invalid(format!("unknown error code \"{code}\"")))?,
                 message: f.string("message")?,
             }
         }

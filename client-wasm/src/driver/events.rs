@@ -53,8 +53,8 @@ impl Inner {
     }
 
     pub(super) fn on_event(&mut self, event: Event) {
-        if self.hub.is_some() {
-            return self.hub_event(event);
+        if self.leader.is_some() {
+            return self.leader_event(event);
         }
         match event {
             Event::Connected { target } => {

@@ -25,15 +25,16 @@ use redistribute_protocol::validate_channel;
 use wasm_bindgen::prelude::*;
 use web_sys::BroadcastChannel;
 
-use crate::bindings::performance_now;
+use crate::browser::performance_now;
 use crate::cache::{Cache, CachedMessage};
 use crate::errors::ErrorInfo;
 use crate::outbox::Outbox;
 use crate::storage::LocalStorage;
 
 mod events;
-mod hub;
-mod shared;
+mod leader;
+mod outbox;
+mod sharing;
 mod token;
 mod transport;
 
@@ -143,10 +144,10 @@ struct Inner {
     decode: Option<Function>,
     queue: VecDeque<Out>,
     dispatching: bool,
-    /// Set on the leader tab's hub driver (the one that holds the real socket).
-    hub: Option<Box<hub::Hub>>,
+    /// Set on the leader tab's driver (the one that holds the real socket for the tabs).
+    leader: Option<Box<leader::Leader>>,
     /// Tab sharing, when on.
-    shared: Option<shared::Shared>,
+    shared: Option<sharing::Shared>,
     outbox: Option<Outbox<LocalStorage>>,
     /// Promises of publishes that went to the outbox, by entry id.
     parcels: Vec<(String, Waiter)>,
@@ -228,16 +229,16 @@ impl Driver {
     /// A client that starts connecting on the next turn of the event loop.
     pub(crate) fn new(setup: Setup) -> Result<Driver, ErrorInfo> {
         let sharing = if setup.share {
-            shared::Shared::open(&setup.scope, setup.config.clone(), setup.seed)
+            sharing::Shared::open(&setup.scope, setup.config.clone(), setup.seed)
         } else {
             None
         };
         let mut config = setup.config;
         let (sharing, link) = match sharing {
             Some((mut shared, bus)) => {
-                // The leader tab's hub holds the real socket and calls its provider.
+                // The leader tab's driver holds the real socket and calls its provider.
                 shared.provider = setup.token_provider.clone();
-                // The virtual connection to the leader: no token (the leader's hub sends its
+                // The virtual connection to the leader: no token (the leader sends its
                 // own), and quick retries (they cost one BroadcastChannel message).
                 config.token = None;
                 config.backoff_initial = Duration::from_millis(20);
@@ -268,7 +269,7 @@ impl Driver {
             decode: setup.decode,
             queue,
             dispatching: false,
-            hub: None,
+            leader: None,
             shared: sharing,
             outbox: setup.outbox,
             parcels: Vec::new(),
@@ -280,7 +281,7 @@ impl Driver {
         })));
         driver.attach();
         if driver.0.borrow().shared.is_some() {
-            shared::elect(Rc::downgrade(&driver.0));
+            sharing::elect(Rc::downgrade(&driver.0));
         }
         Ok(driver)
     }
@@ -296,8 +297,9 @@ impl Driver {
             bus.ch
                 .set_onmessage(Some(handlers.bus.as_ref().unchecked_ref()));
         }
-        if let Some(hub) = &inner.hub {
-            hub.ch
+        if let Some(leader) = &inner.leader {
+            leader
+                .ch
                 .set_onmessage(Some(handlers.bus.as_ref().unchecked_ref()));
         }
         inner.handlers = Some(handlers);
@@ -389,7 +391,7 @@ impl Driver {
     /// Closes the client: pending promises reject with `closed`, the socket closes, no
     /// reconnect follows. Messages in the outbox stay there for the next client.
     pub(crate) fn close(&self) {
-        let hub = {
+        let leader = {
             let mut inner = self.0.borrow_mut();
             inner.session.close();
             for (_, w) in std::mem::take(&mut inner.parcels) {
@@ -398,8 +400,8 @@ impl Driver {
             }
             inner.shared.as_mut().and_then(|s| s.resign())
         };
-        if let Some(hub) = hub {
-            hub.close_hub();
+        if let Some(leader) = leader {
+            leader.close_leader();
         }
         self.pump();
     }

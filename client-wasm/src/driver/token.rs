@@ -1,5 +1,5 @@
 //! The `tokenProvider` option: a page function returning a promise of a fresh JWT, called
-//! before every connection of the real socket (this tab's, or the leader tab's hub when tabs
+//! before every connection of the real socket (this tab's, or the leader tab's when tabs
 //! share) and, on a live connection, a little before the current token's `exp` when the
 //! session asks ([`Action::RefreshToken`](redistribute_protocol::session::Action)). Each token
 //! goes to [`Session::refresh_token`](redistribute_protocol::session::Session::refresh_token)

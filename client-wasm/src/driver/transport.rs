@@ -13,10 +13,10 @@ use web_sys::{BroadcastChannel, CloseEvent, MessageEvent, WebSocket};
 
 use super::token::Then;
 use super::{now, post, Driver, Handlers, Inner};
-use crate::bindings::{clear_timeout, set_timeout};
+use crate::browser::{clear_timeout, set_timeout};
 
 /// Where the session's frames go: a WebSocket to the server, or the tabs' BroadcastChannel to
-/// the leader tab's hub (see `shared`).
+/// the leader tab (see `sharing`).
 pub(super) enum Link {
     /// The current socket, if any.
     Ws(Option<WebSocket>),
@@ -33,13 +33,13 @@ pub(super) struct Bus {
     pub(super) state: u8,
     /// The id of the last leader heard of.
     pub(super) leader: String,
-    /// Whether this tab holds its own lock yet (the hub watches it only then: a watch
+    /// Whether this tab holds its own lock yet (the leader watches it only then: a watch
     /// requested before the tab's own request would be granted as if the tab were gone).
     pub(super) locked: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 impl Bus {
-    /// Asks the leader's hub for a virtual connection.
+    /// Asks the leader for a virtual connection.
     pub(super) fn hello(&self) {
         let fields = [
             ("from", self.tab.as_str().into()),

@@ -59,6 +59,8 @@ pub struct FakeServer {
     pub raw: VecDeque<String>,
     /// Per channel: answer this many more `subscribe`s with this error code (not subscribing).
     pub refuse: HashMap<String, (ErrorCode, usize)>,
+    /// Per channel: the highest offset trimmed away ([`FakeServer::trim`]).
+    pub trimmed: HashMap<String, StreamId>,
 }
 
 /// The wire `type` of a client frame.
@@ -90,6 +92,18 @@ impl FakeServer {
             });
         }
         offset
+    }
+
+    /// Removes a channel's `n` oldest entries, as `maxlen` trimming would: a later subscribe
+    /// from before them is answered `truncated` with a gap, as the real server does.
+    pub fn trim(&mut self, channel: &str, n: usize) {
+        let Some(stream) = self.streams.get_mut(channel) else {
+            return;
+        };
+        let removed: Vec<Message> = stream.drain(..n.min(stream.len())).collect();
+        if let Some(last) = removed.last() {
+            self.trimmed.insert(channel.to_owned(), last.offset);
+        }
     }
 
     /// The offsets stored in a channel.
@@ -169,20 +183,40 @@ impl FakeServer {
                     return self.reply(k, reply);
                 }
                 let stream = self.streams.get(&channel).cloned().unwrap_or_default();
-                let tip = stream.last().map_or(StreamId::ZERO, |m| m.offset);
-                let after = match offset.unwrap_or(Offset::Latest) {
+                let trimmed_to = self.trimmed.get(&channel).copied();
+                let tip = stream
+                    .last()
+                    .map(|m| m.offset)
+                    .or(trimmed_to)
+                    .unwrap_or(StreamId::ZERO);
+                let asked = offset.unwrap_or(Offset::Latest);
+                let after = match asked {
                     Offset::Latest => tip,
                     Offset::Earliest => StreamId::ZERO,
                     Offset::Id(x) => x,
                 };
                 self.subs.insert(channel.clone());
+                // `0` asks for whatever is retained: never a gap.
+                let trimmed = self
+                    .trimmed
+                    .get(&channel)
+                    .copied()
+                    .filter(|t| *t > after && asked != Offset::Earliest);
                 let reply = ServerFrame::Subscribed {
                     id,
                     channel: channel.clone(),
-                    offset: after,
-                    truncated: false,
+                    offset: trimmed.unwrap_or(after),
+                    truncated: trimmed.is_some(),
                 };
                 self.reply(k, reply);
+                if let Some(to) = trimmed {
+                    let gap = ServerFrame::Gap {
+                        channel: channel.clone(),
+                        from: after,
+                        to,
+                    };
+                    self.outbox.push_back(gap);
+                }
                 let old = stream.iter().filter(|m| m.offset <= after).count();
                 let from = old.saturating_sub(self.overlap);
                 let history: Vec<Message> = stream[from..].to_vec();
@@ -288,52 +322,7 @@ impl Pair {
     /// Moves every output to its destination until nothing moves, firing timers due now.
     pub fn drive(&mut self) {
         for _ in 0..100_000 {
-            let mut moved = false;
-            while let Some(action) = self.session.poll_action() {
-                moved = true;
-                self.actions.push((self.now, action.clone()));
-                match action {
-                    Action::Connect { target } => {
-                        assert!(
-                            self.transport.is_none(),
-                            "connect while a transport is open"
-                        );
-                        if self.server.down.contains(&target) {
-                            let reason = DisconnectReason::transport(None, "refused");
-                            self.session.handle_transport_closed(self.now, reason);
-                        } else {
-                            self.transport = Some(target);
-                            self.session.handle_transport_open(self.now);
-                        }
-                    }
-                    Action::Close => {
-                        if self.transport.take().is_some() {
-                            self.server.on_close();
-                        }
-                    }
-                    // Recorded in `actions`; tests answer with `refresh_token`.
-                    Action::RefreshToken => {}
-                }
-            }
-            while let Some(frame) = self.session.poll_transmit() {
-                moved = true;
-                let target = self
-                    .transport
-                    .clone()
-                    .expect("frame sent without transport");
-                self.server.handle(&target, frame);
-            }
-            while let Some(text) = self.deliverable(|s| s.raw.pop_front()) {
-                moved = true;
-                assert!(self.transport.is_some(), "server frame without transport");
-                self.session.handle_text(&text, self.now);
-            }
-            while let Some(frame) = self.deliverable(|s| s.outbox.pop_front()) {
-                moved = true;
-                assert!(self.transport.is_some(), "server frame without transport");
-                // Over the wire as text, as drivers do.
-                self.session.handle_text(&encode_server(&frame), self.now);
-            }
+            let mut moved = self.pump_io();
             while let Some(event) = self.session.poll_event() {
                 moved = true;
                 self.events.push((self.now, event));
@@ -349,6 +338,58 @@ impl Pair {
             }
         }
         panic!("the pair never settled");
+    }
+
+    /// Carries out the session's actions and moves frames both ways, once; leaves its events
+    /// and timers to the caller. Whether anything moved.
+    pub fn pump_io(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(action) = self.session.poll_action() {
+            moved = true;
+            self.actions.push((self.now, action.clone()));
+            match action {
+                Action::Connect { target } => {
+                    assert!(
+                        self.transport.is_none(),
+                        "connect while a transport is open"
+                    );
+                    if self.server.down.contains(&target) {
+                        let reason = DisconnectReason::transport(None, "refused");
+                        self.session.handle_transport_closed(self.now, reason);
+                    } else {
+                        self.transport = Some(target);
+                        self.session.handle_transport_open(self.now);
+                    }
+                }
+                Action::Close => {
+                    if self.transport.take().is_some() {
+                        self.server.on_close();
+                    }
+                }
+                // Recorded in `actions`; tests answer with `refresh_token`.
+                Action::RefreshToken => {}
+            }
+        }
+        while let Some(frame) = self.session.poll_transmit() {
+            moved = true;
+            let target = self
+                .transport
+                .clone()
+                .expect("frame sent without transport");
+            self.server.handle(&target, frame);
+        }
+        while let Some(text) = self.deliverable(|s| s.raw.pop_front()) {
+            moved = true;
+            assert!(self.transport.is_some(), "server frame without transport");
+            self.session.handle_text(&text, self.now);
+        }
+        while let Some(frame) = self.deliverable(|s| s.outbox.pop_front()) {
+            moved = true;
+            assert!(self.transport.is_some(), "server frame without transport");
+            // Over the wire as text, as drivers do.
+            self.session.handle_text(&encode_server(&frame), self.now);
+        }
+        moved
     }
 
     /// The server's next frame of a queue, unless the wire holds them.
@@ -380,11 +421,16 @@ impl Pair {
 
     /// The transport drops (as a network failure would), and the session is told.
     pub fn drop_transport(&mut self) {
+        self.cut_transport();
+        self.drive();
+    }
+
+    /// The transport drops and the session is told; nothing else moves yet.
+    pub fn cut_transport(&mut self) {
         self.transport.take().expect("no transport to drop");
         self.server.on_close();
         let reason = DisconnectReason::transport(Some(1006), "dropped");
         self.session.handle_transport_closed(self.now, reason);
-        self.drive();
     }
 
     /// Runs until the session is connected again, at most `limit` of virtual time.

@@ -9,4 +9,7 @@ mod no_loss;
 mod requests;
 mod resubscribe;
 mod resume;
+mod tabs;
+mod tabs_model;
+mod tabs_world;
 mod tokens;

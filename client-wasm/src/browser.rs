@@ -1,0 +1,68 @@
+//! The browser APIs the client imports that `web-sys` does not bind for it (or binds at a
+//! higher code-size cost): the clock, timers, the random seed and the Web Locks API. Nothing
+//! here is visible to JavaScript; the exported surface is in `bindings`.
+
+use js_sys::{Function, Object, Promise, Uint8Array};
+use wasm_bindgen::prelude::*;
+
+use crate::driver::set;
+
+#[wasm_bindgen]
+extern "C" {
+    /// `performance.now()`: the session clock.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    pub(crate) fn performance_now() -> f64;
+
+    /// `setTimeout(handler, ms)`; returns the timer id.
+    #[wasm_bindgen(js_name = setTimeout)]
+    pub(crate) fn set_timeout(handler: &Function, ms: i32) -> JsValue;
+
+    /// `clearTimeout(id)`.
+    #[wasm_bindgen(js_name = clearTimeout)]
+    pub(crate) fn clear_timeout(id: &JsValue);
+
+    /// `crypto.getRandomValues(buffer)`: the session seed.
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
+    fn get_random_values(buffer: &Uint8Array);
+
+    /// `navigator.locks`.
+    #[derive(Clone)]
+    pub(crate) type LockManager;
+
+    #[wasm_bindgen(method, js_name = request)]
+    fn request(this: &LockManager, name: &str, options: &JsValue, callback: &JsValue) -> Promise;
+}
+
+/// A random seed from `crypto.getRandomValues`.
+pub(crate) fn seed() -> u64 {
+    let buffer = Uint8Array::new_with_length(8);
+    get_random_values(&buffer);
+    // Byte by byte, not `copy_to`: no length assertion (and its formatting) in the binary.
+    (0..8).fold(0, |seed, i| {
+        seed | u64::from(buffer.get_index(i)) << (8 * i)
+    })
+}
+
+/// A promise that stays pending until the returned function is called.
+pub(crate) fn held() -> (Promise, Function) {
+    let mut slot = None;
+    let promise = Promise::new(&mut |resolve, _| slot = Some(resolve));
+    (promise, slot.expect("the executor runs synchronously"))
+}
+
+/// Requests a lock; `granted` runs once with the lock (or `null` with `ifAvailable`) and
+/// returns what holds it (a promise) or `undefined` to release it at once.
+pub(crate) fn request_lock(
+    locks: &LockManager,
+    name: &str,
+    if_available: bool,
+    granted: impl FnOnce(JsValue) -> JsValue + 'static,
+) {
+    let options: JsValue = Object::new().into();
+    if if_available {
+        set(&options, "ifAvailable", &JsValue::TRUE);
+    }
+    let callback = Closure::once_into_js(granted);
+    // Rejects only when the lock is stolen or aborted, which this client never does.
+    let _ = locks.request(name, &options, &callback);
+}
