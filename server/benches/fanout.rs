@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use redistribute_protocol::StreamId;
-use redistribute_server::engine::{Batch, BatchBuilder, LiveSink};
-use redistribute_server::feed::Outbound;
-use redistribute_server::hub::{Hub, LiveQueue, LiveQueueReceiver, Subscriber, SubscriberShared};
+use redistribute_server::internals::{
+    Batch, BatchBuilder, Hub, LiveQueue, LiveQueueReceiver, LiveSink, Outbound, Subscriber,
+    SubscriberShared,
+};
 
 const PAD: &str = "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"";
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::App;
+use crate::core_state::Core;
 
 /// Messages accepted by `publish` (WebSocket and API).
 pub const PUBLISHED: &str = "redistribute_messages_published_total";
@@ -115,21 +115,21 @@ pub fn engine_op(op: &'static str, started: Instant) {
 }
 
 /// Renders the Prometheus text exposition, refreshing state gauges first.
-pub fn render(app: &App) -> String {
+pub fn render(core: &Core, tcp_connections: usize) -> String {
     let handle = handle();
-    let hub = app.hub.stats();
+    let hub = core.hub.stats();
     use std::sync::atomic::Ordering::Relaxed;
     metrics::counter!(QUEUED_BATCHES).absolute(hub.delivered_batches.load(Relaxed));
     metrics::counter!(DROPPED_BATCHES).absolute(hub.dropped_batches.load(Relaxed));
     metrics::counter!(SLOW_CONSUMERS).absolute(hub.lag_events.load(Relaxed));
-    metrics::gauge!("redistribute_channels").set(app.hub.channel_count() as f64);
-    metrics::gauge!("redistribute_subscriptions").set(app.hub.subscriber_total() as f64);
-    metrics::gauge!("redistribute_tcp_connections").set(app.connections.total() as f64);
-    let engine = app.engine.stats();
+    metrics::gauge!("redistribute_channels").set(core.hub.channel_count() as f64);
+    metrics::gauge!("redistribute_subscriptions").set(core.hub.subscriber_total() as f64);
+    metrics::gauge!("redistribute_tcp_connections").set(tcp_connections as f64);
+    let engine = core.engine.stats();
     metrics::gauge!("redistribute_engine_readers").set(engine.readers as f64);
     metrics::gauge!("redistribute_engine_watched_channels").set(engine.watched as f64);
     metrics::counter!("redistribute_client_unblock_total").absolute(engine.unblocks);
-    metrics::gauge!("redistribute_draining").set(if app.shutdown.is_cancelled() {
+    metrics::gauge!("redistribute_draining").set(if core.shutdown.is_cancelled() {
         1.0
     } else {
         0.0

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use redistribute_protocol::{decode_server, Fields, Message, Offset, ServerFrame, StreamId};
-use redistribute_server::engine::embedded::EmbeddedEngine;
-use redistribute_server::engine::redis::{keys, LiveReaders, RedisConfig, RedisEngine};
-use redistribute_server::engine::{
+use redistribute_server::internals::{keys, EmbeddedEngine, LiveReaders, RedisConfig, RedisEngine};
+use redistribute_server::internals::{
     Batch, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, Page, PublishRequest, Ready,
     MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
 };
@@ -597,7 +596,7 @@ async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lettered(
     assert_eq!(again.deliveries, [3, 3], "a pending read counts a delivery");
     s.engine.group_ack("work", "g", &[b]).await?;
     // The next claim would be delivery 4 > 3: `a` goes to `work:dead` and is acknowledged.
-    let outcome = redistribute_server::groups::claim_idle(
+    let outcome = redistribute_server::internals::claim_idle(
         s.engine.as_ref(),
         &channel,
         "g",

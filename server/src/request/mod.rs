@@ -3,7 +3,7 @@
 //! WebSocket frames, SSE and long-poll queries, task lookups and back-end API calls are turned
 //! into the same typed requests ([`Request`]). A route's access class ([`Access`]) decides how
 //! its caller authenticates ([`credentials`]); each request is then, in order, checked for a
-//! credential and a valid channel name, authorized by [`crate::App::authorizer`] (the default
+//! credential and a valid channel name, authorized by [`crate::core_state::Core::authorizer`] (the default
 //! policy or the library user's hook), rate-limited (where the transport keeps a bucket: a
 //! WebSocket connection), checked against the message limits (a publish) and carried out on
 //! the engine or the caller's feed under the request timeout. No transport calls the engine
@@ -24,9 +24,9 @@ use std::time::Duration;
 use redistribute_protocol::{ClientFrame, ErrorCode, Fields, Offset, StreamId};
 
 use crate::auth::{Action, AuthContext, Credential};
+use crate::core_state::Core;
 use crate::engine::EngineError;
 use crate::error::RequestError;
-use crate::App;
 
 pub use crate::limits::ENGINE_TIMEOUT_MARGIN;
 pub use credentials::{authenticate, Access};
@@ -157,11 +157,11 @@ impl Request {
 }
 
 /// Refuses a caller without a credential where one is required (`unauthorized`).
-pub fn ensure_authenticated(app: &App, caller: &AuthContext) -> Result<(), RequestError> {
+pub fn ensure_authenticated(core: &Core, caller: &AuthContext) -> Result<(), RequestError> {
     if caller.credential == Credential::Missing
         || (caller.credential == Credential::Open
-            && app.auth_required()
-            && !open_by_flag(app, caller))
+            && core.auth_required()
+            && !open_by_flag(core, caller))
     {
         return Err(RequestError::new(
             ErrorCode::Unauthorized,
@@ -173,14 +173,18 @@ pub fn ensure_authenticated(app: &App, caller: &AuthContext) -> Result<(), Reque
 
 /// Whether an `Open` caller with authentication on came through the back-end surface that
 /// `--allow-open-api` opened.
-fn open_by_flag(app: &App, caller: &AuthContext) -> bool {
-    app.config.http.allow_open_api && caller.transport == "api"
+fn open_by_flag(core: &Core, caller: &AuthContext) -> bool {
+    core.config.http.allow_open_api && caller.transport == "api"
 }
 
 /// Authenticated, then allowed by the policy: the first two steps of every request.
-pub fn authorize(app: &App, caller: &AuthContext, action: Action<'_>) -> Result<(), RequestError> {
-    ensure_authenticated(app, caller)?;
-    app.authorizer
+pub fn authorize(
+    core: &Core,
+    caller: &AuthContext,
+    action: Action<'_>,
+) -> Result<(), RequestError> {
+    ensure_authenticated(core, caller)?;
+    core.authorizer
         .authorize(caller, action)
         .map_err(RequestError::from)
 }
@@ -192,18 +196,18 @@ pub fn validate_channel(channel: &str) -> Result<(), RequestError> {
 }
 
 /// How long the layer waits on the engine for one request.
-pub fn engine_deadline(app: &App) -> Duration {
-    app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN
+pub fn engine_deadline(core: &Core) -> Duration {
+    core.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN
 }
 
 /// Runs an engine call under [`engine_deadline`]; past it the request is `unavailable`
 /// (`what` names the operation in the log).
 pub async fn with_deadline<T>(
-    app: &App,
+    core: &Core,
     what: &'static str,
     call: impl Future<Output = Result<T, EngineError>>,
 ) -> Result<T, RequestError> {
-    match tokio::time::timeout(engine_deadline(app), call).await {
+    match tokio::time::timeout(engine_deadline(core), call).await {
         Ok(result) => result.map_err(RequestError::from),
         Err(_) => Err(EngineError::Unavailable(format!("{what} timed out")).into()),
     }

@@ -10,10 +10,10 @@ use redistribute_protocol::{ErrorCode, StreamId};
 
 use super::{authorize, ensure_authenticated, validate_channel, Ack, Subscribe, Unsubscribe};
 use crate::auth::{Action, AuthContext, Denied};
+use crate::core_state::Core;
 use crate::error::RequestError;
 use crate::feed::{Feed, Start};
 use crate::limits::TokenBucket;
-use crate::App;
 
 /// A subscribe that passed [`check`]; only it can be carried out. It carries whether the
 /// caller may create the channel ([`Action::Create`]), which subscribing to a channel that
@@ -36,14 +36,14 @@ pub enum Subscribed {
 /// Checks a subscribe: a credential, a valid channel, the policy's consent and, when the
 /// transport keeps one, a token of the subscribe `bucket` (`rate_limited` without).
 pub fn check<'a>(
-    app: &App,
+    core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
     request: &'a Subscribe,
 ) -> Result<Allowed<'a>, RequestError> {
     validate_channel(&request.channel)?;
     authorize(
-        app,
+        core,
         caller,
         Action::Subscribe {
             channel: &request.channel,
@@ -57,7 +57,7 @@ pub fn check<'a>(
             ));
         }
     }
-    let create = app.may_create(caller, &request.channel);
+    let create = core.may_create(caller, &request.channel);
     Ok(Allowed { request, create })
 }
 
@@ -85,23 +85,23 @@ impl Allowed<'_> {
 
 /// Checks and carries out one subscribe.
 pub async fn subscribe(
-    app: &App,
+    core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
     feed: &mut Feed,
     request: &Subscribe,
 ) -> Result<Subscribed, RequestError> {
-    check(app, caller, bucket, request)?.run(feed).await
+    check(core, caller, bucket, request)?.run(feed).await
 }
 
 /// Ends one of the caller's own subscriptions (`not_found` when there is none).
 pub fn unsubscribe(
-    app: &App,
+    core: &Core,
     caller: &AuthContext,
     feed: &mut Feed,
     request: &Unsubscribe,
 ) -> Result<(), RequestError> {
-    ensure_authenticated(app, caller)?;
+    ensure_authenticated(core, caller)?;
     if feed.unsubscribe(&request.channel) {
         Ok(())
     } else {
@@ -114,14 +114,14 @@ pub fn unsubscribe(
 
 /// Acknowledges consumer-group entries; the number that were pending.
 pub async fn ack(
-    app: &App,
+    core: &Core,
     caller: &AuthContext,
     feed: &mut Feed,
     request: &Ack,
 ) -> Result<u64, RequestError> {
     validate_channel(&request.channel)?;
     authorize(
-        app,
+        core,
         caller,
         Action::Ack {
             channel: &request.channel,

@@ -17,13 +17,13 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
-use crate::App;
+use crate::server::App;
 
 /// The server's routes on the public listener ([`routes`]), behind CORS and the body limit.
 /// With an admin listener configured, `/metrics` and `/status*` are left out (served by
 /// [`ops_router`] only); `/readyz` stays for load balancers.
 pub fn router(app: Arc<App>) -> Router {
-    let with_ops = app.config.admin_listen.is_none();
+    let with_ops = app.core.config.admin_listen.is_none();
     let mut entries = routes::app_routes();
     entries.extend(
         routes::ops_routes()
@@ -35,7 +35,9 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             cors::cors,
         ))
-        .layer(DefaultBodyLimit::max(app.config.limits.max_frame_bytes))
+        .layer(DefaultBodyLimit::max(
+            app.core.config.limits.max_frame_bytes,
+        ))
         .with_state(app)
 }
 
@@ -43,4 +45,13 @@ pub fn router(app: Arc<App>) -> Router {
 /// credentials (the admin listener is bound to a private interface; `docs/operations.md`).
 pub fn ops_router(app: Arc<App>) -> Router {
     routes::build(&app, routes::admin_routes()).with_state(app)
+}
+
+/// State of the HTTP transports: who holds each long-poll `client_id` and each task watch.
+#[derive(Debug, Default)]
+pub struct HttpState {
+    /// Long-polls holding a `client_id`.
+    pub poll_holders: Arc<http::Holders>,
+    /// Task watches holding a task id.
+    pub task_watches: Arc<http::Holders>,
 }

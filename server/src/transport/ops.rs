@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::App;
+use crate::server::App;
 
 /// `GET /healthz`.
 pub async fn healthz() -> &'static str {
@@ -18,10 +18,10 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`: 503 while draining or when the engine does not answer within 2 s.
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.shutdown.is_cancelled() {
+    if app.core.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    let probe = app.engine.position("redistribute:readyz");
+    let probe = app.core.engine.position("redistribute:readyz");
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(err)) => {
@@ -39,7 +39,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&app),
+        crate::metrics::render(&app.core, app.listener.connections.total()),
     )
         .into_response()
 }
@@ -51,7 +51,7 @@ pub async fn status_page() -> Html<&'static str> {
 
 /// `GET /status.json`: the numbers behind the status page (totals; the page derives rates).
 pub async fn status_json(State(app): State<Arc<App>>) -> Response {
-    let metrics = crate::metrics::render(&app);
+    let metrics = crate::metrics::render(&app.core, app.listener.connections.total());
     let total = |name: &str| -> f64 {
         metrics
             .lines()
@@ -60,12 +60,12 @@ pub async fn status_json(State(app): State<Arc<App>>) -> Response {
             .sum()
     };
     let body = serde_json::json!({
-        "engine": app.engine.name(),
-        "draining": app.shutdown.is_cancelled(),
-        "uptime_seconds": app.started.elapsed().as_secs_f64(),
-        "connections": app.connections.total(),
-        "channels": app.hub.channel_count(),
-        "subscriptions": app.hub.subscriber_total(),
+        "engine": app.core.engine.name(),
+        "draining": app.core.shutdown.is_cancelled(),
+        "uptime_seconds": app.drain.started.elapsed().as_secs_f64(),
+        "connections": app.listener.connections.total(),
+        "channels": app.core.hub.channel_count(),
+        "subscriptions": app.core.hub.subscriber_total(),
         "published_total": total(crate::metrics::PUBLISHED),
         "delivered_total": total(crate::metrics::DELIVERED),
     });

@@ -21,7 +21,7 @@ use super::http::{query_pairs, HttpError};
 use super::{api, ops, poll, sse, task, ws};
 use crate::auth::AuthContext;
 use crate::request::{authenticate, Access};
-use crate::App;
+use crate::server::App;
 
 /// An HTTP method a route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +166,7 @@ async fn guard(
         .map(|ConnectInfo(peer)| *peer);
     let query = query_pairs(request.uri().query());
     match authenticate(
-        &app,
+        &app.core,
         route.access,
         route.transport,
         request.headers(),

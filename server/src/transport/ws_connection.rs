@@ -30,7 +30,7 @@ use crate::feed::Feed;
 use crate::limits::TokenBucket;
 use crate::listener::IpSlot;
 use crate::request::{publish, subscribe, Request, ENGINE_TIMEOUT_MARGIN};
-use crate::App;
+use crate::server::App;
 
 /// WebSocket close codes of protocol v1.
 pub mod close_code {
@@ -106,12 +106,12 @@ pub fn serve_websocket(
     slot: Option<Arc<IpSlot>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let now = Instant::now();
-    let limits = &app.config.limits;
+    let limits = &app.core.config.limits;
     let expiry = lifetime::deadline(caller.claims.as_deref());
     let peer = caller.peer;
     let mut conn = Connection {
         socket,
-        feed: Feed::new(app.clone(), "ws"),
+        feed: Feed::new(app.core.clone(), "ws"),
         authenticated: caller.credential != Credential::Missing,
         ctx: caller,
         expiry,
@@ -176,10 +176,10 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> End {
-        let shutdown = self.app.shutdown.clone();
+        let shutdown = self.app.core.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        let limits = &self.app.config.limits;
+        let limits = &self.app.core.config.limits;
         let ping_interval = limits.ws_ping_interval;
         let now = tokio::time::Instant::now();
         let auth_deadline = now + limits.handshake_timeout;
@@ -319,7 +319,7 @@ impl Connection {
         let Some(publishes) = self.publishing.as_mut().map(|p| &mut p.replies) else {
             return;
         };
-        let deadline = self.app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
+        let deadline = self.app.core.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
         let socket = &mut self.socket;
         let _ = tokio::time::timeout(deadline, async {
             while let Some(reply) = publishes.next().await {
@@ -366,7 +366,7 @@ impl Connection {
             message: message.to_owned(),
         };
         self.send(&frame).await?;
-        if self.bad_frames >= self.app.config.limits.max_bad_frames {
+        if self.bad_frames >= self.app.core.config.limits.max_bad_frames {
             return Err(End::Close(close_code::POLICY, "too many bad frames"));
         }
         Ok(())
@@ -412,10 +412,11 @@ impl Connection {
     async fn on_connect(&mut self, id: u64, token: Option<&str>) -> Result<(), End> {
         let refreshed = self
             .app
+            .core
             .authenticate(token)
             .and_then(|claims| match claims {
                 Some(claims) if self.authenticated => lifetime::check_refresh(
-                    &*self.app.authorizer,
+                    &*self.app.core.authorizer,
                     &self.ctx,
                     claims,
                     self.feed.channels(),
@@ -434,7 +435,7 @@ impl Connection {
                 self.bad_frames = 0;
                 let reply = ServerFrame::Connected {
                     id,
-                    client: format!("{:x}-{}", self.app.instance_id, self.feed.id()),
+                    client: format!("{:x}-{}", self.app.core.instance_id, self.feed.id()),
                     version: PROTOCOL_VERSION,
                 };
                 self.send(&reply).await
@@ -461,7 +462,8 @@ impl Connection {
             Request::Subscribe(request) => {
                 let bucket = Some(&mut self.subscribe_bucket);
                 let subscribed =
-                    subscribe::subscribe(app, &self.ctx, bucket, &mut self.feed, &request).await?;
+                    subscribe::subscribe(&app.core, &self.ctx, bucket, &mut self.feed, &request)
+                        .await?;
                 let channel = request.channel;
                 match subscribed {
                     // For a group, `offset` is the group's last delivered ID.
@@ -487,12 +489,12 @@ impl Connection {
                 }
             }
             Request::Unsubscribe(request) => {
-                subscribe::unsubscribe(app, &self.ctx, &mut self.feed, &request)?;
+                subscribe::unsubscribe(&app.core, &self.ctx, &mut self.feed, &request)?;
                 let channel = request.channel;
                 ServerFrame::Unsubscribed { id, channel }
             }
             Request::Publish(request) => {
-                let limits = &app.config.limits;
+                let limits = &app.core.config.limits;
                 let publishing = self.publishing.get_or_insert_with(|| {
                     Box::new(Publishing {
                         bucket: TokenBucket::new(
@@ -504,11 +506,11 @@ impl Connection {
                     })
                 });
                 let allowed =
-                    publish::check(app, &self.ctx, Some(&mut publishing.bucket), request)?;
-                let app = app.clone();
+                    publish::check(&app.core, &self.ctx, Some(&mut publishing.bucket), request)?;
+                let core = app.core.clone();
                 publishing.replies.push_back(Box::pin(
                     async move {
-                        match allowed.run(app).await {
+                        match allowed.run(core).await {
                             (channel, Ok(offset)) => ServerFrame::Published {
                                 id,
                                 channel,
@@ -522,7 +524,7 @@ impl Connection {
                 return Ok(());
             }
             Request::Ack(request) => {
-                let count = subscribe::ack(app, &self.ctx, &mut self.feed, &request).await?;
+                let count = subscribe::ack(&app.core, &self.ctx, &mut self.feed, &request).await?;
                 ServerFrame::Acked { id, count }
             }
             // The protocol has no history frame (history is read over `/api/history`).

@@ -21,7 +21,7 @@
 //! re-resolving the owner after any error (failover, resharding) and resuming from its cursors.
 
 mod cursors;
-mod groups;
+mod group_commands;
 pub mod keys;
 mod log;
 mod parse;
