@@ -77,12 +77,13 @@ pub mod internals {
         Batch, BatchBuilder, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, Page,
         PublishRequest, Ready, MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
     };
-    pub use crate::feed::{Delivery, Feed, Outbound, Start};
+    pub use crate::feed::{Delivery, Feed, Frame, Outbound, Start};
     pub use crate::group_dispatch::claim_idle;
     pub use crate::hub::{Hub, LiveQueue, LiveQueueReceiver, Subscriber, SubscriberShared};
     pub use crate::request::Access;
     pub use crate::transport::http::Holders;
     pub use crate::transport::routes::{routes, Method, Route};
+    pub use crate::transport::ws_connection::websocket_text;
 
     impl crate::Server {
         /// The state requests run against (to drive a [`Feed`] directly).

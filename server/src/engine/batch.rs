@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use redistribute_protocol::StreamId;
+
+use super::shared_text::SharedText;
 
 /// Closing bytes of every `messages` frame.
 const FRAME_END: &str = "]}";
@@ -24,7 +25,7 @@ pub struct Batch {
     ids: Vec<StreamId>,
     /// Byte offset in `frame` where each entry's JSON object starts.
     starts: Vec<u32>,
-    frame: Utf8Bytes,
+    frame: SharedText,
     gap_through: Option<StreamId>,
 }
 
@@ -85,7 +86,7 @@ impl Batch {
     }
 
     /// The complete `messages` frame with every entry.
-    pub fn frame(&self) -> &Utf8Bytes {
+    pub fn frame(&self) -> &SharedText {
         &self.frame
     }
 
@@ -320,7 +321,7 @@ impl BatchBuilder {
             channel: self.channel,
             ids: self.ids,
             starts: self.starts,
-            frame: Utf8Bytes::from(self.out),
+            frame: SharedText::new(self.out),
             gap_through,
         })
     }

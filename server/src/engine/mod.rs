@@ -10,6 +10,7 @@ pub mod batch;
 pub mod embedded;
 pub mod redis;
 pub mod retention;
+pub mod shared_text;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 pub use batch::{Batch, BatchBuilder, MAX_BATCH_BYTES, MAX_VALUE_DEPTH};
+pub use shared_text::SharedText;
 
 /// Most fields one message may have.
 pub const MAX_FIELDS: usize = 1024;

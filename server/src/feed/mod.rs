@@ -28,7 +28,7 @@ use crate::error::RequestError;
 use crate::hub::{
     LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared, Watching,
 };
-pub use outbound::{Delivery, Outbound};
+pub use outbound::{Delivery, Frame, Outbound};
 use subscription::{AfterPage, Subscription, Take};
 
 /// Most live batches taken from the queue in one go.

@@ -13,11 +13,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use redistribute_protocol::StreamId;
 
 use crate::engine::batch::messages_frame;
-use crate::engine::{Batch, MAX_BATCH_BYTES, MAX_ENCODED_ENTRY_BYTES};
+use crate::engine::{Batch, SharedText, MAX_BATCH_BYTES, MAX_ENCODED_ENTRY_BYTES};
 
 /// Merged frames are not grown past this many bytes of items.
 pub const MERGE_LIMIT: usize = 256 * 1024;
@@ -50,6 +49,36 @@ pub enum Delivery<'a> {
     Message(&'a Arc<str>, StreamId, &'a str),
     /// The channel's entries in `(from, to]` are missed.
     Gap(&'a Arc<str>, StreamId, StreamId),
+}
+
+/// One frame to send, as [`Outbound::take_frames`] yields it.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A whole batch's frame, encoded once and shared by every subscriber it goes to (a
+    /// transport converts it with [`SharedText::wire`], once per batch).
+    Shared(SharedText),
+    /// A frame made for this connection (merged batches, a suffix, a gap).
+    Owned(String),
+}
+
+impl Frame {
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Frame::Shared(text) => text.as_str(),
+            Frame::Owned(text) => text,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_str().len()
+    }
+
+    /// Whether the frame is empty (never, for frames of [`Outbound`]).
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
 }
 
 /// Collects deliveries of one queue drain; see the module docs.
@@ -149,18 +178,18 @@ impl Outbound {
     }
 
     /// The frames to send, in order per channel; leaves the collector empty.
-    pub fn take_frames(&mut self) -> impl Iterator<Item = Utf8Bytes> + '_ {
+    pub fn take_frames(&mut self) -> impl Iterator<Item = Frame> + '_ {
         self.entries = 0;
         self.bytes = 0;
         self.groups.drain(..).map(|group| match group.parts {
             Parts::Messages(parts) => match parts.as_slice() {
-                [(batch, 0, to)] if *to == batch.len() => batch.frame().clone(),
-                parts => Utf8Bytes::from(messages_frame(
+                [(batch, 0, to)] if *to == batch.len() => Frame::Shared(batch.frame().clone()),
+                parts => Frame::Owned(messages_frame(
                     &group.channel,
                     parts.iter().map(|(b, from, to)| b.items_range(*from, *to)),
                 )),
             },
-            Parts::Gap(from, to) => Utf8Bytes::from(gap_frame(&group.channel, from, to)),
+            Parts::Gap(from, to) => Frame::Owned(gap_frame(&group.channel, from, to)),
         })
     }
 }
@@ -206,7 +235,7 @@ mod tests {
         out.push(a1, 1);
         out.push(batch("b", &[7]), 0);
         out.push(batch("a", &[3, 4]), 0);
-        let frames: Vec<_> = out.take_frames().map(|f| offsets(&f)).collect();
+        let frames: Vec<_> = out.take_frames().map(|f| offsets(f.as_str())).collect();
         assert_eq!(
             frames,
             vec![("a".into(), vec![2, 3, 4]), ("b".into(), vec![7])]
@@ -262,7 +291,7 @@ mod tests {
         assert_eq!(deliveries, ["m1", "g1-5", "m6"]);
         let frames: Vec<_> = out.take_frames().collect();
         assert_eq!(frames.len(), 3);
-        let gap = decode_server(&frames[1]).unwrap();
+        let gap = decode_server(frames[1].as_str()).unwrap();
         assert_eq!(
             gap,
             ServerFrame::Gap {

@@ -1,0 +1,233 @@
+//! The server's structure, checked: the library does not depend on the client crate (the
+//! `redistribute` command is the separate package `redistribute-cli`), and the core modules
+//! (engine, hub, feed, consumer-group dispatch, core state) import no transport, listener or
+//! HTTP/WebSocket library.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// `cargo metadata --format-version 1` plus `extra` arguments.
+fn metadata(extra: &[&str]) -> Result<Value> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(root())
+        .args(["metadata", "--format-version", "1"])
+        .args(extra)
+        .output()
+        .context("cannot run cargo metadata")?;
+    ensure!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn package<'a>(meta: &'a Value, name: &str) -> Result<&'a Value> {
+    meta["packages"]
+        .as_array()
+        .context("packages")?
+        .iter()
+        .find(|p| p["name"] == name)
+        .with_context(|| format!("no package {name}"))
+}
+
+/// Names of the normal (not dev, not build) dependencies a package declares.
+fn normal_dependencies(package: &Value) -> Result<BTreeSet<String>> {
+    Ok(package["dependencies"]
+        .as_array()
+        .context("dependencies")?
+        .iter()
+        .filter(|d| d["kind"].is_null())
+        .filter_map(|d| d["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn the_server_library_does_not_declare_the_client() -> Result<()> {
+    let meta = metadata(&["--no-deps"])?;
+    let server = package(&meta, "redistribute-server")?;
+    let deps = normal_dependencies(server)?;
+    ensure!(
+        deps.contains("redistribute-protocol"),
+        "the scan reads the wrong field: the server must depend on the protocol crate, got {deps:?}"
+    );
+    ensure!(
+        !deps.contains("redistribute-client"),
+        "redistribute-server depends on redistribute-client: {deps:?}"
+    );
+    let bins: Vec<&str> = server["targets"]
+        .as_array()
+        .context("targets")?
+        .iter()
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    ensure!(bins.is_empty(), "redistribute-server has binaries {bins:?}");
+
+    let cli = package(&meta, "redistribute-cli")?;
+    let cli_deps = normal_dependencies(cli)?;
+    ensure!(
+        cli_deps.contains("redistribute-server") && cli_deps.contains("redistribute-client"),
+        "the CLI builds on the server and the client: {cli_deps:?}"
+    );
+    let has_binary = cli["targets"]
+        .as_array()
+        .context("targets")?
+        .iter()
+        .any(|t| t["name"] == "redistribute" && t["kind"][0] == "bin");
+    ensure!(has_binary, "redistribute-cli has no `redistribute` binary");
+    Ok(())
+}
+
+/// With the resolved graph: nothing the server library builds (its normal dependencies,
+/// transitively) is the client crate.
+#[test]
+fn the_server_library_does_not_build_the_client() -> Result<()> {
+    let meta = metadata(&[])?;
+    let id_of = |name: &str| -> Result<String> {
+        Ok(package(&meta, name)?["id"]
+            .as_str()
+            .context("id")?
+            .to_owned())
+    };
+    let server = id_of("redistribute-server")?;
+    let client = id_of("redistribute-client")?;
+    let nodes = meta["resolve"]["nodes"].as_array().context("resolve")?;
+    let node = |id: &str| nodes.iter().find(|n| n["id"] == id);
+    let mut seen = BTreeSet::new();
+    let mut queue = VecDeque::from([server.clone()]);
+    while let Some(id) = queue.pop_front() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(node) = node(&id) else {
+            bail!("{id} is not in the resolved graph")
+        };
+        for dep in node["deps"].as_array().context("deps")? {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k["kind"].is_null()));
+            if normal {
+                queue.push_back(dep["pkg"].as_str().context("pkg")?.to_owned());
+            }
+        }
+    }
+    ensure!(
+        seen.len() > 10,
+        "the walk found too few dependencies ({}): it reads the wrong fields",
+        seen.len()
+    );
+    ensure!(
+        !seen.contains(&client),
+        "redistribute-server builds redistribute-client"
+    );
+    Ok(())
+}
+
+/// Every `.rs` file under `path` (a file or a directory).
+fn rust_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if path.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(path).with_context(|| format!("{}", path.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            rust_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// What a core module must not name: the server's transports and listeners, and the HTTP and
+/// WebSocket libraries they are built on.
+const TRANSPORT_NAMES: [&str; 7] = [
+    "crate::transport",
+    "crate::listener",
+    "super::transport",
+    "super::listener",
+    "axum",
+    "tungstenite",
+    "hyper",
+];
+
+/// The lines of `text` (outside comments) naming a transport.
+fn transport_imports(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .filter(|line| TRANSPORT_NAMES.iter().any(|name| line.contains(name)))
+        .map(|line| line.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn core_modules_import_no_transport() -> Result<()> {
+    let src = root().join("server/src");
+    let mut files = Vec::new();
+    for core in [
+        "engine",
+        "hub.rs",
+        "feed",
+        "group_dispatch",
+        "core_state.rs",
+    ] {
+        let path = src.join(core);
+        ensure!(
+            path.exists(),
+            "{} is gone: update this test",
+            path.display()
+        );
+        rust_files(&path, &mut files)?;
+    }
+    ensure!(files.len() > 15, "too few files scanned: {files:?}");
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)?;
+        for line in transport_imports(&text) {
+            found.push(format!("{}: {line}", file.display()));
+        }
+    }
+    ensure!(
+        found.is_empty(),
+        "core modules import a transport:\n{}",
+        found.join("\n")
+    );
+    // The scan does see imports: the WebSocket transport names axum.
+    let ws = std::fs::read_to_string(src.join("transport/ws_connection/mod.rs"))?;
+    ensure!(
+        !transport_imports(&ws).is_empty(),
+        "the scan misses the WebSocket transport's imports"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_scan_ignores_comments_and_catches_paths() {
+    assert!(transport_imports("//! built on axum\n/// see crate::transport").is_empty());
+    assert_eq!(
+        transport_imports("use crate::engine::Batch;\n    let x = crate::transport::ws::f();"),
+        vec!["let x = crate::transport::ws::f();"]
+    );
+    assert_eq!(
+        transport_imports("use axum::extract::ws::Utf8Bytes;").len(),
+        1
+    );
+}
