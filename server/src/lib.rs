@@ -14,7 +14,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use redistribute_server::{serve, ConfigValues, Fields, Offset, PublishOptions, Server};
 //! let config = ConfigValues {
-//!     listen: Some("127.0.0.1:8080".parse()?),
+//!     listen: Some("127.0.0.1:8080".into()),
 //!     ..ConfigValues::default()
 //! }
 //! .build()?;
@@ -56,13 +56,23 @@ mod transport;
 
 pub use auth::{Action, AuthContext, Authorizer, Claims, ClaimsPolicy, Credential, Denied};
 pub use config::{
-    AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, LogFormat, TlsFiles,
+    AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, LogFormat, RedisUrl,
+    Secret, TlsFiles,
 };
+pub use engine::redis::LiveReaders;
+pub use engine::retention::Retention;
+pub use listener::proxy::TrustedProxies;
 pub use embed::{ApiError, HistoryPage, Message, PublishOptions};
 pub use listener::tls::TlsError;
 pub use redistribute_protocol::{ErrorCode, Fields, Offset, StreamId};
 pub use server::{serve, Server, ServerBuilder, StartError};
 pub use transport::task::sign_task_id;
+
+/// How channels map to Redis keys (`docs/deployment.md`, Redis Cluster), for producers that
+/// write into redistribute's streams directly and must build the same key.
+pub mod redis_keys {
+    pub use crate::engine::redis::keys::{fnv1a32, shard_of, stream_key, DEFAULT_SHARDS};
+}
 
 /// The server's internals, for the workspace's own engine conformance and feed model tests and
 /// the benchmarks (`cargo bench -p redistribute-server`): the storage engines, the hub, the
@@ -72,7 +82,7 @@ pub use transport::task::sign_task_id;
 pub mod internals {
     pub use crate::core_state::Core;
     pub use crate::engine::embedded::EmbeddedEngine;
-    pub use crate::engine::redis::{keys, LiveReaders, RedisConfig, RedisEngine};
+    pub use crate::engine::redis::{LiveReaders, RedisConfig, RedisEngine};
     pub use crate::engine::{
         Batch, BatchBuilder, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, Page,
         PublishRequest, Ready, MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
