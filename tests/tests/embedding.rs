@@ -133,7 +133,9 @@ async fn publish_reaches_subscribers_and_history(config: Config) -> Result<()> {
         .publish("embedded.once", fields(json!({"a": 2})), options)
         .await?;
     assert_eq!(first, again);
-    let once = server.history("embedded.once", Offset::Earliest, 10).await?;
+    let once = server
+        .history("embedded.once", Offset::Earliest, 10)
+        .await?;
     assert_eq!(once.messages.len(), 1);
     assert_eq!(once.messages[0].fields["a"], 1);
 
@@ -193,7 +195,9 @@ async fn refusals_are_typed(config: Config) -> Result<()> {
         .publish("embedded.limits", huge, PublishOptions::default())
         .await;
     ensure!(
-        result.as_ref().is_err_and(|e| e.code != ErrorCode::Internal),
+        result
+            .as_ref()
+            .is_err_and(|e| e.code != ErrorCode::Internal),
         "an oversized message is refused with a client error: {result:?}"
     );
     // Limits on history.
@@ -209,7 +213,10 @@ async fn refusals_are_typed(config: Config) -> Result<()> {
     let empty = server
         .history("embedded.limits", Offset::Earliest, 10)
         .await?;
-    ensure!(empty.messages.is_empty(), "refusals stored nothing: {empty:?}");
+    ensure!(
+        empty.messages.is_empty(),
+        "refusals stored nothing: {empty:?}"
+    );
     served.stop().await
 }
 
@@ -247,7 +254,11 @@ async fn the_hook_judges_the_application_too() -> Result<()> {
     let served = Served::start(builder).await?;
     let server = &served.server;
     let err = server
-        .publish("sealed.a", fields(json!({"a": 1})), PublishOptions::default())
+        .publish(
+            "sealed.a",
+            fields(json!({"a": 1})),
+            PublishOptions::default(),
+        )
         .await
         .err()
         .context("the hook refuses")?;
@@ -283,21 +294,35 @@ async fn redis_down_is_unavailable() -> Result<()> {
     let served = Served::start(ServerBuilder::new(config)).await?;
     let server = &served.server;
     let before = server
-        .publish("embedded.down", fields(json!({"n": 1})), PublishOptions::default())
+        .publish(
+            "embedded.down",
+            fields(json!({"n": 1})),
+            PublishOptions::default(),
+        )
         .await?;
     redis.terminate().await?;
     let result = tokio::time::timeout(
         STEP,
-        server.publish("embedded.down", fields(json!({"n": 2})), PublishOptions::default()),
+        server.publish(
+            "embedded.down",
+            fields(json!({"n": 2})),
+            PublishOptions::default(),
+        ),
     )
     .await?;
-    let err = result.err().context("a publish with Redis down must fail")?;
+    let err = result
+        .err()
+        .context("a publish with Redis down must fail")?;
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
     redis.restart().await?;
     let mut after = None;
     for _ in 0..100 {
         match server
-            .publish("embedded.down", fields(json!({"n": 3})), PublishOptions::default())
+            .publish(
+                "embedded.down",
+                fields(json!({"n": 3})),
+                PublishOptions::default(),
+            )
             .await
         {
             Ok(offset) => {
@@ -315,7 +340,11 @@ async fn redis_down_is_unavailable() -> Result<()> {
     let page = server
         .history("embedded.down", Offset::Earliest, 10)
         .await?;
-    let ns: Vec<_> = page.messages.iter().map(|m| m.fields["n"].clone()).collect();
+    let ns: Vec<_> = page
+        .messages
+        .iter()
+        .map(|m| m.fields["n"].clone())
+        .collect();
     assert_eq!(ns, vec![json!(1), json!(3)]);
     served.stop().await
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use redistribute_protocol::{ErrorCode, Fields};
 
 use crate::error::RequestError;
-pub use jwt::{Claims, TokenError, Verifier};
+pub use jwt::{Claims, Verifier};
 
 /// What a client asks to do. New variants may be added: match with a `_` arm.
 #[derive(Debug, Clone, Copy)]

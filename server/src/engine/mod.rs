@@ -354,11 +354,6 @@ pub fn trim_slack(maxlen: u64) -> u64 {
     (maxlen / 16).clamp(1, MAX_TRIM_PER_PUBLISH / 2)
 }
 
-/// Bytes an entry counts against [`MAX_ENTRY_BYTES`]: its stored field names and values.
-pub fn stored_size<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
-    fields.into_iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
 /// Encodes each field value as the JSON text stored in the engine.
 pub fn stored_fields(fields: &Fields) -> impl Iterator<Item = (&str, String)> {
     fields.iter().map(|(k, v)| {

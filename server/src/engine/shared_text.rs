@@ -14,7 +14,11 @@ use bytes::Bytes;
 /// Immutable UTF-8 text, cheap to clone (one reference count), with a per-transport cache of
 /// its wire form.
 #[derive(Clone)]
-pub struct SharedText(Arc<Inner>);
+pub struct SharedText {
+    inner: Arc<Inner>,
+    /// The text's length, kept inline: the hub reads it for every queue a batch enters.
+    len: usize,
+}
 
 struct Inner {
     text: Box<str>,
@@ -25,30 +29,33 @@ struct Inner {
 impl SharedText {
     /// Takes `text` (no copy).
     pub fn new(text: String) -> SharedText {
-        SharedText(Arc::new(Inner {
-            text: text.into_boxed_str(),
-            wire: OnceLock::new(),
-        }))
+        SharedText {
+            len: text.len(),
+            inner: Arc::new(Inner {
+                text: text.into_boxed_str(),
+                wire: OnceLock::new(),
+            }),
+        }
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        &self.0.text
+        &self.inner.text
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.0.text.len()
+        self.len
     }
 
     /// Whether the text is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.text.is_empty()
+        self.len == 0
     }
 
     /// The text's bytes as [`Bytes`] sharing this allocation (no copy).
     pub fn bytes(&self) -> Bytes {
-        Bytes::from_owner(Owner(self.0.clone()))
+        Bytes::from_owner(Owner(self.inner.clone()))
     }
 
     /// The text in a transport's type `T`: `convert` makes it on the first call, later calls
@@ -58,7 +65,7 @@ impl SharedText {
     where
         T: Clone + Send + Sync + 'static,
     {
-        if let Some(cached) = self.0.wire.get() {
+        if let Some(cached) = self.inner.wire.get() {
             return match cached.downcast_ref::<T>() {
                 Some(value) => value.clone(),
                 None => convert(self),
@@ -66,8 +73,16 @@ impl SharedText {
         }
         let value = convert(self);
         // Connections racing on the first send each convert; the first to finish is kept.
-        let _ = self.0.wire.set(Box::new(value.clone()));
+        let _ = self.inner.wire.set(Box::new(value.clone()));
         value
+    }
+}
+
+impl std::ops::Deref for SharedText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
     }
 }
 

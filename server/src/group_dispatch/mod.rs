@@ -62,7 +62,7 @@ use crate::hub::{Hub, LiveQueue, QueueEvent, Subscriber, SubscriberShared};
 
 mod claim;
 
-pub use claim::{claim_idle, dead_letter_excess, ClaimOutcome};
+pub use claim::{claim_idle, dead_letter_excess};
 
 /// Most unacknowledged entries a consumer holds at once.
 pub const WINDOW: usize = 64;

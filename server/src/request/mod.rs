@@ -42,8 +42,6 @@ pub enum Request {
     Publish(Publish),
     /// Acknowledge consumer-group entries.
     Ack(Ack),
-    /// Read a channel's stored entries.
-    History(History),
 }
 
 /// Subscribe to `channel` from `offset`, alone or as `consumer` of a consumer group.

@@ -52,11 +52,6 @@ pub fn check(
 }
 
 impl Allowed {
-    /// The channel published to.
-    pub fn channel(&self) -> &str {
-        &self.0.channel
-    }
-
     /// Publishes through the engine, bounded by the request timeout; returns the request's
     /// channel with the offset.
     pub async fn run(self, core: Arc<Core>) -> (String, Result<StreamId, RequestError>) {

@@ -46,6 +46,7 @@ pub mod close_code {
     /// A frame exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
     /// Server error.
+    #[allow(dead_code)] // listed with the protocol's other close codes; not sent today
     pub const INTERNAL: u16 = 1011;
     /// The server is restarting: resume on another target.
     pub const RESTART: u16 = 1012;
@@ -157,6 +158,7 @@ pub fn serve_websocket(
 /// state and what it waits with), checked by a test: tokio allocates the whole future for
 /// every connection, so this is most of an idle connection's memory. Handling a request is
 /// boxed for its duration instead of being part of every connection's future.
+#[cfg_attr(not(test), allow(dead_code))]
 pub const IDLE_FUTURE_MAX_BYTES: usize = 1376;
 
 struct Connection {

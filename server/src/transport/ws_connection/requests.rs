@@ -136,12 +136,6 @@ impl Connection {
                 let count = subscribe::ack(&app.core, &self.ctx, &mut self.feed, &request).await?;
                 ServerFrame::Acked { id, count }
             }
-            // The protocol has no history frame (history is read over `/api/history`).
-            Request::History(_) => {
-                return Err(RequestError::bad_request(
-                    "history is read over HTTP: GET /api/history",
-                ))
-            }
         };
         self.reply(&reply).await
     }
