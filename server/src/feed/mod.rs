@@ -8,8 +8,8 @@
 //! Dropping a feed releases all of its subscriptions at once.
 
 mod membership;
-pub mod outbound;
-pub mod subscription;
+pub(crate) mod outbound;
+pub(crate) mod subscription;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -28,7 +28,9 @@ use crate::error::RequestError;
 use crate::hub::{
     LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared, Watching,
 };
-pub use outbound::{Delivery, Frame, Outbound};
+pub use outbound::Delivery;
+pub use outbound::Frame;
+pub use outbound::Outbound;
 use subscription::{AfterPage, Subscription, Take};
 
 /// Most live batches taken from the queue in one go.

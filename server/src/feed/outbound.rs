@@ -19,10 +19,10 @@ use crate::engine::batch::messages_frame;
 use crate::engine::{Batch, SharedText, MAX_BATCH_BYTES, MAX_ENCODED_ENTRY_BYTES};
 
 /// Merged frames are not grown past this many bytes of items.
-pub const MERGE_LIMIT: usize = 256 * 1024;
+pub(crate) const MERGE_LIMIT: usize = 256 * 1024;
 
 /// No frame the server sends is larger than this (the documented maximum frame size).
-pub const MAX_SERVER_FRAME: usize = 2 << 20;
+pub(crate) const MAX_SERVER_FRAME: usize = 2 << 20;
 
 const _: () = assert!(
     MERGE_LIMIT + MAX_ENCODED_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
@@ -195,7 +195,7 @@ impl Outbound {
 }
 
 /// The `gap` frame: the channel's entries in `(from, to]` are missed.
-pub fn gap_frame(channel: &str, from: StreamId, to: StreamId) -> String {
+pub(crate) fn gap_frame(channel: &str, from: StreamId, to: StreamId) -> String {
     // Channel names are validated: no JSON escaping needed.
     format!("{{\"type\":\"gap\",\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}")
 }
@@ -265,7 +265,7 @@ mod tests {
                 "a frame of {} bytes",
                 frame.len()
             );
-            got.extend(offsets(frame).1);
+            got.extend(offsets(frame.as_str()).1);
         }
         assert_eq!(got, (2..=12).collect::<Vec<_>>());
         // A small batch is still sent as its shared frame.

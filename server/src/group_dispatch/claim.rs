@@ -68,7 +68,7 @@ pub async fn claim_idle(
 /// idempotency key so a retry writes it once, then acknowledged. Every path that delivers a
 /// pending entry again (a consumer's own pending list, a claim) goes through here, so no
 /// entry is delivered more than `max_deliveries` times.
-pub async fn dead_letter_excess(
+pub(crate) async fn dead_letter_excess(
     engine: &dyn Engine,
     channel: &Arc<str>,
     group: &str,

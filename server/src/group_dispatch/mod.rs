@@ -62,10 +62,11 @@ use crate::hub::{Hub, LiveQueue, QueueEvent, Subscriber, SubscriberShared};
 
 mod claim;
 
-pub use claim::{claim_idle, dead_letter_excess};
+pub use claim::claim_idle;
+pub(crate) use claim::dead_letter_excess;
 
 /// Most unacknowledged entries a consumer holds at once.
-pub const WINDOW: usize = 64;
+pub(crate) const WINDOW: usize = 64;
 
 /// Most entries read per group command.
 const READ_COUNT: usize = 256;
@@ -87,10 +88,10 @@ pub struct GroupConfig {
 }
 
 /// Where a batch for a group consumer goes: the connection's group queue.
-pub type GroupSender = mpsc::Sender<Arc<Batch>>;
+pub(crate) type GroupSender = mpsc::Sender<Arc<Batch>>;
 
 /// The channel entries of dead letters of `channel` go to.
-pub fn dead_letter_channel(channel: &str) -> String {
+pub(crate) fn dead_letter_channel(channel: &str) -> String {
     format!("{channel}:dead")
 }
 

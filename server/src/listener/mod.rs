@@ -4,8 +4,8 @@
 //! with hyper, WebSocket upgrades included. The admin listener serves the operator endpoints
 //! in plain HTTP. On shutdown they stop accepting and let open connections finish gracefully.
 
-pub mod proxy;
-pub mod tls;
+pub(crate) mod proxy;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,7 +35,7 @@ use crate::server::App;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// State of the listeners: open connections per client IP and the TLS settings.
-pub struct ListenerState {
+pub(crate) struct ListenerState {
     /// Open connections per client IP.
     pub connections: Arc<PerIp>,
     /// TLS settings, when the listener serves TLS.
@@ -44,20 +44,20 @@ pub struct ListenerState {
 
 /// Connection counts per client IP.
 #[derive(Debug, Default)]
-pub struct PerIp {
+pub(crate) struct PerIp {
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One counted connection; uncounted on drop.
 #[derive(Debug)]
-pub struct IpSlot {
+pub(crate) struct IpSlot {
     per_ip: Arc<PerIp>,
     ip: IpAddr,
 }
 
 impl PerIp {
     /// Counts a connection from `ip` unless it already has `limit`.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
         let mut counts = self.counts.lock();
         let count = counts.entry(ip).or_insert(0);
         if *count >= limit {
@@ -71,7 +71,7 @@ impl PerIp {
     }
 
     /// Open connections in total.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.counts.lock().values().sum()
     }
 }
@@ -112,14 +112,14 @@ enum Admission {
 }
 
 /// Serves `listener` until `app.core.shutdown` fires, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+pub(crate) async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let router = crate::transport::router(app.clone());
     accept_loop(listener, app, router, Role::Public).await
 }
 
 /// Serves the operator endpoints ([`crate::transport::ops_router`]) on the admin listener,
 /// in plain HTTP, until the public listener stops.
-pub async fn serve_admin(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+pub(crate) async fn serve_admin(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let router = crate::transport::ops_router(app.clone());
     accept_loop(listener, app, router, Role::Admin).await
 }

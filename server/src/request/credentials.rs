@@ -40,7 +40,7 @@ pub enum Access {
 /// Authenticates a call to a route of class `access` from `peer` (the route's `transport`
 /// names it to the authorizer): the caller, or `unauthorized` (no or a bad credential) /
 /// `forbidden` (a valid token on an API-key-only route).
-pub fn authenticate(
+pub(crate) fn authenticate(
     core: &Core,
     access: Access,
     transport: &'static str,
@@ -112,7 +112,7 @@ pub fn authenticate(
 }
 
 /// Verifies a token (`unauthorized` naming why it is refused).
-pub fn verify(core: &Core, token: &str) -> Result<Arc<Claims>, RequestError> {
+pub(crate) fn verify(core: &Core, token: &str) -> Result<Arc<Claims>, RequestError> {
     match core.authenticate(Some(token))? {
         Some(claims) => Ok(claims),
         None => Err(unauthorized("tokens are not configured on this server")),
@@ -120,7 +120,7 @@ pub fn verify(core: &Core, token: &str) -> Result<Arc<Claims>, RequestError> {
 }
 
 /// The token of `Authorization: Bearer <token>`.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -13,15 +13,15 @@ use crate::error::RequestError;
 use crate::feed::Start;
 
 /// Most messages one history request returns.
-pub const MAX_HISTORY: usize = 1_000;
+pub(crate) const MAX_HISTORY: usize = 1_000;
 
 /// Most bytes of encoded entries one history page carries (at least one entry); continue
 /// from the returned offset for more.
-pub const HISTORY_MAX_BYTES: usize = 1 << 20;
+pub(crate) const HISTORY_MAX_BYTES: usize = 1 << 20;
 
 /// One page of a channel's history.
 #[derive(Debug)]
-pub struct HistoryPage {
+pub(crate) struct HistoryPage {
     /// The channel.
     pub channel: Arc<str>,
     /// The entries, if any.
@@ -35,7 +35,7 @@ pub struct HistoryPage {
 }
 
 /// Reads up to `limit` entries after `from`, authorized like a subscribe to the channel.
-pub async fn history(
+pub(crate) async fn history(
     core: &Core,
     caller: &AuthContext,
     request: &History,
@@ -80,7 +80,7 @@ pub async fn history(
 }
 
 /// The newest entry of `channel` (a task's status), authorized like [`history`].
-pub async fn latest(
+pub(crate) async fn latest(
     core: &Core,
     caller: &AuthContext,
     channel: &Arc<str>,
@@ -95,7 +95,7 @@ pub async fn latest(
 }
 
 /// The entry with offset `id`, if `channel` still holds it, authorized like [`history`].
-pub async fn entry_at(
+pub(crate) async fn entry_at(
     core: &Core,
     caller: &AuthContext,
     channel: &Arc<str>,

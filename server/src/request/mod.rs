@@ -12,11 +12,11 @@
 //! One file per request: [`subscribe`] (with unsubscribe and ack, which act on a feed),
 //! [`publish`], [`history`]; [`task_id`] turns a task id into its channel and credential.
 
-pub mod credentials;
-pub mod history;
-pub mod publish;
-pub mod subscribe;
-pub mod task_id;
+pub(crate) mod credentials;
+pub(crate) mod history;
+pub(crate) mod publish;
+pub(crate) mod subscribe;
+pub(crate) mod task_id;
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,12 +28,13 @@ use crate::core_state::Core;
 use crate::engine::EngineError;
 use crate::error::RequestError;
 
-pub use crate::limits::ENGINE_TIMEOUT_MARGIN;
-pub use credentials::{authenticate, Access};
+pub(crate) use crate::limits::ENGINE_TIMEOUT_MARGIN;
+pub(crate) use credentials::authenticate;
+pub use credentials::Access;
 
 /// A client's request, whatever the transport it came by.
 #[derive(Debug, Clone)]
-pub enum Request {
+pub(crate) enum Request {
     /// Start receiving a channel.
     Subscribe(Subscribe),
     /// Stop receiving a channel.
@@ -46,7 +47,7 @@ pub enum Request {
 
 /// Subscribe to `channel` from `offset`, alone or as `consumer` of a consumer group.
 #[derive(Debug, Clone)]
-pub struct Subscribe {
+pub(crate) struct Subscribe {
     /// The channel.
     pub channel: String,
     /// Where to start (for a group: where a new group starts).
@@ -57,14 +58,14 @@ pub struct Subscribe {
 
 /// End the subscription to `channel`.
 #[derive(Debug, Clone)]
-pub struct Unsubscribe {
+pub(crate) struct Unsubscribe {
     /// The channel.
     pub channel: String,
 }
 
 /// Publish `fields` to `channel`.
 #[derive(Debug, Clone)]
-pub struct Publish {
+pub(crate) struct Publish {
     /// The channel.
     pub channel: String,
     /// The message.
@@ -77,7 +78,7 @@ pub struct Publish {
 
 /// Acknowledge `offsets` of `group` on `channel`.
 #[derive(Debug, Clone)]
-pub struct Ack {
+pub(crate) struct Ack {
     /// The channel.
     pub channel: String,
     /// The consumer group.
@@ -88,7 +89,7 @@ pub struct Ack {
 
 /// Read up to `limit` entries of `channel` after `from`.
 #[derive(Debug, Clone)]
-pub struct History {
+pub(crate) struct History {
     /// The channel.
     pub channel: String,
     /// Where to start.
@@ -100,7 +101,7 @@ pub struct History {
 impl Request {
     /// The request a protocol frame carries, with its id; `None` for the frames that are no
     /// request of this layer (`connect`, `ping`).
-    pub fn from_frame(frame: ClientFrame) -> Option<(u64, Request)> {
+    pub(crate) fn from_frame(frame: ClientFrame) -> Option<(u64, Request)> {
         Some(match frame {
             ClientFrame::Connect { .. } | ClientFrame::Ping { .. } => return None,
             ClientFrame::Subscribe {
@@ -155,7 +156,7 @@ impl Request {
 }
 
 /// Refuses a caller without a credential where one is required (`unauthorized`).
-pub fn ensure_authenticated(core: &Core, caller: &AuthContext) -> Result<(), RequestError> {
+pub(crate) fn ensure_authenticated(core: &Core, caller: &AuthContext) -> Result<(), RequestError> {
     if caller.credential == Credential::Missing
         || (caller.credential == Credential::Open
             && core.auth_required()
@@ -176,7 +177,7 @@ fn open_by_flag(core: &Core, caller: &AuthContext) -> bool {
 }
 
 /// Authenticated, then allowed by the policy: the first two steps of every request.
-pub fn authorize(
+pub(crate) fn authorize(
     core: &Core,
     caller: &AuthContext,
     action: Action<'_>,
@@ -188,19 +189,19 @@ pub fn authorize(
 }
 
 /// Checks a channel name (`bad_request` naming what is wrong).
-pub fn validate_channel(channel: &str) -> Result<(), RequestError> {
+pub(crate) fn validate_channel(channel: &str) -> Result<(), RequestError> {
     redistribute_protocol::validate_channel(channel)
         .map_err(|e| RequestError::bad_request(e.to_string()))
 }
 
 /// How long the layer waits on the engine for one request.
-pub fn engine_deadline(core: &Core) -> Duration {
+pub(crate) fn engine_deadline(core: &Core) -> Duration {
     core.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN
 }
 
 /// Runs an engine call under [`engine_deadline`]; past it the request is `unavailable`
 /// (`what` names the operation in the log).
-pub async fn with_deadline<T>(
+pub(crate) async fn with_deadline<T>(
     core: &Core,
     what: &'static str,
     call: impl Future<Output = Result<T, EngineError>>,

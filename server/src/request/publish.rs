@@ -19,12 +19,12 @@ use crate::limits::TokenBucket;
 
 /// A publish that passed [`check`]; only it can be carried out.
 #[derive(Debug)]
-pub struct Allowed(Publish);
+pub(crate) struct Allowed(Publish);
 
 /// Checks a publish: a credential, a valid channel, the policy's consent, a token of the
 /// publish `bucket` when the transport keeps one (`rate_limited` without), and the message
 /// limits ([`crate::message::check_fields`]).
-pub fn check(
+pub(crate) fn check(
     core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
@@ -54,7 +54,7 @@ pub fn check(
 impl Allowed {
     /// Publishes through the engine, bounded by the request timeout; returns the request's
     /// channel with the offset.
-    pub async fn run(self, core: Arc<Core>) -> (String, Result<StreamId, RequestError>) {
+    pub(crate) async fn run(self, core: Arc<Core>) -> (String, Result<StreamId, RequestError>) {
         let Publish {
             channel,
             fields,
@@ -91,7 +91,7 @@ impl Allowed {
 }
 
 /// Checks and carries out one publish.
-pub async fn publish(
+pub(crate) async fn publish(
     core: &Arc<Core>,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,

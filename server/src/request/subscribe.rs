@@ -19,14 +19,14 @@ use crate::limits::TokenBucket;
 /// caller may create the channel ([`Action::Create`]), which subscribing to a channel that
 /// does not exist may need (a consumer group, or resuming beyond the tip).
 #[derive(Debug)]
-pub struct Allowed<'a> {
+pub(crate) struct Allowed<'a> {
     request: &'a Subscribe,
     create: Result<(), Denied>,
 }
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subscribed {
+pub(crate) enum Subscribed {
     /// A plain subscription, from this start.
     Plain(Start),
     /// A consumer-group subscription; the group's last delivered ID.
@@ -35,7 +35,7 @@ pub enum Subscribed {
 
 /// Checks a subscribe: a credential, a valid channel, the policy's consent and, when the
 /// transport keeps one, a token of the subscribe `bucket` (`rate_limited` without).
-pub fn check<'a>(
+pub(crate) fn check<'a>(
     core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
@@ -63,12 +63,12 @@ pub fn check<'a>(
 
 impl Allowed<'_> {
     /// The channel.
-    pub fn channel(&self) -> &str {
+    pub(crate) fn channel(&self) -> &str {
         &self.request.channel
     }
 
     /// Subscribes `feed` (the feed bounds its engine calls by the request timeout).
-    pub async fn run(self, feed: &mut Feed) -> Result<Subscribed, RequestError> {
+    pub(crate) async fn run(self, feed: &mut Feed) -> Result<Subscribed, RequestError> {
         let Allowed { request, create } = self;
         match &request.group {
             Some((group, consumer)) => feed
@@ -84,7 +84,7 @@ impl Allowed<'_> {
 }
 
 /// Checks and carries out one subscribe.
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
@@ -95,7 +95,7 @@ pub async fn subscribe(
 }
 
 /// Ends one of the caller's own subscriptions (`not_found` when there is none).
-pub fn unsubscribe(
+pub(crate) fn unsubscribe(
     core: &Core,
     caller: &AuthContext,
     feed: &mut Feed,
@@ -113,7 +113,7 @@ pub fn unsubscribe(
 }
 
 /// Acknowledges consumer-group entries; the number that were pending.
-pub async fn ack(
+pub(crate) async fn ack(
     core: &Core,
     caller: &AuthContext,
     feed: &mut Feed,

@@ -15,7 +15,11 @@ use crate::error::RequestError;
 /// id is taken whole, and the caller keeps the credential it came with (a token, or none when
 /// authentication is off); a caller with neither is refused (`forbidden` when only a secret is
 /// configured, since the id is then the credential; `unauthorized` with tokens on).
-pub fn resolve(core: &Core, caller: &mut AuthContext, id: &str) -> Result<String, RequestError> {
+pub(crate) fn resolve(
+    core: &Core,
+    caller: &mut AuthContext,
+    id: &str,
+) -> Result<String, RequestError> {
     let secret = core.config.http.task_secret.as_ref().map(|s| s.expose());
     if let Some(bare) = secret.and_then(|secret| verify(id, secret)) {
         caller.credential = Credential::SignedTask;

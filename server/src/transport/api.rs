@@ -17,7 +17,7 @@ use crate::server::App;
 use crate::request::history::MAX_HISTORY;
 
 /// `POST /api/publish` with `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
-pub async fn publish_api(
+pub(crate) async fn publish_api(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     body: String,
@@ -48,7 +48,7 @@ async fn publish_inner(
 
 /// `GET /api/history?channel=&from=&limit=` → `{"messages":[…],"offsets":{…}}`, plus
 /// `"truncated":true` and the gap when entries after `from` were trimmed.
-pub async fn history(
+pub(crate) async fn history(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     RawQuery(query): RawQuery,

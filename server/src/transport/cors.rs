@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use crate::server::App;
 
 /// Whether `origin` is in the allow-list (`*` allows any).
-pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| a == "*" || a == origin)
 }
 
 /// The CORS middleware.
-pub async fn cors(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub(crate) async fn cors(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let origin = request
         .headers()
         .get(header::ORIGIN)

@@ -12,12 +12,12 @@ use axum::response::{Html, IntoResponse, Response};
 use crate::server::App;
 
 /// `GET /healthz`.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// `GET /readyz`: 503 while draining or when the engine does not answer within 2 s.
-pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.core.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
@@ -36,7 +36,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /metrics`.
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(&app.core, app.listener.connections.total()),
@@ -45,12 +45,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /status`: a self-contained page that polls `/status.json` and draws live charts.
-pub async fn status_page() -> Html<&'static str> {
+pub(crate) async fn status_page() -> Html<&'static str> {
     Html(include_str!("assets/status.html"))
 }
 
 /// `GET /status.json`: the numbers behind the status page (totals; the page derives rates).
-pub async fn status_json(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn status_json(State(app): State<Arc<App>>) -> Response {
     let metrics = crate::metrics::render(&app.core, app.listener.connections.total());
     let total = |name: &str| -> f64 {
         metrics

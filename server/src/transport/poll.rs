@@ -23,7 +23,7 @@ use crate::request::{subscribe, Subscribe};
 use crate::server::App;
 
 /// Answers one long-poll request.
-pub async fn poll(
+pub(crate) async fn poll(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     RawQuery(query): RawQuery,
@@ -42,7 +42,7 @@ pub async fn poll(
 
 /// A refused poll (by the route's guard) answered like any other: as JSONP when it asked for
 /// it.
-pub fn error_response(app: &App, pairs: &[(String, String)], err: HttpError) -> Response {
+pub(crate) fn error_response(app: &App, pairs: &[(String, String)], err: HttpError) -> Response {
     match jsonp_callback(app, pairs) {
         Ok(callback) => respond(err.status(), err.body(), callback),
         Err(bad) => bad.into_response(),

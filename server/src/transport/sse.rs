@@ -37,7 +37,7 @@ const SSE_CHUNKS: usize = 2;
 const RETRY_MS: u64 = 2_000;
 
 /// Opens an event stream.
-pub async fn sse(
+pub(crate) async fn sse(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     headers: HeaderMap,

@@ -36,7 +36,7 @@ use crate::server::App;
 pub use crate::request::task_id::sign_task_id;
 
 /// Answers a task poll or watch.
-pub async fn task(
+pub(crate) async fn task(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     Path(id): Path<String>,

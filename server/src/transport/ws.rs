@@ -29,7 +29,7 @@ const WRITE_BUFFER: usize = 32 * 1024;
 /// Handles the upgrade request: refuses browser origins outside the allow-list (cross-site
 /// WebSocket hijacking) with 403. The route's guard has already refused a bad
 /// `Authorization: Bearer` token with 401.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     slot: Option<Extension<Arc<IpSlot>>>,

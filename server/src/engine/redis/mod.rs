@@ -22,7 +22,7 @@
 
 mod cursors;
 mod group_commands;
-pub mod keys;
+pub(crate) mod keys;
 mod log;
 mod parse;
 mod reader;
@@ -137,7 +137,7 @@ impl RedisConfig {
 }
 
 /// Entries each shard log keeps by default.
-pub const DEFAULT_LOG_MAXLEN: u64 = 10_000;
+pub(crate) const DEFAULT_LOG_MAXLEN: u64 = 10_000;
 
 /// State shared by the engine and its readers.
 struct Shared {

@@ -34,22 +34,22 @@ use crate::server::App;
 mod requests;
 
 /// WebSocket close codes of protocol v1.
-pub mod close_code {
+pub(crate) mod close_code {
     /// A WebSocket protocol violation (RFC 6455): an unmasked client frame, a reserved opcode
     /// or reserved bit, a continuation without a start, a fragmented or oversized control
     /// frame.
-    pub const PROTOCOL: u16 = 1002;
+    pub(crate) const PROTOCOL: u16 = 1002;
     /// A text frame (or close reason) that is not UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
+    pub(crate) const INVALID_DATA: u16 = 1007;
     /// Policy violation (auth, repeated bad frames).
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// A frame exceeded the size limit.
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
     /// Server error.
     #[allow(dead_code)] // listed with the protocol's other close codes; not sent today
-    pub const INTERNAL: u16 = 1011;
+    pub(crate) const INTERNAL: u16 = 1011;
     /// The server is restarting: resume on another target.
-    pub const RESTART: u16 = 1012;
+    pub(crate) const RESTART: u16 = 1012;
 }
 
 /// Publishes in flight on one connection, answered in request order. Each one's engine command
@@ -101,7 +101,7 @@ enum End {
 /// the connection state are stored in it once: an `async fn` keeps its arguments and the
 /// locals they are moved into side by side, and every idle connection pays for its future's
 /// whole size ([`IDLE_FUTURE_MAX_BYTES`]).
-pub fn serve_websocket(
+pub(crate) fn serve_websocket(
     socket: WebSocket,
     app: Arc<App>,
     caller: AuthContext,
@@ -159,7 +159,7 @@ pub fn serve_websocket(
 /// every connection, so this is most of an idle connection's memory. Handling a request is
 /// boxed for its duration instead of being part of every connection's future.
 #[cfg_attr(not(test), allow(dead_code))]
-pub const IDLE_FUTURE_MAX_BYTES: usize = 1376;
+pub(crate) const IDLE_FUTURE_MAX_BYTES: usize = 1376;
 
 struct Connection {
     app: Arc<App>,
