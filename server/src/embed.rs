@@ -2,18 +2,21 @@
 //! [`Server::publish`] and [`Server::history`].
 //!
 //! Both go through the request layer like `POST /api/publish` and `GET /api/history` with an
-//! API key: the same channel-name check, message limits, request timeout and engine call, and
+//! API key: the same wire checks (a publish is decoded like a client's frame), channel-name
+//! check, message limits, request timeout and engine call, and
 //! the same [`Authorizer`](crate::Authorizer) hook, which sees a caller with
 //! [`Credential::ApiKey`] and transport `embedded`. Subscribers on every transport receive what
 //! is published here like any other message.
 
-use redistribute_protocol::{ErrorCode, Fields, Offset, StreamId};
+use redistribute_protocol::{
+    decode_client, encode_client, ClientFrame, ErrorCode, Fields, Offset, StreamId,
+};
 
 use crate::auth::{AuthContext, Credential};
 use crate::error::RequestError;
 use crate::request::history::{history, MAX_HISTORY};
 use crate::request::publish::publish;
-use crate::request::{History, Publish};
+use crate::request::{History, Publish, Request};
 use crate::server::Server;
 
 /// Options of [`Server::publish`].
@@ -100,12 +103,13 @@ impl Server {
         fields: Fields,
         options: PublishOptions,
     ) -> Result<StreamId, ApiError> {
-        let request = Publish {
+        let request = checked_publish(ClientFrame::Publish {
+            id: 0,
             channel: channel.to_owned(),
             fields,
             maxlen: options.maxlen,
             idempotency_key: options.idempotency_key,
-        };
+        })?;
         Ok(publish(&self.app.core, &application(), None, request).await?)
     }
 
@@ -165,6 +169,18 @@ impl Server {
             truncated: page.truncated,
             gap: page.gap,
         })
+    }
+}
+
+/// The publish `frame` asks for, after the wire decoder's checks (a channel name, at least one
+/// field, `maxlen` at least 1, an idempotency key of 1-200 bytes): the same as a client's
+/// publish, so the application cannot store what no client could.
+fn checked_publish(frame: ClientFrame) -> Result<Publish, RequestError> {
+    let frame = decode_client(&encode_client(&frame))
+        .map_err(|e| RequestError::bad_request(e.error.to_string()))?;
+    match Request::from_frame(frame) {
+        Some((_, Request::Publish(publish))) => Ok(publish),
+        _ => Err(RequestError::bad_request("not a publish")),
     }
 }
 

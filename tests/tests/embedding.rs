@@ -190,6 +190,29 @@ async fn refusals_are_typed(config: Config) -> Result<()> {
             .map(|_| ()),
         ErrorCode::BadRequest,
     )?;
+    // The wire decoder's rules apply too: `maxlen` at least 1, a key of 1-200 bytes.
+    for options in [
+        PublishOptions {
+            maxlen: Some(0),
+            ..PublishOptions::default()
+        },
+        PublishOptions {
+            idempotency_key: Some(String::new()),
+            ..PublishOptions::default()
+        },
+        PublishOptions {
+            idempotency_key: Some("k".repeat(201)),
+            ..PublishOptions::default()
+        },
+    ] {
+        expect(
+            server
+                .publish("embedded.limits", fields(json!({"a": 1})), options)
+                .await
+                .map(|_| ()),
+            ErrorCode::BadRequest,
+        )?;
+    }
     let huge = fields(json!({"blob": "x".repeat(2 << 20)}));
     let result = server
         .publish("embedded.limits", huge, PublishOptions::default())
