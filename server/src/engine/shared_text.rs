@@ -21,7 +21,8 @@ pub struct SharedText {
 }
 
 struct Inner {
-    text: Box<str>,
+    /// Kept as built: shrinking it to a `Box<str>` could reallocate and copy.
+    text: String,
     /// The text in one transport library's type, made on first use by [`SharedText::wire`].
     wire: OnceLock<Box<dyn Any + Send + Sync>>,
 }
@@ -32,7 +33,7 @@ impl SharedText {
         SharedText {
             len: text.len(),
             inner: Arc::new(Inner {
-                text: text.into_boxed_str(),
+                text,
                 wire: OnceLock::new(),
             }),
         }
