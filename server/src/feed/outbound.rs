@@ -54,9 +54,9 @@ pub enum Delivery<'a> {
 /// One frame to send, as [`Outbound::take_frames`] yields it.
 #[derive(Debug, Clone)]
 pub enum Frame {
-    /// A whole batch's frame, encoded once and shared by every subscriber it goes to (a
+    /// A whole batch: its frame, encoded once, is shared by every subscriber it goes to (a
     /// transport converts it with [`SharedText::wire`], once per batch).
-    Shared(SharedText),
+    Shared(Arc<Batch>),
     /// A frame made for this connection (merged batches, a suffix, a gap).
     Owned(String),
 }
@@ -65,7 +65,7 @@ impl Frame {
     /// The frame's text.
     pub fn as_str(&self) -> &str {
         match self {
-            Frame::Shared(text) => text.as_str(),
+            Frame::Shared(batch) => batch.frame().as_str(),
             Frame::Owned(text) => text,
         }
     }
@@ -182,16 +182,26 @@ impl Outbound {
         self.entries = 0;
         self.bytes = 0;
         self.groups.drain(..).map(|group| match group.parts {
-            Parts::Messages(parts) => match parts.as_slice() {
-                [(batch, 0, to)] if *to == batch.len() => Frame::Shared(batch.frame().clone()),
-                parts => Frame::Owned(messages_frame(
-                    &group.channel,
-                    parts.iter().map(|(b, from, to)| b.items_range(*from, *to)),
-                )),
-            },
+            Parts::Messages(parts) => frame_of(&group.channel, parts),
             Parts::Gap(from, to) => Frame::Owned(gap_frame(&group.channel, from, to)),
         })
     }
+}
+
+/// The frame of a channel's batch parts: a whole batch alone is sent as its shared frame (the
+/// batch moves in, no reference count is taken); anything else is spliced into one frame.
+fn frame_of(channel: &str, mut parts: Vec<(Arc<Batch>, usize, usize)>) -> Frame {
+    if let [(batch, 0, to)] = parts.as_slice() {
+        if *to == batch.len() {
+            if let Some((batch, _, _)) = parts.pop() {
+                return Frame::Shared(batch);
+            }
+        }
+    }
+    Frame::Owned(messages_frame(
+        channel,
+        parts.iter().map(|(b, from, to)| b.items_range(*from, *to)),
+    ))
 }
 
 /// The `gap` frame: the channel's entries in `(from, to]` are missed.

@@ -415,7 +415,7 @@ impl Connection {
 /// of that (a reference count); a frame made for this connection is moved in.
 pub fn websocket_text(frame: Frame) -> Utf8Bytes {
     match frame {
-        Frame::Shared(text) => text.wire(|text: &SharedText| {
+        Frame::Shared(batch) => batch.frame().wire(|text: &SharedText| {
             // Always valid (the text is a `str`); the copy is only a fallback that cannot fail.
             Utf8Bytes::try_from(text.bytes()).unwrap_or_else(|_| Utf8Bytes::from(text.as_str()))
         }),
