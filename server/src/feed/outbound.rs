@@ -16,7 +16,7 @@ use std::sync::Arc;
 use redistribute_protocol::StreamId;
 
 use crate::engine::batch::messages_frame;
-use crate::engine::{Batch, SharedText, MAX_BATCH_BYTES, MAX_ENCODED_ENTRY_BYTES};
+use crate::engine::{Batch, MAX_BATCH_BYTES, MAX_ENCODED_ENTRY_BYTES};
 
 /// Merged frames are not grown past this many bytes of items.
 pub(crate) const MERGE_LIMIT: usize = 256 * 1024;
@@ -55,7 +55,7 @@ pub enum Delivery<'a> {
 #[derive(Debug, Clone)]
 pub enum Frame {
     /// A whole batch: its frame, encoded once, is shared by every subscriber it goes to (a
-    /// transport converts it with [`SharedText::wire`], once per batch).
+    /// transport converts it with [`crate::engine::SharedText::wire`], once per batch).
     Shared(Arc<Batch>),
     /// A frame made for this connection (merged batches, a suffix, a gap).
     Owned(String),
