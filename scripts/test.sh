@@ -40,12 +40,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 # The publishable crates package as they would be published (no upload): versioned path
 # dependencies, metadata, LICENSE and README present. `--no-verify` because the tests below
-# build the same sources (verifying rebuilds all three crates from scratch: 10 min on a loaded
+# build the same sources (verifying rebuilds all four crates from scratch: 10 min on a loaded
 # 2-core machine against 25 s here). The declared MSRV and the docs (every flag documented, no
 # dangling file references) are checked by tests/tests/packaging.rs and tests/tests/docs.rs.
 log "package (publishable crates, no upload)"
 cargo package --no-verify --allow-dirty -q \
-  -p redistribute-protocol -p redistribute-client -p redistribute-server
+  -p redistribute-protocol -p redistribute-client -p redistribute-server -p redistribute-cli
 
 log "protocol crate builds for wasm32"
 cargo check -q -p redistribute-protocol --target wasm32-unknown-unknown
@@ -54,13 +54,13 @@ log "clippy (browser client, wasm32)"
 cargo clippy -q -p redistribute-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 log "tests"
-cargo build -q -p redistribute-server --bin redistribute
+cargo build -q -p redistribute-cli --bin redistribute
 cargo test --workspace
 
 # The chaos soak: its own Redis and server instances, every client kind, seeded faults, and an
 # exact ledger; it exits non-zero on any message lost without a reported gap or duplicated.
 log "chaos soak (${CHAOS_SECONDS:-60} s)"
-cargo build -q --release -p redistribute-server -p chaos
+cargo build -q --release -p redistribute-cli -p chaos
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 CHAOS_SERVER_BIN="$target_dir/release/redistribute" \
   "$target_dir/release/chaos" --seconds "${CHAOS_SECONDS:-60}"

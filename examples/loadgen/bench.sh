@@ -13,7 +13,7 @@ while [ $# -gt 0 ]; do
   if [ "$1" = "--" ]; then shift; server_args=("$@"); break; fi
   loadgen_args+=("$1"); shift
 done
-cargo build -q --release -p redistribute-server -p loadgen
+cargo build -q --release -p redistribute-cli -p loadgen
 target=${CARGO_TARGET_DIR:-$PWD/target}
 port=${BENCH_PORT:-18080} redis_port=${BENCH_REDIS_PORT:-16379}
 dir=$(mktemp -d)

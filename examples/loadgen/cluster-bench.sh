@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
   loadgen_args+=("$1"); shift
 done
 target=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build -q --release -p redistribute-server -p loadgen
+cargo build -q --release -p redistribute-cli -p loadgen
 base=${BENCH_CLUSTER_PORT:-17000} port=${BENCH_PORT:-18080}
 dir=$(mktemp -d)
 pids=()

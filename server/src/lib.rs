@@ -1,323 +1,113 @@
-//! The redistribute server: WebSocket fan-out of channels stored as Redis Streams (or in the
-//! embedded engine).
+//! The redistribute server: WebSocket, SSE and long-poll fan-out of channels stored as Redis
+//! Streams (or in the embedded engine), as a library to embed in your own program.
 //!
-//! [`App::start`] builds the engine and hub from a [`Config`]; [`serve`] runs the HTTP listener
-//! until a shutdown token fires. `main.rs` only parses flags and wires signals.
+//! # Embedding
+//!
+//! Build a [`Config`] (from [`ConfigValues`], the same keys as the `redistribute` command's
+//! flags and TOML file), start a [`Server`] with [`Server::start`] or a [`ServerBuilder`]
+//! (which takes your own authorization hook, an [`Authorizer`]), and run it on a listener with
+//! [`serve`] until its shutdown token fires. From the application, [`Server::publish`] appends
+//! a message that every subscriber receives, and [`Server::history`] reads a channel's stored
+//! messages; both return an [`ApiError`] with the wire error code when refused.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use redistribute_server::{serve, ConfigValues, Fields, Offset, PublishOptions, Server};
+//! let config = ConfigValues {
+//!     listen: Some("127.0.0.1:8080".into()),
+//!     ..ConfigValues::default()
+//! }
+//! .build()?;
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let server = Server::start(config, shutdown.clone()).await?;
+//! let listener = tokio::net::TcpListener::bind(server.config().listen).await?;
+//! tokio::spawn(serve(listener, server.clone()));
+//!
+//! let mut fields = Fields::new();
+//! fields.insert("text".into(), "hello".into());
+//! let offset = server.publish("chat", fields, PublishOptions::default()).await?;
+//! let page = server.history("chat", Offset::Earliest, 100).await?;
+//! assert_eq!(page.messages.last().map(|m| m.offset), Some(offset));
+//! shutdown.cancel();
+//! # Ok(()) }
+//! ```
+//!
+//! Everything else is internal (`docs/` in the repository describes the protocol, HTTP
+//! transports and operations).
 
-pub mod auth;
-pub mod config;
-pub mod engine;
-pub mod error;
-pub mod feed;
-pub mod groups;
-pub mod hub;
-pub mod limits;
-pub mod listener;
-pub mod message;
-pub mod metrics;
-pub mod request;
-pub mod transport;
+#![warn(unreachable_pub)]
+// The lints are enforced with the `internals` feature on, as the workspace builds (the tests and
+// benchmarks enable it): without it, the items only [`internals`] exposes would be reported as
+// unreachable or unused.
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub, dead_code))]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+mod auth;
+mod config;
+mod core_state;
+mod embed;
+mod engine;
+mod error;
+mod feed;
+mod group_dispatch;
+mod hub;
+mod limits;
+mod listener;
+mod message;
+mod metrics;
+mod request;
+mod server;
+mod transport;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
+pub use auth::{Action, AuthContext, Authorizer, Claims, ClaimsPolicy, Credential, Denied};
 pub use config::{
-    AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, LogFormat, TlsFiles,
+    AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, LogFormat, RedisUrl, Secret,
+    TlsFiles,
 };
-use engine::embedded::EmbeddedEngine;
-use engine::redis::{RedisConfig, RedisEngine};
-use engine::{Engine, EngineConfig, EngineError, LiveSink};
-use hub::Hub;
+pub use embed::{ApiError, HistoryPage, Message, PublishOptions};
+pub use engine::redis::LiveReaders;
+pub use engine::retention::Retention;
+pub use listener::proxy::TrustedProxies;
+pub use listener::tls::TlsError;
+pub use redistribute_protocol::{ErrorCode, Fields, Offset, StreamId};
+pub use server::{serve, Server, ServerBuilder, StartError};
+pub use transport::task::sign_task_id;
 
-/// A running server's shared state.
-pub struct App {
-    /// Validated configuration.
-    pub config: Config,
-    /// The storage engine.
-    pub engine: Arc<dyn Engine>,
-    /// Local subscribers and fan-out.
-    pub hub: Arc<Hub>,
-    /// Consumer-group pollers.
-    pub groups: Arc<groups::Groups>,
-    /// Fires when the server is shutting down.
-    pub shutdown: CancellationToken,
-    /// Random id of this instance (in client ids, for support).
-    pub instance_id: u32,
-    /// Long-polls holding a `client_id`.
-    pub poll_holders: Arc<transport::http::Holders>,
-    /// Task watches holding a task id.
-    pub task_watches: Arc<transport::http::Holders>,
-    /// TLS settings, when the listener serves TLS.
-    pub tls: Option<Arc<listener::tls::TlsSetup>>,
-    /// Token verifier, when authentication is on.
-    pub verifier: Option<auth::Verifier>,
-    /// The subscribe/publish policy.
-    pub authorizer: Arc<dyn auth::Authorizer>,
-    /// Open connections per client IP.
-    pub connections: Arc<listener::PerIp>,
-    /// Long-lived connection tasks (WebSocket, SSE, task watches) that a drain waits for.
-    pub tasks: tokio_util::task::TaskTracker,
-    /// Fires when the drain is over and the listener must stop accepting.
-    pub stopped: CancellationToken,
-    /// When the app started.
-    pub started: std::time::Instant,
-    next_connection: AtomicU64,
+/// How channels map to Redis keys (`docs/deployment.md`, Redis Cluster), for producers that
+/// write into redistribute's streams directly and must build the same key.
+pub mod redis_keys {
+    pub use crate::engine::redis::keys::{fnv1a32, shard_of, stream_key, DEFAULT_SHARDS};
 }
 
-impl App {
-    /// Builds the engine (connecting to Redis when configured) and the hub, with the default
-    /// authorization policy. See [`ServerBuilder`] to replace it.
-    pub async fn start(
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<App>, StartError> {
-        ServerBuilder::new(config).start(shutdown).await
-    }
-
-    /// Verifies a client's token: `Ok(None)` when authentication is off, the claims when the
-    /// token is valid, `unauthorized` otherwise (also when it is missing but required).
-    pub fn authenticate(
-        &self,
-        token: Option<&str>,
-    ) -> Result<Option<Arc<auth::Claims>>, error::RequestError> {
-        let Some(verifier) = &self.verifier else {
-            return Ok(None);
-        };
-        let Some(token) = token else {
-            return Err(error::RequestError::new(
-                redistribute_protocol::ErrorCode::Unauthorized,
-                "a token is required: send it in the connect frame or an Authorization header",
-            ));
-        };
-        verifier
-            .verify(token)
-            .map(|c| Some(Arc::new(c)))
-            .map_err(|e| {
-                ::metrics::counter!(metrics::AUTH_FAILURES).increment(1);
-                error::RequestError::new(
-                    redistribute_protocol::ErrorCode::Unauthorized,
-                    e.to_string(),
-                )
-            })
-    }
-
-    /// Whether `ctx` may create `channel` when it does not exist ([`auth::Action::Create`]).
-    pub fn may_create(&self, ctx: &auth::AuthContext, channel: &str) -> Result<(), auth::Denied> {
-        self.authorizer
-            .authorize(ctx, auth::Action::Create { channel })
-    }
-
-    /// Whether clients must authenticate.
-    pub fn auth_required(&self) -> bool {
-        self.verifier.is_some()
-    }
-
-    /// A new connection id, unique within this instance.
-    pub fn next_connection_id(&self) -> u64 {
-        self.next_connection.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// A one-line description of the engine for the startup line.
-    pub fn engine_description(&self) -> String {
-        if !self.config.redis_cluster.is_empty() {
-            return format!(
-                "redis cluster via {} ({} shards)",
-                self.config
-                    .redis_cluster
-                    .iter()
-                    .map(config::RedisUrl::redacted)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                self.config.redis_shards
-            );
-        }
-        match &self.config.redis {
-            Some(url) => format!("redis at {url}"),
-            None => "embedded (in-memory; set --redis to share channels between instances)".into(),
-        }
-    }
-}
-
-/// Why the server could not start; each names what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The engine (Redis) could not be reached or configured.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    /// The TLS certificate or key cannot be used.
-    #[error(transparent)]
-    Tls(#[from] listener::tls::TlsError),
-    /// The JWT public key cannot be used.
-    #[error("`jwt_public_key`: {0}")]
-    JwtKey(#[from] auth::jwt::KeyError),
-}
-
-/// Builds an [`App`], optionally with a custom authorization hook (the Node.js package's
-/// "Restricting channels and messages" handlers, see `docs/migration.md`).
-///
-/// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use redistribute_server::auth::{Action, Denied};
-/// use redistribute_server::{Config, ServerBuilder};
-/// let app = ServerBuilder::new(Config::default())
-///     .authorize(|_ctx: &redistribute_server::auth::AuthContext, action: Action<'_>| match action {
-///         Action::Publish { channel, .. } if channel.starts_with("announcements") => {
-///             Err(Denied::forbidden("announcements are read-only"))
-///         }
-///         _ => Ok(()),
-///     })
-///     .start(tokio_util::sync::CancellationToken::new())
-///     .await?;
-/// # Ok(()) }
-/// ```
-pub struct ServerBuilder {
-    config: Config,
-    authorizer: Arc<dyn auth::Authorizer>,
-}
-
-impl ServerBuilder {
-    /// A builder with the default policy ([`auth::ClaimsPolicy`]).
-    pub fn new(config: Config) -> Self {
-        ServerBuilder {
-            config,
-            authorizer: Arc::new(auth::ClaimsPolicy),
-        }
-    }
-
-    /// Replaces the subscribe/publish policy.
-    pub fn authorize(mut self, authorizer: impl auth::Authorizer) -> Self {
-        self.authorizer = Arc::new(authorizer);
-        self
-    }
-
-    /// Loads TLS and keys, connects the engine, and returns the running app.
-    pub async fn start(self, shutdown: CancellationToken) -> Result<Arc<App>, StartError> {
-        // Install the metrics recorder before anything records.
-        metrics::handle();
-        metrics::spawn_upkeep(shutdown.clone());
-        let config = self.config;
-        let tls = config
-            .tls
-            .as_ref()
-            .map(listener::tls::TlsSetup::load)
-            .transpose()?
-            .map(Arc::new);
-        let verifier = match &config.auth {
-            AuthConfig::Open => None,
-            AuthConfig::JwtSecret(secret) => {
-                Some(auth::Verifier::hs256(secret.expose().as_bytes()))
-            }
-            AuthConfig::JwtPublicKey(path) => Some(auth::Verifier::from_public_key_file(
-                &path.display().to_string(),
-            )?),
-        };
-        let hub = Hub::new();
-        let sink: Arc<dyn LiveSink> = hub.clone();
-        let engine_config = EngineConfig {
-            idempotency_ttl: config.idempotency_ttl,
-            retention: Arc::new(config.retention.clone()),
-            ..EngineConfig::default()
-        };
-        let redis = if config.redis_cluster.is_empty() {
-            config.redis.clone().map(RedisConfig::new)
-        } else {
-            let mut redis = RedisConfig::cluster(config.redis_cluster.iter().cloned());
-            if let Some(cluster) = &mut redis.cluster {
-                cluster.shards = config.redis_shards;
-            }
-            Some(redis)
-        };
-        let engine: Arc<dyn Engine> = match redis {
-            None => EmbeddedEngine::start(sink, engine_config),
-            Some(mut redis) => {
-                redis.wait_replicas = config.redis_wait_replicas;
-                redis.wait_timeout = config.redis_wait_timeout;
-                redis.prefix = config.prefix.clone();
-                redis.block = config.redis_block;
-                redis.keys_per_reader = config.redis_keys_per_reader;
-                redis.live = config.redis_live_readers;
-                redis.log_maxlen = config.redis_log_maxlen;
-                redis.command_timeout = config.limits.request_timeout;
-                redis.engine = engine_config;
-                RedisEngine::connect(redis, sink).await?
-            }
-        };
-        hub.attach(&engine);
-        let groups = groups::Groups::new(
-            engine.clone(),
-            hub.clone(),
-            groups::GroupConfig {
-                claim_idle: config.group_claim_idle,
-                max_deliveries: config.group_max_deliveries,
-            },
-        );
-        let instance_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() ^ std::process::id());
-        Ok(Arc::new(App {
-            config,
-            engine,
-            hub,
-            groups,
-            shutdown,
-            instance_id,
-            poll_holders: Arc::default(),
-            task_watches: Arc::default(),
-            tls,
-            verifier,
-            authorizer: self.authorizer,
-            connections: Arc::default(),
-            tasks: tokio_util::task::TaskTracker::new(),
-            stopped: CancellationToken::new(),
-            started: std::time::Instant::now(),
-            next_connection: AtomicU64::new(1),
-        }))
-    }
-}
-
-/// Serves HTTP and WebSocket connections on `listener` until `app.shutdown` fires, then
-/// drains: `/readyz` answers 503, WebSockets finish their in-flight publishes and close with
-/// 1012 (clients resume on another instance), SSE streams and held polls end, and once every
-/// connection task is done (or `drain_timeout` passed) the listener stops.
-///
-/// With `admin_listen` configured, the admin listener is bound here and serves the operator
-/// endpoints until the public listener stops.
-pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
-    let admin = match app.config.admin_listen {
-        None => None,
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr} (`admin_listen`): {e}"),
-            )
-        })?),
+/// The server's internals, for the workspace's own engine conformance and feed model tests and
+/// the benchmarks (`cargo bench -p redistribute-server`): the storage engines, the hub, the
+/// feed and the route table. Only with the non-default feature `internals`; no stability
+/// promise of any kind. Embedders use the items at the crate root.
+#[cfg(feature = "internals")]
+pub mod internals {
+    pub use crate::core_state::Core;
+    pub use crate::engine::embedded::EmbeddedEngine;
+    pub use crate::engine::redis::{LiveReaders, RedisConfig, RedisEngine};
+    pub use crate::engine::{
+        Batch, BatchBuilder, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, Page,
+        PublishRequest, Ready, MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
     };
-    let drain = {
-        let app = app.clone();
-        async move {
-            app.shutdown.cancelled().await;
-            app.tasks.close();
-            if tokio::time::timeout(app.config.drain_timeout, app.tasks.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    remaining = app.tasks.len(),
-                    "drain deadline passed with connections still open"
-                );
-            }
-            app.stopped.cancel();
+    pub use crate::feed::{Delivery, Feed, Frame, Outbound, Start};
+    pub use crate::group_dispatch::claim_idle;
+    pub use crate::hub::{Hub, LiveQueue, LiveQueueReceiver, Subscriber, SubscriberShared};
+    pub use crate::request::Access;
+    pub use crate::transport::http::Holders;
+    pub use crate::transport::routes::{routes, Method, Route};
+    pub use crate::transport::ws_connection::websocket_text;
+
+    impl crate::Server {
+        /// The state requests run against (to drive a [`Feed`] directly).
+        pub fn core(&self) -> &std::sync::Arc<Core> {
+            &self.app.core
         }
-    };
-    let admin = async {
-        match admin {
-            Some(admin) => listener::serve_admin(admin, app.clone()).await,
-            None => Ok(()),
+
+        /// Who holds each long-poll `client_id`.
+        pub fn poll_holders(&self) -> &std::sync::Arc<Holders> {
+            &self.app.http.poll_holders
         }
-    };
-    let (result, admin, ()) = tokio::join!(listener::serve(listener, app.clone()), admin, drain);
-    result.and(admin)
+    }
 }

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 /// How much longer than the engine's own timeout (`request_timeout`) a request waits for it:
 /// the Redis engine enforces the timeout itself, and this outer bound must not fire first.
-pub const ENGINE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+pub(crate) const ENGINE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -18,7 +18,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32, now: Instant) -> Self {
         TokenBucket {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
@@ -28,7 +28,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

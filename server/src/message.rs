@@ -16,7 +16,7 @@ use crate::error::RequestError;
 const ENTRY_OVERHEAD: usize = 64;
 
 /// Checks a message's fields against the limits; the error names the limit passed.
-pub fn check_fields(fields: &Fields) -> Result<(), RequestError> {
+pub(crate) fn check_fields(fields: &Fields) -> Result<(), RequestError> {
     if fields.len() > MAX_FIELDS {
         return Err(RequestError::new(
             ErrorCode::TooLarge,

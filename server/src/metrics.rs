@@ -9,35 +9,35 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::App;
+use crate::core_state::Core;
 
 /// Messages accepted by `publish` (WebSocket and API).
-pub const PUBLISHED: &str = "redistribute_messages_published_total";
+pub(crate) const PUBLISHED: &str = "redistribute_messages_published_total";
 /// Messages written to clients (every message of a batched frame counts).
-pub const DELIVERED: &str = "redistribute_messages_delivered_total";
+pub(crate) const DELIVERED: &str = "redistribute_messages_delivered_total";
 /// Gaps reported to subscribers during delivery (ranges trimmed or undeliverable).
-pub const GAPS: &str = "redistribute_gaps_reported_total";
+pub(crate) const GAPS: &str = "redistribute_gaps_reported_total";
 /// Entries per batch read from the engine's live feed.
-pub const BATCH_ENTRIES: &str = "redistribute_live_batch_entries";
+pub(crate) const BATCH_ENTRIES: &str = "redistribute_live_batch_entries";
 /// Live batches handed to subscriber queues / not queued (lagging or full).
-pub const QUEUED_BATCHES: &str = "redistribute_live_batches_queued_total";
+pub(crate) const QUEUED_BATCHES: &str = "redistribute_live_batches_queued_total";
 /// Live batches not queued because the subscriber was lagging or its queue was full.
-pub const DROPPED_BATCHES: &str = "redistribute_live_batches_dropped_total";
+pub(crate) const DROPPED_BATCHES: &str = "redistribute_live_batches_dropped_total";
 /// Times a subscriber's live queue overflowed and it switched to catch-up reads.
-pub const SLOW_CONSUMERS: &str = "redistribute_slow_consumer_events_total";
+pub(crate) const SLOW_CONSUMERS: &str = "redistribute_slow_consumer_events_total";
 /// Engine operation latency in seconds, by `op` (publish, read, position).
-pub const ENGINE_SECONDS: &str = "redistribute_engine_op_seconds";
+pub(crate) const ENGINE_SECONDS: &str = "redistribute_engine_op_seconds";
 /// Errors answered to clients, by `code`.
-pub const ERRORS: &str = "redistribute_errors_total";
+pub(crate) const ERRORS: &str = "redistribute_errors_total";
 /// Refused tokens.
-pub const AUTH_FAILURES: &str = "redistribute_auth_failures_total";
+pub(crate) const AUTH_FAILURES: &str = "redistribute_auth_failures_total";
 /// Open client connections, by `transport`.
-pub const CONNECTIONS: &str = "redistribute_connections";
+pub(crate) const CONNECTIONS: &str = "redistribute_connections";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder (once) and returns its handle.
-pub fn handle() -> &'static PrometheusHandle {
+pub(crate) fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -66,10 +66,10 @@ pub fn handle() -> &'static PrometheusHandle {
 /// How often histogram samples are folded into their buckets. The exporter keeps every
 /// recorded sample until then (or until `/metrics` is scraped), so without upkeep an instance
 /// nobody scrapes grows by a few bytes with every publish, batch and engine call.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the recorder's upkeep every [`UPKEEP_INTERVAL`] until `shutdown` fires.
-pub fn spawn_upkeep(shutdown: CancellationToken) {
+pub(crate) fn spawn_upkeep(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         loop {
@@ -83,7 +83,7 @@ pub fn spawn_upkeep(shutdown: CancellationToken) {
 
 /// Handles of the metrics recorded on hot paths (per delivery, batch or publish), resolved
 /// once: the macros look the key up in the registry, copying it, on every call.
-pub struct Hot {
+pub(crate) struct Hot {
     /// [`DELIVERED`].
     pub delivered: metrics::Counter,
     /// [`PUBLISHED`].
@@ -97,7 +97,7 @@ pub struct Hot {
 static HOT: OnceLock<Hot> = OnceLock::new();
 
 /// The hot-path handles (installing the recorder first, so they are never no-ops).
-pub fn hot() -> &'static Hot {
+pub(crate) fn hot() -> &'static Hot {
     HOT.get_or_init(|| {
         handle();
         Hot {
@@ -110,26 +110,26 @@ pub fn hot() -> &'static Hot {
 }
 
 /// Records how long an engine operation took.
-pub fn engine_op(op: &'static str, started: Instant) {
+pub(crate) fn engine_op(op: &'static str, started: Instant) {
     metrics::histogram!(ENGINE_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
 }
 
 /// Renders the Prometheus text exposition, refreshing state gauges first.
-pub fn render(app: &App) -> String {
+pub(crate) fn render(core: &Core, tcp_connections: usize) -> String {
     let handle = handle();
-    let hub = app.hub.stats();
+    let hub = core.hub.stats();
     use std::sync::atomic::Ordering::Relaxed;
     metrics::counter!(QUEUED_BATCHES).absolute(hub.delivered_batches.load(Relaxed));
     metrics::counter!(DROPPED_BATCHES).absolute(hub.dropped_batches.load(Relaxed));
     metrics::counter!(SLOW_CONSUMERS).absolute(hub.lag_events.load(Relaxed));
-    metrics::gauge!("redistribute_channels").set(app.hub.channel_count() as f64);
-    metrics::gauge!("redistribute_subscriptions").set(app.hub.subscriber_total() as f64);
-    metrics::gauge!("redistribute_tcp_connections").set(app.connections.total() as f64);
-    let engine = app.engine.stats();
+    metrics::gauge!("redistribute_channels").set(core.hub.channel_count() as f64);
+    metrics::gauge!("redistribute_subscriptions").set(core.hub.subscriber_total() as f64);
+    metrics::gauge!("redistribute_tcp_connections").set(tcp_connections as f64);
+    let engine = core.engine.stats();
     metrics::gauge!("redistribute_engine_readers").set(engine.readers as f64);
     metrics::gauge!("redistribute_engine_watched_channels").set(engine.watched as f64);
     metrics::counter!("redistribute_client_unblock_total").absolute(engine.unblocks);
-    metrics::gauge!("redistribute_draining").set(if app.shutdown.is_cancelled() {
+    metrics::gauge!("redistribute_draining").set(if core.shutdown.is_cancelled() {
         1.0
     } else {
         0.0

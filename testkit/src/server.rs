@@ -24,7 +24,7 @@ const TAIL_LINES: usize = 30;
 
 /// Path of the `redistribute` binary, built once per test process.
 ///
-/// The first call runs `cargo build -p redistribute-server --bin redistribute` into the target
+/// The first call runs `cargo build -p redistribute-cli --bin redistribute` into the target
 /// directory and profile the running test binary was built in (found from the test executable's
 /// path, `<target-dir>/<profile>/deps/…`; otherwise `$CARGO_TARGET_DIR` or `<workspace>/target`
 /// and the profile this crate was compiled with). Building every time, not only when the binary
@@ -60,13 +60,7 @@ fn build_server() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args([
-            "build",
-            "-p",
-            "redistribute-server",
-            "--bin",
-            "redistribute",
-        ])
+        .args(["build", "-p", "redistribute-cli", "--bin", "redistribute"])
         .arg("--target-dir")
         .arg(&target_dir);
     match profile.as_str() {
@@ -80,7 +74,7 @@ fn build_server() -> Result<PathBuf> {
     }
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
-        bail!("`cargo build -p redistribute-server --bin redistribute` failed with {status}");
+        bail!("`cargo build -p redistribute-cli --bin redistribute` failed with {status}");
     }
     if !exe.is_file() {
         bail!("cargo build succeeded but {} does not exist", exe.display());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use redistribute_server::{serve, App, ConfigValues};
+use redistribute_server::{serve, ConfigValues, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ async fn disconnected_long_polls_leave_nothing_behind() -> Result<()> {
     const POLLS: usize = 1_000;
     let shutdown = CancellationToken::new();
     let config = ConfigValues::default().build()?;
-    let app = App::start(config, shutdown.clone()).await?;
+    let app = Server::start(config, shutdown.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(serve(listener, app.clone()));
@@ -42,15 +42,15 @@ async fn disconnected_long_polls_leave_nothing_behind() -> Result<()> {
         s.write_all(request.as_bytes()).await?;
         sockets.push(s);
     }
-    let hub = app.hub.clone();
+    let hub = app.core().hub.clone();
     wait_until("all polls to be held", || hub.subscriber_total() == POLLS).await?;
     assert_eq!(hub.channel_count(), 50);
-    assert_eq!(app.poll_holders.len(), POLLS);
+    assert_eq!(app.poll_holders().len(), POLLS);
     println!(
         "held: {} subscriptions on {} channels, {} watched by the engine",
         hub.subscriber_total(),
         hub.channel_count(),
-        app.engine.stats().watched
+        app.core().engine.stats().watched
     );
 
     drop(sockets);
@@ -58,10 +58,10 @@ async fn disconnected_long_polls_leave_nothing_behind() -> Result<()> {
         hub.subscriber_total() == 0 && hub.channel_count() == 0
     })
     .await?;
-    let holders = Arc::clone(&app.poll_holders);
+    let holders = Arc::clone(app.poll_holders());
     wait_until("client ids to be released", || holders.is_empty()).await?;
     ensure!(
-        app.engine.stats().watched == 0,
+        app.core().engine.stats().watched == 0,
         "engine still watches channels"
     );
     println!("after disconnect: 0 subscriptions, 0 channels, 0 client ids");

@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, ensure, Context, Result};
 use common::{jwt, setup, Backend, STEP};
 use futures_util::{SinkExt, StreamExt};
-use redistribute_server::request::Access;
-use redistribute_server::transport::routes::{routes, Method, Route};
+use redistribute_server::internals::{routes, Access, Method, Route};
 use redistribute_testkit::{http_request, server_binary, RedisServer, ServerProcess};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -254,7 +253,7 @@ async fn every_route_refuses_bad_credentials_and_changes_nothing() -> Result<()>
         &["user:{sub}"],
         600,
     );
-    let signed = redistribute_server::transport::task::sign_task_id("job1", TASK_SECRET);
+    let signed = redistribute_server::sign_task_id("job1", TASK_SECRET);
     for (path, auth) in [
         (
             "/poll?channel=user:alice&offset=0&timeout=0".to_owned(),
@@ -320,8 +319,7 @@ async fn every_route_refuses_bad_credentials_and_changes_nothing() -> Result<()>
         }
     }
     // Forged and unsigned task ids, without a token.
-    let forged_id =
-        redistribute_server::transport::task::sign_task_id("job1", "another-task-secret");
+    let forged_id = redistribute_server::sign_task_id("job1", "another-task-secret");
     for path in [
         "/task/job1.00ff",
         &format!("/task/{forged_id}"),

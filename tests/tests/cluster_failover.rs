@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use cluster_support::{offset, start_instance, subscribe_all, take, Received};
-use redistribute_server::engine::redis::keys;
+use redistribute_server::redis_keys as keys;
 use redistribute_testkit::{server_binary, RedisCluster, RedisServer, ServerProcess, WsClient};
 use serde_json::{json, Value};
 use tokio::sync::watch;

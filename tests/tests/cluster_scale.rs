@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use cluster_support::{
     collect, publish_all, readers_and_connections, start_instance, subscribe_all, Seen,
 };
-use redistribute_server::engine::redis::keys;
+use redistribute_server::redis_keys as keys;
 use redistribute_testkit::{RedisCluster, WsClient};
 use tokio::time::Instant;
 

@@ -22,9 +22,8 @@ use anyhow::{bail, ensure, Context, Result};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use redistribute_protocol::{Fields, Offset, StreamId};
-use redistribute_server::engine::PublishRequest;
-use redistribute_server::feed::{Delivery, Feed};
-use redistribute_server::{App, Config};
+use redistribute_server::internals::{Core, Delivery, Feed, PublishRequest, Start};
+use redistribute_server::{Config, Server};
 use redistribute_testkit::RedisServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +104,7 @@ impl Sub {
 }
 
 struct Run {
-    app: Arc<App>,
+    core: Arc<Core>,
     feed: Option<Feed>,
     names: Vec<String>,
     acked: Vec<Vec<StreamId>>,
@@ -200,7 +199,7 @@ impl Run {
         }
     }
 
-    fn started(&mut self, channel: usize, start: redistribute_server::feed::Start) {
+    fn started(&mut self, channel: usize, start: Start) {
         let mut sub = Sub {
             channel,
             start: start.after,
@@ -269,7 +268,7 @@ impl Run {
                         maxlen: *maxlen,
                         idempotency_key: None,
                     };
-                    let id = tokio::time::timeout(STEP, self.app.engine.publish(request))
+                    let id = tokio::time::timeout(STEP, self.core.engine.publish(request))
                         .await
                         .context("publish timed out")??;
                     self.acked[*channel].push(id);
@@ -315,9 +314,9 @@ impl Run {
         }
         drop(self.feed.take());
         ensure!(
-            self.app.hub.channel_count() == 0,
+            self.core.hub.channel_count() == 0,
             "{} channels still registered with the hub after the feed was dropped",
-            self.app.hub.channel_count()
+            self.core.hub.channel_count()
         );
         Ok(())
     }
@@ -345,11 +344,14 @@ fn run_case(redis: Option<String>, ops: &[Op]) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let app = App::start(config(redis), shutdown.clone()).await?;
+        let core = Server::start(config(redis), shutdown.clone())
+            .await?
+            .core()
+            .clone();
         let case = CASE.fetch_add(1, Ordering::Relaxed);
         let mut run = Run {
-            feed: Some(Feed::new(app.clone(), "test")),
-            app,
+            feed: Some(Feed::new(core.clone(), "test")),
+            core,
             names: (0..CHANNELS).map(|c| format!("model{case}:{c}")).collect(),
             acked: vec![Vec::new(); CHANNELS],
             subs: Vec::new(),

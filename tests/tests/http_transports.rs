@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use common::sse::EventSource;
 use common::{client, publish_seq, setup, start_server, Backend, STEP};
-use redistribute_server::transport::task::sign_task_id;
+use redistribute_server::sign_task_id;
 use redistribute_testkit::{http_get, http_request, HttpStream, RedisServer, WsClient};
 use serde_json::{json, Value};
 use tokio::time::Instant;

@@ -217,7 +217,7 @@ async fn clients_behind_a_trusted_proxy_get_their_own_limit() -> Result<()> {
 /// the header not configured (`X-Forwarded-For`) are ignored.
 #[tokio::test]
 async fn the_authorization_context_sees_the_client() -> Result<()> {
-    use redistribute_server::auth::{Action, AuthContext};
+    use redistribute_server::{Action, AuthContext};
     let peers: Arc<std::sync::Mutex<Vec<(String, SocketAddr)>>> = Arc::default();
     let seen = peers.clone();
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -14,10 +14,11 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// The crates that are published.
-const PUBLISHED: [&str; 3] = [
+const PUBLISHED: [&str; 4] = [
     "redistribute-protocol",
     "redistribute-client",
     "redistribute-server",
+    "redistribute-cli",
 ];
 
 fn root() -> PathBuf {

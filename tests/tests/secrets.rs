@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::STEP;
-use redistribute_server::transport::task::sign_task_id;
+use redistribute_server::sign_task_id;
 use redistribute_testkit::{
     http_request, server_binary, RedisCluster, RedisServer, ServerProcess, WsClient,
 };

@@ -28,7 +28,7 @@ fn token(sub: &str, subscribe: &[&str], publish: &[&str], expires_in: i64) -> St
 /// Serves an embedded server with the authorization `hook` on a free port; cancel the token to
 /// stop it.
 async fn serve_with_hook(
-    hook: impl redistribute_server::auth::Authorizer,
+    hook: impl redistribute_server::Authorizer,
 ) -> Result<(
     std::net::SocketAddr,
     tokio_util::sync::CancellationToken,
@@ -456,7 +456,7 @@ async fn connections_per_ip_are_limited() -> Result<()> {
 /// The library hook replaces the default policy (the Node.js package's "Restricting channels").
 #[tokio::test]
 async fn authorization_hook_replaces_the_policy() -> Result<()> {
-    use redistribute_server::auth::{Action, AuthContext, Denied};
+    use redistribute_server::{Action, AuthContext, Denied};
     let (addr, shutdown, server) =
         serve_with_hook(|_ctx: &AuthContext, action: Action<'_>| match action {
             Action::Publish {
@@ -491,7 +491,7 @@ async fn authorization_hook_replaces_the_policy() -> Result<()> {
 /// reads history: WebSocket, SSE, long-poll, task poll and watch, and the back-end API.
 #[tokio::test]
 async fn authorization_hook_is_consulted_on_every_path() -> Result<()> {
-    use redistribute_server::auth::{Action, AuthContext, Denied};
+    use redistribute_server::{Action, AuthContext, Denied};
     use std::sync::{Arc, Mutex};
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let record = seen.clone();

@@ -1,5 +1,5 @@
 //! Run with `cargo run -p native-pubsub -- [ws://127.0.0.1:8080/ws …]` against a running server
-//! (`cargo run -p redistribute-server`).
+//! (`cargo run -p redistribute-cli`).
 //!
 //! A small Rust service on redistribute-client: it subscribes to `orders`, publishes a few
 //! orders (typed structs, serialized to message fields), and prints each order it receives

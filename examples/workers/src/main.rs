@@ -7,7 +7,7 @@
 //! round-robin, so with several server instances the workers spread over them. At the end it
 //! prints how many jobs each worker did and the throughput.
 //!
-//! Start a server first, e.g. `cargo run --release -p redistribute-server` (embedded engine),
+//! Start a server first, e.g. `cargo run --release -p redistribute-cli` (embedded engine),
 //! or two instances on one Redis to see workers on different instances share the load.
 //! A job that is not acknowledged (kill a worker process mid-way) is redelivered to another
 //! worker after `--group-claim-idle-ms`.

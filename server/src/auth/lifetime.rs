@@ -17,17 +17,17 @@ use super::{Action, AuthContext, Authorizer, Claims, Credential};
 use crate::error::RequestError;
 
 /// How long after `exp` a token is still accepted (clock skew between issuer and server).
-pub const LEEWAY: Duration = Duration::from_secs(5);
+pub(crate) const LEEWAY: Duration = Duration::from_secs(5);
 
 /// Longest time until a deadline (about 30 years): later `exp`s are treated as this.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// The message of the `unauthorized` error that ends a stream whose token expired.
-pub const EXPIRED_MESSAGE: &str = "token expired; reconnect with a new token";
+pub(crate) const EXPIRED_MESSAGE: &str = "token expired; reconnect with a new token";
 
 /// When a stream authenticated with `claims` must end: `exp` + [`LEEWAY`], as a tokio instant
 /// (`None` without claims: authentication is off, nothing expires).
-pub fn deadline(claims: Option<&Claims>) -> Option<Instant> {
+pub(crate) fn deadline(claims: Option<&Claims>) -> Option<Instant> {
     let claims = claims?;
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -39,7 +39,7 @@ pub fn deadline(claims: Option<&Claims>) -> Option<Instant> {
 }
 
 /// Completes at `deadline`; never without one.
-pub async fn expired(deadline: Option<Instant>) {
+pub(crate) async fn expired(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -47,14 +47,14 @@ pub async fn expired(deadline: Option<Instant>) {
 }
 
 /// The error that ends a stream at its token's expiry.
-pub fn expired_error() -> RequestError {
+pub(crate) fn expired_error() -> RequestError {
     RequestError::new(ErrorCode::Unauthorized, EXPIRED_MESSAGE)
 }
 
 /// Checks a WebSocket's refreshed token (`claims`) against what the connection already does:
 /// the new token must allow every channel it is subscribed to (`channels`). A refusal is
 /// `forbidden` naming the first channel the new token does not allow.
-pub fn check_refresh<'a>(
+pub(crate) fn check_refresh<'a>(
     authorizer: &dyn Authorizer,
     ctx: &AuthContext,
     claims: Arc<Claims>,

@@ -5,9 +5,9 @@
 //! hook ([`crate::ServerBuilder::authorize`]). How long a token's streams live, and what a
 //! WebSocket's token refresh must satisfy, is [`lifetime`].
 
-pub mod jwt;
-pub mod lifetime;
-pub mod pattern;
+pub(crate) mod jwt;
+pub(crate) mod lifetime;
+pub(crate) mod pattern;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use std::sync::Arc;
 use redistribute_protocol::{ErrorCode, Fields};
 
 use crate::error::RequestError;
-pub use jwt::{Claims, TokenError, Verifier};
+pub use jwt::Claims;
+pub(crate) use jwt::Verifier;
 
 /// What a client asks to do. New variants may be added: match with a `_` arm.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,10 @@ mod print;
 mod secret;
 mod values;
 
-pub use secret::{redact_url, RedisUrl, Secret, REDACTED};
+pub(crate) use secret::redact_url;
+pub use secret::RedisUrl;
+pub use secret::Secret;
+pub(crate) use secret::REDACTED;
 pub use values::ConfigValues;
 
 use crate::engine::retention::Retention;

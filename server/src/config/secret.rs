@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// What a [`Secret`] prints as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// A secret string; every way of printing it prints [`REDACTED`].
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -115,7 +115,7 @@ impl From<&str> for RedisUrl {
 /// for logs, errors and `check-config`. User info without `:` (`redis://password@host`) is
 /// masked whole; a string that is not a URL is masked whole when it holds an `@` (it might be
 /// a mistyped URL with a password).
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return if url.contains('@') {
             "***".to_owned()

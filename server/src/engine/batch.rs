@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use redistribute_protocol::StreamId;
+
+use super::shared_text::SharedText;
 
 /// Closing bytes of every `messages` frame.
 const FRAME_END: &str = "]}";
@@ -24,7 +25,7 @@ pub struct Batch {
     ids: Vec<StreamId>,
     /// Byte offset in `frame` where each entry's JSON object starts.
     starts: Vec<u32>,
-    frame: Utf8Bytes,
+    frame: SharedText,
     gap_through: Option<StreamId>,
 }
 
@@ -85,7 +86,7 @@ impl Batch {
     }
 
     /// The complete `messages` frame with every entry.
-    pub fn frame(&self) -> &Utf8Bytes {
+    pub fn frame(&self) -> &SharedText {
         &self.frame
     }
 
@@ -140,11 +141,11 @@ fn is_json(text: &str) -> bool {
 /// Publishes over it are refused with `bad_request`; a deeper value written by another producer
 /// is delivered as a JSON string. A `messages` frame then nests at most this + 4 levels, well
 /// within what JSON decoders accept (serde_json: 128).
-pub const MAX_VALUE_DEPTH: usize = 64;
+pub(crate) const MAX_VALUE_DEPTH: usize = 64;
 
 /// The deepest nesting of arrays and objects in JSON text (brackets inside strings do not
 /// count). Text that is not JSON gives some number; callers also parse it.
-pub fn json_depth(text: &str) -> usize {
+pub(crate) fn json_depth(text: &str) -> usize {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for b in text.bytes() {
         if in_string {
@@ -320,7 +321,7 @@ impl BatchBuilder {
             channel: self.channel,
             ids: self.ids,
             starts: self.starts,
-            frame: Utf8Bytes::from(self.out),
+            frame: SharedText::new(self.out),
             gap_through,
         })
     }
@@ -334,7 +335,10 @@ impl BatchBuilder {
 }
 
 /// Builds the `messages` frame text for the given item lists of one channel.
-pub fn messages_frame<'a>(channel: &str, items: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn messages_frame<'a>(
+    channel: &str,
+    items: impl IntoIterator<Item = &'a str>,
+) -> String {
     let mut out = String::with_capacity(256);
     out.push_str("{\"type\":\"messages\",\"channel\":\"");
     out.push_str(channel);

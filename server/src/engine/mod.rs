@@ -6,10 +6,11 @@
 //! Two engines implement it with the same semantics: [`redis::RedisEngine`] (Redis Streams) and
 //! [`embedded::EmbeddedEngine`] (in-process, the default).
 
-pub mod batch;
-pub mod embedded;
-pub mod redis;
-pub mod retention;
+pub(crate) mod batch;
+pub(crate) mod embedded;
+pub(crate) mod redis;
+pub(crate) mod retention;
+pub(crate) mod shared_text;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +20,14 @@ use redistribute_protocol::{Fields, Offset, StreamId};
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use batch::{Batch, BatchBuilder, MAX_BATCH_BYTES, MAX_VALUE_DEPTH};
+pub use batch::Batch;
+pub use batch::BatchBuilder;
+pub use batch::MAX_BATCH_BYTES;
+pub(crate) use batch::MAX_VALUE_DEPTH;
+pub(crate) use shared_text::SharedText;
 
 /// Most fields one message may have.
-pub const MAX_FIELDS: usize = 1024;
+pub(crate) const MAX_FIELDS: usize = 1024;
 
 /// Largest entry the engines deliver, in bytes of its stored fields (the sum of each field
 /// name's and each stored JSON value's length; a message's encoded `fields` object is always
@@ -36,7 +41,7 @@ pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 /// stored names and values. Another producer's bytes that escaping makes larger than this are
 /// skipped into a gap like an oversize entry. Publishes are limited to [`MAX_ENTRY_BYTES`] of
 /// encoded entry, so they always fit.
-pub const MAX_ENCODED_ENTRY_BYTES: usize = MAX_ENTRY_BYTES + 64 * 1024;
+pub(crate) const MAX_ENCODED_ENTRY_BYTES: usize = MAX_ENTRY_BYTES + 64 * 1024;
 
 /// Most entries one publish trims from a Redis stream. A publish with a `maxlen` far below the
 /// stream's length (say `maxlen: 1` on a million entries) removes at most this many and later
@@ -128,7 +133,7 @@ pub enum Ready {
 
 /// Signals that a watched channel's live feed has fixed its starting point: from then on every
 /// entry appended after that point reaches the sink.
-pub type ReadySender = watch::Sender<Ready>;
+pub(crate) type ReadySender = watch::Sender<Ready>;
 
 /// A storage engine; see the module docs.
 #[async_trait]
@@ -298,7 +303,7 @@ pub struct Claimed {
 /// How far ahead of the store's clock a client's offset may raise a channel's last ID
 /// ([`Engine::raise_last_id`]): enough for clock differences between Redis nodes, too little for
 /// a client to push a channel's IDs far into the future.
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// Counters an engine exposes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -333,7 +338,7 @@ impl Default for EngineConfig {
 }
 
 /// The channel's newest entry, if it has one.
-pub async fn latest_entry(
+pub(crate) async fn latest_entry(
     engine: &dyn Engine,
     channel: &Arc<str>,
 ) -> Result<Option<Batch>, EngineError> {
@@ -348,17 +353,12 @@ pub async fn latest_entry(
 /// How many entries to trim at once past `maxlen`, so trimming is amortized (like `MAXLEN ~`);
 /// at most half of [`MAX_TRIM_PER_PUBLISH`], so one publish brings a stream that grew one
 /// entry past the slack back to `maxlen`.
-pub fn trim_slack(maxlen: u64) -> u64 {
+pub(crate) fn trim_slack(maxlen: u64) -> u64 {
     (maxlen / 16).clamp(1, MAX_TRIM_PER_PUBLISH / 2)
 }
 
-/// Bytes an entry counts against [`MAX_ENTRY_BYTES`]: its stored field names and values.
-pub fn stored_size<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
-    fields.into_iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
 /// Encodes each field value as the JSON text stored in the engine.
-pub fn stored_fields(fields: &Fields) -> impl Iterator<Item = (&str, String)> {
+pub(crate) fn stored_fields(fields: &Fields) -> impl Iterator<Item = (&str, String)> {
     fields.iter().map(|(k, v)| {
         (
             k.as_str(),

@@ -22,7 +22,7 @@ use crate::auth::pattern::ChannelPattern;
 
 /// The floor the server applies when the operator sets none: a publisher cannot make a
 /// channel keep fewer entries than this.
-pub const DEFAULT_MIN_MAXLEN: u64 = 1_000;
+pub(crate) const DEFAULT_MIN_MAXLEN: u64 = 1_000;
 
 /// How long and how much a channel keeps: either or both of a length and an age.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

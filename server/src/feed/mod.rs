@@ -7,9 +7,9 @@
 //! yields. The rules that keep the history/live seam exact live in [`subscription`].
 //! Dropping a feed releases all of its subscriptions at once.
 
-mod group;
-pub mod outbound;
-pub mod subscription;
+mod membership;
+pub(crate) mod outbound;
+pub(crate) mod subscription;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -22,13 +22,15 @@ use std::time::Duration;
 use redistribute_protocol::{Offset, StreamId};
 use tracing::warn;
 
+use crate::core_state::Core;
 use crate::engine::{Engine, EngineError, Page, Position, Ready, MAX_BATCH_BYTES};
 use crate::error::RequestError;
 use crate::hub::{
     LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared, Watching,
 };
-use crate::App;
-pub use outbound::{Delivery, Outbound};
+pub use outbound::Delivery;
+pub use outbound::Frame;
+pub use outbound::Outbound;
 use subscription::{AfterPage, Subscription, Take};
 
 /// Most live batches taken from the queue in one go.
@@ -120,7 +122,7 @@ impl Start {
 
 /// A set of subscriptions; see the module docs.
 pub struct Feed {
-    app: Arc<App>,
+    core: Arc<Core>,
     id: u64,
     /// The transport driving the feed (`ws`, `sse`, `poll`, ...), named in its logs so a
     /// connection id can be told apart from the ids of other transports.
@@ -132,27 +134,27 @@ pub struct Feed {
     in_flight: Option<CatchUpFuture>,
     out: Outbound,
     /// Consumer-group subscriptions and their queue ([`group`]), made with the first one.
-    groups: Option<Box<group::Groups>>,
+    memberships: Option<Box<membership::Memberships>>,
     /// The last [`Subscription::generation`] given out.
     generation: u64,
 }
 
 impl Feed {
     /// An empty feed with a fresh id, driven by `transport` (named in its logs).
-    pub fn new(app: Arc<App>, transport: &'static str) -> Feed {
-        let limits = &app.config.limits;
+    pub fn new(core: Arc<Core>, transport: &'static str) -> Feed {
+        let limits = &core.config.limits;
         let (queue_tx, queue_rx) = LiveQueue::new(limits.queue_batches, limits.queue_bytes);
         Feed {
-            id: app.next_connection_id(),
+            id: core.next_connection_id(),
             transport,
-            app,
+            core,
             subs: HashMap::new(),
             queue_tx,
             queue_rx,
             catch_up: VecDeque::new(),
             in_flight: None,
             out: Outbound::default(),
-            groups: None,
+            memberships: None,
             generation: 0,
         }
     }
@@ -164,7 +166,7 @@ impl Feed {
 
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
-        self.subs.len() + self.groups.as_ref().map_or(0, |g| g.members.len())
+        self.subs.len() + self.memberships.as_ref().map_or(0, |g| g.members.len())
     }
 
     /// Whether the feed has no subscription.
@@ -174,7 +176,7 @@ impl Feed {
 
     /// The channels subscribed to, consumer-group memberships included.
     pub fn channels(&self) -> impl Iterator<Item = &str> + '_ {
-        let groups = self.groups.iter().flat_map(|g| g.members.keys());
+        let groups = self.memberships.iter().flat_map(|g| g.members.keys());
         self.subs.keys().chain(groups).map(|c| &**c)
     }
 
@@ -184,7 +186,7 @@ impl Feed {
     }
 
     /// Subscribes to `channel` from `offset`; delivery starts with the next [`Feed::ready`].
-    /// `create`: whether the client may create the channel ([`App::may_create`]), which
+    /// `create`: whether the client may create the channel ([`Core::may_create`]), which
     /// resuming beyond the tip of a channel that does not exist would.
     pub async fn subscribe(
         &mut self,
@@ -195,7 +197,7 @@ impl Feed {
         self.make_room(channel)?;
         let channel: Arc<str> = Arc::from(channel);
         let shared = SubscriberShared::new();
-        let Watching { mut ready, first } = self.app.hub.subscribe(
+        let Watching { mut ready, first } = self.core.hub.subscribe(
             &channel,
             Subscriber {
                 conn: self.id,
@@ -206,11 +208,11 @@ impl Feed {
         // Until the subscription is stored, leaving early in any way (an error, a timeout, or
         // the caller dropping this future while it waits) takes the registration back.
         let registered = Registered {
-            hub: &self.app.hub,
+            hub: &self.core.hub,
             channel: &channel,
             conn: self.id,
         };
-        let engine = self.app.engine.clone();
+        let engine = self.core.engine.clone();
         let read_position = async {
             let ready = *ready
                 .wait_for(|r| *r != Ready::Pending)
@@ -229,7 +231,8 @@ impl Feed {
         let position = async {
             Start::raise_beyond_tip(&*engine, &channel, offset, read_position.await?, create).await
         };
-        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
+        let timeout =
+            self.core.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let position = match tokio::time::timeout(timeout, position).await {
             Ok(Ok(position)) => position,
             Ok(Err(err)) => return Err(err.into()),
@@ -250,7 +253,7 @@ impl Feed {
     /// from its own position), so the new one's reply separates the two on the wire.
     fn make_room(&mut self, channel: &str) -> Result<(), RequestError> {
         self.unsubscribe(channel);
-        let limit = self.app.config.limits.max_subscriptions;
+        let limit = self.core.config.limits.max_subscriptions;
         if self.len() >= limit {
             return Err(RequestError::bad_request(format!(
                 "at most {limit} subscriptions per connection"
@@ -261,14 +264,14 @@ impl Feed {
 
     /// Ends the subscription to `channel`; false if there was none.
     pub fn unsubscribe(&mut self, channel: &str) -> bool {
-        if let Some(groups) = &mut self.groups {
+        if let Some(groups) = &mut self.memberships {
             if groups.members.remove(channel).is_some() {
                 return true;
             }
         }
         match self.subs.remove_entry(channel) {
             Some((channel, _)) => {
-                self.app.hub.unsubscribe(&channel, self.id);
+                self.core.hub.unsubscribe(&channel, self.id);
                 true
             }
             None => false,
@@ -278,10 +281,10 @@ impl Feed {
     /// Ends every subscription (what dropping the feed does) and drops anything undelivered.
     pub fn clear(&mut self) {
         for channel in self.subs.keys() {
-            self.app.hub.unsubscribe(channel, self.id);
+            self.core.hub.unsubscribe(channel, self.id);
         }
         self.subs.clear();
-        self.groups = None;
+        self.memberships = None;
         self.catch_up.clear();
         self.in_flight = None;
         self.out = Outbound::default();
@@ -309,7 +312,7 @@ impl Feed {
                     QueueEvent::Signalled => self.on_lag(),
                 }
             }
-            if let Some(groups) = &mut self.groups {
+            if let Some(groups) = &mut self.memberships {
                 if let Poll::Ready(Some(batch)) = groups.rx.poll_recv(cx) {
                     progressed = true;
                     self.take_group(batch);
@@ -391,8 +394,8 @@ impl Feed {
         after: StreamId,
         delay: Duration,
     ) -> CatchUpFuture {
-        let engine = self.app.engine.clone();
-        let limit = self.app.config.limits.catch_up_page;
+        let engine = self.core.engine.clone();
+        let limit = self.core.config.limits.catch_up_page;
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;

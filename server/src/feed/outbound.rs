@@ -13,17 +13,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use redistribute_protocol::StreamId;
 
 use crate::engine::batch::messages_frame;
 use crate::engine::{Batch, MAX_BATCH_BYTES, MAX_ENCODED_ENTRY_BYTES};
 
 /// Merged frames are not grown past this many bytes of items.
-pub const MERGE_LIMIT: usize = 256 * 1024;
+pub(crate) const MERGE_LIMIT: usize = 256 * 1024;
 
 /// No frame the server sends is larger than this (the documented maximum frame size).
-pub const MAX_SERVER_FRAME: usize = 2 << 20;
+pub(crate) const MAX_SERVER_FRAME: usize = 2 << 20;
 
 const _: () = assert!(
     MERGE_LIMIT + MAX_ENCODED_ENTRY_BYTES + 1024 <= MAX_SERVER_FRAME
@@ -50,6 +49,36 @@ pub enum Delivery<'a> {
     Message(&'a Arc<str>, StreamId, &'a str),
     /// The channel's entries in `(from, to]` are missed.
     Gap(&'a Arc<str>, StreamId, StreamId),
+}
+
+/// One frame to send, as [`Outbound::take_frames`] yields it.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A whole batch: its frame, encoded once, is shared by every subscriber it goes to (a
+    /// transport converts it with [`crate::engine::SharedText::wire`], once per batch).
+    Shared(Arc<Batch>),
+    /// A frame made for this connection (merged batches, a suffix, a gap).
+    Owned(String),
+}
+
+impl Frame {
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Frame::Shared(batch) => batch.frame().as_str(),
+            Frame::Owned(text) => text,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_str().len()
+    }
+
+    /// Whether the frame is empty (never, for frames of [`Outbound`]).
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
 }
 
 /// Collects deliveries of one queue drain; see the module docs.
@@ -149,24 +178,34 @@ impl Outbound {
     }
 
     /// The frames to send, in order per channel; leaves the collector empty.
-    pub fn take_frames(&mut self) -> impl Iterator<Item = Utf8Bytes> + '_ {
+    pub fn take_frames(&mut self) -> impl Iterator<Item = Frame> + '_ {
         self.entries = 0;
         self.bytes = 0;
         self.groups.drain(..).map(|group| match group.parts {
-            Parts::Messages(parts) => match parts.as_slice() {
-                [(batch, 0, to)] if *to == batch.len() => batch.frame().clone(),
-                parts => Utf8Bytes::from(messages_frame(
-                    &group.channel,
-                    parts.iter().map(|(b, from, to)| b.items_range(*from, *to)),
-                )),
-            },
-            Parts::Gap(from, to) => Utf8Bytes::from(gap_frame(&group.channel, from, to)),
+            Parts::Messages(parts) => frame_of(&group.channel, parts),
+            Parts::Gap(from, to) => Frame::Owned(gap_frame(&group.channel, from, to)),
         })
     }
 }
 
+/// The frame of a channel's batch parts: a whole batch alone is sent as its shared frame (the
+/// batch moves in, no reference count is taken); anything else is spliced into one frame.
+fn frame_of(channel: &str, mut parts: Vec<(Arc<Batch>, usize, usize)>) -> Frame {
+    if let [(batch, 0, to)] = parts.as_slice() {
+        if *to == batch.len() {
+            if let Some((batch, _, _)) = parts.pop() {
+                return Frame::Shared(batch);
+            }
+        }
+    }
+    Frame::Owned(messages_frame(
+        channel,
+        parts.iter().map(|(b, from, to)| b.items_range(*from, *to)),
+    ))
+}
+
 /// The `gap` frame: the channel's entries in `(from, to]` are missed.
-pub fn gap_frame(channel: &str, from: StreamId, to: StreamId) -> String {
+pub(crate) fn gap_frame(channel: &str, from: StreamId, to: StreamId) -> String {
     // Channel names are validated: no JSON escaping needed.
     format!("{{\"type\":\"gap\",\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}")
 }
@@ -206,7 +245,7 @@ mod tests {
         out.push(a1, 1);
         out.push(batch("b", &[7]), 0);
         out.push(batch("a", &[3, 4]), 0);
-        let frames: Vec<_> = out.take_frames().map(|f| offsets(&f)).collect();
+        let frames: Vec<_> = out.take_frames().map(|f| offsets(f.as_str())).collect();
         assert_eq!(
             frames,
             vec![("a".into(), vec![2, 3, 4]), ("b".into(), vec![7])]
@@ -236,7 +275,7 @@ mod tests {
                 "a frame of {} bytes",
                 frame.len()
             );
-            got.extend(offsets(frame).1);
+            got.extend(offsets(frame.as_str()).1);
         }
         assert_eq!(got, (2..=12).collect::<Vec<_>>());
         // A small batch is still sent as its shared frame.
@@ -262,7 +301,7 @@ mod tests {
         assert_eq!(deliveries, ["m1", "g1-5", "m6"]);
         let frames: Vec<_> = out.take_frames().collect();
         assert_eq!(frames.len(), 3);
-        let gap = decode_server(&frames[1]).unwrap();
+        let gap = decode_server(frames[1].as_str()).unwrap();
         assert_eq!(
             gap,
             ServerFrame::Gap {

@@ -28,7 +28,7 @@ use crate::hub::SubscriberShared;
 
 /// What a subscription takes from a batch or a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Take {
+pub(crate) struct Take {
     /// Entries in `(from, to]` are missed: report them before any entry.
     pub gap: Option<(StreamId, StreamId)>,
     /// Index of the first entry to deliver, if any.
@@ -43,7 +43,7 @@ enum Mode {
 
 /// What to do after a catch-up page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterPage {
+pub(crate) enum AfterPage {
     /// Read the next page.
     ReadAgain,
     /// The subscription is level with the stream and now takes live batches.
@@ -52,7 +52,7 @@ pub enum AfterPage {
 
 /// A connection's state for one channel.
 #[derive(Debug)]
-pub struct Subscription {
+pub(crate) struct Subscription {
     /// Shared with the hub.
     pub shared: Arc<SubscriberShared>,
     /// The last offset delivered (or the starting point).
@@ -65,7 +65,7 @@ pub struct Subscription {
 impl Subscription {
     /// A new subscription that starts after `start` and first catches up from the stream;
     /// `generation` tells its catch-up reads from those of a subscription it replaced.
-    pub fn new(shared: Arc<SubscriberShared>, start: StreamId, generation: u64) -> Self {
+    pub(crate) fn new(shared: Arc<SubscriberShared>, start: StreamId, generation: u64) -> Self {
         Subscription {
             shared,
             last: start,
@@ -77,12 +77,12 @@ impl Subscription {
     }
 
     /// Whether the subscription takes live batches.
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         self.mode == Mode::Live
     }
 
     /// Offers a live batch; says what to deliver now (and advances `last`).
-    pub fn accept_live(&mut self, batch: &Batch) -> Take {
+    pub(crate) fn accept_live(&mut self, batch: &Batch) -> Take {
         match &mut self.mode {
             Mode::Live => Take {
                 gap: self.skip_through(batch.gap_through()),
@@ -100,7 +100,7 @@ impl Subscription {
 
     /// Switches a live subscription to catch-up (its live queue was dropped); returns whether
     /// a catch-up read must be scheduled.
-    pub fn start_catch_up(&mut self) -> bool {
+    pub(crate) fn start_catch_up(&mut self) -> bool {
         if self.mode == Mode::Live {
             self.mode = Mode::CatchUp {
                 max_discarded: None,
@@ -112,7 +112,7 @@ impl Subscription {
     }
 
     /// Takes a catch-up page read after `last`; says what to deliver and what to do next.
-    pub fn on_page(&mut self, page: &Page) -> (Take, AfterPage) {
+    pub(crate) fn on_page(&mut self, page: &Page) -> (Take, AfterPage) {
         let take = Take {
             gap: self.skip_through(page.gap_through),
             from: page.batch.as_ref().and_then(|b| self.take_from(b)),

@@ -4,8 +4,8 @@
 //! with hyper, WebSocket upgrades included. The admin listener serves the operator endpoints
 //! in plain HTTP. On shutdown they stop accepting and let open connections finish gracefully.
 
-pub mod proxy;
-pub mod tls;
+pub(crate) mod proxy;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,27 +29,35 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::{debug, warn};
 
-use crate::App;
+use crate::server::App;
 
 /// How long open connections get to finish after shutdown began.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// State of the listeners: open connections per client IP and the TLS settings.
+pub(crate) struct ListenerState {
+    /// Open connections per client IP.
+    pub connections: Arc<PerIp>,
+    /// TLS settings, when the listener serves TLS.
+    pub tls: Option<Arc<tls::TlsSetup>>,
+}
+
 /// Connection counts per client IP.
 #[derive(Debug, Default)]
-pub struct PerIp {
+pub(crate) struct PerIp {
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One counted connection; uncounted on drop.
 #[derive(Debug)]
-pub struct IpSlot {
+pub(crate) struct IpSlot {
     per_ip: Arc<PerIp>,
     ip: IpAddr,
 }
 
 impl PerIp {
     /// Counts a connection from `ip` unless it already has `limit`.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
         let mut counts = self.counts.lock();
         let count = counts.entry(ip).or_insert(0);
         if *count >= limit {
@@ -63,7 +71,7 @@ impl PerIp {
     }
 
     /// Open connections in total.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.counts.lock().values().sum()
     }
 }
@@ -103,15 +111,15 @@ enum Admission {
     Admin,
 }
 
-/// Serves `listener` until `app.shutdown` fires, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+/// Serves `listener` until `app.core.shutdown` fires, then drains.
+pub(crate) async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let router = crate::transport::router(app.clone());
     accept_loop(listener, app, router, Role::Public).await
 }
 
 /// Serves the operator endpoints ([`crate::transport::ops_router`]) on the admin listener,
 /// in plain HTTP, until the public listener stops.
-pub async fn serve_admin(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+pub(crate) async fn serve_admin(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let router = crate::transport::ops_router(app.clone());
     accept_loop(listener, app, router, Role::Admin).await
 }
@@ -125,7 +133,7 @@ async fn accept_loop(
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = app.stopped.cancelled() => break,
+            () = app.drain.stopped.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -139,11 +147,11 @@ async fn accept_loop(
         };
         let admission = if role == Role::Admin {
             Admission::Admin
-        } else if app.config.proxies.trusts(peer.ip()) {
+        } else if app.core.config.proxies.trusts(peer.ip()) {
             Admission::Proxied
         } else {
-            let limit = app.config.limits.max_connections_per_ip;
-            let Some(slot) = app.connections.acquire(peer.ip(), limit) else {
+            let limit = app.core.config.limits.max_connections_per_ip;
+            let Some(slot) = app.listener.connections.acquire(peer.ip(), limit) else {
                 debug!(%peer, "connection limit per IP reached");
                 tokio::spawn(refuse(stream));
                 continue;
@@ -153,12 +161,12 @@ async fn accept_loop(
         let router = router.clone();
         let app = app.clone();
         let tls = match role {
-            Role::Public => app.tls.clone(),
+            Role::Public => app.listener.tls.clone(),
             Role::Admin => None,
         };
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let handshake = app.config.limits.handshake_timeout;
+            let handshake = app.core.config.limits.handshake_timeout;
             match tls {
                 None => serve_connection(stream, peer, admission, router, app).await,
                 Some(tls) => {
@@ -225,7 +233,7 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &app.config.limits;
+    let limits = &app.core.config.limits;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -265,7 +273,7 @@ async fn serve_connection<I>(
                 debug!(%peer, %err, "connection ended with an error");
             }
         }
-        () = app.shutdown.cancelled() => {
+        () = app.core.shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(DRAIN_GRACE, connection).await;
         }
@@ -286,9 +294,9 @@ fn admit(
         Admission::Admin => (peer, None),
         Admission::Direct(slot) => (peer, Some(slot.clone())),
         Admission::Proxied => {
-            let client = app.config.proxies.client_addr(peer, request.headers());
-            let limit = app.config.limits.max_connections_per_ip;
-            let Some(slot) = app.connections.acquire(client.ip(), limit) else {
+            let client = app.core.config.proxies.client_addr(peer, request.headers());
+            let limit = app.core.config.limits.max_connections_per_ip;
+            let Some(slot) = app.listener.connections.acquire(client.ip(), limit) else {
                 debug!(%client, proxy = %peer, "connection limit per IP reached");
                 return Err(OverLimit);
             };

@@ -41,14 +41,14 @@ pub enum TlsError {
 }
 
 /// The listener's current TLS settings; see the module docs.
-pub struct TlsSetup {
+pub(crate) struct TlsSetup {
     files: TlsFiles,
     acceptor: RwLock<TlsAcceptor>,
 }
 
 impl TlsSetup {
     /// Loads the files.
-    pub fn load(files: &TlsFiles) -> Result<TlsSetup, TlsError> {
+    pub(crate) fn load(files: &TlsFiles) -> Result<TlsSetup, TlsError> {
         let config = build(files)?;
         Ok(TlsSetup {
             files: files.clone(),
@@ -57,14 +57,14 @@ impl TlsSetup {
     }
 
     /// Re-reads the files; new handshakes use them, established connections are unaffected.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let config = build(&self.files)?;
         *self.acceptor.write() = TlsAcceptor::from(config);
         Ok(())
     }
 
     /// The acceptor for the next handshake.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         self.acceptor.read().clone()
     }
 }

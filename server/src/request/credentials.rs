@@ -13,8 +13,8 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::{AuthContext, Claims, Credential};
 use crate::config::Secret;
+use crate::core_state::Core;
 use crate::error::RequestError;
-use crate::App;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +40,8 @@ pub enum Access {
 /// Authenticates a call to a route of class `access` from `peer` (the route's `transport`
 /// names it to the authorizer): the caller, or `unauthorized` (no or a bad credential) /
 /// `forbidden` (a valid token on an API-key-only route).
-pub fn authenticate(
-    app: &App,
+pub(crate) fn authenticate(
+    core: &Core,
     access: Access,
     transport: &'static str,
     headers: &HeaderMap,
@@ -55,22 +55,22 @@ pub fn authenticate(
         credential,
     };
     let bearer = bearer(headers);
-    let keys = &app.config.http.api_keys;
-    let auth_on = app.auth_required();
-    let open_api = keys.is_empty() && (!auth_on || app.config.http.allow_open_api);
+    let keys = &core.config.http.api_keys;
+    let auth_on = core.auth_required();
+    let open_api = keys.is_empty() && (!auth_on || core.config.http.allow_open_api);
     match access {
         Access::Public => Ok(caller(Credential::Open, None)),
         Access::Socket => match bearer {
-            Some(token) => Ok(caller(Credential::Token, Some(verify(app, token)?))),
+            Some(token) => Ok(caller(Credential::Token, Some(verify(core, token)?))),
             None if auth_on => Ok(caller(Credential::Missing, None)),
             None => Ok(caller(Credential::Open, None)),
         },
         Access::Client | Access::Task => {
             let token = bearer.or_else(|| query_token(query));
             match token {
-                Some(token) if auth_on => Ok(caller(Credential::Token, Some(verify(app, token)?))),
+                Some(token) if auth_on => Ok(caller(Credential::Token, Some(verify(core, token)?))),
                 // A task id may carry its own credential, checked with the id.
-                None if access == Access::Task && app.config.http.task_secret.is_some() => {
+                None if access == Access::Task && core.config.http.task_secret.is_some() => {
                     Ok(caller(Credential::Missing, None))
                 }
                 None if auth_on => Err(unauthorized(
@@ -92,7 +92,7 @@ pub fn authenticate(
             }
             match bearer {
                 Some(token) if auth_on => {
-                    let claims = verify(app, token)?;
+                    let claims = verify(core, token)?;
                     if access == Access::Ops {
                         return Err(RequestError::new(
                             ErrorCode::Forbidden,
@@ -112,15 +112,15 @@ pub fn authenticate(
 }
 
 /// Verifies a token (`unauthorized` naming why it is refused).
-pub fn verify(app: &App, token: &str) -> Result<Arc<Claims>, RequestError> {
-    match app.authenticate(Some(token))? {
+pub(crate) fn verify(core: &Core, token: &str) -> Result<Arc<Claims>, RequestError> {
+    match core.authenticate(Some(token))? {
         Some(claims) => Ok(claims),
         None => Err(unauthorized("tokens are not configured on this server")),
     }
 }
 
 /// The token of `Authorization: Bearer <token>`.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

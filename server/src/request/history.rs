@@ -7,18 +7,21 @@ use redistribute_protocol::StreamId;
 
 use super::{authorize, validate_channel, with_deadline, History};
 use crate::auth::{Action, AuthContext};
+use crate::core_state::Core;
 use crate::engine::{Batch, Engine, EngineError, MAX_ENTRY_BYTES};
 use crate::error::RequestError;
 use crate::feed::Start;
-use crate::App;
+
+/// Most messages one history request returns.
+pub(crate) const MAX_HISTORY: usize = 1_000;
 
 /// Most bytes of encoded entries one history page carries (at least one entry); continue
 /// from the returned offset for more.
-pub const HISTORY_MAX_BYTES: usize = 1 << 20;
+pub(crate) const HISTORY_MAX_BYTES: usize = 1 << 20;
 
 /// One page of a channel's history.
 #[derive(Debug)]
-pub struct HistoryPage {
+pub(crate) struct HistoryPage {
     /// The channel.
     pub channel: Arc<str>,
     /// The entries, if any.
@@ -32,20 +35,20 @@ pub struct HistoryPage {
 }
 
 /// Reads up to `limit` entries after `from`, authorized like a subscribe to the channel.
-pub async fn history(
-    app: &App,
+pub(crate) async fn history(
+    core: &Core,
     caller: &AuthContext,
     request: &History,
 ) -> Result<HistoryPage, RequestError> {
-    check(app, caller, &request.channel)?;
+    check(core, caller, &request.channel)?;
     let History {
         channel,
         from,
         limit,
     } = request;
-    let engine = &*app.engine;
-    let create = app.may_create(caller, channel).is_ok();
-    let position = with_deadline(app, "history", async {
+    let engine = &*core.engine;
+    let create = core.may_create(caller, channel).is_ok();
+    let position = with_deadline(core, "history", async {
         let position = engine.position(channel).await?;
         Start::raise_beyond_tip(engine, channel, *from, position, create).await
     })
@@ -53,7 +56,7 @@ pub async fn history(
     let start = Start::resolve(*from, position);
     let channel: Arc<str> = Arc::from(channel.as_str());
     let page = with_deadline(
-        app,
+        core,
         "history",
         engine.read(&channel, start.after, *limit, HISTORY_MAX_BYTES),
     )
@@ -77,34 +80,34 @@ pub async fn history(
 }
 
 /// The newest entry of `channel` (a task's status), authorized like [`history`].
-pub async fn latest(
-    app: &App,
+pub(crate) async fn latest(
+    core: &Core,
     caller: &AuthContext,
     channel: &Arc<str>,
 ) -> Result<Option<Batch>, RequestError> {
-    check(app, caller, channel)?;
+    check(core, caller, channel)?;
     with_deadline(
-        app,
+        core,
         "latest entry",
-        crate::engine::latest_entry(&*app.engine, channel),
+        crate::engine::latest_entry(&*core.engine, channel),
     )
     .await
 }
 
 /// The entry with offset `id`, if `channel` still holds it, authorized like [`history`].
-pub async fn entry_at(
-    app: &App,
+pub(crate) async fn entry_at(
+    core: &Core,
     caller: &AuthContext,
     channel: &Arc<str>,
     id: StreamId,
 ) -> Result<Option<Batch>, RequestError> {
-    check(app, caller, channel)?;
-    with_deadline(app, "entry read", read_entry(&*app.engine, channel, id)).await
+    check(core, caller, channel)?;
+    with_deadline(core, "entry read", read_entry(&*core.engine, channel, id)).await
 }
 
-fn check(app: &App, caller: &AuthContext, channel: &str) -> Result<(), RequestError> {
+fn check(core: &Core, caller: &AuthContext, channel: &str) -> Result<(), RequestError> {
     validate_channel(channel)?;
-    authorize(app, caller, Action::History { channel })
+    authorize(core, caller, Action::History { channel })
 }
 
 async fn read_entry(

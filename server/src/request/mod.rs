@@ -3,7 +3,7 @@
 //! WebSocket frames, SSE and long-poll queries, task lookups and back-end API calls are turned
 //! into the same typed requests ([`Request`]). A route's access class ([`Access`]) decides how
 //! its caller authenticates ([`credentials`]); each request is then, in order, checked for a
-//! credential and a valid channel name, authorized by [`crate::App::authorizer`] (the default
+//! credential and a valid channel name, authorized by [`crate::core_state::Core::authorizer`] (the default
 //! policy or the library user's hook), rate-limited (where the transport keeps a bucket: a
 //! WebSocket connection), checked against the message limits (a publish) and carried out on
 //! the engine or the caller's feed under the request timeout. No transport calls the engine
@@ -12,11 +12,11 @@
 //! One file per request: [`subscribe`] (with unsubscribe and ack, which act on a feed),
 //! [`publish`], [`history`]; [`task_id`] turns a task id into its channel and credential.
 
-pub mod credentials;
-pub mod history;
-pub mod publish;
-pub mod subscribe;
-pub mod task_id;
+pub(crate) mod credentials;
+pub(crate) mod history;
+pub(crate) mod publish;
+pub(crate) mod subscribe;
+pub(crate) mod task_id;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,16 +24,17 @@ use std::time::Duration;
 use redistribute_protocol::{ClientFrame, ErrorCode, Fields, Offset, StreamId};
 
 use crate::auth::{Action, AuthContext, Credential};
+use crate::core_state::Core;
 use crate::engine::EngineError;
 use crate::error::RequestError;
-use crate::App;
 
-pub use crate::limits::ENGINE_TIMEOUT_MARGIN;
-pub use credentials::{authenticate, Access};
+pub(crate) use crate::limits::ENGINE_TIMEOUT_MARGIN;
+pub(crate) use credentials::authenticate;
+pub use credentials::Access;
 
 /// A client's request, whatever the transport it came by.
 #[derive(Debug, Clone)]
-pub enum Request {
+pub(crate) enum Request {
     /// Start receiving a channel.
     Subscribe(Subscribe),
     /// Stop receiving a channel.
@@ -42,13 +43,11 @@ pub enum Request {
     Publish(Publish),
     /// Acknowledge consumer-group entries.
     Ack(Ack),
-    /// Read a channel's stored entries.
-    History(History),
 }
 
 /// Subscribe to `channel` from `offset`, alone or as `consumer` of a consumer group.
 #[derive(Debug, Clone)]
-pub struct Subscribe {
+pub(crate) struct Subscribe {
     /// The channel.
     pub channel: String,
     /// Where to start (for a group: where a new group starts).
@@ -59,14 +58,14 @@ pub struct Subscribe {
 
 /// End the subscription to `channel`.
 #[derive(Debug, Clone)]
-pub struct Unsubscribe {
+pub(crate) struct Unsubscribe {
     /// The channel.
     pub channel: String,
 }
 
 /// Publish `fields` to `channel`.
 #[derive(Debug, Clone)]
-pub struct Publish {
+pub(crate) struct Publish {
     /// The channel.
     pub channel: String,
     /// The message.
@@ -79,7 +78,7 @@ pub struct Publish {
 
 /// Acknowledge `offsets` of `group` on `channel`.
 #[derive(Debug, Clone)]
-pub struct Ack {
+pub(crate) struct Ack {
     /// The channel.
     pub channel: String,
     /// The consumer group.
@@ -90,7 +89,7 @@ pub struct Ack {
 
 /// Read up to `limit` entries of `channel` after `from`.
 #[derive(Debug, Clone)]
-pub struct History {
+pub(crate) struct History {
     /// The channel.
     pub channel: String,
     /// Where to start.
@@ -102,7 +101,7 @@ pub struct History {
 impl Request {
     /// The request a protocol frame carries, with its id; `None` for the frames that are no
     /// request of this layer (`connect`, `ping`).
-    pub fn from_frame(frame: ClientFrame) -> Option<(u64, Request)> {
+    pub(crate) fn from_frame(frame: ClientFrame) -> Option<(u64, Request)> {
         Some(match frame {
             ClientFrame::Connect { .. } | ClientFrame::Ping { .. } => return None,
             ClientFrame::Subscribe {
@@ -157,11 +156,11 @@ impl Request {
 }
 
 /// Refuses a caller without a credential where one is required (`unauthorized`).
-pub fn ensure_authenticated(app: &App, caller: &AuthContext) -> Result<(), RequestError> {
+pub(crate) fn ensure_authenticated(core: &Core, caller: &AuthContext) -> Result<(), RequestError> {
     if caller.credential == Credential::Missing
         || (caller.credential == Credential::Open
-            && app.auth_required()
-            && !open_by_flag(app, caller))
+            && core.auth_required()
+            && !open_by_flag(core, caller))
     {
         return Err(RequestError::new(
             ErrorCode::Unauthorized,
@@ -173,37 +172,41 @@ pub fn ensure_authenticated(app: &App, caller: &AuthContext) -> Result<(), Reque
 
 /// Whether an `Open` caller with authentication on came through the back-end surface that
 /// `--allow-open-api` opened.
-fn open_by_flag(app: &App, caller: &AuthContext) -> bool {
-    app.config.http.allow_open_api && caller.transport == "api"
+fn open_by_flag(core: &Core, caller: &AuthContext) -> bool {
+    core.config.http.allow_open_api && caller.transport == "api"
 }
 
 /// Authenticated, then allowed by the policy: the first two steps of every request.
-pub fn authorize(app: &App, caller: &AuthContext, action: Action<'_>) -> Result<(), RequestError> {
-    ensure_authenticated(app, caller)?;
-    app.authorizer
+pub(crate) fn authorize(
+    core: &Core,
+    caller: &AuthContext,
+    action: Action<'_>,
+) -> Result<(), RequestError> {
+    ensure_authenticated(core, caller)?;
+    core.authorizer
         .authorize(caller, action)
         .map_err(RequestError::from)
 }
 
 /// Checks a channel name (`bad_request` naming what is wrong).
-pub fn validate_channel(channel: &str) -> Result<(), RequestError> {
+pub(crate) fn validate_channel(channel: &str) -> Result<(), RequestError> {
     redistribute_protocol::validate_channel(channel)
         .map_err(|e| RequestError::bad_request(e.to_string()))
 }
 
 /// How long the layer waits on the engine for one request.
-pub fn engine_deadline(app: &App) -> Duration {
-    app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN
+pub(crate) fn engine_deadline(core: &Core) -> Duration {
+    core.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN
 }
 
 /// Runs an engine call under [`engine_deadline`]; past it the request is `unavailable`
 /// (`what` names the operation in the log).
-pub async fn with_deadline<T>(
-    app: &App,
+pub(crate) async fn with_deadline<T>(
+    core: &Core,
     what: &'static str,
     call: impl Future<Output = Result<T, EngineError>>,
 ) -> Result<T, RequestError> {
-    match tokio::time::timeout(engine_deadline(app), call).await {
+    match tokio::time::timeout(engine_deadline(core), call).await {
         Ok(result) => result.map_err(RequestError::from),
         Err(_) => Err(EngineError::Unavailable(format!("{what} timed out")).into()),
     }

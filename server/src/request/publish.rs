@@ -12,27 +12,27 @@ use redistribute_protocol::{ErrorCode, StreamId};
 
 use super::{authorize, engine_deadline, validate_channel, Publish};
 use crate::auth::{Action, AuthContext};
+use crate::core_state::Core;
 use crate::engine::{EngineError, PublishRequest};
 use crate::error::RequestError;
 use crate::limits::TokenBucket;
-use crate::App;
 
 /// A publish that passed [`check`]; only it can be carried out.
 #[derive(Debug)]
-pub struct Allowed(Publish);
+pub(crate) struct Allowed(Publish);
 
 /// Checks a publish: a credential, a valid channel, the policy's consent, a token of the
 /// publish `bucket` when the transport keeps one (`rate_limited` without), and the message
 /// limits ([`crate::message::check_fields`]).
-pub fn check(
-    app: &App,
+pub(crate) fn check(
+    core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
     request: Publish,
 ) -> Result<Allowed, RequestError> {
     validate_channel(&request.channel)?;
     authorize(
-        app,
+        core,
         caller,
         Action::Publish {
             channel: &request.channel,
@@ -52,14 +52,9 @@ pub fn check(
 }
 
 impl Allowed {
-    /// The channel published to.
-    pub fn channel(&self) -> &str {
-        &self.0.channel
-    }
-
     /// Publishes through the engine, bounded by the request timeout; returns the request's
     /// channel with the offset.
-    pub async fn run(self, app: Arc<App>) -> (String, Result<StreamId, RequestError>) {
+    pub(crate) async fn run(self, core: Arc<Core>) -> (String, Result<StreamId, RequestError>) {
         let Publish {
             channel,
             fields,
@@ -78,11 +73,15 @@ impl Allowed {
         // fire first, or a publish reported `unavailable` could still be written once Redis is
         // back.
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(engine_deadline(&app), app.engine.publish(request)).await {
-                Ok(result) => result.map_err(RequestError::from),
-                Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
-            };
+        let result = match tokio::time::timeout(
+            engine_deadline(&core),
+            core.engine.publish(request),
+        )
+        .await
+        {
+            Ok(result) => result.map_err(RequestError::from),
+            Err(_) => Err(EngineError::Unavailable("publish timed out".into()).into()),
+        };
         crate::metrics::engine_op("publish", started);
         if result.is_ok() {
             crate::metrics::hot().published.increment(1);
@@ -92,14 +91,14 @@ impl Allowed {
 }
 
 /// Checks and carries out one publish.
-pub async fn publish(
-    app: &Arc<App>,
+pub(crate) async fn publish(
+    core: &Arc<Core>,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
     request: Publish,
 ) -> Result<StreamId, RequestError> {
-    check(app, caller, bucket, request)?
-        .run(app.clone())
+    check(core, caller, bucket, request)?
+        .run(core.clone())
         .await
         .1
 }

@@ -10,23 +10,23 @@ use redistribute_protocol::{ErrorCode, StreamId};
 
 use super::{authorize, ensure_authenticated, validate_channel, Ack, Subscribe, Unsubscribe};
 use crate::auth::{Action, AuthContext, Denied};
+use crate::core_state::Core;
 use crate::error::RequestError;
 use crate::feed::{Feed, Start};
 use crate::limits::TokenBucket;
-use crate::App;
 
 /// A subscribe that passed [`check`]; only it can be carried out. It carries whether the
 /// caller may create the channel ([`Action::Create`]), which subscribing to a channel that
 /// does not exist may need (a consumer group, or resuming beyond the tip).
 #[derive(Debug)]
-pub struct Allowed<'a> {
+pub(crate) struct Allowed<'a> {
     request: &'a Subscribe,
     create: Result<(), Denied>,
 }
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subscribed {
+pub(crate) enum Subscribed {
     /// A plain subscription, from this start.
     Plain(Start),
     /// A consumer-group subscription; the group's last delivered ID.
@@ -35,15 +35,15 @@ pub enum Subscribed {
 
 /// Checks a subscribe: a credential, a valid channel, the policy's consent and, when the
 /// transport keeps one, a token of the subscribe `bucket` (`rate_limited` without).
-pub fn check<'a>(
-    app: &App,
+pub(crate) fn check<'a>(
+    core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
     request: &'a Subscribe,
 ) -> Result<Allowed<'a>, RequestError> {
     validate_channel(&request.channel)?;
     authorize(
-        app,
+        core,
         caller,
         Action::Subscribe {
             channel: &request.channel,
@@ -57,18 +57,18 @@ pub fn check<'a>(
             ));
         }
     }
-    let create = app.may_create(caller, &request.channel);
+    let create = core.may_create(caller, &request.channel);
     Ok(Allowed { request, create })
 }
 
 impl Allowed<'_> {
     /// The channel.
-    pub fn channel(&self) -> &str {
+    pub(crate) fn channel(&self) -> &str {
         &self.request.channel
     }
 
     /// Subscribes `feed` (the feed bounds its engine calls by the request timeout).
-    pub async fn run(self, feed: &mut Feed) -> Result<Subscribed, RequestError> {
+    pub(crate) async fn run(self, feed: &mut Feed) -> Result<Subscribed, RequestError> {
         let Allowed { request, create } = self;
         match &request.group {
             Some((group, consumer)) => feed
@@ -84,24 +84,24 @@ impl Allowed<'_> {
 }
 
 /// Checks and carries out one subscribe.
-pub async fn subscribe(
-    app: &App,
+pub(crate) async fn subscribe(
+    core: &Core,
     caller: &AuthContext,
     bucket: Option<&mut TokenBucket>,
     feed: &mut Feed,
     request: &Subscribe,
 ) -> Result<Subscribed, RequestError> {
-    check(app, caller, bucket, request)?.run(feed).await
+    check(core, caller, bucket, request)?.run(feed).await
 }
 
 /// Ends one of the caller's own subscriptions (`not_found` when there is none).
-pub fn unsubscribe(
-    app: &App,
+pub(crate) fn unsubscribe(
+    core: &Core,
     caller: &AuthContext,
     feed: &mut Feed,
     request: &Unsubscribe,
 ) -> Result<(), RequestError> {
-    ensure_authenticated(app, caller)?;
+    ensure_authenticated(core, caller)?;
     if feed.unsubscribe(&request.channel) {
         Ok(())
     } else {
@@ -113,15 +113,15 @@ pub fn unsubscribe(
 }
 
 /// Acknowledges consumer-group entries; the number that were pending.
-pub async fn ack(
-    app: &App,
+pub(crate) async fn ack(
+    core: &Core,
     caller: &AuthContext,
     feed: &mut Feed,
     request: &Ack,
 ) -> Result<u64, RequestError> {
     validate_channel(&request.channel)?;
     authorize(
-        app,
+        core,
         caller,
         Action::Ack {
             channel: &request.channel,

@@ -7,22 +7,26 @@ use redistribute_protocol::ErrorCode;
 use sha2::Sha256;
 
 use crate::auth::{AuthContext, Credential};
+use crate::core_state::Core;
 use crate::error::RequestError;
-use crate::App;
 
 /// The channel a task id names, and the caller as it then stands: a correctly signed id makes
 /// the caller [`Credential::SignedTask`] (for the bare id's channel). Without a signature the
 /// id is taken whole, and the caller keeps the credential it came with (a token, or none when
 /// authentication is off); a caller with neither is refused (`forbidden` when only a secret is
 /// configured, since the id is then the credential; `unauthorized` with tokens on).
-pub fn resolve(app: &App, caller: &mut AuthContext, id: &str) -> Result<String, RequestError> {
-    let secret = app.config.http.task_secret.as_ref().map(|s| s.expose());
+pub(crate) fn resolve(
+    core: &Core,
+    caller: &mut AuthContext,
+    id: &str,
+) -> Result<String, RequestError> {
+    let secret = core.config.http.task_secret.as_ref().map(|s| s.expose());
     if let Some(bare) = secret.and_then(|secret| verify(id, secret)) {
         caller.credential = Credential::SignedTask;
         return Ok(format!("task:{bare}"));
     }
     if caller.credential == Credential::Missing {
-        let (code, message) = if app.auth_required() {
+        let (code, message) = if core.auth_required() {
             (
                 ErrorCode::Unauthorized,
                 "a token or a signed task id is required",

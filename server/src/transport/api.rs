@@ -12,13 +12,12 @@ use redistribute_protocol::{decode_client, Offset, StreamId};
 use super::http::{parse_count, push_message, push_offsets, query_pairs, query_value, HttpError};
 use crate::auth::AuthContext;
 use crate::request::{history::history as read_history, publish, History, Request};
-use crate::App;
+use crate::server::App;
 
-/// Most messages one history request returns.
-const MAX_HISTORY: usize = 1_000;
+use crate::request::history::MAX_HISTORY;
 
 /// `POST /api/publish` with `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
-pub async fn publish_api(
+pub(crate) async fn publish_api(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     body: String,
@@ -44,12 +43,12 @@ async fn publish_inner(
     let Some((_, Request::Publish(request))) = Request::from_frame(frame) else {
         return Err(HttpError::bad_request("not a publish"));
     };
-    Ok(publish::publish(app, caller, None, request).await?)
+    Ok(publish::publish(&app.core, caller, None, request).await?)
 }
 
 /// `GET /api/history?channel=&from=&limit=` → `{"messages":[…],"offsets":{…}}`, plus
 /// `"truncated":true` and the gap when entries after `from` were trimmed.
-pub async fn history(
+pub(crate) async fn history(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     RawQuery(query): RawQuery,
@@ -81,7 +80,7 @@ async fn history_inner(
         from,
         limit,
     };
-    let page = read_history(app, caller, &request).await?;
+    let page = read_history(&app.core, caller, &request).await?;
     let channel = &*page.channel;
     let mut body = String::from("{\"messages\":[");
     if let Some(batch) = &page.batch {

@@ -9,21 +9,21 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::App;
+use crate::server::App;
 
 /// Whether `origin` is in the allow-list (`*` allows any).
-pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| a == "*" || a == origin)
 }
 
 /// The CORS middleware.
-pub async fn cors(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub(crate) async fn cors(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let origin = request
         .headers()
         .get(header::ORIGIN)
         .filter(|o| {
             o.to_str()
-                .is_ok_and(|o| origin_allowed(o, &app.config.http.allowed_origins))
+                .is_ok_and(|o| origin_allowed(o, &app.core.config.http.allowed_origins))
         })
         .cloned();
     let Some(origin) = origin else {

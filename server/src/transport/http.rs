@@ -88,14 +88,14 @@ impl From<RequestError> for HttpError {
 }
 
 /// The decoded `key=value` pairs of a query string, in order.
-pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
         .into_owned()
         .collect()
 }
 
 /// The value of the last `key` in the pairs.
-pub fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
         .iter()
         .rev()
@@ -105,7 +105,7 @@ pub fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a s
 
 /// The channels a request names (`channel=` repeated) with their starting offsets (`offset=`:
 /// none means `$` for all, one applies to all, otherwise one per channel in the same order).
-pub fn channels_with_offsets(
+pub(crate) fn channels_with_offsets(
     pairs: &[(String, String)],
 ) -> Result<Vec<(String, Offset)>, HttpError> {
     let channels: Vec<&str> = values(pairs, "channel");
@@ -146,7 +146,7 @@ pub fn channels_with_offsets(
 }
 
 /// The plain subscribes a request names ([`channels_with_offsets`]).
-pub fn subscribes(pairs: &[(String, String)]) -> Result<Vec<Subscribe>, HttpError> {
+pub(crate) fn subscribes(pairs: &[(String, String)]) -> Result<Vec<Subscribe>, HttpError> {
     Ok(channels_with_offsets(pairs)?
         .into_iter()
         .map(|(channel, offset)| Subscribe {
@@ -163,7 +163,7 @@ const MAX_NUMBER_CHARS: usize = 32;
 /// Parses a duration query parameter `name`: a plain decimal number of seconds (`0`, `25`,
 /// `2.5`), capped at `max`. Anything else (empty, signs, exponents, `inf`, `NaN`, over 32
 /// characters) is `400`.
-pub fn parse_seconds(name: &str, value: &str, max: Duration) -> Result<Duration, HttpError> {
+pub(crate) fn parse_seconds(name: &str, value: &str, max: Duration) -> Result<Duration, HttpError> {
     let bad = || {
         HttpError::bad_request(format!(
             "{name} must be a plain decimal number of seconds such as 25 or 2.5 (larger than \
@@ -186,7 +186,7 @@ pub fn parse_seconds(name: &str, value: &str, max: Duration) -> Result<Duration,
 
 /// Parses a count query parameter `name`: plain decimal digits within `range`; anything else
 /// (empty, signs, fractions, exponents, out of range) is `400`.
-pub fn parse_count(
+pub(crate) fn parse_count(
     name: &str,
     value: &str,
     range: std::ops::RangeInclusive<usize>,
@@ -222,7 +222,7 @@ fn values<'a>(pairs: &'a [(String, String)], key: &str) -> Vec<&'a str> {
 
 /// Appends `{"channel":"<channel>","offset":…,"fields":…}` given an encoded entry
 /// (`{"offset":…,"fields":…}`). Channel names need no JSON escaping.
-pub fn push_message(out: &mut String, channel: &str, entry: &str) {
+pub(crate) fn push_message(out: &mut String, channel: &str, entry: &str) {
     out.push_str("{\"channel\":\"");
     out.push_str(channel);
     out.push_str("\",");
@@ -230,13 +230,16 @@ pub fn push_message(out: &mut String, channel: &str, entry: &str) {
 }
 
 /// A gap as JSON: `{"channel","from","to"}` (the channel's entries in `(from, to]` are missed).
-pub fn gap_json(channel: &str, from: StreamId, to: StreamId) -> String {
+pub(crate) fn gap_json(channel: &str, from: StreamId, to: StreamId) -> String {
     // Channel names are validated: no JSON escaping needed.
     format!("{{\"channel\":\"{channel}\",\"from\":\"{from}\",\"to\":\"{to}\"}}")
 }
 
 /// Appends `"offsets":{"<channel>":"<offset>",…}` (no surrounding braces).
-pub fn push_offsets<'a>(out: &mut String, offsets: impl IntoIterator<Item = (&'a str, StreamId)>) {
+pub(crate) fn push_offsets<'a>(
+    out: &mut String,
+    offsets: impl IntoIterator<Item = (&'a str, StreamId)>,
+) {
     out.push_str("\"offsets\":{");
     for (i, (channel, offset)) in offsets.into_iter().enumerate() {
         if i > 0 {

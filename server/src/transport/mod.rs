@@ -1,29 +1,29 @@
 //! HTTP routing and the transports served on the listener: WebSocket (`/ws`), SSE (`/sse`),
 //! long-polling (`/poll`), task status (`/task/<id>`), the back-end API (`/api/…`) and health.
 
-pub mod api;
-pub mod cors;
-pub mod http;
-pub mod ops;
-pub mod poll;
-pub mod routes;
-pub mod sse;
-pub mod task;
-pub mod ws;
-pub mod ws_connection;
+pub(crate) mod api;
+pub(crate) mod cors;
+pub(crate) mod http;
+pub(crate) mod ops;
+pub(crate) mod poll;
+pub(crate) mod routes;
+pub(crate) mod sse;
+pub(crate) mod task;
+pub(crate) mod ws;
+pub(crate) mod ws_connection;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
-use crate::App;
+use crate::server::App;
 
 /// The server's routes on the public listener ([`routes`]), behind CORS and the body limit.
 /// With an admin listener configured, `/metrics` and `/status*` are left out (served by
 /// [`ops_router`] only); `/readyz` stays for load balancers.
-pub fn router(app: Arc<App>) -> Router {
-    let with_ops = app.config.admin_listen.is_none();
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let with_ops = app.core.config.admin_listen.is_none();
     let mut entries = routes::app_routes();
     entries.extend(
         routes::ops_routes()
@@ -35,12 +35,23 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             cors::cors,
         ))
-        .layer(DefaultBodyLimit::max(app.config.limits.max_frame_bytes))
+        .layer(DefaultBodyLimit::max(
+            app.core.config.limits.max_frame_bytes,
+        ))
         .with_state(app)
 }
 
 /// The admin listener's routes: health, readiness, metrics and the status page, without
 /// credentials (the admin listener is bound to a private interface; `docs/operations.md`).
-pub fn ops_router(app: Arc<App>) -> Router {
+pub(crate) fn ops_router(app: Arc<App>) -> Router {
     routes::build(&app, routes::admin_routes()).with_state(app)
+}
+
+/// State of the HTTP transports: who holds each long-poll `client_id` and each task watch.
+#[derive(Debug, Default)]
+pub(crate) struct HttpState {
+    /// Long-polls holding a `client_id`.
+    pub poll_holders: Arc<http::Holders>,
+    /// Task watches holding a task id.
+    pub task_watches: Arc<http::Holders>,
 }

@@ -9,19 +9,19 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::App;
+use crate::server::App;
 
 /// `GET /healthz`.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// `GET /readyz`: 503 while draining or when the engine does not answer within 2 s.
-pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.shutdown.is_cancelled() {
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.core.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    let probe = app.engine.position("redistribute:readyz");
+    let probe = app.core.engine.position("redistribute:readyz");
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(err)) => {
@@ -36,22 +36,22 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `GET /metrics`.
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&app),
+        crate::metrics::render(&app.core, app.listener.connections.total()),
     )
         .into_response()
 }
 
 /// `GET /status`: a self-contained page that polls `/status.json` and draws live charts.
-pub async fn status_page() -> Html<&'static str> {
+pub(crate) async fn status_page() -> Html<&'static str> {
     Html(include_str!("assets/status.html"))
 }
 
 /// `GET /status.json`: the numbers behind the status page (totals; the page derives rates).
-pub async fn status_json(State(app): State<Arc<App>>) -> Response {
-    let metrics = crate::metrics::render(&app);
+pub(crate) async fn status_json(State(app): State<Arc<App>>) -> Response {
+    let metrics = crate::metrics::render(&app.core, app.listener.connections.total());
     let total = |name: &str| -> f64 {
         metrics
             .lines()
@@ -60,12 +60,12 @@ pub async fn status_json(State(app): State<Arc<App>>) -> Response {
             .sum()
     };
     let body = serde_json::json!({
-        "engine": app.engine.name(),
-        "draining": app.shutdown.is_cancelled(),
-        "uptime_seconds": app.started.elapsed().as_secs_f64(),
-        "connections": app.connections.total(),
-        "channels": app.hub.channel_count(),
-        "subscriptions": app.hub.subscriber_total(),
+        "engine": app.core.engine.name(),
+        "draining": app.core.shutdown.is_cancelled(),
+        "uptime_seconds": app.drain.started.elapsed().as_secs_f64(),
+        "connections": app.listener.connections.total(),
+        "channels": app.core.hub.channel_count(),
+        "subscriptions": app.core.hub.subscriber_total(),
         "published_total": total(crate::metrics::PUBLISHED),
         "delivered_total": total(crate::metrics::DELIVERED),
     });

@@ -20,10 +20,10 @@ use super::http::{
 use crate::auth::{lifetime, AuthContext};
 use crate::feed::{Delivery, Feed};
 use crate::request::{subscribe, Subscribe};
-use crate::App;
+use crate::server::App;
 
 /// Answers one long-poll request.
-pub async fn poll(
+pub(crate) async fn poll(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     RawQuery(query): RawQuery,
@@ -42,7 +42,7 @@ pub async fn poll(
 
 /// A refused poll (by the route's guard) answered like any other: as JSONP when it asked for
 /// it.
-pub fn error_response(app: &App, pairs: &[(String, String)], err: HttpError) -> Response {
+pub(crate) fn error_response(app: &App, pairs: &[(String, String)], err: HttpError) -> Response {
     match jsonp_callback(app, pairs) {
         Ok(callback) => respond(err.status(), err.body(), callback),
         Err(bad) => bad.into_response(),
@@ -55,7 +55,7 @@ fn jsonp_callback<'a>(
     pairs: &'a [(String, String)],
 ) -> Result<Option<&'a str>, HttpError> {
     match query_value(pairs, "callback") {
-        Some(_) if !app.config.http.jsonp => {
+        Some(_) if !app.core.config.http.jsonp => {
             Err(HttpError::bad_request("JSONP is disabled on this server"))
         }
         Some(name) if !valid_callback(name) => Err(HttpError::bad_request(
@@ -73,9 +73,9 @@ async fn hold(
     let channels: Vec<Subscribe> = subscribes(pairs)?;
     let allowed = channels
         .iter()
-        .map(|request| subscribe::check(app, caller, None, request))
+        .map(|request| subscribe::check(&app.core, caller, None, request))
         .collect::<Result<Vec<_>, _>>()?;
-    let http = &app.config.http;
+    let http = &app.core.config.http;
     let timeout = match query_value(pairs, "timeout") {
         None => http.poll_timeout,
         Some(t) => parse_seconds("timeout", t, http.poll_max_timeout)?,
@@ -85,12 +85,12 @@ async fn hold(
             if id.is_empty() || id.len() > 200 {
                 Err(HttpError::bad_request("client_id must be 1-200 bytes"))
             } else {
-                app.poll_holders.claim(id.to_owned(), caller.owner())
+                app.http.poll_holders.claim(id.to_owned(), caller.owner())
             }
         })
         .transpose()?;
 
-    let mut feed = Feed::new(app.clone(), "poll");
+    let mut feed = Feed::new(app.core.clone(), "poll");
     let mut gaps = Vec::new();
     let mut truncated = Vec::new();
     for allowed in allowed {
@@ -116,7 +116,7 @@ async fn hold(
         () = replaced => {
             return Err(HttpError::replaced("a newer poll with this client_id replaced this one"))
         }
-        () = app.shutdown.cancelled() => {}
+        () = app.core.shutdown.cancelled() => {}
         () = lifetime::expired(lifetime::deadline(caller.claims.as_deref())) => {
             return Err(lifetime::expired_error().into())
         }

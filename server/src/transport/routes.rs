@@ -21,7 +21,7 @@ use super::http::{query_pairs, HttpError};
 use super::{api, ops, poll, sse, task, ws};
 use crate::auth::AuthContext;
 use crate::request::{authenticate, Access};
-use crate::App;
+use crate::server::App;
 
 /// An HTTP method a route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub struct Route {
 }
 
 /// A route and its handler.
-pub struct Entry {
+pub(crate) struct Entry {
     /// The route.
     pub route: Route,
     handler: MethodRouter<Arc<App>>,
@@ -92,7 +92,7 @@ where
 }
 
 /// The client and back-end routes.
-pub fn app_routes() -> Vec<Entry> {
+pub(crate) fn app_routes() -> Vec<Entry> {
     use Access::{Backend, Client, Public, Socket, Task};
     use Method::{Get, Post};
     vec![
@@ -107,7 +107,7 @@ pub fn app_routes() -> Vec<Entry> {
 }
 
 /// The operator routes.
-pub fn ops_routes() -> Vec<Entry> {
+pub(crate) fn ops_routes() -> Vec<Entry> {
     use Access::{Ops, Public};
     use Method::Get;
     vec![
@@ -120,7 +120,7 @@ pub fn ops_routes() -> Vec<Entry> {
 
 /// The admin listener's routes (`--admin-listen`): `/healthz` and the operator routes, open to
 /// whoever reaches that listener.
-pub fn admin_routes() -> Vec<Entry> {
+pub(crate) fn admin_routes() -> Vec<Entry> {
     let health = entry("/healthz", Method::Get, Access::Public, "ops", ops::healthz);
     let mut entries = vec![health];
     entries.extend(ops_routes().into_iter().map(|mut e| {
@@ -140,7 +140,7 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// A router of `entries`, each behind its guard.
-pub fn build(app: &Arc<App>, entries: Vec<Entry>) -> Router<Arc<App>> {
+pub(crate) fn build(app: &Arc<App>, entries: Vec<Entry>) -> Router<Arc<App>> {
     let mut router = Router::new();
     for Entry { route, handler } in entries {
         let guarded = handler.route_layer(axum::middleware::from_fn_with_state(
@@ -166,7 +166,7 @@ async fn guard(
         .map(|ConnectInfo(peer)| *peer);
     let query = query_pairs(request.uri().query());
     match authenticate(
-        &app,
+        &app.core,
         route.access,
         route.transport,
         request.headers(),

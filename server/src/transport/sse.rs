@@ -27,7 +27,7 @@ use super::http::{gap_json, push_message, query_pairs, query_value, subscribes, 
 use crate::auth::{lifetime, AuthContext};
 use crate::feed::{Delivery, Feed};
 use crate::request::{subscribe, Subscribe};
-use crate::App;
+use crate::server::App;
 
 /// Chunks waiting to be written to one stream (each is one delivery, at most about 2 MiB): a
 /// client that stops reading holds at most this many.
@@ -37,7 +37,7 @@ const SSE_CHUNKS: usize = 2;
 const RETRY_MS: u64 = 2_000;
 
 /// Opens an event stream.
-pub async fn sse(
+pub(crate) async fn sse(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     headers: HeaderMap,
@@ -71,9 +71,9 @@ async fn open(
     }
     let allowed = channels
         .iter()
-        .map(|request| subscribe::check(&app, caller, None, request))
+        .map(|request| subscribe::check(&app.core, caller, None, request))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut feed = Feed::new(app.clone(), "sse");
+    let mut feed = Feed::new(app.core.clone(), "sse");
     let mut preamble = format!("retry: {RETRY_MS}\n\n");
     for allowed in allowed {
         let channel = allowed.channel().to_owned();
@@ -110,7 +110,7 @@ async fn open(
     tx.try_send(Ok(Bytes::from(preamble))).ok();
     let peer = caller.peer.map(|p| p.to_string()).unwrap_or_default();
     tracing::debug!(conn = feed.id(), %peer, channels = names.len(), "SSE stream opened");
-    app.tasks.spawn(stream_events(
+    app.drain.tasks.spawn(stream_events(
         app.clone(),
         feed,
         names,
@@ -169,11 +169,11 @@ async fn stream_events(
         connections.decrement(1.0);
         tracing::debug!(conn, "SSE stream closed");
     });
-    let mut heartbeat = tokio::time::interval(app.config.http.sse_heartbeat);
+    let mut heartbeat = tokio::time::interval(app.core.config.http.sse_heartbeat);
     heartbeat.tick().await;
     loop {
         let chunk = tokio::select! {
-            () = app.shutdown.cancelled() => return,
+            () = app.core.shutdown.cancelled() => return,
             () = tx.closed() => return,
             _ = heartbeat.tick() => String::from(": heartbeat\n\n"),
             () = lifetime::expired(expiry) => {

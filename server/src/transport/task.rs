@@ -31,12 +31,12 @@ use crate::auth::{lifetime, AuthContext};
 use crate::engine::Batch;
 use crate::feed::{Delivery, Feed};
 use crate::request::{history, subscribe, task_id, Subscribe};
-use crate::App;
+use crate::server::App;
 
 pub use crate::request::task_id::sign_task_id;
 
 /// Answers a task poll or watch.
-pub async fn task(
+pub(crate) async fn task(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     Path(id): Path<String>,
@@ -57,10 +57,10 @@ async fn handle(
     id: &str,
     watch: bool,
 ) -> Result<Response, HttpError> {
-    let channel = task_id::resolve(&app, &mut caller, id)?;
+    let channel = task_id::resolve(&app.core, &mut caller, id)?;
     if !watch {
         let channel: Arc<str> = Arc::from(channel);
-        return match history::latest(&app, &caller, &channel).await? {
+        return match history::latest(&app.core, &caller, &channel).await? {
             Some(batch) => Ok(json_response(entry_json(&batch))),
             None => Err(HttpError::new(
                 StatusCode::NOT_FOUND,
@@ -77,25 +77,26 @@ async fn handle(
         offset: Offset::Latest,
         group: None,
     };
-    let allowed = subscribe::check(&app, &caller, None, &request)?;
-    let mut feed = Feed::new(app.clone(), "task");
+    let allowed = subscribe::check(&app.core, &caller, None, &request)?;
+    let mut feed = Feed::new(app.core.clone(), "task");
     let subscribe::Subscribed::Plain(start) = allowed.run(&mut feed).await? else {
         return Err(HttpError::bad_request(
             "a task watch subscribes to no group",
         ));
     };
     let channel: Arc<str> = Arc::from(request.channel);
-    let newest = history::entry_at(&app, &caller, &channel, start.after).await?;
+    let newest = history::entry_at(&app.core, &caller, &channel, start.after).await?;
     if let Some(batch) = newest.as_ref().filter(|b| is_done(b)) {
         return Ok(json_response(entry_json(batch)));
     }
     let holder = app
+        .http
         .task_watches
         .claim(channel.to_string(), caller.owner())?;
     let expiry = lifetime::deadline(caller.claims.as_deref());
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(2);
-    let keepalive = app.config.http.task_keepalive;
-    let tasks = app.tasks.clone();
+    let keepalive = app.core.config.http.task_keepalive;
+    let tasks = app.drain.tasks.clone();
     tasks.spawn(async move {
         let mut ticker = keepalive.map(tokio::time::interval);
         if let Some(t) = ticker.as_mut() {
@@ -124,7 +125,7 @@ async fn handle(
                 () = lifetime::expired(expiry) => {
                     HttpError::from(lifetime::expired_error()).body()
                 }
-                () = app.shutdown.cancelled() => {
+                () = app.core.shutdown.cancelled() => {
                     HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server restarting; watch again").body()
                 }
                 () = feed.ready() => {

@@ -11,7 +11,7 @@ use super::http::HttpError;
 use super::ws_connection::serve_websocket;
 use crate::auth::AuthContext;
 use crate::listener::IpSlot;
-use crate::App;
+use crate::server::App;
 
 /// Read buffer per connection: small, since tungstenite allocates it for every connection when
 /// it is created and keeps it (128 KiB by default; it grows on demand for larger frames). It
@@ -29,14 +29,14 @@ const WRITE_BUFFER: usize = 32 * 1024;
 /// Handles the upgrade request: refuses browser origins outside the allow-list (cross-site
 /// WebSocket hijacking) with 403. The route's guard has already refused a bad
 /// `Authorization: Bearer` token with 401.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
     slot: Option<Extension<Arc<IpSlot>>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if app.shutdown.is_cancelled() {
+    if app.core.shutdown.is_cancelled() {
         return HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -44,7 +44,7 @@ pub async fn upgrade(
         )
         .into_response();
     }
-    let allowed = &app.config.http.allowed_origins;
+    let allowed = &app.core.config.http.allowed_origins;
     if let Some(origin) = headers.get(header::ORIGIN) {
         let ok = allowed.is_empty()
             || origin
@@ -59,13 +59,13 @@ pub async fn upgrade(
             .into_response();
         }
     }
-    let max = app.config.limits.max_frame_bytes;
+    let max = app.core.config.limits.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let tasks = app.tasks.clone();
+            let tasks = app.drain.tasks.clone();
             // The slot keeps counting against the per-IP limit while the WebSocket lives.
             let slot = slot.map(|Extension(slot)| slot);
             tasks.track_future(serve_websocket(socket, app, caller, slot))

@@ -136,7 +136,7 @@ pub(super) async fn idle_entries_are_claimed_with_delivery_counts_then_dead_lett
     assert_eq!(again.deliveries, [3, 3], "a pending read counts a delivery");
     s.engine.group_ack("work", "g", &[b]).await?;
     // The next claim would be delivery 4 > 3: `a` goes to `work:dead` and is acknowledged.
-    let outcome = redistribute_server::groups::claim_idle(
+    let outcome = redistribute_server::internals::claim_idle(
         s.engine.as_ref(),
         &channel,
         "g",

@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use redistribute_protocol::{decode_server, Fields, Message, Offset, ServerFrame, StreamId};
-use redistribute_server::engine::embedded::EmbeddedEngine;
-use redistribute_server::engine::redis::{keys, LiveReaders, RedisConfig, RedisEngine};
-use redistribute_server::engine::{
+use redistribute_server::internals::{
     Batch, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, Page, PublishRequest, Ready,
     MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
 };
+use redistribute_server::internals::{EmbeddedEngine, LiveReaders, RedisConfig, RedisEngine};
+use redistribute_server::redis_keys as keys;
 use redistribute_testkit::{RedisCluster, RedisServer};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};

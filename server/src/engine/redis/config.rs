@@ -96,4 +96,4 @@ impl RedisConfig {
 }
 
 /// Entries each shard log keeps by default.
-pub const DEFAULT_LOG_MAXLEN: u64 = 10_000;
+pub(crate) const DEFAULT_LOG_MAXLEN: u64 = 10_000;

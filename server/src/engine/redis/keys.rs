@@ -44,7 +44,7 @@ pub fn stream_key(prefix: &str, channel: &str, shards: Option<u16>) -> String {
 
 /// The log key of `shard`: `<prefix>#log` with a single Redis (`shards` `None`, one log), or
 /// `<prefix>{<shard>}#log` in Cluster (in the shard's hash slot, like its channels).
-pub fn log_key(prefix: &str, shard: u16, shards: Option<u16>) -> String {
+pub(crate) fn log_key(prefix: &str, shard: u16, shards: Option<u16>) -> String {
     match shards {
         None => format!("{prefix}#log"),
         Some(_) => format!("{prefix}{{{shard}}}#log"),
@@ -52,7 +52,7 @@ pub fn log_key(prefix: &str, shard: u16, shards: Option<u16>) -> String {
 }
 
 /// The Redis Cluster hash slot of every key of `shard`.
-pub fn shard_slot(shard: u16) -> u16 {
+pub(crate) fn shard_slot(shard: u16) -> u16 {
     fred::util::redis_keyslot(format!("{{{shard}}}").as_bytes())
 }
 

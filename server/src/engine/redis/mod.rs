@@ -24,15 +24,15 @@
 //! Modules: [`config`] the settings, [`client`] building clients and running commands and
 //! scripts, `shared` the state the engine and its readers share (keys, routing, positions,
 //! pages, raises), [`connection`] a live reader's own connection, [`reader`] and [`log`] the
-//! two kinds of live readers, `groups` consumer groups, [`keys`] the key layout, `parse` and
+//! two kinds of live readers, `group_commands` the consumer-group commands, [`keys`] the key layout, `parse` and
 //! `scripts` the reply parsers and Lua scripts.
 
 mod client;
 mod config;
 mod connection;
 mod cursors;
-mod groups;
-pub mod keys;
+mod group_commands;
+pub(crate) mod keys;
 mod log;
 mod parse;
 mod reader;
@@ -54,7 +54,9 @@ use super::{
     Page, Position, PublishRequest, ReadySender, MAX_CLOCK_SKEW, MAX_TRIM_PER_PUBLISH,
 };
 use client::{build_client, client_config, eval, eval_as, map_err};
-pub use config::{ClusterConfig, LiveReaders, RedisConfig, DEFAULT_LOG_MAXLEN};
+pub use config::LiveReaders;
+pub use config::RedisConfig;
+pub(crate) use config::DEFAULT_LOG_MAXLEN;
 use log::LogPool;
 use reader::ReaderPool;
 

@@ -8,7 +8,7 @@ use redistribute_protocol::StreamId;
 use crate::engine::{Batch, BatchBuilder, EngineError, MAX_ENCODED_ENTRY_BYTES, MAX_ENTRY_BYTES};
 
 /// The text of a string reply, if it is one (invalid UTF-8 is replaced).
-pub fn text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
+pub(super) fn text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match value {
         Value::String(s) => Some(std::borrow::Cow::Borrowed(&**s)),
         Value::Bytes(b) => Some(String::from_utf8_lossy(b)),
@@ -21,13 +21,13 @@ fn unexpected(what: &str, value: &Value) -> EngineError {
 }
 
 /// Parses an entry ID reply.
-pub fn stream_id(value: &Value) -> Result<StreamId, EngineError> {
+pub(super) fn stream_id(value: &Value) -> Result<StreamId, EngineError> {
     let s = text(value).ok_or_else(|| unexpected("ID", value))?;
     StreamId::parse(&s).map_err(|_| unexpected("ID", value))
 }
 
 /// Parses an optional ID given as an empty string when absent.
-pub fn optional_id(value: &Value) -> Result<Option<StreamId>, EngineError> {
+pub(super) fn optional_id(value: &Value) -> Result<Option<StreamId>, EngineError> {
     match text(value) {
         Some(s) if s.is_empty() => Ok(None),
         Some(_) => stream_id(value).map(Some),
@@ -38,7 +38,7 @@ pub fn optional_id(value: &Value) -> Result<Option<StreamId>, EngineError> {
 
 /// Encodes a list of `[id, [field, value, ...]]` entries (an `XRANGE` reply or one stream of an
 /// `XREAD` reply) into a batch for `channel`.
-pub fn entries(channel: &Arc<str>, value: &Value) -> Result<Option<Batch>, EngineError> {
+pub(super) fn entries(channel: &Arc<str>, value: &Value) -> Result<Option<Batch>, EngineError> {
     let Value::Array(items) = value else {
         return match value {
             Value::Null => Ok(None),
@@ -80,7 +80,7 @@ pub fn entries(channel: &Arc<str>, value: &Value) -> Result<Option<Batch>, Engin
 
 /// Entries encoded into batches by [`entries_bounded`].
 #[derive(Debug, Default)]
-pub struct Encoded {
+pub(super) struct Encoded {
     /// The batches, in order; the first carries the initial gap (if it has entries).
     pub batches: Vec<Batch>,
     /// A gap not carried by any batch: entries skipped (too large) after the last batch, or
@@ -144,7 +144,7 @@ fn encode(builder: &mut BatchBuilder, entry: &RawEntry<'_>) {
 /// (entries past the last one are left out). An entry larger than [`MAX_ENTRY_BYTES`] is
 /// skipped and covered by the gap of the batch after it; `gap` is the initial gap, carried by
 /// the first batch.
-pub fn entries_bounded(
+pub(super) fn entries_bounded(
     channel: &Arc<str>,
     value: &Value,
     max_bytes: usize,
@@ -200,7 +200,7 @@ pub fn entries_bounded(
 }
 
 /// The ID of the first entry of an entries list, if it has one.
-pub fn first_entry_id(value: &Value) -> Option<StreamId> {
+pub(super) fn first_entry_id(value: &Value) -> Option<StreamId> {
     let Value::Array(items) = value else {
         return None;
     };
@@ -211,7 +211,7 @@ pub fn first_entry_id(value: &Value) -> Option<StreamId> {
 }
 
 /// Splits an `XREAD` reply into `(key, entries)` pairs.
-pub fn xread_streams(
+pub(super) fn xread_streams(
     value: &Value,
 ) -> Result<Vec<(std::borrow::Cow<'_, str>, &Value)>, EngineError> {
     match value {

@@ -27,7 +27,7 @@
 /// [`super::log`]): `s <sequence> c <channel> o <entry ID> <field> <value> …`, where the
 /// sequence counts the log's entries one by one (so a reader sees when entries it did not read
 /// were trimmed), the log being trimmed to about its length.
-pub const PUBLISH: &str = r#"
+pub(super) const PUBLISH: &str = r#"
 if KEYS[5] then
   local prev = redis.call('GET', KEYS[5])
   if prev then return prev end
@@ -82,7 +82,7 @@ return id
 
 /// KEYS: stream, trim watermark. Returns `{last-generated-id or '', watermark or ''}`; deletes a
 /// watermark whose stream is gone.
-pub const POSITION: &str = r#"
+pub(super) const POSITION: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[2])
   return {'', ''}
@@ -104,7 +104,7 @@ return {'', t}
 /// entry was taken yet (reported as `skipped`), else the page ends before it. Skipped entries
 /// count towards `limit`, so a page does bounded work. Returns
 /// `{watermark or '', skipped through or '', {entries}}`.
-pub const READ: &str = r#"
+pub(super) const READ: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'', '', {}} end
 local wm = redis.call('GET', KEYS[2]) or ''
 local limit = tonumber(ARGV[2])
@@ -143,7 +143,7 @@ return {wm, skipped, out}
 /// delivered ID, or `''` when the stream does not exist and create is `0` (nothing is written).
 /// A stream it creates starts without a watermark (like a publish that creates one), so a stale
 /// `#trim` of a deleted stream never reports gaps in the new one.
-pub const GROUP_CREATE: &str = r#"
+pub(super) const GROUP_CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[3] ~= '1' then return '' end
   redis.call('DEL', KEYS[2])
@@ -166,7 +166,7 @@ return redis.error_reply('NOGROUP group vanished')
 /// delivery), each with its delivery count (`XPENDING`), atomically; entries deleted from the
 /// stream while pending are acknowledged and left out.
 /// Returns `{{entries}, {delivery counts}}`.
-pub const GROUP_PENDING: &str = r#"
+pub(super) const GROUP_PENDING: &str = r#"
 local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])
 local entries, counts = {}, {}
 if not r or not r[1] then return {entries, counts} end
@@ -190,7 +190,7 @@ return {entries, counts}
 /// room (ties: served least recently), while that consumer is the instance's.
 /// Returns `{deferred (1: stopped at another instance's consumer with entries left), consumer,
 /// {entries}, consumer, {entries}, …}`.
-pub const GROUP_TURNS: &str = r#"
+pub(super) const GROUP_TURNS: &str = r#"
 local reg, group, inst = KEYS[2], ARGV[1], ARGV[2]
 local lease, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
@@ -275,7 +275,7 @@ return out
 /// KEYS: stream. ARGV: group, consumer, min idle ms, start ID, count.
 /// `XAUTOCLAIM`, then each claimed entry's delivery count (`XPENDING`), atomically.
 /// Returns `{next start, {entries}, {delivery counts}}`.
-pub const GROUP_CLAIM: &str = r#"
+pub(super) const GROUP_CLAIM: &str = r#"
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 local entries, counts = {}, {}
 for _, e in ipairs(r[2]) do
@@ -297,7 +297,7 @@ return {r[1], entries, counts}
 /// the ID is more than the skew ahead of Redis' clock. With record `1` the raised-over range is
 /// recorded as removed: the trim watermark (and the stream's max deleted ID) becomes the ID.
 /// Returns `{last-generated-id or '', watermark or '', raised 0/1}` per pair.
-pub const RAISE: &str = r#"
+pub(super) const RAISE: &str = r#"
 local function split(id) return string.match(id, '^(%d+)-(%d+)$') end
 local function less(a, b)
   local am, as = split(a)
@@ -348,7 +348,7 @@ return out
 
 /// KEYS: stream, trim watermark, stream, trim watermark, … (pairs).
 /// [`POSITION`] for each pair: `{{last-generated-id or '', watermark or ''}, …}`.
-pub const POSITIONS: &str = r#"
+pub(super) const POSITIONS: &str = r#"
 local out = {}
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i]) == 0 then
@@ -370,7 +370,7 @@ return out
 /// KEYS: shard log, shard log sequence.
 /// Where the log ends: `{ID of its last entry or '', that entry's sequence (or the sequence
 /// counter when the log has no entry, '0' when neither exists)}`.
-pub const LOG_TIP: &str = r#"
+pub(super) const LOG_TIP: &str = r#"
 local e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if e[1] then return {e[1][1], e[1][2][2]} end
 return {'', redis.call('GET', KEYS[2]) or '0'}

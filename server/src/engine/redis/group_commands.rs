@@ -4,7 +4,7 @@
 //! Every command goes through the shared multiplexed writer and targets the channel's stream
 //! key ([`super::keys`]), so in cluster mode it is routed to the node serving the channel's
 //! shard, like publishes. None of them blocks: live group delivery is driven by the server's
-//! per-group pollers ([`crate::groups`]), which the instance's blocking `XREAD` readers wake
+//! per-group pollers ([`crate::group_dispatch`]), which the instance's blocking `XREAD` readers wake
 //! when a watched channel gets new entries, so an instance needs no Redis connection per
 //! consumer.
 

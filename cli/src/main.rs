@@ -1,4 +1,4 @@
-//! `redistribute`: the server binary. Parses flags, initializes logging, binds, and runs
+//! `redistribute`: the server binary (package `redistribute-cli`). Parses flags, initializes logging, binds, and runs
 //! [`redistribute_server::serve`] until SIGINT or SIGTERM. The client commands `sub` and `pub`
 //! and the operator tools `token`, `config` and `completions` live in [`cli`].
 
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use redistribute_server::{serve, App, ConfigValues, LogFormat};
+use redistribute_server::{serve, ConfigValues, LogFormat, Server};
 use tokio_util::sync::CancellationToken;
 
 /// Real-time channels over WebSocket, stored in Redis Streams.
@@ -360,47 +360,47 @@ async fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (`listen`): {e}", config.listen))?;
     let shutdown = CancellationToken::new();
-    let app = App::start(config, shutdown.clone()).await?;
-    let scheme = if app.tls.is_some() { "https" } else { "http" };
+    let server = Server::start(config, shutdown.clone()).await?;
+    let scheme = if server.serves_tls() { "https" } else { "http" };
     println!(
         "redistribute listening on {scheme}://{} (WebSocket at /ws), engine: {}",
         listener.local_addr()?,
-        app.engine_description()
+        server.engine_description()
     );
-    if let Some(admin) = app.config.admin_listen {
+    if let Some(admin) = server.config().admin_listen {
         println!(
             "admin endpoints on http://{admin} (/metrics, /status, /readyz, /healthz); \
              /metrics and /status are not served on the public listener"
         );
     }
-    if !app.auth_required() {
+    if !server.auth_required() {
         tracing::warn!(
             "authentication is off: any client may subscribe and publish to any channel \
              (set --jwt-secret or --jwt-public-key for production)"
         );
-    } else if app.config.http.api_keys.is_empty() {
+    } else if server.config().http.api_keys.is_empty() {
         tracing::warn!(
             "--allow-open-api: /api/publish, /api/history, /metrics and /status answer anyone \
              without credentials"
         );
     }
     tokio::spawn(wait_for_signal(shutdown));
-    tokio::spawn(reload_tls_on_sighup(app.clone()));
-    serve(listener, app).await?;
+    tokio::spawn(reload_tls_on_sighup(server.clone()));
+    serve(listener, server).await?;
     Ok(())
 }
 
 /// Re-reads the TLS certificate and key on SIGHUP.
-async fn reload_tls_on_sighup(app: std::sync::Arc<App>) {
+async fn reload_tls_on_sighup(server: Server) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Some(tls) = app.tls.clone() else {
+    if !server.serves_tls() {
         return;
-    };
+    }
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        match tls.reload() {
+        match server.reload_tls() {
             Ok(()) => tracing::info!("TLS certificate reloaded"),
             Err(err) => {
                 tracing::error!(%err, "TLS reload failed; keeping the previous certificate")

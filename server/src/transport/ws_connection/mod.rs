@@ -19,35 +19,37 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
-use redistribute_protocol::{
-    decode_client, encode_server, ClientFrame, ErrorCode, ServerFrame, PROTOCOL_VERSION,
-};
+use redistribute_protocol::{decode_client, encode_server, ClientFrame, ErrorCode, ServerFrame};
 use tracing::{debug, info_span, Instrument, Span};
 
 use crate::auth::{lifetime, AuthContext, Credential};
+use crate::engine::SharedText;
 use crate::error::RequestError;
-use crate::feed::Feed;
+use crate::feed::{Feed, Frame};
 use crate::limits::TokenBucket;
 use crate::listener::IpSlot;
-use crate::request::{publish, subscribe, Request, ENGINE_TIMEOUT_MARGIN};
-use crate::App;
+use crate::request::ENGINE_TIMEOUT_MARGIN;
+use crate::server::App;
+
+mod requests;
 
 /// WebSocket close codes of protocol v1.
-pub mod close_code {
+pub(crate) mod close_code {
     /// A WebSocket protocol violation (RFC 6455): an unmasked client frame, a reserved opcode
     /// or reserved bit, a continuation without a start, a fragmented or oversized control
     /// frame.
-    pub const PROTOCOL: u16 = 1002;
+    pub(crate) const PROTOCOL: u16 = 1002;
     /// A text frame (or close reason) that is not UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
+    pub(crate) const INVALID_DATA: u16 = 1007;
     /// Policy violation (auth, repeated bad frames).
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// A frame exceeded the size limit.
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
     /// Server error.
-    pub const INTERNAL: u16 = 1011;
+    #[allow(dead_code)] // listed with the protocol's other close codes; not sent today
+    pub(crate) const INTERNAL: u16 = 1011;
     /// The server is restarting: resume on another target.
-    pub const RESTART: u16 = 1012;
+    pub(crate) const RESTART: u16 = 1012;
 }
 
 /// Publishes in flight on one connection, answered in request order. Each one's engine command
@@ -99,19 +101,19 @@ enum End {
 /// the connection state are stored in it once: an `async fn` keeps its arguments and the
 /// locals they are moved into side by side, and every idle connection pays for its future's
 /// whole size ([`IDLE_FUTURE_MAX_BYTES`]).
-pub fn serve_websocket(
+pub(crate) fn serve_websocket(
     socket: WebSocket,
     app: Arc<App>,
     caller: AuthContext,
     slot: Option<Arc<IpSlot>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let now = Instant::now();
-    let limits = &app.config.limits;
+    let limits = &app.core.config.limits;
     let expiry = lifetime::deadline(caller.claims.as_deref());
     let peer = caller.peer;
     let mut conn = Connection {
         socket,
-        feed: Feed::new(app.clone(), "ws"),
+        feed: Feed::new(app.core.clone(), "ws"),
         authenticated: caller.credential != Credential::Missing,
         ctx: caller,
         expiry,
@@ -156,7 +158,8 @@ pub fn serve_websocket(
 /// state and what it waits with), checked by a test: tokio allocates the whole future for
 /// every connection, so this is most of an idle connection's memory. Handling a request is
 /// boxed for its duration instead of being part of every connection's future.
-pub const IDLE_FUTURE_MAX_BYTES: usize = 1376;
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const IDLE_FUTURE_MAX_BYTES: usize = 1376;
 
 struct Connection {
     app: Arc<App>,
@@ -176,10 +179,10 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> End {
-        let shutdown = self.app.shutdown.clone();
+        let shutdown = self.app.core.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        let limits = &self.app.config.limits;
+        let limits = &self.app.core.config.limits;
         let ping_interval = limits.ws_ping_interval;
         let now = tokio::time::Instant::now();
         let auth_deadline = now + limits.handshake_timeout;
@@ -319,7 +322,7 @@ impl Connection {
         let Some(publishes) = self.publishing.as_mut().map(|p| &mut p.replies) else {
             return;
         };
-        let deadline = self.app.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
+        let deadline = self.app.core.config.limits.request_timeout + ENGINE_TIMEOUT_MARGIN;
         let socket = &mut self.socket;
         let _ = tokio::time::timeout(deadline, async {
             while let Some(reply) = publishes.next().await {
@@ -344,7 +347,7 @@ impl Connection {
                 .await
                 .map_err(|_| End::Gone)?;
             self.socket
-                .start_send_unpin(Message::Text(frame))
+                .start_send_unpin(Message::Text(websocket_text(frame)))
                 .map_err(|_| End::Gone)?;
         }
         std::future::poll_fn(|cx| self.socket.poll_flush_unpin(cx))
@@ -366,7 +369,7 @@ impl Connection {
             message: message.to_owned(),
         };
         self.send(&frame).await?;
-        if self.bad_frames >= self.app.config.limits.max_bad_frames {
+        if self.bad_frames >= self.app.core.config.limits.max_bad_frames {
             return Err(End::Close(close_code::POLICY, "too many bad frames"));
         }
         Ok(())
@@ -405,138 +408,18 @@ impl Connection {
             Err(err) => self.send(&err.into_frame(id)).await,
         }
     }
+}
 
-    /// `connect`: (re)authenticates with the token; a bad token closes the connection. On an
-    /// authenticated connection this is a refresh: the new token must allow every current
-    /// subscription ([`lifetime::check_refresh`]), and replaces the claims and the expiry.
-    async fn on_connect(&mut self, id: u64, token: Option<&str>) -> Result<(), End> {
-        let refreshed = self
-            .app
-            .authenticate(token)
-            .and_then(|claims| match claims {
-                Some(claims) if self.authenticated => lifetime::check_refresh(
-                    &*self.app.authorizer,
-                    &self.ctx,
-                    claims,
-                    self.feed.channels(),
-                )
-                .map(|ctx| ctx.claims),
-                claims => Ok(claims),
-            });
-        match refreshed {
-            Ok(claims) => {
-                if claims.is_some() {
-                    self.expiry = lifetime::deadline(claims.as_deref());
-                    self.ctx.claims = claims;
-                    self.ctx.credential = Credential::Token;
-                }
-                self.authenticated = true;
-                self.bad_frames = 0;
-                let reply = ServerFrame::Connected {
-                    id,
-                    client: format!("{:x}-{}", self.app.instance_id, self.feed.id()),
-                    version: PROTOCOL_VERSION,
-                };
-                self.send(&reply).await
-            }
-            Err(err) => {
-                self.send(&err.into_frame(id)).await?;
-                Err(End::Close(close_code::POLICY, "unauthorized"))
-            }
-        }
-    }
-
-    /// Hands a request to the request layer and answers it (a publish is answered when its
-    /// engine call completes, in order with the connection's other publishes).
-    async fn on_request(&mut self, frame: ClientFrame) -> Result<(), RequestError> {
-        if let ClientFrame::Ping { id } = frame {
-            return self.reply(&ServerFrame::Pong { id }).await;
-        }
-        // `connect` is answered by `on_connect` before requests are dispatched here.
-        let Some((id, request)) = Request::from_frame(frame) else {
-            return Ok(());
-        };
-        let app = &self.app;
-        let reply = match request {
-            Request::Subscribe(request) => {
-                let bucket = Some(&mut self.subscribe_bucket);
-                let subscribed =
-                    subscribe::subscribe(app, &self.ctx, bucket, &mut self.feed, &request).await?;
-                let channel = request.channel;
-                match subscribed {
-                    // For a group, `offset` is the group's last delivered ID.
-                    subscribe::Subscribed::Group(last) => ServerFrame::Subscribed {
-                        id,
-                        channel,
-                        offset: last,
-                        truncated: false,
-                    },
-                    subscribe::Subscribed::Plain(start) => {
-                        let reply = ServerFrame::Subscribed {
-                            id,
-                            channel: channel.clone(),
-                            offset: start.after,
-                            truncated: start.truncated,
-                        };
-                        self.reply(&reply).await?;
-                        let Some((from, to)) = start.gap else {
-                            return Ok(());
-                        };
-                        ServerFrame::Gap { channel, from, to }
-                    }
-                }
-            }
-            Request::Unsubscribe(request) => {
-                subscribe::unsubscribe(app, &self.ctx, &mut self.feed, &request)?;
-                let channel = request.channel;
-                ServerFrame::Unsubscribed { id, channel }
-            }
-            Request::Publish(request) => {
-                let limits = &app.config.limits;
-                let publishing = self.publishing.get_or_insert_with(|| {
-                    Box::new(Publishing {
-                        bucket: TokenBucket::new(
-                            limits.publish_rate,
-                            limits.publish_burst,
-                            Instant::now(),
-                        ),
-                        replies: FuturesOrdered::new(),
-                    })
-                });
-                let allowed =
-                    publish::check(app, &self.ctx, Some(&mut publishing.bucket), request)?;
-                let app = app.clone();
-                publishing.replies.push_back(Box::pin(
-                    async move {
-                        match allowed.run(app).await {
-                            (channel, Ok(offset)) => ServerFrame::Published {
-                                id,
-                                channel,
-                                offset,
-                            },
-                            (_, Err(err)) => err.into_frame(id),
-                        }
-                    }
-                    .instrument(Span::current()),
-                ));
-                return Ok(());
-            }
-            Request::Ack(request) => {
-                let count = subscribe::ack(app, &self.ctx, &mut self.feed, &request).await?;
-                ServerFrame::Acked { id, count }
-            }
-            // The protocol has no history frame (history is read over `/api/history`).
-            Request::History(_) => {
-                return Err(RequestError::bad_request(
-                    "history is read over HTTP: GET /api/history",
-                ))
-            }
-        };
-        self.reply(&reply).await
-    }
-
-    async fn reply(&mut self, frame: &ServerFrame) -> Result<(), RequestError> {
-        self.send(frame).await.map_err(|_| RequestError::Socket)
+/// A frame as a WebSocket text payload. A batch's shared frame is converted once per batch
+/// ([`SharedText::wire`]: validated in place, no copy) and every other subscriber gets a clone
+/// of that (a reference count); a frame made for this connection is moved in.
+pub fn websocket_text(frame: Frame) -> Utf8Bytes {
+    match frame {
+        Frame::Shared(batch) => batch.frame().wire(|text: &SharedText| {
+            // Always valid (the text is a `str`); the copy is only a fallback that cannot fail.
+            Utf8Bytes::try_from(text.bytes()).unwrap_or_else(|_| Utf8Bytes::from(text.as_str()))
+        }),
+        Frame::Owned(text) => Utf8Bytes::from(text),
     }
 }
 

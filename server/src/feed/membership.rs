@@ -1,4 +1,4 @@
-//! A feed's consumer-group subscriptions: joining a group through [`crate::groups`],
+//! A feed's consumer-group subscriptions: joining a group through [`crate::group_dispatch`],
 //! receiving the entries its poller assigns to this consumer, and acknowledging them.
 //!
 //! Group entries are not part of the history/live machinery of plain subscriptions: the
@@ -15,16 +15,16 @@ use tokio::sync::mpsc;
 use super::Feed;
 use crate::engine::{Batch, EngineError};
 use crate::error::RequestError;
-use crate::groups::{GroupSender, Member};
+use crate::group_dispatch::{GroupSender, Member};
 
 /// Capacity of a feed's group queue in batches. Each consumer holds at most
-/// [`crate::groups::WINDOW`] unacknowledged entries, which bounds what is queued here.
+/// [`crate::group_dispatch::WINDOW`] unacknowledged entries, which bounds what is queued here.
 const QUEUE_BATCHES: usize = 1024;
 
 /// A feed's group subscriptions and the queue their pollers deliver to, made with the first
 /// group subscription (boxed: most feeds never join a group, and every idle connection would
 /// pay for the map and the queue handles).
-pub(super) struct Groups {
+pub(super) struct Memberships {
     /// Membership by channel.
     pub(super) members: HashMap<Arc<str>, Member>,
     tx: GroupSender,
@@ -44,18 +44,19 @@ impl Feed {
         create: Result<(), crate::auth::Denied>,
     ) -> Result<StreamId, RequestError> {
         self.make_room(channel)?;
-        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
-        let groups = self.groups.get_or_insert_with(|| {
+        let timeout =
+            self.core.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
+        let groups = self.memberships.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-            Box::new(Groups {
+            Box::new(Memberships {
                 members: HashMap::new(),
                 tx,
                 rx,
             })
         });
         let (last, member) = self
-            .app
-            .groups
+            .core
+            .dispatchers
             .join(
                 channel,
                 group,
@@ -78,9 +79,10 @@ impl Feed {
         group: &str,
         offsets: &[StreamId],
     ) -> Result<u64, RequestError> {
-        let timeout = self.app.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
+        let timeout =
+            self.core.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
         let count =
-            tokio::time::timeout(timeout, self.app.engine.group_ack(channel, group, offsets))
+            tokio::time::timeout(timeout, self.core.engine.group_ack(channel, group, offsets))
                 .await
                 .unwrap_or_else(|_| Err(EngineError::Unavailable("ack timed out".into())))?;
         if let Some(member) = self.group(channel).filter(|m| m.group() == group) {
@@ -91,7 +93,7 @@ impl Feed {
 
     /// The group membership of `channel`, if any.
     fn group(&self, channel: &str) -> Option<&Member> {
-        self.groups.as_ref()?.members.get(channel)
+        self.memberships.as_ref()?.members.get(channel)
     }
 
     /// Collects a batch the group poller assigned to this connection; entries of a group

@@ -1,5 +1,5 @@
-//! Consumer-group delivery: one poller per (channel, group) serves every local consumer of
-//! that group.
+//! Consumer-group dispatch: one poller per (channel, group) hands the group's entries to
+//! every local consumer of that group ([`Dispatchers`] is the registry of an instance).
 //!
 //! # Design
 //!
@@ -50,20 +50,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redistribute_protocol::{validate_channel, Fields, Offset, StreamId};
+use redistribute_protocol::{validate_channel, Offset, StreamId};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::engine::Ready;
-use crate::engine::{
-    Batch, BatchBuilder, Engine, EngineError, GroupRead, GroupTurn, PublishRequest,
-};
+use crate::engine::{Batch, Engine, EngineError, GroupRead, GroupTurn};
 use crate::error::RequestError;
 use crate::hub::{Hub, LiveQueue, QueueEvent, Subscriber, SubscriberShared};
 
+mod claim;
+
+pub use claim::claim_idle;
+pub(crate) use claim::dead_letter_excess;
+
 /// Most unacknowledged entries a consumer holds at once.
-pub const WINDOW: usize = 64;
+pub(crate) const WINDOW: usize = 64;
 
 /// Most entries read per group command.
 const READ_COUNT: usize = 256;
@@ -85,10 +88,10 @@ pub struct GroupConfig {
 }
 
 /// Where a batch for a group consumer goes: the connection's group queue.
-pub type GroupSender = mpsc::Sender<Arc<Batch>>;
+pub(crate) type GroupSender = mpsc::Sender<Arc<Batch>>;
 
 /// The channel entries of dead letters of `channel` go to.
-pub fn dead_letter_channel(channel: &str) -> String {
+pub(crate) fn dead_letter_channel(channel: &str) -> String {
     format!("{channel}:dead")
 }
 
@@ -106,7 +109,7 @@ fn instance_id() -> String {
 type PollerKey = (Arc<str>, Arc<str>);
 
 /// All pollers of an instance.
-pub struct Groups {
+pub struct Dispatchers {
     engine: Arc<dyn Engine>,
     hub: Arc<Hub>,
     config: GroupConfig,
@@ -118,7 +121,7 @@ pub struct Groups {
 
 /// One consumer's membership; dropping it leaves the group (its entries stay pending).
 pub struct Member {
-    groups: Arc<Groups>,
+    groups: Arc<Dispatchers>,
     poller: Arc<Poller>,
     id: u64,
 }
@@ -150,10 +153,10 @@ impl Consumer {
     }
 }
 
-impl Groups {
+impl Dispatchers {
     /// The group registry of an instance.
-    pub fn new(engine: Arc<dyn Engine>, hub: Arc<Hub>, config: GroupConfig) -> Arc<Groups> {
-        Arc::new(Groups {
+    pub fn new(engine: Arc<dyn Engine>, hub: Arc<Hub>, config: GroupConfig) -> Arc<Dispatchers> {
+        Arc::new(Dispatchers {
             engine,
             hub,
             config,
@@ -170,7 +173,7 @@ impl Groups {
 
     /// Joins `group` of `channel` as `consumer` (creating the group from `start` when it does
     /// not exist). Entries go to `tx`. Returns the group's last delivered ID at join time.
-    /// `create` says whether the client may create the channel ([`crate::App::may_create`]);
+    /// `create` says whether the client may create the channel ([`crate::core_state::Core::may_create`]);
     /// if not and the channel does not exist, nothing is written and its refusal is returned.
     #[allow(clippy::too_many_arguments)]
     pub async fn join(
@@ -291,7 +294,7 @@ impl Drop for Member {
 }
 
 /// A poller's loop: wait for a reason, then run passes until nothing is left to do.
-async fn run_poller(groups: Arc<Groups>, poller: Arc<Poller>) {
+async fn run_poller(groups: Arc<Dispatchers>, poller: Arc<Poller>) {
     // Hear about new entries of the channel from the instance's live readers.
     let conn = u64::MAX - groups.next_consumer.fetch_add(1, Ordering::Relaxed);
     let shared = SubscriberShared::new();
@@ -433,7 +436,7 @@ fn finish_pending(poller: &Poller, id: u64) {
 }
 
 async fn pass(
-    groups: &Groups,
+    groups: &Dispatchers,
     poller: &Poller,
     state: &mut PassState,
     tick: Duration,
@@ -556,112 +559,4 @@ fn by_name(poller: &Poller, name: &str, idle: Duration) -> Option<u64> {
         .map(|c| (c.room(idle), c.id))
         .max_by_key(|(room, _)| *room)
         .map(|(_, id)| id)
-}
-
-/// What [`claim_idle`] did.
-#[derive(Debug, Default)]
-pub struct ClaimOutcome {
-    /// Entries claimed for the consumer, to deliver.
-    pub batch: Option<Batch>,
-    /// Entries moved to the dead-letter channel (their offsets in the original channel).
-    pub dead: Vec<StreamId>,
-    /// Where the next scan starts (`0-0`: from the beginning).
-    pub next: StreamId,
-}
-
-/// Claims entries idle for `min_idle` for `consumer` (scanning from `start`, at most `count`),
-/// and moves each one whose delivery count exceeds `max_deliveries` to `<channel>:dead`:
-/// published there with its fields plus `dead_letter` (`channel`, `group`, `offset`,
-/// `deliveries`), under an idempotency key so a retry writes it once, then acknowledged.
-#[allow(clippy::too_many_arguments)]
-pub async fn claim_idle(
-    engine: &dyn Engine,
-    channel: &Arc<str>,
-    group: &str,
-    consumer: &str,
-    min_idle: Duration,
-    max_deliveries: u64,
-    start: StreamId,
-    count: usize,
-) -> Result<ClaimOutcome, EngineError> {
-    let claimed = engine
-        .group_claim(channel, group, consumer, min_idle, start, count)
-        .await?;
-    let mut outcome = ClaimOutcome {
-        next: claimed.next,
-        ..ClaimOutcome::default()
-    };
-    let Some(batch) = claimed.batch else {
-        return Ok(outcome);
-    };
-    let (keep, dead) = dead_letter_excess(
-        engine,
-        channel,
-        group,
-        batch,
-        &claimed.deliveries,
-        max_deliveries,
-    )
-    .await?;
-    outcome.batch = keep;
-    outcome.dead = dead;
-    Ok(outcome)
-}
-
-/// Splits entries just delivered (`deliveries`: each one's delivery count, this delivery
-/// included) into those to hand to the consumer and those delivered more than
-/// `max_deliveries` times. Each of the latter is published to `<channel>:dead` with its
-/// fields plus `dead_letter` (`channel`, `group`, `offset`, `deliveries`), under an
-/// idempotency key so a retry writes it once, then acknowledged. Every path that delivers a
-/// pending entry again (a consumer's own pending list, a claim) goes through here, so no
-/// entry is delivered more than `max_deliveries` times.
-pub async fn dead_letter_excess(
-    engine: &dyn Engine,
-    channel: &Arc<str>,
-    group: &str,
-    batch: Batch,
-    deliveries: &[u64],
-    max_deliveries: u64,
-) -> Result<(Option<Batch>, Vec<StreamId>), EngineError> {
-    if deliveries.iter().all(|&n| n <= max_deliveries) {
-        return Ok((Some(batch), Vec::new()));
-    }
-    let mut keep = BatchBuilder::new(channel.clone());
-    let mut dead = Vec::new();
-    let dead_channel = dead_letter_channel(channel);
-    for (i, &offset) in batch.ids().iter().enumerate() {
-        let deliveries = deliveries.get(i).copied().unwrap_or(1);
-        if deliveries <= max_deliveries {
-            keep.push_encoded(offset, batch.item(i));
-            continue;
-        }
-        let mut fields: Fields = serde_json::from_str::<serde_json::Value>(batch.item(i))
-            .ok()
-            .and_then(|v| match v.get("fields") {
-                Some(serde_json::Value::Object(map)) => Some(map.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        fields.insert(
-            "dead_letter".into(),
-            serde_json::json!({
-                "channel": &**channel,
-                "group": group,
-                "offset": offset.to_string(),
-                "deliveries": deliveries,
-            }),
-        );
-        let key = format!("dead:{offset}:{group}");
-        let request = PublishRequest {
-            channel: &dead_channel,
-            fields: &fields,
-            maxlen: None,
-            idempotency_key: (key.len() <= 200).then_some(key.as_str()),
-        };
-        engine.publish(request).await?;
-        engine.group_ack(channel, group, &[offset]).await?;
-        warn!(%channel, group, %offset, deliveries, "entry moved to the dead-letter channel");
-        dead.push(offset);
-    }
-    Ok((keep.finish(), dead))
 }
