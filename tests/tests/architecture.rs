@@ -276,3 +276,54 @@ fn no_source_file_over_600_lines() -> Result<()> {
     );
     Ok(())
 }
+
+/// `ARCHITECTURE.md` names every module of the server, the protocol crate and both clients
+/// (each file or directory directly under their `src/`, and each module of the server's
+/// `engine/` and the drivers), so a module added or renamed without updating the map fails here.
+#[test]
+fn the_architecture_map_names_every_module() -> Result<()> {
+    let root = root();
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).context("ARCHITECTURE.md")?;
+    let dirs = [
+        "server/src",
+        "server/src/engine",
+        "server/src/engine/redis",
+        "protocol/src",
+        "protocol/src/session",
+        "client-native/src",
+        "client-native/src/driver",
+        "client-wasm/src",
+        "client-wasm/src/driver",
+    ];
+    let mut missing = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(root.join(dir)).with_context(|| dir.to_owned())? {
+            let path = entry?.path();
+            let name = path
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .context("file name")?
+                .to_owned();
+            if matches!(name.as_str(), "lib" | "mod" | "main" | "assets") {
+                continue;
+            }
+            if path.is_file() && path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let named = [
+                format!("`{name}`"),
+                format!("`{name}/`"),
+                format!("`{name}` +"),
+            ];
+            if !named.iter().any(|n| map.contains(n.as_str())) {
+                missing.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "ARCHITECTURE.md does not name these modules (add them to its map):\n  {}",
+        missing.join("\n  ")
+    );
+    Ok(())
+}
