@@ -67,8 +67,10 @@ pub fn encode_client(frame: &ClientFrame) -> String {
 }
 
 /// Checks what serde cannot: channel names, group pairs, non-empty fields, `maxlen`, key size.
-/// Also used by the session so that it never sends a frame the server would refuse.
-pub(crate) fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
+/// The decoders apply it to every client frame; the session applies it so that it never sends a
+/// frame the server would refuse, and a server that builds a frame itself (not from text) applies
+/// it so that it accepts exactly what a client could send.
+pub fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
     match frame {
         ClientFrame::Subscribe {
             channel,

@@ -18,7 +18,9 @@ pub mod offset;
 pub mod session;
 
 pub use channel::{validate_channel, MAX_CHANNEL_LEN};
-pub use codec::{decode_client, decode_server, encode_client, encode_server, DecodeError};
+pub use codec::{
+    decode_client, decode_server, encode_client, encode_server, validate_client, DecodeError,
+};
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{ClientFrame, Fields, Message, ServerFrame, PROTOCOL_VERSION};
 pub use offset::{Offset, StreamId};

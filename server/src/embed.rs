@@ -2,15 +2,13 @@
 //! [`Server::publish`] and [`Server::history`].
 //!
 //! Both go through the request layer like `POST /api/publish` and `GET /api/history` with an
-//! API key: the same wire checks (a publish is decoded like a client's frame), channel-name
+//! API key: the same wire checks (a publish is validated like a client's frame), channel-name
 //! check, message limits, request timeout and engine call, and
 //! the same [`Authorizer`](crate::Authorizer) hook, which sees a caller with
 //! [`Credential::ApiKey`] and transport `embedded`. Subscribers on every transport receive what
 //! is published here like any other message.
 
-use redistribute_protocol::{
-    decode_client, encode_client, ClientFrame, ErrorCode, Fields, Offset, StreamId,
-};
+use redistribute_protocol::{validate_client, ClientFrame, ErrorCode, Fields, Offset, StreamId};
 
 use crate::auth::{AuthContext, Credential};
 use crate::error::RequestError;
@@ -176,8 +174,7 @@ impl Server {
 /// field, `maxlen` at least 1, an idempotency key of 1-200 bytes): the same as a client's
 /// publish, so the application cannot store what no client could.
 fn checked_publish(frame: ClientFrame) -> Result<Publish, RequestError> {
-    let frame = decode_client(&encode_client(&frame))
-        .map_err(|e| RequestError::bad_request(e.error.to_string()))?;
+    validate_client(&frame).map_err(|e| RequestError::bad_request(e.to_string()))?;
     match Request::from_frame(frame) {
         Some((_, Request::Publish(publish))) => Ok(publish),
         _ => Err(RequestError::bad_request("not a publish")),
