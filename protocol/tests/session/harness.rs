@@ -480,3 +480,24 @@ impl Pair {
             .collect()
     }
 }
+
+/// Runs a model-based test: `PROPTEST_CASES` (default 256) random op sequences drawn from
+/// `ops`, each given to `run`, which returns what went wrong; panics with the shrunk failure.
+pub fn check_model<S: proptest::strategy::Strategy>(
+    ops: S,
+    run: impl Fn(&S::Value) -> Result<(), String>,
+) {
+    use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    if let Err(err) = runner.run(&ops, |ops| run(&ops).map_err(TestCaseError::fail)) {
+        panic!("{err}");
+    }
+}

@@ -18,11 +18,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use redistribute_protocol::session::{Config, Event, PublishOptions, RequestId};
 use redistribute_protocol::{ErrorCode, Offset, StreamId};
 
-use crate::harness::{body, Pair};
+use crate::harness::{body, check_model, Pair};
 
 const CHANNELS: [&str; 2] = ["a", "b"];
 const TARGETS: [&str; 2] = ["ws://one", "ws://two"];
@@ -359,19 +358,5 @@ fn run(ops: &[Op]) -> Result<(), String> {
 
 #[test]
 fn the_session_matches_the_model() {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
-        run(&ops).map_err(TestCaseError::fail)
-    });
-    if let Err(err) = result {
-        panic!("{err}");
-    }
+    check_model(prop::collection::vec(op(), 1..60), |ops| run(ops));
 }

@@ -14,11 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use redistribute_protocol::session::{Event, PublishOptions, RequestId};
 use redistribute_protocol::{Offset, StreamId};
 
-use crate::harness::body;
+use crate::harness::{body, check_model};
 use crate::tabs_world::World;
 
 const CHANNELS: [&str; 2] = ["a", "b"];
@@ -370,19 +369,5 @@ fn run(ops: &[Op]) -> Result<(), String> {
 
 #[test]
 fn every_tab_gets_every_message_after_its_offset_once_or_a_gap() {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    let result = runner.run(&prop::collection::vec(op(), 1..50), |ops| {
-        run(&ops).map_err(TestCaseError::fail)
-    });
-    if let Err(err) = result {
-        panic!("{err}");
-    }
+    check_model(prop::collection::vec(op(), 1..50), |ops| run(ops));
 }
