@@ -88,8 +88,8 @@ pub mod internals {
     pub use crate::engine::embedded::EmbeddedEngine;
     pub use crate::engine::redis::{LiveReaders, RedisConfig, RedisEngine};
     pub use crate::engine::{
-        Batch, BatchBuilder, Engine, EngineConfig, GroupRead, GroupTurn, LiveSink, Page,
-        PublishRequest, Ready, MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
+        Batch, BatchBuilder, Engine, EngineConfig, GroupRead, GroupTurn, LiveHealth, LiveSink,
+        Page, PublishRequest, Ready, MAX_BATCH_BYTES, MAX_ENTRY_BYTES, MAX_TRIM_PER_PUBLISH,
     };
     pub use crate::feed::{Delivery, Feed, Frame, Outbound, Start};
     pub use crate::group_dispatch::claim_idle;

@@ -129,6 +129,10 @@ pub(crate) fn render(core: &Core, tcp_connections: usize) -> String {
     metrics::gauge!("redistribute_engine_readers").set(engine.readers as f64);
     metrics::gauge!("redistribute_engine_watched_channels").set(engine.watched as f64);
     metrics::counter!("redistribute_client_unblock_total").absolute(engine.unblocks);
+    let live = core.engine.live_health();
+    metrics::gauge!("redistribute_live_readers_failing").set(live.failing as f64);
+    let failing_for = live.failing_for(Instant::now()).unwrap_or_default();
+    metrics::gauge!("redistribute_live_readers_failing_seconds").set(failing_for.as_secs_f64());
     metrics::gauge!("redistribute_draining").set(if core.shutdown.is_cancelled() {
         1.0
     } else {

@@ -8,6 +8,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod embedded;
+pub(crate) mod live_health;
 pub(crate) mod redis;
 pub(crate) mod retention;
 pub(crate) mod shared_text;
@@ -24,6 +25,7 @@ pub use batch::Batch;
 pub use batch::BatchBuilder;
 pub use batch::MAX_BATCH_BYTES;
 pub(crate) use batch::MAX_VALUE_DEPTH;
+pub use live_health::LiveHealth;
 pub(crate) use shared_text::SharedText;
 
 /// Most fields one message may have.
@@ -243,6 +245,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Counters for tests and metrics.
     fn stats(&self) -> EngineStats {
         EngineStats::default()
+    }
+
+    /// Whether the live readers deliver: cheap (no I/O, no lock while all are healthy), for
+    /// `/readyz` and metrics. An engine without live readers of its own is always healthy.
+    fn live_health(&self) -> LiveHealth {
+        LiveHealth::default()
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{map_err, Shared};
+use crate::engine::live_health::HealthEntry;
 use crate::engine::EngineError;
 
 /// The backoff before the first reconnect; it doubles up to [`MAX_BACKOFF`].
@@ -26,6 +27,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How much longer than its `BLOCK` a blocked `XREAD` may take before it is failed.
 const XREAD_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long an `XREAD` must stay blocked without an error for its reader to count as healthy:
+/// Redis refuses a command (permissions, a moved slot) at once, so a read still blocked after
+/// this was accepted and the reader is caught up.
+const SETTLED: Duration = Duration::from_secs(1);
 
 /// A reader's own connection: a client that never reconnects by itself, its routing task, and
 /// a token cancelled when that task ends (Redis closed the connection).
@@ -107,10 +113,12 @@ impl Connection {
 
     /// One `XREAD` with `args` (which hold `BLOCK block`), failed if Redis does not answer
     /// within `block` and a margin, or as soon as the connection is lost. Never retried.
+    /// Records a success on `health` once it has stayed blocked for [`SETTLED`].
     pub(super) async fn xread(
         &self,
         block: Duration,
         args: Vec<Value>,
+        health: &HealthEntry,
     ) -> Result<Value, EngineError> {
         let options = Options {
             timeout: Some(block + XREAD_MARGIN),
@@ -119,7 +127,13 @@ impl Connection {
             ..Options::default()
         };
         let cmd = CustomCommand::new_static("XREAD", ClusterHash::FirstKey, true);
-        self.command(&options, cmd, args).await
+        let read = self.command(&options, cmd, args);
+        tokio::pin!(read);
+        tokio::select! {
+            reply = &mut read => return reply,
+            () = tokio::time::sleep(SETTLED) => health.ok(),
+        }
+        read.await
     }
 
     /// Closes the connection (politely if Redis still answers) and ends its routing task.

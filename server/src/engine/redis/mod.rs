@@ -49,9 +49,10 @@ use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use redistribute_protocol::{Offset, StreamId};
 
+use super::live_health::HealthBoard;
 use super::{
-    stored_fields, trim_slack, Claimed, Engine, EngineError, EngineStats, GroupRead, LiveSink,
-    Page, Position, PublishRequest, ReadySender, MAX_CLOCK_SKEW, MAX_TRIM_PER_PUBLISH,
+    stored_fields, trim_slack, Claimed, Engine, EngineError, EngineStats, GroupRead, LiveHealth,
+    LiveSink, Page, Position, PublishRequest, ReadySender, MAX_CLOCK_SKEW, MAX_TRIM_PER_PUBLISH,
 };
 use client::{build_client, client_config, eval, eval_as, map_err};
 pub use config::LiveReaders;
@@ -75,6 +76,8 @@ struct Shared {
     pages: Client,
     /// When the cluster routing table was last refreshed (single-flight, throttled).
     routing_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The live readers' health entries ([`Engine::live_health`]).
+    health: Arc<HealthBoard>,
 }
 
 /// Most bytes of field values one publish reads while trimming (it stops trimming there; later
@@ -130,6 +133,7 @@ impl RedisEngine {
             publisher,
             pages,
             routing_refreshed: tokio::sync::Mutex::new(None),
+            health: Arc::default(),
         });
         let readers = match shared.config.live {
             LiveReaders::Log => Readers::Log(LogPool::new(shared.clone(), sink)),
@@ -359,5 +363,9 @@ impl Engine for RedisEngine {
             Readers::Log(pool) => pool.stats(),
             Readers::Channel(pool) => pool.stats(),
         }
+    }
+
+    fn live_health(&self) -> LiveHealth {
+        self.shared.health.health()
     }
 }

@@ -60,6 +60,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::engine::live_health::HealthEntry;
 use crate::engine::{EngineStats, LiveSink, ReadySender};
 use redistribute_protocol::StreamId;
 
@@ -164,6 +165,10 @@ struct ShardLog {
     reading: AtomicBool,
     /// Channels installed.
     watched: AtomicUsize,
+    /// The reader task's health: failing from an error until a read succeeds or blocks.
+    read_health: HealthEntry,
+    /// The worker's health: failing from an error until its positions and catch-ups succeed.
+    work_health: HealthEntry,
 }
 
 /// The shard-log readers of one engine.
@@ -242,6 +247,8 @@ impl LogPool {
             started: Notify::new(),
             reading: AtomicBool::new(false),
             watched: AtomicUsize::new(0),
+            read_health: self.shared.health.entry(),
+            work_health: self.shared.health.entry(),
         });
         tokio::spawn(log.clone().read(
             self.shared.clone(),

@@ -55,6 +55,7 @@ impl ShardLog {
             };
             if idle {
                 place = None;
+                self.read_health.ok();
                 self.reading.store(false, Ordering::Relaxed);
                 if let Some(conn) = connection.take() {
                     conn.close().await;
@@ -76,6 +77,7 @@ impl ShardLog {
                     }
                     Err(err) => {
                         warn!(%err, shard = self.shard, "log reader cannot connect to Redis; retrying");
+                        self.read_health.failed(&err);
                         shared.refresh_routing().await;
                         if pause(&stop, &mut backoff).await {
                             break;
@@ -92,6 +94,7 @@ impl ShardLog {
                 Ok(here) => here,
                 Err(err) => {
                     warn!(%err, shard = self.shard, "log reader cannot find the log's end; reconnecting");
+                    self.read_health.failed(&err);
                     self.drop_connection(&mut connection, &shared).await;
                     if pause(&stop, &mut backoff).await {
                         break;
@@ -108,6 +111,7 @@ impl ShardLog {
                 Ok(Some(next)) => {
                     place = Some(next);
                     backoff = FIRST_BACKOFF;
+                    self.read_health.ok();
                 }
                 // Nothing is watched any more: the connection (its `XREAD` still blocked in
                 // Redis) is closed; the reader pauses, or reconnects if watches came back.
@@ -119,6 +123,7 @@ impl ShardLog {
                 }
                 Err(err) => {
                     warn!(%err, shard = self.shard, "log XREAD failed; reconnecting reader");
+                    self.read_health.failed(&err);
                     self.drop_connection(&mut connection, &shared).await;
                     // After a reconnect the reader starts again at the log's end (a failover
                     // may have replaced the log) and catches every channel up, raising streams
@@ -192,7 +197,7 @@ impl ShardLog {
             Value::from(self.key.as_str()),
             Value::from(place.id.to_string()),
         ];
-        let reading = conn.xread(config.block, args);
+        let reading = conn.xread(config.block, args, &self.read_health);
         tokio::pin!(reading);
         let reply: Value = loop {
             tokio::select! {

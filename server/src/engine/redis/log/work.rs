@@ -40,12 +40,14 @@ impl ShardLog {
             };
             if let Err(err) = result {
                 warn!(%err, shard = self.shard, "log worker cannot read positions or catch up; retrying");
+                self.work_health.failed(&err);
                 if pause(&stop, &mut backoff).await {
                     return;
                 }
                 continue;
             }
             backoff = FIRST_BACKOFF;
+            self.work_health.ok();
             let idle = {
                 let st = self.state.lock();
                 st.pending.is_empty() && st.catch_up.is_empty()

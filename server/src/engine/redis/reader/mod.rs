@@ -294,12 +294,14 @@ impl ReaderPool {
             shard,
             id,
             pool: self.state.clone(),
+            health: self.shared.health.entry(),
         };
         tokio::spawn(reader.run());
         tokio::spawn(unblocker(
             self.shared.clone(),
             control.clone(),
             self.unblocks.clone(),
+            self.shared.health.entry(),
             stop.clone(),
         ));
         ReaderSlot {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{queue_on_owner, Control, Op, PoolState, ReaderAddress};
+use crate::engine::live_health::HealthEntry;
 use crate::engine::redis::connection::{pause, Connection, FIRST_BACKOFF};
 use crate::engine::redis::cursors::Cursors;
 use crate::engine::redis::{parse, Shared};
@@ -34,6 +35,8 @@ pub(super) struct Reader {
     pub(super) id: u64,
     /// The pool's state, to check that an adopted channel is still assigned here.
     pub(super) pool: Arc<Mutex<PoolState>>,
+    /// Failing from an error until a read cycle succeeds or an `XREAD` stays blocked.
+    pub(super) health: HealthEntry,
 }
 
 impl Reader {
@@ -56,6 +59,7 @@ impl Reader {
                     }
                     Err(err) => {
                         warn!(%err, shard = self.shard, "reader cannot connect to Redis; retrying");
+                        self.health.failed(&err);
                         self.shared.refresh_routing().await;
                         if pause(&self.stop, &mut backoff).await {
                             break;
@@ -67,6 +71,7 @@ impl Reader {
             if resume {
                 if let Err(err) = self.raise_to_cursors().await {
                     warn!(%err, shard = self.shard, "reader cannot check its cursors; retrying");
+                    self.health.failed(&err);
                     if pause(&self.stop, &mut backoff).await {
                         break;
                     }
@@ -76,6 +81,7 @@ impl Reader {
             }
             if let Err(err) = self.apply_changes().await {
                 warn!(%err, "reader cannot start watching a channel; retrying");
+                self.health.failed(&err);
                 if pause(&self.stop, &mut backoff).await {
                     break;
                 }
@@ -88,6 +94,8 @@ impl Reader {
                 break;
             }
             if self.cursors.is_empty() {
+                // Nothing to deliver: nothing is failing.
+                self.health.ok();
                 tokio::select! {
                     _ = self.stop.cancelled() => {}
                     _ = self.control.wake.notified() => {}
@@ -95,11 +103,15 @@ impl Reader {
                 continue;
             }
             match self.read_once(conn).await {
-                Ok(()) => backoff = FIRST_BACKOFF,
+                Ok(()) => {
+                    backoff = FIRST_BACKOFF;
+                    self.health.ok();
+                }
                 Err(err) => {
                     // Reconnect (in cluster mode to the slot's current owner, which a failover
                     // or resharding may have changed) and resume from the cursors.
                     warn!(%err, shard = self.shard, "XREAD failed; reconnecting reader");
+                    self.health.failed(&err);
                     self.control.connection.lock().take();
                     if let Some(conn) = connection.take() {
                         conn.close().await;
@@ -223,7 +235,7 @@ impl Reader {
             config.block.as_millis() as u64,
         );
         self.control.in_read.store(true, Ordering::Release);
-        let reading = conn.xread(config.block, args);
+        let reading = conn.xread(config.block, args, &self.health);
         let reply: Result<Value, _> = tokio::select! {
             reply = reading => reply,
             // Retired or shutting down: the caller closes the connection.
