@@ -22,18 +22,21 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: 503 while draining, when the engine does not answer within 2 s, or when a
-/// live reader has been failing for longer than [`LIVE_READER_GRACE`].
+/// `GET /readyz`: 503 while draining, when the engine does not answer within 2 s, or (the
+/// engine answering) when a live reader has been failing for longer than
+/// [`LIVE_READER_GRACE`].
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.core.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    if let Some(reason) = live_readers_failing(&app.core.engine.live_health(), Instant::now()) {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
-    }
     let probe = app.core.engine.position("redistribute:readyz");
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(_)) => match live_readers_failing(&app.core.engine.live_health(), Instant::now()) {
+            Some(reason) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response()
+            }
+            None => (StatusCode::OK, "ready\n").into_response(),
+        },
         Ok(Err(err)) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("engine: {err}\n")).into_response()
         }
