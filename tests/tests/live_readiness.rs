@@ -194,3 +194,72 @@ async fn a_short_redis_restart_does_not_flap_readiness_channel_readers() -> Resu
 async fn a_short_redis_restart_does_not_flap_readiness_log_readers() -> Result<()> {
     a_short_redis_restart_does_not_flap_readiness("log").await
 }
+
+/// A user refused `CLIENT UNBLOCK` (channel readers only: shard-log readers never send it): a
+/// watch added while the reader is blocked cannot retarget it, the failure counts after the
+/// grace period, and once allowed the reader is unblocked and delivers the new channel.
+#[tokio::test]
+async fn refused_client_unblock_turns_readiness_503_and_back() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    acl(
+        &redis,
+        &[
+            "on",
+            &format!(">{PASSWORD}"),
+            "~*",
+            "&*",
+            "+@all",
+            "-client|unblock",
+        ],
+    )
+    .await?;
+    let url = format!("redis://live-reader:{PASSWORD}@127.0.0.1:{}", redis.port());
+    // The reader stays blocked far longer than the test waits, unless unblocked.
+    let server = start_server(
+        None,
+        &[
+            "--redis",
+            &url,
+            "--redis-block-ms",
+            "300000",
+            "--redis-live-readers",
+            "channel",
+        ],
+    )
+    .await?;
+    let mut first = client(&server).await?;
+    let reply = first.subscribe("first", Some("$")).await?;
+    ensure!(reply["type"] == "subscribed", "{reply}");
+    let mut publisher = client(&server).await?;
+    let offset = publisher.publish("first", json!({ "n": 0 })).await?;
+    let got = first.recv_messages("first", 1, STEP).await?;
+    ensure!(got[0]["offset"] == offset.as_str(), "{got:?}");
+
+    // A second channel on the same reader: its start waits for the reader to be unblocked.
+    let mut second = client(&server).await?;
+    second
+        .send_json(&json!({"type": "subscribe", "channel": "second", "offset": "$", "id": 7}))
+        .await?;
+    let (_, reason) = readyz_until(&server, "503 for the live readers", |s, b| {
+        s == 503 && b.starts_with("live readers: failing for ")
+    })
+    .await?;
+    ensure!(reason.contains("NOPERM"), "{reason}");
+    eprintln!("refused CLIENT UNBLOCK: /readyz said {reason}");
+
+    acl(&redis, &["+client|unblock"]).await?;
+    readyz_until(&server, "200", |s, _| s == 200).await?;
+    // The reader was retargeted: the second channel's live messages arrive.
+    let reply = second
+        .recv_until(|f| f["type"] == "subscribed" || f["type"] == "error", STEP)
+        .await?;
+    if reply["type"] == "error" {
+        // The start outlasted the request deadline: the subscriber is told, and may retry.
+        ensure!(reply["code"] == "unavailable", "{reply}");
+        second.subscribe("second", Some("$")).await?;
+    }
+    let last = publisher.publish("second", json!({ "n": 1 })).await?;
+    let got = second.recv_messages("second", 1, STEP).await?;
+    ensure!(got[0]["offset"] == last.as_str(), "{got:?}");
+    Ok(())
+}
