@@ -22,7 +22,8 @@ use super::Control;
 use crate::engine::live_health::HealthEntry;
 use crate::engine::redis::Shared;
 
-/// Sends `CLIENT UNBLOCK` to a blocked reader until it has applied the queued changes.
+/// Sends `CLIENT UNBLOCK` to a blocked reader until it has applied the queued changes; records
+/// the outcome on `health` (see the module docs).
 pub(super) async fn unblocker(
     shared: Arc<Shared>,
     control: Arc<Control>,
