@@ -52,7 +52,7 @@ impl Session {
     }
 
     /// A frame that arrived decoded (by the driver, with
-    /// [`decode_server`](crate::codec::decode_server)). Drivers that receive text should call
+    /// [`crate::codec::decode_server`]). Drivers that receive text should call
     /// [`Session::handle_text`] instead, which also handles text that does not decode.
     pub fn handle_frame(&mut self, frame: ServerFrame, now: Duration) {
         self.tick(now);

@@ -50,7 +50,7 @@
 //!
 //! [`Session::refresh_token`] switches the open connection to a new token with a `connect` on
 //! it (no reconnect, no gap) and, given the token's lifetime, asks the driver for the next one
-//! ([`Action::RefreshToken`]) a little before it ends ([`refresh_lead`]); see [`token`].
+//! ([`Action::RefreshToken`]) a little before it ends ([`refresh_lead`]).
 //!
 //! # Subscriptions and resume
 //!
