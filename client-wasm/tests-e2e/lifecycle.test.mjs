@@ -4,6 +4,10 @@
 //   (`minReconnectDelay` 60 s, no jitter), unless the browser says the network is back: on the
 //   window's `online` event, and when a page becomes visible, it reconnects at once and receives
 //   every message published meanwhile, once each, in order.
+// * A socket that goes silent without closing (the server process stopped with SIGSTOP: the
+//   TCP connection stays open, nothing arrives, the browser fires no `close`) is noticed by the
+//   idle `ping` probe within `pingInterval + requestTimeout`; the client then reconnects and
+//   resumes once the server runs again.
 // * A page whose `localStorage` throws on every access (Safari's private mode, storage blocked
 //   for the origin) still connects, subscribes, publishes and receives, with its cache in memory;
 //   so does one whose `setItem` always throws.
@@ -35,7 +39,10 @@ await init();
 window.got = [];
 window.errors = [];
 window.connects = 0;
+window.disconnects = 0;
 const client = new Client({
+  pingInterval: Number(q.get('ping') ?? 25000),
+  requestTimeout: Number(q.get('rt') ?? 10000),
   targets: q.get('targets'),
   shareSocket: false,
   minReconnectDelay: 60000,
@@ -43,6 +50,7 @@ const client = new Client({
   reconnectJitter: 0,
 });
 client.on('connect', () => { window.connects += 1; });
+client.on('disconnect', () => { window.disconnects += 1; });
 client.on('messages', (channel, messages) => { for (const m of messages) window.got.push(m.offset); });
 client.on('error', (e) => window.errors.push(String(e && (e.code || e.message || e))));
 window.client = client;
@@ -55,10 +63,10 @@ const publish = async (port, n) =>
 
 let redis, server, web, browser;
 
-async function open(storage) {
+async function open(storage, extra = '') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
-  const q = `targets=${encodeURIComponent(server.wsUrl)}&storage=${storage}`;
+  const q = `targets=${encodeURIComponent(server.wsUrl)}&storage=${storage}${extra}`;
   await page.goto(`http://127.0.0.1:${web.address().port}/?${q}`);
   await page.waitForFunction(() => window.ready === true, null, { timeout: 20000 });
   return page;
@@ -144,6 +152,28 @@ describe('the browser client and the page lifecycle', { timeout: 180000 }, () =>
     expected.push(await publish(server.port, 7));
     await receivesExactly(page, expected, 'the next message, once');
     assert.equal(await page.evaluate(() => window.connects), connects, 'no extra connection');
+    await page.close();
+  });
+
+  it('notices a socket that went silent by its ping probe, and resumes', async () => {
+    const page = await open('default', '&ping=1000&rt=2000');
+    const expected = (await api(server.port, 'GET', '/api/history?channel=life&from=0&limit=1000'))
+      .messages.map((m) => m.offset);
+    await receivesExactly(page, expected, 'the history');
+    const stopped = Date.now();
+    process.kill(server.proc.pid, 'SIGSTOP');
+    try {
+      // Without the probe nothing would happen: the socket stays open and silent.
+      await waitFor('the silent socket noticed', () => page.evaluate(() => window.disconnects > 0), 20000);
+      console.log(`dead socket noticed after ${Date.now() - stopped} ms (bound 3000 ms + timers)`);
+    } finally {
+      process.kill(server.proc.pid, 'SIGCONT');
+    }
+    const published = [await publish(server.port, 50), await publish(server.port, 51)];
+    const connects = await page.evaluate(() => window.connects);
+    await page.evaluate(() => window.dispatchEvent(new Event('online')));
+    await waitFor('reconnected', () => page.evaluate((n) => window.connects > n, connects), 20000);
+    await receivesExactly(page, [...expected, ...published], 'everything published meanwhile, once');
     await page.close();
   });
 
