@@ -1,6 +1,7 @@
 //! Key-value storage under the cache: the [`Storage`] trait, an in-memory implementation with
 //! an optional quota (tests), and (wasm32 only) the browser's `localStorage` or, where there is
-//! no window (Node.js, workers), an in-memory map shared by the clients of the process.
+//! no window (Node.js, workers) or the window's storage throws on access (blocked, Safari's
+//! private mode), an in-memory map shared by the clients of the process.
 //!
 //! The trait is the small part of the Web Storage API the cache needs. Every call may fail:
 //! `localStorage` throws when the origin's quota is full (`QuotaExceededError`) and when storage
