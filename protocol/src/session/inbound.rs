@@ -38,6 +38,7 @@ impl Session {
             Ok(frame) => self.handle_frame(frame, now),
             Err(e) => {
                 self.tick(now);
+                self.last_heard = self.now;
                 self.on_undecodable(text, e.error.to_string());
             }
         }
@@ -59,6 +60,7 @@ impl Session {
         if !matches!(self.state, State::Handshaking { .. } | State::Open { .. }) {
             return;
         }
+        self.last_heard = self.now;
         match frame {
             ServerFrame::Connected { id, .. } => {
                 if matches!(self.state, State::Handshaking { id: hid, .. } if hid == id) {
@@ -283,7 +285,7 @@ impl Session {
         sub.failures = sub.failures.saturating_add(1);
         sub.inflight = None;
         let attempt = sub.failures;
-        let retry_in = backoff::jitter(bound, &mut self.rng);
+        let retry_in = backoff::jitter(bound, self.config.backoff_jitter, &mut self.rng);
         let at = self.now.saturating_add(retry_in);
         sub.retry_at = Some(at);
         if pending.origin == Origin::User {
