@@ -47,6 +47,12 @@ log "package (publishable crates, no upload)"
 cargo package --no-verify --allow-dirty -q \
   -p redistribute-protocol -p redistribute-client -p redistribute-server -p redistribute-cli
 
+# The API documentation of the published crates builds without a warning: no broken or private
+# intra-doc link, no stray HTML.
+log "rustdoc (published crates, warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps \
+  -p redistribute-protocol -p redistribute-client -p redistribute-server -p redistribute-cli
+
 log "protocol crate builds for wasm32"
 cargo check -q -p redistribute-protocol --target wasm32-unknown-unknown
 

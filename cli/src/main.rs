@@ -2,6 +2,10 @@
 //! [`redistribute_server::serve`] until SIGINT or SIGTERM. The client commands `sub` and `pub`
 //! and the operator tools `token`, `config` and `completions` live in [`cli`].
 
+// The flags' doc comments are their `--help` text, written for a terminal (`/task/<id>`), not
+// as HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod cli;
 
 use std::path::PathBuf;

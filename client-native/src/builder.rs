@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redistribute_protocol::session::{
-    Config, Session, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_PENDING,
-    DEFAULT_REQUEST_TIMEOUT,
+    Config, Session, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX,
+    DEFAULT_MAX_PENDING, DEFAULT_REQUEST_TIMEOUT,
 };
 use rustls_pki_types::CertificateDer;
 
@@ -48,6 +48,7 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     backoff_initial: Duration,
     backoff_max: Duration,
+    backoff_jitter: f64,
     auto_idempotency: bool,
     max_pending: usize,
     retry_subscribe: bool,
@@ -70,6 +71,7 @@ impl Default for ClientBuilder {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            backoff_jitter: DEFAULT_BACKOFF_JITTER,
             auto_idempotency: true,
             max_pending: DEFAULT_MAX_PENDING,
             retry_subscribe: true,
@@ -161,10 +163,22 @@ impl ClientBuilder {
     }
 
     /// Reconnect delays: the bound starts at `initial` and doubles per consecutive failure up
-    /// to `max`; each delay is drawn at random below the bound. Default 100 ms → 10 s.
+    /// to `max`; each delay is drawn at random below the bound (see
+    /// [`backoff_jitter`](Self::backoff_jitter)). Default 100 ms → 10 s. `initial` must be
+    /// positive and `max` at least `initial`.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
         self.backoff_max = max;
+        self
+    }
+
+    /// How much of each reconnect delay is random, in `[0, 1]`: the delay is drawn uniformly
+    /// in `[bound · (1 − jitter), bound]`. 1 (the default) is "full jitter" (`[0, bound]`),
+    /// which spreads clients reconnecting after an outage; 0 waits exactly the bound. Also
+    /// applies to subscribe retries. Other values fail [`build`](Self::build) with
+    /// [`Error::Config`].
+    pub fn backoff_jitter(mut self, jitter: f64) -> Self {
+        self.backoff_jitter = jitter;
         self
     }
 
@@ -257,6 +271,10 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
+            backoff_jitter: self.backoff_jitter,
+            // The socket library answers the server's pings and reports a dead TCP
+            // connection; no protocol-level idle probe is needed.
+            ping_interval: None,
             auto_idempotency: self.auto_idempotency,
             max_pending: self.max_pending,
             retry_subscribe: self.retry_subscribe,
@@ -364,6 +382,34 @@ mod tests {
             .settings()
             .unwrap_err();
         assert!(matches!(err, Error::Tls(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn backoff_settings_are_checked_by_build() {
+        for jitter in [-0.5, 1.5, f64::NAN] {
+            let err = ClientBuilder::default()
+                .targets(["ws://127.0.0.1:9/ws"])
+                .backoff_jitter(jitter)
+                .build()
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("backoff_jitter"),
+                "{jitter}: {err}"
+            );
+        }
+        let err = ClientBuilder::default()
+            .targets(["ws://127.0.0.1:9/ws"])
+            .backoff(Duration::from_secs(2), Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("backoff_max"), "{err}");
+        let client = ClientBuilder::default()
+            .targets(["ws://127.0.0.1:9/ws"])
+            .backoff(Duration::from_millis(10), Duration::from_millis(10))
+            .backoff_jitter(0.0)
+            .build()
+            .unwrap();
+        client.close().await;
     }
 
     #[test]

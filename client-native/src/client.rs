@@ -113,7 +113,7 @@ impl Client {
 
     /// Joins consumer group `group` of `channel` as `consumer` (a worker): each message of the
     /// channel goes to one consumer of the group and must be acknowledged
-    /// ([`GroupMessage::ack`]) or it is delivered again: to this consumer after a reconnect
+    /// ([`GroupMessage::ack`](crate::GroupMessage::ack)) or it is delivered again: to this consumer after a reconnect
     /// (its pending messages come first), or to another one once it has been left
     /// unacknowledged for the server's idle time. `start` says where the group begins if this
     /// call creates it ([`Offset::Latest`]: new messages only; [`Offset::Earliest`]: all

@@ -63,6 +63,27 @@ export interface ClientOptions {
   /** Milliseconds a request may wait for its reply (default 10000). */
   requestTimeout?: number;
   /**
+   * Milliseconds: the bound of the first reconnect delay (default 100). Each further consecutive
+   * failure doubles the bound, up to `maxReconnectDelay`. Must be positive.
+   */
+  minReconnectDelay?: number;
+  /** Milliseconds: the largest reconnect delay (default 10000). At least `minReconnectDelay`. */
+  maxReconnectDelay?: number;
+  /**
+   * How much of each reconnect delay is random, from 0 to 1: the delay is drawn in
+   * `[bound × (1 − reconnectJitter), bound]`. 1 (the default) spreads clients reconnecting after
+   * an outage the most; 0 waits exactly the bound.
+   */
+  reconnectJitter?: number;
+  /**
+   * Milliseconds without any frame from the server after which the client sends a `ping`; if
+   * nothing answers within `requestTimeout`, the socket counts as dead (browsers may never fire
+   * `close` for a connection that died silently) and the client reconnects. So a dead socket is
+   * noticed within `pingInterval + requestTimeout` (35 s by default). Default 25000; 0 turns
+   * the probes off.
+   */
+  pingInterval?: number;
+  /**
    * Retry `subscribe` itself on transient server errors (`unavailable`, `rate_limited`,
    * `internal`) with backoff, within `requestTimeout` (default `true`; each failed attempt is an
    * `error` event with the server's code and the channel). Subscriptions re-established after a
@@ -366,6 +387,41 @@ fn number(options: &JsValue, name: &str) -> Result<Option<f64>, ErrorInfo> {
     }
 }
 
+/// `minReconnectDelay`, `maxReconnectDelay`, `reconnectJitter` and `pingInterval`, checked with
+/// the page's names in the messages.
+fn backoff(options: &JsValue, config: &mut Config) -> Result<(), ErrorInfo> {
+    let ms = |ms: f64| Duration::from_secs_f64(ms / 1000.0);
+    if let Some(min) = number(options, "minReconnectDelay")? {
+        if min == 0.0 {
+            return Err(bad_config("minReconnectDelay must be positive"));
+        }
+        config.backoff_initial = ms(min);
+    }
+    if let Some(max) = number(options, "maxReconnectDelay")? {
+        config.backoff_max = ms(max);
+    }
+    if config.backoff_max < config.backoff_initial {
+        return Err(bad_config(
+            "maxReconnectDelay must be at least minReconnectDelay (defaults: 10000 and 100)",
+        ));
+    }
+    if let Some(jitter) = number(options, "reconnectJitter")? {
+        if jitter > 1.0 {
+            return Err(bad_config("reconnectJitter must be between 0 and 1"));
+        }
+        config.backoff_jitter = jitter;
+    }
+    config.ping_interval = match number(options, "pingInterval")? {
+        Some(0.0) => None,
+        Some(n) => Some(ms(n)),
+        None => Some(DEFAULT_PING_INTERVAL),
+    };
+    Ok(())
+}
+
+/// Default of the `pingInterval` option: 25 s, the server's default ping interval.
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+
 /// Checks the options of `new Client`.
 fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     if !options.is_object() {
@@ -403,6 +459,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     if let Some(ms) = number(options, "requestTimeout")? {
         config.request_timeout = Duration::from_secs_f64(ms / 1000.0);
     }
+    backoff(options, &mut config)?;
     // Transient subscribe failures are retried forever unless the page caps them.
     if get(options, "retrySubscribe") == JsValue::FALSE {
         config.retry_subscribe = false;
@@ -430,15 +487,14 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     let (cache, cache_problem) = if get(options, "localStorage") == JsValue::FALSE {
         (None, None)
     } else {
-        match LocalStorage::open_or_memory() {
-            Ok(storage) => (Some(Cache::new(storage, limit, &namespace)), None),
-            Err(e) => (
-                None,
-                Some(ErrorInfo::cache(&crate::cache::CacheError::Unavailable(
-                    e.to_string(),
-                ))),
-            ),
-        }
+        // A localStorage that throws falls back to memory; the page hears why.
+        let (storage, problem) = LocalStorage::open_or_memory();
+        let problem = problem.map(|e| {
+            ErrorInfo::cache(&crate::cache::CacheError::Unavailable(format!(
+                "{e}; caching in memory for this page instead"
+            )))
+        });
+        (Some(Cache::new(storage, limit, &namespace)), problem)
     };
     let scope = crate::outbox::scope(
         &config
@@ -460,9 +516,8 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     let outbox = if get(options, "outbox") == JsValue::FALSE {
         None
     } else {
-        LocalStorage::open_or_memory()
-            .ok()
-            .map(|storage| Outbox::new(storage, &namespace, &scope, outbox_limit))
+        let (storage, _) = LocalStorage::open_or_memory();
+        Some(Outbox::new(storage, &namespace, &scope, outbox_limit))
     };
     Ok(Setup {
         share: get(options, "shareSocket") != JsValue::FALSE,

@@ -1,5 +1,6 @@
 //! The browser APIs the client imports that `web-sys` does not bind for it (or binds at a
-//! higher code-size cost): the clock, timers, the random seed and the Web Locks API. Nothing
+//! higher code-size cost): the clock, timers, the random seed, the Web Locks API and the page
+//! lifecycle events (`online`, `visibilitychange`). Nothing
 //! here is visible to JavaScript; the exported surface is in `bindings`.
 
 use js_sys::{Function, Object, Promise, Uint8Array};
@@ -25,6 +26,22 @@ extern "C" {
     #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
     fn get_random_values(buffer: &Uint8Array);
 
+    /// `addEventListener` on the global object (the window); throws where there is none.
+    #[wasm_bindgen(catch, js_name = addEventListener)]
+    fn add_window_listener(event: &str, handler: &Function) -> Result<(), JsValue>;
+
+    /// `removeEventListener` on the global object.
+    #[wasm_bindgen(catch, js_name = removeEventListener)]
+    fn remove_window_listener(event: &str, handler: &Function) -> Result<(), JsValue>;
+
+    /// `document.addEventListener`; throws where there is no document (workers, Node).
+    #[wasm_bindgen(catch, js_namespace = document, js_name = addEventListener)]
+    fn add_document_listener(event: &str, handler: &Function) -> Result<(), JsValue>;
+
+    /// `document.removeEventListener`.
+    #[wasm_bindgen(catch, js_namespace = document, js_name = removeEventListener)]
+    fn remove_document_listener(event: &str, handler: &Function) -> Result<(), JsValue>;
+
     /// `navigator.locks`.
     #[derive(Clone)]
     pub(crate) type LockManager;
@@ -41,6 +58,35 @@ pub(crate) fn seed() -> u64 {
     (0..8).fold(0, |seed, i| {
         seed | u64::from(buffer.get_index(i)) << (8 * i)
     })
+}
+
+/// Calls `handler` when the network comes back (`online` on the window) and when the page's
+/// visibility changes; `on: false` removes it again. Where the APIs are missing (Node, a
+/// worker) nothing happens.
+pub(crate) fn watch_lifecycle(handler: &Function, on: bool) {
+    let (window, document) = if on {
+        (
+            add_window_listener("online", handler),
+            add_document_listener("visibilitychange", handler),
+        )
+    } else {
+        (
+            remove_window_listener("online", handler),
+            remove_document_listener("visibilitychange", handler),
+        )
+    };
+    let _ = (window, document);
+}
+
+/// Whether the page is hidden (`document.visibilityState === "hidden"`); `false` without a
+/// document.
+pub(crate) fn page_hidden() -> bool {
+    let global: JsValue = js_sys::global().into();
+    js_sys::Reflect::get(&global, &"document".into())
+        .and_then(|d| js_sys::Reflect::get(&d, &"visibilityState".into()))
+        .ok()
+        .and_then(|v| v.as_string())
+        .is_some_and(|v| v == "hidden")
 }
 
 /// A promise that stays pending until the returned function is called.

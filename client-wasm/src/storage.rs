@@ -1,6 +1,7 @@
 //! Key-value storage under the cache: the [`Storage`] trait, an in-memory implementation with
 //! an optional quota (tests), and (wasm32 only) the browser's `localStorage` or, where there is
-//! no window (Node.js, workers), an in-memory map shared by the clients of the process.
+//! no window (Node.js, workers) or the window's storage throws on access (blocked, Safari's
+//! private mode), an in-memory map shared by the clients of the process.
 //!
 //! The trait is the small part of the Web Storage API the cache needs. Every call may fail:
 //! `localStorage` throws when the origin's quota is full (`QuotaExceededError`) and when storage
@@ -141,15 +142,20 @@ thread_local! {
 
 #[cfg(target_arch = "wasm32")]
 impl LocalStorage {
-    /// The window's `localStorage`; where there is no window at all (Node.js, a worker), the
-    /// process's in-memory map, so the cache and the outbox work for the life of the process.
-    /// A window whose storage is disabled or blocked is an error, as for [`LocalStorage::open`]
-    /// (a page must not silently lose what it expects to persist).
-    pub fn open_or_memory() -> Result<Self, StorageError> {
+    /// The window's `localStorage`; where there is no window at all (Node.js, a worker), or
+    /// where the window's storage throws on access (disabled by the user, blocked for the
+    /// origin, Safari's private mode), the process's in-memory map, so the cache and the outbox
+    /// work for the life of the page. In the second case the reason comes along, for the page
+    /// to be told (it must not silently lose what it expects to persist).
+    pub fn open_or_memory() -> (Self, Option<StorageError>) {
+        let memory = || LocalStorage::Memory(MEMORY.with(Clone::clone));
         if web_sys::window().is_none() {
-            return Ok(LocalStorage::Memory(MEMORY.with(Clone::clone)));
+            return (memory(), None);
         }
-        Self::open()
+        match Self::open() {
+            Ok(storage) => (storage, None),
+            Err(e) => (memory(), Some(e)),
+        }
     }
 
     /// The window's `localStorage`, or why it cannot be used (no window, e.g. in a worker;

@@ -25,6 +25,15 @@ client.on('error', (err: ClientError) => {
       console.log(code);
   }
 });
+new Client({
+  targets: 'ws://127.0.0.1:8080/ws',
+  minReconnectDelay: 250,
+  maxReconnectDelay: 30000,
+  reconnectJitter: 0.5,
+  pingInterval: 20000,
+});
+// @ts-expect-error reconnectJitter is a number
+new Client({ targets: 'ws://127.0.0.1:8080/ws', reconnectJitter: 'full' });
 const listener = (size: number) => console.log(size);
 client.on('outbox', listener);
 client.off('outbox', listener);

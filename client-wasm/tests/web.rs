@@ -143,9 +143,28 @@ fn bad_options_throw_bad_config() {
         "{ targets: 'ws://a/ws', decode: 'nope' }",
         "{ targets: 'ws://a/ws', cacheSize: -1 }",
         "{ targets: 'ws://a/ws', requestTimeout: 0 }",
+        "{ targets: 'ws://a/ws', minReconnectDelay: 0 }",
+        "{ targets: 'ws://a/ws', minReconnectDelay: -5 }",
+        "{ targets: 'ws://a/ws', minReconnectDelay: 'soon' }",
+        "{ targets: 'ws://a/ws', maxReconnectDelay: 0 }",
+        "{ targets: 'ws://a/ws', minReconnectDelay: 500, maxReconnectDelay: 499 }",
+        "{ targets: 'ws://a/ws', minReconnectDelay: 20000 }",
+        "{ targets: 'ws://a/ws', maxReconnectDelay: 50 }",
+        "{ targets: 'ws://a/ws', maxReconnectDelay: Infinity }",
+        "{ targets: 'ws://a/ws', reconnectJitter: 1.5 }",
+        "{ targets: 'ws://a/ws', reconnectJitter: -0.1 }",
+        "{ targets: 'ws://a/ws', reconnectJitter: NaN }",
+        "{ targets: 'ws://a/ws', pingInterval: -1 }",
     ] {
         let err = Client::new(js(options)).err().expect(options);
         assert_eq!(code(&err), "bad_config", "{options}");
+    }
+    for options in [
+        "{ targets: 'ws://a/ws', localStorage: false, minReconnectDelay: 500, maxReconnectDelay: 500 }",
+        "{ targets: 'ws://a/ws', localStorage: false, reconnectJitter: 0, pingInterval: 0 }",
+        "{ targets: 'ws://a/ws', localStorage: false, reconnectJitter: 1, pingInterval: 1000 }",
+    ] {
+        Client::new(js(options)).expect(options).close();
     }
 }
 

@@ -58,6 +58,7 @@ mod request;
 mod server;
 mod transport;
 
+pub use auth::jwt::KeyError;
 pub use auth::{Action, AuthContext, Authorizer, Claims, ClaimsPolicy, Credential, Denied};
 pub use config::{
     AuthConfig, Config, ConfigError, ConfigValues, HttpConfig, Limits, LogFormat, RedisUrl, Secret,

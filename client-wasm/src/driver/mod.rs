@@ -124,6 +124,8 @@ struct Handlers {
     timer: Closure<dyn FnMut()>,
     bus: Closure<dyn FnMut(web_sys::MessageEvent)>,
     retry: Closure<dyn FnMut()>,
+    /// `online` and `visibilitychange`: reconnect at once instead of waiting out a backoff.
+    wake: Closure<dyn FnMut(web_sys::Event)>,
 }
 
 struct Inner {
@@ -243,6 +245,8 @@ impl Driver {
                 config.token = None;
                 config.backoff_initial = Duration::from_millis(20);
                 config.backoff_max = Duration::from_millis(500);
+                // The leader's session probes the real socket.
+                config.ping_interval = None;
                 (Some(shared), Link::Bus(bus))
             }
             None => (None, Link::Ws(None)),
@@ -302,6 +306,7 @@ impl Driver {
                 .ch
                 .set_onmessage(Some(handlers.bus.as_ref().unchecked_ref()));
         }
+        crate::browser::watch_lifecycle(handlers.wake.as_ref().unchecked_ref(), true);
         inner.handlers = Some(handlers);
         inner.arm_timer();
     }

@@ -77,7 +77,26 @@ impl Handlers {
         let timer_weak = weak.clone();
         let bus_weak = weak.clone();
         let retry_weak = weak.clone();
+        let wake_weak = weak.clone();
         Handlers {
+            wake: Closure::new(move |event: web_sys::Event| {
+                let Some(rc) = wake_weak.upgrade() else {
+                    return;
+                };
+                // `online` always; `visibilitychange` only when the page became visible.
+                if event.type_() != "online" && crate::browser::page_hidden() {
+                    return;
+                }
+                {
+                    let mut inner = rc.borrow_mut();
+                    if !inner.started {
+                        return;
+                    }
+                    // Only shortens a backoff wait: never a second connection.
+                    inner.session.retry_now(now());
+                }
+                Driver(rc).pump();
+            }),
             bus: Closure::new(move |event: MessageEvent| {
                 let Some(rc) = bus_weak.upgrade() else { return };
                 rc.borrow_mut().on_bus(&event.data());
@@ -284,6 +303,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some((id, _)) = self.timer.take() {
             clear_timeout(&id);
+        }
+        if let Some(handlers) = &self.handlers {
+            crate::browser::watch_lifecycle(handlers.wake.as_ref().unchecked_ref(), false);
         }
         self.close_socket();
         if let Link::Bus(bus) = &self.link {

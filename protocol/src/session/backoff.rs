@@ -1,10 +1,11 @@
 //! Reconnect delays and the session's small random number generator.
 //!
 //! The session draws no randomness from the platform: the driver passes a seed and
-//! [`SplitMix64`] stretches it (jitter, idempotency keys). Delays use "full jitter"
+//! [`SplitMix64`] stretches it (jitter, idempotency keys). Delays use "full jitter" by default
 //! (AWS architecture blog, "Exponential Backoff And Jitter"): after `n` consecutive failures the
 //! delay is uniform in `[0, min(max, initial · 2ⁿ)]`, which spreads reconnecting clients out
-//! instead of having them arrive in waves.
+//! instead of having them arrive in waves. A jitter fraction `j` below 1 narrows the draw to
+//! `[bound · (1 − j), bound]`; 0 means no randomness at all.
 
 use std::time::Duration;
 
@@ -42,20 +43,24 @@ impl SplitMix64 {
     }
 }
 
-/// Exponential backoff with full jitter, counting consecutive failures.
+/// Exponential backoff with jitter, counting consecutive failures.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
+    /// The jitter fraction in `[0, 1]` (see [`jitter`]).
+    fraction: f64,
     failures: u32,
 }
 
 impl Backoff {
-    /// A backoff whose first bound is `initial` and whose bound never exceeds `max`.
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    /// A backoff whose first bound is `initial`, whose bound never exceeds `max`, and whose
+    /// delays are drawn with jitter fraction `fraction`.
+    pub(crate) fn new(initial: Duration, max: Duration, fraction: f64) -> Self {
         Backoff {
             initial,
             max,
+            fraction,
             failures: 0,
         }
     }
@@ -67,7 +72,7 @@ impl Backoff {
 
     /// Draws the delay before the next attempt and counts one more failure.
     pub(crate) fn next_delay(&mut self, rng: &mut SplitMix64) -> Duration {
-        let delay = jitter(self.ceiling(), rng);
+        let delay = jitter(self.ceiling(), self.fraction, rng);
         self.failures = self.failures.saturating_add(1);
         delay
     }
@@ -77,7 +82,7 @@ impl Backoff {
     pub(crate) fn next_equal_jitter(&mut self, rng: &mut SplitMix64) -> Duration {
         let half = self.ceiling() / 2;
         self.failures = self.failures.saturating_add(1);
-        half + jitter(half, rng)
+        half + jitter(half, 1.0, rng)
     }
 
     /// Forgets past failures (after a connection proved healthy).
@@ -94,10 +99,19 @@ pub(crate) fn ceiling(initial: Duration, max: Duration, failures: u32) -> Durati
         .map_or(max, |d| d.min(max))
 }
 
-/// A delay drawn uniformly in `[0, ceiling]` ("full jitter").
-pub(crate) fn jitter(ceiling: Duration, rng: &mut SplitMix64) -> Duration {
+/// A delay drawn uniformly in `[ceiling · (1 − fraction), ceiling]`: `fraction` 1 is "full
+/// jitter" (`[0, ceiling]`), 0 is exactly `ceiling`. `fraction` is clamped to `[0, 1]`.
+pub(crate) fn jitter(ceiling: Duration, fraction: f64, rng: &mut SplitMix64) -> Duration {
     let ceiling = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rng.up_to(ceiling))
+    let spread = if fraction >= 1.0 {
+        ceiling
+    } else if fraction > 0.0 {
+        // Float rounding may overshoot by a few nanoseconds: clamp.
+        ((ceiling as f64 * fraction) as u64).min(ceiling)
+    } else {
+        0
+    };
+    Duration::from_nanos(ceiling - spread + rng.up_to(spread))
 }
 
 #[cfg(test)]
@@ -133,8 +147,29 @@ mod tests {
     }
 
     #[test]
+    fn jitter_fraction_bounds_the_draw() {
+        let mut r = SplitMix64::new(9);
+        let bound = Duration::from_millis(1000);
+        assert_eq!(jitter(bound, 0.0, &mut r), bound);
+        for fraction in [0.0, 0.1, 0.5, 0.99, 1.0] {
+            let floor = bound.mul_f64(1.0 - fraction);
+            for _ in 0..500 {
+                let d = jitter(bound, fraction, &mut r);
+                assert!(d <= bound, "{d:?} above {bound:?} (jitter {fraction})");
+                assert!(
+                    d + Duration::from_nanos(1) >= floor,
+                    "{d:?} below {floor:?} (jitter {fraction})"
+                );
+            }
+        }
+        // Huge bounds do not overflow.
+        let _ = jitter(Duration::MAX, 0.5, &mut r);
+        let _ = jitter(Duration::MAX, 1.0, &mut r);
+    }
+
+    #[test]
     fn ceiling_doubles_then_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10), 1.0);
         let mut rng = SplitMix64::new(3);
         let mut ceilings = Vec::new();
         for _ in 0..40 {

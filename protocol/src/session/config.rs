@@ -13,11 +13,13 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Default for [`Config::backoff_max`]: 10 s.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Default for [`Config::backoff_jitter`]: 1, full jitter.
+pub const DEFAULT_BACKOFF_JITTER: f64 = 1.0;
 /// Default for [`Config::max_pending`]: 10,000 requests.
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
 
 /// How a [`Session`](super::Session) connects, retries and bounds its work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Server URLs, tried in order and then round-robin. Opaque to the session: they are handed
     /// back to the driver in [`Action::Connect`](super::Action::Connect). Must not be empty.
@@ -30,10 +32,20 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Upper bound of the first reconnect delay. Each further consecutive failure doubles the
     /// bound (factor 2) up to [`Config::backoff_max`]; the actual delay is drawn uniformly
-    /// between zero and the bound ("full jitter").
+    /// between `bound · (1 − backoff_jitter)` and the bound.
     pub backoff_initial: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// How much of each delay bound is random, in `[0, 1]`: 1 (the default) draws the delay
+    /// uniformly in `[0, bound]` ("full jitter"), 0.5 in `[bound / 2, bound]`, 0 waits exactly
+    /// the bound. Applies to reconnects and to subscribe retries.
+    pub backoff_jitter: f64,
+    /// When set, a connection on which no frame arrived for this long gets a `ping` probe; if
+    /// no frame answers it within [`Config::request_timeout`], the connection counts as dead
+    /// ([`DisconnectReason::Timeout`](super::DisconnectReason::Timeout), [`Action::Close`](super::Action::Close))
+    /// and the session reconnects. A socket that died silently is thus noticed within
+    /// `ping_interval + request_timeout`. `None` (the default): no idle probes.
+    pub ping_interval: Option<Duration>,
     /// Give every publish without a caller key a generated idempotency key, so that publishes
     /// are safely re-sent after a reconnect (see the [module documentation](super)).
     pub auto_idempotency: bool,
@@ -66,6 +78,8 @@ impl Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            backoff_jitter: DEFAULT_BACKOFF_JITTER,
+            ping_interval: None,
             auto_idempotency: true,
             max_pending: DEFAULT_MAX_PENDING,
             retry_subscribe: true,
@@ -83,6 +97,10 @@ impl Config {
             "backoff_initial must be positive"
         } else if self.backoff_max < self.backoff_initial {
             "backoff_max must be at least backoff_initial"
+        } else if !(0.0..=1.0).contains(&self.backoff_jitter) {
+            "backoff_jitter must be between 0 and 1"
+        } else if self.ping_interval.is_some_and(|d| d.is_zero()) {
+            "ping_interval must be positive"
         } else if self.max_pending == 0 {
             "max_pending must be at least 1"
         } else {
@@ -120,6 +138,8 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert_eq!(c.backoff_initial, Duration::from_millis(100));
         assert_eq!(c.backoff_max, Duration::from_secs(10));
+        assert_eq!(c.backoff_jitter, 1.0);
+        assert_eq!(c.ping_interval, None);
         assert!(c.auto_idempotency);
         assert_eq!(c.max_pending, 10_000);
         assert!(c.retry_subscribe);
@@ -135,6 +155,14 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::new(["x"]);
         c.max_pending = 0;
+        assert!(c.validate().is_err());
+        for jitter in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            let mut c = Config::new(["x"]);
+            c.backoff_jitter = jitter;
+            assert!(c.validate().is_err(), "jitter {jitter} accepted");
+        }
+        let mut c = Config::new(["x"]);
+        c.ping_interval = Some(Duration::ZERO);
         assert!(c.validate().is_err());
     }
 }

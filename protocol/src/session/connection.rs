@@ -52,8 +52,48 @@ impl Session {
         self.fail_connection(reason, false);
     }
 
+    /// The driver has reason to believe the network is back (a browser's `online` event, a
+    /// hidden page becoming visible): when the session is waiting out a backoff delay before
+    /// its next attempt, that attempt starts now. Otherwise (connecting, connected, not started
+    /// or closed) it does nothing, so it never opens a second connection. Failure counts are
+    /// kept: if this attempt fails too, the next delay is as long as it would have been.
+    pub fn retry_now(&mut self, now: Duration) {
+        self.tick(now);
+        if let State::Backoff { until } = self.state {
+            if until > self.now {
+                self.state = State::Backoff { until: self.now };
+            }
+            self.handle_timeout(now);
+        }
+    }
+
+    /// When the next idle probe is due on the open connection, if [`Config::ping_interval`]
+    /// is set.
+    ///
+    /// [`Config::ping_interval`]: super::Config::ping_interval
+    pub(super) fn probe_due(&self) -> Option<Duration> {
+        let interval = self.config.ping_interval?;
+        Some(self.last_heard.saturating_add(interval))
+    }
+
+    /// Sends a `ping` on the open connection when nothing arrived for
+    /// [`Config::ping_interval`](super::Config::ping_interval); an internal request, so its
+    /// timeout ends the connection.
+    fn fire_probe(&mut self) {
+        if !self.is_connected() || self.probe_due().is_none_or(|due| due > self.now) {
+            return;
+        }
+        self.last_heard = self.now;
+        let id = self.alloc_id();
+        let deadline = self.deadline();
+        let mut probe = Pending::new(Kind::Ping, Origin::Internal);
+        probe.sent = true;
+        self.requests.insert(id, probe, Some(deadline));
+        self.transmit.push_back(ClientFrame::Ping { id });
+    }
+
     /// Fires the timers that are due: attempt and handshake deadlines, backoff, request
-    /// timeouts. Call it at (or after) the time [`Session::poll_timeout`] named.
+    /// timeouts, idle probes. Call it at (or after) the time [`Session::poll_timeout`] named.
     pub fn handle_timeout(&mut self, now: Duration) {
         self.tick(now);
         match self.state {
@@ -73,6 +113,7 @@ impl Session {
         }
         self.fire_retries();
         self.fire_token_refresh();
+        self.fire_probe();
     }
 
     /// Sends `subscribe` again for the channels whose retry after a transient failure is due.
@@ -108,6 +149,7 @@ impl Session {
     pub(super) fn establish(&mut self, healthy: bool) {
         self.state = State::Open { healthy };
         self.opened_at = self.now;
+        self.last_heard = self.now;
         // Every channel is subscribed now: pending retries are moot.
         self.retries.clear();
         for (_, sub) in self.subs.iter_mut() {

@@ -38,6 +38,7 @@ impl Session {
             Ok(frame) => self.handle_frame(frame, now),
             Err(e) => {
                 self.tick(now);
+                self.last_heard = self.now;
                 self.on_undecodable(text, e.error.to_string());
             }
         }
@@ -52,13 +53,14 @@ impl Session {
     }
 
     /// A frame that arrived decoded (by the driver, with
-    /// [`decode_server`](crate::codec::decode_server)). Drivers that receive text should call
+    /// [`crate::codec::decode_server`]). Drivers that receive text should call
     /// [`Session::handle_text`] instead, which also handles text that does not decode.
     pub fn handle_frame(&mut self, frame: ServerFrame, now: Duration) {
         self.tick(now);
         if !matches!(self.state, State::Handshaking { .. } | State::Open { .. }) {
             return;
         }
+        self.last_heard = self.now;
         match frame {
             ServerFrame::Connected { id, .. } => {
                 if matches!(self.state, State::Handshaking { id: hid, .. } if hid == id) {
@@ -283,7 +285,7 @@ impl Session {
         sub.failures = sub.failures.saturating_add(1);
         sub.inflight = None;
         let attempt = sub.failures;
-        let retry_in = backoff::jitter(bound, &mut self.rng);
+        let retry_in = backoff::jitter(bound, self.config.backoff_jitter, &mut self.rng);
         let at = self.now.saturating_add(retry_in);
         sub.retry_at = Some(at);
         if pending.origin == Origin::User {

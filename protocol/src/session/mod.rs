@@ -5,7 +5,7 @@
 //!
 //! * inputs: [`Session::connect`], [`Session::handle_transport_open`],
 //!   [`Session::handle_frame`], [`Session::handle_transport_closed`],
-//!   [`Session::handle_timeout`], each with `now`, the monotonic time since an origin the driver
+//!   [`Session::handle_timeout`], [`Session::retry_now`], each with `now`, the monotonic time since an origin the driver
 //!   picks (e.g. `Instant::now() - start`, or `performance.now()` in a browser);
 //! * commands: [`Session::subscribe`], [`Session::resubscribe`], [`Session::unsubscribe`],
 //!   [`Session::publish`], [`Session::ping`], [`Session::close`];
@@ -46,11 +46,18 @@
 //! by [`Config::request_timeout`]; when they overrun, the session asks the driver to close the
 //! transport ([`Action::Close`]) and moves on.
 //!
+//! With [`Config::ping_interval`] set, a connection on which nothing arrived for that long gets
+//! a `ping` probe, and one whose probe is not answered within the request timeout is closed
+//! the same way: a socket that died without the platform reporting a close (browsers may never
+//! fire one) is noticed within `ping_interval + request_timeout`. [`Session::retry_now`] cuts a
+//! pending backoff delay short, for drivers that learn the network is back (a browser's
+//! `online` event, a page becoming visible); it never opens a second connection.
+//!
 //! # Short-lived tokens
 //!
 //! [`Session::refresh_token`] switches the open connection to a new token with a `connect` on
 //! it (no reconnect, no gap) and, given the token's lifetime, asks the driver for the next one
-//! ([`Action::RefreshToken`]) a little before it ends ([`refresh_lead`]); see [`token`].
+//! ([`Action::RefreshToken`]) a little before it ends ([`refresh_lead`]).
 //!
 //! # Subscriptions and resume
 //!
@@ -143,8 +150,8 @@ use std::time::Duration;
 
 pub use backoff::BACKOFF_FACTOR;
 pub use config::{
-    Config, PublishOptions, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_PENDING,
-    DEFAULT_REQUEST_TIMEOUT,
+    Config, PublishOptions, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MAX,
+    DEFAULT_MAX_PENDING, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{RequestError, SessionError};
 pub use event::{Action, DisconnectReason, Event, RequestId};
@@ -198,6 +205,9 @@ pub struct Session {
     bad_frames: Backoff,
     /// When the current connection became ready.
     opened_at: Duration,
+    /// When the last frame arrived on the current connection (or it became ready, or the
+    /// last idle probe was sent): the idle probe of [`Config::ping_interval`] counts from it.
+    last_heard: Duration,
     /// Subscribe retries after transient failures: `(due, channel)`. Entries whose channel no
     /// longer has that `retry_at` are stale and skipped.
     retries: BTreeSet<(Duration, String)>,
@@ -227,9 +237,14 @@ impl Session {
         let mut rng = SplitMix64::new(seed);
         let key_prefix = rng.next_u64();
         Ok(Session {
-            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
-            bad_frames: Backoff::new(config.backoff_initial, config.backoff_max),
+            backoff: Backoff::new(
+                config.backoff_initial,
+                config.backoff_max,
+                config.backoff_jitter,
+            ),
+            bad_frames: Backoff::new(config.backoff_initial, config.backoff_max, 1.0),
             opened_at: Duration::ZERO,
+            last_heard: Duration::ZERO,
             retries: BTreeSet::new(),
             config,
             rng,
@@ -269,7 +284,10 @@ impl Session {
             State::Connecting { deadline } | State::Handshaking { deadline, .. } => Some(deadline),
             State::Backoff { until } => Some(until),
             State::Closed => return None,
-            State::Open { .. } => self.retries.first().map(|(at, _)| *at),
+            State::Open { .. } => {
+                let retry = self.retries.first().map(|(at, _)| *at);
+                retry.into_iter().chain(self.probe_due()).min()
+            }
             State::Idle => None,
         };
         let requests = self.requests.next_deadline(self.now);

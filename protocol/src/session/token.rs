@@ -76,8 +76,8 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 
 impl Session {
     /// Uses `token` from now on: for every later connection's `connect`, and, when a
-    /// connection is open, at once through a `connect` on it (see the
-    /// [module documentation](self)). `valid_for` is how long the token stays valid (e.g. from
+    /// connection is open, at once through a `connect` on it (see "Short-lived tokens" in the
+    /// [session documentation](super)). `valid_for` is how long the token stays valid (e.g. from
     /// [`token_lifetime`]); with it, [`Action::RefreshToken`] asks for the next token
     /// [`refresh_lead`] before the end. `None`: the token does not expire, nothing is asked.
     pub fn refresh_token(&mut self, now: Duration, token: String, valid_for: Option<Duration>) {

@@ -4,6 +4,7 @@
 mod failover;
 mod groups;
 mod harness;
+mod lifecycle;
 mod model;
 mod no_loss;
 mod requests;

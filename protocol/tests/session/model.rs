@@ -52,6 +52,8 @@ enum Op {
     DropTransport,
     TargetDown(usize, bool),
     Garbage,
+    /// The driver learnt the network is back (`online`, page visible): `retry_now`.
+    RetryNow,
     Advance(u16),
 }
 
@@ -73,6 +75,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::DropTransport),
         1 => (0..TARGETS.len(), any::<bool>()).prop_map(|(t, on)| Op::TargetDown(t, on)),
         1 => Just(Op::Garbage),
+        1 => Just(Op::RetryNow),
         3 => (1..20_000u16).prop_map(Op::Advance),
     ]
 }
@@ -304,6 +307,7 @@ fn apply(pair: &mut Pair, model: &mut Model, op: &Op) -> Result<(), String> {
                 pair.server.raw.push_back("{\"type\":".into());
             }
         }
+        Op::RetryNow => pair.session.retry_now(pair.now),
         Op::Advance(ms) => pair.advance(Duration::from_millis(u64::from(*ms))),
     }
     pair.drive();
@@ -311,7 +315,10 @@ fn apply(pair: &mut Pair, model: &mut Model, op: &Op) -> Result<(), String> {
 }
 
 fn run(ops: &[Op]) -> Result<(), String> {
-    let mut pair = Pair::new(Config::new(TARGETS), 11);
+    let mut config = Config::new(TARGETS);
+    // Idle probes on: a connection whose frames are held too long is declared dead.
+    config.ping_interval = Some(Duration::from_secs(5));
+    let mut pair = Pair::new(config, 11);
     pair.start();
     let mut model = Model::default();
     for op in ops {

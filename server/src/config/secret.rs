@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize, Serializer};
 /// What a [`Secret`] prints as.
 pub(crate) const REDACTED: &str = "<redacted>";
 
-/// A secret string; every way of printing it prints [`REDACTED`].
+/// A secret string; every way of printing it prints `<redacted>`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);

@@ -177,7 +177,7 @@ impl Default for Retention {
 }
 
 impl Retention {
-    /// The server's default: no limits, and the floor [`DEFAULT_MIN_MAXLEN`].
+    /// The server's default: no limits, and the floor `min_maxlen` of 1,000 entries.
     pub fn server_default() -> Retention {
         Retention {
             min_maxlen: DEFAULT_MIN_MAXLEN,

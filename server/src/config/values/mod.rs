@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, RedisUrl, Secret};
+// The fields' documentation links to what each one becomes.
+#[cfg(doc)]
+use super::{AuthConfig, Config, HttpConfig, Limits, TlsFiles};
+#[cfg(doc)]
+use crate::TrustedProxies;
 
 /// Values as given by flags, environment or file; `None` means not given. Secrets are
 /// [`Secret`]s and Redis URLs [`RedisUrl`]s, so printing these values never shows them.
