@@ -49,26 +49,14 @@ fn tabs_connect_only_while_the_leader_is_connected() {
 #[test]
 fn a_subscribe_at_or_after_the_standing_position_is_answered_by_the_leader() {
     let mut world = World::with_tabs(&["a", "b", "c"]);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Earliest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Earliest);
     world.drive();
     let first = world.append("ch", 3);
     assert_eq!(world.tab("a").delivered("ch"), first);
     // b resumes from the last message, c asks for `$`: neither needs the server.
     let sent = world.server_subscribes().len();
-    world
-        .tab("b")
-        .session
-        .subscribe("ch", Offset::Id(first[2]))
-        .unwrap();
-    world
-        .tab("c")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
+    world.subscribe("b", "ch", Offset::Id(first[2]));
+    world.subscribe("c", "ch", Offset::Latest);
     world.drive();
     assert_eq!(world.server_subscribes().len(), sent);
     let answered = |world: &mut World, name: &str| {
@@ -92,19 +80,11 @@ fn a_subscribe_at_or_after_the_standing_position_is_answered_by_the_leader() {
 fn an_older_offset_replaces_the_subscription_and_each_tab_gets_its_own_messages_once() {
     let mut world = World::with_tabs(&["a", "b"]);
     let old = world.append("ch", 3);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Latest);
     world.drive();
     let live = world.append("ch", 1);
     // b needs everything: the leader replaces its subscription with one from `0`.
-    world
-        .tab("b")
-        .session
-        .subscribe("ch", Offset::Earliest)
-        .unwrap();
+    world.subscribe("b", "ch", Offset::Earliest);
     world.drive();
     let frames = world.pair.server.received_of("unsubscribe");
     assert_eq!(frames.len(), 1, "the barrier before the replacement");
@@ -163,16 +143,8 @@ fn publish_keeps_the_tabs_idempotency_key_and_answers_the_tab() {
 #[test]
 fn the_last_tab_to_leave_a_channel_ends_the_subscription() {
     let mut world = World::with_tabs(&["a", "b"]);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
-    world
-        .tab("b")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Latest);
+    world.subscribe("b", "ch", Offset::Latest);
     world.drive();
     world.tab("a").session.unsubscribe("ch").unwrap();
     world.drive();
@@ -194,16 +166,8 @@ fn the_last_tab_to_leave_a_channel_ends_the_subscription() {
 #[test]
 fn messages_are_broadcast_once_per_batch() {
     let mut world = World::with_tabs(&["a", "b", "c"]);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
-    world
-        .tab("b")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Latest);
+    world.subscribe("b", "ch", Offset::Latest);
     world.drive();
     world.outputs.clear();
     let sent = world.append("ch", 1);
@@ -229,16 +193,8 @@ fn messages_are_broadcast_once_per_batch() {
 fn when_the_leader_loses_the_server_every_tab_resumes_from_its_own_position() {
     let mut world = World::with_tabs(&["a", "b"]);
     let old = world.append("ch", 2);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Earliest)
-        .unwrap();
-    world
-        .tab("b")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Earliest);
+    world.subscribe("b", "ch", Offset::Latest);
     world.drive();
     let live = world.append("ch", 2);
     world.drop_leader();
@@ -297,27 +253,15 @@ fn ping_is_answered_by_the_leader() {
 #[test]
 fn a_gap_reaches_only_the_tabs_it_concerns_from_their_own_position() {
     let mut world = World::with_tabs(&["a", "b", "c"]);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Earliest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Earliest);
     world.drive();
     let sent = world.append("ch", 6);
     world.pair.server.trim("ch", 4);
     // b resumes from the first message, whose successors up to the fourth are gone; c resumes
     // from the fifth, after the trimmed range.
-    world
-        .tab("b")
-        .session
-        .subscribe("ch", Offset::Id(sent[0]))
-        .unwrap();
+    world.subscribe("b", "ch", Offset::Id(sent[0]));
     world.drive();
-    world
-        .tab("c")
-        .session
-        .subscribe("ch", Offset::Id(sent[4]))
-        .unwrap();
+    world.subscribe("c", "ch", Offset::Id(sent[4]));
     world.drive();
     assert_eq!(world.tab("b").gaps("ch"), [(sent[0], sent[3])]);
     assert_eq!(world.tab("b").delivered("ch"), sent[4..]);
@@ -342,16 +286,8 @@ fn a_gap_reaches_only_the_tabs_it_concerns_from_their_own_position() {
 #[test]
 fn a_lost_subscription_closes_its_tabs_which_resume_and_hear_the_answer_themselves() {
     let mut world = World::with_tabs(&["a", "b", "c"]);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Earliest)
-        .unwrap();
-    world
-        .tab("c")
-        .session
-        .subscribe("other", Offset::Earliest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Earliest);
+    world.subscribe("c", "other", Offset::Earliest);
     world.drive();
     let first = world.append("ch", 2);
     // A frame of the channel the leader cannot decode ends its subscription there.
@@ -377,11 +313,7 @@ fn a_lost_subscription_closes_its_tabs_which_resume_and_hear_the_answer_themselv
     // Now the channel is forbidden and b asks for older messages: the replacement is refused,
     // b's subscribe fails, and a, no longer served, resumes and hears the refusal itself.
     world.pair.server.forbidden.insert("ch".into());
-    world
-        .tab("b")
-        .session
-        .subscribe("ch", Offset::Earliest)
-        .unwrap();
+    world.subscribe("b", "ch", Offset::Earliest);
     world.advance(ms(5_000));
     let refused = |events: &[Event]| {
         events.iter().any(|e| match e {
@@ -422,11 +354,7 @@ fn a_tab_that_leaves_is_forgotten_with_its_requests() {
         .session
         .publish("ch", body(1), PublishOptions::default())
         .unwrap();
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Latest);
     world.drive();
     world.remove_tab("a");
     let left = world.outputs.len();
@@ -446,11 +374,7 @@ fn a_tab_that_leaves_is_forgotten_with_its_requests() {
 #[test]
 fn a_tab_joining_again_starts_afresh() {
     let mut world = World::with_tabs(&["a"]);
-    world
-        .tab("a")
-        .session
-        .subscribe("ch", Offset::Latest)
-        .unwrap();
+    world.subscribe("a", "ch", Offset::Latest);
     world.drive();
     assert_eq!(world.mux.members("ch").count(), 1);
     // A second `hello` (the tab's virtual connection was re-made): its old state is gone.

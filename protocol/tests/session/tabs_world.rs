@@ -10,7 +10,7 @@ use std::time::Duration;
 use redistribute_protocol::lite::{decode_client, encode_client, encode_server};
 use redistribute_protocol::multiplex::{Multiplexer, Output};
 use redistribute_protocol::session::{Action, Config, DisconnectReason, Event, Session};
-use redistribute_protocol::StreamId;
+use redistribute_protocol::{Offset, StreamId};
 
 use crate::harness::{offsets, Pair};
 
@@ -145,6 +145,15 @@ impl World {
     /// A tab by name.
     pub fn tab(&mut self, name: &str) -> &mut Tab {
         self.tabs.get_mut(name).expect("a tab of that name")
+    }
+
+    /// Tab `name`'s session subscribes to `channel` from `from` (a command the session
+    /// accepts).
+    pub fn subscribe(&mut self, name: &str, channel: &str, from: Offset) {
+        self.tab(name)
+            .session
+            .subscribe(channel, from)
+            .expect("the session takes the subscribe");
     }
 
     /// Moves everything until nothing moves, firing the timers due now.
