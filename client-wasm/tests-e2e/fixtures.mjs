@@ -175,3 +175,29 @@ export function api(port, method, path, body) {
     req.end(body ? JSON.stringify(body) : undefined);
   });
 }
+
+/**
+ * The stack most browser suites run on: a Redis, one server on it (with `serverArgs`), `page`
+ * served by `servePages` and a headless Chromium. `stop()` closes them in reverse order and
+ * prints where the logs are; if starting fails halfway, what was started is stopped first.
+ */
+export async function startStack(page, serverArgs = []) {
+  const stack = {};
+  stack.stop = async () => {
+    await stack.browser?.close();
+    stack.web?.close();
+    await stack.server?.kill();
+    await stack.redis?.kill();
+    console.log(`logs: ${logs}`);
+  };
+  try {
+    stack.redis = await startRedis();
+    stack.server = await startServer(stack.redis.url, serverArgs);
+    stack.web = await servePages(page);
+    stack.browser = await launchBrowser();
+  } catch (err) {
+    await stack.stop();
+    throw err;
+  }
+  return stack;
+}

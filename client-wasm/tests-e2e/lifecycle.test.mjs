@@ -19,7 +19,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  api, launchBrowser, logDir, servePages, startRedis, startServer, waitFor,
+  api, startStack, waitFor,
 } from './fixtures.mjs';
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>lifecycle</title>
@@ -61,7 +61,7 @@ window.ready = true;
 const publish = async (port, n) =>
   (await api(port, 'POST', '/api/publish', { channel: 'life', fields: { n } })).offset;
 
-let redis, server, web, browser;
+let stack, server, web, browser;
 
 async function open(storage, extra = '') {
   const page = await browser.newPage();
@@ -96,19 +96,11 @@ async function outage(page, ns, offline) {
 
 describe('the browser client and the page lifecycle', { timeout: 180000 }, () => {
   before(async () => {
-    redis = await startRedis();
-    server = await startServer(redis.url);
-    web = await servePages(PAGE);
-    browser = await launchBrowser();
+    stack = await startStack(PAGE);
+    ({ server, web, browser } = stack);
   });
 
-  after(async () => {
-    await browser?.close();
-    web?.close();
-    await server?.kill();
-    await redis?.kill();
-    console.log(`logs: ${logDir}`);
-  });
+  after(() => stack?.stop());
 
   it('reconnects at once when the network is back or the page becomes visible', async () => {
     const page = await open('default');

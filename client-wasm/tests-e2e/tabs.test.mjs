@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  api, launchBrowser, logDir, servePages, startRedis, startServer, waitFor,
+  api, startStack, waitFor,
 } from './fixtures.mjs';
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>tabs</title>
@@ -67,7 +67,7 @@ async function wsConnections(port) {
   return out.toString().split('\n').filter((l) => l.trim()).length;
 }
 
-let redis, server, web, browser;
+let stack, server, web, browser;
 /** Pages a test opened: closed after it, passed or failed, so none skews the next one. */
 const opened = new Set();
 
@@ -96,10 +96,8 @@ async function receivesExactly(page, offsets, what) {
 
 describe('tabs share one socket; the outbox survives reloads', { timeout: 300000 }, () => {
   before(async () => {
-    redis = await startRedis();
-    server = await startServer(redis.url);
-    web = await servePages(PAGE);
-    browser = await launchBrowser();
+    stack = await startStack(PAGE);
+    ({ server, web, browser } = stack);
   });
 
   afterEach(async () => {
@@ -107,13 +105,7 @@ describe('tabs share one socket; the outbox survives reloads', { timeout: 300000
     opened.clear();
   });
 
-  after(async () => {
-    await browser?.close();
-    web?.close();
-    await server?.kill();
-    await redis?.kill();
-    console.log(`logs: ${logDir}`);
-  });
+  after(() => stack?.stop());
 
   it('subscribing again from 0 replaces the subscription: history again, then live, once each', async () => {
     const channel = `tabs-again-${Date.now()}`;

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  api, launchBrowser, logDir, servePages, startRedis, startServer, waitFor,
+  api, startStack, waitFor,
 } from './fixtures.mjs';
 
 const SECRET = 'a-test-secret-of-at-least-32-bytes!!';
@@ -52,7 +52,7 @@ function mint(seconds) {
   return `${head}.${body}.${signature}`;
 }
 
-let redis, server, web, browser;
+let stack, server, web, browser;
 const opened = new Set();
 let minted = 0;
 
@@ -69,10 +69,8 @@ async function openTab(share, name) {
 
 describe('tokenProvider keeps a stream running across short token lifetimes', { timeout: 300000 }, () => {
   before(async () => {
-    redis = await startRedis();
-    server = await startServer(redis.url, ['--jwt-secret', SECRET, '--allow-open-api']);
-    web = await servePages(PAGE);
-    browser = await launchBrowser();
+    stack = await startStack(PAGE, ['--jwt-secret', SECRET, '--allow-open-api']);
+    ({ server, web, browser } = stack);
   });
 
   afterEach(async () => {
@@ -80,12 +78,7 @@ describe('tokenProvider keeps a stream running across short token lifetimes', { 
     opened.clear();
   });
 
-  after(async () => {
-    await browser?.close();
-    web?.close();
-    for (const s of [server, redis]) await s?.kill();
-    console.log(`logs: ${logDir}`);
-  });
+  after(() => stack?.stop());
 
   for (const share of [false, true]) {
     it(`no gap, no duplicate, no reconnect over ~7 lifetimes (shareSocket ${share})`, async () => {
