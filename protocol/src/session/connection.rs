@@ -84,6 +84,12 @@ impl Session {
             return;
         }
         self.last_heard = self.now;
+        self.send_probe();
+    }
+
+    /// Sends an internal `ping` on the open connection: its reply proves the connection
+    /// healthy, and its timeout ends it.
+    fn send_probe(&mut self) {
         let id = self.alloc_id();
         let deadline = self.deadline();
         let mut probe = Pending::new(Kind::Ping, Origin::Internal);
@@ -177,12 +183,7 @@ impl Session {
         }
         if self.transmit.is_empty() && !healthy {
             // Nothing to ask, yet the backoff resets only on a reply: probe.
-            let id = self.alloc_id();
-            let deadline = self.deadline();
-            let mut probe = Pending::new(Kind::Ping, Origin::Internal);
-            probe.sent = true;
-            self.requests.insert(id, probe, Some(deadline));
-            self.transmit.push_back(ClientFrame::Ping { id });
+            self.send_probe();
         }
     }
 
