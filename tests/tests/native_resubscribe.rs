@@ -7,22 +7,15 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{start_server, STEP};
+use common::native::{check_offsets, expect_silence, within};
+use common::start_server;
 use futures_util::StreamExt;
 use redistribute_client::{Client, Error, Event, Message, Offset, StreamId, Subscription};
 use redistribute_testkit::RedisServer;
 use serde_json::json;
-
-/// Awaits `fut` for at most [`STEP`].
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .with_context(|| format!("timed out after {STEP:?}: {what}"))
-}
 
 /// A client of `targets` whose subscriptions buffer `buffer` messages.
 async fn connect(targets: &[String], buffer: usize) -> Result<Client> {
@@ -61,28 +54,6 @@ async fn read(sub: &mut Subscription, n: usize, pause_every: usize) -> Result<Ve
         }
     }
     Ok(got)
-}
-
-/// `got` is exactly the messages at `offsets`, in order, each once.
-fn check_exact(got: &[Message], offsets: &[StreamId]) -> Result<()> {
-    let got: Vec<StreamId> = got.iter().map(|m| m.offset).collect();
-    if got != offsets {
-        let first = got.iter().zip(offsets).position(|(a, b)| a != b);
-        anyhow::bail!(
-            "{} messages for {} owed; first difference at {first:?}",
-            got.len(),
-            offsets.len()
-        );
-    }
-    Ok(())
-}
-
-/// Nothing more arrives for a moment (no duplicate after the last message).
-async fn expect_silence(sub: &mut Subscription) -> Result<()> {
-    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-        anyhow::bail!("unexpected extra message: {extra:?}");
-    }
-    Ok(())
 }
 
 /// The replaced stream yields a prefix of what its own offset promised, then ends.
@@ -126,7 +97,7 @@ async fn replacing_during_a_replay_starts_exactly_at_the_new_offset() -> Result<
     let mut owed = stored[2_000..].to_vec();
     owed.extend(&live);
     let got = read(&mut second, owed.len(), usize::MAX).await?;
-    check_exact(&got, &owed)?;
+    check_offsets(&got, &owed)?;
     expect_silence(&mut second).await?;
     subscriber.close().await;
     Ok(())
@@ -168,7 +139,7 @@ async fn the_last_of_quick_replacements_wins_while_messages_flow() -> Result<()>
     let mut owed = stored[400..].to_vec();
     owed.extend(&live);
     let got = read(&mut last, owed.len(), usize::MAX).await?;
-    check_exact(&got, &owed)?;
+    check_offsets(&got, &owed)?;
     expect_silence(&mut last).await?;
     subscriber.close().await;
     Ok(())
@@ -195,7 +166,7 @@ async fn a_subscribe_right_behind_an_unsubscribe_starts_clean() -> Result<()> {
     let mut again = again.context("subscribe behind the unsubscribe")?;
     ends_as_a_prefix(old, &stored).await?;
     let got = read(&mut again, 500, usize::MAX).await?;
-    check_exact(&got, &stored[1_500..])?;
+    check_offsets(&got, &stored[1_500..])?;
     expect_silence(&mut again).await?;
     subscriber.close().await;
     Ok(())
@@ -223,7 +194,7 @@ async fn a_tiny_buffer_overflowing_through_a_replay_live_messages_and_a_failover
     within("kill A", a.kill()).await??;
     got.extend(read(&mut tiny, (HISTORY + LIVE) as usize - 700, 25).await?);
     owed.extend(within("publisher", flowing).await???);
-    check_exact(&got, &owed)?;
+    check_offsets(&got, &owed)?;
     expect_silence(&mut tiny).await?;
     let mut overflows = 0;
     while let Some(event) = events.try_recv() {

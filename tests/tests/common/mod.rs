@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod native;
 pub mod pki;
 pub mod raw_ws;
 pub mod sse;

@@ -19,7 +19,8 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::start_server;
+use common::native::{check_offsets, expect_silence, within};
+use common::{start_server, STEP};
 use futures_util::StreamExt;
 use redistribute_client::{Client, Error, Event, Message, Offset, StreamId, Subscription};
 use redistribute_testkit::{server_binary, RedisServer, RespValue};
@@ -28,16 +29,6 @@ use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinHandle;
 
 use proxy::Proxy;
-
-/// A generous bound for one step on a noisy machine.
-const STEP: Duration = Duration::from_secs(20);
-
-/// Awaits `fut` for at most [`STEP`].
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .with_context(|| format!("timed out after {STEP:?}: {what}"))
-}
 
 /// Connects a client with default settings to `targets`.
 async fn connect(targets: &[String]) -> Result<Client> {
@@ -83,34 +74,15 @@ async fn next(sub: &mut Subscription) -> Result<Message> {
 
 /// Checks that `got` is exactly the messages published with `offsets`, seq 0.., in order.
 fn check_exact(got: &[Message], offsets: &[StreamId]) -> Result<()> {
-    for (i, (m, offset)) in got.iter().zip(offsets).enumerate() {
+    for (i, m) in got.iter().enumerate() {
         ensure!(
             m.fields["seq"] == json!(i),
             "message {i} has seq {} (offset {}): lost or duplicated",
             m.fields["seq"],
             m.offset
         );
-        ensure!(
-            m.offset == *offset,
-            "message {i}: offset {} != {offset}",
-            m.offset
-        );
     }
-    ensure!(
-        got.len() == offsets.len(),
-        "{} messages received, {} published",
-        got.len(),
-        offsets.len()
-    );
-    Ok(())
-}
-
-/// Nothing more arrives for a moment (no duplicate after the last message).
-async fn expect_silence(sub: &mut Subscription) -> Result<()> {
-    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-        bail!("unexpected extra message: {extra:?}");
-    }
-    Ok(())
+    check_offsets(got, offsets)
 }
 
 /// Receives `total` messages, running `disrupt` once `at` messages have arrived; returns the
