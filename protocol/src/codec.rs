@@ -22,6 +22,7 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "publish",
     "ack",
     "ping",
+    "history",
 ];
 
 /// Decodes and validates a client frame (channel names, non-empty publish fields).
@@ -49,6 +50,7 @@ pub const SERVER_FRAME_TYPES: &[&str] = &[
     "messages",
     "gap",
     "error",
+    "history_page",
 ];
 
 /// Decodes a server frame (used by clients).
@@ -74,11 +76,16 @@ pub fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
     match frame {
         ClientFrame::Subscribe {
             channel,
+            offset,
             group,
             consumer,
+            rewind,
             ..
         } => {
             validate_channel(channel)?;
+            if let Some(rewind) = rewind {
+                crate::history::validate_rewind(*rewind, offset.is_some(), group.is_some())?;
+            }
             match (group, consumer) {
                 (None, None) => Ok(()),
                 (Some(g), Some(c)) => {
@@ -131,6 +138,16 @@ pub fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
                 return Err(invalid("ack", "\"offsets\" must not be empty"));
             }
             Ok(())
+        }
+        ClientFrame::History {
+            channel,
+            from,
+            to,
+            limit,
+            ..
+        } => {
+            validate_channel(channel)?;
+            crate::history::validate_history(*from, *to, *limit)
         }
         ClientFrame::Connect { .. } | ClientFrame::Ping { .. } => Ok(()),
     }
@@ -191,6 +208,7 @@ enum Expect {
     Object,
     Array,
     Unsigned,
+    Bool,
 }
 
 /// `(field, type, required)` per client frame type, to name the field at fault.
@@ -204,6 +222,7 @@ fn client_schema(kind: &str) -> &'static [(&'static str, Expect, bool)] {
             ("offset", Str, false),
             ("group", Str, false),
             ("consumer", Str, false),
+            ("rewind", Unsigned, false),
         ],
         "unsubscribe" => &[("id", Unsigned, true), ("channel", Str, true)],
         "publish" => &[
@@ -220,6 +239,14 @@ fn client_schema(kind: &str) -> &'static [(&'static str, Expect, bool)] {
             ("offsets", Array, true),
         ],
         "ping" => &[("id", Unsigned, true)],
+        "history" => &[
+            ("id", Unsigned, true),
+            ("channel", Str, true),
+            ("from", Str, false),
+            ("to", Str, false),
+            ("limit", Unsigned, false),
+            ("reverse", Bool, false),
+        ],
         _ => &[],
     }
 }
@@ -240,6 +267,7 @@ fn schema_problem(
             (Some(v), Expect::Object) => v.is_object(),
             (Some(v), Expect::Array) => v.is_array(),
             (Some(v), Expect::Unsigned) => v.is_u64(),
+            (Some(v), Expect::Bool) => v.is_boolean(),
         };
         if !ok {
             let what = match expect {
@@ -247,6 +275,7 @@ fn schema_problem(
                 Expect::Object => "a JSON object",
                 Expect::Array => "an array",
                 Expect::Unsigned => "a non-negative integer",
+                Expect::Bool => "true or false",
             };
             return Some(format!("field `{field}` must be {what}"));
         }
@@ -277,7 +306,8 @@ mod tests {
                 channel: "c".into(),
                 offset: None,
                 group: None,
-                consumer: None
+                consumer: None,
+                rewind: None,
             }
         );
     }

@@ -42,6 +42,10 @@ pub enum ClientFrame {
         /// Consumer name within the group.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         consumer: Option<String>,
+        /// Start with the channel's last `rewind` messages, then live (at most
+        /// [`MAX_REWIND`](crate::history::MAX_REWIND); not with `offset` or a group).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rewind: Option<u64>,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -81,6 +85,30 @@ pub enum ClientFrame {
         /// Request id.
         id: u64,
     },
+    /// Read a page of a channel's stored messages (see [`crate::history`]).
+    History {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// Messages after this offset (exclusive; default `0`, from the oldest retained).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<Offset>,
+        /// Messages up to this offset (inclusive; default: the channel's last offset).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<StreamId>,
+        /// Most messages (1 to [`MAX_HISTORY_LIMIT`](crate::history::MAX_HISTORY_LIMIT),
+        /// default [`DEFAULT_HISTORY_LIMIT`](crate::history::DEFAULT_HISTORY_LIMIT)).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        /// Newest first: the page ends the range at `to` and goes back.
+        #[serde(
+            default,
+            skip_serializing_if = "crate::history::is_false",
+            deserialize_with = "crate::history::null_as_false"
+        )]
+        reverse: bool,
+    },
 }
 
 impl ClientFrame {
@@ -92,6 +120,7 @@ impl ClientFrame {
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Ack { id, .. }
+            | ClientFrame::History { id, .. }
             | ClientFrame::Ping { id } => *id,
         }
     }
@@ -173,6 +202,24 @@ pub enum ServerFrame {
         from: StreamId,
         /// The highest removed offset (inclusive).
         to: StreamId,
+    },
+    /// Reply to `history`: one page of the channel's stored messages.
+    HistoryPage {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// The messages: in offset order, newest first with `reverse`.
+        messages: Vec<Message>,
+        /// Where the next page starts: pass it as `from` (or as `to` with `reverse`).
+        next: StreamId,
+        /// Whether the range may hold messages beyond this page.
+        more: bool,
+        /// Messages of the requested range were removed (trimmed) before they could be read.
+        truncated: bool,
+        /// The removed range `(from, to]`, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gap: Option<crate::history::Removed>,
     },
     /// A request failed, or the connection has a problem.
     Error {

@@ -11,6 +11,7 @@ pub mod channel;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod history;
 pub mod json;
 pub mod lite;
 pub mod multiplex;

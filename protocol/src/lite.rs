@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::codec::{validate_client, DecodeError, CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::frame::{ClientFrame, Fields, Message, ServerFrame};
+use crate::history::Removed;
 use crate::json;
 use crate::offset::{Offset, StreamId};
 
@@ -42,11 +43,13 @@ pub fn encode_client(frame: &ClientFrame) -> String {
             offset,
             group,
             consumer,
+            rewind,
         } => Writer::new("subscribe", *id)
             .str("channel", channel)
             .opt_str("offset", &offset.map(|o| o.to_string()))
             .opt_str("group", group)
-            .opt_str("consumer", consumer),
+            .opt_str("consumer", consumer)
+            .opt_u64("rewind", *rewind),
         ClientFrame::Unsubscribe { id, channel } => {
             Writer::new("unsubscribe", *id).str("channel", channel)
         }
@@ -82,6 +85,25 @@ pub fn encode_client(frame: &ClientFrame) -> String {
             w
         }
         ClientFrame::Ping { id } => Writer::new("ping", *id),
+        ClientFrame::History {
+            id,
+            channel,
+            from,
+            to,
+            limit,
+            reverse,
+        } => {
+            let w = Writer::new("history", *id)
+                .str("channel", channel)
+                .opt_str("from", &from.map(|o| o.to_string()))
+                .opt_str("to", &to.map(|o| o.to_string()))
+                .opt_u64("limit", *limit);
+            if *reverse {
+                w.key("reverse").raw("true")
+            } else {
+                w
+            }
+        }
     };
     w.end()
 }
@@ -104,8 +126,7 @@ pub fn encode_server(frame: &ServerFrame) -> String {
         } => Writer::new("subscribed", *id)
             .str("channel", channel)
             .str("offset", &offset.to_string())
-            .key("truncated")
-            .raw(if *truncated { "true" } else { "false" }),
+            .bool("truncated", *truncated),
         ServerFrame::Unsubscribed { id, channel } => {
             Writer::new("unsubscribed", *id).str("channel", channel)
         }
@@ -118,24 +139,9 @@ pub fn encode_server(frame: &ServerFrame) -> String {
             .str("offset", &offset.to_string()),
         ServerFrame::Acked { id, count } => Writer::new("acked", *id).u64("count", *count),
         ServerFrame::Pong { id } => Writer::new("pong", *id),
-        ServerFrame::Messages { channel, messages } => {
-            let mut w = Writer::start("messages")
-                .str("channel", channel)
-                .key("messages");
-            w.out.push('[');
-            for (i, m) in messages.iter().enumerate() {
-                if i > 0 {
-                    w.out.push(',');
-                }
-                w.out.push_str("{\"offset\":");
-                json::write_str(&mut w.out, &m.offset.to_string());
-                w.out.push_str(",\"fields\":");
-                json::write_object(&mut w.out, &m.fields);
-                w.out.push('}');
-            }
-            w.out.push(']');
-            w
-        }
+        ServerFrame::Messages { channel, messages } => Writer::start("messages")
+            .str("channel", channel)
+            .messages(messages),
         ServerFrame::Gap { channel, from, to } => Writer::start("gap")
             .str("channel", channel)
             .str("from", &from.to_string())
@@ -144,6 +150,33 @@ pub fn encode_server(frame: &ServerFrame) -> String {
             .opt_u64("id", *id)
             .str("code", code.as_str())
             .str("message", message),
+        ServerFrame::HistoryPage {
+            id,
+            channel,
+            messages,
+            next,
+            more,
+            truncated,
+            gap,
+        } => {
+            let w = Writer::new("history_page", *id)
+                .str("channel", channel)
+                .messages(messages)
+                .str("next", &next.to_string())
+                .bool("more", *more)
+                .bool("truncated", *truncated);
+            match gap {
+                Some(Removed { from, to }) => {
+                    let mut w = w.key("gap");
+                    w.out.push_str("{\"from\":");
+                    json::write_str(&mut w.out, &from.to_string());
+                    w.out.push_str(",\"to\":");
+                    json::write_str(&mut w.out, &to.to_string());
+                    w.raw("}")
+                }
+                None => w,
+            }
+        }
     };
     w.end()
 }
@@ -174,6 +207,28 @@ impl Writer {
     fn raw(mut self, text: &str) -> Self {
         self.out.push_str(text);
         self
+    }
+
+    fn bool(self, key: &str, flag: bool) -> Self {
+        self.key(key).raw(if flag { "true" } else { "false" })
+    }
+
+    /// `"messages":[{"offset":…,"fields":{…}},…]`.
+    fn messages(self, messages: &[Message]) -> Self {
+        let mut w = self.key("messages");
+        w.out.push('[');
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                w.out.push(',');
+            }
+            w.out.push_str("{\"offset\":");
+            json::write_str(&mut w.out, &m.offset.to_string());
+            w.out.push_str(",\"fields\":");
+            json::write_object(&mut w.out, &m.fields);
+            w.out.push('}');
+        }
+        w.out.push(']');
+        w
     }
 
     fn u64(self, key: &str, n: u64) -> Self {
@@ -297,9 +352,52 @@ impl Members {
     }
 
     fn bool(&mut self, key: &str) -> Result<bool, ProtocolError> {
-        self.req(key)?
-            .as_bool()
+        let v = self.req(key)?;
+        self.bool_of(key, v)
+    }
+
+    fn bool_of(&self, key: &str, v: Value) -> Result<bool, ProtocolError> {
+        v.as_bool()
             .ok_or_else(|| self.mistyped(key, "true or false"))
+    }
+
+    /// An optional flag, `false` when absent or `null`.
+    fn opt_bool(&mut self, key: &str) -> Result<bool, ProtocolError> {
+        Ok(self.opt(key).map(|v| self.bool_of(key, v)).transpose()? == Some(true))
+    }
+
+    /// An object member read by `read` from its own members.
+    fn nested<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(&mut Members) -> Result<T, ProtocolError>,
+    ) -> Result<Option<T>, ProtocolError> {
+        match self.opt(key) {
+            None => Ok(None),
+            Some(Value::Object(map)) => read(&mut Members {
+                kind: self.kind.clone(),
+                map,
+            })
+            .map(Some),
+            Some(_) => Err(self.mistyped(key, "a JSON object")),
+        }
+    }
+
+    /// The `messages` array of a `messages` or `history_page` frame.
+    fn messages(&mut self) -> Result<Vec<Message>, ProtocolError> {
+        self.each("messages", |f, v| match v {
+            Value::Object(map) => {
+                let mut m = Members {
+                    kind: f.kind.clone(),
+                    map,
+                };
+                Ok(Message {
+                    offset: m.stream_id("offset")?,
+                    fields: m.object("fields")?,
+                })
+            }
+            _ => Err(f.mistyped("messages", "an array of objects")),
+        })
     }
 
     fn stream_id(&mut self, key: &str) -> Result<StreamId, ProtocolError> {
@@ -363,18 +461,20 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
         "pong" => ServerFrame::Pong { id: f.u64("id")? },
         "messages" => ServerFrame::Messages {
             channel: f.string("channel")?,
-            messages: f.each("messages", |f, v| match v {
-                Value::Object(map) => {
-                    let mut m = Members {
-                        kind: f.kind.clone(),
-                        map,
-                    };
-                    Ok(Message {
-                        offset: m.stream_id("offset")?,
-                        fields: m.object("fields")?,
-                    })
-                }
-                _ => Err(f.mistyped("messages", "an array of objects")),
+            messages: f.messages()?,
+        },
+        "history_page" => ServerFrame::HistoryPage {
+            id: f.u64("id")?,
+            channel: f.string("channel")?,
+            messages: f.messages()?,
+            next: f.stream_id("next")?,
+            more: f.bool("more")?,
+            truncated: f.bool("truncated")?,
+            gap: f.nested("gap", |g| {
+                Ok(Removed {
+                    from: g.stream_id("from")?,
+                    to: g.stream_id("to")?,
+                })
             })?,
         },
         "gap" => ServerFrame::Gap {
@@ -411,6 +511,7 @@ fn client_frame(f: &mut Members) -> Result<ClientFrame, ProtocolError> {
                 .transpose()?,
             group: f.opt_string("group")?,
             consumer: f.opt_string("consumer")?,
+            rewind: f.opt_u64("rewind")?,
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
             id,
@@ -430,6 +531,20 @@ fn client_frame(f: &mut Members) -> Result<ClientFrame, ProtocolError> {
             offsets: f.each("offsets", |f, v| {
                 StreamId::parse(&f.string_of("offsets", v)?)
             })?,
+        },
+        "history" => ClientFrame::History {
+            id,
+            channel: f.string("channel")?,
+            from: f
+                .opt_string("from")?
+                .map(|o| Offset::parse(&o))
+                .transpose()?,
+            to: f
+                .opt_string("to")?
+                .map(|o| StreamId::parse(&o))
+                .transpose()?,
+            limit: f.opt_u64("limit")?,
+            reverse: f.opt_bool("reverse")?,
         },
         _ => ClientFrame::Ping { id },
     })
@@ -456,6 +571,7 @@ mod tests {
                 offset: Some(Offset::Id(StreamId::new(5, 6))),
                 group: None,
                 consumer: None,
+                rewind: None,
             },
             ClientFrame::Publish {
                 id: 3,

@@ -54,6 +54,12 @@ const KEYS: &[&str] = &[
     "client",
     "version",
     "count",
+    "rewind",
+    "limit",
+    "reverse",
+    "next",
+    "more",
+    "gap",
 ];
 const TYPES: &[&str] = &[
     "connect",
@@ -71,6 +77,8 @@ const TYPES: &[&str] = &[
     "acked",
     "connected",
     "unsubscribed",
+    "history",
+    "history_page",
     "x",
 ];
 const ATOMS: &[&str] = &[
@@ -82,6 +90,9 @@ const ATOMS: &[&str] = &[
     "1.5",
     "1e3",
     "true",
+    "false",
+    "1000",
+    "1001",
     "null",
     "\"\"",
     "\"$\"",
@@ -96,6 +107,7 @@ const ATOMS: &[&str] = &[
     "\"\\ud800\"",
     "[]",
     "{}",
+    "{\"from\":\"1-2\",\"to\":\"3-4\"}",
     "[\"1-2\"]",
     "\"bad_request\"",
     "\"unavailable\"",

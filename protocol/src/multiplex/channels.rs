@@ -145,7 +145,7 @@ impl Multiplexer {
         error: &RequestError,
     ) {
         let (code, message) = request_error(error);
-        if let Some((tab, tab_id)) = self.take_publish(id) {
+        if let Some((tab, tab_id)) = self.take_publish(id).or_else(|| self.take_history(id)) {
             return self.error(&tab, tab_id, code, message);
         }
         let in_flight = |c: &Channel| c.pending.is_some_and(|p| p.0 == id);

@@ -40,6 +40,10 @@
 //!   position (a replay from an older offset may report a gap that a tab further ahead has no
 //!   part in); a tab whose own offset is at or after the trimmed range is answered
 //!   `truncated: false`.
+//! * `history` is read by the session and the page goes back to the tab. `subscribe` with
+//!   `rewind: N` is resolved first with a `reverse` history read of `N` messages: the tab is
+//!   then subscribed like one asking for the offset before the oldest of them (`0` when the
+//!   channel holds fewer), so the seam is exact as for any offset.
 //! * `publish` is published by the session (the tab's idempotency key is kept, so a tab that
 //!   retries it after a reconnect stores it once) and the outcome goes back to the tab;
 //!   `connect` and `ping` are answered at once; consumer groups are refused (`bad_request`):
@@ -64,6 +68,7 @@ use std::collections::VecDeque;
 
 use crate::error::ErrorCode;
 use crate::frame::{ClientFrame, ServerFrame, PROTOCOL_VERSION};
+use crate::history::{HistoryOptions, Page};
 use crate::offset::Offset;
 use crate::session::{
     DisconnectReason, Event, PublishOptions, RequestError, RequestId, Session, SessionError,
@@ -116,6 +121,9 @@ pub struct Multiplexer {
     channels: Vec<Channel>,
     /// Tabs' publishes in flight: (session request, tab, the tab's request id).
     publishes: Vec<(RequestId, String, u64)>,
+    /// Tabs' history reads in flight: (session request, tab, the tab's request id, and for a
+    /// rewind being resolved, how many messages it asked for).
+    histories: Vec<(RequestId, String, u64, Option<u64>)>,
     outputs: VecDeque<Output>,
 }
 
@@ -199,6 +207,7 @@ impl Multiplexer {
         self.waiting.retain(|t| t != tab);
         self.open.retain(|t| t != tab);
         self.publishes.retain(|(_, t, _)| t != tab);
+        self.histories.retain(|(_, t, _, _)| t != tab);
         let mut touched = Vec::new();
         for c in &mut self.channels {
             let before = c.members.len();
@@ -221,10 +230,40 @@ impl Multiplexer {
             ClientFrame::Subscribe {
                 id,
                 channel,
+                rewind: Some(rewind),
+                group: None,
+                ..
+            } if rewind > 0 => {
+                let options = HistoryOptions {
+                    limit: Some(rewind),
+                    reverse: true,
+                    ..HistoryOptions::default()
+                };
+                self.read(session, tab, id, channel, options, Some(rewind));
+            }
+            ClientFrame::Subscribe {
+                id,
+                channel,
                 offset,
                 group: None,
                 ..
             } => self.subscribe(session, tab, id, channel, offset.unwrap_or_default()),
+            ClientFrame::History {
+                id,
+                channel,
+                from,
+                to,
+                limit,
+                reverse,
+            } => {
+                let options = HistoryOptions {
+                    from,
+                    to,
+                    limit,
+                    reverse,
+                };
+                self.read(session, tab, id, channel, options, None);
+            }
             ClientFrame::Unsubscribe { id, channel } => {
                 self.remove_member(&channel, tab);
                 let frame = ServerFrame::Unsubscribed {
@@ -284,6 +323,7 @@ impl Multiplexer {
                 self.outputs.push_back(Output::Down);
                 self.open.clear();
                 self.publishes.clear();
+                self.histories.clear();
                 for c in &mut self.channels {
                     c.members.clear();
                 }
@@ -334,6 +374,7 @@ impl Multiplexer {
                     self.send(&tab, frame);
                 }
             }
+            Event::History { id, channel, page } => self.history(session, id, channel, page),
             Event::RequestFailed { id, error } => self.request_failed(session, id, &error),
             Event::SubscriptionLost { channel, .. } => {
                 // Each tab re-subscribes over a new connection and hears the answer itself.
@@ -355,6 +396,63 @@ impl Multiplexer {
             | Event::Pong { .. }
             | Event::Acked { .. } => {}
         }
+    }
+
+    /// Reads history for a tab through the session: its own request, or (with `rewind`) the
+    /// read that resolves its rewinding subscribe.
+    fn read(
+        &mut self,
+        session: &mut Session,
+        tab: &str,
+        id: u64,
+        channel: String,
+        options: HistoryOptions,
+        rewind: Option<u64>,
+    ) {
+        match session.history(channel, options) {
+            Ok(request) => self.histories.push((request, tab.to_owned(), id, rewind)),
+            Err(e) => self.error(tab, id, session_error(&e), e.to_string()),
+        }
+    }
+
+    /// A page the session read for a tab: the tab's answer, or where its rewind starts.
+    fn history(&mut self, session: &mut Session, id: RequestId, channel: String, page: Page) {
+        let Some(i) = self.histories.iter().position(|h| h.0 == id) else {
+            return;
+        };
+        let (_, tab, tab_id, rewind) = self.histories.swap_remove(i);
+        match rewind {
+            Some(n) => {
+                let short = (page.messages.len() as u64) < n && !page.more;
+                let offset = match page.messages.last() {
+                    Some(oldest) if !short => oldest
+                        .offset
+                        .predecessor()
+                        .map_or(Offset::Earliest, Offset::Id),
+                    _ if short => Offset::Earliest,
+                    _ => Offset::Latest,
+                };
+                self.subscribe(session, &tab, tab_id, channel, offset);
+            }
+            None => {
+                let frame = ServerFrame::HistoryPage {
+                    id: tab_id,
+                    channel,
+                    messages: page.messages,
+                    next: page.next,
+                    more: page.more,
+                    truncated: page.truncated,
+                    gap: page.gap,
+                };
+                self.send(&tab, frame);
+            }
+        }
+    }
+
+    fn take_history(&mut self, id: RequestId) -> Option<(String, u64)> {
+        let i = self.histories.iter().position(|h| h.0 == id)?;
+        let (_, tab, tab_id, _) = self.histories.swap_remove(i);
+        Some((tab, tab_id))
     }
 
     fn take_publish(&mut self, id: RequestId) -> Option<(String, u64)> {

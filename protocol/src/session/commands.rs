@@ -33,6 +33,47 @@ impl Session {
         Ok(self.start_subscription(channel, sub))
     }
 
+    /// Subscribes to a channel starting with its last `rewind` messages (at most
+    /// [`MAX_REWIND`](crate::history::MAX_REWIND)), then live: the server resolves the start to
+    /// the offset before those messages and names it in [`Event::Subscribed`], and every
+    /// message after it is delivered once, in order (a message published while the subscribe
+    /// is served is delivered after the rewound ones, never twice). `rewind: 1` gives a
+    /// channel's latest value. After a reconnect the subscription resumes from its position
+    /// like any other (it does not rewind again); a reconnect before the `subscribed` reply
+    /// sends the rewind again. Otherwise like [`Session::subscribe`].
+    pub fn subscribe_rewind(
+        &mut self,
+        channel: impl Into<String>,
+        rewind: u64,
+    ) -> Result<RequestId, SessionError> {
+        let (channel, _) = self.plain(channel.into(), Offset::Latest)?;
+        crate::history::validate_rewind(rewind, false, false)?;
+        Ok(self.start_subscription(channel, Subscription::new_rewind(rewind)))
+    }
+
+    /// Reads one page of a channel's stored messages (see [`crate::history`] for the range and
+    /// its bounds). Authorized like a subscribe; the channel need not be subscribed. A request
+    /// in flight when the connection drops is sent again on the next connection (a read is
+    /// safe to repeat), within the request timeout of the call. Outcome: [`Event::History`]
+    /// or [`Event::RequestFailed`].
+    pub fn history(
+        &mut self,
+        channel: impl Into<String>,
+        options: crate::history::HistoryOptions,
+    ) -> Result<RequestId, SessionError> {
+        self.admit()?;
+        let id = self.next_id;
+        let kind = Kind::History {
+            channel: channel.into(),
+            options,
+        };
+        let frame = request_frame(id, &kind);
+        validate_client(&frame)?;
+        let id = self.alloc_id();
+        self.submit(id, kind, frame);
+        Ok(RequestId(id))
+    }
+
     /// Joins consumer group `group` of `channel` as `consumer`: each message of the channel
     /// goes to one consumer of the group and stays pending until acknowledged with
     /// [`Session::ack`]. The server first delivers this consumer's own pending messages (after

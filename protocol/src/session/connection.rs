@@ -193,7 +193,7 @@ impl Session {
         let Some(sub) = self.subs.get(channel) else {
             return;
         };
-        let offset = sub.resume_offset();
+        let (offset, rewind) = sub.resume_from();
         let sub_group = sub.group.clone();
         let id = match sub.waiter {
             Some(waiter) => {
@@ -223,9 +223,10 @@ impl Session {
         self.transmit.push_back(ClientFrame::Subscribe {
             id,
             channel: channel.to_owned(),
-            offset: Some(offset),
+            offset,
             group,
             consumer,
+            rewind,
         });
     }
 
@@ -382,6 +383,7 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             offset: None,
             group: None,
             consumer: None,
+            rewind: None,
         },
         Kind::Unsubscribe { channel } => ClientFrame::Unsubscribe {
             id,
@@ -408,6 +410,14 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             channel: channel.clone(),
             group: group.clone(),
             offsets: offsets.clone(),
+        },
+        Kind::History { channel, options } => ClientFrame::History {
+            id,
+            channel: channel.clone(),
+            from: options.from,
+            to: options.to,
+            limit: options.limit,
+            reverse: options.reverse,
         },
         Kind::Ping => ClientFrame::Ping { id },
         Kind::Refresh { token } => ClientFrame::Connect {

@@ -213,6 +213,15 @@ pub enum Event {
         /// acknowledged, or reclaimed by another consumer and acknowledged there, do not count).
         count: u64,
     },
+    /// A `history` request was answered with one page.
+    History {
+        /// The request.
+        id: RequestId,
+        /// Channel name.
+        channel: String,
+        /// The page.
+        page: crate::history::Page,
+    },
     /// A ping was answered.
     Pong {
         /// The request.

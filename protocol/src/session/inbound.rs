@@ -130,6 +130,30 @@ impl Session {
                 }
             }
             ServerFrame::Messages { channel, messages } => self.on_messages(channel, messages),
+            ServerFrame::HistoryPage {
+                id,
+                channel,
+                messages,
+                next,
+                more,
+                truncated,
+                gap,
+            } => {
+                if self
+                    .take_reply(id, |k| matches!(k, Kind::History { .. }))
+                    .is_some()
+                {
+                    let page = crate::history::Page {
+                        messages,
+                        next,
+                        more,
+                        truncated,
+                        gap,
+                    };
+                    let id = RequestId(id);
+                    self.events.push_back(Event::History { id, channel, page });
+                }
+            }
             ServerFrame::Gap { channel, from, to } => {
                 // Like messages, a gap before the `subscribed` reply belongs to the
                 // subscription being replaced.
@@ -251,6 +275,7 @@ impl Session {
             Kind::Unsubscribe { .. }
             | Kind::Publish { .. }
             | Kind::Ack { .. }
+            | Kind::History { .. }
             | Kind::Ping
             | Kind::Refresh { .. } => {
                 if pending.origin == Origin::User {

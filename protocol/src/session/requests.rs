@@ -54,6 +54,13 @@ pub(crate) enum Kind {
         /// Entries to acknowledge.
         offsets: Vec<crate::offset::StreamId>,
     },
+    /// `history`: a read, so it is re-sent after a reconnect.
+    History {
+        /// Channel name.
+        channel: String,
+        /// The range and bounds.
+        options: crate::history::HistoryOptions,
+    },
     /// `ping`.
     Ping,
     /// `connect` with a new token on the open connection (always internal).

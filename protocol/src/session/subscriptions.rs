@@ -38,6 +38,8 @@ pub(crate) struct Subscription {
     /// The session's own `unsubscribe` (its id) whose reply this subscription waits for
     /// before its `subscribe` goes out (see [`Session::resubscribe`](super::Session::resubscribe)).
     pub(crate) barrier: Option<u64>,
+    /// Start with the channel's last this many messages (until a position is known).
+    pub(crate) rewind: Option<u64>,
 }
 
 impl Subscription {
@@ -57,6 +59,15 @@ impl Subscription {
             failures: 0,
             retry_at: None,
             barrier: None,
+            rewind: None,
+        }
+    }
+
+    /// A subscription starting with the channel's last `rewind` messages, then live.
+    pub(crate) fn new_rewind(rewind: u64) -> Self {
+        Subscription {
+            rewind: Some(rewind),
+            ..Subscription::new(Offset::Latest)
         }
     }
 
@@ -74,6 +85,16 @@ impl Subscription {
     /// the caller asked for.
     pub(crate) fn resume_offset(&self) -> Offset {
         self.position.map_or(self.requested, Offset::Id)
+    }
+
+    /// The `offset` and `rewind` of the next `subscribe` frame: from the position when one is
+    /// known (a rewound subscription resumes from it after a reconnect, it does not rewind
+    /// again), else what the caller asked for.
+    pub(crate) fn resume_from(&self) -> (Option<Offset>, Option<u64>) {
+        match (self.position, self.rewind) {
+            (None, Some(rewind)) => (None, Some(rewind)),
+            _ => (Some(self.resume_offset()), None),
+        }
     }
 
     /// The position, if known.

@@ -72,6 +72,7 @@ pub fn kind(frame: &ClientFrame) -> &'static str {
         ClientFrame::Publish { .. } => "publish",
         ClientFrame::Ack { .. } => "ack",
         ClientFrame::Ping { .. } => "ping",
+        ClientFrame::History { .. } => "history",
     }
 }
 
@@ -163,6 +164,7 @@ impl FakeServer {
                 id,
                 channel,
                 offset,
+                rewind,
                 ..
             } => {
                 if let Some((code, n)) = self.refuse.get_mut(&channel).filter(|(_, n)| *n > 0) {
@@ -189,7 +191,15 @@ impl FakeServer {
                     .map(|m| m.offset)
                     .or(trimmed_to)
                     .unwrap_or(StreamId::ZERO);
-                let asked = offset.unwrap_or(Offset::Latest);
+                // The server resolves a rewind to the offset before the last `rewind` entries.
+                let rewound = rewind.map(|n| {
+                    let n = usize::try_from(n).unwrap_or(usize::MAX);
+                    match stream.len().checked_sub(n + 1) {
+                        Some(i) => Offset::Id(stream[i].offset),
+                        None => Offset::Id(trimmed_to.unwrap_or(StreamId::ZERO)),
+                    }
+                });
+                let asked = rewound.or(offset).unwrap_or(Offset::Latest);
                 let after = match asked {
                     Offset::Latest => tip,
                     Offset::Earliest => StreamId::ZERO,
@@ -268,6 +278,43 @@ impl FakeServer {
                 self.reply(k, ServerFrame::Acked { id, count });
             }
             ClientFrame::Ping { id } => self.reply(k, ServerFrame::Pong { id }),
+            ClientFrame::History {
+                id,
+                channel,
+                from,
+                to,
+                limit,
+                reverse,
+            } => {
+                let stream = self.streams.get(&channel).cloned().unwrap_or_default();
+                let after = from.and_then(Offset::after).unwrap_or(StreamId::ZERO);
+                let through = to.unwrap_or(StreamId::MAX);
+                let mut range: Vec<Message> = stream
+                    .into_iter()
+                    .filter(|m| m.offset > after && m.offset <= through)
+                    .collect();
+                if reverse {
+                    range.reverse();
+                }
+                let limit = limit.unwrap_or(100) as usize;
+                let more = range.len() > limit;
+                range.truncate(limit);
+                let next = match (range.last(), reverse) {
+                    (Some(m), false) => m.offset,
+                    (Some(m), true) => m.offset.predecessor().unwrap_or_default(),
+                    (None, _) => after,
+                };
+                let reply = ServerFrame::HistoryPage {
+                    id,
+                    channel,
+                    messages: range,
+                    next,
+                    more,
+                    truncated: false,
+                    gap: None,
+                };
+                self.reply(k, reply);
+            }
         }
     }
 }

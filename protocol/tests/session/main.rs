@@ -4,6 +4,7 @@
 mod failover;
 mod groups;
 mod harness;
+mod history;
 mod lifecycle;
 mod model;
 mod no_loss;

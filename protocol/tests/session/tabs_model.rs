@@ -199,6 +199,7 @@ impl Model {
             Event::Unsubscribed { id, .. }
             | Event::Published { id, .. }
             | Event::Pong { id }
+            | Event::History { id, .. }
             | Event::Acked { id, .. } => {
                 *self.outcomes.entry((t, *id)).or_default() += 1;
             }
