@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use redistribute_protocol::history::{HistoryOptions, Page as HistoryPage};
 use redistribute_protocol::session::PublishOptions;
-use redistribute_protocol::{Fields, Offset, StreamId};
+use redistribute_protocol::{Fields, Offset, ProtocolError, StreamId};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
@@ -16,6 +17,15 @@ use crate::error::Error;
 use crate::event::{ConnectionState, Event, Events};
 use crate::group::GroupSubscription;
 use crate::subscription::{SubShared, Subscription};
+
+/// Where [`Client::subscribe_with`] starts: an offset, or a rewind (not both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Start after this offset (default [`Offset::Latest`]: new messages only).
+    pub offset: Option<Offset>,
+    /// Start with the channel's last this many messages (at most 1000), then live.
+    pub rewind: Option<u64>,
+}
 
 /// A handle on one connection to a redistribute deployment (one driver task, one session).
 /// Clones share it. The client lives while a clone or a [`Subscription`] does, or until
@@ -72,8 +82,84 @@ impl Client {
         channel: impl Into<String>,
         offset: impl Into<Offset>,
     ) -> Result<Subscription, Error> {
-        self.open_subscription(channel.into(), offset.into(), None)
+        self.open_subscription(channel.into(), offset.into(), None, None)
             .await
+    }
+
+    /// Subscribes to `channel` with options: from an offset like [`Client::subscribe`], or
+    /// with [`SubscribeOptions::rewind`] starting with the channel's last messages, then live
+    /// (late joiners; a "latest value" channel is `rewind: Some(1)`). The server resolves a
+    /// rewind to the offset before those messages ([`Subscription::start_offset`]), so every
+    /// message after it arrives exactly once, in order, however publishes race the subscribe.
+    /// After a reconnect the subscription resumes from its last offset; it does not rewind
+    /// again.
+    ///
+    /// ```no_run
+    /// # async fn run(client: redistribute_client::Client) -> Result<(), redistribute_client::Error> {
+    /// use redistribute_client::SubscribeOptions;
+    /// let options = SubscribeOptions { rewind: Some(1), ..SubscribeOptions::default() };
+    /// let mut latest = client.subscribe_with("prices", options).await?;
+    /// while let Some(message) = latest.recv().await {
+    ///     println!("{} {:?}", message.offset, message.fields);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with(
+        &self,
+        channel: impl Into<String>,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Error> {
+        let offset = match (options.offset, options.rewind) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(ProtocolError::InvalidFrame {
+                    kind: "subscribe".into(),
+                    reason: "\"rewind\" and \"offset\" cannot be given together".into(),
+                }))
+            }
+            (offset, _) => offset.unwrap_or_default(),
+        };
+        self.open_subscription(channel.into(), offset, None, options.rewind)
+            .await
+    }
+
+    /// Reads one page of `channel`'s stored messages: those in `(from, to]` (`from` exclusive,
+    /// default `0`: the oldest retained; `to` inclusive, default the newest), oldest first or,
+    /// with `reverse`, newest first; at most `limit` (1 to 1000, default 100) and about 1 MiB
+    /// (always at least one message when the range has one). Authorized like a subscribe; the
+    /// channel need not be subscribed. Continue with [`HistoryPage::next`] as `from` (or as
+    /// `to` with `reverse`) while [`HistoryPage::more`]; [`HistoryPage::truncated`] and
+    /// [`HistoryPage::gap`] say what of the range was trimmed away. Re-sent after a reconnect
+    /// until answered, within the request timeout.
+    ///
+    /// ```no_run
+    /// # async fn run(client: redistribute_client::Client) -> Result<(), redistribute_client::Error> {
+    /// use redistribute_client::{HistoryOptions, Offset};
+    /// let mut options = HistoryOptions { limit: Some(500), ..HistoryOptions::default() };
+    /// loop {
+    ///     let page = client.history("orders", options).await?;
+    ///     for message in &page.messages {
+    ///         println!("{} {:?}", message.offset, message.fields);
+    ///     }
+    ///     if !page.more {
+    ///         break;
+    ///     }
+    ///     options.from = Some(Offset::Id(page.next));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn history(
+        &self,
+        channel: impl Into<String>,
+        options: HistoryOptions,
+    ) -> Result<HistoryPage, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::History {
+            channel: channel.into(),
+            options,
+            reply,
+        })
+        .await?;
+        self.answer(answer).await
     }
 
     /// Sends a (plain or group) subscribe and, once the server confirmed it, returns the
@@ -83,6 +169,7 @@ impl Client {
         channel: String,
         offset: Offset,
         group: Option<(String, String)>,
+        rewind: Option<u64>,
     ) -> Result<Subscription, Error> {
         let capacity = self.inner.subscription_buffer;
         let (tx, rx) = mpsc::channel(capacity);
@@ -96,6 +183,7 @@ impl Client {
             tx,
             shared: shared.clone(),
             group,
+            rewind,
         };
         self.send(Command::Subscribe { request, reply }).await?;
         let start = self.answer(answer).await?;
@@ -132,6 +220,7 @@ impl Client {
                 channel.into(),
                 start.into(),
                 Some((group.clone(), consumer.into())),
+                None,
             )
             .await?;
         Ok(GroupSubscription::new(inner, group, self.clone()))

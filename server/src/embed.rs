@@ -44,6 +44,8 @@ pub struct HistoryPage {
     /// Where to continue from for the next page: the last message returned (or the start,
     /// past any gap).
     pub next: StreamId,
+    /// Whether the channel may hold messages after this page (as of the request).
+    pub more: bool,
     /// Entries after the requested offset were trimmed (or it was beyond the channel's tip).
     pub truncated: bool,
     /// The range `(from, to]` known to be gone, when known.
@@ -148,7 +150,9 @@ impl Server {
         let request = History {
             channel: channel.to_owned(),
             from,
+            to: None,
             limit,
+            reverse: false,
         };
         let page = history(&self.app.core, &application(), &request).await?;
         let mut messages = Vec::new();
@@ -163,7 +167,8 @@ impl Server {
         }
         Ok(HistoryPage {
             messages,
-            next: page.last,
+            next: page.next,
+            more: page.more,
             truncated: page.truncated,
             gap: page.gap,
         })

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use redistribute_protocol::history::{HistoryOptions, Page as HistoryPage};
 use redistribute_protocol::session::{PublishOptions, RequestId, SessionError};
 use redistribute_protocol::{Fields, Message, Offset, StreamId};
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +32,8 @@ pub(crate) struct SubscribeRequest {
     pub(crate) shared: Arc<SubShared>,
     /// `(group, consumer)` for a consumer-group subscription.
     pub(crate) group: Option<(String, String)>,
+    /// Start with the channel's last this many messages instead of `offset`.
+    pub(crate) rewind: Option<u64>,
 }
 
 /// What a handle asks the driver to do.
@@ -63,6 +66,11 @@ pub(crate) enum Command {
         group: String,
         offsets: Vec<StreamId>,
         reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    History {
+        channel: String,
+        options: HistoryOptions,
+        reply: oneshot::Sender<Result<HistoryPage, Error>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -127,6 +135,18 @@ impl Driver {
                     let _ = reply.send(Err(e.into()));
                 }
             },
+            Command::History {
+                channel,
+                options,
+                reply,
+            } => match self.session.history(channel, options) {
+                Ok(id) => {
+                    self.pending.insert(id.get(), Reply::History(reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
             Command::Close { reply } => {
                 self.close_waiters.push(reply);
                 self.session.close();
@@ -146,10 +166,15 @@ impl Driver {
             tx,
             shared,
             group,
+            rewind,
         } = request;
         // A replaced subscription's stream ends with its entry.
         self.entries.remove(&channel);
-        match self.resubscribe(&channel, offset, group.clone()) {
+        let subscribed = match rewind {
+            Some(rewind) => self.session.resubscribe_rewind(&channel, rewind),
+            None => self.resubscribe(&channel, offset, group.clone()),
+        };
+        match subscribed {
             Ok(id) => {
                 self.pending.insert(
                     id.get(),

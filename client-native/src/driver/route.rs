@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use redistribute_protocol::history::Page;
 use redistribute_protocol::session::{DisconnectReason, Event as SessionEvent, RequestError};
 use redistribute_protocol::{ErrorCode, Message, Offset, StreamId};
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +45,7 @@ pub(super) enum Reply {
     Publish(oneshot::Sender<Result<StreamId, Error>>),
     Ping(oneshot::Sender<Result<(), Error>>),
     Ack(oneshot::Sender<Result<u64, Error>>),
+    History(oneshot::Sender<Result<Page, Error>>),
 }
 
 impl Reply {
@@ -65,6 +67,9 @@ impl Reply {
                 let _ = reply.send(Err(error));
             }
             Reply::Ack(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Reply::History(reply) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -150,6 +155,11 @@ impl Driver {
             SessionEvent::Acked { id, count } => {
                 if let Some(Reply::Ack(reply)) = self.pending.remove(&id.get()) {
                     let _ = reply.send(Ok(count));
+                }
+            }
+            SessionEvent::History { id, page, .. } => {
+                if let Some(Reply::History(reply)) = self.pending.remove(&id.get()) {
+                    let _ = reply.send(Ok(page));
                 }
             }
             SessionEvent::Pong { id } => {

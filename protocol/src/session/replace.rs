@@ -55,6 +55,18 @@ impl Session {
         Ok(self.replace_subscription(channel, sub))
     }
 
+    /// [`Session::resubscribe`] starting with the channel's last `rewind` messages, then live
+    /// (see [`Session::subscribe_rewind`]), behind the same barrier.
+    pub fn resubscribe_rewind(
+        &mut self,
+        channel: impl Into<String>,
+        rewind: u64,
+    ) -> Result<RequestId, SessionError> {
+        let (channel, _) = self.plain(channel.into(), Offset::Latest)?;
+        crate::history::validate_rewind(rewind, false, false)?;
+        Ok(self.replace_subscription(channel, Subscription::new_rewind(rewind)))
+    }
+
     /// [`Session::resubscribe`] for a consumer group: joins `group` of `channel` as `consumer`
     /// (see [`Session::subscribe_group`]; `from` is where the group starts if this creates
     /// it), behind the same barrier.

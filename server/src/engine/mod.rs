@@ -157,6 +157,31 @@ pub trait Engine: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Page, EngineError>;
 
+    /// Reads the newest entries with offsets in `(after, through]`, going back from `through`:
+    /// at most `limit` examined and at most `max_bytes` of encoded items (at least one entry
+    /// when any is deliverable), as a batch in offset order (a reverse history page is its
+    /// reversal). Undeliverable entries ([`MAX_ENTRY_BYTES`]) are left out and count towards
+    /// `limit`. The page's `gap_through` is the trim watermark when it is above `after`, read
+    /// atomically with the entries: entries in `(after, gap_through]` are gone.
+    async fn read_back(
+        &self,
+        channel: &Arc<str>,
+        after: StreamId,
+        through: StreamId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, EngineError>;
+
+    /// The offset of the `n`-th newest entry at or before `through` (`n` ≥ 1; the first is the
+    /// newest), or `None` when the channel holds fewer: where a subscribe that rewinds `n - 1`
+    /// entries starts.
+    async fn offset_back(
+        &self,
+        channel: &str,
+        through: StreamId,
+        n: usize,
+    ) -> Result<Option<StreamId>, EngineError>;
+
     /// The channel's last assigned ID and trim watermark.
     async fn position(&self, channel: &str) -> Result<Position, EngineError>;
 

@@ -99,6 +99,35 @@ impl Start {
         }
     }
 
+    /// Where a subscribe that rewinds `n` entries starts: after the entry before the channel's
+    /// last `n` entries as of `position` (read after the subscriber joined the live feed, so
+    /// every later entry comes after it and the seam is exact, as for an offset), or after the
+    /// trim watermark (`0-0` if none) when the channel holds fewer; `n = 0` is the tip.
+    /// Nothing is missing, so it is never truncated.
+    pub async fn rewind(
+        engine: &dyn Engine,
+        channel: &str,
+        position: Position,
+        n: usize,
+    ) -> Result<Start, EngineError> {
+        let after = if n == 0 {
+            position.last_id
+        } else {
+            match engine
+                .offset_back(channel, position.last_id, n.saturating_add(1))
+                .await?
+            {
+                Some(id) => id,
+                None => position.trimmed_through.unwrap_or(StreamId::ZERO),
+            }
+        };
+        Ok(Start {
+            after,
+            truncated: false,
+            gap: None,
+        })
+    }
+
     /// For a subscriber resuming beyond the channel's last ID (its tail was lost when Redis
     /// failed over to a replica that lacked it), raises the channel's last ID to the offset
     /// ([`Engine::raise_last_id`]) so every new entry comes after it, and returns the position
@@ -194,6 +223,18 @@ impl Feed {
         offset: Offset,
         create: bool,
     ) -> Result<Start, RequestError> {
+        self.subscribe_rewind(channel, offset, None, create).await
+    }
+
+    /// [`Feed::subscribe`], or with `rewind` from before the channel's last `rewind` entries
+    /// ([`Start::rewind`]; `offset` is then unused).
+    pub async fn subscribe_rewind(
+        &mut self,
+        channel: &str,
+        offset: Offset,
+        rewind: Option<usize>,
+        create: bool,
+    ) -> Result<Start, RequestError> {
         self.make_room(channel)?;
         let channel: Arc<str> = Arc::from(channel);
         let shared = SubscriberShared::new();
@@ -228,18 +269,26 @@ impl Feed {
             crate::metrics::engine_op("position", started);
             position
         };
-        let position = async {
-            Start::raise_beyond_tip(&*engine, &channel, offset, read_position.await?, create).await
+        let start = async {
+            let position = read_position.await?;
+            match rewind {
+                Some(n) => Start::rewind(&*engine, &channel, position, n).await,
+                None => {
+                    let position =
+                        Start::raise_beyond_tip(&*engine, &channel, offset, position, create)
+                            .await?;
+                    Ok(Start::resolve(offset, position))
+                }
+            }
         };
         let timeout =
             self.core.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
-        let position = match tokio::time::timeout(timeout, position).await {
-            Ok(Ok(position)) => position,
+        let start = match tokio::time::timeout(timeout, start).await {
+            Ok(Ok(start)) => start,
             Ok(Err(err)) => return Err(err.into()),
             Err(_) => return Err(EngineError::Unavailable("subscribe timed out".into()).into()),
         };
         registered.keep();
-        let start = Start::resolve(offset, position);
         self.generation += 1;
         let sub = Subscription::new(shared, start.after, self.generation);
         self.subs.insert(channel.clone(), sub);

@@ -43,6 +43,8 @@ pub(crate) enum Request {
     Publish(Publish),
     /// Acknowledge consumer-group entries.
     Ack(Ack),
+    /// Read a page of a channel's stored entries.
+    History(History),
 }
 
 /// Subscribe to `channel` from `offset`, alone or as `consumer` of a consumer group.
@@ -54,6 +56,9 @@ pub(crate) struct Subscribe {
     pub offset: Offset,
     /// `(group, consumer)` for a consumer-group subscription.
     pub group: Option<(String, String)>,
+    /// Start with the channel's last this many entries instead of `offset` (a plain
+    /// subscription only).
+    pub rewind: Option<usize>,
 }
 
 /// End the subscription to `channel`.
@@ -87,15 +92,20 @@ pub(crate) struct Ack {
     pub offsets: Vec<StreamId>,
 }
 
-/// Read up to `limit` entries of `channel` after `from`.
+/// Read up to `limit` entries of `channel` in `(from, to]`, oldest first or (`reverse`)
+/// newest first.
 #[derive(Debug, Clone)]
 pub(crate) struct History {
     /// The channel.
     pub channel: String,
-    /// Where to start.
+    /// Entries after this offset.
     pub from: Offset,
+    /// Entries up to this offset (inclusive); `None`: up to the channel's last one.
+    pub to: Option<StreamId>,
     /// Most entries returned.
     pub limit: usize,
+    /// Newest first, going back from `to`.
+    pub reverse: bool,
 }
 
 impl Request {
@@ -110,6 +120,7 @@ impl Request {
                 offset,
                 group,
                 consumer,
+                rewind,
             } => {
                 let group = group.zip(consumer);
                 let offset = offset.unwrap_or_default();
@@ -117,6 +128,7 @@ impl Request {
                     channel,
                     offset,
                     group,
+                    rewind: rewind.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 };
                 (id, Request::Subscribe(subscribe))
             }
@@ -137,6 +149,24 @@ impl Request {
                     idempotency_key,
                 };
                 (id, Request::Publish(publish))
+            }
+            ClientFrame::History {
+                id,
+                channel,
+                from,
+                to,
+                limit,
+                reverse,
+            } => {
+                let limit = limit.unwrap_or(redistribute_protocol::history::DEFAULT_HISTORY_LIMIT);
+                let history = History {
+                    channel,
+                    from: from.unwrap_or(Offset::Earliest),
+                    to,
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                    reverse,
+                };
+                (id, Request::History(history))
             }
             ClientFrame::Ack {
                 id,

@@ -76,7 +76,12 @@ impl Allowed<'_> {
                 .await
                 .map(Subscribed::Group),
             None => feed
-                .subscribe(&request.channel, request.offset, create.is_ok())
+                .subscribe_rewind(
+                    &request.channel,
+                    request.offset,
+                    request.rewind,
+                    create.is_ok(),
+                )
                 .await
                 .map(Subscribed::Plain),
         }

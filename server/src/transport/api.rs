@@ -15,6 +15,7 @@ use crate::request::{history::history as read_history, publish, History, Request
 use crate::server::App;
 
 use crate::request::history::MAX_HISTORY;
+use redistribute_protocol::history::DEFAULT_HISTORY_LIMIT;
 
 /// `POST /api/publish` with `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
 pub(crate) async fn publish_api(
@@ -46,7 +47,8 @@ async fn publish_inner(
     Ok(publish::publish(&app.core, caller, None, request).await?)
 }
 
-/// `GET /api/history?channel=&from=&limit=` → `{"messages":[…],"offsets":{…}}`, plus
+/// `GET /api/history?channel=&from=&to=&limit=&reverse=` →
+/// `{"messages":[…],"offsets":{…},"next":…,"more":…}`, plus
 /// `"truncated":true` and the gap when entries after `from` were trimmed.
 pub(crate) async fn history(
     State(app): State<Arc<App>>,
@@ -72,27 +74,44 @@ async fn history_inner(
         Some(o) => Offset::parse(o).map_err(|e| HttpError::bad_request(e.to_string()))?,
     };
     let limit = match query_value(&pairs, "limit") {
-        None => 100,
+        None => DEFAULT_HISTORY_LIMIT as usize,
         Some(l) => parse_count("limit", l, 1..=MAX_HISTORY)?,
+    };
+    let to = match query_value(&pairs, "to") {
+        None => None,
+        Some(t) => Some(StreamId::parse(t).map_err(|e| HttpError::bad_request(e.to_string()))?),
+    };
+    let reverse = match query_value(&pairs, "reverse") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(HttpError::bad_request(format!(
+                "reverse must be true or false, not {other:?}"
+            )))
+        }
     };
     let request = History {
         channel: channel.to_owned(),
         from,
+        to,
         limit,
+        reverse,
     };
     let page = read_history(&app.core, caller, &request).await?;
     let channel = &*page.channel;
     let mut body = String::from("{\"messages\":[");
-    if let Some(batch) = &page.batch {
-        for i in 0..batch.len() {
-            if i > 0 {
-                body.push(',');
-            }
-            push_message(&mut body, channel, batch.item(i));
+    for (i, (_, item)) in page.items().enumerate() {
+        if i > 0 {
+            body.push(',');
         }
+        push_message(&mut body, channel, item);
     }
     body.push_str("],");
-    push_offsets(&mut body, [(channel, page.last)]);
+    push_offsets(&mut body, [(channel, page.next)]);
+    body.push_str(&format!(
+        ",\"next\":\"{}\",\"more\":{}",
+        page.next, page.more
+    ));
     if page.truncated {
         body.push_str(",\"truncated\":true");
         if let Some((from, to)) = page.gap {

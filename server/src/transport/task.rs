@@ -76,6 +76,7 @@ async fn handle(
         channel,
         offset: Offset::Latest,
         group: None,
+        rewind: None,
     };
     let allowed = subscribe::check(&app.core, &caller, None, &request)?;
     let mut feed = Feed::new(app.core.clone(), "task");

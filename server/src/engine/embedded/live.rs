@@ -102,3 +102,35 @@ pub(super) fn read_stream(
     let gap = builder.gap_through();
     (builder.finish(), gap)
 }
+
+/// The newest entries of `stream` in `(after, through]` as one batch in offset order: at most
+/// `limit` examined (undeliverable ones are left out but count), at most `max_bytes` of
+/// encoded items (at least one entry).
+pub(super) fn read_stream_back(
+    stream: &Stream,
+    channel: &Arc<str>,
+    after: StreamId,
+    through: StreamId,
+    limit: usize,
+    max_bytes: usize,
+) -> Option<Batch> {
+    let (low, high) = (stream.index_after(after), stream.index_after(through));
+    let mut taken = Vec::new();
+    let mut bytes = 0;
+    for entry in stream.entries.range(low..high.max(low)).rev().take(limit) {
+        if entry.size > MAX_ENTRY_BYTES {
+            continue;
+        }
+        let cost = entry.item.len() + usize::from(!taken.is_empty());
+        if !taken.is_empty() && bytes + cost > max_bytes {
+            break;
+        }
+        bytes += cost;
+        taken.push(entry);
+    }
+    let mut builder = BatchBuilder::new(channel.clone());
+    for entry in taken.into_iter().rev() {
+        builder.push_encoded(entry.id, &entry.item);
+    }
+    builder.finish()
+}

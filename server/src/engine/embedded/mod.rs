@@ -34,7 +34,7 @@ use super::{
     stored_fields, trim_slack, Claimed, Engine, EngineConfig, EngineError, EngineStats, GroupRead,
     LiveSink, Page, Position, PublishRequest, Ready, ReadySender, MAX_CLOCK_SKEW,
 };
-use live::{dispatch, read_stream};
+use live::{dispatch, read_stream, read_stream_back};
 
 /// One stored message, already encoded as the JSON object clients receive.
 #[derive(Debug)]
@@ -268,6 +268,36 @@ impl Engine for EmbeddedEngine {
         };
         let (batch, gap) = read_stream(stream, channel, after, limit.max(1), max_bytes);
         Ok(Page::new(after, batch, gap))
+    }
+
+    async fn read_back(
+        &self,
+        channel: &Arc<str>,
+        after: StreamId,
+        through: StreamId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, EngineError> {
+        let st = self.state.lock();
+        let Some(stream) = st.streams.get(channel) else {
+            return Ok(Page::default());
+        };
+        let batch = read_stream_back(stream, channel, after, through, limit.max(1), max_bytes);
+        Ok(Page::new(after, batch, stream.trimmed_through))
+    }
+
+    async fn offset_back(
+        &self,
+        channel: &str,
+        through: StreamId,
+        n: usize,
+    ) -> Result<Option<StreamId>, EngineError> {
+        let st = self.state.lock();
+        Ok(st.streams.get(channel).and_then(|stream| {
+            let end = stream.index_after(through);
+            let i = end.checked_sub(n.max(1))?;
+            stream.entries.get(i).map(|e| e.id)
+        }))
     }
 
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {

@@ -267,6 +267,28 @@ impl Engine for RedisEngine {
             .await
     }
 
+    async fn read_back(
+        &self,
+        channel: &Arc<str>,
+        after: StreamId,
+        through: StreamId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, EngineError> {
+        self.shared
+            .read_page_back(channel, after, through, limit, max_bytes)
+            .await
+    }
+
+    async fn offset_back(
+        &self,
+        channel: &str,
+        through: StreamId,
+        n: usize,
+    ) -> Result<Option<StreamId>, EngineError> {
+        self.shared.offset_back(channel, through, n).await
+    }
+
     async fn position(&self, channel: &str) -> Result<Position, EngineError> {
         self.shared.position(channel).await
     }

@@ -375,3 +375,50 @@ local e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if e[1] then return {e[1][1], e[1][2][2]} end
 return {'', redis.call('GET', KEYS[2]) or '0'}
 "#;
+
+/// KEYS: stream, trim watermark. ARGV: after (exclusive), through (inclusive), most entries,
+/// byte budget, largest deliverable entry (bytes of stored fields).
+///
+/// One reverse history page, atomically with the trim watermark: like [`READ`], but going back
+/// from `through` (`XREVRANGE`) down to `after`, in growing chunks. Entries larger than the
+/// largest deliverable one are left out (they count towards `limit`). Returns
+/// `{watermark or '', {entries, newest first}}`.
+pub(super) const READ_BACK: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', {}} end
+local wm = redis.call('GET', KEYS[2]) or ''
+local limit = tonumber(ARGV[3])
+local budget = tonumber(ARGV[4])
+local largest = tonumber(ARGV[5])
+local out, seen, bytes, chunk, low, high = {}, 0, 0, 8, '(' .. ARGV[1], ARGV[2]
+while seen < limit do
+  local want = math.min(chunk, limit - seen)
+  local got = redis.call('XREVRANGE', KEYS[1], high, low, 'COUNT', want)
+  local stop = #got < want
+  for _, e in ipairs(got) do
+    local f, size = e[2], 0
+    for i = 1, #f do size = size + #f[i] end
+    if size <= largest then
+      local cost = size + 2 * #f + 24 + #e[1]
+      if #out > 0 then cost = cost + 1 end
+      if #out > 0 and bytes + cost > budget then stop = true break end
+      bytes = bytes + cost
+      out[#out + 1] = e
+    end
+    seen = seen + 1
+    if seen >= limit then break end
+  end
+  if stop or #got == 0 then break end
+  high = '(' .. got[#got][1]
+  chunk = chunk * 2
+end
+return {wm, out}
+"#;
+
+/// KEYS: stream. ARGV: through (inclusive), n. Returns the ID of the `n`-th newest entry at or
+/// before `through`, or `''` when the stream holds fewer.
+pub(super) const OFFSET_BACK: &str = r#"
+local n = tonumber(ARGV[2])
+local got = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', n)
+if #got < n then return '' end
+return got[#got][1]
+"#;

@@ -191,6 +191,74 @@ impl Shared {
         Ok(Page::new(after, batch, gap))
     }
 
+    /// A reverse page ([`Engine::read_back`](crate::engine::Engine::read_back)) through
+    /// [`scripts::READ_BACK`].
+    pub(super) async fn read_page_back(
+        &self,
+        channel: &Arc<str>,
+        after: StreamId,
+        through: StreamId,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, EngineError> {
+        let key = self.stream_key(channel);
+        let reply: Value = eval_as(
+            "EVAL_RO",
+            &self.pages,
+            &self.options(),
+            scripts::READ_BACK,
+            vec![key.clone(), format!("{key}#trim")],
+            vec![
+                after.to_string(),
+                through.to_string(),
+                limit.max(1).to_string(),
+                max_bytes.to_string(),
+                MAX_ENTRY_BYTES.to_string(),
+            ],
+        )
+        .await
+        .map_err(map_err)?;
+        let unexpected = || EngineError::Internal(format!("unexpected read reply {reply:?}"));
+        let Value::Array(parts) = &reply else {
+            return Err(unexpected());
+        };
+        let [watermark, entries] = parts.as_slice() else {
+            return Err(unexpected());
+        };
+        let mut entries = match entries {
+            Value::Array(items) => items.clone(),
+            Value::Null => Vec::new(),
+            _ => return Err(unexpected()),
+        };
+        entries.reverse();
+        // The script bounded the bytes; cutting here would drop the newest entries, which a
+        // reverse page must keep, so the batch takes them all.
+        let encoded = parse::entries_bounded(channel, &Value::Array(entries), usize::MAX, 1, None)?;
+        let batch = encoded.batches.into_iter().next();
+        Ok(Page::new(after, batch, parse::optional_id(watermark)?))
+    }
+
+    /// [`Engine::offset_back`](crate::engine::Engine::offset_back) through
+    /// [`scripts::OFFSET_BACK`].
+    pub(super) async fn offset_back(
+        &self,
+        channel: &str,
+        through: StreamId,
+        n: usize,
+    ) -> Result<Option<StreamId>, EngineError> {
+        let reply: Value = eval_as(
+            "EVAL_RO",
+            &self.pages,
+            &self.options(),
+            scripts::OFFSET_BACK,
+            vec![self.stream_key(channel)],
+            vec![through.to_string(), n.max(1).to_string()],
+        )
+        .await
+        .map_err(map_err)?;
+        parse::optional_id(&reply)
+    }
+
     /// Runs [`scripts::RAISE`] over `(channel, ID)` pairs (all of one hash slot in cluster
     /// mode): `skew` bounds how far ahead of Redis' clock an ID may be (`None`: no bound),
     /// `record` marks the raised-over ranges as removed, `create` creates missing streams.

@@ -338,6 +338,14 @@ impl Connection {
         send(&mut self.socket, frame).await
     }
 
+    /// Sends a frame already encoded (a `history_page`, written from the stored entries).
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
+        self.socket
+            .send(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
     /// Writes what the feed has ready. Drives the sink by hand (what `SinkExt::feed` and
     /// `flush` do) because their futures would add to every connection's idle size.
     async fn flush(&mut self) -> Result<(), End> {

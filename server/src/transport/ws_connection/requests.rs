@@ -1,5 +1,5 @@
 //! A WebSocket connection's requests: `connect` (authentication and token refresh) and the
-//! request frames (`subscribe`, `unsubscribe`, `publish`, `ack`), each handed to the request
+//! request frames (`subscribe`, `unsubscribe`, `publish`, `ack`, `history`), each handed to the request
 //! layer ([`crate::request`]) and answered with its reply frame.
 
 use std::time::Instant;
@@ -12,7 +12,7 @@ use super::{close_code, Connection, End, Publishing};
 use crate::auth::{lifetime, Credential};
 use crate::error::RequestError;
 use crate::limits::TokenBucket;
-use crate::request::{publish, subscribe, Request};
+use crate::request::{history, publish, subscribe, Request};
 
 impl Connection {
     /// `connect`: (re)authenticates with the token; a bad token closes the connection. On an
@@ -135,6 +135,11 @@ impl Connection {
             Request::Ack(request) => {
                 let count = subscribe::ack(&app.core, &self.ctx, &mut self.feed, &request).await?;
                 ServerFrame::Acked { id, count }
+            }
+            Request::History(request) => {
+                let page = history::history(&app.core, &self.ctx, &request).await?;
+                let text = history::page_frame(id, &page);
+                return self.send_text(text).await.map_err(|_| RequestError::Socket);
             }
         };
         self.reply(&reply).await
