@@ -4,11 +4,13 @@
 //! "Must show" 8; issue 9).
 //!
 //! This file holds the engines under test ([`Subject`]), the helpers the checks share and the
-//! macros that run each check against every engine; the checks live in `history`, `live`,
+//! macros that run each check against every engine; the checks live in `history`,
+//! `history_back`, `live`,
 //! `groups` and `redis_only`.
 
 mod groups;
 mod history;
+mod history_back;
 mod live;
 mod redis_only;
 
@@ -36,6 +38,10 @@ use history::{
     channels_are_created_only_when_allowed, idempotency_keys_return_the_first_offset,
     ids_increase_and_history_reads_after_an_offset, pages_are_bounded_by_bytes,
     position_reports_last_id_and_trim_watermark, trims_during_catch_up_are_reported_as_gaps,
+};
+use history_back::{
+    offset_back_counts_entries_back_from_an_offset,
+    reverse_pages_go_back_from_an_offset_within_bounds, reverse_pages_report_the_trim_watermark,
 };
 use live::{
     live_reader_reports_trims_and_cuts_batches_by_bytes,
@@ -409,4 +415,7 @@ conformance!(
     idle_entries_are_claimed_with_delivery_counts_then_dead_lettered,
     new_group_entries_go_to_consumers_in_turn,
     channels_are_created_only_when_allowed,
+    reverse_pages_go_back_from_an_offset_within_bounds,
+    reverse_pages_report_the_trim_watermark,
+    offset_back_counts_entries_back_from_an_offset,
 );
