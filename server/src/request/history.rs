@@ -181,9 +181,15 @@ async fn backward(
         None => after,
     };
     let floor = gap.map_or(after, |(_, to)| to.max(after));
+    // Whether an entry is left below the page: one ID looked up, no entry read.
+    let more = page.batch.is_some()
+        && next > floor
+        && with_deadline(core, "history", engine.offset_back(&channel, next, 1))
+            .await?
+            .is_some_and(|id| id > floor);
     Ok(HistoryPage {
         channel,
-        more: page.batch.is_some() && next > floor,
+        more,
         batch: page.batch,
         reverse: true,
         next,
