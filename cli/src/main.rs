@@ -33,6 +33,8 @@ enum Command {
     Sub(cli::SubArgs),
     /// Publish one message and print its offset.
     Pub(cli::PubArgs),
+    /// Print a channel's stored messages, one JSON line each (like `sub`).
+    History(cli::HistoryArgs),
     /// Validate a config file (with REDISTRIBUTE_* variables applied) and print the effective
     /// configuration, or the exact error.
     CheckConfig {
@@ -281,7 +283,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The client commands keep stderr for their own messages unless RUST_LOG asks for more;
     // the server sets up logging once its config (which may ask for JSON) is known.
-    if matches!(cli.command, Some(Command::Sub(_) | Command::Pub(_))) {
+    if matches!(
+        cli.command,
+        Some(Command::Sub(_) | Command::Pub(_) | Command::History(_))
+    ) {
         init_logging("warn", LogFormat::Text);
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -294,6 +299,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Sub(args)) => runtime.block_on(cli::run_sub(args)),
         Some(Command::Pub(args)) => runtime.block_on(cli::run_pub(args)),
+        Some(Command::History(args)) => runtime.block_on(cli::run_history(args)),
         Some(Command::Serve(args)) => runtime.block_on(run_server(*args)),
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Config) => write_stdout(cli::sample_config(&serve_command()).as_bytes()),

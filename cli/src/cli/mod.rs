@@ -1,4 +1,4 @@
-//! The client commands of the `redistribute` binary, `sub` and `pub`, built on the native
+//! The client commands of the `redistribute` binary, `sub`, `pub` and `history`, built on the native
 //! client ([`redistribute_client`]). They are what a user types to see the system work, like
 //! `redis-cli` or `nats sub`. The operator tools (`token`, `config`, `completions`) are in
 //! [`tools`].
@@ -10,6 +10,7 @@
 //! stderr as it happens.
 
 mod fields;
+mod history;
 mod sub;
 mod tools;
 
@@ -18,9 +19,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use redistribute_client::{Client, DisconnectReason, Event, Offset, PublishOptions};
+use redistribute_client::{Client, DisconnectReason, Event, Offset, PublishOptions, StreamId};
 
 pub use fields::parse_fields;
+pub use history::run_history;
 pub use sub::run_sub;
 pub use tools::{mint_token, sample_config, TokenArgs};
 
@@ -83,6 +85,10 @@ pub struct SubArgs {
     /// or an offset `<ms>-<seq>` (the messages after it).
     #[arg(long, value_name = "OFFSET", default_value = "$", value_parser = parse_offset)]
     pub from: Offset,
+    /// Start with each channel's last N messages (at most 1000), then live, instead of
+    /// `--from` (not with `--group`).
+    #[arg(long, value_name = "N", conflicts_with_all = ["from", "group"])]
+    pub rewind: Option<u64>,
     /// Exit 0 after printing this many messages (over all channels).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
@@ -98,6 +104,29 @@ pub struct SubArgs {
     /// pending and are delivered again later).
     #[arg(long, requires = "group")]
     pub ack: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `redistribute history`: print a channel's stored messages.
+#[derive(Args, Debug, Clone)]
+pub struct HistoryArgs {
+    /// Channel to read.
+    #[arg(value_name = "CHANNEL")]
+    pub channel: String,
+    /// The messages after this offset (exclusive): `0` (everything retained, the default),
+    /// `$` (nothing before now) or `<ms>-<seq>`.
+    #[arg(long, value_name = "OFFSET", value_parser = parse_offset)]
+    pub from: Option<Offset>,
+    /// Up to and including this offset `<ms>-<seq>` (default: the newest message).
+    #[arg(long, value_name = "OFFSET", value_parser = parse_stream_id)]
+    pub to: Option<StreamId>,
+    /// Print at most this many messages (default: the whole range, read in pages of 1000).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Newest first, going back from `--to`.
+    #[arg(long)]
+    pub reverse: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -208,6 +237,10 @@ fn parse_offset(s: &str) -> Result<Offset, String> {
 }
 
 /// Parses a number of seconds such as `5` or `0.5`.
+fn parse_stream_id(s: &str) -> Result<StreamId, String> {
+    StreamId::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()

@@ -46,8 +46,12 @@ async fn print_messages(client: &redistribute_client::Client, args: &SubArgs) ->
     }
     let mut subscriptions = Vec::with_capacity(args.channels.len());
     for channel in &args.channels {
+        let options = redistribute_client::SubscribeOptions {
+            offset: args.rewind.is_none().then_some(args.from),
+            rewind: args.rewind,
+        };
         let subscription = client
-            .subscribe(channel.clone(), args.from)
+            .subscribe_with(channel.clone(), options)
             .await
             .map_err(|e| anyhow!("cannot subscribe to {channel:?}: {e}"))?;
         let name: Arc<str> = Arc::from(channel.as_str());
@@ -69,15 +73,7 @@ async fn print_messages(client: &redistribute_client::Client, args: &SubArgs) ->
         let Some((channel, message)) = next else {
             break;
         };
-        let line = Line {
-            channel: &channel,
-            offset: message.offset,
-            fields: &message.fields,
-        };
-        let written = serde_json::to_writer(&mut out, &line)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"));
-        if !write_ok(written)? {
+        if !write_ok(write_line(&mut out, &channel, &message))? {
             return Ok(());
         }
         printed += 1;
@@ -140,8 +136,23 @@ async fn print_group(
     }
 }
 
+/// Writes one output line for `message` of `channel`.
+pub(super) fn write_line(
+    out: &mut impl Write,
+    channel: &str,
+    message: &redistribute_client::Message,
+) -> io::Result<()> {
+    let line = Line {
+        channel,
+        offset: message.offset,
+        fields: &message.fields,
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
+    out.write_all(b"\n")
+}
+
 /// `Ok(false)` when stdout was closed by the reader (stop quietly), the error otherwise.
-fn write_ok(result: io::Result<()>) -> Result<bool> {
+pub(super) fn write_ok(result: io::Result<()>) -> Result<bool> {
     match result {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
