@@ -149,6 +149,44 @@ export interface Subscribed {
   truncated: boolean;
 }
 
+/**
+ * Where `subscribe` starts. `offset` (e.g. `lastOffset` from `load`) wins when given: a page
+ * reloaded with a cached offset resumes from it; only without one does `rewind` apply.
+ */
+export interface SubscribeOptions {
+  /** `'$'`, `'0'` or an offset: the messages after it. */
+  offset?: string | null;
+  /** Start with the channel's last N messages (0 to 1000), then live. `rewind: 1` is a channel's latest value. */
+  rewind?: number;
+}
+
+/** What `history` reads: the messages in `(from, to]`. */
+export interface HistoryOptions {
+  /** Messages after this offset (exclusive): `'0'` (default: everything retained), `'$'` or an offset. */
+  from?: string;
+  /** Messages up to and including this offset (default: the newest). */
+  to?: string;
+  /** Most messages in the page, 1 to 1000 (default 100). */
+  limit?: number;
+  /** Newest first, going back from `to`. */
+  reverse?: boolean;
+}
+
+/** One page of a channel's stored messages. */
+export interface HistoryPage {
+  channel: string;
+  /** Oldest first, or newest first with `reverse`. */
+  messages: Message[];
+  /** Pass as `from` (or as `to` with `reverse`) for the next page. */
+  next: string;
+  /** Whether the range may hold more messages: page on while `true`. */
+  more: boolean;
+  /** Messages of the range were removed (trimmed) before they could be read. */
+  truncated: boolean;
+  /** The removed range `(from, to]`, when known. */
+  gap?: { from: string; to: string };
+}
+
 /** Optional parts of a publish. */
 export interface PublishOptions {
   /** Keep about this many messages in the channel. */
@@ -253,11 +291,41 @@ impl Client {
     /// Subscribes to a channel from `offset`: `'$'` (default: only new messages), `'0'`
     /// (everything retained) or an offset from `load`/a message (the messages after it). The
     /// subscription is resumed from its last offset after every reconnect.
+    /// With `{offset, rewind}` instead of an offset: `offset` when given (a cached one from
+    /// `load` after a reload), else the channel's last `rewind` messages, then live.
     #[wasm_bindgen(unchecked_return_type = "Promise<Subscribed>")]
-    pub fn subscribe(&self, channel: String, offset: Option<String>) -> Promise {
-        match offset.as_deref().map(Offset::parse).transpose() {
-            Ok(offset) => self.driver.subscribe(channel, offset.unwrap_or_default()),
+    pub fn subscribe(
+        &self,
+        channel: String,
+        #[wasm_bindgen(unchecked_param_type = "string | SubscribeOptions")] from: JsValue,
+    ) -> Promise {
+        let (offset, rewind) = match from.as_string() {
+            Some(offset) => (Some(offset), JsValue::UNDEFINED),
+            None if from.is_object() => (get(&from, "offset").as_string(), get(&from, "rewind")),
+            None => (None, JsValue::UNDEFINED),
+        };
+        let request = match (offset, rewind.as_f64()) {
+            (Some(offset), _) => Offset::parse(&offset).map(Ok),
+            (None, Some(n)) => Ok(Err(n as u64)),
+            (None, None) => Ok(Ok(Offset::Latest)),
+        };
+        match request {
+            Ok(from) => self.driver.subscribe(channel, from),
             Err(e) => Promise::reject(&js_error(&ErrorInfo::new(BAD_REQUEST, e.to_string()))),
+        }
+    }
+
+    /// Reads one page of a channel's stored messages (authorized like a subscribe); resolves
+    /// with `{channel, messages, next, more, truncated, gap?}`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<HistoryPage>")]
+    pub fn history(
+        &self,
+        channel: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "HistoryOptions")] options: JsValue,
+    ) -> Promise {
+        match history_options(&options) {
+            Ok(options) => self.driver.history(channel, options),
+            Err(e) => Promise::reject(&js_error(&e)),
         }
     }
 
@@ -358,6 +426,26 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
 /// A property of an options object (`undefined` when absent).
 fn get(options: &JsValue, name: &str) -> JsValue {
     Reflect::get(options, &name.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// `history`'s options; a bad offset or number is `bad_request`.
+fn history_options(
+    options: &JsValue,
+) -> Result<redistribute_protocol::history::HistoryOptions, ErrorInfo> {
+    let bad = |e: redistribute_protocol::ProtocolError| ErrorInfo::new(BAD_REQUEST, e.to_string());
+    let from = get(options, "from").as_string();
+    let to = get(options, "to").as_string();
+    let limit = get(options, "limit").as_f64();
+    Ok(redistribute_protocol::history::HistoryOptions {
+        from: from.as_deref().map(Offset::parse).transpose().map_err(bad)?,
+        to: to
+            .as_deref()
+            .map(redistribute_protocol::StreamId::parse)
+            .transpose()
+            .map_err(bad)?,
+        limit: limit.map(|n| n as u64),
+        reverse: get(options, "reverse").is_truthy(),
+    })
 }
 
 fn bad_config(why: impl Into<String>) -> ErrorInfo {

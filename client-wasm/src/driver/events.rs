@@ -134,6 +134,25 @@ impl Inner {
                 self.settle(id, Ok(offset.to_string().into()))
             }
             Event::Acked { id, count } => self.settle(id, Ok((count as f64).into())),
+            Event::History { id, channel, page } => {
+                let Some(i) = self.waiting.iter().position(|(w, _)| *w == id.get()) else {
+                    return;
+                };
+                let (_, w) = self.waiting.swap_remove(i);
+                let v: JsValue = Object::new().into();
+                set(&v, "channel", &channel.as_str().into());
+                set(&v, "next", &page.next.to_string().into());
+                set(&v, "more", &page.more.into());
+                set(&v, "truncated", &page.truncated.into());
+                if let Some(gap) = page.gap {
+                    let g: JsValue = Object::new().into();
+                    set(&g, "from", &gap.from.to_string().into());
+                    set(&g, "to", &gap.to.to_string().into());
+                    set(&v, "gap", &g);
+                }
+                let cached = page.messages.iter().map(CachedMessage::from_message).collect();
+                self.queue.push_back(Out::Page(w.resolve, v, channel, cached));
+            }
             Event::RequestFailed { id, error } => {
                 let Some(entry) = self.take_inflight(id) else {
                     return self.settle(id, Err(ErrorInfo::request(&error)));

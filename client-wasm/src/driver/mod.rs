@@ -98,6 +98,8 @@ enum Reply {
     Done,
     /// The offset string.
     Publish,
+    /// A history page.
+    History,
 }
 
 /// A promise waiting for its request's outcome.
@@ -113,6 +115,8 @@ enum Out {
     Emit(Topic, Vec<JsValue>),
     /// Decode and deliver messages of a channel.
     Messages(String, Vec<CachedMessage>),
+    /// Decode a history page's messages into it (under `messages`), then resolve with it.
+    Page(Function, JsValue, String, Vec<CachedMessage>),
 }
 
 /// The JS callbacks, created once per client. They hold a weak reference, so a client the
@@ -360,12 +364,26 @@ impl Driver {
     }
 
     /// Subscribes; the promise settles with the server's reply.
+    /// Subscribes from an offset, or (`Err(n)`) with the channel's last `n` messages first.
     pub(crate) fn subscribe(
         &self,
         channel: String,
-        offset: redistribute_protocol::Offset,
+        from: Result<redistribute_protocol::Offset, u64>,
     ) -> Promise {
-        self.request(Reply::Subscribe, |s| s.subscribe(channel, offset))
+        self.request(Reply::Subscribe, |s| match from {
+            Ok(offset) => s.subscribe(channel, offset),
+            Err(rewind) => s.subscribe_rewind(channel, rewind),
+        })
+    }
+
+    /// Reads a page of history; resolves with the page (its messages decoded like delivered
+    /// ones, by [`Driver::dispatch`]).
+    pub(crate) fn history(
+        &self,
+        channel: String,
+        options: redistribute_protocol::history::HistoryOptions,
+    ) -> Promise {
+        self.request(Reply::History, |s| s.history(channel, options))
     }
 
     /// Unsubscribes; resolves `true`.
@@ -464,7 +482,7 @@ impl Driver {
                 };
                 let topic = match &out {
                     Out::Emit(topic, _) => *topic,
-                    Out::Messages(..) => Topic::Messages,
+                    Out::Messages(..) | Out::Page(..) => Topic::Messages,
                 };
                 let listeners = inner.listeners[topic as usize].clone();
                 (out, listeners)
@@ -477,6 +495,11 @@ impl Driver {
                         continue;
                     }
                     vec![channel.into(), js.into()]
+                }
+                Out::Page(resolve, page, channel, messages) => {
+                    set(&page, "messages", &self.js_messages(&channel, &messages));
+                    call(&resolve, &[page]);
+                    continue;
                 }
             };
             for listener in &listeners {
