@@ -297,8 +297,11 @@ impl Client {
     pub fn subscribe(
         &self,
         channel: String,
-        #[wasm_bindgen(unchecked_param_type = "string | SubscribeOptions")] from: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "string | SubscribeOptions")] from: Option<
+            JsValue,
+        >,
     ) -> Promise {
+        let from = from.unwrap_or(JsValue::UNDEFINED);
         let (offset, rewind) = match from.as_string() {
             Some(offset) => (Some(offset), JsValue::UNDEFINED),
             None if from.is_object() => (get(&from, "offset").as_string(), get(&from, "rewind")),
@@ -321,9 +324,9 @@ impl Client {
     pub fn history(
         &self,
         channel: String,
-        #[wasm_bindgen(unchecked_optional_param_type = "HistoryOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "HistoryOptions")] options: Option<JsValue>,
     ) -> Promise {
-        match history_options(&options) {
+        match history_options(&options.unwrap_or(JsValue::UNDEFINED)) {
             Ok(options) => self.driver.history(channel, options),
             Err(e) => Promise::reject(&js_error(&e)),
         }
@@ -437,7 +440,11 @@ fn history_options(
     let to = get(options, "to").as_string();
     let limit = get(options, "limit").as_f64();
     Ok(redistribute_protocol::history::HistoryOptions {
-        from: from.as_deref().map(Offset::parse).transpose().map_err(bad)?,
+        from: from
+            .as_deref()
+            .map(Offset::parse)
+            .transpose()
+            .map_err(bad)?,
         to: to
             .as_deref()
             .map(redistribute_protocol::StreamId::parse)

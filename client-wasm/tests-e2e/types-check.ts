@@ -1,6 +1,6 @@
 // Compiled by `tsc --noEmit` (scripts/test.sh): the package's types as a TypeScript app uses
 // them. The `@ts-expect-error` lines must fail to type-check, so a loosened type fails CI.
-import init, { Client, type ClientError, type ErrorCode, type Fields, type Message } from '../pkg/redistribute_client.js';
+import init, { Client, type ClientError, type ErrorCode, type Fields, type HistoryPage, type Message } from '../pkg/redistribute_client.js';
 
 await init();
 const client = new Client({ targets: ['ws://127.0.0.1:8080/ws'] });
@@ -50,5 +50,15 @@ await client.publish('chat', { when: new Date() });
 const offset: string = await client.publish('chat', { text: 'hi', n: 1, tags: ['a'], nested: { ok: true } });
 const sub = await client.subscribe('chat', offset);
 const truncated: boolean = sub.truncated;
+await client.subscribe('prices', { rewind: 1 });
+await client.subscribe('prices', { offset: null, rewind: 5 });
+await client.subscribe('chat');
+const page: HistoryPage = await client.history('chat', { from: '0', limit: 10, reverse: true });
+const more: boolean = page.more;
+const next: string = page.next;
+const first: string | undefined = page.messages[0]?.offset;
+console.log(more, next, first, page.gap?.from);
+// @ts-expect-error: limit is a number
+await client.history('chat', { limit: '10' });
 console.log(bad, truncated);
 client.close();

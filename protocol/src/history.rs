@@ -80,49 +80,53 @@ pub fn validate_history(
     to: Option<StreamId>,
     limit: Option<u64>,
 ) -> Result<(), ProtocolError> {
-    if let Some(limit) = limit {
-        if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
-            return Err(invalid(format!(
-                "\"limit\" must be from 1 to {MAX_HISTORY_LIMIT}"
-            )));
-        }
+    // Plain strings, no formatting: the browser client links this.
+    if limit.is_some_and(|l| !(1..=MAX_HISTORY_LIMIT).contains(&l)) {
+        return Err(invalid("history", "\"limit\" must be from 1 to 1000"));
     }
-    if let (Some(Offset::Id(from)), Some(to)) = (from, to) {
-        if from > to {
-            return Err(invalid("\"from\" must not be after \"to\"".into()));
+    match (from, to) {
+        (Some(Offset::Id(from)), Some(to)) if from > to => {
+            Err(invalid("history", "\"from\" must not be after \"to\""))
         }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks a `subscribe`'s `rewind`: at most [`MAX_REWIND`], and neither with an `offset` nor
 /// with a consumer group.
 pub fn validate_rewind(rewind: u64, offset: bool, group: bool) -> Result<(), ProtocolError> {
     let reason = if rewind > MAX_REWIND {
-        format!("\"rewind\" must be at most {MAX_REWIND}")
+        "\"rewind\" must be at most 1000"
     } else if offset {
-        "\"rewind\" and \"offset\" cannot be given together".into()
+        "\"rewind\" and \"offset\" cannot be given together"
     } else if group {
-        "\"rewind\" is not for consumer groups".into()
+        "\"rewind\" is not for consumer groups"
     } else {
         return Ok(());
     };
-    Err(ProtocolError::InvalidFrame {
-        kind: "subscribe".into(),
-        reason,
-    })
+    Err(invalid("subscribe", reason))
 }
 
-fn invalid(reason: String) -> ProtocolError {
+fn invalid(kind: &str, reason: &str) -> ProtocolError {
     ProtocolError::InvalidFrame {
-        kind: "history".into(),
-        reason,
+        kind: kind.into(),
+        reason: reason.into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_name_the_bounds() {
+        let limit = validate_history(None, None, Some(0))
+            .unwrap_err()
+            .to_string();
+        assert!(limit.contains(&MAX_HISTORY_LIMIT.to_string()), "{limit}");
+        let rewind = validate_rewind(MAX_REWIND + 1, false, false).unwrap_err();
+        assert!(rewind.to_string().contains(&MAX_REWIND.to_string()));
+    }
 
     #[test]
     fn bounds() {

@@ -150,8 +150,13 @@ impl Inner {
                     set(&g, "to", &gap.to.to_string().into());
                     set(&v, "gap", &g);
                 }
-                let cached = page.messages.iter().map(CachedMessage::from_message).collect();
-                self.queue.push_back(Out::Page(w.resolve, v, channel, cached));
+                let cached = page
+                    .messages
+                    .iter()
+                    .map(CachedMessage::from_message)
+                    .collect();
+                self.queue
+                    .push_back(Out::Page(w.resolve, v, channel, cached));
             }
             Event::RequestFailed { id, error } => {
                 let Some(entry) = self.take_inflight(id) else {
