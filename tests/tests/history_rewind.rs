@@ -15,8 +15,7 @@ use common::native::{check_offsets, within};
 use common::{setup, Backend};
 use futures_util::future::join_all;
 use redistribute_client::{
-    Client, Error, ErrorCode, HistoryOptions, HistoryPage, Offset, PublishOptions, StreamId,
-    SubscribeOptions,
+    Client, Error, HistoryOptions, HistoryPage, Offset, PublishOptions, StreamId, SubscribeOptions,
 };
 use redistribute_testkit::{RespValue, WsClient};
 use serde_json::{json, Value};
