@@ -22,6 +22,8 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "publish",
     "ack",
     "ping",
+    "presence",
+    "presence_stats",
 ];
 
 /// Decodes and validates a client frame (channel names, non-empty publish fields).
@@ -49,6 +51,9 @@ pub const SERVER_FRAME_TYPES: &[&str] = &[
     "messages",
     "gap",
     "error",
+    "presence_members",
+    "presence_counts",
+    "presence_event",
 ];
 
 /// Decodes a server frame (used by clients).
@@ -91,7 +96,9 @@ pub fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
                 )),
             }
         }
-        ClientFrame::Unsubscribe { channel, .. } => validate_channel(channel),
+        ClientFrame::Unsubscribe { channel, .. }
+        | ClientFrame::Presence { channel, .. }
+        | ClientFrame::PresenceStats { channel, .. } => validate_channel(channel),
         ClientFrame::Publish {
             channel,
             fields,
@@ -191,6 +198,7 @@ enum Expect {
     Object,
     Array,
     Unsigned,
+    Bool,
 }
 
 /// `(field, type, required)` per client frame type, to name the field at fault.
@@ -204,6 +212,7 @@ fn client_schema(kind: &str) -> &'static [(&'static str, Expect, bool)] {
             ("offset", Str, false),
             ("group", Str, false),
             ("consumer", Str, false),
+            ("join_leave", Bool, false),
         ],
         "unsubscribe" => &[("id", Unsigned, true), ("channel", Str, true)],
         "publish" => &[
@@ -220,6 +229,7 @@ fn client_schema(kind: &str) -> &'static [(&'static str, Expect, bool)] {
             ("offsets", Array, true),
         ],
         "ping" => &[("id", Unsigned, true)],
+        "presence" | "presence_stats" => &[("id", Unsigned, true), ("channel", Str, true)],
         _ => &[],
     }
 }
@@ -240,6 +250,7 @@ fn schema_problem(
             (Some(v), Expect::Object) => v.is_object(),
             (Some(v), Expect::Array) => v.is_array(),
             (Some(v), Expect::Unsigned) => v.is_u64(),
+            (Some(v), Expect::Bool) => v.is_boolean(),
         };
         if !ok {
             let what = match expect {
@@ -247,6 +258,7 @@ fn schema_problem(
                 Expect::Object => "a JSON object",
                 Expect::Array => "an array",
                 Expect::Unsigned => "a non-negative integer",
+                Expect::Bool => "true or false",
             };
             return Some(format!("field `{field}` must be {what}"));
         }
@@ -277,7 +289,8 @@ mod tests {
                 channel: "c".into(),
                 offset: None,
                 group: None,
-                consumer: None
+                consumer: None,
+                join_leave: false,
             }
         );
     }

@@ -42,6 +42,9 @@ pub enum ClientFrame {
         /// Consumer name within the group.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         consumer: Option<String>,
+        /// Ask for `presence_event` frames of the channel (only where presence is enabled).
+        #[serde(default, skip_serializing_if = "is_false")]
+        join_leave: bool,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -81,6 +84,26 @@ pub enum ClientFrame {
         /// Request id.
         id: u64,
     },
+    // --- presence (docs/protocol.md "Presence") ---
+    /// Who is subscribed to a presence-enabled channel.
+    Presence {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+    },
+    /// How many clients and users are subscribed to a presence-enabled channel.
+    PresenceStats {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+    },
+}
+
+/// `skip_serializing_if` for flags that are sent only when set.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ClientFrame {
@@ -92,6 +115,8 @@ impl ClientFrame {
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Ack { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::PresenceStats { id, .. }
             | ClientFrame::Ping { id } => *id,
         }
     }
@@ -104,6 +129,19 @@ pub struct Message {
     pub offset: StreamId,
     /// The entry's fields.
     pub fields: Fields,
+}
+
+/// One member of a channel's presence: a subscribed connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceMember {
+    /// The connection's client id (as in `connected`).
+    pub client: String,
+    /// The `sub` of the connection's token, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The token's `info` claim (a JSON object), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Fields>,
 }
 
 /// A frame sent by the server.
@@ -183,5 +221,40 @@ pub enum ServerFrame {
         code: ErrorCode,
         /// Human-readable explanation.
         message: String,
+    },
+    // --- presence (docs/protocol.md "Presence") ---
+    /// Reply to `presence`: the channel's members.
+    PresenceMembers {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// The members, in no particular order.
+        members: Vec<PresenceMember>,
+    },
+    /// Reply to `presence_stats`.
+    PresenceCounts {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// Members (connections).
+        clients: u64,
+        /// Distinct users among them (members without a user count once each).
+        users: u64,
+    },
+    /// Members that joined or left a channel since the last such frame (to subscribers that
+    /// asked with `join_leave`). With `missed`, that many changes were not listed (too many in
+    /// one window): ask `presence` again.
+    PresenceEvent {
+        /// Channel name.
+        channel: String,
+        /// Members that joined.
+        joins: Vec<PresenceMember>,
+        /// Members that left.
+        leaves: Vec<PresenceMember>,
+        /// Changes left out of the lists, when there were too many.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        missed: Option<u64>,
     },
 }

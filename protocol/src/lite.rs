@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::codec::{validate_client, DecodeError, CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use crate::error::{ErrorCode, ProtocolError};
-use crate::frame::{ClientFrame, Fields, Message, ServerFrame};
+use crate::frame::{ClientFrame, Fields, Message, PresenceMember, ServerFrame};
 use crate::json;
 use crate::offset::{Offset, StreamId};
 
@@ -42,11 +42,18 @@ pub fn encode_client(frame: &ClientFrame) -> String {
             offset,
             group,
             consumer,
-        } => Writer::new("subscribe", *id)
-            .str("channel", channel)
-            .opt_str("offset", &offset.map(|o| o.to_string()))
-            .opt_str("group", group)
-            .opt_str("consumer", consumer),
+            join_leave,
+        } => {
+            let w = Writer::new("subscribe", *id)
+                .str("channel", channel)
+                .opt_str("offset", &offset.map(|o| o.to_string()))
+                .opt_str("group", group)
+                .opt_str("consumer", consumer);
+            match join_leave {
+                true => w.key("join_leave").raw("true"),
+                false => w,
+            }
+        }
         ClientFrame::Unsubscribe { id, channel } => {
             Writer::new("unsubscribe", *id).str("channel", channel)
         }
@@ -82,6 +89,12 @@ pub fn encode_client(frame: &ClientFrame) -> String {
             w
         }
         ClientFrame::Ping { id } => Writer::new("ping", *id),
+        ClientFrame::Presence { id, channel } => {
+            Writer::new("presence", *id).str("channel", channel)
+        }
+        ClientFrame::PresenceStats { id, channel } => {
+            Writer::new("presence_stats", *id).str("channel", channel)
+        }
     };
     w.end()
 }
@@ -144,6 +157,32 @@ pub fn encode_server(frame: &ServerFrame) -> String {
             .opt_u64("id", *id)
             .str("code", code.as_str())
             .str("message", message),
+        ServerFrame::PresenceMembers {
+            id,
+            channel,
+            members,
+        } => Writer::new("presence_members", *id)
+            .str("channel", channel)
+            .members("members", members),
+        ServerFrame::PresenceCounts {
+            id,
+            channel,
+            clients,
+            users,
+        } => Writer::new("presence_counts", *id)
+            .str("channel", channel)
+            .u64("clients", *clients)
+            .u64("users", *users),
+        ServerFrame::PresenceEvent {
+            channel,
+            joins,
+            leaves,
+            missed,
+        } => Writer::start("presence_event")
+            .str("channel", channel)
+            .members("joins", joins)
+            .members("leaves", leaves)
+            .opt_u64("missed", *missed),
     };
     w.end()
 }
@@ -206,6 +245,30 @@ impl Writer {
             Some(s) => self.str(key, s),
             None => self,
         }
+    }
+
+    /// `"key":[{"client":…,"user":…,"info":{…}},…]` (presence members).
+    fn members(self, key: &str, members: &[PresenceMember]) -> Self {
+        let mut w = self.key(key);
+        w.out.push('[');
+        for (i, m) in members.iter().enumerate() {
+            if i > 0 {
+                w.out.push(',');
+            }
+            w.out.push_str("{\"client\":");
+            json::write_str(&mut w.out, &m.client);
+            if let Some(user) = &m.user {
+                w.out.push_str(",\"user\":");
+                json::write_str(&mut w.out, user);
+            }
+            if let Some(info) = &m.info {
+                w.out.push_str(",\"info\":");
+                json::write_object(&mut w.out, info);
+            }
+            w.out.push('}');
+        }
+        w.out.push(']');
+        w
     }
 
     fn end(mut self) -> String {
@@ -320,6 +383,37 @@ impl Members {
         }
     }
 
+    fn opt_bool(&mut self, key: &str) -> Result<bool, ProtocolError> {
+        match self.opt(key) {
+            None => Ok(false),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.mistyped(key, "true or false")),
+        }
+    }
+
+    /// An array of presence members.
+    fn members(&mut self, key: &str) -> Result<Vec<PresenceMember>, ProtocolError> {
+        self.each(key, |f, v| match v {
+            Value::Object(map) => {
+                let mut m = Members {
+                    kind: f.kind.clone(),
+                    map,
+                };
+                Ok(PresenceMember {
+                    client: m.string("client")?,
+                    user: m.opt_string("user")?,
+                    info: match m.opt("info") {
+                        None => None,
+                        Some(Value::Object(map)) => Some(map),
+                        Some(_) => return Err(m.mistyped("info", "a JSON object")),
+                    },
+                })
+            }
+            _ => Err(f.mistyped(key, "an array of objects")),
+        })
+    }
+
     /// The items of an array, each read by `item` from a one-member frame.
     fn each<T>(
         &mut self,
@@ -382,6 +476,23 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
             from: f.stream_id("from")?,
             to: f.stream_id("to")?,
         },
+        "presence_members" => ServerFrame::PresenceMembers {
+            id: f.u64("id")?,
+            channel: f.string("channel")?,
+            members: f.members("members")?,
+        },
+        "presence_counts" => ServerFrame::PresenceCounts {
+            id: f.u64("id")?,
+            channel: f.string("channel")?,
+            clients: f.u64("clients")?,
+            users: f.u64("users")?,
+        },
+        "presence_event" => ServerFrame::PresenceEvent {
+            channel: f.string("channel")?,
+            joins: f.members("joins")?,
+            leaves: f.members("leaves")?,
+            missed: f.opt_u64("missed")?,
+        },
         _ => {
             let id = f.opt_u64("id")?;
             let code = f.string("code")?;
@@ -411,6 +522,7 @@ fn client_frame(f: &mut Members) -> Result<ClientFrame, ProtocolError> {
                 .transpose()?,
             group: f.opt_string("group")?,
             consumer: f.opt_string("consumer")?,
+            join_leave: f.opt_bool("join_leave")?,
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
             id,
@@ -430,6 +542,14 @@ fn client_frame(f: &mut Members) -> Result<ClientFrame, ProtocolError> {
             offsets: f.each("offsets", |f, v| {
                 StreamId::parse(&f.string_of("offsets", v)?)
             })?,
+        },
+        "presence" => ClientFrame::Presence {
+            id,
+            channel: f.string("channel")?,
+        },
+        "presence_stats" => ClientFrame::PresenceStats {
+            id,
+            channel: f.string("channel")?,
         },
         _ => ClientFrame::Ping { id },
     })
@@ -456,6 +576,7 @@ mod tests {
                 offset: Some(Offset::Id(StreamId::new(5, 6))),
                 group: None,
                 consumer: None,
+                join_leave: true,
             },
             ClientFrame::Publish {
                 id: 3,

@@ -54,6 +54,15 @@ const KEYS: &[&str] = &[
     "client",
     "version",
     "count",
+    "join_leave",
+    "members",
+    "joins",
+    "leaves",
+    "missed",
+    "clients",
+    "users",
+    "user",
+    "info",
 ];
 const TYPES: &[&str] = &[
     "connect",
@@ -71,6 +80,11 @@ const TYPES: &[&str] = &[
     "acked",
     "connected",
     "unsubscribed",
+    "presence",
+    "presence_stats",
+    "presence_members",
+    "presence_counts",
+    "presence_event",
     "x",
 ];
 const ATOMS: &[&str] = &[
@@ -99,6 +113,9 @@ const ATOMS: &[&str] = &[
     "[\"1-2\"]",
     "\"bad_request\"",
     "\"unavailable\"",
+    "[{\"client\":\"c\"}]",
+    "[{\"client\":\"c\",\"info\":{}}]",
+    "[{\"client\":1}]",
 ];
 
 fn random_value(rng: &mut Rng, depth: usize) -> String {

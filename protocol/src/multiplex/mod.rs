@@ -263,6 +263,10 @@ impl Multiplexer {
                 let message = "consumer groups are not shared between tabs".to_owned();
                 self.error(tab, other.id(), ErrorCode::BadRequest, message);
             }
+            other @ (ClientFrame::Presence { .. } | ClientFrame::PresenceStats { .. }) => {
+                let message = "presence is not shared between tabs".to_owned();
+                self.error(tab, other.id(), ErrorCode::BadRequest, message);
+            }
         }
     }
 
@@ -354,6 +358,11 @@ impl Multiplexer {
             | Event::SubscribeRetrying { .. }
             | Event::Pong { .. }
             | Event::Acked { .. } => {}
+            // Tabs cannot ask for presence (refused in `handle_frame`), and the leader's
+            // session does not ask for join/leave events.
+            Event::Presence { .. }
+            | Event::PresenceStats { .. }
+            | Event::PresenceChanged { .. } => {}
         }
     }
 

@@ -226,6 +226,7 @@ impl Session {
             offset: Some(offset),
             group,
             consumer,
+            join_leave: self.config.join_leave,
         });
     }
 
@@ -382,6 +383,7 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             offset: None,
             group: None,
             consumer: None,
+            join_leave: false,
         },
         Kind::Unsubscribe { channel } => ClientFrame::Unsubscribe {
             id,
@@ -410,6 +412,13 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             offsets: offsets.clone(),
         },
         Kind::Ping => ClientFrame::Ping { id },
+        Kind::Presence { channel, stats } => {
+            let channel = channel.clone();
+            match stats {
+                true => ClientFrame::PresenceStats { id, channel },
+                false => ClientFrame::Presence { id, channel },
+            }
+        }
         Kind::Refresh { token } => ClientFrame::Connect {
             id,
             token: Some(token.clone()),

@@ -130,6 +130,58 @@ impl Session {
                 }
             }
             ServerFrame::Messages { channel, messages } => self.on_messages(channel, messages),
+            // --- presence ---
+            ServerFrame::PresenceMembers {
+                id,
+                channel,
+                members,
+            } => {
+                let fits = |k: &Kind| matches!(k, Kind::Presence { stats: false, .. });
+                if self.take_reply(id, fits).is_some() {
+                    let id = RequestId(id);
+                    let event = Event::Presence {
+                        id,
+                        channel,
+                        members,
+                    };
+                    self.events.push_back(event);
+                }
+            }
+            ServerFrame::PresenceCounts {
+                id,
+                channel,
+                clients,
+                users,
+            } => {
+                let fits = |k: &Kind| matches!(k, Kind::Presence { stats: true, .. });
+                if self.take_reply(id, fits).is_some() {
+                    let id = RequestId(id);
+                    let event = Event::PresenceStats {
+                        id,
+                        channel,
+                        clients,
+                        users,
+                    };
+                    self.events.push_back(event);
+                }
+            }
+            ServerFrame::PresenceEvent {
+                channel,
+                joins,
+                leaves,
+                missed,
+            } => {
+                // Only for a current subscription, like its messages.
+                if self.subs.get(&channel).is_some() {
+                    let event = Event::PresenceChanged {
+                        channel,
+                        joins,
+                        leaves,
+                        missed,
+                    };
+                    self.events.push_back(event);
+                }
+            }
             ServerFrame::Gap { channel, from, to } => {
                 // Like messages, a gap before the `subscribed` reply belongs to the
                 // subscription being replaced.
@@ -252,6 +304,7 @@ impl Session {
             | Kind::Publish { .. }
             | Kind::Ack { .. }
             | Kind::Ping
+            | Kind::Presence { .. }
             | Kind::Refresh { .. } => {
                 if pending.origin == Origin::User {
                     self.fail(id, error);

@@ -7,6 +7,7 @@ mod harness;
 mod lifecycle;
 mod model;
 mod no_loss;
+mod presence;
 mod requests;
 mod resubscribe;
 mod resume;

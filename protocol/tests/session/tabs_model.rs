@@ -214,6 +214,9 @@ impl Model {
             | Event::Disconnected { .. }
             | Event::ConnectFailed { .. }
             | Event::SubscribeRetrying { .. }
+            | Event::Presence { .. }
+            | Event::PresenceStats { .. }
+            | Event::PresenceChanged { .. }
             | Event::ServerError { .. } => {}
         }
         Ok(())
