@@ -67,11 +67,12 @@ pub use builder::{
     DEFAULT_SUBSCRIPTION_BUFFER,
 };
 pub use client::Client;
+pub use client::PresenceStats;
 pub use error::{Error, TargetFailure};
 pub use event::{ConnectionState, Event, Events};
 pub use group::{GroupMessage, GroupSubscription};
 pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
-pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
+pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, PresenceMember, StreamId};
 pub use subscription::Subscription;
 pub use token::{TokenError, TokenFuture};
 pub use transport::MAX_FRAME_SIZE;

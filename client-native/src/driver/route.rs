@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::commands::PresenceReply;
 use super::Driver;
 use crate::error::Error;
 use crate::event::{ConnectionState, Event};
@@ -44,6 +45,7 @@ pub(super) enum Reply {
     Publish(oneshot::Sender<Result<StreamId, Error>>),
     Ping(oneshot::Sender<Result<(), Error>>),
     Ack(oneshot::Sender<Result<u64, Error>>),
+    Presence(PresenceReply),
 }
 
 impl Reply {
@@ -67,6 +69,7 @@ impl Reply {
             Reply::Ack(reply) => {
                 let _ = reply.send(Err(error));
             }
+            Reply::Presence(reply) => reply.fail(error),
         }
     }
 }
@@ -161,6 +164,33 @@ impl Driver {
                 let error = self.request_error(error);
                 self.on_outcome(id.get(), Err(error));
             }
+            SessionEvent::Presence { id, members, .. } => {
+                if let Some(Reply::Presence(PresenceReply::Members(reply))) =
+                    self.pending.remove(&id.get())
+                {
+                    let _ = reply.send(Ok(members));
+                }
+            }
+            SessionEvent::PresenceStats {
+                id, clients, users, ..
+            } => {
+                if let Some(Reply::Presence(PresenceReply::Counts(reply))) =
+                    self.pending.remove(&id.get())
+                {
+                    let _ = reply.send(Ok(crate::PresenceStats { clients, users }));
+                }
+            }
+            SessionEvent::PresenceChanged {
+                channel,
+                joins,
+                leaves,
+                missed,
+            } => self.emit(Event::Presence {
+                channel,
+                joins,
+                leaves,
+                missed,
+            }),
             SessionEvent::ServerError { code, message } => {
                 self.emit(Event::ServerError { code, message });
             }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use redistribute_protocol::{Offset, StreamId};
+use redistribute_protocol::{encode_server, Offset, PresenceMember, ServerFrame, StreamId};
 use tracing::warn;
 
 use crate::core_state::Core;
@@ -28,6 +28,7 @@ use crate::error::RequestError;
 use crate::hub::{
     LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared, Watching,
 };
+use crate::presence::Inbox;
 pub use outbound::Delivery;
 pub use outbound::Frame;
 pub use outbound::Outbound;
@@ -137,6 +138,16 @@ pub struct Feed {
     memberships: Option<Box<membership::Memberships>>,
     /// The last [`Subscription::generation`] given out.
     generation: u64,
+    /// Presence memberships and join/leave events, made with the first membership.
+    presence: Option<Box<FeedPresence>>,
+}
+
+/// A feed's presence memberships ([`crate::presence`]).
+struct FeedPresence {
+    /// Channels this connection is a member of.
+    channels: Vec<Arc<str>>,
+    /// Where the channels' join/leave events arrive, once one subscription asked for them.
+    inbox: Option<(Arc<Inbox>, tokio::sync::mpsc::Receiver<()>)>,
 }
 
 impl Feed {
@@ -156,6 +167,7 @@ impl Feed {
             out: Outbound::default(),
             memberships: None,
             generation: 0,
+            presence: None,
         }
     }
 
@@ -172,6 +184,58 @@ impl Feed {
     /// Whether the feed has no subscription.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The connection's client id (as `connected` and presence show it).
+    pub fn client_id(&self) -> String {
+        self.core.client_id(self.id)
+    }
+
+    /// Makes this connection a presence member of `channel` (subscribed just before), with
+    /// `join_leave`, a listener of the channel's join/leave events. Refused (the member cap,
+    /// the info size, the engine), the caller ends the subscription.
+    pub(crate) async fn join_presence(
+        &mut self,
+        channel: &str,
+        member: PresenceMember,
+        join_leave: bool,
+    ) -> Result<(), RequestError> {
+        let max_events = self.core.presence.config().max_events;
+        let presence = self.presence.get_or_insert_with(|| {
+            Box::new(FeedPresence {
+                channels: Vec::new(),
+                inbox: None,
+            })
+        });
+        let listener = match (join_leave, &presence.inbox) {
+            (false, _) => None,
+            (true, Some((inbox, _))) => Some((self.id, inbox.clone())),
+            (true, None) => {
+                let (inbox, rx) = Inbox::new(max_events);
+                presence.inbox = Some((inbox.clone(), rx));
+                Some((self.id, inbox))
+            }
+        };
+        let channel: Arc<str> = Arc::from(channel);
+        self.core.presence.join(&channel, member, listener).await?;
+        presence.channels.push(channel);
+        Ok(())
+    }
+
+    /// Ends the presence membership in `channel`, if any.
+    fn leave_presence(&mut self, channel: &str) {
+        let Some(presence) = &mut self.presence else {
+            return;
+        };
+        if let Some(i) = presence.channels.iter().position(|c| &**c == channel) {
+            let channel = presence.channels.swap_remove(i);
+            if let Some((inbox, _)) = &presence.inbox {
+                inbox.forget(&channel);
+            }
+            self.core
+                .presence
+                .leave(&channel, self.core.client_id(self.id), self.id);
+        }
     }
 
     /// The channels subscribed to, consumer-group memberships included.
@@ -269,6 +333,7 @@ impl Feed {
                 return true;
             }
         }
+        self.leave_presence(channel);
         match self.subs.remove_entry(channel) {
             Some((channel, _)) => {
                 self.core.hub.unsubscribe(&channel, self.id);
@@ -280,6 +345,12 @@ impl Feed {
 
     /// Ends every subscription (what dropping the feed does) and drops anything undelivered.
     pub fn clear(&mut self) {
+        if let Some(presence) = self.presence.take() {
+            for channel in &presence.channels {
+                let client = self.core.client_id(self.id);
+                self.core.presence.leave(channel, client, self.id);
+            }
+        }
         for channel in self.subs.keys() {
             self.core.hub.unsubscribe(channel, self.id);
         }
@@ -316,6 +387,17 @@ impl Feed {
                 if let Poll::Ready(Some(batch)) = groups.rx.poll_recv(cx) {
                     progressed = true;
                     self.take_group(batch);
+                }
+            }
+            if let Some((inbox, rx)) = self.presence.as_mut().and_then(|p| p.inbox.as_mut()) {
+                if let Poll::Ready(Some(())) = rx.poll_recv(cx) {
+                    progressed = true;
+                    for frame in inbox.take() {
+                        if let ServerFrame::PresenceEvent { channel, .. } = &frame {
+                            let channel: Arc<str> = Arc::from(channel.as_str());
+                            self.out.push_text(channel, encode_server(&frame));
+                        }
+                    }
                 }
             }
             if let Some(read) = &mut self.in_flight {

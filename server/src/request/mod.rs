@@ -14,6 +14,7 @@
 
 pub(crate) mod credentials;
 pub(crate) mod history;
+pub(crate) mod presence;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
 pub(crate) mod task_id;
@@ -43,6 +44,17 @@ pub(crate) enum Request {
     Publish(Publish),
     /// Acknowledge consumer-group entries.
     Ack(Ack),
+    /// Who is subscribed to a presence channel, or how many.
+    Presence(PresenceQuery),
+}
+
+/// Ask for the members of `channel` (or, with `stats`, their counts).
+#[derive(Debug, Clone)]
+pub(crate) struct PresenceQuery {
+    /// The channel.
+    pub channel: String,
+    /// Counts only.
+    pub stats: bool,
 }
 
 /// Subscribe to `channel` from `offset`, alone or as `consumer` of a consumer group.
@@ -54,6 +66,8 @@ pub(crate) struct Subscribe {
     pub offset: Offset,
     /// `(group, consumer)` for a consumer-group subscription.
     pub group: Option<(String, String)>,
+    /// Deliver the channel's join/leave events (on a presence channel).
+    pub join_leave: bool,
 }
 
 /// End the subscription to `channel`.
@@ -110,6 +124,7 @@ impl Request {
                 offset,
                 group,
                 consumer,
+                join_leave,
             } => {
                 let group = group.zip(consumer);
                 let offset = offset.unwrap_or_default();
@@ -117,6 +132,7 @@ impl Request {
                     channel,
                     offset,
                     group,
+                    join_leave,
                 };
                 (id, Request::Subscribe(subscribe))
             }
@@ -137,6 +153,20 @@ impl Request {
                     idempotency_key,
                 };
                 (id, Request::Publish(publish))
+            }
+            ClientFrame::Presence { id, channel } => {
+                let query = PresenceQuery {
+                    channel,
+                    stats: false,
+                };
+                (id, Request::Presence(query))
+            }
+            ClientFrame::PresenceStats { id, channel } => {
+                let query = PresenceQuery {
+                    channel,
+                    stats: true,
+                };
+                (id, Request::Presence(query))
             }
             ClientFrame::Ack {
                 id,

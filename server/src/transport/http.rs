@@ -153,6 +153,7 @@ pub(crate) fn subscribes(pairs: &[(String, String)]) -> Result<Vec<Subscribe>, H
             channel,
             offset,
             group: None,
+            join_leave: false,
         })
         .collect())
 }

@@ -76,6 +76,7 @@ async fn handle(
         channel,
         offset: Offset::Latest,
         group: None,
+        join_leave: false,
     };
     let allowed = subscribe::check(&app.core, &caller, None, &request)?;
     let mut feed = Feed::new(app.core.clone(), "task");

@@ -12,7 +12,7 @@ use super::{close_code, Connection, End, Publishing};
 use crate::auth::{lifetime, Credential};
 use crate::error::RequestError;
 use crate::limits::TokenBucket;
-use crate::request::{publish, subscribe, Request};
+use crate::request::{presence, publish, subscribe, Request};
 
 impl Connection {
     /// `connect`: (re)authenticates with the token; a bad token closes the connection. On an
@@ -44,7 +44,7 @@ impl Connection {
                 self.bad_frames = 0;
                 let reply = ServerFrame::Connected {
                     id,
-                    client: format!("{:x}-{}", self.app.core.instance_id, self.feed.id()),
+                    client: self.app.core.client_id(self.feed.id()),
                     version: PROTOCOL_VERSION,
                 };
                 self.send(&reply).await
@@ -135,6 +135,10 @@ impl Connection {
             Request::Ack(request) => {
                 let count = subscribe::ack(&app.core, &self.ctx, &mut self.feed, &request).await?;
                 ServerFrame::Acked { id, count }
+            }
+            Request::Presence(query) => {
+                let answer = presence::presence(&app.core, &self.ctx, &query).await?;
+                answer.into_frame(id, query.channel)
             }
         };
         self.reply(&reply).await
