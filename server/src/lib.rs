@@ -97,8 +97,7 @@ pub mod internals {
     pub use crate::feed::{Delivery, Feed, Frame, Outbound, Start};
     pub use crate::group_dispatch::claim_idle;
     pub use crate::hub::{Hub, LiveQueue, LiveQueueReceiver, Subscriber, SubscriberShared};
-    pub use crate::presence::store::MemoryStore;
-    pub use crate::presence::{Bounds, Changes, PresenceStore};
+    pub use crate::presence::store::{Bounds, Changes, MemoryStore, PresenceStore};
     pub use crate::request::Access;
     pub use crate::transport::http::Holders;
     pub use crate::transport::routes::{routes, Method, Route};

@@ -23,5 +23,3 @@ pub(crate) mod store;
 pub use config::PresenceConfig;
 pub(crate) use service::{Inbox, Presence};
 pub(crate) use store::PresenceStore;
-#[cfg(feature = "internals")]
-pub(crate) use store::{Bounds, Changes};

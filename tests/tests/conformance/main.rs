@@ -10,6 +10,7 @@
 mod groups;
 mod history;
 mod live;
+mod presence;
 mod redis_only;
 
 use std::sync::Arc;
@@ -41,6 +42,10 @@ use live::{
     live_reader_reports_trims_and_cuts_batches_by_bytes,
     many_channels_feed_live_and_new_watches_start_at_once,
     watched_channels_feed_new_entries_in_order,
+};
+use presence::{
+    presence_caps_hold_under_a_storm_of_joins,
+    presence_members_join_leave_and_expire_with_each_change_logged_once,
 };
 
 /// Records what the engine feeds to its sink. While its [`Gate`] is closed, `deliver` blocks
@@ -409,4 +414,6 @@ conformance!(
     idle_entries_are_claimed_with_delivery_counts_then_dead_lettered,
     new_group_entries_go_to_consumers_in_turn,
     channels_are_created_only_when_allowed,
+    presence_members_join_leave_and_expire_with_each_change_logged_once,
+    presence_caps_hold_under_a_storm_of_joins,
 );
