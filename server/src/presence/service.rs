@@ -376,6 +376,7 @@ impl Presence {
             let rest = joins.split_off(joins.len().min(BATCH));
             let members: Vec<PresenceMember> = joins.iter().map(|(m, _)| m.clone()).collect();
             let outcome = self.store.join(channel, &members, bounds).await;
+            self.start_reading(channel).await;
             for (member, reply) in joins {
                 let result = match &outcome {
                     Err(e) => Err(RequestError::from(e.clone())),
@@ -405,6 +406,31 @@ impl Presence {
                 }
             }
             joins = rest;
+        }
+    }
+
+    /// Fixes where a channel's first listener starts reading its change log: just after the
+    /// join batch that made it a member, so every later change reaches it.
+    async fn start_reading(&self, channel: &Arc<str>) {
+        let unread = {
+            let state = self.state.lock().expect("presence lock");
+            state
+                .channels
+                .get(channel)
+                .is_some_and(|l| l.cursor.is_none() && !l.listeners.is_empty())
+        };
+        if !unread {
+            return;
+        }
+        match self.store.changes(channel, None, 0).await {
+            Ok(end) => {
+                let mut state = self.state.lock().expect("presence lock");
+                if let Some(local) = state.channels.get_mut(channel) {
+                    local.cursor.get_or_insert(end.cursor);
+                }
+            }
+            // The next window starts it instead.
+            Err(e) => warn!(channel = &**channel, error = %e, "presence change read failed"),
         }
     }
 
