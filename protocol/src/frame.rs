@@ -244,17 +244,21 @@ pub enum ServerFrame {
         users: u64,
     },
     /// Members that joined or left a channel since the last such frame (to subscribers that
-    /// asked with `join_leave`). With `missed`, that many changes were not listed (too many in
-    /// one window): ask `presence` again.
-    PresenceEvent {
-        /// Channel name.
-        channel: String,
-        /// Members that joined.
-        joins: Vec<PresenceMember>,
-        /// Members that left.
-        leaves: Vec<PresenceMember>,
-        /// Changes left out of the lists, when there were too many.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        missed: Option<u64>,
-    },
+    /// asked with `join_leave`). Boxed: the largest frame, and rare.
+    PresenceEvent(Box<PresenceEvent>),
+}
+
+/// The body of a `presence_event` frame. With `missed`, that many changes were not listed (too
+/// many in one window): ask `presence` again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    /// Channel name.
+    pub channel: String,
+    /// Members that joined.
+    pub joins: Vec<PresenceMember>,
+    /// Members that left.
+    pub leaves: Vec<PresenceMember>,
+    /// Changes left out of the lists, when there were too many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
 }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::codec::{validate_client, DecodeError, CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use crate::error::{ErrorCode, ProtocolError};
-use crate::frame::{ClientFrame, Fields, Message, PresenceMember, ServerFrame};
+use crate::frame::{ClientFrame, Fields, Message, PresenceEvent, PresenceMember, ServerFrame};
 use crate::json;
 use crate::offset::{Offset, StreamId};
 
@@ -173,16 +173,11 @@ pub fn encode_server(frame: &ServerFrame) -> String {
             .str("channel", channel)
             .u64("clients", *clients)
             .u64("users", *users),
-        ServerFrame::PresenceEvent {
-            channel,
-            joins,
-            leaves,
-            missed,
-        } => Writer::start("presence_event")
-            .str("channel", channel)
-            .members("joins", joins)
-            .members("leaves", leaves)
-            .opt_u64("missed", *missed),
+        ServerFrame::PresenceEvent(event) => Writer::start("presence_event")
+            .str("channel", &event.channel)
+            .members("joins", &event.joins)
+            .members("leaves", &event.leaves)
+            .opt_u64("missed", event.missed),
     };
     w.end()
 }
@@ -487,12 +482,12 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
             clients: f.u64("clients")?,
             users: f.u64("users")?,
         },
-        "presence_event" => ServerFrame::PresenceEvent {
+        "presence_event" => ServerFrame::PresenceEvent(Box::new(PresenceEvent {
             channel: f.string("channel")?,
             joins: f.members("joins")?,
             leaves: f.members("leaves")?,
             missed: f.opt_u64("missed")?,
-        },
+        })),
         _ => {
             let id = f.opt_u64("id")?;
             let code = f.string("code")?;

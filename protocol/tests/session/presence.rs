@@ -3,7 +3,7 @@
 //! current subscriptions.
 
 use redistribute_protocol::session::{Config, Event, RequestError};
-use redistribute_protocol::{ClientFrame, PresenceMember, ServerFrame};
+use redistribute_protocol::{ClientFrame, PresenceEvent, PresenceMember, ServerFrame};
 
 use crate::harness::Pair;
 
@@ -128,20 +128,22 @@ fn join_leave_events_reach_the_application_only_for_current_subscriptions() {
         .unwrap();
     pair.drive();
     pair.take_events();
-    let event = |channel: &str| ServerFrame::PresenceEvent {
-        channel: channel.into(),
-        joins: vec![member("a")],
-        leaves: vec![member("b")],
-        missed: None,
+    let event = |channel: &str| {
+        ServerFrame::PresenceEvent(Box::new(PresenceEvent {
+            channel: channel.into(),
+            joins: vec![member("a")],
+            leaves: vec![member("b")],
+            missed: None,
+        }))
     };
     pair.session.handle_frame(event("room"), pair.now);
     pair.session.handle_frame(event("elsewhere"), pair.now);
-    let overflow = ServerFrame::PresenceEvent {
+    let overflow = ServerFrame::PresenceEvent(Box::new(PresenceEvent {
         channel: "room".into(),
         joins: vec![],
         leaves: vec![],
         missed: Some(1000),
-    };
+    }));
     pair.session.handle_frame(overflow, pair.now);
     pair.drive();
     let changes: Vec<Event> = pair

@@ -135,11 +135,20 @@ pub struct Feed {
     in_flight: Option<CatchUpFuture>,
     out: Outbound,
     /// Consumer-group subscriptions and their queue ([`group`]), made with the first one.
-    memberships: Option<Box<membership::Memberships>>,
+    /// Made with the first of them (most connections need neither): one box, so an idle
+    /// connection pays one pointer for both.
+    rare: Option<Box<Rare>>,
     /// The last [`Subscription::generation`] given out.
     generation: u64,
-    /// Presence memberships and join/leave events, made with the first membership.
-    presence: Option<Box<FeedPresence>>,
+}
+
+/// What few feeds need.
+#[derive(Default)]
+struct Rare {
+    /// Consumer-group subscriptions and their queue ([`group`]).
+    groups: Option<membership::Memberships>,
+    /// Presence memberships and join/leave events.
+    presence: Option<FeedPresence>,
 }
 
 /// A feed's presence memberships ([`crate::presence`]).
@@ -165,9 +174,8 @@ impl Feed {
             catch_up: VecDeque::new(),
             in_flight: None,
             out: Outbound::default(),
-            memberships: None,
+            rare: None,
             generation: 0,
-            presence: None,
         }
     }
 
@@ -178,7 +186,7 @@ impl Feed {
 
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
-        self.subs.len() + self.memberships.as_ref().map_or(0, |g| g.members.len())
+        self.subs.len() + self.groups().map_or(0, |g| g.members.len())
     }
 
     /// Whether the feed has no subscription.
@@ -201,11 +209,10 @@ impl Feed {
         join_leave: bool,
     ) -> Result<(), RequestError> {
         let max_events = self.core.presence.config().max_events;
-        let presence = self.presence.get_or_insert_with(|| {
-            Box::new(FeedPresence {
-                channels: Vec::new(),
-                inbox: None,
-            })
+        let rare = self.rare.get_or_insert_with(Box::default);
+        let presence = rare.presence.get_or_insert_with(|| FeedPresence {
+            channels: Vec::new(),
+            inbox: None,
         });
         let listener = match (join_leave, &presence.inbox) {
             (false, _) => None,
@@ -224,7 +231,7 @@ impl Feed {
 
     /// Ends the presence membership in `channel`, if any.
     fn leave_presence(&mut self, channel: &str) {
-        let Some(presence) = &mut self.presence else {
+        let Some(presence) = self.rare.as_mut().and_then(|r| r.presence.as_mut()) else {
             return;
         };
         if let Some(i) = presence.channels.iter().position(|c| &**c == channel) {
@@ -238,9 +245,14 @@ impl Feed {
         }
     }
 
+    /// The consumer-group subscriptions, if any were made.
+    fn groups(&self) -> Option<&membership::Memberships> {
+        self.rare.as_ref()?.groups.as_ref()
+    }
+
     /// The channels subscribed to, consumer-group memberships included.
     pub fn channels(&self) -> impl Iterator<Item = &str> + '_ {
-        let groups = self.memberships.iter().flat_map(|g| g.members.keys());
+        let groups = self.groups().into_iter().flat_map(|g| g.members.keys());
         self.subs.keys().chain(groups).map(|c| &**c)
     }
 
@@ -328,7 +340,7 @@ impl Feed {
 
     /// Ends the subscription to `channel`; false if there was none.
     pub fn unsubscribe(&mut self, channel: &str) -> bool {
-        if let Some(groups) = &mut self.memberships {
+        if let Some(groups) = self.rare.as_mut().and_then(|r| r.groups.as_mut()) {
             if groups.members.remove(channel).is_some() {
                 return true;
             }
@@ -345,7 +357,7 @@ impl Feed {
 
     /// Ends every subscription (what dropping the feed does) and drops anything undelivered.
     pub fn clear(&mut self) {
-        if let Some(presence) = self.presence.take() {
+        if let Some(presence) = self.rare.as_mut().and_then(|r| r.presence.take()) {
             for channel in &presence.channels {
                 let client = self.core.client_id(self.id);
                 self.core.presence.leave(channel, client, self.id);
@@ -355,7 +367,7 @@ impl Feed {
             self.core.hub.unsubscribe(channel, self.id);
         }
         self.subs.clear();
-        self.memberships = None;
+        self.rare = None;
         self.catch_up.clear();
         self.in_flight = None;
         self.out = Outbound::default();
@@ -383,18 +395,19 @@ impl Feed {
                     QueueEvent::Signalled => self.on_lag(),
                 }
             }
-            if let Some(groups) = &mut self.memberships {
+            if let Some(groups) = self.rare.as_mut().and_then(|r| r.groups.as_mut()) {
                 if let Poll::Ready(Some(batch)) = groups.rx.poll_recv(cx) {
                     progressed = true;
                     self.take_group(batch);
                 }
             }
-            if let Some((inbox, rx)) = self.presence.as_mut().and_then(|p| p.inbox.as_mut()) {
+            let presence = self.rare.as_mut().and_then(|r| r.presence.as_mut());
+            if let Some((inbox, rx)) = presence.and_then(|p| p.inbox.as_mut()) {
                 if let Poll::Ready(Some(())) = rx.poll_recv(cx) {
                     progressed = true;
                     for frame in inbox.take() {
-                        if let ServerFrame::PresenceEvent { channel, .. } = &frame {
-                            let channel: Arc<str> = Arc::from(channel.as_str());
+                        if let ServerFrame::PresenceEvent(event) = &frame {
+                            let channel: Arc<str> = Arc::from(event.channel.as_str());
                             self.out.push_text(channel, encode_server(&frame));
                         }
                     }

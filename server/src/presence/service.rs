@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redistribute_protocol::{ErrorCode, PresenceMember, ServerFrame};
+use redistribute_protocol::{ErrorCode, PresenceEvent, PresenceMember, ServerFrame};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::warn;
@@ -101,11 +101,13 @@ impl Inbox {
         let pending = std::mem::take(&mut *self.pending.lock().expect("inbox lock"));
         pending
             .into_iter()
-            .map(|(channel, p)| ServerFrame::PresenceEvent {
-                channel: channel.to_string(),
-                joins: p.joins,
-                leaves: p.leaves,
-                missed: (p.missed > 0).then_some(p.missed),
+            .map(|(channel, p)| {
+                ServerFrame::PresenceEvent(Box::new(PresenceEvent {
+                    channel: channel.to_string(),
+                    joins: p.joins,
+                    leaves: p.leaves,
+                    missed: (p.missed > 0).then_some(p.missed),
+                }))
             })
             .collect()
     }

@@ -55,7 +55,9 @@ pub async fn presence_members_join_leave_and_expire_with_each_change_logged_once
         .await?;
     ensure!(refused.is_empty(), "{refused:?}");
     // Joining again only refreshes: no second join logged.
-    store.join(channel, &[alice1.clone()], long).await?;
+    store
+        .join(channel, std::slice::from_ref(&alice1), long)
+        .await?;
     let members = store.members(channel, long).await?;
     ensure!(clients(&members) == ["i1-1", "i1-2", "i2-7"], "{members:?}");
     let got = members.iter().find(|m| m.client == "i1-1").unwrap();
