@@ -207,7 +207,7 @@ struct ServeArgs {
     #[arg(long, env = "REDISTRIBUTE_MAX_HEADER_BYTES")]
     max_header_bytes: Option<usize>,
     /// Channels with presence (who is subscribed, join/leave events), as channel patterns
-    /// (`room:*`, `team:**`); repeatable (or `,`-separated) [default: none].
+    /// (`room:*`, `team:**`); repeatable (or `,`-separated).
     #[arg(long, env = "REDISTRIBUTE_PRESENCE_CHANNELS", value_delimiter = ',')]
     presence_channels: Vec<String>,
     /// Seconds a presence member outlives its instance's last heartbeat (refreshed every

@@ -11,9 +11,11 @@ use serde_json::{Map, Value};
 
 use crate::codec::{validate_client, DecodeError, CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use crate::error::{ErrorCode, ProtocolError};
-use crate::frame::{ClientFrame, Fields, Message, PresenceEvent, PresenceMember, ServerFrame};
+use crate::frame::{ClientFrame, Fields, Message, ServerFrame};
 use crate::json;
 use crate::offset::{Offset, StreamId};
+
+mod presence;
 
 /// Decodes a server frame (used by clients), like [`crate::codec::decode_server`].
 pub fn decode_server(text: &str) -> Result<ServerFrame, DecodeError> {
@@ -242,30 +244,6 @@ impl Writer {
         }
     }
 
-    /// `"key":[{"client":…,"user":…,"info":{…}},…]` (presence members).
-    fn members(self, key: &str, members: &[PresenceMember]) -> Self {
-        let mut w = self.key(key);
-        w.out.push('[');
-        for (i, m) in members.iter().enumerate() {
-            if i > 0 {
-                w.out.push(',');
-            }
-            w.out.push_str("{\"client\":");
-            json::write_str(&mut w.out, &m.client);
-            if let Some(user) = &m.user {
-                w.out.push_str(",\"user\":");
-                json::write_str(&mut w.out, user);
-            }
-            if let Some(info) = &m.info {
-                w.out.push_str(",\"info\":");
-                json::write_object(&mut w.out, info);
-            }
-            w.out.push('}');
-        }
-        w.out.push(']');
-        w
-    }
-
     fn end(mut self) -> String {
         self.out.push('}');
         self.out
@@ -387,28 +365,6 @@ impl Members {
         }
     }
 
-    /// An array of presence members.
-    fn members(&mut self, key: &str) -> Result<Vec<PresenceMember>, ProtocolError> {
-        self.each(key, |f, v| match v {
-            Value::Object(map) => {
-                let mut m = Members {
-                    kind: f.kind.clone(),
-                    map,
-                };
-                Ok(PresenceMember {
-                    client: m.string("client")?,
-                    user: m.opt_string("user")?,
-                    info: match m.opt("info") {
-                        None => None,
-                        Some(Value::Object(map)) => Some(map),
-                        Some(_) => return Err(m.mistyped("info", "a JSON object")),
-                    },
-                })
-            }
-            _ => Err(f.mistyped(key, "an array of objects")),
-        })
-    }
-
     /// The items of an array, each read by `item` from a one-member frame.
     fn each<T>(
         &mut self,
@@ -471,23 +427,7 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
             from: f.stream_id("from")?,
             to: f.stream_id("to")?,
         },
-        "presence_members" => ServerFrame::PresenceMembers {
-            id: f.u64("id")?,
-            channel: f.string("channel")?,
-            members: f.members("members")?,
-        },
-        "presence_counts" => ServerFrame::PresenceCounts {
-            id: f.u64("id")?,
-            channel: f.string("channel")?,
-            clients: f.u64("clients")?,
-            users: f.u64("users")?,
-        },
-        "presence_event" => ServerFrame::PresenceEvent(Box::new(PresenceEvent {
-            channel: f.string("channel")?,
-            joins: f.members("joins")?,
-            leaves: f.members("leaves")?,
-            missed: f.opt_u64("missed")?,
-        })),
+        "presence_members" | "presence_counts" | "presence_event" => presence::server_frame(f)?,
         _ => {
             let id = f.opt_u64("id")?;
             let code = f.string("code")?;

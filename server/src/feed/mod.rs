@@ -9,6 +9,7 @@
 
 mod membership;
 pub(crate) mod outbound;
+mod presence;
 pub(crate) mod subscription;
 
 use std::collections::{HashMap, VecDeque};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use redistribute_protocol::{encode_server, Offset, PresenceMember, ServerFrame, StreamId};
+use redistribute_protocol::{Offset, StreamId};
 use tracing::warn;
 
 use crate::core_state::Core;
@@ -28,7 +29,6 @@ use crate::error::RequestError;
 use crate::hub::{
     LiveQueue, LiveQueueReceiver, QueueEvent, Subscriber, SubscriberShared, Watching,
 };
-use crate::presence::Inbox;
 pub use outbound::Delivery;
 pub use outbound::Frame;
 pub use outbound::Outbound;
@@ -148,15 +148,7 @@ struct Rare {
     /// Consumer-group subscriptions and their queue ([`group`]).
     groups: Option<membership::Memberships>,
     /// Presence memberships and join/leave events.
-    presence: Option<FeedPresence>,
-}
-
-/// A feed's presence memberships ([`crate::presence`]).
-struct FeedPresence {
-    /// Channels this connection is a member of.
-    channels: Vec<Arc<str>>,
-    /// Where the channels' join/leave events arrive, once one subscription asked for them.
-    inbox: Option<(Arc<Inbox>, tokio::sync::mpsc::Receiver<()>)>,
+    presence: Option<presence::FeedPresence>,
 }
 
 impl Feed {
@@ -197,52 +189,6 @@ impl Feed {
     /// The connection's client id (as `connected` and presence show it).
     pub fn client_id(&self) -> String {
         self.core.client_id(self.id)
-    }
-
-    /// Makes this connection a presence member of `channel` (subscribed just before), with
-    /// `join_leave`, a listener of the channel's join/leave events. Refused (the member cap,
-    /// the info size, the engine), the caller ends the subscription.
-    pub(crate) async fn join_presence(
-        &mut self,
-        channel: &str,
-        member: PresenceMember,
-        join_leave: bool,
-    ) -> Result<(), RequestError> {
-        let max_events = self.core.presence.config().max_events;
-        let rare = self.rare.get_or_insert_with(Box::default);
-        let presence = rare.presence.get_or_insert_with(|| FeedPresence {
-            channels: Vec::new(),
-            inbox: None,
-        });
-        let listener = match (join_leave, &presence.inbox) {
-            (false, _) => None,
-            (true, Some((inbox, _))) => Some((self.id, inbox.clone())),
-            (true, None) => {
-                let (inbox, rx) = Inbox::new(max_events);
-                presence.inbox = Some((inbox.clone(), rx));
-                Some((self.id, inbox))
-            }
-        };
-        let channel: Arc<str> = Arc::from(channel);
-        self.core.presence.join(&channel, member, listener).await?;
-        presence.channels.push(channel);
-        Ok(())
-    }
-
-    /// Ends the presence membership in `channel`, if any.
-    fn leave_presence(&mut self, channel: &str) {
-        let Some(presence) = self.rare.as_mut().and_then(|r| r.presence.as_mut()) else {
-            return;
-        };
-        if let Some(i) = presence.channels.iter().position(|c| &**c == channel) {
-            let channel = presence.channels.swap_remove(i);
-            if let Some((inbox, _)) = &presence.inbox {
-                inbox.forget(&channel);
-            }
-            self.core
-                .presence
-                .leave(&channel, self.core.client_id(self.id), self.id);
-        }
     }
 
     /// The consumer-group subscriptions, if any were made.
@@ -357,12 +303,7 @@ impl Feed {
 
     /// Ends every subscription (what dropping the feed does) and drops anything undelivered.
     pub fn clear(&mut self) {
-        if let Some(presence) = self.rare.as_mut().and_then(|r| r.presence.take()) {
-            for channel in &presence.channels {
-                let client = self.core.client_id(self.id);
-                self.core.presence.leave(channel, client, self.id);
-            }
-        }
+        self.leave_all_presence();
         for channel in self.subs.keys() {
             self.core.hub.unsubscribe(channel, self.id);
         }
@@ -401,18 +342,7 @@ impl Feed {
                     self.take_group(batch);
                 }
             }
-            let presence = self.rare.as_mut().and_then(|r| r.presence.as_mut());
-            if let Some((inbox, rx)) = presence.and_then(|p| p.inbox.as_mut()) {
-                if let Poll::Ready(Some(())) = rx.poll_recv(cx) {
-                    progressed = true;
-                    for frame in inbox.take() {
-                        if let ServerFrame::PresenceEvent(event) = &frame {
-                            let channel: Arc<str> = Arc::from(event.channel.as_str());
-                            self.out.push_text(channel, encode_server(&frame));
-                        }
-                    }
-                }
-            }
+            progressed |= self.poll_presence(cx);
             if let Some(read) = &mut self.in_flight {
                 if let Poll::Ready(read) = read.as_mut().poll(cx) {
                     progressed = true;
