@@ -10,7 +10,7 @@ use super::{call, js_error, set, Inner, Out, Reply, Topic};
 use crate::cache::CachedMessage;
 use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST, UNDECODABLE};
 use redistribute_protocol::session::RequestError;
-use redistribute_protocol::ErrorCode;
+use redistribute_protocol::{ErrorCode, PresenceMember};
 
 impl Inner {
     pub(super) fn emit(&mut self, topic: Topic, args: Vec<JsValue>) {
@@ -154,10 +154,54 @@ impl Inner {
                     self.retry_later();
                 }
             }
+            Event::Presence { id, members, .. } => self.settle(id, Ok(members_js(members).into())),
+            Event::PresenceStats {
+                id, clients, users, ..
+            } => {
+                let v: JsValue = Object::new().into();
+                set(&v, "clients", &(clients as f64).into());
+                set(&v, "users", &(users as f64).into());
+                self.settle(id, Ok(v));
+            }
+            Event::PresenceChanged {
+                channel,
+                joins,
+                leaves,
+                missed,
+            } => {
+                let v: JsValue = Object::new().into();
+                set(&v, "joins", &members_js(joins).into());
+                set(&v, "leaves", &members_js(leaves).into());
+                if let Some(missed) = missed {
+                    set(&v, "missed", &(missed as f64).into());
+                }
+                self.emit(Topic::Presence, vec![channel.into(), v]);
+            }
             Event::ServerError { code, message } => {
                 let info = ErrorInfo::new(code.as_str(), message);
                 self.emit(Topic::Error, vec![js_error(&info)]);
             }
         }
     }
+}
+
+/// Presence members as JS objects `{client, user?, info?}`.
+fn members_js(members: Vec<PresenceMember>) -> js_sys::Array {
+    members
+        .into_iter()
+        .map(|m| {
+            let v: JsValue = Object::new().into();
+            set(&v, "client", &m.client.into());
+            if let Some(user) = m.user {
+                set(&v, "user", &user.into());
+            }
+            if let Some(info) = m.info {
+                let text = redistribute_protocol::json::to_string(&info.into());
+                if let Ok(info) = js_sys::JSON::parse(&text) {
+                    set(&v, "info", &info);
+                }
+            }
+            v
+        })
+        .collect()
 }

@@ -114,7 +114,8 @@ pub struct Multiplexer {
     /// Tabs whose virtual connection is open.
     open: Vec<String>,
     channels: Vec<Channel>,
-    /// Tabs' publishes in flight: (session request, tab, the tab's request id).
+    /// Tabs' publishes and presence requests in flight: (session request, tab, the tab's
+    /// request id).
     publishes: Vec<(RequestId, String, u64)>,
     outputs: VecDeque<Output>,
 }
@@ -263,10 +264,15 @@ impl Multiplexer {
                 let message = "consumer groups are not shared between tabs".to_owned();
                 self.error(tab, other.id(), ErrorCode::BadRequest, message);
             }
-            other @ (ClientFrame::Presence { .. } | ClientFrame::PresenceStats { .. }) => {
-                let message = "presence is not shared between tabs".to_owned();
-                self.error(tab, other.id(), ErrorCode::BadRequest, message);
-            }
+            // Presence requests go through the real session, answered to the tab by its id.
+            ClientFrame::Presence { id, channel } => match session.presence(channel) {
+                Ok(request) => self.publishes.push((request, tab.to_owned(), id)),
+                Err(e) => self.error(tab, id, session_error(&e), e.to_string()),
+            },
+            ClientFrame::PresenceStats { id, channel } => match session.presence_stats(channel) {
+                Ok(request) => self.publishes.push((request, tab.to_owned(), id)),
+                Err(e) => self.error(tab, id, session_error(&e), e.to_string()),
+            },
         }
     }
 
@@ -358,11 +364,59 @@ impl Multiplexer {
             | Event::SubscribeRetrying { .. }
             | Event::Pong { .. }
             | Event::Acked { .. } => {}
-            // Tabs cannot ask for presence (refused in `handle_frame`), and the leader's
-            // session does not ask for join/leave events.
-            Event::Presence { .. }
-            | Event::PresenceStats { .. }
-            | Event::PresenceChanged { .. } => {}
+            Event::Presence {
+                id,
+                channel,
+                members,
+            } => {
+                if let Some((tab, tab_id)) = self.take_publish(id) {
+                    let frame = ServerFrame::PresenceMembers {
+                        id: tab_id,
+                        channel,
+                        members,
+                    };
+                    self.send(&tab, frame);
+                }
+            }
+            Event::PresenceStats {
+                id,
+                channel,
+                clients,
+                users,
+            } => {
+                if let Some((tab, tab_id)) = self.take_publish(id) {
+                    let frame = ServerFrame::PresenceCounts {
+                        id: tab_id,
+                        channel,
+                        clients,
+                        users,
+                    };
+                    self.send(&tab, frame);
+                }
+            }
+            // Join/leave events (the real session asks for them when the leader's page did)
+            // go to every tab of the channel.
+            Event::PresenceChanged {
+                channel,
+                joins,
+                leaves,
+                missed,
+            } => {
+                let tabs: Vec<String> = self
+                    .channel(&channel)
+                    .map(|c| c.members.iter().map(|m| m.tab.clone()).collect())
+                    .unwrap_or_default();
+                let event = crate::frame::PresenceEvent {
+                    channel,
+                    joins,
+                    leaves,
+                    missed,
+                };
+                for tab in tabs {
+                    let frame = ServerFrame::PresenceEvent(Box::new(event.clone()));
+                    self.send(&tab, frame);
+                }
+            }
         }
     }
 
