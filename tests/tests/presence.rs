@@ -413,3 +413,30 @@ async fn caps_hold_under_a_storm_of_1000_joins() -> Result<()> {
     );
     Ok(())
 }
+
+/// An SSE stream's subscriptions are members while it is open; a long-poll's are not (it takes
+/// a new connection per request).
+#[tokio::test]
+async fn sse_streams_are_members_and_long_polls_are_not() -> Result<()> {
+    let s = setup(Backend::Embedded, &flags(&[])).await?;
+    let bob = connect(&[s.server.ws_url()], token("bob", &["room:*"], None)).await?;
+    let sam = token("sam", &["room:*"], None);
+    let stream = common::sse::EventSource::connect(
+        s.server.addr(),
+        &format!("/sse?channel=room:s&token={sam}"),
+    )
+    .await?;
+    await_users(&bob, "room:s", &["sam"], STEP).await?;
+    drop(stream);
+    await_users(&bob, "room:s", &[], STEP).await?;
+    let poll = format!("/poll?channel=room:s&timeout=2&token={sam}");
+    let held = tokio::spawn({
+        let addr = s.server.addr();
+        async move { redistribute_testkit::http_get(addr, &poll, STEP).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(users(&within("presence", bob.presence("room:s")).await??).is_empty());
+    let answer = within("poll", held).await???;
+    ensure!(answer.status == 200, "poll answered {}", answer.status);
+    Ok(())
+}

@@ -248,6 +248,9 @@ impl Presence {
             let mut state = self.state.lock().expect("presence lock");
             if let Some(local) = state.channels.get_mut(channel) {
                 local.listeners.remove(&feed);
+                if local.members.is_empty() && local.listeners.is_empty() {
+                    state.channels.remove(channel);
+                }
             }
         }
         result

@@ -4,7 +4,7 @@
 
 use redistribute_protocol::{PresenceMember, ServerFrame};
 
-use super::{authorize, validate_channel, PresenceQuery};
+use super::{authorize, validate_channel, PresenceQuery, Subscribe};
 use crate::auth::{Action, AuthContext, Credential};
 use crate::core_state::Core;
 use crate::error::RequestError;
@@ -61,6 +61,16 @@ pub(crate) async fn presence(
             .await
             .map(PresenceAnswer::Members)
     }
+}
+
+/// Whether a subscribe makes its connection a presence member: a plain subscription to a
+/// presence channel on a connection that lasts (WebSocket, SSE). A long-poll takes a new
+/// connection per request and a task watch is no one: they would join and leave on every
+/// request.
+pub(crate) fn becomes_member(core: &Core, caller: &AuthContext, request: &Subscribe) -> bool {
+    request.group.is_none()
+        && matches!(caller.transport, "ws" | "sse")
+        && core.presence.config().enabled(&request.channel)
 }
 
 /// The member connection `conn` of `caller` is: its client id, its token's subject and `info`

@@ -60,7 +60,7 @@ pub(crate) fn check<'a>(
         }
     }
     let create = core.may_create(caller, &request.channel);
-    let member = (request.group.is_none() && core.presence.config().enabled(&request.channel))
+    let member = super::presence::becomes_member(core, caller, request)
         .then(|| super::presence::member_of(core, caller, 0));
     Ok(Allowed {
         request,
