@@ -180,17 +180,20 @@ impl Driver {
                     let _ = reply.send(Ok(crate::PresenceStats { clients, users }));
                 }
             }
-            SessionEvent::PresenceChanged {
-                channel,
-                joins,
-                leaves,
-                missed,
-            } => self.emit(Event::Presence {
-                channel,
-                joins,
-                leaves,
-                missed,
-            }),
+            SessionEvent::PresenceChanged(event) => {
+                let redistribute_protocol::PresenceEvent {
+                    channel,
+                    joins,
+                    leaves,
+                    missed,
+                } = *event;
+                self.emit(Event::Presence {
+                    channel,
+                    joins,
+                    leaves,
+                    missed,
+                })
+            }
             SessionEvent::ServerError { code, message } => {
                 self.emit(Event::ServerError { code, message });
             }

@@ -10,7 +10,7 @@ use super::{call, js_error, set, Inner, Out, Reply, Topic};
 use crate::cache::CachedMessage;
 use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST, UNDECODABLE};
 use redistribute_protocol::session::RequestError;
-use redistribute_protocol::{ErrorCode, PresenceMember};
+use redistribute_protocol::{ErrorCode, ServerFrame};
 
 impl Inner {
     pub(super) fn emit(&mut self, topic: Topic, args: Vec<JsValue>) {
@@ -154,7 +154,20 @@ impl Inner {
                     self.retry_later();
                 }
             }
-            Event::Presence { id, members, .. } => self.settle(id, Ok(members_js(members).into())),
+            Event::Presence {
+                id,
+                channel,
+                members,
+            } => {
+                // Through the frame's JSON: the relay to tabs links its encoder anyway.
+                let frame = ServerFrame::PresenceMembers {
+                    id: 0,
+                    channel,
+                    members,
+                };
+                let members = js_sys::Reflect::get(&frame_js(&frame), &"members".into());
+                self.settle(id, Ok(members.unwrap_or(JsValue::UNDEFINED)))
+            }
             Event::PresenceStats {
                 id, clients, users, ..
             } => {
@@ -163,19 +176,14 @@ impl Inner {
                 set(&v, "users", &(users as f64).into());
                 self.settle(id, Ok(v));
             }
-            Event::PresenceChanged {
-                channel,
-                joins,
-                leaves,
-                missed,
-            } => {
-                let v: JsValue = Object::new().into();
-                set(&v, "joins", &members_js(joins).into());
-                set(&v, "leaves", &members_js(leaves).into());
-                if let Some(missed) = missed {
-                    set(&v, "missed", &(missed as f64).into());
-                }
-                self.emit(Topic::Presence, vec![channel.into(), v]);
+            Event::PresenceChanged(event) => {
+                let channel = JsValue::from(event.channel.as_str());
+                let change = frame_js(&ServerFrame::PresenceEvent(event));
+                let _ = js_sys::Reflect::delete_property(
+                    change.unchecked_ref::<js_sys::Object>(),
+                    &"type".into(),
+                );
+                self.emit(Topic::Presence, vec![channel, change]);
             }
             Event::ServerError { code, message } => {
                 let info = ErrorInfo::new(code.as_str(), message);
@@ -185,23 +193,7 @@ impl Inner {
     }
 }
 
-/// Presence members as JS objects `{client, user?, info?}`.
-fn members_js(members: Vec<PresenceMember>) -> js_sys::Array {
-    members
-        .into_iter()
-        .map(|m| {
-            let v: JsValue = Object::new().into();
-            set(&v, "client", &m.client.into());
-            if let Some(user) = m.user {
-                set(&v, "user", &user.into());
-            }
-            if let Some(info) = m.info {
-                let text = redistribute_protocol::json::to_string(&info.into());
-                if let Ok(info) = js_sys::JSON::parse(&text) {
-                    set(&v, "info", &info);
-                }
-            }
-            v
-        })
-        .collect()
+/// A server frame as the JS object of its JSON.
+fn frame_js(frame: &ServerFrame) -> JsValue {
+    js_sys::JSON::parse(&redistribute_protocol::lite::encode_server(frame)).unwrap_or(JsValue::NULL)
 }

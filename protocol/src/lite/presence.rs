@@ -35,26 +35,30 @@ impl Writer {
 }
 
 impl Members {
-    /// An array of presence members.
+    /// An array of presence members (a plain loop: no iterator adapters to instantiate in
+    /// the browser's code).
     pub(super) fn members(&mut self, key: &str) -> Result<Vec<PresenceMember>, ProtocolError> {
-        self.each(key, |f, v| match v {
-            Value::Object(map) => {
-                let mut m = Members {
-                    kind: f.kind.clone(),
-                    map,
-                };
-                Ok(PresenceMember {
-                    client: m.string("client")?,
-                    user: m.opt_string("user")?,
-                    info: match m.opt("info") {
-                        None => None,
-                        Some(Value::Object(map)) => Some(map),
-                        Some(_) => return Err(m.mistyped("info", "a JSON object")),
-                    },
-                })
-            }
-            _ => Err(f.mistyped(key, "an array of objects")),
-        })
+        let mut members = Vec::new();
+        for item in self.array(key)? {
+            let Value::Object(map) = item else {
+                return Err(self.mistyped(key, "an array of objects"));
+            };
+            let mut m = Members {
+                kind: self.kind.clone(),
+                map,
+            };
+            let info = match m.opt("info") {
+                None => None,
+                Some(Value::Object(map)) => Some(map),
+                Some(_) => return Err(m.mistyped("info", "a JSON object")),
+            };
+            members.push(PresenceMember {
+                client: m.string("client")?,
+                user: m.opt_string("user")?,
+                info,
+            });
+        }
+        Ok(members)
     }
 }
 

@@ -395,27 +395,10 @@ impl Multiplexer {
                 }
             }
             // Join/leave events (the real session asks for them when the leader's page did)
-            // go to every tab of the channel.
-            Event::PresenceChanged {
-                channel,
-                joins,
-                leaves,
-                missed,
-            } => {
-                let tabs: Vec<String> = self
-                    .channel(&channel)
-                    .map(|c| c.members.iter().map(|m| m.tab.clone()).collect())
-                    .unwrap_or_default();
-                let event = crate::frame::PresenceEvent {
-                    channel,
-                    joins,
-                    leaves,
-                    missed,
-                };
-                for tab in tabs {
-                    let frame = ServerFrame::PresenceEvent(Box::new(event.clone()));
-                    self.send(&tab, frame);
-                }
+            // go to every tab; the sessions of tabs not subscribed to the channel drop them.
+            Event::PresenceChanged(event) => {
+                let frame = ServerFrame::PresenceEvent(event);
+                self.outputs.push_back(Output::Broadcast { frame });
             }
         }
     }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::error::RequestError;
 use crate::error::ErrorCode;
-use crate::frame::{Message, PresenceMember};
+use crate::frame::{Message, PresenceEvent, PresenceMember};
 use crate::offset::StreamId;
 
 /// Identifies one request of a session; also its `id` on the wire. Ids increase by one per
@@ -239,18 +239,10 @@ pub enum Event {
         users: u64,
     },
     /// Members joined or left a subscribed channel (with [`Config::join_leave`](super::Config::join_leave)
-    /// on a presence-enabled channel). With `missed`, that many changes were not listed: ask
-    /// [`Session::presence`](super::Session::presence) again.
-    PresenceChanged {
-        /// Channel name.
-        channel: String,
-        /// Members that joined.
-        joins: Vec<PresenceMember>,
-        /// Members that left.
-        leaves: Vec<PresenceMember>,
-        /// Changes left out of the lists.
-        missed: Option<u64>,
-    },
+    /// on a presence-enabled channel), as the server's `presence_event` said. With `missed`,
+    /// that many changes were not listed: ask [`Session::presence`](super::Session::presence)
+    /// again.
+    PresenceChanged(Box<PresenceEvent>),
     /// A request ended without success. Exactly one of this or its success event is emitted
     /// per request.
     RequestFailed {

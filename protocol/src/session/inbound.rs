@@ -14,7 +14,7 @@ use super::requests::{Kind, Origin, Pending};
 use super::{backoff, Session, State};
 use crate::codec::{decode_server, DecodeError};
 use crate::error::ErrorCode;
-use crate::frame::{Message, PresenceEvent, ServerFrame};
+use crate::frame::{Message, ServerFrame};
 use crate::offset::StreamId;
 
 impl Session {
@@ -168,19 +168,7 @@ impl Session {
             ServerFrame::PresenceEvent(event) => {
                 // Only for a current subscription, like its messages.
                 if self.subs.get(&event.channel).is_some() {
-                    let PresenceEvent {
-                        channel,
-                        joins,
-                        leaves,
-                        missed,
-                    } = *event;
-                    let event = Event::PresenceChanged {
-                        channel,
-                        joins,
-                        leaves,
-                        missed,
-                    };
-                    self.events.push_back(event);
+                    self.events.push_back(Event::PresenceChanged(event));
                 }
             }
             ServerFrame::Gap { channel, from, to } => {

@@ -216,7 +216,7 @@ impl Model {
             | Event::SubscribeRetrying { .. }
             | Event::Presence { .. }
             | Event::PresenceStats { .. }
-            | Event::PresenceChanged { .. }
+            | Event::PresenceChanged(_)
             | Event::ServerError { .. } => {}
         }
         Ok(())
