@@ -208,6 +208,28 @@ struct ServeArgs {
     /// [default: 32768].
     #[arg(long, env = "REDISTRIBUTE_MAX_HEADER_BYTES")]
     max_header_bytes: Option<usize>,
+    /// Channels with presence (who is subscribed, join/leave events), as channel patterns
+    /// (`room:*`, `team:**`); repeatable (or `,`-separated).
+    #[arg(long, env = "REDISTRIBUTE_PRESENCE_CHANNELS", value_delimiter = ',')]
+    presence_channels: Vec<String>,
+    /// Seconds a presence member outlives its instance's last heartbeat (refreshed every
+    /// third of it) [default: 30].
+    #[arg(long, env = "REDISTRIBUTE_PRESENCE_TTL_SECS")]
+    presence_ttl_secs: Option<u64>,
+    /// Most presence members per channel; subscribes beyond are refused [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_PRESENCE_MAX_MEMBERS")]
+    presence_max_members: Option<usize>,
+    /// Largest token `info` claim shown in presence, in bytes of JSON [default: 1024].
+    #[arg(long, env = "REDISTRIBUTE_PRESENCE_MAX_INFO_BYTES")]
+    presence_max_info_bytes: Option<usize>,
+    /// Join/leave events are coalesced over this many ms into one frame per channel
+    /// [default: 1000].
+    #[arg(long, env = "REDISTRIBUTE_PRESENCE_WINDOW_MS")]
+    presence_window_ms: Option<u64>,
+    /// Most joins and leaves one presence_event frame lists; beyond, only their count
+    /// [default: 100].
+    #[arg(long, env = "REDISTRIBUTE_PRESENCE_MAX_EVENTS")]
+    presence_max_events: Option<usize>,
 }
 
 impl ServeArgs {
@@ -275,6 +297,12 @@ impl ServeArgs {
             trusted_proxy: Some(self.trusted_proxy.clone()),
             client_ip_header: self.client_ip_header.clone(),
             max_header_bytes: self.max_header_bytes,
+            presence_channels: Some(self.presence_channels.clone()),
+            presence_ttl_secs: self.presence_ttl_secs,
+            presence_max_members: self.presence_max_members,
+            presence_max_info_bytes: self.presence_max_info_bytes,
+            presence_window_ms: self.presence_window_ms,
+            presence_max_events: self.presence_max_events,
         }
     }
 }

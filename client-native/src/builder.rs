@@ -53,6 +53,7 @@ pub struct ClientBuilder {
     max_pending: usize,
     retry_subscribe: bool,
     subscribe_retry_limit: Option<u32>,
+    join_leave: bool,
     subscription_buffer: usize,
     event_buffer: usize,
     command_buffer: usize,
@@ -76,6 +77,7 @@ impl Default for ClientBuilder {
             max_pending: DEFAULT_MAX_PENDING,
             retry_subscribe: true,
             subscribe_retry_limit: None,
+            join_leave: false,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
             event_buffer: DEFAULT_EVENT_BUFFER,
             command_buffer: DEFAULT_COMMAND_BUFFER,
@@ -209,6 +211,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Ask for join/leave events on every subscription (default off): on channels where the
+    /// server has presence enabled they arrive as [`Event::Presence`](crate::Event::Presence),
+    /// coalesced (at most one per channel per server window).
+    pub fn join_leave(mut self, on: bool) -> Self {
+        self.join_leave = on;
+        self
+    }
+
     /// Most requests waiting for a reply at once (default 10,000); beyond it calls fail with
     /// [`Error::Backpressure`].
     pub fn max_pending(mut self, max: usize) -> Self {
@@ -279,6 +289,7 @@ impl ClientBuilder {
             max_pending: self.max_pending,
             retry_subscribe: self.retry_subscribe,
             subscribe_retry_limit: self.subscribe_retry_limit,
+            join_leave: self.join_leave,
         };
         let session = Session::new(config, seed()?)?;
         let (driver, client) = Driver::new(session, settings);

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use redistribute_protocol::history::{HistoryOptions, Page as HistoryPage};
 use redistribute_protocol::session::PublishOptions;
-use redistribute_protocol::{Fields, Offset, ProtocolError, StreamId};
+use redistribute_protocol::{Fields, Offset, PresenceMember, ProtocolError, StreamId};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::builder::ClientBuilder;
-use crate::driver::{Command, SubscribeRequest};
+use crate::driver::{Command, PresenceReply, SubscribeRequest};
 use crate::error::Error;
 use crate::event::{ConnectionState, Event, Events};
 use crate::group::GroupSubscription;
@@ -303,6 +303,33 @@ impl Client {
         Ok(started.elapsed())
     }
 
+    /// Who is subscribed to `channel` (one member per connection: a user on two connections
+    /// is two members), on a channel the server has presence enabled on (`not_found`
+    /// otherwise); allowed where subscribing is. This client need not be subscribed.
+    pub async fn presence(&self, channel: impl Into<String>) -> Result<Vec<PresenceMember>, Error> {
+        let (reply, answer) = oneshot::channel();
+        let reply = PresenceReply::Members(reply);
+        self.send(Command::Presence {
+            channel: channel.into(),
+            reply,
+        })
+        .await?;
+        self.answer(answer).await
+    }
+
+    /// How many connections and distinct users are subscribed to `channel` (see
+    /// [`presence`](Self::presence)).
+    pub async fn presence_stats(&self, channel: impl Into<String>) -> Result<PresenceStats, Error> {
+        let (reply, answer) = oneshot::channel();
+        let reply = PresenceReply::Counts(reply);
+        self.send(Command::Presence {
+            channel: channel.into(),
+            reply,
+        })
+        .await?;
+        self.answer(answer).await
+    }
+
     /// A receiver of connection events from now on (connected, disconnected, resubscribed,
     /// gaps…).
     pub fn events(&self) -> Events {
@@ -468,4 +495,13 @@ mod tests {
             "the commands were never taken"
         );
     }
+}
+
+/// A channel's presence counts ([`Client::presence_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceStats {
+    /// Members: subscribed connections.
+    pub clients: u64,
+    /// Distinct users among them (members without a user count once each).
+    pub users: u64,
 }

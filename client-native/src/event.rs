@@ -2,7 +2,7 @@
 //! the connection state ([`Client::state`](crate::Client::state)).
 
 use redistribute_protocol::session::DisconnectReason;
-use redistribute_protocol::{ErrorCode, StreamId};
+use redistribute_protocol::{ErrorCode, PresenceMember, StreamId};
 use tokio::sync::broadcast;
 
 use crate::error::Error;
@@ -78,6 +78,20 @@ pub enum Event {
         attempt: u32,
         /// The delay before the next attempt.
         retry_in: std::time::Duration,
+    },
+    /// Members joined or left a subscribed presence channel (with
+    /// [`ClientBuilder::join_leave`](crate::ClientBuilder::join_leave)), coalesced by the
+    /// server. With `missed`, that many changes were too many to list: call
+    /// [`Client::presence`](crate::Client::presence) for the current members.
+    Presence {
+        /// Channel name.
+        channel: String,
+        /// Members that joined.
+        joins: Vec<PresenceMember>,
+        /// Members that left (unsubscribed, disconnected, or their server instance died).
+        leaves: Vec<PresenceMember>,
+        /// Changes not listed.
+        missed: Option<u64>,
     },
     /// The application did not keep up with a subscription and its buffer filled: the client
     /// stopped buffering the channel and will re-subscribe from `resume_after` once half the

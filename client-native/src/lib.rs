@@ -66,7 +66,7 @@ pub use builder::{
     ClientBuilder, DEFAULT_COMMAND_BUFFER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_BUFFER,
     DEFAULT_SUBSCRIPTION_BUFFER,
 };
-pub use client::{Client, SubscribeOptions};
+pub use client::{Client, PresenceStats, SubscribeOptions};
 pub use error::{Error, TargetFailure};
 pub use event::{ConnectionState, Event, Events};
 pub use group::{GroupMessage, GroupSubscription};
@@ -74,7 +74,7 @@ pub use redistribute_protocol::history::{
     HistoryOptions, Page as HistoryPage, Removed, MAX_HISTORY_LIMIT, MAX_REWIND,
 };
 pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
-pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
+pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, PresenceMember, StreamId};
 pub use subscription::Subscription;
 pub use token::{TokenError, TokenFuture};
 pub use transport::MAX_FRAME_SIZE;

@@ -91,6 +91,11 @@ export interface ClientOptions {
    */
   retrySubscribe?: boolean;
   /**
+   * Ask for join/leave events on every subscription (default `false`): on channels where the
+   * server has presence enabled, `presence` events report who joined and left, coalesced.
+   */
+  joinLeave?: boolean;
+  /**
    * Consecutive transient failures of one subscription's `subscribe` that are retried before it
    * is dropped with a `subscription_lost` error (default: no limit).
    */
@@ -232,6 +237,36 @@ export interface ClientEvents {
   follower: () => void;
   /** The number of messages waiting in the outbox changed. */
   outbox: (size: number) => void;
+  /** Members joined or left a subscribed presence channel (with `joinLeave`). */
+  presence: (channel: string, change: PresenceChange) => void;
+}
+
+/** A member of a presence channel: one connection. */
+export interface PresenceMember {
+  /** The connection's client id. */
+  client: string;
+  /** The `sub` of its token. */
+  user?: string;
+  /** The `info` claim of its token. */
+  info?: { [key: string]: JsonValue };
+}
+
+/** How many are subscribed to a presence channel. */
+export interface PresenceStats {
+  /** Members (connections). */
+  clients: number;
+  /** Distinct users among them (members without a user count once each). */
+  users: number;
+}
+
+/**
+ * Joins and leaves since the last `presence` event of the channel. With `missed`, that many
+ * changes were too many to list: call `presence(channel)` again.
+ */
+export interface PresenceChange {
+  joins: PresenceMember[];
+  leaves: PresenceMember[];
+  missed?: number;
 }
 
 export interface Client {
@@ -373,6 +408,19 @@ impl Client {
         self.driver.cancel(id)
     }
 
+    /// Who is subscribed to a presence channel (one member per connection), allowed where
+    /// subscribing is; rejects with `not_found` on a channel without presence.
+    #[wasm_bindgen(unchecked_return_type = "Promise<PresenceMember[]>")]
+    pub fn presence(&self, channel: String) -> Promise {
+        self.driver.presence(channel, false)
+    }
+
+    /// How many connections and users are subscribed to a presence channel.
+    #[wasm_bindgen(js_name = presenceStats, unchecked_return_type = "Promise<PresenceStats>")]
+    pub fn presence_stats(&self, channel: String) -> Promise {
+        self.driver.presence(channel, true)
+    }
+
     /// This tab's part in the shared connection.
     #[wasm_bindgen(getter, unchecked_return_type = "Role")]
     pub fn role(&self) -> String {
@@ -420,7 +468,7 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
             BAD_REQUEST,
             format!(
                 "unknown event \"{event}\": expected connect, disconnect, messages, error, \
-                 leader, follower or outbox"
+                 leader, follower, outbox or presence"
             ),
         ))
     })
@@ -559,6 +607,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     if get(options, "retrySubscribe") == JsValue::FALSE {
         config.retry_subscribe = false;
     }
+    config.join_leave = get(options, "joinLeave") == JsValue::TRUE;
     config.subscribe_retry_limit = match number(options, "subscribeRetryLimit")? {
         Some(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) => Some(n as u32),
         Some(_) => return Err(bad_config("subscribeRetryLimit must be a whole number")),

@@ -23,6 +23,8 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "ack",
     "ping",
     "history",
+    "presence",
+    "presence_stats",
 ];
 
 /// Decodes and validates a client frame (channel names, non-empty publish fields).
@@ -51,6 +53,9 @@ pub const SERVER_FRAME_TYPES: &[&str] = &[
     "gap",
     "error",
     "history_page",
+    "presence_members",
+    "presence_counts",
+    "presence_event",
 ];
 
 /// Decodes a server frame (used by clients).
@@ -98,7 +103,9 @@ pub fn validate_client(frame: &ClientFrame) -> Result<(), ProtocolError> {
                 )),
             }
         }
-        ClientFrame::Unsubscribe { channel, .. } => validate_channel(channel),
+        ClientFrame::Unsubscribe { channel, .. }
+        | ClientFrame::Presence { channel, .. }
+        | ClientFrame::PresenceStats { channel, .. } => validate_channel(channel),
         ClientFrame::Publish {
             channel,
             fields,
@@ -223,6 +230,7 @@ fn client_schema(kind: &str) -> &'static [(&'static str, Expect, bool)] {
             ("group", Str, false),
             ("consumer", Str, false),
             ("rewind", Unsigned, false),
+            ("join_leave", Bool, false),
         ],
         "unsubscribe" => &[("id", Unsigned, true), ("channel", Str, true)],
         "publish" => &[
@@ -247,6 +255,7 @@ fn client_schema(kind: &str) -> &'static [(&'static str, Expect, bool)] {
             ("limit", Unsigned, false),
             ("reverse", Bool, false),
         ],
+        "presence" | "presence_stats" => &[("id", Unsigned, true), ("channel", Str, true)],
         _ => &[],
     }
 }
@@ -308,6 +317,7 @@ mod tests {
                 group: None,
                 consumer: None,
                 rewind: None,
+                join_leave: false,
             }
         );
     }

@@ -46,6 +46,9 @@ pub enum ClientFrame {
         /// [`MAX_REWIND`](crate::history::MAX_REWIND); not with `offset` or a group).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rewind: Option<u64>,
+        /// Ask for `presence_event` frames of the channel (only where presence is enabled).
+        #[serde(default, skip_serializing_if = "is_false")]
+        join_leave: bool,
     },
     /// Stop receiving a channel.
     Unsubscribe {
@@ -109,6 +112,26 @@ pub enum ClientFrame {
         )]
         reverse: bool,
     },
+    // --- presence (docs/protocol.md "Presence") ---
+    /// Who is subscribed to a presence-enabled channel.
+    Presence {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+    },
+    /// How many clients and users are subscribed to a presence-enabled channel.
+    PresenceStats {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+    },
+}
+
+/// `skip_serializing_if` for flags that are sent only when set.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ClientFrame {
@@ -121,6 +144,8 @@ impl ClientFrame {
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Ack { id, .. }
             | ClientFrame::History { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::PresenceStats { id, .. }
             | ClientFrame::Ping { id } => *id,
         }
     }
@@ -133,6 +158,19 @@ pub struct Message {
     pub offset: StreamId,
     /// The entry's fields.
     pub fields: Fields,
+}
+
+/// One member of a channel's presence: a subscribed connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceMember {
+    /// The connection's client id (as in `connected`).
+    pub client: String,
+    /// The `sub` of the connection's token, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The token's `info` claim (a JSON object), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Fields>,
 }
 
 /// A frame sent by the server.
@@ -231,4 +269,43 @@ pub enum ServerFrame {
         /// Human-readable explanation.
         message: String,
     },
+    // --- presence (docs/protocol.md "Presence") ---
+    /// Reply to `presence`: the channel's members.
+    PresenceMembers {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// The members, in no particular order.
+        members: Vec<PresenceMember>,
+    },
+    /// Reply to `presence_stats`.
+    PresenceCounts {
+        /// Request id.
+        id: u64,
+        /// Channel name.
+        channel: String,
+        /// Members (connections).
+        clients: u64,
+        /// Distinct users among them (members without a user count once each).
+        users: u64,
+    },
+    /// Members that joined or left a channel since the last such frame (to subscribers that
+    /// asked with `join_leave`). Boxed: the largest frame, and rare.
+    PresenceEvent(Box<PresenceEvent>),
+}
+
+/// The body of a `presence_event` frame. With `missed`, that many changes were not listed (too
+/// many in one window): ask `presence` again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    /// Channel name.
+    pub channel: String,
+    /// Members that joined.
+    pub joins: Vec<PresenceMember>,
+    /// Members that left.
+    pub leaves: Vec<PresenceMember>,
+    /// Changes left out of the lists, when there were too many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
 }

@@ -23,5 +23,7 @@ pub use codec::{
     decode_client, decode_server, encode_client, encode_server, validate_client, DecodeError,
 };
 pub use error::{ErrorCode, ProtocolError};
-pub use frame::{ClientFrame, Fields, Message, ServerFrame, PROTOCOL_VERSION};
+pub use frame::{
+    ClientFrame, Fields, Message, PresenceEvent, PresenceMember, ServerFrame, PROTOCOL_VERSION,
+};
 pub use offset::{Offset, StreamId};

@@ -16,6 +16,8 @@ use crate::history::Removed;
 use crate::json;
 use crate::offset::{Offset, StreamId};
 
+mod presence;
+
 /// Decodes a server frame (used by clients), like [`crate::codec::decode_server`].
 pub fn decode_server(text: &str) -> Result<ServerFrame, DecodeError> {
     let (id, mut f) = object(text, SERVER_FRAME_TYPES)?;
@@ -44,12 +46,19 @@ pub fn encode_client(frame: &ClientFrame) -> String {
             group,
             consumer,
             rewind,
-        } => Writer::new("subscribe", *id)
-            .str("channel", channel)
-            .opt_str("offset", &offset.map(|o| o.to_string()))
-            .opt_str("group", group)
-            .opt_str("consumer", consumer)
-            .opt_u64("rewind", *rewind),
+            join_leave,
+        } => {
+            let w = Writer::new("subscribe", *id)
+                .str("channel", channel)
+                .opt_str("offset", &offset.map(|o| o.to_string()))
+                .opt_str("group", group)
+                .opt_str("consumer", consumer)
+                .opt_u64("rewind", *rewind);
+            match join_leave {
+                true => w.key("join_leave").raw("true"),
+                false => w,
+            }
+        }
         ClientFrame::Unsubscribe { id, channel } => {
             Writer::new("unsubscribe", *id).str("channel", channel)
         }
@@ -103,6 +112,12 @@ pub fn encode_client(frame: &ClientFrame) -> String {
             } else {
                 w
             }
+        }
+        ClientFrame::Presence { id, channel } => {
+            Writer::new("presence", *id).str("channel", channel)
+        }
+        ClientFrame::PresenceStats { id, channel } => {
+            Writer::new("presence_stats", *id).str("channel", channel)
         }
     };
     w.end()
@@ -177,6 +192,27 @@ pub fn encode_server(frame: &ServerFrame) -> String {
                 None => w,
             }
         }
+        ServerFrame::PresenceMembers {
+            id,
+            channel,
+            members,
+        } => Writer::new("presence_members", *id)
+            .str("channel", channel)
+            .members("members", members),
+        ServerFrame::PresenceCounts {
+            id,
+            channel,
+            clients,
+            users,
+        } => Writer::new("presence_counts", *id)
+            .str("channel", channel)
+            .u64("clients", *clients)
+            .u64("users", *users),
+        ServerFrame::PresenceEvent(event) => Writer::start("presence_event")
+            .str("channel", &event.channel)
+            .members("joins", &event.joins)
+            .members("leaves", &event.leaves)
+            .opt_u64("missed", event.missed),
     };
     w.end()
 }
@@ -482,6 +518,7 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
             from: f.stream_id("from")?,
             to: f.stream_id("to")?,
         },
+        "presence_members" | "presence_counts" | "presence_event" => presence::server_frame(f)?,
         _ => {
             let id = f.opt_u64("id")?;
             let code = f.string("code")?;
@@ -512,6 +549,7 @@ fn client_frame(f: &mut Members) -> Result<ClientFrame, ProtocolError> {
             group: f.opt_string("group")?,
             consumer: f.opt_string("consumer")?,
             rewind: f.opt_u64("rewind")?,
+            join_leave: f.opt_bool("join_leave")?,
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
             id,
@@ -546,6 +584,14 @@ fn client_frame(f: &mut Members) -> Result<ClientFrame, ProtocolError> {
             limit: f.opt_u64("limit")?,
             reverse: f.opt_bool("reverse")?,
         },
+        "presence" => ClientFrame::Presence {
+            id,
+            channel: f.string("channel")?,
+        },
+        "presence_stats" => ClientFrame::PresenceStats {
+            id,
+            channel: f.string("channel")?,
+        },
         _ => ClientFrame::Ping { id },
     })
 }
@@ -572,6 +618,7 @@ mod tests {
                 group: None,
                 consumer: None,
                 rewind: None,
+                join_leave: true,
             },
             ClientFrame::Publish {
                 id: 3,

@@ -60,6 +60,15 @@ const KEYS: &[&str] = &[
     "next",
     "more",
     "gap",
+    "join_leave",
+    "members",
+    "joins",
+    "leaves",
+    "missed",
+    "clients",
+    "users",
+    "user",
+    "info",
 ];
 const TYPES: &[&str] = &[
     "connect",
@@ -79,6 +88,11 @@ const TYPES: &[&str] = &[
     "unsubscribed",
     "history",
     "history_page",
+    "presence",
+    "presence_stats",
+    "presence_members",
+    "presence_counts",
+    "presence_event",
     "x",
 ];
 const ATOMS: &[&str] = &[
@@ -111,6 +125,9 @@ const ATOMS: &[&str] = &[
     "[\"1-2\"]",
     "\"bad_request\"",
     "\"unavailable\"",
+    "[{\"client\":\"c\"}]",
+    "[{\"client\":\"c\",\"info\":{}}]",
+    "[{\"client\":1}]",
 ];
 
 fn random_value(rng: &mut Rng, depth: usize) -> String {

@@ -17,6 +17,7 @@ use crate::engine::Engine;
 use crate::error::RequestError;
 use crate::group_dispatch::Dispatchers;
 use crate::hub::Hub;
+use crate::presence::Presence;
 
 /// The state requests run against (see the module docs).
 pub struct Core {
@@ -36,6 +37,8 @@ pub struct Core {
     pub verifier: Option<auth::Verifier>,
     /// The subscribe/publish policy.
     pub authorizer: Arc<dyn auth::Authorizer>,
+    /// Presence members of this instance and their events.
+    pub(crate) presence: Arc<Presence>,
     next_connection: AtomicU64,
 }
 
@@ -52,7 +55,13 @@ impl Core {
         verifier: Option<auth::Verifier>,
         authorizer: Arc<dyn auth::Authorizer>,
     ) -> Core {
+        let presence = Presence::start(
+            config.presence.clone(),
+            engine.presence_store(),
+            config.limits.request_timeout,
+        );
         Core {
+            presence,
             config,
             engine,
             hub,
@@ -102,6 +111,11 @@ impl Core {
     /// A new connection id, unique within this instance.
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The client id of connection `conn`, as `connected` tells the client and presence shows.
+    pub fn client_id(&self, conn: u64) -> String {
+        format!("{:x}-{conn}", self.instance_id)
     }
 
     /// A one-line description of the engine for the startup line.

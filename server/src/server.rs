@@ -286,6 +286,9 @@ pub async fn serve(listener: TcpListener, server: Server) -> std::io::Result<()>
                     "drain deadline passed with connections still open"
                 );
             }
+            // The closed connections' presence leaves reach the store before the exit.
+            let flush = app.core.presence.flush();
+            let _ = tokio::time::timeout(app.core.config.limits.request_timeout, flush).await;
             app.drain.stopped.cancel();
         }
     };

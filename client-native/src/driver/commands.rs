@@ -75,6 +75,33 @@ pub(crate) enum Command {
     Close {
         reply: oneshot::Sender<()>,
     },
+    /// `presence` or `presence_stats`, by the kind of reply awaited.
+    Presence {
+        channel: String,
+        reply: PresenceReply,
+    },
+}
+
+/// Who waits for a presence answer, and which one.
+#[derive(Debug)]
+pub(crate) enum PresenceReply {
+    /// `presence`.
+    Members(oneshot::Sender<Result<Vec<redistribute_protocol::PresenceMember>, Error>>),
+    /// `presence_stats`.
+    Counts(oneshot::Sender<Result<crate::PresenceStats, Error>>),
+}
+
+impl PresenceReply {
+    pub(crate) fn fail(self, error: Error) {
+        match self {
+            PresenceReply::Members(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            PresenceReply::Counts(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -147,6 +174,18 @@ impl Driver {
                     let _ = reply.send(Err(e.into()));
                 }
             },
+            Command::Presence { channel, reply } => {
+                let id = match reply {
+                    PresenceReply::Counts(_) => self.session.presence_stats(channel),
+                    PresenceReply::Members(_) => self.session.presence(channel),
+                };
+                match id {
+                    Ok(id) => {
+                        self.pending.insert(id.get(), Reply::Presence(reply));
+                    }
+                    Err(e) => reply.fail(e.into()),
+                }
+            }
             Command::Close { reply } => {
                 self.close_waiters.push(reply);
                 self.session.close();

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::commands::PresenceReply;
 use super::Driver;
 use crate::error::Error;
 use crate::event::{ConnectionState, Event};
@@ -46,6 +47,7 @@ pub(super) enum Reply {
     Ping(oneshot::Sender<Result<(), Error>>),
     Ack(oneshot::Sender<Result<u64, Error>>),
     History(oneshot::Sender<Result<Page, Error>>),
+    Presence(PresenceReply),
 }
 
 impl Reply {
@@ -72,6 +74,7 @@ impl Reply {
             Reply::History(reply) => {
                 let _ = reply.send(Err(error));
             }
+            Reply::Presence(reply) => reply.fail(error),
         }
     }
 }
@@ -170,6 +173,36 @@ impl Driver {
             SessionEvent::RequestFailed { id, error } => {
                 let error = self.request_error(error);
                 self.on_outcome(id.get(), Err(error));
+            }
+            SessionEvent::Presence { id, members, .. } => {
+                if let Some(Reply::Presence(PresenceReply::Members(reply))) =
+                    self.pending.remove(&id.get())
+                {
+                    let _ = reply.send(Ok(members));
+                }
+            }
+            SessionEvent::PresenceStats {
+                id, clients, users, ..
+            } => {
+                if let Some(Reply::Presence(PresenceReply::Counts(reply))) =
+                    self.pending.remove(&id.get())
+                {
+                    let _ = reply.send(Ok(crate::PresenceStats { clients, users }));
+                }
+            }
+            SessionEvent::PresenceChanged(event) => {
+                let redistribute_protocol::PresenceEvent {
+                    channel,
+                    joins,
+                    leaves,
+                    missed,
+                } = *event;
+                self.emit(Event::Presence {
+                    channel,
+                    joins,
+                    leaves,
+                    missed,
+                })
             }
             SessionEvent::ServerError { code, message } => {
                 self.emit(Event::ServerError { code, message });

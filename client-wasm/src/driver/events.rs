@@ -10,7 +10,7 @@ use super::{call, js_error, set, Inner, Out, Reply, Topic};
 use crate::cache::CachedMessage;
 use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST, UNDECODABLE};
 use redistribute_protocol::session::RequestError;
-use redistribute_protocol::ErrorCode;
+use redistribute_protocol::{ErrorCode, ServerFrame};
 
 impl Inner {
     pub(super) fn emit(&mut self, topic: Topic, args: Vec<JsValue>) {
@@ -178,10 +178,46 @@ impl Inner {
                     self.retry_later();
                 }
             }
+            Event::Presence {
+                id,
+                channel,
+                members,
+            } => {
+                // Through the frame's JSON: the relay to tabs links its encoder anyway.
+                let frame = ServerFrame::PresenceMembers {
+                    id: 0,
+                    channel,
+                    members,
+                };
+                let members = js_sys::Reflect::get(&frame_js(&frame), &"members".into());
+                self.settle(id, Ok(members.unwrap_or(JsValue::UNDEFINED)))
+            }
+            Event::PresenceStats {
+                id, clients, users, ..
+            } => {
+                let v: JsValue = Object::new().into();
+                set(&v, "clients", &(clients as f64).into());
+                set(&v, "users", &(users as f64).into());
+                self.settle(id, Ok(v));
+            }
+            Event::PresenceChanged(event) => {
+                let channel = JsValue::from(event.channel.as_str());
+                let change = frame_js(&ServerFrame::PresenceEvent(event));
+                let _ = js_sys::Reflect::delete_property(
+                    change.unchecked_ref::<js_sys::Object>(),
+                    &"type".into(),
+                );
+                self.emit(Topic::Presence, vec![channel, change]);
+            }
             Event::ServerError { code, message } => {
                 let info = ErrorInfo::new(code.as_str(), message);
                 self.emit(Topic::Error, vec![js_error(&info)]);
             }
         }
     }
+}
+
+/// A server frame as the JS object of its JSON.
+fn frame_js(frame: &ServerFrame) -> JsValue {
+    js_sys::JSON::parse(&redistribute_protocol::lite::encode_server(frame)).unwrap_or(JsValue::NULL)
 }

@@ -50,6 +50,7 @@ pub(crate) enum Topic {
     Leader = 4,
     Follower = 5,
     Outbox = 6,
+    Presence = 7,
 }
 
 impl Topic {
@@ -63,6 +64,7 @@ impl Topic {
             "leader" => Topic::Leader,
             "follower" => Topic::Follower,
             "outbox" => Topic::Outbox,
+            "presence" => Topic::Presence,
             _ => return None,
         })
     }
@@ -100,6 +102,8 @@ enum Reply {
     Publish,
     /// A history page.
     History,
+    /// `PresenceMember[]` or `{clients, users}`.
+    Presence,
 }
 
 /// A promise waiting for its request's outcome.
@@ -144,7 +148,7 @@ struct Inner {
     /// Promises by request id. A short list (requests settle within the request timeout), so
     /// a `Vec` beats a map in code size.
     waiting: Vec<(u64, Waiter)>,
-    listeners: [Vec<Function>; 7],
+    listeners: [Vec<Function>; 8],
     cache: Option<Cache<LocalStorage>>,
     encode: Option<Function>,
     decode: Option<Function>,
@@ -409,6 +413,14 @@ impl Driver {
             return self.enqueue(channel, fields, options);
         }
         self.request(Reply::Publish, |s| s.publish(channel, fields, options))
+    }
+
+    /// Asks who is subscribed to a presence channel (`stats`: how many).
+    pub(crate) fn presence(&self, channel: String, stats: bool) -> Promise {
+        self.request(Reply::Presence, |s| match stats {
+            true => s.presence_stats(channel),
+            false => s.presence(channel),
+        })
     }
 
     /// Closes the client: pending promises reject with `closed`, the socket closes, no

@@ -119,7 +119,8 @@ pub struct Multiplexer {
     /// Tabs whose virtual connection is open.
     open: Vec<String>,
     channels: Vec<Channel>,
-    /// Tabs' publishes in flight: (session request, tab, the tab's request id).
+    /// Tabs' publishes and presence requests in flight: (session request, tab, the tab's
+    /// request id).
     publishes: Vec<(RequestId, String, u64)>,
     /// Tabs' history reads in flight: (session request, tab, the tab's request id, and for a
     /// rewind being resolved, how many messages it asked for).
@@ -302,6 +303,15 @@ impl Multiplexer {
                 let message = "consumer groups are not shared between tabs".to_owned();
                 self.error(tab, other.id(), ErrorCode::BadRequest, message);
             }
+            // Presence requests go through the real session, answered to the tab by its id.
+            ClientFrame::Presence { id, channel } => match session.presence(channel) {
+                Ok(request) => self.publishes.push((request, tab.to_owned(), id)),
+                Err(e) => self.error(tab, id, session_error(&e), e.to_string()),
+            },
+            ClientFrame::PresenceStats { id, channel } => match session.presence_stats(channel) {
+                Ok(request) => self.publishes.push((request, tab.to_owned(), id)),
+                Err(e) => self.error(tab, id, session_error(&e), e.to_string()),
+            },
         }
     }
 
@@ -395,6 +405,42 @@ impl Multiplexer {
             | Event::SubscribeRetrying { .. }
             | Event::Pong { .. }
             | Event::Acked { .. } => {}
+            Event::Presence {
+                id,
+                channel,
+                members,
+            } => {
+                if let Some((tab, tab_id)) = self.take_publish(id) {
+                    let frame = ServerFrame::PresenceMembers {
+                        id: tab_id,
+                        channel,
+                        members,
+                    };
+                    self.send(&tab, frame);
+                }
+            }
+            Event::PresenceStats {
+                id,
+                channel,
+                clients,
+                users,
+            } => {
+                if let Some((tab, tab_id)) = self.take_publish(id) {
+                    let frame = ServerFrame::PresenceCounts {
+                        id: tab_id,
+                        channel,
+                        clients,
+                        users,
+                    };
+                    self.send(&tab, frame);
+                }
+            }
+            // Join/leave events (the real session asks for them when the leader's page did)
+            // go to every tab; the sessions of tabs not subscribed to the channel drop them.
+            Event::PresenceChanged(event) => {
+                let frame = ServerFrame::PresenceEvent(event);
+                self.outputs.push_back(Output::Broadcast { frame });
+            }
         }
     }
 

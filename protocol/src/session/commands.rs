@@ -236,6 +236,36 @@ impl Session {
         Ok(RequestId(id))
     }
 
+    /// Asks who is subscribed to a presence-enabled `channel` (the caller need not be
+    /// subscribed). Read-only, so it is re-sent after a reconnect. Outcome: [`Event::Presence`]
+    /// or [`Event::RequestFailed`].
+    pub fn presence(&mut self, channel: impl Into<String>) -> Result<RequestId, SessionError> {
+        self.presence_request(channel.into(), false)
+    }
+
+    /// Asks how many clients and users are subscribed to a presence-enabled `channel`.
+    /// Outcome: [`Event::PresenceStats`] or [`Event::RequestFailed`].
+    pub fn presence_stats(
+        &mut self,
+        channel: impl Into<String>,
+    ) -> Result<RequestId, SessionError> {
+        self.presence_request(channel.into(), true)
+    }
+
+    fn presence_request(
+        &mut self,
+        channel: String,
+        stats: bool,
+    ) -> Result<RequestId, SessionError> {
+        self.admit()?;
+        validate_channel(&channel)?;
+        let id = self.alloc_id();
+        let kind = Kind::Presence { channel, stats };
+        let frame = request_frame(id, &kind);
+        self.submit(id, kind, frame);
+        Ok(RequestId(id))
+    }
+
     /// Ends the session: every pending request fails with [`RequestError::Closed`], the driver
     /// is told to close the transport ([`Action::Close`]) and no reconnect follows. The
     /// positions stay readable through [`Session::offsets`]. Later calls do nothing.

@@ -57,6 +57,10 @@ pub struct Config {
     /// request timeout. Off: such an error fails the caller's subscribe at once. Re-subscribes
     /// after a reconnect are always retried.
     pub retry_subscribe: bool,
+    /// Ask for join/leave events (`join_leave: true`) in every `subscribe`; the server sends
+    /// them only on channels with presence enabled ([`Event::PresenceChanged`](super::Event::PresenceChanged)).
+    /// Off by default.
+    pub join_leave: bool,
     /// How many consecutive transient failures of one subscription's `subscribe` are retried
     /// before the subscription is given up ([`Event::SubscriptionLost`](super::Event::SubscriptionLost)); `None`
     /// (the default) retries forever.
@@ -83,6 +87,7 @@ impl Config {
             auto_idempotency: true,
             max_pending: DEFAULT_MAX_PENDING,
             retry_subscribe: true,
+            join_leave: false,
             subscribe_retry_limit: None,
         }
     }

@@ -227,6 +227,7 @@ impl Session {
             group,
             consumer,
             rewind,
+            join_leave: self.config.join_leave,
         });
     }
 
@@ -384,6 +385,7 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             group: None,
             consumer: None,
             rewind: None,
+            join_leave: false,
         },
         Kind::Unsubscribe { channel } => ClientFrame::Unsubscribe {
             id,
@@ -420,6 +422,13 @@ pub(super) fn request_frame(id: u64, kind: &Kind) -> ClientFrame {
             reverse: options.reverse,
         },
         Kind::Ping => ClientFrame::Ping { id },
+        Kind::Presence { channel, stats } => {
+            let channel = channel.clone();
+            match stats {
+                true => ClientFrame::PresenceStats { id, channel },
+                false => ClientFrame::Presence { id, channel },
+            }
+        }
         Kind::Refresh { token } => ClientFrame::Connect {
             id,
             token: Some(token.clone()),

@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::error::RequestError;
 use crate::error::ErrorCode;
-use crate::frame::Message;
+use crate::frame::{Message, PresenceEvent, PresenceMember};
 use crate::offset::StreamId;
 
 /// Identifies one request of a session; also its `id` on the wire. Ids increase by one per
@@ -227,6 +227,31 @@ pub enum Event {
         /// The request.
         id: RequestId,
     },
+    /// A `presence` request was answered.
+    Presence {
+        /// The request.
+        id: RequestId,
+        /// Channel name.
+        channel: String,
+        /// The channel's members.
+        members: Vec<PresenceMember>,
+    },
+    /// A `presence_stats` request was answered.
+    PresenceStats {
+        /// The request.
+        id: RequestId,
+        /// Channel name.
+        channel: String,
+        /// Members (connections).
+        clients: u64,
+        /// Distinct users among them.
+        users: u64,
+    },
+    /// Members joined or left a subscribed channel (with [`Config::join_leave`](super::Config::join_leave)
+    /// on a presence-enabled channel), as the server's `presence_event` said. With `missed`,
+    /// that many changes were not listed: ask [`Session::presence`](super::Session::presence)
+    /// again.
+    PresenceChanged(Box<PresenceEvent>),
     /// A request ended without success. Exactly one of this or its success event is emitted
     /// per request.
     RequestFailed {

@@ -154,6 +154,47 @@ impl Session {
                     self.events.push_back(Event::History { id, channel, page });
                 }
             }
+            // --- presence ---
+            ServerFrame::PresenceMembers {
+                id,
+                channel,
+                members,
+            } => {
+                let fits = |k: &Kind| matches!(k, Kind::Presence { stats: false, .. });
+                if self.take_reply(id, fits).is_some() {
+                    let id = RequestId(id);
+                    let event = Event::Presence {
+                        id,
+                        channel,
+                        members,
+                    };
+                    self.events.push_back(event);
+                }
+            }
+            ServerFrame::PresenceCounts {
+                id,
+                channel,
+                clients,
+                users,
+            } => {
+                let fits = |k: &Kind| matches!(k, Kind::Presence { stats: true, .. });
+                if self.take_reply(id, fits).is_some() {
+                    let id = RequestId(id);
+                    let event = Event::PresenceStats {
+                        id,
+                        channel,
+                        clients,
+                        users,
+                    };
+                    self.events.push_back(event);
+                }
+            }
+            ServerFrame::PresenceEvent(event) => {
+                // Only for a current subscription, like its messages.
+                if self.subs.get(&event.channel).is_some() {
+                    self.events.push_back(Event::PresenceChanged(event));
+                }
+            }
             ServerFrame::Gap { channel, from, to } => {
                 // Like messages, a gap before the `subscribed` reply belongs to the
                 // subscription being replaced.
@@ -277,6 +318,7 @@ impl Session {
             | Kind::Ack { .. }
             | Kind::History { .. }
             | Kind::Ping
+            | Kind::Presence { .. }
             | Kind::Refresh { .. } => {
                 if pending.origin == Origin::User {
                     self.fail(id, error);

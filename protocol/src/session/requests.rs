@@ -63,6 +63,13 @@ pub(crate) enum Kind {
     },
     /// `ping`.
     Ping,
+    /// `presence` (or `presence_stats` with `stats`): read-only, re-sent after a reconnect.
+    Presence {
+        /// Channel name.
+        channel: String,
+        /// Counts only.
+        stats: bool,
+    },
     /// `connect` with a new token on the open connection (always internal).
     Refresh {
         /// The new token.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redistribute_protocol::session::{Action, Config, DisconnectReason, Event, Session};
 use redistribute_protocol::{
     decode_client, encode_client, encode_server, ClientFrame, ErrorCode, Fields, Message, Offset,
-    ServerFrame, StreamId, PROTOCOL_VERSION,
+    PresenceMember, ServerFrame, StreamId, PROTOCOL_VERSION,
 };
 
 /// Milliseconds as a `Duration`.
@@ -73,6 +73,8 @@ pub fn kind(frame: &ClientFrame) -> &'static str {
         ClientFrame::Ack { .. } => "ack",
         ClientFrame::Ping { .. } => "ping",
         ClientFrame::History { .. } => "history",
+        ClientFrame::Presence { .. } => "presence",
+        ClientFrame::PresenceStats { .. } => "presence_stats",
     }
 }
 
@@ -312,6 +314,33 @@ impl FakeServer {
                     more,
                     truncated: false,
                     gap: None,
+                };
+                self.reply(k, reply);
+            }
+            // Presence: this connection is the one member of every channel it subscribed.
+            ClientFrame::Presence { id, channel } => {
+                let members = match self.subs.contains(&channel) {
+                    true => vec![PresenceMember {
+                        client: "c1".into(),
+                        user: None,
+                        info: None,
+                    }],
+                    false => vec![],
+                };
+                let reply = ServerFrame::PresenceMembers {
+                    id,
+                    channel,
+                    members,
+                };
+                self.reply(k, reply);
+            }
+            ClientFrame::PresenceStats { id, channel } => {
+                let n = u64::from(self.subs.contains(&channel));
+                let reply = ServerFrame::PresenceCounts {
+                    id,
+                    channel,
+                    clients: n,
+                    users: n,
                 };
                 self.reply(k, reply);
             }

@@ -8,6 +8,7 @@ mod history;
 mod lifecycle;
 mod model;
 mod no_loss;
+mod presence;
 mod requests;
 mod resubscribe;
 mod resume;

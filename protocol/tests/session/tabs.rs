@@ -386,3 +386,44 @@ fn a_tab_joining_again_starts_afresh() {
         Some(Output::Open { tab: "a".into() })
     );
 }
+
+#[test]
+fn presence_requests_go_through_the_leader_and_join_leave_reaches_the_channels_tabs() {
+    let mut world = World::with_tabs(&["a", "b", "c"]);
+    world.subscribe("a", "room", Offset::Latest);
+    world.subscribe("b", "room", Offset::Latest);
+    world.drive();
+    let members = world.tab("a").session.presence("room").unwrap();
+    let stats = world.tab("b").session.presence_stats("room").unwrap();
+    world.drive();
+    // The fake server lists the leader's connection, subscribed for the tabs.
+    assert!(world.tab("a").events.iter().any(|e| matches!(e,
+        Event::Presence { id, channel, members: m } if *id == members && channel == "room" && m.len() == 1)));
+    assert!(world.tab("b").events.iter().any(|e| matches!(e,
+        Event::PresenceStats { id, clients: 1, .. } if *id == stats)));
+    let change = redistribute_protocol::PresenceEvent {
+        channel: "room".into(),
+        joins: vec![redistribute_protocol::PresenceMember {
+            client: "x-1".into(),
+            user: Some("zoe".into()),
+            info: None,
+        }],
+        leaves: vec![],
+        missed: None,
+    };
+    let now = world.pair.now;
+    world
+        .pair
+        .session
+        .handle_frame(ServerFrame::PresenceEvent(Box::new(change.clone())), now);
+    world.drive();
+    for (name, expected) in [("a", 1), ("b", 1), ("c", 0)] {
+        let heard = world
+            .tab(name)
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PresenceChanged(got) if **got == change))
+            .count();
+        assert_eq!(heard, expected, "tab {name}");
+    }
+}

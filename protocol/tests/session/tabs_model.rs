@@ -215,6 +215,9 @@ impl Model {
             | Event::Disconnected { .. }
             | Event::ConnectFailed { .. }
             | Event::SubscribeRetrying { .. }
+            | Event::Presence { .. }
+            | Event::PresenceStats { .. }
+            | Event::PresenceChanged(_)
             | Event::ServerError { .. } => {}
         }
         Ok(())

@@ -18,6 +18,9 @@ struct RawClaims {
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    /// Presence info shown to other members (a JSON object).
+    #[serde(default)]
+    info: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A verified token's identity and permissions.
@@ -31,6 +34,8 @@ pub struct Claims {
     pub subscribe: Vec<ChannelPattern>,
     /// Channels the client may publish to.
     pub publish: Vec<ChannelPattern>,
+    /// The `info` claim (a JSON object): what presence shows of this client to other members.
+    pub info: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Claims {
@@ -152,6 +157,7 @@ impl Verifier {
             expires_at: raw.exp,
             subscribe: compile(raw.subscribe)?,
             publish: compile(raw.publish)?,
+            info: raw.info,
         })
     }
 }

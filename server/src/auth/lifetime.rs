@@ -96,6 +96,7 @@ mod tests {
                 .map(|p| ChannelPattern::parse(p).unwrap())
                 .collect(),
             publish: Vec::new(),
+            info: None,
         })
     }
 

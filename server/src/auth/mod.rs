@@ -48,6 +48,12 @@ pub enum Action<'a> {
         /// The message.
         fields: &'a Fields,
     },
+    /// Ask who is subscribed to a presence-enabled channel (`presence`, `presence_stats`,
+    /// `GET /api/presence`). The default policy allows it where subscribing is allowed.
+    Presence {
+        /// The channel.
+        channel: &'a str,
+    },
     /// Create a channel that does not exist without publishing to it: a subscriber resuming
     /// beyond the channel's tip, or a consumer group on a new channel. Refused, the request
     /// goes on without creating anything (the subscriber starts at the tip, flagged
@@ -170,6 +176,11 @@ impl Authorizer for ClaimsPolicy {
                 (claims.may_subscribe(channel), "subscribing to", channel)
             }
             Action::History { channel } => (claims.may_subscribe(channel), "reading", channel),
+            Action::Presence { channel } => (
+                claims.may_subscribe(channel),
+                "reading the presence of",
+                channel,
+            ),
             Action::Ack { channel, .. } => {
                 (claims.may_subscribe(channel), "acknowledging on", channel)
             }
@@ -215,6 +226,7 @@ mod tests {
             expires_at: u64::MAX,
             subscribe: vec![pattern::ChannelPattern::parse("user:{sub}").unwrap()],
             publish: vec![pattern::ChannelPattern::parse("chat").unwrap()],
+            info: None,
         }
     }
 
@@ -229,6 +241,7 @@ mod tests {
         let own = "user:alice";
         assert_eq!(code(&token, Action::Subscribe { channel: own }), None);
         assert_eq!(code(&token, Action::History { channel: own }), None);
+        assert_eq!(code(&token, Action::Presence { channel: own }), None);
         let ack = Action::Ack {
             channel: own,
             group: "g",
@@ -238,6 +251,7 @@ mod tests {
         for action in [
             Action::Subscribe { channel: bob },
             Action::History { channel: bob },
+            Action::Presence { channel: bob },
             Action::Ack {
                 channel: bob,
                 group: "g",

@@ -206,6 +206,8 @@ pub struct Config {
     /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` header names the client (default
     /// none: the TCP peer is the client).
     pub proxies: TrustedProxies,
+    /// Presence: which channels have it, member expiry, bounds (default: no channel).
+    pub presence: crate::presence::PresenceConfig,
 }
 
 /// How logs are written.
@@ -252,6 +254,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             admin_listen: None,
             proxies: TrustedProxies::default(),
+            presence: crate::presence::PresenceConfig::default(),
         }
     }
 }

@@ -91,6 +91,12 @@ impl ConfigValues {
                 .into(),
             ),
             max_header_bytes: Some(limits.max_header_bytes),
+            presence_channels: Some(config.presence.channels.clone()),
+            presence_ttl_secs: Some(config.presence.ttl.as_secs()),
+            presence_max_members: Some(config.presence.max_members),
+            presence_max_info_bytes: Some(config.presence.max_info_bytes),
+            presence_window_ms: Some(config.presence.window.as_millis() as u64),
+            presence_max_events: Some(config.presence.max_events),
         }
     }
 

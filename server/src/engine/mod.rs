@@ -205,6 +205,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Stops feeding the channel. Must not block.
     fn unwatch(&self, channel: &Arc<str>);
 
+    /// The presence store over this engine's storage (same Redis, or in memory).
+    fn presence_store(&self) -> Arc<dyn crate::presence::PresenceStore>;
+
     /// Creates consumer group `group` of the channel if it does not exist, starting after
     /// `start` (`$`: the tip, `0`: everything retained). A channel that does not exist is
     /// created too when `create` is set (like `XGROUP CREATE … MKSTREAM`); otherwise nothing

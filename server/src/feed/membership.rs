@@ -46,13 +46,14 @@ impl Feed {
         self.make_room(channel)?;
         let timeout =
             self.core.config.limits.request_timeout + crate::limits::ENGINE_TIMEOUT_MARGIN;
-        let groups = self.memberships.get_or_insert_with(|| {
+        let rare = self.rare.get_or_insert_with(Box::default);
+        let groups = rare.groups.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-            Box::new(Memberships {
+            Memberships {
                 members: HashMap::new(),
                 tx,
                 rx,
-            })
+            }
         });
         let (last, member) = self
             .core
@@ -93,7 +94,7 @@ impl Feed {
 
     /// The group membership of `channel`, if any.
     fn group(&self, channel: &str) -> Option<&Member> {
-        self.memberships.as_ref()?.members.get(channel)
+        self.groups()?.members.get(channel)
     }
 
     /// Collects a batch the group poller assigned to this connection; entries of a group

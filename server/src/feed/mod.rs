@@ -9,6 +9,7 @@
 
 mod membership;
 pub(crate) mod outbound;
+mod presence;
 pub(crate) mod subscription;
 
 use std::collections::{HashMap, VecDeque};
@@ -163,9 +164,20 @@ pub struct Feed {
     in_flight: Option<CatchUpFuture>,
     out: Outbound,
     /// Consumer-group subscriptions and their queue ([`group`]), made with the first one.
-    memberships: Option<Box<membership::Memberships>>,
+    /// Made with the first of them (most connections need neither): one box, so an idle
+    /// connection pays one pointer for both.
+    rare: Option<Box<Rare>>,
     /// The last [`Subscription::generation`] given out.
     generation: u64,
+}
+
+/// What few feeds need.
+#[derive(Default)]
+struct Rare {
+    /// Consumer-group subscriptions and their queue ([`group`]).
+    groups: Option<membership::Memberships>,
+    /// Presence memberships and join/leave events.
+    presence: Option<presence::FeedPresence>,
 }
 
 impl Feed {
@@ -183,7 +195,7 @@ impl Feed {
             catch_up: VecDeque::new(),
             in_flight: None,
             out: Outbound::default(),
-            memberships: None,
+            rare: None,
             generation: 0,
         }
     }
@@ -195,7 +207,7 @@ impl Feed {
 
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
-        self.subs.len() + self.memberships.as_ref().map_or(0, |g| g.members.len())
+        self.subs.len() + self.groups().map_or(0, |g| g.members.len())
     }
 
     /// Whether the feed has no subscription.
@@ -203,9 +215,19 @@ impl Feed {
         self.len() == 0
     }
 
+    /// The connection's client id (as `connected` and presence show it).
+    pub fn client_id(&self) -> String {
+        self.core.client_id(self.id)
+    }
+
+    /// The consumer-group subscriptions, if any were made.
+    fn groups(&self) -> Option<&membership::Memberships> {
+        self.rare.as_ref()?.groups.as_ref()
+    }
+
     /// The channels subscribed to, consumer-group memberships included.
     pub fn channels(&self) -> impl Iterator<Item = &str> + '_ {
-        let groups = self.memberships.iter().flat_map(|g| g.members.keys());
+        let groups = self.groups().into_iter().flat_map(|g| g.members.keys());
         self.subs.keys().chain(groups).map(|c| &**c)
     }
 
@@ -313,11 +335,12 @@ impl Feed {
 
     /// Ends the subscription to `channel`; false if there was none.
     pub fn unsubscribe(&mut self, channel: &str) -> bool {
-        if let Some(groups) = &mut self.memberships {
+        if let Some(groups) = self.rare.as_mut().and_then(|r| r.groups.as_mut()) {
             if groups.members.remove(channel).is_some() {
                 return true;
             }
         }
+        self.leave_presence(channel);
         match self.subs.remove_entry(channel) {
             Some((channel, _)) => {
                 self.core.hub.unsubscribe(&channel, self.id);
@@ -329,11 +352,12 @@ impl Feed {
 
     /// Ends every subscription (what dropping the feed does) and drops anything undelivered.
     pub fn clear(&mut self) {
+        self.leave_all_presence();
         for channel in self.subs.keys() {
             self.core.hub.unsubscribe(channel, self.id);
         }
         self.subs.clear();
-        self.memberships = None;
+        self.rare = None;
         self.catch_up.clear();
         self.in_flight = None;
         self.out = Outbound::default();
@@ -361,12 +385,13 @@ impl Feed {
                     QueueEvent::Signalled => self.on_lag(),
                 }
             }
-            if let Some(groups) = &mut self.memberships {
+            if let Some(groups) = self.rare.as_mut().and_then(|r| r.groups.as_mut()) {
                 if let Poll::Ready(Some(batch)) = groups.rx.poll_recv(cx) {
                     progressed = true;
                     self.take_group(batch);
                 }
             }
+            progressed |= self.poll_presence(cx);
             if let Some(read) = &mut self.in_flight {
                 if let Poll::Ready(read) = read.as_mut().poll(cx) {
                     progressed = true;

@@ -34,6 +34,8 @@ enum Parts {
     Messages(Vec<(Arc<Batch>, usize, usize)>),
     /// Entries in `(from, to]` are missed.
     Gap(StreamId, StreamId),
+    /// A frame made elsewhere: a `presence_event` (WebSocket only; not a [`Delivery`]).
+    Text(String),
 }
 
 struct Group {
@@ -146,6 +148,16 @@ impl Outbound {
         });
     }
 
+    /// Adds a frame made elsewhere (a `presence_event`), sent after what was pushed before.
+    /// Only [`Outbound::take_frames`] yields it (the HTTP transports ask for no such events).
+    pub fn push_text(&mut self, channel: Arc<str>, text: String) {
+        self.groups.push(Group {
+            channel,
+            parts: Parts::Text(text),
+            bytes: 0,
+        });
+    }
+
     /// Bytes of encoded entries collected.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -168,6 +180,7 @@ impl Outbound {
             let (parts, gap) = match &group.parts {
                 Parts::Messages(parts) => (parts.as_slice(), None),
                 Parts::Gap(from, to) => (&[][..], Some(Delivery::Gap(channel, *from, *to))),
+                Parts::Text(_) => (&[][..], None),
             };
             gap.into_iter()
                 .chain(parts.iter().flat_map(move |(batch, from, to)| {
@@ -184,6 +197,7 @@ impl Outbound {
         self.groups.drain(..).map(|group| match group.parts {
             Parts::Messages(parts) => frame_of(&group.channel, parts),
             Parts::Gap(from, to) => Frame::Owned(gap_frame(&group.channel, from, to)),
+            Parts::Text(text) => Frame::Owned(text),
         })
     }
 }

@@ -14,6 +14,7 @@
 
 pub(crate) mod credentials;
 pub(crate) mod history;
+pub(crate) mod presence;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
 pub(crate) mod task_id;
@@ -45,6 +46,17 @@ pub(crate) enum Request {
     Ack(Ack),
     /// Read a page of a channel's stored entries.
     History(History),
+    /// Who is subscribed to a presence channel, or how many.
+    Presence(PresenceQuery),
+}
+
+/// Ask for the members of `channel` (or, with `stats`, their counts).
+#[derive(Debug, Clone)]
+pub(crate) struct PresenceQuery {
+    /// The channel.
+    pub channel: String,
+    /// Counts only.
+    pub stats: bool,
 }
 
 /// Subscribe to `channel` from `offset`, alone or as `consumer` of a consumer group.
@@ -59,6 +71,8 @@ pub(crate) struct Subscribe {
     /// Start with the channel's last this many entries instead of `offset` (a plain
     /// subscription only).
     pub rewind: Option<usize>,
+    /// Deliver the channel's join/leave events (on a presence channel).
+    pub join_leave: bool,
 }
 
 /// End the subscription to `channel`.
@@ -121,6 +135,7 @@ impl Request {
                 group,
                 consumer,
                 rewind,
+                join_leave,
             } => {
                 let group = group.zip(consumer);
                 let offset = offset.unwrap_or_default();
@@ -129,6 +144,7 @@ impl Request {
                     offset,
                     group,
                     rewind: rewind.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                    join_leave,
                 };
                 (id, Request::Subscribe(subscribe))
             }
@@ -167,6 +183,20 @@ impl Request {
                     reverse,
                 };
                 (id, Request::History(history))
+            }
+            ClientFrame::Presence { id, channel } => {
+                let query = PresenceQuery {
+                    channel,
+                    stats: false,
+                };
+                (id, Request::Presence(query))
+            }
+            ClientFrame::PresenceStats { id, channel } => {
+                let query = PresenceQuery {
+                    channel,
+                    stats: true,
+                };
+                (id, Request::Presence(query))
             }
             ClientFrame::Ack {
                 id,

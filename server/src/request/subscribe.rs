@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use redistribute_protocol::{ErrorCode, StreamId};
+use redistribute_protocol::{ErrorCode, PresenceMember, StreamId};
 
 use super::{authorize, ensure_authenticated, validate_channel, Ack, Subscribe, Unsubscribe};
 use crate::auth::{Action, AuthContext, Denied};
@@ -22,6 +22,8 @@ use crate::limits::TokenBucket;
 pub(crate) struct Allowed<'a> {
     request: &'a Subscribe,
     create: Result<(), Denied>,
+    /// The member the subscriber becomes on a presence channel (its client id is the feed's).
+    member: Option<PresenceMember>,
 }
 
 /// Where a subscription starts.
@@ -58,7 +60,13 @@ pub(crate) fn check<'a>(
         }
     }
     let create = core.may_create(caller, &request.channel);
-    Ok(Allowed { request, create })
+    let member = super::presence::becomes_member(core, caller, request)
+        .then(|| super::presence::member_of(core, caller, 0));
+    Ok(Allowed {
+        request,
+        create,
+        member,
+    })
 }
 
 impl Allowed<'_> {
@@ -67,14 +75,19 @@ impl Allowed<'_> {
         &self.request.channel
     }
 
-    /// Subscribes `feed` (the feed bounds its engine calls by the request timeout).
+    /// Subscribes `feed` (the feed bounds its engine calls by the request timeout) and, on a
+    /// presence channel, makes it a member; a refused membership ends the subscription.
     pub(crate) async fn run(self, feed: &mut Feed) -> Result<Subscribed, RequestError> {
-        let Allowed { request, create } = self;
-        match &request.group {
+        let Allowed {
+            request,
+            create,
+            member,
+        } = self;
+        let subscribed = match &request.group {
             Some((group, consumer)) => feed
                 .subscribe_group(&request.channel, group, consumer, request.offset, create)
                 .await
-                .map(Subscribed::Group),
+                .map(Subscribed::Group)?,
             None => feed
                 .subscribe_rewind(
                     &request.channel,
@@ -83,8 +96,19 @@ impl Allowed<'_> {
                     create.is_ok(),
                 )
                 .await
-                .map(Subscribed::Plain),
+                .map(Subscribed::Plain)?,
+        };
+        if let Some(mut member) = member {
+            member.client = feed.client_id();
+            let joined = feed
+                .join_presence(&request.channel, member, request.join_leave)
+                .await;
+            if let Err(err) = joined {
+                feed.unsubscribe(&request.channel);
+                return Err(err);
+            }
         }
+        Ok(subscribed)
     }
 }
 

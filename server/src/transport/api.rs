@@ -1,4 +1,5 @@
-//! The back-end API: `POST /api/publish` and `GET /api/history`, for an API key (full rights)
+//! The back-end API: `POST /api/publish`, `GET /api/history` and `GET /api/presence`, for an
+//! API key (full rights)
 //! or a token whose claims allow the request ([`crate::request::Access::Backend`]).
 
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use redistribute_protocol::{decode_client, Offset, StreamId};
 
 use super::http::{parse_count, push_message, push_offsets, query_pairs, query_value, HttpError};
 use crate::auth::AuthContext;
-use crate::request::{history::history as read_history, publish, History, Request};
+use crate::request::presence::{self, PresenceAnswer};
+use crate::request::{history::history as read_history, publish, History, PresenceQuery, Request};
 use crate::server::App;
 
 use crate::request::history::MAX_HISTORY;
@@ -120,6 +122,51 @@ async fn history_inner(
     }
     body.push('}');
     Ok(body)
+}
+
+/// `GET /api/presence?channel=` → `{"channel","members":[…]}`; with `stats=true`,
+/// `{"channel","clients","users"}`.
+pub(crate) async fn presence(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<AuthContext>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match presence_inner(&app, &caller, query.as_deref()).await {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn presence_inner(
+    app: &App,
+    caller: &AuthContext,
+    query: Option<&str>,
+) -> Result<String, HttpError> {
+    let pairs = query_pairs(query);
+    let channel = query_value(&pairs, "channel")
+        .ok_or_else(|| HttpError::bad_request("channel= is required"))?;
+    let stats = match query_value(&pairs, "stats") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(HttpError::bad_request("stats= must be true or false")),
+    };
+    let query = PresenceQuery {
+        channel: channel.to_owned(),
+        stats,
+    };
+    let answer = presence::presence(&app.core, caller, &query).await?;
+    let body = match answer {
+        PresenceAnswer::Members(members) => serde_json::json!({
+            "channel": channel,
+            "members": members,
+        }),
+        PresenceAnswer::Counts { clients, users } => serde_json::json!({
+            "channel": channel,
+            "clients": clients,
+            "users": users,
+        }),
+    };
+    Ok(body.to_string())
 }
 
 fn json(status: StatusCode, body: String) -> Response {

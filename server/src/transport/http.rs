@@ -154,6 +154,7 @@ pub(crate) fn subscribes(pairs: &[(String, String)]) -> Result<Vec<Subscribe>, H
             offset,
             group: None,
             rewind: None,
+            join_leave: false,
         })
         .collect())
 }

@@ -102,6 +102,7 @@ pub(crate) fn app_routes() -> Vec<Entry> {
         entry("/task/{id}", Get, Task, "task", task::task),
         entry("/api/publish", Post, Backend, "api", api::publish_api),
         entry("/api/history", Get, Backend, "api", api::history),
+        entry("/api/presence", Get, Backend, "api", api::presence),
         entry("/healthz", Get, Public, "ops", ops::healthz),
     ]
 }

@@ -77,6 +77,7 @@ async fn handle(
         offset: Offset::Latest,
         group: None,
         rewind: None,
+        join_leave: false,
     };
     let allowed = subscribe::check(&app.core, &caller, None, &request)?;
     let mut feed = Feed::new(app.core.clone(), "task");

@@ -133,9 +133,14 @@ pub fn jwt(
         .as_secs() as i64;
     let claims =
         json!({"sub": sub, "exp": now + expires_in, "subscribe": subscribe, "publish": publish});
+    sign(secret, &claims)
+}
+
+/// An HS256 token signed with `secret` carrying `claims` as given.
+pub fn sign(secret: &str, claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &claims,
+        claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing cannot fail")

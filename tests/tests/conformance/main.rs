@@ -12,6 +12,7 @@ mod groups;
 mod history;
 mod history_back;
 mod live;
+mod presence;
 mod redis_only;
 
 use std::sync::Arc;
@@ -47,6 +48,10 @@ use live::{
     live_reader_reports_trims_and_cuts_batches_by_bytes,
     many_channels_feed_live_and_new_watches_start_at_once,
     watched_channels_feed_new_entries_in_order,
+};
+use presence::{
+    presence_caps_hold_under_a_storm_of_joins,
+    presence_members_join_leave_and_expire_with_each_change_logged_once,
 };
 
 /// Records what the engine feeds to its sink. While its [`Gate`] is closed, `deliver` blocks
@@ -418,4 +423,6 @@ conformance!(
     reverse_pages_go_back_from_an_offset_within_bounds,
     reverse_pages_report_the_trim_watermark,
     offset_back_counts_entries_back_from_an_offset,
+    presence_members_join_leave_and_expire_with_each_change_logged_once,
+    presence_caps_hold_under_a_storm_of_joins,
 );

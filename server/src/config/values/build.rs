@@ -41,6 +41,7 @@ impl ConfigValues {
         }
         self.build_cluster(&mut config)?;
         self.build_retention(&mut config)?;
+        self.build_presence(&mut config)?;
         if let Some(prefix) = self.prefix {
             if prefix
                 .bytes()
@@ -219,6 +220,43 @@ impl ConfigValues {
         }
         if let Some(floor) = self.min_maxlen {
             retention.set_min_maxlen(floor);
+        }
+        Ok(())
+    }
+
+    /// The presence keys: `presence_channels`, `presence_ttl_secs`, `presence_max_members`,
+    /// `presence_max_info_bytes`, `presence_window_ms`, `presence_max_events`.
+    fn build_presence(&self, config: &mut Config) -> Result<(), ConfigError> {
+        let presence = &mut config.presence;
+        for pattern in self.presence_channels.iter().flatten() {
+            presence
+                .add_channels(pattern)
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "presence_channels",
+                    reason,
+                })?;
+        }
+        if let Some(s) = self.presence_ttl_secs {
+            let s = positive("presence_ttl_secs", s)?;
+            if s < 3 {
+                return Err(ConfigError::Invalid {
+                    key: "presence_ttl_secs",
+                    reason: "must be at least 3 (members are refreshed every third of it)".into(),
+                });
+            }
+            presence.ttl = Duration::from_secs(s);
+        }
+        if let Some(n) = self.presence_max_members {
+            presence.max_members = positive("presence_max_members", n as u64)? as usize;
+        }
+        if let Some(n) = self.presence_max_info_bytes {
+            presence.max_info_bytes = n;
+        }
+        if let Some(ms) = self.presence_window_ms {
+            presence.window = Duration::from_millis(positive("presence_window_ms", ms)?);
+        }
+        if let Some(n) = self.presence_max_events {
+            presence.max_events = positive("presence_max_events", n as u64)? as usize;
         }
         Ok(())
     }

@@ -17,6 +17,8 @@ use super::{ConfigError, RedisUrl, Secret};
 #[cfg(doc)]
 use super::{AuthConfig, Config, HttpConfig, Limits, TlsFiles};
 #[cfg(doc)]
+use crate::presence::PresenceConfig;
+#[cfg(doc)]
 use crate::TrustedProxies;
 
 /// Values as given by flags, environment or file; `None` means not given. Secrets are
@@ -118,6 +120,18 @@ pub struct ConfigValues {
     pub client_ip_header: Option<String>,
     /// See [`Limits::max_header_bytes`].
     pub max_header_bytes: Option<usize>,
+    /// See [`PresenceConfig::channels`]: channel patterns with presence.
+    pub presence_channels: Option<Vec<String>>,
+    /// See [`PresenceConfig::ttl`], in seconds.
+    pub presence_ttl_secs: Option<u64>,
+    /// See [`PresenceConfig::max_members`].
+    pub presence_max_members: Option<usize>,
+    /// See [`PresenceConfig::max_info_bytes`].
+    pub presence_max_info_bytes: Option<usize>,
+    /// See [`PresenceConfig::window`], in ms.
+    pub presence_window_ms: Option<u64>,
+    /// See [`PresenceConfig::max_events`].
+    pub presence_max_events: Option<usize>,
 }
 
 impl ConfigValues {
@@ -192,6 +206,17 @@ impl ConfigValues {
                 .or(other.trusted_proxy),
             client_ip_header: self.client_ip_header.or(other.client_ip_header),
             max_header_bytes: self.max_header_bytes.or(other.max_header_bytes),
+            presence_channels: self
+                .presence_channels
+                .filter(|c| !c.is_empty())
+                .or(other.presence_channels),
+            presence_ttl_secs: self.presence_ttl_secs.or(other.presence_ttl_secs),
+            presence_max_members: self.presence_max_members.or(other.presence_max_members),
+            presence_max_info_bytes: self
+                .presence_max_info_bytes
+                .or(other.presence_max_info_bytes),
+            presence_window_ms: self.presence_window_ms.or(other.presence_window_ms),
+            presence_max_events: self.presence_max_events.or(other.presence_max_events),
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct EmbeddedEngine {
     wake: Arc<Notify>,
     config: EngineConfig,
     stop: CancellationToken,
+    /// Presence members, in memory like the streams.
+    presence: Arc<crate::presence::store::MemoryStore>,
 }
 
 fn now_ms() -> u64 {
@@ -134,6 +136,7 @@ impl EmbeddedEngine {
             wake: Arc::default(),
             config,
             stop: CancellationToken::new(),
+            presence: Arc::default(),
         });
         tokio::spawn(dispatch(
             engine.state.clone(),
@@ -406,6 +409,10 @@ impl Engine for EmbeddedEngine {
         st.cursors.remove(channel);
         st.dirty.remove(channel);
         st.evict_if_disposable(channel);
+    }
+
+    fn presence_store(&self) -> Arc<dyn crate::presence::PresenceStore> {
+        self.presence.clone()
     }
 
     fn stats(&self) -> EngineStats {

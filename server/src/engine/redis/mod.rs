@@ -35,6 +35,7 @@ mod group_commands;
 pub(crate) mod keys;
 mod log;
 mod parse;
+mod presence;
 mod reader;
 mod scripts;
 mod shared;
@@ -378,6 +379,10 @@ impl Engine for RedisEngine {
             Readers::Log(pool) => pool.unwatch(channel),
             Readers::Channel(pool) => pool.unwatch(channel),
         }
+    }
+
+    fn presence_store(&self) -> Arc<dyn crate::presence::PresenceStore> {
+        Arc::new(presence::RedisPresence::new(self.shared.clone()))
     }
 
     fn stats(&self) -> EngineStats {

@@ -12,7 +12,7 @@ use super::{close_code, Connection, End, Publishing};
 use crate::auth::{lifetime, Credential};
 use crate::error::RequestError;
 use crate::limits::TokenBucket;
-use crate::request::{history, publish, subscribe, Request};
+use crate::request::{history, presence, publish, subscribe, Request};
 
 impl Connection {
     /// `connect`: (re)authenticates with the token; a bad token closes the connection. On an
@@ -44,7 +44,7 @@ impl Connection {
                 self.bad_frames = 0;
                 let reply = ServerFrame::Connected {
                     id,
-                    client: format!("{:x}-{}", self.app.core.instance_id, self.feed.id()),
+                    client: self.app.core.client_id(self.feed.id()),
                     version: PROTOCOL_VERSION,
                 };
                 self.send(&reply).await
@@ -140,6 +140,10 @@ impl Connection {
                 let page = history::history(&app.core, &self.ctx, &request).await?;
                 let text = history::page_frame(id, &page);
                 return self.send_text(text).await.map_err(|_| RequestError::Socket);
+            }
+            Request::Presence(query) => {
+                let answer = presence::presence(&app.core, &self.ctx, &query).await?;
+                answer.into_frame(id, query.channel)
             }
         };
         self.reply(&reply).await
