@@ -154,7 +154,7 @@ pub use config::{
     DEFAULT_MAX_PENDING, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{RequestError, SessionError};
-pub use event::{Action, DisconnectReason, Event, RequestId};
+pub use event::{Action, ClientState, DisconnectReason, Event, RequestId, SubscriptionState};
 pub use token::{refresh_lead, token_lifetime, MIN_REFRESH_LEAD};
 
 use crate::frame::ClientFrame;
@@ -316,6 +316,26 @@ impl Session {
         self.subs.iter().map(|(channel, _)| channel.as_str())
     }
 
+    /// The session's connection state (announced by [`Event::State`] when it changes).
+    pub fn state(&self) -> ClientState {
+        match self.state {
+            State::Idle => ClientState::Disconnected,
+            State::Connecting { .. } | State::Handshaking { .. } | State::Backoff { .. } => {
+                ClientState::Connecting
+            }
+            State::Open { .. } => ClientState::Connected,
+            State::Closed => ClientState::Closed,
+        }
+    }
+
+    /// The state of a channel's subscription, as last announced by
+    /// [`Event::SubscriptionState`] (`Unsubscribed` for a channel the session does not keep).
+    pub fn subscription_state(&self, channel: &str) -> SubscriptionState {
+        self.subs
+            .get(channel)
+            .map_or(SubscriptionState::Unsubscribed, |s| s.announced)
+    }
+
     /// How many subscriptions the session keeps.
     pub fn subscription_count(&self) -> usize {
         self.subs.len()
@@ -368,6 +388,45 @@ impl Session {
     /// The deadline of something started now.
     fn deadline(&self) -> Duration {
         self.now.saturating_add(self.config.request_timeout)
+    }
+
+    /// Announces a kept channel's new subscription state, if it changed.
+    fn announce(&mut self, channel: &str, state: SubscriptionState) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if sub.announced != state {
+            sub.announced = state;
+            self.events.push_back(Event::SubscriptionState {
+                channel: channel.to_owned(),
+                state,
+                error: None,
+            });
+        }
+    }
+
+    /// Announces that a subscription the session just forgot is `Unsubscribed` (with why,
+    /// when the caller did not ask), unless it already was.
+    fn announce_removed(
+        &mut self,
+        channel: &str,
+        sub: &subscriptions::Subscription,
+        error: Option<RequestError>,
+    ) {
+        if sub.announced != SubscriptionState::Unsubscribed {
+            self.events.push_back(Event::SubscriptionState {
+                channel: channel.to_owned(),
+                state: SubscriptionState::Unsubscribed,
+                error,
+            });
+        }
+    }
+
+    /// Announces the session's connection state after a transition.
+    fn announce_client(&mut self) {
+        self.events.push_back(Event::State {
+            state: self.state(),
+        });
     }
 
     /// The target of the current attempt, owned.

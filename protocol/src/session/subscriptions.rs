@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::event::SubscriptionState;
 use crate::frame::Message;
 use crate::offset::{Offset, StreamId};
 
@@ -38,6 +39,10 @@ pub(crate) struct Subscription {
     /// The session's own `unsubscribe` (its id) whose reply this subscription waits for
     /// before its `subscribe` goes out (see [`Session::resubscribe`](super::Session::resubscribe)).
     pub(crate) barrier: Option<u64>,
+    /// The state last announced to the application ([`Event::SubscriptionState`]).
+    ///
+    /// [`Event::SubscriptionState`]: super::Event::SubscriptionState
+    pub(crate) announced: SubscriptionState,
 }
 
 impl Subscription {
@@ -57,6 +62,7 @@ impl Subscription {
             failures: 0,
             retry_at: None,
             barrier: None,
+            announced: SubscriptionState::Unsubscribed,
         }
     }
 
