@@ -10,6 +10,7 @@ mod no_loss;
 mod requests;
 mod resubscribe;
 mod resume;
+mod states;
 mod tabs;
 mod tabs_model;
 mod tabs_world;
