@@ -11,11 +11,12 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::builder::ClientBuilder;
-use crate::driver::{Command, SubscribeRequest};
+use crate::channel::{ChannelSubscription, SubscribeOptions};
+use crate::driver::{Command, Registration};
 use crate::error::Error;
 use crate::event::{ConnectionState, Event, Events};
 use crate::group::GroupSubscription;
-use crate::subscription::{SubShared, Subscription};
+use crate::subscription::Subscription;
 
 /// A handle on one connection to a redistribute deployment (one driver task, one session).
 /// Clones share it. The client lives while a clone or a [`Subscription`] does, or until
@@ -66,7 +67,12 @@ impl Client {
     ///
     /// The subscription survives reconnects and failovers: it resumes from its last delivered
     /// offset, so the stream yields each message once and in order. Subscribing again to a
-    /// channel replaces the earlier subscription (whose stream ends).
+    /// channel replaces the earlier subscription (whose stream ends), a
+    /// [`ChannelSubscription`] of the channel included (it ends `Unsubscribed` with
+    /// [`Error::Cancelled`]).
+    ///
+    /// The returned [`Subscription`] is a [`ChannelSubscription`] whose stream yields only the
+    /// messages and ends when it is unsubscribed.
     pub async fn subscribe(
         &self,
         channel: impl Into<String>,
@@ -76,39 +82,83 @@ impl Client {
             .await
     }
 
-    /// Sends a (plain or group) subscribe and, once the server confirmed it, returns the
-    /// subscription's stream.
+    /// A subscription object for `channel`, not subscribed yet: call
+    /// [`ChannelSubscription::subscribe`]. It has a state ([`SubscriptionState`](crate::SubscriptionState), also as a
+    /// watch) and a stream of [`SubscriptionEvent`](crate::SubscriptionEvent)s; see
+    /// [`crate::channel`]. Fails with [`Error::DuplicateSubscription`] when the client already
+    /// has a subscription of the channel (an object or a [`Client::subscribe`] stream): drop
+    /// that one first. Dropping the object unsubscribes.
+    pub async fn new_subscription(
+        &self,
+        channel: impl Into<String>,
+        options: SubscribeOptions,
+    ) -> Result<ChannelSubscription, Error> {
+        self.register(channel.into(), options.offset, None, false)
+            .await
+    }
+
+    /// Registers a subscription object with the driver.
+    async fn register(
+        &self,
+        channel: String,
+        offset: Offset,
+        group: Option<(String, String)>,
+        replace: bool,
+    ) -> Result<ChannelSubscription, Error> {
+        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (object, parts) = ChannelSubscription::create(
+            channel.clone(),
+            sub,
+            self.inner.subscription_buffer,
+            self.inner.wake.clone(),
+            self.clone(),
+        );
+        let registration = Registration {
+            channel,
+            offset,
+            sub,
+            parts,
+            group,
+            replace,
+        };
+        self.call(|reply| Command::Register {
+            registration,
+            reply,
+        })
+        .await?;
+        Ok(object)
+    }
+
+    /// Registers a (plain or group) subscription that replaces any other of the channel,
+    /// subscribes it and, once the server confirmed it, returns its message stream.
     async fn open_subscription(
         &self,
         channel: String,
         offset: Offset,
         group: Option<(String, String)>,
     ) -> Result<Subscription, Error> {
-        let capacity = self.inner.subscription_buffer;
-        let (tx, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(SubShared::default());
-        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let object = self.register(channel, offset, group, true).await?;
+        let start = object.subscribe().await?;
+        Ok(Subscription::new(object, start))
+    }
+
+    /// Sends a command made with a reply channel and waits for the answer.
+    pub(crate) async fn call<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
-        let request = SubscribeRequest {
-            channel: channel.clone(),
-            offset,
-            sub,
-            tx,
-            shared: shared.clone(),
-            group,
-        };
-        self.send(Command::Subscribe { request, reply }).await?;
-        let start = self.answer(answer).await?;
-        Ok(Subscription::new(
-            channel,
-            sub,
-            rx,
-            capacity,
-            shared,
-            self.inner.wake.clone(),
-            self.inner.commands.clone(),
-            start,
-        ))
+        self.send(command(reply)).await?;
+        self.answer(answer).await
+    }
+
+    /// A subscription object was dropped: unsubscribe it (best effort: when the command
+    /// queue is full the driver notices the closed buffer at the channel's next event).
+    pub(crate) fn dropped(&self, channel: String, sub: u64) {
+        let _ = self
+            .inner
+            .commands
+            .try_send(Command::Dropped { channel, sub });
     }
 
     /// Joins consumer group `group` of `channel` as `consumer` (a worker): each message of the
@@ -223,6 +273,12 @@ impl Client {
     /// The current connection state.
     pub fn state(&self) -> ConnectionState {
         self.inner.state.borrow().clone()
+    }
+
+    /// A watch of the connection state: `changed().await` wakes at every change
+    /// (`Connecting` → `Connected` → `Connecting` … → `Closed`), `borrow()` reads it.
+    pub fn state_watch(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
     }
 
     /// Whether a connection is ready now.

@@ -52,6 +52,7 @@
 //!   added with [`ClientBuilder::add_root_certificate`].
 
 mod builder;
+pub mod channel;
 mod client;
 mod driver;
 mod error;
@@ -66,11 +67,12 @@ pub use builder::{
     ClientBuilder, DEFAULT_COMMAND_BUFFER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_BUFFER,
     DEFAULT_SUBSCRIPTION_BUFFER,
 };
+pub use channel::{ChannelSubscription, SubscribeOptions, Subscribed, SubscriptionEvent};
 pub use client::Client;
 pub use error::{Error, TargetFailure};
 pub use event::{ConnectionState, Event, Events};
 pub use group::{GroupMessage, GroupSubscription};
-pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
+pub use redistribute_protocol::session::{DisconnectReason, PublishOptions, SubscriptionState};
 pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, StreamId};
 pub use subscription::Subscription;
 pub use token::{TokenError, TokenFuture};
