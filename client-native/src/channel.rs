@@ -329,6 +329,7 @@ impl Stream for ChannelSubscription {
 
 impl Drop for ChannelSubscription {
     fn drop(&mut self) {
-        self.client.dropped(std::mem::take(&mut self.channel), self.id);
+        self.client
+            .dropped(std::mem::take(&mut self.channel), self.id);
     }
 }

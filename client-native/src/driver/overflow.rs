@@ -83,7 +83,8 @@ impl Driver {
             .iter()
             .filter(|(_, e)| {
                 e.shared.overflowed.load(Ordering::SeqCst)
-                    && (e.tx.is_closed() || e.shared.queued.load(Ordering::SeqCst) <= e.capacity / 2)
+                    && (e.tx.is_closed()
+                        || e.shared.queued.load(Ordering::SeqCst) <= e.capacity / 2)
             })
             .map(|(c, _)| c.clone())
             .collect();

@@ -47,7 +47,10 @@ pub(super) struct Entry {
 #[derive(Debug)]
 pub(super) enum Reply {
     /// A resume after an overflow.
-    Subscribe { channel: String, sub: u64 },
+    Subscribe {
+        channel: String,
+        sub: u64,
+    },
     /// The caller's unsubscribe.
     Unsubscribe(oneshot::Sender<Result<(), Error>>),
     Publish(oneshot::Sender<Result<StreamId, Error>>),
@@ -117,6 +120,8 @@ impl Driver {
                 };
                 if let Some(entry) = self.entries.get_mut(&channel) {
                     entry.start = Some(start);
+                    // The session announces it next; a caller woken now already sees it.
+                    set_state(&entry.state, SubscriptionState::Subscribed);
                     for waiter in entry.waiters.drain(..) {
                         let _ = waiter.send(Ok(start));
                     }
@@ -169,7 +174,7 @@ impl Driver {
                     }
                     _ => {
                         if let Some(entry) = self.entries.get(&channel) {
-                            entry.state.send_replace(state);
+                            set_state(&entry.state, state);
                         }
                     }
                 }
@@ -245,13 +250,15 @@ impl Driver {
         };
         entry.shared.overflowed.store(false, Ordering::SeqCst);
         entry.start = None;
-        for waiter in entry.waiters.drain(..) {
-            let _ = waiter.send(Err(error.clone().unwrap_or(Error::Cancelled)));
-        }
-        if *entry.state.borrow() != SubscriptionState::Unsubscribed {
-            entry.state.send_replace(SubscriptionState::Unsubscribed);
+        let waiters = std::mem::take(&mut entry.waiters);
+        if set_state(&entry.state, SubscriptionState::Unsubscribed) {
             entry.shared.queued.fetch_add(1, Ordering::SeqCst);
-            let _ = entry.tx.send(SubscriptionEvent::Unsubscribed { error });
+            let _ = entry.tx.send(SubscriptionEvent::Unsubscribed {
+                error: error.clone(),
+            });
+        }
+        for waiter in waiters {
+            let _ = waiter.send(Err(error.clone().unwrap_or(Error::Cancelled)));
         }
         if entry.ephemeral {
             self.entries.remove(channel);
@@ -265,4 +272,13 @@ impl Driver {
             _ => error.into(),
         }
     }
+}
+
+/// Sets an object's state; returns whether it changed (watchers wake only then).
+fn set_state(watch: &watch::Sender<SubscriptionState>, state: SubscriptionState) -> bool {
+    watch.send_if_modified(|s| {
+        let changed = *s != state;
+        *s = state;
+        changed
+    })
 }
