@@ -33,11 +33,13 @@ use crate::storage::LocalStorage;
 
 mod events;
 mod leader;
+mod objects;
 mod outbox;
 mod sharing;
 mod token;
 mod transport;
 
+pub(crate) use objects::SubTopic;
 use transport::{Bus, Link};
 
 /// The page events, in the order of their listener lists.
@@ -50,6 +52,7 @@ pub(crate) enum Topic {
     Leader = 4,
     Follower = 5,
     Outbox = 6,
+    State = 7,
 }
 
 impl Topic {
@@ -63,6 +66,7 @@ impl Topic {
             "leader" => Topic::Leader,
             "follower" => Topic::Follower,
             "outbox" => Topic::Outbox,
+            "state" => Topic::State,
             _ => return None,
         })
     }
@@ -111,8 +115,10 @@ struct Waiter {
 enum Out {
     /// Call a topic's listeners with these arguments.
     Emit(Topic, Vec<JsValue>),
-    /// Decode and deliver messages of a channel.
+    /// Decode and deliver messages of a channel (to the client's and the object's listeners).
     Messages(String, Vec<CachedMessage>),
+    /// Call the listeners of a channel's subscription object.
+    Sub(String, SubTopic, Vec<JsValue>),
 }
 
 /// The JS callbacks, created once per client. They hold a weak reference, so a client the
@@ -140,7 +146,11 @@ struct Inner {
     /// Promises by request id. A short list (requests settle within the request timeout), so
     /// a `Vec` beats a map in code size.
     waiting: Vec<(u64, Waiter)>,
-    listeners: [Vec<Function>; 7],
+    listeners: [Vec<Function>; 8],
+    /// The page's subscription objects (a short list, like `waiting`).
+    objects: Vec<objects::Object>,
+    /// The id of the last object made.
+    next_object: u32,
     cache: Option<Cache<LocalStorage>>,
     encode: Option<Function>,
     decode: Option<Function>,
@@ -268,6 +278,8 @@ impl Driver {
             timer: None,
             waiting: Vec::new(),
             listeners: Default::default(),
+            objects: Vec::new(),
+            next_object: 0,
             cache: setup.cache,
             encode: setup.encode,
             decode: setup.decode,
@@ -330,6 +342,11 @@ impl Driver {
         self.0.borrow().session.is_connected()
     }
 
+    /// The client state's name (`disconnected`, `connecting`, `connected`, `closed`).
+    pub(crate) fn state(&self) -> &'static str {
+        self.0.borrow().session.state().as_str()
+    }
+
     /// The page's `encode`, if any.
     pub(crate) fn encoder(&self) -> Option<Function> {
         self.0.borrow().encode.clone()
@@ -357,15 +374,6 @@ impl Driver {
         let last = loaded.last_offset.map(|o| JsValue::from(o.to_string()));
         set(&out, "lastOffset", &last.unwrap_or(JsValue::UNDEFINED));
         Ok(out)
-    }
-
-    /// Subscribes; the promise settles with the server's reply.
-    pub(crate) fn subscribe(
-        &self,
-        channel: String,
-        offset: redistribute_protocol::Offset,
-    ) -> Promise {
-        self.request(Reply::Subscribe, |s| s.subscribe(channel, offset))
     }
 
     /// Unsubscribes; resolves `true`.
@@ -456,31 +464,44 @@ impl Driver {
             inner.dispatching = true;
         }
         loop {
-            let (out, listeners) = {
+            let (out, listeners, objects) = {
                 let mut inner = self.0.borrow_mut();
                 let Some(out) = inner.queue.pop_front() else {
                     inner.dispatching = false;
                     return;
                 };
-                let topic = match &out {
-                    Out::Emit(topic, _) => *topic,
-                    Out::Messages(..) => Topic::Messages,
+                let (topic, object) = match &out {
+                    Out::Emit(topic, _) => (*topic, None),
+                    Out::Messages(channel, _) => {
+                        (Topic::Messages, Some((channel, SubTopic::Messages)))
+                    }
+                    Out::Sub(channel, topic, _) => (Topic::State, Some((channel, *topic))),
                 };
-                let listeners = inner.listeners[topic as usize].clone();
-                (out, listeners)
+                let objects = object
+                    .and_then(|(c, t)| Some(inner.object(c)?.listeners[t as usize].clone()))
+                    .unwrap_or_default();
+                let listeners = match out {
+                    Out::Sub(..) => Vec::new(),
+                    _ => inner.listeners[topic as usize].clone(),
+                };
+                (out, listeners, objects)
             };
-            let args = match out {
-                Out::Emit(_, args) => args,
+            let (args, object_args) = match out {
+                Out::Emit(_, args) => (args, Vec::new()),
+                Out::Sub(_, _, args) => (Vec::new(), args),
                 Out::Messages(channel, messages) => {
                     let js = self.js_messages(&channel, &messages);
                     if js.length() == 0 {
                         continue;
                     }
-                    vec![channel.into(), js.into()]
+                    (vec![channel.into(), js.clone().into()], vec![js.into()])
                 }
             };
             for listener in &listeners {
                 call(listener, &args);
+            }
+            for listener in &objects {
+                call(listener, &object_args);
             }
         }
     }
