@@ -45,6 +45,12 @@
 //!   buffers. A subscription whose application does not keep up is resumed from the stream
 //!   instead of buffering without limit ([`Event::Overflow`]; see [`Subscription`]). The
 //!   driver never waits for the application.
+//! - **Subscription objects.** [`Client::new_subscription`] returns a [`ChannelSubscription`]:
+//!   a state ([`SubscriptionState`], also as a `tokio::sync::watch`), a `Stream` of
+//!   [`SubscriptionEvent`]s (`Subscribed { offset, truncated, recovered }`, `Message`, `Gap`,
+//!   `Error`, `Unsubscribed`) and `subscribe`/`unsubscribe`/`publish`; see [`channel`].
+//!   [`Client::subscribe`] is such an object whose stream yields only the messages.
+//!   [`Client::state_watch`] watches the connection state.
 //! - **Workers.** [`Client::subscribe_group`] joins a consumer group: each message goes to
 //!   one worker of the group and is acknowledged with [`GroupMessage::ack`]; unacknowledged
 //!   ones are delivered again (see [`group`]).

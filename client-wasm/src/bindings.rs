@@ -497,10 +497,8 @@ fn sub_topic(event: &str) -> Result<SubTopic, JsValue> {
     SubTopic::parse(event).ok_or_else(|| {
         js_error(&ErrorInfo::new(
             BAD_REQUEST,
-            format!(
-                "unknown event \"{event}\": expected state, subscribed, unsubscribed, \
-                 messages, gap or error"
-            ),
+            "unknown subscription event: expected state, subscribed, unsubscribed, messages, \
+             gap or error",
         ))
     })
 }

@@ -73,6 +73,22 @@
 //! old subscription still on the wire reaches the new one. A driver whose local buffer
 //! overflowed resumes with it from the last offset it delivered.
 //!
+//! # States
+//!
+//! The session announces its connection state ([`ClientState`]: `Disconnected` before
+//! [`Session::connect`], `Connecting` while opening a connection or backing off, `Connected`,
+//! `Closed`) with [`Event::State`], and each channel's subscription state
+//! ([`SubscriptionState`]: `Unsubscribed`, `Subscribing`, `Subscribed`) with
+//! [`Event::SubscriptionState`], each right after the event that caused it, once per change;
+//! [`Session::state`] and [`Session::subscription_state`] read them. A channel is `Subscribed`
+//! from its `subscribed` reply until the connection ends (then `Subscribing` until the
+//! re-subscribe is answered) or it is replaced (`Subscribing` again). It becomes `Unsubscribed`
+//! on the caller's unsubscribe (`error: None`), and with the error when it ends otherwise: a
+//! permanent refusal of a subscribe or re-subscribe, a timeout, an undecodable frame, or
+//! [`Session::close`] ([`RequestError::Closed`]). The session delivers messages and gaps of a
+//! channel only while it is `Subscribed`. [`Event::Subscribed`] carries `recovered`: the
+//! subscribe asked for the messages after a known offset and nothing after it was lost.
+//!
 //! # Transient and permanent errors
 //!
 //! Transient failures never end a subscription: a `subscribe` answered `unavailable`,
