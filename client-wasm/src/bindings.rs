@@ -334,7 +334,8 @@ impl Client {
         }
     }
 
-    /// The channel's subscription object, if it has one (`client.subscribe` makes one too).
+    /// The channel's subscription object, if it has one (`client.subscribe` makes one too):
+    /// a new handle on each call; handles of one subscription share its state and listeners.
     #[wasm_bindgen(js_name = getSubscription)]
     pub fn get_subscription(&self, channel: String) -> Option<Subscription> {
         let id = self.driver.subscription_id(&channel)?;

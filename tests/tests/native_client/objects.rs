@@ -339,3 +339,65 @@ async fn an_object_that_overflows_resumes_without_loss() -> Result<()> {
     client.close().await;
     Ok(())
 }
+
+/// An object unsubscribed while its buffer is overflowed (a resume pending) ends cleanly:
+/// the buffered messages, then `Unsubscribed` with no error, no resume behind its back; a
+/// later subscribe continues after the last buffered message, and every message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_an_overflowed_object_then_subscribing_again_loses_nothing() -> Result<()> {
+    const TOTAL: u64 = 200;
+    let redis = RedisServer::start().await?;
+    let server = start_server(Some(&redis), &[]).await?;
+    let client = within(
+        "connect",
+        Client::builder()
+            .target(server.ws_url())
+            .subscription_buffer(4)
+            .connect(),
+    )
+    .await??;
+    let mut feed = client
+        .new_subscription("feed", SubscribeOptions::new())
+        .await?;
+    within("subscribe", feed.subscribe()).await??;
+    let publisher = connect(&[server.ws_url()]).await?;
+    // Nobody reads meanwhile: the buffer overflows at once.
+    let mut offsets = publish_steady(publisher.clone(), "feed", TOTAL / 2).await?;
+    within("unsubscribe", feed.unsubscribe()).await??;
+    ensure!(feed.state() == SubscriptionState::Unsubscribed);
+    let mut got = Vec::new();
+    loop {
+        match event(&mut feed).await? {
+            SubscriptionEvent::Message(m) => got.push(m),
+            SubscriptionEvent::Unsubscribed { error: None } => break,
+            SubscriptionEvent::Subscribed(_) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(got.len() < offsets.len(), "the buffer did overflow");
+    // Nothing arrives while unsubscribed, even after the driver's resume delay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        feed.queued() == 0,
+        "{} events while unsubscribed",
+        feed.queued()
+    );
+    ensure!(feed.state() == SubscriptionState::Unsubscribed);
+
+    for seq in TOTAL / 2..TOTAL {
+        offsets.push(within("publish", publisher.publish("feed", json!({ "seq": seq }))).await??);
+    }
+    let again = within("subscribe again", feed.subscribe()).await??;
+    ensure!(again.recovered, "{again:?}");
+    while got.len() < TOTAL as usize {
+        match event(&mut feed).await? {
+            SubscriptionEvent::Message(m) => got.push(m),
+            SubscriptionEvent::Subscribed(_) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    check_exact(&got, &offsets)?;
+    no_more_messages(&mut feed).await?;
+    client.close().await;
+    Ok(())
+}
