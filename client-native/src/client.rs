@@ -93,15 +93,14 @@ impl Client {
         channel: impl Into<String>,
         options: SubscribeOptions,
     ) -> Result<ChannelSubscription, Error> {
-        self.register(channel.into(), options.offset, None, false)
-            .await
+        self.register(channel.into(), options, None, false).await
     }
 
     /// Registers a subscription object with the driver.
     async fn register(
         &self,
         channel: String,
-        offset: Offset,
+        options: SubscribeOptions,
         group: Option<(String, String)>,
         replace: bool,
     ) -> Result<ChannelSubscription, Error> {
@@ -115,7 +114,7 @@ impl Client {
         );
         let registration = Registration {
             channel,
-            offset,
+            options,
             sub,
             parts,
             group,
@@ -137,7 +136,8 @@ impl Client {
         offset: Offset,
         group: Option<(String, String)>,
     ) -> Result<Subscription, Error> {
-        let object = self.register(channel, offset, group, true).await?;
+        let options = SubscribeOptions::new().offset(offset);
+        let object = self.register(channel, options, group, true).await?;
         let start = object.subscribe().await?;
         Ok(Subscription::new(object, start))
     }

@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::cache::{Cache, DEFAULT_LIMIT};
-use crate::driver::{js_error, Driver, Setup, SubTopic, Topic};
+use crate::driver::{js_error, Driver, Setup, SubOptions, SubTopic, Topic};
 use crate::errors::{ErrorInfo, BAD_CONFIG, BAD_REQUEST};
 use crate::namespace::Namespace;
 use crate::outbox::Outbox;
@@ -323,11 +323,8 @@ impl Client {
             js_sys::Object,
         >,
     ) -> Result<Subscription, JsValue> {
-        let offset = options
-            .map(|o| get(&o, "offset").as_string())
-            .unwrap_or_default();
-        let made = parse_offset(offset)
-            .and_then(|offset| self.driver.new_subscription(channel.clone(), offset));
+        let made = sub_options(options.as_deref())
+            .and_then(|options| self.driver.new_subscription(channel.clone(), options));
         match made {
             Ok(id) => Ok(self.object(channel, id)),
             Err(e) => Err(js_error(&e)),
@@ -491,6 +488,14 @@ fn parse_offset(offset: Option<String>) -> Result<Offset, ErrorInfo> {
         .transpose()
         .map(Option::unwrap_or_default)
         .map_err(|e| ErrorInfo::new(BAD_REQUEST, e.to_string()))
+}
+
+/// The optional argument of `newSubscription`.
+fn sub_options(options: Option<&JsValue>) -> Result<SubOptions, ErrorInfo> {
+    let option = |name| options.map_or(JsValue::UNDEFINED, |o| get(o, name));
+    Ok(SubOptions {
+        offset: parse_offset(option("offset").as_string())?,
+    })
 }
 
 /// A subscription event's topic, or a `bad_request` error.

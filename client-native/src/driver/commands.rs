@@ -17,15 +17,17 @@ use redistribute_protocol::session::{PublishOptions, RequestId, SessionError, Su
 use redistribute_protocol::{validate_channel, Fields, Offset, StreamId};
 use tokio::sync::oneshot;
 
+use super::overflow::resume_offset;
 use super::route::{Entry, Reply};
 use super::Driver;
-use crate::channel::{Parts, Subscribed};
+use crate::channel::{Parts, SubscribeOptions, Subscribed};
 use crate::error::Error;
 
 /// A new subscription object's parts.
 pub(crate) struct Registration {
     pub(crate) channel: String,
-    pub(crate) offset: Offset,
+    /// Where it starts (and, as options are added, how).
+    pub(crate) options: SubscribeOptions,
     /// Identifies this subscription among those of the same channel over time.
     pub(crate) sub: u64,
     pub(crate) parts: Parts,
@@ -177,7 +179,7 @@ impl Driver {
     fn register(&mut self, registration: Registration) -> Result<(), Error> {
         let Registration {
             channel,
-            offset,
+            options,
             sub,
             parts,
             group,
@@ -201,7 +203,7 @@ impl Driver {
             shared: parts.shared,
             state: parts.state,
             capacity: self.settings.subscription_buffer,
-            requested: offset,
+            options,
             last_queued: None,
             group,
             ephemeral: replace,
@@ -240,7 +242,7 @@ impl Driver {
             }
         }
         // Continue after what was buffered, or start where the options say.
-        let from = entry.last_queued.map_or(entry.requested, Offset::Id);
+        let from = resume_offset(entry);
         let group = entry.group.clone();
         match self.resubscribe(&channel, from, group) {
             Ok(_) => {

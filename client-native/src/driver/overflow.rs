@@ -160,8 +160,9 @@ fn put(entry: &Entry, event: SubscriptionEvent) -> Offered {
     }
 }
 
-/// What a resumed subscription asks for: after the last buffered message, or what the caller
-/// first asked for if nothing was buffered yet.
-fn resume_offset(entry: &Entry) -> Offset {
-    entry.last_queued.map_or(entry.requested, Offset::Id)
+/// What a subscribe of an entry asks for (a resume, or a subscribe again after an
+/// unsubscribe): after the last buffered message, or what the caller first asked for if nothing
+/// was buffered yet.
+pub(super) fn resume_offset(entry: &Entry) -> Offset {
+    entry.last_queued.map_or(entry.options.offset, Offset::Id)
 }

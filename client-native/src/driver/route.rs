@@ -7,13 +7,13 @@ use std::sync::Arc;
 use redistribute_protocol::session::{
     DisconnectReason, Event as SessionEvent, RequestError, SubscriptionState,
 };
-use redistribute_protocol::{ErrorCode, Offset, StreamId};
+use redistribute_protocol::{ErrorCode, StreamId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::Driver;
-use crate::channel::{SubShared, Subscribed, SubscriptionEvent};
+use crate::channel::{SubShared, SubscribeOptions, Subscribed, SubscriptionEvent};
 use crate::error::Error;
 use crate::event::{ConnectionState, Event};
 
@@ -30,7 +30,7 @@ pub(super) struct Entry {
     /// Most events in the buffer.
     pub(super) capacity: usize,
     /// What the caller asked for.
-    pub(super) requested: Offset,
+    pub(super) options: SubscribeOptions,
     /// The offset of the last message put into the buffer.
     pub(super) last_queued: Option<StreamId>,
     /// `(group, consumer)` of a consumer-group subscription.

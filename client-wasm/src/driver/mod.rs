@@ -39,7 +39,7 @@ mod sharing;
 mod token;
 mod transport;
 
-pub(crate) use objects::SubTopic;
+pub(crate) use objects::{SubOptions, SubTopic};
 use transport::{Bus, Link};
 
 /// The page events, in the order of their listener lists.

@@ -39,13 +39,19 @@ impl SubTopic {
     }
 }
 
+/// A subscription object's options (`SubscriptionOptions`), checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SubOptions {
+    /// Where its first subscribe starts.
+    pub(crate) offset: Offset,
+}
+
 /// One subscription object.
 pub(super) struct Object {
     /// Identifies it among the objects of the channel over time.
     id: u32,
     pub(super) channel: String,
-    /// Where its first subscribe starts.
-    offset: Offset,
+    options: SubOptions,
     /// The last message delivered to it (or the end of a gap it was told of): a later
     /// subscribe continues after it.
     pub(super) last: Option<StreamId>,
@@ -80,7 +86,7 @@ impl Driver {
     pub(crate) fn new_subscription(
         &self,
         channel: String,
-        offset: Offset,
+        options: SubOptions,
     ) -> Result<u32, ErrorInfo> {
         validate_channel(&channel)
             .map_err(|e| ErrorInfo::new(crate::errors::BAD_REQUEST, e.to_string()))?;
@@ -97,7 +103,7 @@ impl Driver {
         inner.objects.push(Object {
             id,
             channel,
-            offset,
+            options,
             last: None,
             listeners: Default::default(),
         });
@@ -158,7 +164,10 @@ impl Driver {
     /// repeated).
     pub(crate) fn sub_subscribe(&self, id: u32) -> Promise {
         let found = self.with_object(id, |o| {
-            (o.channel.clone(), o.last.map_or(o.offset, Offset::Id))
+            (
+                o.channel.clone(),
+                o.last.map_or(o.options.offset, Offset::Id),
+            )
         });
         match found {
             Some((channel, from)) => self.request(Reply::Subscribe, |s| s.subscribe(channel, from)),
@@ -179,13 +188,13 @@ impl Driver {
     pub(crate) fn subscribe(&self, channel: String, offset: Offset) -> Promise {
         let id = match self.subscription_id(&channel) {
             Some(id) => id,
-            None => match self.new_subscription(channel, offset) {
+            None => match self.new_subscription(channel, SubOptions { offset }) {
                 Ok(id) => id,
                 Err(e) => return Promise::reject(&js_error(&e)),
             },
         };
         self.with_object(id, |o| {
-            o.offset = offset;
+            o.options.offset = offset;
             o.last = None;
         });
         self.sub_subscribe(id)
