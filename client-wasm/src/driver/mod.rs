@@ -470,20 +470,18 @@ impl Driver {
                     inner.dispatching = false;
                     return;
                 };
-                let (topic, object) = match &out {
-                    Out::Emit(topic, _) => (*topic, None),
-                    Out::Messages(channel, _) => {
-                        (Topic::Messages, Some((channel, SubTopic::Messages)))
-                    }
-                    Out::Sub(channel, topic, _) => (Topic::State, Some((channel, *topic))),
+                // The client's listeners, and the channel's object's.
+                let (listeners, object) = match &out {
+                    Out::Emit(topic, _) => (inner.listeners[*topic as usize].clone(), None),
+                    Out::Messages(channel, _) => (
+                        inner.listeners[Topic::Messages as usize].clone(),
+                        Some((channel, SubTopic::Messages)),
+                    ),
+                    Out::Sub(channel, topic, _) => (Vec::new(), Some((channel, *topic))),
                 };
                 let objects = object
                     .and_then(|(c, t)| Some(inner.object(c)?.listeners[t as usize].clone()))
                     .unwrap_or_default();
-                let listeners = match out {
-                    Out::Sub(..) => Vec::new(),
-                    _ => inner.listeners[topic as usize].clone(),
-                };
                 (out, listeners, objects)
             };
             let (args, object_args) = match out {
