@@ -12,20 +12,12 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::builder::ClientBuilder;
-use crate::driver::{Command, PresenceReply, SubscribeRequest};
+use crate::channel::{ChannelSubscription, SubscribeOptions};
+use crate::driver::{Command, PresenceReply, Registration};
 use crate::error::Error;
 use crate::event::{ConnectionState, Event, Events};
 use crate::group::GroupSubscription;
-use crate::subscription::{SubShared, Subscription};
-
-/// Where [`Client::subscribe_with`] starts: an offset, or a rewind (not both).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SubscribeOptions {
-    /// Start after this offset (default [`Offset::Latest`]: new messages only).
-    pub offset: Option<Offset>,
-    /// Start with the channel's last this many messages (at most 1000), then live.
-    pub rewind: Option<u64>,
-}
+use crate::subscription::Subscription;
 
 /// A handle on one connection to a redistribute deployment (one driver task, one session).
 /// Clones share it. The client lives while a clone or a [`Subscription`] does, or until
@@ -76,19 +68,25 @@ impl Client {
     ///
     /// The subscription survives reconnects and failovers: it resumes from its last delivered
     /// offset, so the stream yields each message once and in order. Subscribing again to a
-    /// channel replaces the earlier subscription (whose stream ends).
+    /// channel replaces the earlier subscription (whose stream ends), a
+    /// [`ChannelSubscription`] of the channel included (it ends `Unsubscribed` with
+    /// [`Error::Cancelled`]).
+    ///
+    /// The returned [`Subscription`] is a [`ChannelSubscription`] whose stream yields only the
+    /// messages and ends when it is unsubscribed.
     pub async fn subscribe(
         &self,
         channel: impl Into<String>,
         offset: impl Into<Offset>,
     ) -> Result<Subscription, Error> {
-        self.open_subscription(channel.into(), offset.into(), None, None)
+        self.open_subscription(channel.into(), offset.into(), None)
             .await
     }
 
     /// Subscribes to `channel` with options: from an offset like [`Client::subscribe`], or
     /// with [`SubscribeOptions::rewind`] starting with the channel's last messages, then live
-    /// (late joiners; a "latest value" channel is `rewind: Some(1)`). The server resolves a
+    /// (late joiners; a "latest value" channel is `rewind(1)`; a rewind with an offset other
+    /// than [`Offset::Latest`] is refused as [`Error::Invalid`]). The server resolves a
     /// rewind to the offset before those messages ([`Subscription::start_offset`]), so every
     /// message after it arrives exactly once, in order, however publishes race the subscribe.
     /// After a reconnect the subscription resumes from its last offset; it does not rewind
@@ -97,7 +95,7 @@ impl Client {
     /// ```no_run
     /// # async fn run(client: redistribute_client::Client) -> Result<(), redistribute_client::Error> {
     /// use redistribute_client::SubscribeOptions;
-    /// let options = SubscribeOptions { rewind: Some(1), ..SubscribeOptions::default() };
+    /// let options = SubscribeOptions::new().rewind(1);
     /// let mut latest = client.subscribe_with("prices", options).await?;
     /// while let Some(message) = latest.recv().await {
     ///     println!("{} {:?}", message.offset, message.fields);
@@ -109,17 +107,9 @@ impl Client {
         channel: impl Into<String>,
         options: SubscribeOptions,
     ) -> Result<Subscription, Error> {
-        let offset = match (options.offset, options.rewind) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Invalid(ProtocolError::InvalidFrame {
-                    kind: "subscribe".into(),
-                    reason: "\"rewind\" and \"offset\" cannot be given together".into(),
-                }))
-            }
-            (offset, _) => offset.unwrap_or_default(),
-        };
-        self.open_subscription(channel.into(), offset, None, options.rewind)
-            .await
+        let object = self.register(channel.into(), options, None, true).await?;
+        let start = object.subscribe().await?;
+        Ok(Subscription::new(object, start))
     }
 
     /// Reads one page of `channel`'s stored messages: those in `(from, to]` (`from` exclusive,
@@ -162,41 +152,89 @@ impl Client {
         self.answer(answer).await
     }
 
-    /// Sends a (plain or group) subscribe and, once the server confirmed it, returns the
-    /// subscription's stream.
+    /// A subscription object for `channel`, not subscribed yet: call
+    /// [`ChannelSubscription::subscribe`]. It has a state ([`SubscriptionState`](crate::SubscriptionState), also as a
+    /// watch) and a stream of [`SubscriptionEvent`](crate::SubscriptionEvent)s; see
+    /// [`crate::channel`]. Fails with [`Error::DuplicateSubscription`] when the client already
+    /// has a subscription of the channel (an object or a [`Client::subscribe`] stream): drop
+    /// that one first. Dropping the object unsubscribes.
+    pub async fn new_subscription(
+        &self,
+        channel: impl Into<String>,
+        options: SubscribeOptions,
+    ) -> Result<ChannelSubscription, Error> {
+        self.register(channel.into(), options, None, false).await
+    }
+
+    /// Registers a subscription object with the driver.
+    async fn register(
+        &self,
+        channel: String,
+        options: SubscribeOptions,
+        group: Option<(String, String)>,
+        replace: bool,
+    ) -> Result<ChannelSubscription, Error> {
+        if options.rewind.is_some() && options.offset != Offset::Latest {
+            return Err(Error::Invalid(ProtocolError::InvalidFrame {
+                kind: "subscribe".into(),
+                reason: "\"rewind\" and \"offset\" cannot be given together".into(),
+            }));
+        }
+        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (object, parts) = ChannelSubscription::create(
+            channel.clone(),
+            sub,
+            self.inner.subscription_buffer,
+            self.inner.wake.clone(),
+            self.clone(),
+        );
+        let registration = Registration {
+            channel,
+            options,
+            sub,
+            parts,
+            group,
+            replace,
+        };
+        self.call(|reply| Command::Register {
+            registration,
+            reply,
+        })
+        .await?;
+        Ok(object)
+    }
+
+    /// Registers a (plain or group) subscription that replaces any other of the channel,
+    /// subscribes it and, once the server confirmed it, returns its message stream.
     async fn open_subscription(
         &self,
         channel: String,
         offset: Offset,
         group: Option<(String, String)>,
-        rewind: Option<u64>,
     ) -> Result<Subscription, Error> {
-        let capacity = self.inner.subscription_buffer;
-        let (tx, rx) = mpsc::channel(capacity);
-        let shared = Arc::new(SubShared::default());
-        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let options = SubscribeOptions::new().offset(offset);
+        let object = self.register(channel, options, group, true).await?;
+        let start = object.subscribe().await?;
+        Ok(Subscription::new(object, start))
+    }
+
+    /// Sends a command made with a reply channel and waits for the answer.
+    pub(crate) async fn call<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
-        let request = SubscribeRequest {
-            channel: channel.clone(),
-            offset,
-            sub,
-            tx,
-            shared: shared.clone(),
-            group,
-            rewind,
-        };
-        self.send(Command::Subscribe { request, reply }).await?;
-        let start = self.answer(answer).await?;
-        Ok(Subscription::new(
-            channel,
-            sub,
-            rx,
-            capacity,
-            shared,
-            self.inner.wake.clone(),
-            self.inner.commands.clone(),
-            start,
-        ))
+        self.send(command(reply)).await?;
+        self.answer(answer).await
+    }
+
+    /// A subscription object was dropped: unsubscribe it (best effort: when the command
+    /// queue is full the driver notices the closed buffer at the channel's next event).
+    pub(crate) fn dropped(&self, channel: String, sub: u64) {
+        let _ = self
+            .inner
+            .commands
+            .try_send(Command::Dropped { channel, sub });
     }
 
     /// Joins consumer group `group` of `channel` as `consumer` (a worker): each message of the
@@ -220,7 +258,6 @@ impl Client {
                 channel.into(),
                 start.into(),
                 Some((group.clone(), consumer.into())),
-                None,
             )
             .await?;
         Ok(GroupSubscription::new(inner, group, self.clone()))
@@ -339,6 +376,12 @@ impl Client {
     /// The current connection state.
     pub fn state(&self) -> ConnectionState {
         self.inner.state.borrow().clone()
+    }
+
+    /// A watch of the connection state: `changed().await` wakes at every change
+    /// (`Connecting` → `Connected` → `Connecting` … → `Closed`), `borrow()` reads it.
+    pub fn state_watch(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
     }
 
     /// Whether a connection is ready now.

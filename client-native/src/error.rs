@@ -45,6 +45,13 @@ pub enum Error {
     /// A later `subscribe` or `unsubscribe` of the same channel superseded this subscribe.
     #[error("superseded by a later subscribe or unsubscribe of the same channel")]
     Cancelled,
+    /// [`Client::new_subscription`](crate::Client::new_subscription) for a channel that
+    /// already has a subscription in this client: use (or drop) that one.
+    #[error("the client already has a subscription of channel \"{channel}\"")]
+    DuplicateSubscription {
+        /// The channel.
+        channel: String,
+    },
     /// The client was closed ([`Client::close`](crate::Client::close)): build a new one.
     #[error("the client is closed")]
     Closed,

@@ -45,6 +45,12 @@
 //!   buffers. A subscription whose application does not keep up is resumed from the stream
 //!   instead of buffering without limit ([`Event::Overflow`]; see [`Subscription`]). The
 //!   driver never waits for the application.
+//! - **Subscription objects.** [`Client::new_subscription`] returns a [`ChannelSubscription`]:
+//!   a state ([`SubscriptionState`], also as a `tokio::sync::watch`), a `Stream` of
+//!   [`SubscriptionEvent`]s (`Subscribed { offset, truncated, recovered }`, `Message`, `Gap`,
+//!   `Error`, `Unsubscribed`) and `subscribe`/`unsubscribe`/`publish`; see [`channel`].
+//!   [`Client::subscribe`] is such an object whose stream yields only the messages.
+//!   [`Client::state_watch`] watches the connection state.
 //! - **Workers.** [`Client::subscribe_group`] joins a consumer group: each message goes to
 //!   one worker of the group and is acknowledged with [`GroupMessage::ack`]; unacknowledged
 //!   ones are delivered again (see [`group`]).
@@ -52,6 +58,7 @@
 //!   added with [`ClientBuilder::add_root_certificate`].
 
 mod builder;
+pub mod channel;
 mod client;
 mod driver;
 mod error;
@@ -66,14 +73,15 @@ pub use builder::{
     ClientBuilder, DEFAULT_COMMAND_BUFFER, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_BUFFER,
     DEFAULT_SUBSCRIPTION_BUFFER,
 };
-pub use client::{Client, PresenceStats, SubscribeOptions};
+pub use channel::{ChannelSubscription, SubscribeOptions, Subscribed, SubscriptionEvent};
+pub use client::{Client, PresenceStats};
 pub use error::{Error, TargetFailure};
 pub use event::{ConnectionState, Event, Events};
 pub use group::{GroupMessage, GroupSubscription};
 pub use redistribute_protocol::history::{
     HistoryOptions, Page as HistoryPage, Removed, MAX_HISTORY_LIMIT, MAX_REWIND,
 };
-pub use redistribute_protocol::session::{DisconnectReason, PublishOptions};
+pub use redistribute_protocol::session::{DisconnectReason, PublishOptions, SubscriptionState};
 pub use redistribute_protocol::{ErrorCode, Fields, Message, Offset, PresenceMember, StreamId};
 pub use subscription::Subscription;
 pub use token::{TokenError, TokenFuture};

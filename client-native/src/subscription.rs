@@ -1,9 +1,10 @@
-//! A subscription as a [`Stream`] of messages, with a bounded buffer between the driver and
-//! the application.
+//! [`Client::subscribe`](crate::Client::subscribe)'s subscription: a [`Stream`] of one
+//! channel's messages, over a [`ChannelSubscription`] whose other events it skips and which
+//! ends instead of going `unsubscribed`.
 //!
 //! # A slow application
 //!
-//! Each subscription buffers at most [`ClientBuilder::subscription_buffer`] messages. The
+//! Each subscription buffers at most [`ClientBuilder::subscription_buffer`] events. The
 //! driver never waits for the application: when the buffer is full it stops buffering that
 //! channel, remembers the offset of the last message it buffered, drops what follows and emits
 //! [`Event::Overflow`](crate::Event::Overflow). Once the application has taken half of the
@@ -16,30 +17,12 @@
 //! [`ClientBuilder::subscription_buffer`]: crate::ClientBuilder::subscription_buffer
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use redistribute_protocol::{Message, StreamId};
-use tokio::sync::{mpsc, Notify};
 
-use crate::driver::Command;
-
-/// State shared by a subscription and the driver.
-#[derive(Debug, Default)]
-pub(crate) struct SubShared {
-    /// The driver dropped messages because the buffer was full and waits to be told that
-    /// there is room again.
-    pub(crate) overflowed: AtomicBool,
-}
-
-/// What the server said when it accepted a subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Start {
-    pub(crate) offset: StreamId,
-    pub(crate) truncated: bool,
-}
+use crate::channel::{ChannelSubscription, Subscribed, SubscriptionEvent};
 
 /// A subscribed channel: a [`Stream`] of its messages, in offset order, each once, across
 /// reconnects and failovers.
@@ -49,47 +32,36 @@ pub(crate) struct Start {
 /// ([`Event::SubscriptionLost`](crate::Event::SubscriptionLost)), or when the client stops.
 /// Dropping it unsubscribes. Gaps (trimmed messages) are reported as
 /// [`Event::Gap`](crate::Event::Gap) on [`Client::events`](crate::Client::events).
+///
+/// It is a [`ChannelSubscription`] (see [`Subscription::object`]) whose stream yields only the
+/// messages and ends at its `Unsubscribed` event.
 #[derive(Debug)]
 pub struct Subscription {
-    channel: String,
-    id: u64,
-    rx: mpsc::Receiver<Message>,
-    capacity: usize,
-    shared: Arc<SubShared>,
-    wake: Arc<Notify>,
-    commands: mpsc::Sender<Command>,
-    start: Start,
+    object: ChannelSubscription,
+    start: Subscribed,
     last: Option<StreamId>,
+    ended: bool,
 }
 
 impl Subscription {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        channel: String,
-        id: u64,
-        rx: mpsc::Receiver<Message>,
-        capacity: usize,
-        shared: Arc<SubShared>,
-        wake: Arc<Notify>,
-        commands: mpsc::Sender<Command>,
-        start: Start,
-    ) -> Self {
+    pub(crate) fn new(object: ChannelSubscription, start: Subscribed) -> Self {
         Subscription {
-            channel,
-            id,
-            rx,
-            capacity,
-            shared,
-            wake,
-            commands,
+            object,
             start,
             last: None,
+            ended: false,
         }
     }
 
     /// The channel name.
     pub fn channel(&self) -> &str {
-        &self.channel
+        self.object.channel()
+    }
+
+    /// The subscription object underneath: its state and state watch. (Reading events from
+    /// it is not possible: this stream takes them.)
+    pub fn object(&self) -> &ChannelSubscription {
+        &self.object
     }
 
     /// Where delivery started: the first message has a greater offset. For
@@ -110,10 +82,10 @@ impl Subscription {
         self.last
     }
 
-    /// How many messages wait in the buffer (at most
+    /// How many events (mostly messages) wait in the buffer (at most
     /// [`ClientBuilder::subscription_buffer`](crate::ClientBuilder::subscription_buffer)).
     pub fn queued(&self) -> usize {
-        self.rx.len()
+        self.object.queued()
     }
 
     /// The next message; `None` when the subscription has ended. The same as
@@ -123,16 +95,22 @@ impl Subscription {
     }
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        let polled = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(message)) = &polled {
-            self.last = Some(message.offset);
-            // SeqCst pairs with the driver's store-then-check of the same flag, so either it
-            // sees the room we made or we see its flag.
-            if self.shared.overflowed.load(Ordering::SeqCst) && self.rx.len() <= self.capacity / 2 {
-                self.wake.notify_one();
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match self.object.poll_event(cx) {
+                Poll::Ready(Some(SubscriptionEvent::Message(message))) => {
+                    self.last = Some(message.offset);
+                    return Poll::Ready(Some(message));
+                }
+                Poll::Ready(Some(SubscriptionEvent::Unsubscribed { .. }) | None) => {
+                    self.ended = true;
+                }
+                Poll::Ready(Some(_)) => {}
+                Poll::Pending => return Poll::Pending,
             }
         }
-        polled
     }
 }
 
@@ -144,17 +122,6 @@ impl Stream for Subscription {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.rx.len(), None)
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        // Best effort: when the command queue is full the driver notices the closed buffer at
-        // the next message of this channel and unsubscribes then.
-        let _ = self.commands.try_send(Command::Dropped {
-            channel: std::mem::take(&mut self.channel),
-            sub: self.id,
-        });
+        (self.object.queued(), None)
     }
 }

@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::cache::{Cache, DEFAULT_LIMIT};
-use crate::driver::{js_error, Driver, Setup, Topic};
+use crate::driver::{js_error, Driver, Setup, SubOptions, SubTopic, Topic};
 use crate::errors::{ErrorInfo, BAD_CONFIG, BAD_REQUEST};
 use crate::namespace::Namespace;
 use crate::outbox::Outbox;
@@ -145,13 +145,62 @@ export interface Loaded {
   lastOffset: string | undefined;
 }
 
-/** The server's answer to `subscribe`. */
+/** The server's answer to `subscribe` (also a subscription's `subscribed` event). */
 export interface Subscribed {
   channel: string;
   /** Delivery starts after this offset. */
   offset: string;
   /** Messages after the requested offset were already trimmed (an `error` with code `gap` follows). */
   truncated: boolean;
+  /**
+   * The subscription resumed from a known offset (its last message, after a reconnect or a
+   * `subscribe()` again, or an offset passed in) and nothing after it was lost: not truncated,
+   * no gap.
+   */
+  recovered: boolean;
+}
+
+/** The client's connection: `disconnected` (not started), `connecting` (also while waiting to reconnect), `connected`, `closed`. */
+export type ClientState = 'disconnected' | 'connecting' | 'connected' | 'closed';
+
+/**
+ * A subscription object's state: `unsubscribed`, `subscribing` (asked for, not confirmed on
+ * the current connection: in flight, waiting for a connection or for a retry after a
+ * transient error) or `subscribed`. A lost connection moves `subscribed` back to
+ * `subscribing`; the re-subscribe then moves it to `subscribed` or, when refused for good, to
+ * `unsubscribed` with an `error` event and the error in `unsubscribed`.
+ */
+export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'subscribed';
+
+/** Options of `newSubscription`. */
+export interface SubscriptionOptions {
+  /** Where the first `subscribe()` starts: `'$'` (default: only new messages), `'0'` (everything retained) or an offset (the messages after it). */
+  offset?: string;
+  /** Without `offset`: start with the channel's last N messages (0 to 1000), then live. */
+  rewind?: number;
+}
+
+/** The events of a subscription object and their listeners. */
+export interface SubscriptionEvents {
+  /** The state changed. */
+  state: (state: SubscriptionState) => void;
+  /** The server confirmed the subscription (after `subscribe()` and after every reconnect). */
+  subscribed: (ctx: Subscribed) => void;
+  /** The subscription ended: `error` is absent when the page unsubscribed, else why. */
+  unsubscribed: (error?: ClientError) => void;
+  /** New messages of the channel, in order, each once. */
+  messages: (messages: Message[]) => void;
+  /** Messages `(err.from, err.to]` were trimmed before delivery (code `gap`). */
+  gap: (error: ClientError) => void;
+  /** Subscribing failed: transiently (retried; the state stays `subscribing`) or for good (`unsubscribed` follows). */
+  error: (error: ClientError) => void;
+}
+
+export interface Subscription {
+  /** Adds a listener for an event of this subscription. */
+  on<K extends keyof SubscriptionEvents>(event: K, listener: SubscriptionEvents[K]): void;
+  /** Removes a listener added with `on`. */
+  off<K extends keyof SubscriptionEvents>(event: K, listener: SubscriptionEvents[K]): void;
 }
 
 /**
@@ -209,7 +258,8 @@ export type ServerErrorCode =
 export type ClientErrorCode =
   | 'timeout' | 'connection_lost' | 'closed' | 'cancelled' | 'backpressure' | 'bad_config'
   | 'connect_failed' | 'gap' | 'subscription_lost' | 'undecodable' | 'decode_failed'
-  | 'quota_exceeded' | 'cache_corrupt' | 'outbox_full' | 'storage_unavailable';
+  | 'quota_exceeded' | 'cache_corrupt' | 'outbox_full' | 'storage_unavailable'
+  | 'duplicate_subscription';
 
 /** Every `code` an error of the client can have. */
 export type ErrorCode = ServerErrorCode | ClientErrorCode;
@@ -237,6 +287,8 @@ export interface ClientEvents {
   follower: () => void;
   /** The number of messages waiting in the outbox changed. */
   outbox: (size: number) => void;
+  /** The client's state changed (also the `state` property). */
+  state: (state: ClientState) => void;
   /** Members joined or left a subscribed presence channel (with `joinLeave`). */
   presence: (channel: string, change: PresenceChange) => void;
 }
@@ -342,14 +394,9 @@ impl Client {
             None if from.is_object() => (get(&from, "offset").as_string(), get(&from, "rewind")),
             None => (None, JsValue::UNDEFINED),
         };
-        let request = match (offset, rewind.as_f64()) {
-            (Some(offset), _) => Offset::parse(&offset).map(Ok),
-            (None, Some(n)) => Ok(Err(n as u64)),
-            (None, None) => Ok(Ok(Offset::Latest)),
-        };
-        match request {
-            Ok(from) => self.driver.subscribe(channel, from),
-            Err(e) => Promise::reject(&js_error(&ErrorInfo::new(BAD_REQUEST, e.to_string()))),
+        match start_options(offset, &rewind) {
+            Ok(options) => self.driver.subscribe(channel, options),
+            Err(e) => Promise::reject(&js_error(&e)),
         }
     }
 
@@ -365,6 +412,46 @@ impl Client {
             Ok(options) => self.driver.history(channel, options),
             Err(e) => Promise::reject(&js_error(&e)),
         }
+    }
+
+    /// A subscription object for a channel, not subscribed yet (call its `subscribe()`).
+    /// Throws an `Error` with code `duplicate_subscription` when the channel has one already
+    /// (`getSubscription` returns it), `bad_request` for a bad channel or offset.
+    #[wasm_bindgen(js_name = newSubscription)]
+    pub fn new_subscription(
+        &self,
+        channel: String,
+        #[wasm_bindgen(unchecked_optional_param_type = "SubscriptionOptions")] options: Option<
+            js_sys::Object,
+        >,
+    ) -> Result<Subscription, JsValue> {
+        let made = sub_options(options.as_deref())
+            .and_then(|options| self.driver.new_subscription(channel.clone(), options));
+        match made {
+            Ok(id) => Ok(self.object(channel, id)),
+            Err(e) => Err(js_error(&e)),
+        }
+    }
+
+    /// The channel's subscription object, if it has one (`client.subscribe` makes one too):
+    /// a new handle on each call; handles of one subscription share its state and listeners.
+    #[wasm_bindgen(js_name = getSubscription)]
+    pub fn get_subscription(&self, channel: String) -> Option<Subscription> {
+        let id = self.driver.subscription_id(&channel)?;
+        Some(self.object(channel, id))
+    }
+
+    /// Unsubscribes a subscription object and forgets it: it hears nothing more, its calls
+    /// reject with `cancelled`, and the channel may get a new one.
+    #[wasm_bindgen(js_name = removeSubscription)]
+    pub fn remove_subscription(&self, subscription: &Subscription) {
+        self.driver.remove_subscription(subscription.id);
+    }
+
+    /// The connection state (`state` events announce its changes).
+    #[wasm_bindgen(getter, unchecked_return_type = "ClientState")]
+    pub fn state(&self) -> String {
+        self.driver.state().to_owned()
     }
 
     /// Stops a subscription; resolves `true`.
@@ -386,14 +473,7 @@ impl Client {
             js_sys::Object,
         >,
     ) -> Promise {
-        let options = options.map_or(JsValue::UNDEFINED, JsValue::from);
-        let prepared = self
-            .encode(&fields)
-            .and_then(|fields| Ok((fields, publish_options(&options)?)));
-        match prepared {
-            Ok((fields, options)) => self.driver.publish(channel, fields, options),
-            Err(e) => Promise::reject(&js_error(&e)),
-        }
+        publish(&self.driver, channel, &fields, options)
     }
 
     /// The messages waiting in the outbox, oldest first.
@@ -440,24 +520,154 @@ impl Client {
 }
 
 impl Client {
-    /// Runs the page's `encode` (default `JSON.stringify`) and parses the JSON object it made.
-    fn encode(&self, fields: &JsValue) -> Result<Fields, ErrorInfo> {
-        let bad = |why: String| ErrorInfo::new(BAD_REQUEST, why);
-        let text = match self.driver.encoder() {
-            Some(encode) => encode
-                .call1(&JsValue::UNDEFINED, fields)
-                .map_err(|e| bad(format!("encode threw: {e:?}")))?,
-            None => js_sys::JSON::stringify(fields)
-                .map(JsValue::from)
-                .map_err(|e| bad(format!("fields cannot be turned into JSON: {e:?}")))?,
-        };
-        let text = text
-            .as_string()
-            .ok_or_else(|| bad("encode must return a string".into()))?;
-        match redistribute_protocol::json::parse(&text) {
-            Ok(serde_json::Value::Object(fields)) => Ok(fields),
-            _ => Err(bad("fields must be a JSON object".into())),
+    /// The JS object of subscription `id` of `channel`.
+    fn object(&self, channel: String, id: u32) -> Subscription {
+        Subscription {
+            driver: self.driver.clone(),
+            channel,
+            id,
         }
+    }
+}
+
+/// A subscription object of one channel (see `Client.newSubscription`): a state, its own
+/// events, and `subscribe`/`unsubscribe`/`publish`.
+#[wasm_bindgen]
+pub struct Subscription {
+    driver: Driver,
+    channel: String,
+    id: u32,
+}
+
+#[wasm_bindgen]
+impl Subscription {
+    /// The channel.
+    #[wasm_bindgen(getter)]
+    pub fn channel(&self) -> String {
+        self.channel.clone()
+    }
+
+    /// The current state (`state` events announce its changes).
+    #[wasm_bindgen(getter, unchecked_return_type = "SubscriptionState")]
+    pub fn state(&self) -> String {
+        self.driver.sub_state(&self.channel).to_owned()
+    }
+
+    /// Adds a listener: `state`, `subscribed`, `unsubscribed`, `messages`, `gap` or `error`.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn on(&self, event: &str, listener: Function) -> Result<(), JsValue> {
+        self.driver
+            .sub_listen(self.id, sub_topic(event)?, listener, true);
+        Ok(())
+    }
+
+    /// Removes a listener added with `on`.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn off(&self, event: &str, listener: Function) -> Result<(), JsValue> {
+        self.driver
+            .sub_listen(self.id, sub_topic(event)?, listener, false);
+        Ok(())
+    }
+
+    /// Subscribes: the first time from the options' offset, later after the last message it
+    /// delivered (nothing lost or repeated). Resolves with the server's answer.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Subscribed>")]
+    pub fn subscribe(&self) -> Promise {
+        self.driver.sub_subscribe(self.id)
+    }
+
+    /// Unsubscribes; resolves `true`. The object stays: `subscribe()` continues later.
+    #[wasm_bindgen(unchecked_return_type = "Promise<boolean>")]
+    pub fn unsubscribe(&self) -> Promise {
+        self.driver.sub_unsubscribe(self.id)
+    }
+
+    /// Publishes to the channel, like `Client.publish`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn publish(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Fields")] fields: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "PublishOptions")] options: Option<
+            js_sys::Object,
+        >,
+    ) -> Promise {
+        publish(&self.driver, self.channel.clone(), &fields, options)
+    }
+}
+
+/// An optional offset argument (`'$'` when absent).
+fn parse_offset(offset: Option<String>) -> Result<Offset, ErrorInfo> {
+    offset
+        .as_deref()
+        .map(Offset::parse)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ErrorInfo::new(BAD_REQUEST, e.to_string()))
+}
+
+/// The optional argument of `newSubscription`.
+fn sub_options(options: Option<&JsValue>) -> Result<SubOptions, ErrorInfo> {
+    let option = |name| options.map_or(JsValue::UNDEFINED, |o| get(o, name));
+    start_options(option("offset").as_string(), &option("rewind"))
+}
+
+/// Where a subscription starts: `offset` when given (e.g. a cached one after a reload), else
+/// the channel's last `rewind` messages, else `'$'`.
+fn start_options(offset: Option<String>, rewind: &JsValue) -> Result<SubOptions, ErrorInfo> {
+    let rewind = match (&offset, rewind.as_f64()) {
+        (None, Some(n)) => Some(n as u64),
+        _ => None,
+    };
+    Ok(SubOptions {
+        offset: parse_offset(offset)?,
+        rewind,
+    })
+}
+
+/// A subscription event's topic, or a `bad_request` error.
+fn sub_topic(event: &str) -> Result<SubTopic, JsValue> {
+    SubTopic::parse(event).ok_or_else(|| {
+        js_error(&ErrorInfo::new(
+            BAD_REQUEST,
+            "unknown subscription event: expected state, subscribed, unsubscribed, messages, \
+             gap or error",
+        ))
+    })
+}
+
+/// `publish` of `Client` and `Subscription`.
+fn publish(
+    driver: &Driver,
+    channel: String,
+    fields: &JsValue,
+    options: Option<js_sys::Object>,
+) -> Promise {
+    let options = options.map_or(JsValue::UNDEFINED, JsValue::from);
+    let prepared =
+        encode(driver, fields).and_then(|fields| Ok((fields, publish_options(&options)?)));
+    match prepared {
+        Ok((fields, options)) => driver.publish(channel, fields, options),
+        Err(e) => Promise::reject(&js_error(&e)),
+    }
+}
+
+/// Runs the page's `encode` (default `JSON.stringify`) and parses the JSON object it made.
+fn encode(driver: &Driver, fields: &JsValue) -> Result<Fields, ErrorInfo> {
+    let bad = |why: String| ErrorInfo::new(BAD_REQUEST, why);
+    let text = match driver.encoder() {
+        Some(encode) => encode
+            .call1(&JsValue::UNDEFINED, fields)
+            .map_err(|e| bad(format!("encode threw: {e:?}")))?,
+        None => js_sys::JSON::stringify(fields)
+            .map(JsValue::from)
+            .map_err(|e| bad(format!("fields cannot be turned into JSON: {e:?}")))?,
+    };
+    let text = text
+        .as_string()
+        .ok_or_else(|| bad("encode must return a string".into()))?;
+    match redistribute_protocol::json::parse(&text) {
+        Ok(serde_json::Value::Object(fields)) => Ok(fields),
+        _ => Err(bad("fields must be a JSON object".into())),
     }
 }
 
@@ -468,7 +678,7 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
             BAD_REQUEST,
             format!(
                 "unknown event \"{event}\": expected connect, disconnect, messages, error, \
-                 leader, follower, outbox or presence"
+                 leader, follower, outbox, presence or state"
             ),
         ))
     })

@@ -45,9 +45,11 @@ pub const CACHE_CORRUPT: &str = "cache_corrupt";
 pub const OUTBOX_FULL: &str = "outbox_full";
 /// localStorage cannot be used; the client works without a cache.
 pub const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
+/// `newSubscription` for a channel that has a subscription object already.
+pub const DUPLICATE_SUBSCRIPTION: &str = "duplicate_subscription";
 
 /// Every code the client adds, in the README's order.
-pub const CLIENT_CODES: [&str; 15] = [
+pub const CLIENT_CODES: [&str; 16] = [
     TIMEOUT,
     CONNECTION_LOST,
     CLOSED,
@@ -63,6 +65,7 @@ pub const CLIENT_CODES: [&str; 15] = [
     CACHE_CORRUPT,
     OUTBOX_FULL,
     STORAGE_UNAVAILABLE,
+    DUPLICATE_SUBSCRIPTION,
 ];
 
 /// An error as the page sees it: a code, a message and, when it concerns one, a channel.

@@ -50,4 +50,4 @@ mod browser;
 mod driver;
 
 #[cfg(target_arch = "wasm32")]
-pub use bindings::Client;
+pub use bindings::{Client, Subscription};

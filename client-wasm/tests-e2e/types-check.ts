@@ -1,6 +1,9 @@
 // Compiled by `tsc --noEmit` (scripts/test.sh): the package's types as a TypeScript app uses
 // them. The `@ts-expect-error` lines must fail to type-check, so a loosened type fails CI.
-import init, { Client, type ClientError, type ErrorCode, type Fields, type HistoryPage, type Message } from '../pkg/redistribute_client.js';
+import init, {
+  Client, Subscription, type ClientError, type ClientState, type ErrorCode, type Fields, type HistoryPage,
+  type Message, type Subscribed, type SubscriptionState,
+} from '../pkg/redistribute_client.js';
 
 await init();
 const client = new Client({ targets: ['ws://127.0.0.1:8080/ws'] });
@@ -61,4 +64,32 @@ console.log(more, next, first, page.gap?.from);
 // @ts-expect-error: limit is a number
 await client.history('chat', { limit: '10' });
 console.log(bad, truncated);
+
+// Subscription objects and states.
+const chat: Subscription = client.newSubscription('chat', { offset: '$' });
+const same: Subscription | undefined = client.getSubscription('chat');
+chat.on('state', (state: SubscriptionState) => state === 'subscribing');
+chat.on('subscribed', (ctx: Subscribed) => ctx.recovered && ctx.truncated);
+chat.on('messages', (messages: Message[]) => messages.length);
+chat.on('gap', (err: ClientError) => err.from);
+chat.on('error', (err: ClientError) => err.code);
+chat.on('unsubscribed', (err?: ClientError) => err?.code);
+const started: Subscribed = await chat.subscribe();
+const recovered: boolean = started.recovered;
+const stored: string = await chat.publish({ text: 'hi' });
+const left: boolean = await chat.unsubscribe();
+const subState: SubscriptionState = chat.state;
+const clientState: ClientState = client.state;
+client.on('state', (state: ClientState) => state === 'closed');
+client.removeSubscription(chat);
+console.log(same, recovered, stored, left, subState, clientState, chat.channel);
+// @ts-expect-error: not a subscription state
+const wrong: SubscriptionState = 'joined';
+// @ts-expect-error: `messages` listeners of a subscription get the messages only
+chat.on('messages', (channel: string, messages: Message[]) => messages);
+// @ts-expect-error: no such subscription event
+chat.on('message', () => {});
+// @ts-expect-error: the offset is a string
+client.newSubscription('chat', { offset: 5 });
+console.log(wrong);
 client.close();

@@ -10,7 +10,7 @@ use redistribute_protocol::{Message, StreamId};
 use redistribute_wasm::cache::{Cache, CacheError, CachedMessage};
 use redistribute_wasm::namespace::Namespace;
 use redistribute_wasm::storage::{LocalStorage, Storage};
-use redistribute_wasm::Client;
+use redistribute_wasm::{Client, Subscription};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -557,4 +557,79 @@ async fn one_leader_per_targets_and_a_follower_takes_over() {
     for c in [b, other, alone] {
         c.close();
     }
+}
+
+/// The names of the recorded calls' first arguments (states, error codes).
+fn firsts(log: &Array) -> Vec<String> {
+    log.iter()
+        .map(|args| {
+            let first = Array::from(&args).get(0);
+            first
+                .as_string()
+                .unwrap_or_else(|| prop(&first, "code").as_string().unwrap_or_default())
+        })
+        .collect()
+}
+
+#[wasm_bindgen_test]
+async fn subscription_objects_validate_and_end_unsubscribed_with_the_error() {
+    let c = client(&format!(
+        "{{ targets: ['{NOWHERE}'], localStorage: false, outbox: false, requestTimeout: 300, \
+           retrySubscribe: false }}"
+    ));
+    assert_eq!(c.state(), "disconnected");
+    let client_states = Array::new();
+    c.on("state", recorder(&client_states)).unwrap();
+    for (channel, options) in [("bad channel", "undefined"), ("c", "{ offset: 'x-1' }")] {
+        let err = c
+            .new_subscription(
+                channel.into(),
+                Some(js(options).unchecked_into()).filter(|o: &Object| !o.is_undefined()),
+            )
+            .err()
+            .expect("refused");
+        assert_eq!(code(&err), "bad_request", "{channel}");
+    }
+    let sub: Subscription = c.new_subscription("c".into(), None).unwrap();
+    assert_eq!(sub.state(), "unsubscribed");
+    assert_eq!(sub.channel(), "c");
+    let twice = c
+        .new_subscription("c".into(), None)
+        .err()
+        .expect("one per channel");
+    assert_eq!(code(&twice), "duplicate_subscription");
+    assert!(c.get_subscription("c".into()).is_some());
+    assert!(c.get_subscription("d".into()).is_none());
+    assert_eq!(
+        code(&sub.on("message", recorder(&Array::new())).unwrap_err()),
+        "bad_request"
+    );
+
+    let (states, errors, ended) = (Array::new(), Array::new(), Array::new());
+    sub.on("state", recorder(&states)).unwrap();
+    sub.on("error", recorder(&errors)).unwrap();
+    sub.on("unsubscribed", recorder(&ended)).unwrap();
+    // Nothing listens: the subscribe waits for a connection and times out.
+    let err = rejection(sub.subscribe()).await;
+    assert_eq!(code(&err), "timeout");
+    tick(10).await;
+    assert_eq!(sub.state(), "unsubscribed");
+    assert_eq!(firsts(&states), ["subscribing", "unsubscribed"]);
+    assert_eq!(firsts(&errors), ["timeout"]);
+    assert_eq!(firsts(&ended), ["timeout"]);
+    assert_eq!(c.state(), "connecting");
+    assert_eq!(firsts(&client_states), ["connecting"]);
+
+    // Removed: it hears nothing more and its calls reject; the channel is free again.
+    c.remove_subscription(&sub);
+    assert_eq!(code(&rejection(sub.subscribe()).await), "cancelled");
+    assert!(c.get_subscription("c".into()).is_none());
+    let again = c.new_subscription("c".into(), None).unwrap();
+    let pending = again.subscribe();
+    tick(10).await;
+    c.close();
+    assert_eq!(code(&rejection(pending).await), "closed");
+    assert_eq!(again.state(), "unsubscribed");
+    assert_eq!(c.state(), "closed");
+    assert_eq!(firsts(&client_states), ["connecting", "closed"]);
 }

@@ -232,10 +232,7 @@ async fn rewinds_racing_publishes_deliver_every_later_message_once_in_order() ->
         for _ in 0..6 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let client = connect(&url).await?;
-            let options = SubscribeOptions {
-                rewind: Some(REWIND),
-                ..SubscribeOptions::default()
-            };
+            let options = SubscribeOptions::new().rewind(REWIND);
             let sub = within("subscribe", client.subscribe_with("race", options)).await??;
             subscribers.push((client, sub));
         }
@@ -276,11 +273,8 @@ async fn rewind_one_is_the_latest_value_and_rewind_with_an_offset_is_refused() -
         let setup = setup(backend, &[]).await?;
         let client = connect(&setup.server.ws_url()).await?;
         let stored = publish_many(&client, "price", 5, None).await?;
-        let latest = SubscribeOptions {
-            rewind: Some(1),
-            ..SubscribeOptions::default()
-        };
-        let mut sub = within("subscribe", client.subscribe_with("price", latest)).await??;
+        let latest = SubscribeOptions::new().rewind(1);
+        let mut sub = within("subscribe", client.subscribe_with("price", latest.clone())).await??;
         assert_eq!(sub.start_offset(), stored[3]);
         let first = within("latest", sub.recv())
             .await?
@@ -294,16 +288,10 @@ async fn rewind_one_is_the_latest_value_and_rewind_with_an_offset_is_refused() -
             within("live", empty.recv()).await?.context("live")?.offset,
             next
         );
-        let both = SubscribeOptions {
-            offset: Some(Offset::Earliest),
-            rewind: Some(1),
-        };
+        let both = SubscribeOptions::new().offset(Offset::Earliest).rewind(1);
         let refused = within("subscribe", client.subscribe_with("price", both)).await?;
         ensure!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
-        let too_far = SubscribeOptions {
-            rewind: Some(1_001),
-            ..SubscribeOptions::default()
-        };
+        let too_far = SubscribeOptions::new().rewind(1_001);
         let refused = within("subscribe", client.subscribe_with("price", too_far)).await?;
         ensure!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
         client.close().await;

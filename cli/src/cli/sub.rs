@@ -46,9 +46,9 @@ async fn print_messages(client: &redistribute_client::Client, args: &SubArgs) ->
     }
     let mut subscriptions = Vec::with_capacity(args.channels.len());
     for channel in &args.channels {
-        let options = redistribute_client::SubscribeOptions {
-            offset: args.rewind.is_none().then_some(args.from),
-            rewind: args.rewind,
+        let options = match args.rewind {
+            Some(rewind) => redistribute_client::SubscribeOptions::new().rewind(rewind),
+            None => redistribute_client::SubscribeOptions::new().offset(args.from),
         };
         let subscription = client
             .subscribe_with(channel.clone(), options)

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tracing::{debug, warn};
 
-pub(crate) use commands::{Command, PresenceReply, SubscribeRequest};
+pub(crate) use commands::{Command, PresenceReply, Registration};
 use route::{Entry, Reply};
 
 use crate::client::Client;

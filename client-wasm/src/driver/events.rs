@@ -3,10 +3,10 @@
 //! held).
 
 use js_sys::Object;
-use redistribute_protocol::session::{Event, RequestId};
+use redistribute_protocol::session::{Event, RequestId, SubscriptionState};
 use wasm_bindgen::prelude::*;
 
-use super::{call, js_error, set, Inner, Out, Reply, Topic};
+use super::{call, js_error, set, Inner, Out, Reply, SubTopic, Topic};
 use crate::cache::CachedMessage;
 use crate::errors::{ErrorInfo, SUBSCRIPTION_LOST, UNDECODABLE};
 use redistribute_protocol::session::RequestError;
@@ -73,17 +73,39 @@ impl Inner {
                 channel,
                 offset,
                 truncated,
+                recovered,
                 ..
             } => {
                 self.cache_store(&channel, &[]);
+                let v: JsValue = Object::new().into();
+                set(&v, "channel", &channel.as_str().into());
+                set(&v, "offset", &offset.to_string().into());
+                set(&v, "truncated", &truncated.into());
+                set(&v, "recovered", &recovered.into());
+                self.sub_emit(&channel, SubTopic::Subscribed, vec![v.clone()]);
                 if let Some(Reply::Subscribe) = self.reply(id) {
-                    let v: JsValue = Object::new().into();
-                    set(&v, "channel", &channel.into());
-                    set(&v, "offset", &offset.to_string().into());
-                    set(&v, "truncated", &truncated.into());
                     self.settle(id, Ok(v));
                 }
             }
+            Event::SubscriptionState {
+                channel,
+                state,
+                error,
+            } => {
+                self.sub_emit(&channel, SubTopic::State, vec![state.as_str().into()]);
+                if state == SubscriptionState::Unsubscribed {
+                    let error = error.map(|e| js_error(&ErrorInfo::request(&e).on(&channel)));
+                    if let Some(e) = &error {
+                        self.sub_emit(&channel, SubTopic::Error, vec![e.clone()]);
+                    }
+                    self.sub_emit(
+                        &channel,
+                        SubTopic::Unsubscribed,
+                        error.into_iter().collect(),
+                    );
+                }
+            }
+            Event::State { state } => self.emit(Topic::State, vec![state.as_str().into()]),
             Event::SubscriptionLost { channel, error } => {
                 let info = match error {
                     RequestError::Undecodable { .. } => {
@@ -112,7 +134,9 @@ impl Inner {
                     // As u64: formatting a u128 costs the page its own code.
                     u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX)
                 );
-                self.emit(Topic::Error, vec![js_error(&info.on(channel))]);
+                let e = js_error(&info.on(&channel));
+                self.sub_emit(&channel, SubTopic::Error, vec![e.clone()]);
+                self.emit(Topic::Error, vec![e]);
             }
             Event::Unsubscribed { id, .. } | Event::Pong { id } => {
                 self.settle(id, Ok(JsValue::TRUE))
@@ -121,11 +145,16 @@ impl Inner {
                 let cached: Vec<CachedMessage> =
                     messages.iter().map(CachedMessage::from_message).collect();
                 self.cache_store(&channel, &cached);
+                if let Some(last) = messages.last() {
+                    self.sub_advance(&channel, last.offset);
+                }
                 self.queue.push_back(Out::Messages(channel, cached));
             }
             Event::Gap { channel, from, to } => {
-                let info = ErrorInfo::gap(&channel, from, to);
-                self.emit(Topic::Error, vec![js_error(&info)]);
+                let e = js_error(&ErrorInfo::gap(&channel, from, to));
+                self.sub_advance(&channel, to);
+                self.sub_emit(&channel, SubTopic::Gap, vec![e.clone()]);
+                self.emit(Topic::Error, vec![e]);
             }
             Event::Published { id, offset, .. } => {
                 if let Some(entry) = self.take_inflight(id) {

@@ -68,6 +68,8 @@ impl Driver {
             timer: None,
             waiting: Vec::new(),
             listeners: Default::default(),
+            objects: Vec::new(),
+            next_object: 0,
             cache: None,
             encode: None,
             decode: None,

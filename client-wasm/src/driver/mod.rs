@@ -33,11 +33,13 @@ use crate::storage::LocalStorage;
 
 mod events;
 mod leader;
+mod objects;
 mod outbox;
 mod sharing;
 mod token;
 mod transport;
 
+pub(crate) use objects::{SubOptions, SubTopic};
 use transport::{Bus, Link};
 
 /// The page events, in the order of their listener lists.
@@ -51,6 +53,7 @@ pub(crate) enum Topic {
     Follower = 5,
     Outbox = 6,
     Presence = 7,
+    State = 8,
 }
 
 impl Topic {
@@ -65,6 +68,7 @@ impl Topic {
             "follower" => Topic::Follower,
             "outbox" => Topic::Outbox,
             "presence" => Topic::Presence,
+            "state" => Topic::State,
             _ => return None,
         })
     }
@@ -117,10 +121,12 @@ struct Waiter {
 enum Out {
     /// Call a topic's listeners with these arguments.
     Emit(Topic, Vec<JsValue>),
-    /// Decode and deliver messages of a channel.
+    /// Decode and deliver messages of a channel (to the client's and the object's listeners).
     Messages(String, Vec<CachedMessage>),
     /// Decode a history page's messages into it (under `messages`), then resolve with it.
     Page(Function, JsValue, String, Vec<CachedMessage>),
+    /// Call the listeners of a channel's subscription object.
+    Sub(String, SubTopic, Vec<JsValue>),
 }
 
 /// The JS callbacks, created once per client. They hold a weak reference, so a client the
@@ -148,7 +154,11 @@ struct Inner {
     /// Promises by request id. A short list (requests settle within the request timeout), so
     /// a `Vec` beats a map in code size.
     waiting: Vec<(u64, Waiter)>,
-    listeners: [Vec<Function>; 8],
+    listeners: [Vec<Function>; 9],
+    /// The page's subscription objects (a short list, like `waiting`).
+    objects: Vec<objects::Object>,
+    /// The id of the last object made.
+    next_object: u32,
     cache: Option<Cache<LocalStorage>>,
     encode: Option<Function>,
     decode: Option<Function>,
@@ -276,6 +286,8 @@ impl Driver {
             timer: None,
             waiting: Vec::new(),
             listeners: Default::default(),
+            objects: Vec::new(),
+            next_object: 0,
             cache: setup.cache,
             encode: setup.encode,
             decode: setup.decode,
@@ -338,6 +350,11 @@ impl Driver {
         self.0.borrow().session.is_connected()
     }
 
+    /// The client state's name (`disconnected`, `connecting`, `connected`, `closed`).
+    pub(crate) fn state(&self) -> &'static str {
+        self.0.borrow().session.state().as_str()
+    }
+
     /// The page's `encode`, if any.
     pub(crate) fn encoder(&self) -> Option<Function> {
         self.0.borrow().encode.clone()
@@ -365,19 +382,6 @@ impl Driver {
         let last = loaded.last_offset.map(|o| JsValue::from(o.to_string()));
         set(&out, "lastOffset", &last.unwrap_or(JsValue::UNDEFINED));
         Ok(out)
-    }
-
-    /// Subscribes; the promise settles with the server's reply.
-    /// Subscribes from an offset, or (`Err(n)`) with the channel's last `n` messages first.
-    pub(crate) fn subscribe(
-        &self,
-        channel: String,
-        from: Result<redistribute_protocol::Offset, u64>,
-    ) -> Promise {
-        self.request(Reply::Subscribe, |s| match from {
-            Ok(offset) => s.subscribe(channel, offset),
-            Err(rewind) => s.subscribe_rewind(channel, rewind),
-        })
     }
 
     /// Reads a page of history; resolves with the page (its messages decoded like delivered
@@ -486,27 +490,36 @@ impl Driver {
             inner.dispatching = true;
         }
         loop {
-            let (out, listeners) = {
+            let (out, listeners, objects) = {
                 let mut inner = self.0.borrow_mut();
                 let Some(out) = inner.queue.pop_front() else {
                     inner.dispatching = false;
                     return;
                 };
-                let topic = match &out {
-                    Out::Emit(topic, _) => *topic,
-                    Out::Messages(..) | Out::Page(..) => Topic::Messages,
+                // The client's listeners, and the channel's object's.
+                let (listeners, object) = match &out {
+                    Out::Emit(topic, _) => (inner.listeners[*topic as usize].clone(), None),
+                    Out::Messages(channel, _) => (
+                        inner.listeners[Topic::Messages as usize].clone(),
+                        Some((channel, SubTopic::Messages)),
+                    ),
+                    Out::Page(..) => (Vec::new(), None),
+                    Out::Sub(channel, topic, _) => (Vec::new(), Some((channel, *topic))),
                 };
-                let listeners = inner.listeners[topic as usize].clone();
-                (out, listeners)
+                let objects = object
+                    .and_then(|(c, t)| Some(inner.object(c)?.listeners[t as usize].clone()))
+                    .unwrap_or_default();
+                (out, listeners, objects)
             };
-            let args = match out {
-                Out::Emit(_, args) => args,
+            let (args, object_args) = match out {
+                Out::Emit(_, args) => (args, Vec::new()),
+                Out::Sub(_, _, args) => (Vec::new(), args),
                 Out::Messages(channel, messages) => {
                     let js = self.js_messages(&channel, &messages);
                     if js.length() == 0 {
                         continue;
                     }
-                    vec![channel.into(), js.into()]
+                    (vec![channel.into(), js.clone().into()], vec![js.into()])
                 }
                 Out::Page(resolve, page, channel, messages) => {
                     set(&page, "messages", &self.js_messages(&channel, &messages));
@@ -516,6 +529,9 @@ impl Driver {
             };
             for listener in &listeners {
                 call(listener, &args);
+            }
+            for listener in &objects {
+                call(listener, &object_args);
             }
         }
     }

@@ -404,7 +404,9 @@ impl Multiplexer {
             Event::Unsubscribed { .. }
             | Event::SubscribeRetrying { .. }
             | Event::Pong { .. }
-            | Event::Acked { .. } => {}
+            | Event::Acked { .. }
+            | Event::State { .. }
+            | Event::SubscriptionState { .. } => {}
             Event::Presence {
                 id,
                 channel,

@@ -6,7 +6,7 @@
 
 use super::connection::request_frame;
 use super::error::{RequestError, SessionError};
-use super::event::{Action, DisconnectReason, Event, RequestId};
+use super::event::{Action, DisconnectReason, Event, RequestId, SubscriptionState};
 use super::requests::{Kind, Origin, Pending};
 use super::subscriptions::Subscription;
 use super::{PublishOptions, Session, State};
@@ -133,7 +133,9 @@ impl Session {
         }
         let held = sub.barrier.is_some();
         sub.waiter = Some(id);
+        sub.announced = self.subscription_state(&channel);
         self.subs.insert(channel.clone(), sub);
+        self.announce(&channel, SubscriptionState::Subscribing);
         let kind = Kind::Subscribe {
             channel: channel.clone(),
         };
@@ -177,7 +179,9 @@ impl Session {
         validate_channel(&channel)?;
         let id = self.alloc_id();
         self.cancel_waiter(&channel);
-        self.subs.remove(&channel);
+        if let Some(sub) = self.subs.remove(&channel) {
+            self.announce_removed(&channel, &sub, None);
+        }
         if self.is_connected() {
             let mut pending = Pending::new(
                 Kind::Unsubscribe {
@@ -291,8 +295,26 @@ impl Session {
                 }
             }
         }
+        // The positions stay (for `offsets`), but nothing is subscribed any more.
+        let kept: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.announced != SubscriptionState::Unsubscribed)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in kept {
+            if let Some(sub) = self.subs.get_mut(&channel) {
+                sub.announced = SubscriptionState::Unsubscribed;
+            }
+            self.events.push_back(Event::SubscriptionState {
+                channel,
+                state: SubscriptionState::Unsubscribed,
+                error: Some(RequestError::Closed),
+            });
+        }
         self.actions.push_back(Action::Close);
         self.state = State::Closed;
+        self.announce_client();
     }
 
     /// Refuses commands on a closed or saturated session.

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::error::RequestError;
-use super::event::{Action, DisconnectReason, Event, RequestId};
+use super::event::{Action, ClientState, DisconnectReason, Event, RequestId, SubscriptionState};
 use super::requests::{Kind, Origin, Pending};
 use super::{Session, State};
 use crate::frame::ClientFrame;
@@ -20,6 +20,7 @@ impl Session {
         self.tick(now);
         if self.state == State::Idle {
             self.start_attempt();
+            self.announce_client();
         }
     }
 
@@ -164,6 +165,7 @@ impl Session {
         self.events.push_back(Event::Connected {
             target: self.target_name(),
         });
+        self.announce_client();
         let channels: Vec<String> = self.subs.iter().map(|(c, _)| c.clone()).collect();
         for channel in channels {
             self.send_subscribe(&channel);
@@ -271,7 +273,13 @@ impl Session {
         if close_transport {
             self.actions.push_back(Action::Close);
         }
+        let was_open = matches!(event, Event::Disconnected { .. });
         self.events.push_back(event);
+        if was_open {
+            self.events.push_back(Event::State {
+                state: ClientState::Connecting,
+            });
+        }
         self.lose_connection();
         let delay = self.backoff.next_delay(&mut self.rng).max(at_least);
         self.state = State::Backoff {
@@ -287,6 +295,15 @@ impl Session {
         // frames at most, and the browser client ships less code.
         let unsent: Vec<u64> = self.transmit.drain(..).map(|f| f.id()).collect();
         self.subs.connection_lost();
+        let confirmed: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.announced == SubscriptionState::Subscribed)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in confirmed {
+            self.announce(&channel, SubscriptionState::Subscribing);
+        }
         for id in self.requests.ids() {
             let Some(p) = self.requests.get_mut(id) else {
                 continue;
@@ -333,12 +350,17 @@ impl Session {
         if let Kind::Subscribe { channel } = &pending.kind {
             let was_current = self.subs.get(channel).is_some_and(|s| s.waiter == Some(id));
             if was_current {
-                self.subs.remove(channel);
+                let removed = self.subs.remove(channel);
                 if pending.sent && self.is_connected() {
                     // The server may still subscribe us: undo it, without waiting for a reply.
                     let undo = self.alloc_id();
                     self.send_unsubscribe(undo, channel);
                 }
+                self.fail(id, RequestError::Timeout);
+                if let Some(sub) = removed {
+                    self.announce_removed(channel, &sub, Some(RequestError::Timeout));
+                }
+                return;
             }
         }
         self.fail(id, RequestError::Timeout);

@@ -146,6 +146,11 @@ pub enum Event {
         truncated: bool,
         /// The session re-subscribed on its own after a reconnect (no caller request).
         resumed: bool,
+        /// The subscribe asked for the messages after a known offset (the position kept
+        /// across a reconnect, or an offset the caller gave) and the server still had all of
+        /// them: nothing was lost (`truncated` is false, no gap follows). False for `$` and
+        /// `0` before any position is known, for consumer groups, and when truncated.
+        recovered: bool,
     },
     /// A subscription ended without the caller asking: the server refused to re-establish it
     /// after a reconnect with a permanent error (`forbidden`, `not_found`, …), it ran out of
@@ -267,4 +272,83 @@ pub enum Event {
         /// The server's explanation.
         message: String,
     },
+    /// The session's [`ClientState`] changed (see [`Session::state`](super::Session::state)).
+    State {
+        /// The new state.
+        state: ClientState,
+    },
+    /// A channel's [`SubscriptionState`] changed (see
+    /// [`Session::subscription_state`](super::Session::subscription_state)). It comes after the
+    /// event that caused it (`Subscribed`, `Disconnected`, `SubscriptionLost`,
+    /// `RequestFailed`, …).
+    SubscriptionState {
+        /// Channel name.
+        channel: String,
+        /// The new state.
+        state: SubscriptionState,
+        /// For [`SubscriptionState::Unsubscribed`]: why, when the caller did not ask for it
+        /// (a refusal, a timeout, an undecodable frame, [`RequestError::Closed`]). `None` for
+        /// the caller's own unsubscribe and for the other states.
+        error: Option<RequestError>,
+    },
+}
+
+/// Where the session stands with its connection, as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientState {
+    /// Not started yet ([`Session::connect`](super::Session::connect) was not called).
+    Disconnected,
+    /// Opening a connection, or waiting out a backoff delay before the next attempt.
+    Connecting,
+    /// A connection is ready.
+    Connected,
+    /// [`Session::close`](super::Session::close) was called: terminal.
+    Closed,
+}
+
+impl ClientState {
+    /// The name used by the bundled clients: `disconnected`, `connecting`, `connected`,
+    /// `closed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Disconnected => "disconnected",
+            ClientState::Connecting => "connecting",
+            ClientState::Connected => "connected",
+            ClientState::Closed => "closed",
+        }
+    }
+}
+
+/// Where one channel's subscription stands, as the application sees it.
+///
+/// * `Unsubscribed`: the session keeps no subscription of the channel (never subscribed,
+///   unsubscribed by the caller, refused for good, or the session closed);
+/// * `Subscribing`: the session keeps it and will deliver its messages, but the server has not
+///   confirmed it on the current connection yet (its `subscribe` is in flight, waits for a
+///   connection, for a retry after a transient error, or for a replaced subscription's
+///   `unsubscribed`);
+/// * `Subscribed`: the server confirmed it on the current connection.
+///
+/// A lost connection moves every `Subscribed` channel back to `Subscribing`; the re-subscribe
+/// moves it on to `Subscribed` (from its position) or, when refused for good, to
+/// `Unsubscribed` with the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriptionState {
+    /// Not subscribed.
+    Unsubscribed,
+    /// Kept, waiting for the server's confirmation on this connection.
+    Subscribing,
+    /// Confirmed on this connection.
+    Subscribed,
+}
+
+impl SubscriptionState {
+    /// The name used by the bundled clients: `unsubscribed`, `subscribing`, `subscribed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionState::Unsubscribed => "unsubscribed",
+            SubscriptionState::Subscribing => "subscribing",
+            SubscriptionState::Subscribed => "subscribed",
+        }
+    }
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::error::RequestError;
-use super::event::{DisconnectReason, Event, RequestId};
+use super::event::{DisconnectReason, Event, RequestId, SubscriptionState};
 use super::requests::{Kind, Origin, Pending};
 use super::{backoff, Session, State};
 use crate::codec::{decode_server, DecodeError};
@@ -246,14 +246,18 @@ impl Session {
         if sub.waiter == Some(id) {
             sub.waiter = None;
         }
+        // Resumed from a known offset with everything after it still there.
+        let recovered = sub.group.is_none() && sub.position().is_some() && !truncated;
         sub.on_subscribed(offset, truncated);
         self.events.push_back(Event::Subscribed {
             id: RequestId(id),
-            channel,
+            channel: channel.clone(),
             offset,
             truncated,
             resumed: pending.origin == Origin::Internal,
+            recovered,
         });
+        self.announce(&channel, SubscriptionState::Subscribed);
     }
 
     fn on_messages(&mut self, channel: String, messages: Vec<Message>) {
@@ -296,16 +300,23 @@ impl Session {
                 if current && self.retry_subscribe(&channel, &pending, id, &error) {
                     return;
                 }
-                if current {
-                    self.subs.remove(&channel);
-                    if pending.origin == Origin::Internal {
-                        self.events
-                            .push_back(Event::SubscriptionLost { channel, error });
-                        return;
+                let removed = if current {
+                    self.subs.remove(&channel)
+                } else {
+                    None
+                };
+                match pending.origin {
+                    Origin::Internal if removed.is_some() => {
+                        self.events.push_back(Event::SubscriptionLost {
+                            channel: channel.clone(),
+                            error: error.clone(),
+                        });
                     }
+                    Origin::Internal => {}
+                    Origin::User => self.fail(id, error.clone()),
                 }
-                if pending.origin == Origin::User {
-                    self.fail(id, error);
+                if let Some(sub) = removed {
+                    self.announce_removed(&channel, &sub, Some(error));
                 }
             }
             Kind::Unsubscribe { channel } if pending.origin == Origin::Internal => {
@@ -421,11 +432,13 @@ impl Session {
         }
         let waiter = sub.waiter.and_then(|w| self.requests.remove(w).map(|_| w));
         match waiter {
-            Some(waiter) => self.fail(waiter, error),
-            None => self
-                .events
-                .push_back(Event::SubscriptionLost { channel, error }),
+            Some(waiter) => self.fail(waiter, error.clone()),
+            None => self.events.push_back(Event::SubscriptionLost {
+                channel: channel.clone(),
+                error: error.clone(),
+            }),
         }
+        self.announce_removed(&channel, &sub, Some(error));
     }
 }
 

@@ -73,6 +73,22 @@
 //! old subscription still on the wire reaches the new one. A driver whose local buffer
 //! overflowed resumes with it from the last offset it delivered.
 //!
+//! # States
+//!
+//! The session announces its connection state ([`ClientState`]: `Disconnected` before
+//! [`Session::connect`], `Connecting` while opening a connection or backing off, `Connected`,
+//! `Closed`) with [`Event::State`], and each channel's subscription state
+//! ([`SubscriptionState`]: `Unsubscribed`, `Subscribing`, `Subscribed`) with
+//! [`Event::SubscriptionState`], each right after the event that caused it, once per change;
+//! [`Session::state`] and [`Session::subscription_state`] read them. A channel is `Subscribed`
+//! from its `subscribed` reply until the connection ends (then `Subscribing` until the
+//! re-subscribe is answered) or it is replaced (`Subscribing` again). It becomes `Unsubscribed`
+//! on the caller's unsubscribe (`error: None`), and with the error when it ends otherwise: a
+//! permanent refusal of a subscribe or re-subscribe, a timeout, an undecodable frame, or
+//! [`Session::close`] ([`RequestError::Closed`]). The session delivers messages and gaps of a
+//! channel only while it is `Subscribed`. [`Event::Subscribed`] carries `recovered`: the
+//! subscribe asked for the messages after a known offset and nothing after it was lost.
+//!
 //! # Transient and permanent errors
 //!
 //! Transient failures never end a subscription: a `subscribe` answered `unavailable`,
@@ -154,7 +170,7 @@ pub use config::{
     DEFAULT_MAX_PENDING, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{RequestError, SessionError};
-pub use event::{Action, DisconnectReason, Event, RequestId};
+pub use event::{Action, ClientState, DisconnectReason, Event, RequestId, SubscriptionState};
 pub use token::{refresh_lead, token_lifetime, MIN_REFRESH_LEAD};
 
 use crate::frame::ClientFrame;
@@ -316,6 +332,26 @@ impl Session {
         self.subs.iter().map(|(channel, _)| channel.as_str())
     }
 
+    /// The session's connection state (announced by [`Event::State`] when it changes).
+    pub fn state(&self) -> ClientState {
+        match self.state {
+            State::Idle => ClientState::Disconnected,
+            State::Connecting { .. } | State::Handshaking { .. } | State::Backoff { .. } => {
+                ClientState::Connecting
+            }
+            State::Open { .. } => ClientState::Connected,
+            State::Closed => ClientState::Closed,
+        }
+    }
+
+    /// The state of a channel's subscription, as last announced by
+    /// [`Event::SubscriptionState`] (`Unsubscribed` for a channel the session does not keep).
+    pub fn subscription_state(&self, channel: &str) -> SubscriptionState {
+        self.subs
+            .get(channel)
+            .map_or(SubscriptionState::Unsubscribed, |s| s.announced)
+    }
+
     /// How many subscriptions the session keeps.
     pub fn subscription_count(&self) -> usize {
         self.subs.len()
@@ -368,6 +404,45 @@ impl Session {
     /// The deadline of something started now.
     fn deadline(&self) -> Duration {
         self.now.saturating_add(self.config.request_timeout)
+    }
+
+    /// Announces a kept channel's new subscription state, if it changed.
+    fn announce(&mut self, channel: &str, state: SubscriptionState) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if sub.announced != state {
+            sub.announced = state;
+            self.events.push_back(Event::SubscriptionState {
+                channel: channel.to_owned(),
+                state,
+                error: None,
+            });
+        }
+    }
+
+    /// Announces that a subscription the session just forgot is `Unsubscribed` (with why,
+    /// when the caller did not ask), unless it already was.
+    fn announce_removed(
+        &mut self,
+        channel: &str,
+        sub: &subscriptions::Subscription,
+        error: Option<RequestError>,
+    ) {
+        if sub.announced != SubscriptionState::Unsubscribed {
+            self.events.push_back(Event::SubscriptionState {
+                channel: channel.to_owned(),
+                state: SubscriptionState::Unsubscribed,
+                error,
+            });
+        }
+    }
+
+    /// Announces the session's connection state after a transition.
+    fn announce_client(&mut self) {
+        self.events.push_back(Event::State {
+            state: self.state(),
+        });
     }
 
     /// The target of the current attempt, owned.

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::event::SubscriptionState;
 use crate::frame::Message;
 use crate::offset::{Offset, StreamId};
 
@@ -40,6 +41,10 @@ pub(crate) struct Subscription {
     pub(crate) barrier: Option<u64>,
     /// Start with the channel's last this many messages (until a position is known).
     pub(crate) rewind: Option<u64>,
+    /// The state last announced to the application ([`Event::SubscriptionState`]).
+    ///
+    /// [`Event::SubscriptionState`]: super::Event::SubscriptionState
+    pub(crate) announced: SubscriptionState,
 }
 
 impl Subscription {
@@ -60,6 +65,7 @@ impl Subscription {
             retry_at: None,
             barrier: None,
             rewind: None,
+            announced: SubscriptionState::Unsubscribed,
         }
     }
 

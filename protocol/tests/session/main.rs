@@ -12,6 +12,7 @@ mod presence;
 mod requests;
 mod resubscribe;
 mod resume;
+mod states;
 mod tabs;
 mod tabs_model;
 mod tabs_world;

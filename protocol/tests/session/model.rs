@@ -10,15 +10,25 @@
 //! - every subscription the application still holds at the end (not unsubscribed, not ended by
 //!   a permanent error) has received every message stored after its start;
 //! - no subscription ends because of a transient error;
-//! - every request ends exactly once (its success event or `RequestFailed`).
+//! - every request ends exactly once (its success event or `RequestFailed`);
+//! - subscription states: each change is announced once, messages and gaps arrive only while
+//!   `subscribed`, a lost subscription is announced `unsubscribed` with its error right after
+//!   the loss, [`Session::subscription_state`] and [`Session::state`] always agree with what
+//!   was announced, and after healing every held subscription is `subscribed` and every ended
+//!   one `unsubscribed`.
+//!
+//! [`Session::subscription_state`]: redistribute_protocol::session::Session::subscription_state
+//! [`Session::state`]: redistribute_protocol::session::Session::state
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 256).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use redistribute_protocol::session::{Config, Event, PublishOptions, RequestId};
+use redistribute_protocol::session::{
+    ClientState, Config, Event, PublishOptions, RequestId, SubscriptionState,
+};
 use redistribute_protocol::{ErrorCode, Offset, StreamId};
 
 use crate::harness::{body, check_model, Pair};
@@ -98,6 +108,12 @@ struct Model {
     outcomes: HashMap<RequestId, u32>,
     requests: Vec<RequestId>,
     seen_events: usize,
+    /// The subscription state announced last, per channel.
+    states: HashMap<String, SubscriptionState>,
+    /// Channels lost whose `unsubscribed` announcement is due.
+    lost: HashSet<String>,
+    /// The client state announced last.
+    client: Option<ClientState>,
 }
 
 impl Model {
@@ -160,6 +176,44 @@ impl Model {
             }
             _ => {}
         }
+        self.check_states(event)
+    }
+
+    /// The state invariants of one event (see the module documentation).
+    fn check_states(&mut self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::SubscriptionState {
+                channel,
+                state,
+                error,
+            } => {
+                let last = self.states.insert(channel.clone(), *state);
+                if last.unwrap_or(SubscriptionState::Unsubscribed) == *state {
+                    return Err(format!("{channel}: {state:?} announced twice"));
+                }
+                if self.lost.remove(channel)
+                    && (*state != SubscriptionState::Unsubscribed || error.is_none())
+                {
+                    return Err(format!("{channel} lost, then {state:?} ({error:?})"));
+                }
+            }
+            Event::SubscriptionLost { channel, .. } => {
+                self.lost.insert(channel.clone());
+            }
+            Event::Messages { channel, .. } | Event::Gap { channel, .. } => {
+                let state = self.states.get(channel);
+                if state != Some(&SubscriptionState::Subscribed) {
+                    return Err(format!("{channel}: data while {state:?}"));
+                }
+            }
+            Event::State { state } => {
+                if self.client == Some(*state) {
+                    return Err(format!("client state {state:?} announced twice"));
+                }
+                self.client = Some(*state);
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -177,6 +231,22 @@ impl Model {
             let event = pair.events[self.seen_events].1.clone();
             self.seen_events += 1;
             self.on_event(pair, &event)?;
+        }
+        if !self.lost.is_empty() {
+            return Err(format!("lost without an announcement: {:?}", self.lost));
+        }
+        for channel in CHANNELS {
+            let announced = self
+                .states
+                .get(channel)
+                .copied()
+                .unwrap_or(SubscriptionState::Unsubscribed);
+            if pair.session.subscription_state(channel) != announced {
+                return Err(format!("{channel}: the session and its events disagree"));
+            }
+        }
+        if self.client.is_some_and(|c| c != pair.session.state()) {
+            return Err("the client state and its events disagree".into());
         }
         Ok(())
     }
@@ -352,6 +422,16 @@ fn run(ops: &[Op]) -> Result<(), String> {
                 "{channel}: delivered {:?}, owed {owed:?} (start {start})",
                 epoch.delivered
             ));
+        }
+    }
+    for (channel, epoch) in &model.epochs {
+        let want = if epoch.ended {
+            SubscriptionState::Unsubscribed
+        } else {
+            SubscriptionState::Subscribed
+        };
+        if pair.session.subscription_state(channel) != want {
+            return Err(format!("{channel}: {want:?} expected after healing"));
         }
     }
     for request in &model.requests {

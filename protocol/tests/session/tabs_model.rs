@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use redistribute_protocol::session::{Event, PublishOptions, RequestId};
+use redistribute_protocol::session::{Event, PublishOptions, RequestId, SubscriptionState};
 use redistribute_protocol::{Offset, StreamId};
 
 use crate::harness::{body, check_model};
@@ -101,6 +101,8 @@ struct Model {
     outcomes: HashMap<(usize, RequestId), u32>,
     /// Every offset ever stored per channel (trimming forgets them on the server).
     ledger: BTreeMap<usize, Vec<StreamId>>,
+    /// The subscription state each tab announced last, per channel.
+    states: HashMap<(usize, String), SubscriptionState>,
 }
 
 fn channel_index(name: &str) -> usize {
@@ -211,6 +213,12 @@ impl Model {
                     }
                 }
             }
+            Event::SubscriptionState { channel, state, .. } => {
+                let last = self.states.insert((t, channel.clone()), *state);
+                if last.unwrap_or(SubscriptionState::Unsubscribed) == *state {
+                    return Err(format!("{channel} announced {state:?} twice"));
+                }
+            }
             Event::Connected { .. }
             | Event::Disconnected { .. }
             | Event::ConnectFailed { .. }
@@ -218,7 +226,15 @@ impl Model {
             | Event::Presence { .. }
             | Event::PresenceStats { .. }
             | Event::PresenceChanged(_)
-            | Event::ServerError { .. } => {}
+            | Event::ServerError { .. }
+            | Event::State { .. } => {}
+        }
+        // A tab's subscription object delivers only while it says `subscribed`.
+        if let Event::Messages { channel, .. } | Event::Gap { channel, .. } = event {
+            let state = self.states.get(&(t, channel.clone()));
+            if state != Some(&SubscriptionState::Subscribed) {
+                return Err(format!("data of {channel} while {state:?}"));
+            }
         }
         Ok(())
     }
@@ -229,6 +245,7 @@ impl Model {
         self.requests.retain(|(tab, _)| *tab != t);
         self.outcomes.retain(|(tab, _), _| *tab != t);
         self.seen.remove(&t);
+        self.states.retain(|(tab, _), _| *tab != t);
     }
 }
 

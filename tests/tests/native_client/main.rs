@@ -4,12 +4,13 @@
 //!
 //! This file holds the helpers the tests share (bounded waits, steady publishers, exact
 //! checks of what a subscriber received); the tests live in `disruption`, `publish`, `cli` and
-//! `subscriptions`.
+//! `subscriptions`; subscription objects in `objects`.
 
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
 mod disruption;
+mod objects;
 mod proxy;
 mod publish;
 mod subscriptions;
