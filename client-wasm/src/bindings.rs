@@ -102,6 +102,15 @@ export interface ClientOptions {
    */
   shareSocket?: boolean;
   /**
+   * The transports the client may use, the first one first (default
+   * `['websocket', 'sse']`). With both, two WebSocket attempts in a row that fail before the
+   * socket opens (a proxy refusing the upgrade) switch to the SSE fallback (`GET /sse` to
+   * receive, `POST /publish` to publish), and two failed fallback connects in a row switch
+   * back; the `transport` event says when. `['websocket']` never falls back; `['sse']` never
+   * opens a WebSocket.
+   */
+  transports?: Transport[];
+  /**
    * Keep publishes made while disconnected in a persisted outbox (localStorage) and send them,
    * exactly once, when connected again, even after a reload (default `true`).
    */
@@ -128,6 +137,9 @@ export interface OutboxEntry {
   /** When `publish` was called (ms since the epoch). */
   createdAt: number;
 }
+
+/** How the client reaches the server: a WebSocket, or the SSE fallback. */
+export type Transport = 'websocket' | 'sse';
 
 /** `standalone` (no sharing), `pending` (election running), `leader` or `follower`. */
 export type Role = 'standalone' | 'pending' | 'leader' | 'follower';
@@ -194,6 +206,11 @@ export interface ClientEvents {
   follower: () => void;
   /** The number of messages waiting in the outbox changed. */
   outbox: (size: number) => void;
+  /**
+   * The connection switched transports (see `transports`); on a tab sharing another tab's
+   * connection, when it learns the leader's.
+   */
+  transport: (transport: Transport) => void;
 }
 
 export interface Client {
@@ -313,6 +330,12 @@ impl Client {
         self.driver.close();
     }
 
+    /// The transport of the current (or next) connection.
+    #[wasm_bindgen(getter, unchecked_return_type = "Transport")]
+    pub fn transport(&self) -> String {
+        self.driver.transport().to_owned()
+    }
+
     /// Whether a connection is ready right now.
     #[wasm_bindgen(getter)]
     pub fn connected(&self) -> bool {
@@ -349,7 +372,7 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
             BAD_REQUEST,
             format!(
                 "unknown event \"{event}\": expected connect, disconnect, messages, error, \
-                 leader, follower or outbox"
+                 leader, follower, outbox or transport"
             ),
         ))
     })
@@ -521,6 +544,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     };
     Ok(Setup {
         share: get(options, "shareSocket") != JsValue::FALSE,
+        transports: transports(options)?,
         outbox,
         scope: share_scope,
         outbox_seed: crate::browser::seed(),
@@ -532,6 +556,29 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         decode: function(options, "decode")?,
         token_provider: function(options, "tokenProvider")?,
     })
+}
+
+/// The `transports` option: the allowed transports and the first.
+fn transports(options: &JsValue) -> Result<crate::driver::Choice, ErrorInfo> {
+    use crate::driver::{Choice, SSE, WEBSOCKET};
+    let v = get(options, "transports");
+    if v.is_undefined() {
+        return Ok(Choice::new(WEBSOCKET | SSE, false));
+    }
+    let bad = || bad_config("transports must be a non-empty array of 'websocket' and 'sse'");
+    let list: Array = v.dyn_into().map_err(|_| bad())?;
+    let mut allowed = 0;
+    for item in list.iter() {
+        allowed |= match item.as_string().as_deref() {
+            Some("websocket") => WEBSOCKET,
+            Some("sse") => SSE,
+            _ => return Err(bad()),
+        };
+    }
+    if allowed == 0 {
+        return Err(bad());
+    }
+    Ok(Choice::new(allowed, list.get(0).as_string().as_deref() == Some("sse")))
 }
 
 /// The optional third argument of `publish`.

@@ -25,7 +25,8 @@
 //!   the error reaches the channel it belongs to) and re-opens the rest.
 //! * `publish`: `POST /publish` with the frame as body; `{"offset"}` becomes `published`, an
 //!   error body an `error` reply.
-//! * `ping`: `pong` at once while the transport stands.
+//! * `ping`: `pong` once the stream has sent something (a message or the server's heartbeat
+//!   comment) since the last `ping`, at once when no stream is open.
 //! * consumer-group `subscribe` and `ack`: refused with `bad_request` (consumer groups need
 //!   the WebSocket).
 //!
@@ -138,6 +139,10 @@ pub struct Fallback {
     one_by_one: usize,
     /// The transport ended; nothing happens until [`Fallback::reset`].
     closed: bool,
+    /// Whether the stream sent bytes since the last `ping` was answered.
+    heard: bool,
+    /// `ping`s waiting for the stream to send something.
+    pings: Vec<u64>,
     ops: VecDeque<Op>,
     inputs: VecDeque<Input>,
 }
@@ -163,6 +168,8 @@ impl Fallback {
             posts: Vec::new(),
             one_by_one: 0,
             closed: false,
+            heard: false,
+            pings: Vec::new(),
             ops: VecDeque::new(),
             inputs: VecDeque::new(),
         }
@@ -182,6 +189,27 @@ impl Fallback {
         self.ops = ops;
         self.epoch = epoch;
         self.conn = conn;
+    }
+
+    /// Starts a new virtual connection ([`Fallback::reset`]) to another WebSocket target.
+    pub fn retarget(&mut self, target: &str) {
+        self.reset();
+        self.base = http_base(target);
+    }
+
+    /// The current connection (what [`Op::Post`] names; it changes with every reset).
+    pub fn conn(&self) -> u64 {
+        self.conn
+    }
+
+    /// The routes' base, `http(s)://host[:port]/prefix/`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether stream `epoch` is the current one (a driver stops reading any other).
+    pub fn is_current(&self, epoch: u64) -> bool {
+        epoch == self.epoch && self.streaming && !self.closed
     }
 
     /// The next HTTP operation to carry out. Subscription changes sent since the last call
@@ -216,7 +244,17 @@ impl Fallback {
                     self.open(Vec::new());
                 }
             }
-            ClientFrame::Ping { id } => self.frame(ServerFrame::Pong { id }),
+            ClientFrame::Ping { id } => {
+                // A liveness probe: answered at once if the stream sent anything (a message
+                // or a heartbeat) since the last one, else when it next does; a stream that
+                // died silently leaves it unanswered, and the session gives the transport up.
+                if self.streaming && !self.heard {
+                    self.pings.push(id);
+                } else {
+                    self.heard = false;
+                    self.frame(ServerFrame::Pong { id });
+                }
+            }
             ClientFrame::Publish { id, ref channel, .. } => {
                 self.posts.push((id, channel.clone()));
                 self.ops.push_back(Op::Post {
@@ -290,6 +328,7 @@ impl Fallback {
         }
         self.live = std::mem::take(&mut self.before);
         if self.live.is_empty() {
+            self.answer_pings();
             self.advance();
         } else {
             self.open(Vec::new());
@@ -301,6 +340,8 @@ impl Fallback {
         if epoch != self.epoch || self.closed {
             return;
         }
+        self.heard = true;
+        self.answer_pings();
         let mut events = Vec::new();
         let read = self.reader.push(bytes, &mut events);
         for event in events {
@@ -416,6 +457,7 @@ impl Fallback {
                 self.ops.push_back(Op::Abort);
                 self.streaming = false;
                 self.epoch += 1;
+                self.answer_pings();
             }
             self.live = next;
             for frame in &batch {
@@ -457,14 +499,14 @@ impl Fallback {
     /// One event of the current stream.
     fn event(&mut self, event: SseEvent) {
         if let Some(token) = &event.id {
-            if let Err(reason) = self.positions(token) {
-                return self.bad(reason);
+            if !self.positions(token) {
+                return self.bad("a resume token that does not fit the stream's channels".into());
             }
         }
         match event.event.as_str() {
             "gap" => {
                 let Some(body) = event.data.strip_prefix('{') else {
-                    return self.bad(format!("a gap event without an object: {:.80}", event.data));
+                    return self.bad_event(&event.event);
                 };
                 let text = format!("{{\"type\":\"gap\",{body}");
                 if self.opening {
@@ -479,7 +521,7 @@ impl Fallback {
                 });
                 match channel {
                     Some(channel) => self.truncated.push(channel),
-                    None => self.bad(format!("a truncated event without a channel: {:.80}", event.data)),
+                    None => self.bad_event(&event.event),
                 }
             }
             "message" if event.data.is_empty() && self.opening && event.id.is_some() => {
@@ -492,7 +534,7 @@ impl Fallback {
                     .and_then(|rest| rest.split_once('"'))
                     .map(|(channel, _)| channel);
                 let Some(channel) = channel else {
-                    return self.bad(format!("a message event without a channel: {:.80}", event.data));
+                    return self.bad_event(&event.event);
                 };
                 let text = format!(
                     "{{\"type\":\"messages\",\"channel\":\"{channel}\",\"messages\":[{}]}}",
@@ -502,30 +544,23 @@ impl Fallback {
             }
             "error" => match error_body(&event.data) {
                 Some((code, message)) => self.close(DisconnectReason::Rejected { code, message }),
-                None => self.bad(format!("an error event without an error: {:.80}", event.data)),
+                None => self.bad_event(&event.event),
             },
-            other => {
-                let opening = if self.opening { " before the resume token" } else { "" };
-                self.bad(format!("an unexpected {other:?} event{opening}"));
-            }
+            other => self.bad_event(other),
         }
     }
 
-    /// Takes a resume token: the position of every channel, in the stream's order.
-    fn positions(&mut self, token: &str) -> Result<(), String> {
-        let ids: Vec<&str> = token.split(',').collect();
-        if ids.len() != self.live.len() {
-            return Err(format!(
-                "a resume token for {} channels on a stream of {}",
-                ids.len(),
-                self.live.len()
-            ));
+    /// Takes a resume token: the position of every channel, in the stream's order. Returns
+    /// whether it was one (one offset per channel).
+    fn positions(&mut self, token: &str) -> bool {
+        let ids: Vec<StreamId> = token.split(',').filter_map(|id| StreamId::parse(id).ok()).collect();
+        if ids.len() != self.live.len() || ids.len() != token.split(',').count() {
+            return false;
         }
         for (c, id) in self.live.iter_mut().zip(ids) {
-            let id = StreamId::parse(id).map_err(|e| e.to_string())?;
             c.at = Offset::Id(id);
         }
-        Ok(())
+        true
     }
 
     /// The opening's resume token came: answer the batch, then pass the opening's gaps.
@@ -579,6 +614,13 @@ impl Fallback {
         }
     }
 
+    /// Answers the `ping`s that waited for the stream.
+    fn answer_pings(&mut self) {
+        for id in std::mem::take(&mut self.pings) {
+            self.frame(ServerFrame::Pong { id });
+        }
+    }
+
     fn frame(&mut self, frame: ServerFrame) {
         self.inputs.push_back(Input::Frame(frame));
     }
@@ -590,6 +632,12 @@ impl Fallback {
             code,
             message: message.to_owned(),
         });
+    }
+
+    /// An event the stream cannot have meant (unknown, malformed, or a message before the
+    /// resume token).
+    fn bad_event(&mut self, name: &str) {
+        self.bad(format!("an unexpected or malformed \"{name}\" event on the event stream"));
     }
 
     /// The stream sent something it cannot have meant: end the transport.
@@ -624,18 +672,24 @@ fn error_body(body: &str) -> Option<(ErrorCode, String)> {
 /// `http(s)://authority/prefix/` of a WebSocket target: its scheme mapped, its last path
 /// segment (and query) dropped.
 pub fn http_base(target: &str) -> String {
-    let (scheme, rest) = match target.split_once("://") {
-        Some(("wss", rest)) => ("https://", rest),
-        Some(("ws", rest)) => ("http://", rest),
-        Some((_, rest)) => (&target[..target.len() - rest.len()], rest),
-        None => ("http://", target),
+    // Byte scans, not `str` patterns: the browser client ships this code.
+    let (mut base, rest) = match target.strip_prefix("ws") {
+        Some(rest) if rest.starts_with("s://") => (String::from("https"), &rest[1..]),
+        Some(rest) if rest.starts_with("://") => (String::from("http"), rest),
+        _ => (String::new(), target),
     };
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let keep = match rest.find('/') {
-        Some(_) => &rest[..=rest.rfind('/').unwrap_or_default()],
-        None => rest,
+    let end = rest
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(rest.len());
+    let rest = &rest[..end];
+    // The authority ends at the first `/` after `://`.
+    let path = rest.get(3..).and_then(|r| r.bytes().position(|b| b == b'/'));
+    let keep = match path {
+        Some(_) => rest.bytes().rposition(|b| b == b'/').map_or(end, |i| i + 1),
+        None => end,
     };
-    let mut base = format!("{scheme}{keep}");
+    base.push_str(&rest[..keep]);
     if !base.ends_with('/') {
         base.push('/');
     }

@@ -124,6 +124,7 @@ fn http_base_maps_the_websocket_target() {
     assert_eq!(http_base("wss://h/app/ws?token=x#y"), "https://h/app/");
     assert_eq!(http_base("ws://h:1"), "http://h:1/");
     assert_eq!(http_base("https://h/a/ws"), "https://h/a/");
+    assert_eq!(http_base("wss://h:2/"), "https://h:2/");
 }
 
 #[test]
@@ -560,4 +561,27 @@ fn exactly_once_across_drops_and_changes() {
         let c: Vec<u64> = model.logs["c"].iter().copied().filter(|&ms| ms > 70).collect();
         assert_eq!(got["c"], c, "seed {seed}");
     }
+}
+
+#[test]
+fn pings_wait_for_the_stream_to_speak() {
+    let mut h = Harness::new();
+    h.start();
+    // No stream: answered at once.
+    let ping = h.session.ping().unwrap();
+    h.pump();
+    assert!(h.take_events().iter().any(|e| matches!(e, Event::Pong { id } if *id == ping)));
+    h.session.subscribe("a", Offset::Latest).unwrap();
+    h.pump();
+    h.data("id: 1-0\n\n");
+    // The opening was heard: the first ping is answered at once, the next waits.
+    let first = h.session.ping().unwrap();
+    h.pump();
+    let second = h.session.ping().unwrap();
+    h.pump();
+    let events = h.take_events();
+    assert!(events.iter().any(|e| matches!(e, Event::Pong { id } if *id == first)));
+    assert!(!events.iter().any(|e| matches!(e, Event::Pong { id } if *id == second)));
+    h.data(": heartbeat\n\n");
+    assert!(h.take_events().iter().any(|e| matches!(e, Event::Pong { id } if *id == second)));
 }
