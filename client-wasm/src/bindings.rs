@@ -578,7 +578,10 @@ fn transports(options: &JsValue) -> Result<crate::driver::Choice, ErrorInfo> {
     if allowed == 0 {
         return Err(bad());
     }
-    Ok(Choice::new(allowed, list.get(0).as_string().as_deref() == Some("sse")))
+    Ok(Choice::new(
+        allowed,
+        list.get(0).as_string().as_deref() == Some("sse"),
+    ))
 }
 
 /// The optional third argument of `publish`.

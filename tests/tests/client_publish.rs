@@ -14,9 +14,23 @@ const SECRET: &str = "client-publish-secret-of-at-least-32-bytes";
 const API_KEY: &str = "client-publish-api-key-0123";
 
 /// `POST /publish` with `body` and `headers`: the status and the JSON body.
-async fn post(server: &ServerProcess, headers: &[(&str, &str)], body: &str) -> Result<(u16, Value)> {
-    let r = http_request(server.addr(), "POST", "/publish", headers, body.as_bytes(), STEP).await?;
-    let json = r.json().with_context(|| format!("body of {}: {}", r.status, r.text()))?;
+async fn post(
+    server: &ServerProcess,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, Value)> {
+    let r = http_request(
+        server.addr(),
+        "POST",
+        "/publish",
+        headers,
+        body.as_bytes(),
+        STEP,
+    )
+    .await?;
+    let json = r
+        .json()
+        .with_context(|| format!("body of {}: {}", r.status, r.text()))?;
     Ok((r.status, json))
 }
 
@@ -45,7 +59,10 @@ async fn open_server_publishes_and_validates(backend: Backend) -> Result<()> {
     assert_eq!(status, 200, "{a}");
     let (status, b) = post(server, &[], keyed).await?;
     assert_eq!(status, 200, "{b}");
-    assert_eq!(a["offset"], b["offset"], "a repeated key returns the first offset");
+    assert_eq!(
+        a["offset"], b["offset"],
+        "a repeated key returns the first offset"
+    );
     assert_ne!(a["offset"].as_str(), Some(first.as_str()));
 
     // Over the entry limit, and over the request body limit.
@@ -55,16 +72,24 @@ async fn open_server_publishes_and_validates(backend: Backend) -> Result<()> {
         ("not json", "bad_request"),
         ("[1,2]", "bad_request"),
         (r#"{"channel":"room"}"#, "bad_request"),
-        (r#"{"channel":"bad channel","fields":{"n":0}}"#, "bad_request"),
+        (
+            r#"{"channel":"bad channel","fields":{"n":0}}"#,
+            "bad_request",
+        ),
         (r#"{"channel":"room","fields":"text"}"#, "bad_request"),
-        (r#"{"channel":"room","fields":{"n":0},"maxlen":-1}"#, "bad_request"),
+        (
+            r#"{"channel":"room","fields":{"n":0},"maxlen":-1}"#,
+            "bad_request",
+        ),
         (big.as_str(), "too_large"),
         (huge.as_str(), "too_large"),
     ] {
         let (status, body) = post(server, &[], bad).await?;
         assert!(status == 400 || status == 413, "{bad:.40}: {status} {body}");
         assert_eq!(code(&body), want, "{bad:.40}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     let r = http_request(server.addr(), "GET", "/publish", &[], b"", STEP).await?;
     assert_eq!(r.status, 405, "GET /publish: {}", r.text());
@@ -74,7 +99,9 @@ async fn open_server_publishes_and_validates(backend: Backend) -> Result<()> {
     let ns: Vec<&Value> = got.iter().map(|m| &m["fields"]["n"]).collect();
     assert_eq!(ns, [&json!(1), &json!(2)]);
     assert_eq!(got[0]["offset"], first.as_str());
-    let extra = ws.recv_json_timeout(std::time::Duration::from_millis(500)).await;
+    let extra = ws
+        .recv_json_timeout(std::time::Duration::from_millis(500))
+        .await;
     assert!(extra.is_err(), "nothing more was stored: {extra:?}");
     Ok(())
 }
@@ -102,16 +129,14 @@ async fn authorizes_like_a_websocket_publish() -> Result<()> {
     let server = &setup.server;
     let writer = jwt(SECRET, "alice", &["*", "*:**"], &["room:*"], 600);
     let reader = jwt(SECRET, "bob", &["*", "*:**"], &[], 600);
-    for (token, channel) in [
-        (&writer, "room:a"),
-        (&writer, "other"),
-        (&reader, "room:a"),
-    ] {
+    for (token, channel) in [(&writer, "room:a"), (&writer, "other"), (&reader, "room:a")] {
         let body = json!({"channel": channel, "fields": {"by": "http"}}).to_string();
         let bearer = format!("Bearer {token}");
         let (status, http) = post(server, &[("Authorization", &bearer)], &body).await?;
         let mut ws = WsClient::connect(&server.ws_url()).await?;
-        let hello = ws.request(json!({"type":"connect","id":1,"token":token})).await?;
+        let hello = ws
+            .request(json!({"type":"connect","id":1,"token":token}))
+            .await?;
         assert_eq!(hello["type"], "connected", "{hello}");
         let frame = ws
             .request(json!({"type":"publish","id":2,"channel":channel,"fields":{"by":"ws"}}))
@@ -120,7 +145,11 @@ async fn authorizes_like_a_websocket_publish() -> Result<()> {
             assert_eq!(status, 200, "{channel}: ws published, http {http}");
         } else {
             assert_eq!(frame["type"], "error", "{frame}");
-            assert_eq!(code(&http), frame["code"], "{channel}: http {http}, ws {frame}");
+            assert_eq!(
+                code(&http),
+                frame["code"],
+                "{channel}: http {http}, ws {frame}"
+            );
             assert_eq!(status, 403, "{http}");
         }
     }
@@ -137,7 +166,13 @@ async fn authorizes_like_a_websocket_publish() -> Result<()> {
     .await?;
     assert_eq!(r.status, 200, "{}", r.text());
     let expired = jwt(SECRET, "alice", &["*"], &["*"], -600);
-    let forged = jwt("another-secret-of-at-least-32-bytes!!", "alice", &["*"], &["*"], 600);
+    let forged = jwt(
+        "another-secret-of-at-least-32-bytes!!",
+        "alice",
+        &["*"],
+        &["*"],
+        600,
+    );
     let body = r#"{"channel":"room:a","fields":{"x":1}}"#;
     for headers in [
         vec![],

@@ -11,7 +11,7 @@
 //! the count; the client stays on the transport that worked. A fallback connection opens when
 //! the server answers `GET /healthz`.
 
-use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use js_sys::{Array, Function, Object, Promise, Reflect};
 use redistribute_protocol::fallback::{Fallback, Input, Op};
 use redistribute_protocol::lite::{decode_server, encode_client};
 use redistribute_protocol::session::{DisconnectReason, Event};
@@ -78,6 +78,8 @@ impl Choice {
 pub(super) struct SseLink {
     fb: Fallback,
     stream: Option<JsValue>,
+    /// The current stream's `TextDecoder`.
+    decoder: JsValue,
 }
 
 impl SseLink {
@@ -128,6 +130,7 @@ impl Inner {
             self.link = Link::Sse(Box::new(SseLink {
                 fb: Fallback::new(target),
                 stream: None,
+                decoder: JsValue::UNDEFINED,
             }));
         }
         let Link::Sse(link) = &mut self.link else {
@@ -149,14 +152,11 @@ impl Inner {
         };
         let mut busy = false;
         let mut waits = Vec::new();
-        while let Some(op) = link.fb.poll_op() {
+        for op in link.fb.take_ops() {
             busy = true;
             waits.extend(run(link, op));
         }
-        let mut inputs = Vec::new();
-        while let Some(input) = link.fb.poll_input() {
-            inputs.push(input);
-        }
+        let inputs = link.fb.take_inputs();
         for (promise, step, a, b) in waits {
             self.then(&promise, step, a, b, None);
         }
@@ -249,8 +249,16 @@ impl Inner {
                 if Reflect::get(&value, &"done".into()).ok() == Some(JsValue::TRUE) {
                     fb.stream_ended(a, "the event stream ended");
                 } else {
+                    // Decoded by the stream's `TextDecoder` (not `Uint8Array::to_vec`, whose
+                    // length assertion links the panic formatting).
                     let chunk = Reflect::get(&value, &"value".into()).unwrap_or_default();
-                    fb.stream_data(a, &Uint8Array::new(&chunk).to_vec());
+                    let options: JsValue = Object::new().into();
+                    set(&options, "stream", &JsValue::TRUE);
+                    let text = method(&link.decoder, "decode", &[chunk, options])
+                        .ok()
+                        .and_then(|t| t.as_string())
+                        .unwrap_or_default();
+                    fb.stream_data(a, text.as_bytes());
                     if fb.is_current(a) {
                         next = Some((Step::Read, a, 0, ctx.get(3)));
                     }
@@ -267,17 +275,17 @@ impl Inner {
                 fb.stream_ended(a, &error());
             }
             s if s == Step::Post as u8 => {
-                let status = u64::from(status());
+                let status = JsValue::from(status());
                 let promise = text();
-                self.then(&promise, Step::PostBody, a, b | status << 48, None);
+                self.then(&promise, Step::PostBody, a, b, Some(&status));
             }
             s if s == Step::PostBody as u8 => {
-                let (id, status) = (b & ((1 << 48) - 1), (b >> 48) as u16);
+                let status = ctx.get(3).as_f64().unwrap_or_default() as u16;
                 let body = value.as_string().unwrap_or_default();
-                fb.post_response(a, id, status, &body);
+                fb.post_response(a, b, status, &body);
             }
             s if s == Step::Post as u8 + 1 || s == Step::PostBody as u8 + 1 => {
-                fb.post_failed(a, b & ((1 << 48) - 1), &error());
+                fb.post_failed(a, b, &error());
             }
             _ => {}
         }
@@ -305,7 +313,7 @@ enum Step {
     Refused = 6,
     /// `POST /publish` answered (`a`: the connection, `b`: the request id).
     Post = 8,
-    /// Its body was read (`b`: the request id, and the status in its top 16 bits).
+    /// Its body was read (`b`: the request id, `extra`: the status).
     PostBody = 10,
 }
 
@@ -318,11 +326,8 @@ fn run(link: &mut SseLink, op: Op) -> Option<(JsValue, Step, u64, u64)> {
         }
         Op::Open { epoch, url, token } => {
             link.abort();
-            let global = js_sys::global();
-            let controller = Reflect::get(&global, &"AbortController".into())
-                .ok()
-                .and_then(|c| c.dyn_into::<Function>().ok())
-                .and_then(|c| Reflect::construct(&c, &Array::new()).ok());
+            let controller = construct("AbortController");
+            link.decoder = construct("TextDecoder").unwrap_or_default();
             let signal = controller
                 .as_ref()
                 .and_then(|c| Reflect::get(c, &"signal".into()).ok());
@@ -341,6 +346,14 @@ fn run(link: &mut SseLink, op: Op) -> Option<(JsValue, Step, u64, u64)> {
             Some((fetch(&url, &init), Step::Post, conn, id))
         }
     }
+}
+
+/// `new globalThis[name]()`, if there is such a class.
+fn construct(name: &str) -> Option<JsValue> {
+    Reflect::get(&js_sys::global(), &name.into())
+        .ok()
+        .and_then(|c| c.dyn_into::<Function>().ok())
+        .and_then(|c| Reflect::construct(&c, &Array::new()).ok())
 }
 
 /// `fetch(url, init)`, or a rejected promise where there is no `fetch`.

@@ -156,7 +156,10 @@ impl Leader {
         while let Some(output) = self.mux.poll_output() {
             match output {
                 Output::Open { tab } => {
-                    let fields = [("id", self.id.as_str().into()), ("t", self.transport.into())];
+                    let fields = [
+                        ("id", self.id.as_str().into()),
+                        ("t", self.transport.into()),
+                    ];
                     post(&self.ch, "open", Some(&tab), &fields);
                 }
                 Output::Close { tab } => self.notice("down", Some(&tab)),

@@ -51,7 +51,7 @@ impl Harness {
                 busy = true;
                 self.fallback.send(frame);
             }
-            while let Some(input) = self.fallback.poll_input() {
+            for input in self.fallback.take_inputs() {
                 busy = true;
                 match input {
                     Input::Frame(f) => self.session.handle_frame(f, self.now),
@@ -59,7 +59,7 @@ impl Harness {
                     Input::Closed(r) => self.session.handle_transport_closed(self.now, r),
                 }
             }
-            while let Some(op) = self.fallback.poll_op() {
+            for op in self.fallback.take_ops() {
                 busy = true;
                 self.ops.push(op);
             }
@@ -185,9 +185,14 @@ fn subscribes_reopen_the_stream_from_exact_positions() {
     h.session.subscribe("b", Offset::Earliest).unwrap();
     h.pump();
     let (_, url) = h.last_open();
-    assert_eq!(url, "http://h:1/app/sse?channel=a&offset=6-0&channel=b&offset=0");
+    assert_eq!(
+        url,
+        "http://h:1/app/sse?channel=a&offset=6-0&channel=b&offset=0"
+    );
     // The opening's gap for b comes after b's `subscribed`, so the session takes it.
-    h.data("event: gap\ndata: {\"channel\":\"b\",\"from\":\"0-0\",\"to\":\"2-0\"}\n\nid: 6-0,2-0\n\n");
+    h.data(
+        "event: gap\ndata: {\"channel\":\"b\",\"from\":\"0-0\",\"to\":\"2-0\"}\n\nid: 6-0,2-0\n\n",
+    );
     h.data(&message("b", "6-0,3-0", 3));
     h.data(&message("a", "7-0,3-0", 7));
     let events = h.take_events();
@@ -195,15 +200,14 @@ fn subscribes_reopen_the_stream_from_exact_positions() {
         .iter()
         .map(|e| match e {
             Event::Messages { channel, messages } => format!("{channel}:{}", messages[0].offset),
-            Event::Subscribed { channel, offset, .. } => format!("sub {channel}@{offset}"),
+            Event::Subscribed {
+                channel, offset, ..
+            } => format!("sub {channel}@{offset}"),
             Event::Gap { channel, to, .. } => format!("gap {channel} {to}"),
             other => format!("{other:?}"),
         })
         .collect();
-    assert_eq!(
-        kinds,
-        ["a:6-0", "sub b@2-0", "gap b 2-0", "b:3-0", "a:7-0"]
-    );
+    assert_eq!(kinds, ["a:6-0", "sub b@2-0", "gap b 2-0", "b:3-0", "a:7-0"]);
     h.session.unsubscribe("a").unwrap();
     h.pump();
     assert_eq!(h.last_open().1, "http://h:1/app/sse?channel=b&offset=3-0");
@@ -237,7 +241,8 @@ fn a_dropped_stream_reconnects_from_the_positions() {
         .iter()
         .any(|e| matches!(e, Event::Disconnected { .. })));
     // Late bytes of the dead stream are ignored.
-    h.fallback.stream_data(epoch, message("a", "5-0", 5).as_bytes());
+    h.fallback
+        .stream_data(epoch, message("a", "5-0", 5).as_bytes());
     h.pump();
     assert!(!h
         .take_events()
@@ -306,7 +311,8 @@ fn publishes_post_and_resend_with_their_key_after_a_loss() {
     assert_eq!(pid2, pid);
     assert_eq!(encode_client(&frame2), encode_client(&frame));
     assert!(encode_client(&frame2).contains(key.as_str()));
-    h.fallback.post_response(conn2, pid2, 200, r#"{"offset":"9-1"}"#);
+    h.fallback
+        .post_response(conn2, pid2, 200, r#"{"offset":"9-1"}"#);
     h.pump();
     assert!(h.take_events().iter().any(
         |e| matches!(e, Event::Published { channel, offset, .. } if channel == "a" && *offset == StreamId::new(9, 1))
@@ -323,11 +329,22 @@ fn publishes_post_and_resend_with_their_key_after_a_loss() {
     h.fallback.post_response(conn, pid, 413, body);
     h.pump();
     let events = h.take_events();
-    assert!(events.iter().any(|e| matches!(
-        e,
-        Event::RequestFailed { error: RequestError::Server { code: ErrorCode::TooLarge, .. }, .. }
-    )), "{events:?}");
-    assert!(!events.iter().any(|e| matches!(e, Event::Disconnected { .. })));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::RequestFailed {
+                error: RequestError::Server {
+                    code: ErrorCode::TooLarge,
+                    ..
+                },
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::Disconnected { .. })));
 }
 
 #[test]
@@ -338,7 +355,10 @@ fn refused_subscribes_are_told_apart() {
     h.session.subscribe("secret", Offset::Latest).unwrap();
     h.pump();
     let (epoch, url) = h.last_open();
-    assert!(url.contains("channel=ok") && url.contains("channel=secret"), "{url}");
+    assert!(
+        url.contains("channel=ok") && url.contains("channel=secret"),
+        "{url}"
+    );
     let forbidden = r#"{"error":{"code":"forbidden","message":"not allowed"}}"#;
     h.fallback.stream_refused(epoch, 403, forbidden);
     h.pump();
@@ -347,16 +367,27 @@ fn refused_subscribes_are_told_apart() {
     assert_eq!(url, "http://h:1/app/sse?channel=ok&offset=%24");
     h.data("id: 1-0\n\n");
     let (epoch, url) = h.last_open();
-    assert_eq!(url, "http://h:1/app/sse?channel=ok&offset=1-0&channel=secret&offset=%24");
+    assert_eq!(
+        url,
+        "http://h:1/app/sse?channel=ok&offset=1-0&channel=secret&offset=%24"
+    );
     h.fallback.stream_refused(epoch, 403, forbidden);
     h.pump();
     assert_eq!(h.last_open().1, "http://h:1/app/sse?channel=ok&offset=1-0");
     h.data("id: 1-0\n\n");
     let events = h.take_events();
-    assert!(events.iter().any(|e| matches!(e, Event::Subscribed { channel, .. } if channel == "ok")));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Subscribed { channel, .. } if channel == "ok")));
     assert!(events.iter().any(|e| matches!(
         e,
-        Event::RequestFailed { error: RequestError::Server { code: ErrorCode::Forbidden, .. }, .. }
+        Event::RequestFailed {
+            error: RequestError::Server {
+                code: ErrorCode::Forbidden,
+                ..
+            },
+            ..
+        }
     )));
     assert_eq!(h.session.subscriptions().collect::<Vec<_>>(), ["ok"]);
     // A proxy's page instead of the server's error: the transport is lost.
@@ -365,7 +396,8 @@ fn refused_subscribes_are_told_apart() {
     h.pump();
     h.wait(50);
     let (epoch, _) = h.last_open();
-    h.fallback.stream_refused(epoch, 403, "<html>blocked</html>");
+    h.fallback
+        .stream_refused(epoch, 403, "<html>blocked</html>");
     h.pump();
     assert!(h
         .take_events()
@@ -392,17 +424,19 @@ fn truncation_and_bad_streams() {
         .any(|e| matches!(e, Event::Disconnected { .. })));
     h.wait(50);
     for bad in [
-        "id: 1-0\n\n",                   // one position for two channels
-        "id: x,1-0\n\n",                 // not an offset
-        "event: nope\ndata: {}\n\n",     // an unknown event
-        "event: message\ndata: {}\n\n",  // a message before the resume token
+        "id: 1-0\n\n",                  // one position for two channels
+        "id: x,1-0\n\n",                // not an offset
+        "event: nope\ndata: {}\n\n",    // an unknown event
+        "event: message\ndata: {}\n\n", // a message before the resume token
     ] {
         h.data(bad);
         let events = h.take_events();
         assert!(
             events.iter().any(|e| matches!(
                 e,
-                Event::Disconnected { reason: DisconnectReason::BadFrame { .. } }
+                Event::Disconnected {
+                    reason: DisconnectReason::BadFrame { .. }
+                }
             )),
             "{bad:?}: {events:?}"
         );
@@ -412,10 +446,18 @@ fn truncation_and_bad_streams() {
     h.data("id: 1-0,1-0\n\n");
     h.data("event: error\ndata: {\"error\":{\"code\":\"unauthorized\",\"message\":\"token expired\"}}\n\n");
     let events = h.take_events();
-    assert!(events.iter().any(|e| matches!(
-        e,
-        Event::Disconnected { reason: DisconnectReason::Rejected { code: ErrorCode::Unauthorized, .. } }
-    )), "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Disconnected {
+                reason: DisconnectReason::Rejected {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                }
+            }
+        )),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -427,10 +469,19 @@ fn groups_and_acks_are_refused() {
         .unwrap();
     h.pump();
     let events = h.take_events();
-    assert!(events.iter().any(|e| matches!(
-        e,
-        Event::RequestFailed { error: RequestError::Server { code: ErrorCode::BadRequest, .. }, .. }
-    )), "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::RequestFailed {
+                error: RequestError::Server {
+                    code: ErrorCode::BadRequest,
+                    ..
+                },
+                ..
+            }
+        )),
+        "{events:?}"
+    );
     assert!(!h.ops.iter().any(|op| matches!(op, Op::Open { .. })));
 }
 
@@ -558,7 +609,11 @@ fn exactly_once_across_drops_and_changes() {
         }
         assert_eq!(got["a"], model.logs["a"], "seed {seed}");
         assert_eq!(got["b"], model.logs["b"], "seed {seed}");
-        let c: Vec<u64> = model.logs["c"].iter().copied().filter(|&ms| ms > 70).collect();
+        let c: Vec<u64> = model.logs["c"]
+            .iter()
+            .copied()
+            .filter(|&ms| ms > 70)
+            .collect();
         assert_eq!(got["c"], c, "seed {seed}");
     }
 }
@@ -570,7 +625,10 @@ fn pings_wait_for_the_stream_to_speak() {
     // No stream: answered at once.
     let ping = h.session.ping().unwrap();
     h.pump();
-    assert!(h.take_events().iter().any(|e| matches!(e, Event::Pong { id } if *id == ping)));
+    assert!(h
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::Pong { id } if *id == ping)));
     h.session.subscribe("a", Offset::Latest).unwrap();
     h.pump();
     h.data("id: 1-0\n\n");
@@ -580,8 +638,15 @@ fn pings_wait_for_the_stream_to_speak() {
     let second = h.session.ping().unwrap();
     h.pump();
     let events = h.take_events();
-    assert!(events.iter().any(|e| matches!(e, Event::Pong { id } if *id == first)));
-    assert!(!events.iter().any(|e| matches!(e, Event::Pong { id } if *id == second)));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Pong { id } if *id == first)));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::Pong { id } if *id == second)));
     h.data(": heartbeat\n\n");
-    assert!(h.take_events().iter().any(|e| matches!(e, Event::Pong { id } if *id == second)));
+    assert!(h
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::Pong { id } if *id == second)));
 }
