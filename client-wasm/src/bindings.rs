@@ -544,7 +544,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     };
     Ok(Setup {
         share: get(options, "shareSocket") != JsValue::FALSE,
-        transports: transports(options)?,
+        transports: crate::driver::transports(&get(options, "transports"))?,
         outbox,
         scope: share_scope,
         outbox_seed: crate::browser::seed(),
@@ -556,32 +556,6 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         decode: function(options, "decode")?,
         token_provider: function(options, "tokenProvider")?,
     })
-}
-
-/// The `transports` option: the allowed transports and the first.
-fn transports(options: &JsValue) -> Result<crate::driver::Choice, ErrorInfo> {
-    use crate::driver::{Choice, SSE, WEBSOCKET};
-    let v = get(options, "transports");
-    if v.is_undefined() {
-        return Ok(Choice::new(WEBSOCKET | SSE, false));
-    }
-    let bad = || bad_config("transports must be a non-empty array of 'websocket' and 'sse'");
-    let list: Array = v.dyn_into().map_err(|_| bad())?;
-    let mut allowed = 0;
-    for item in list.iter() {
-        allowed |= match item.as_string().as_deref() {
-            Some("websocket") => WEBSOCKET,
-            Some("sse") => SSE,
-            _ => return Err(bad()),
-        };
-    }
-    if allowed == 0 {
-        return Err(bad());
-    }
-    Ok(Choice::new(
-        allowed,
-        list.get(0).as_string().as_deref() == Some("sse"),
-    ))
 }
 
 /// The optional third argument of `publish`.

@@ -19,6 +19,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::{now, set, Inner, Link, Topic};
+use crate::errors::ErrorInfo;
 
 /// `transports` bit: the WebSocket.
 pub(crate) const WEBSOCKET: u8 = 1;
@@ -72,6 +73,33 @@ impl Choice {
         self.sse = !self.sse;
         true
     }
+}
+
+/// The `transports` option: the allowed transports and the first.
+pub(crate) fn transports(v: &JsValue) -> Result<Choice, ErrorInfo> {
+    if v.is_undefined() {
+        return Ok(Choice::new(WEBSOCKET | SSE, false));
+    }
+    let bad = || {
+        let why = "transports must be a non-empty array of 'websocket' and 'sse'";
+        ErrorInfo::new(crate::errors::BAD_CONFIG, why)
+    };
+    let list: &Array = v.dyn_ref().ok_or_else(bad)?;
+    let mut allowed = 0;
+    for item in list.iter() {
+        allowed |= match item.as_string().as_deref() {
+            Some("websocket") => WEBSOCKET,
+            Some("sse") => SSE,
+            _ => return Err(bad()),
+        };
+    }
+    if allowed == 0 {
+        return Err(bad());
+    }
+    Ok(Choice::new(
+        allowed,
+        list.get(0).as_string().as_deref() == Some("sse"),
+    ))
 }
 
 /// The fallback of the current connection and its stream's `AbortController`.

@@ -39,7 +39,7 @@ mod sharing;
 mod token;
 mod transport;
 
-pub(crate) use fallback::{Choice, SSE, WEBSOCKET};
+pub(crate) use fallback::{transports, Choice, SSE, WEBSOCKET};
 use transport::{Bus, Link};
 
 /// The page events, in the order of their listener lists.

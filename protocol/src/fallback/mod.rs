@@ -42,9 +42,12 @@
 //!
 //! [`Session`]: crate::session::Session
 
+mod changes;
 mod sse;
+mod stream;
 #[cfg(test)]
 mod tests;
+mod url;
 
 use std::collections::VecDeque;
 
@@ -53,6 +56,8 @@ use crate::offset::{Offset, StreamId};
 use crate::session::DisconnectReason;
 use crate::ErrorCode;
 pub use sse::{SseError, SseEvent, SseReader, MAX_LINE};
+use url::error_body;
+pub use url::http_base;
 
 /// An HTTP operation for the driver.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,87 +287,6 @@ impl Fallback {
         }
     }
 
-    /// The response to stream `epoch` came with `status`; for a status other than 200 the
-    /// driver reads the body and calls [`Fallback::stream_refused`] instead.
-    pub fn stream_response(&mut self, epoch: u64, status: u16) {
-        if epoch == self.epoch && !self.closed && status != 200 {
-            self.close(DisconnectReason::transport(
-                Some(status),
-                format!("the event stream answered HTTP {status}"),
-            ));
-        }
-    }
-
-    /// Stream `epoch` was answered `status` with `body` (not 200): an error body answers the
-    /// changes it was opened for; anything else ends the transport.
-    pub fn stream_refused(&mut self, epoch: u64, status: u16, body: &str) {
-        if epoch != self.epoch || self.closed || !self.opening {
-            return;
-        }
-        let Some((code, message)) = error_body(body) else {
-            return self.stream_response(epoch, status);
-        };
-        self.streaming = false;
-        self.opening = false;
-        let batch = std::mem::take(&mut self.batch);
-        let subscribes = batch
-            .iter()
-            .filter(|f| matches!(f, ClientFrame::Subscribe { .. }))
-            .count();
-        if subscribes == 0 {
-            // The channels that were flowing are refused now (a revoked or expired token).
-            return self.close(DisconnectReason::Rejected { code, message });
-        }
-        if subscribes > 1 && !code.is_transient() {
-            // Find out which of them the error is about.
-            self.one_by_one = subscribes;
-            for frame in batch.into_iter().rev() {
-                self.queue.push_front(frame);
-            }
-        } else {
-            for frame in batch {
-                match frame {
-                    ClientFrame::Subscribe { id, .. } => self.refuse(id, code, &message),
-                    other => self.answer_unsubscribe(&other),
-                }
-            }
-        }
-        self.live = std::mem::take(&mut self.before);
-        if self.live.is_empty() {
-            self.answer_pings();
-            self.advance();
-        } else {
-            self.open(Vec::new());
-        }
-    }
-
-    /// Bytes of stream `epoch`.
-    pub fn stream_data(&mut self, epoch: u64, bytes: &[u8]) {
-        if epoch != self.epoch || self.closed {
-            return;
-        }
-        self.heard = true;
-        self.answer_pings();
-        let mut events = Vec::new();
-        let read = self.reader.push(bytes, &mut events);
-        for event in events {
-            if self.closed {
-                return;
-            }
-            self.event(event);
-        }
-        if let Err(e) = read {
-            self.bad(e.to_string());
-        }
-    }
-
-    /// Stream `epoch` ended (the body ended, or reading it failed: `reason`).
-    pub fn stream_ended(&mut self, epoch: u64, reason: &str) {
-        if epoch == self.epoch && !self.closed {
-            self.close(DisconnectReason::transport(None, reason));
-        }
-    }
-
     /// The publish `id` of connection `conn` was answered `status` with `body`.
     pub fn post_response(&mut self, conn: u64, id: u64, status: u16, body: &str) {
         if conn != self.conn || self.closed {
@@ -398,219 +322,8 @@ impl Fallback {
         }
     }
 
-    /// Opens the next stream for the queued changes, unless one is opening.
-    fn advance(&mut self) {
-        if self.opening || self.closed {
-            return;
-        }
-        let mut batch: Vec<ClientFrame> = Vec::new();
-        let mut next = self.live.clone();
-        let mut before = self.live.clone();
-        while let Some(frame) = self.queue.front() {
-            let channel = match frame {
-                ClientFrame::Subscribe { channel, .. }
-                | ClientFrame::Unsubscribe { channel, .. } => channel,
-                _ => unreachable!("only subscribe and unsubscribe are queued"),
-            };
-            let seen = batch.iter().any(|f| match f {
-                ClientFrame::Subscribe { channel: c, .. }
-                | ClientFrame::Unsubscribe { channel: c, .. } => c == channel,
-                _ => false,
-            });
-            let single = self.one_by_one > 0
-                && matches!(frame, ClientFrame::Subscribe { .. })
-                && batch
-                    .iter()
-                    .any(|f| matches!(f, ClientFrame::Subscribe { .. }));
-            if seen || single {
-                break;
-            }
-            let Some(frame) = self.queue.pop_front() else {
-                break;
-            };
-            match &frame {
-                ClientFrame::Subscribe {
-                    channel, offset, ..
-                } => {
-                    next.retain(|c| c.name != *channel);
-                    before.retain(|c| c.name != *channel);
-                    next.push(Channel {
-                        name: channel.clone(),
-                        at: offset.unwrap_or_default(),
-                    });
-                    self.one_by_one = self.one_by_one.saturating_sub(1);
-                }
-                ClientFrame::Unsubscribe { channel, .. } => {
-                    next.retain(|c| c.name != *channel);
-                    before.retain(|c| c.name != *channel);
-                }
-                _ => {}
-            }
-            batch.push(frame);
-        }
-        if batch.is_empty() {
-            return;
-        }
-        let changes_stream = next != self.live;
-        if next.is_empty() || !changes_stream {
-            // Nothing to open (every channel unsubscribed, or unsubscribes of channels the
-            // stream does not carry): answer now.
-            if next.is_empty() && self.streaming {
-                self.ops.push(Op::Abort);
-                self.streaming = false;
-                self.epoch += 1;
-                self.answer_pings();
-            }
-            self.live = next;
-            for frame in &batch {
-                self.answer_unsubscribe(frame);
-            }
-            return self.advance();
-        }
-        self.live = next;
-        self.before = before;
-        self.open(batch);
-    }
-
-    /// Opens a stream for [`Fallback::live`], answering `batch` once it opens.
-    fn open(&mut self, batch: Vec<ClientFrame>) {
-        self.epoch += 1;
-        self.streaming = true;
-        self.opening = true;
-        self.batch = batch;
-        self.reader = SseReader::default();
-        self.early_gaps.clear();
-        self.truncated.clear();
-        let mut url = format!("{}sse?", self.base);
-        for (i, c) in self.live.iter().enumerate() {
-            if i > 0 {
-                url.push('&');
-            }
-            url.push_str("channel=");
-            escape(&mut url, &c.name);
-            url.push_str("&offset=");
-            escape(&mut url, &c.at.to_string());
-        }
-        self.ops.push(Op::Open {
-            epoch: self.epoch,
-            url,
-            token: self.token.clone(),
-        });
-    }
-
-    /// One event of the current stream.
-    fn event(&mut self, event: SseEvent) {
-        if let Some(token) = &event.id {
-            if !self.positions(token) {
-                return self.bad("a resume token that does not fit the stream's channels".into());
-            }
-        }
-        match event.event.as_str() {
-            "gap" => {
-                let Some(body) = event.data.strip_prefix('{') else {
-                    return self.bad_event(&event.event);
-                };
-                let text = format!("{{\"type\":\"gap\",{body}");
-                if self.opening {
-                    self.early_gaps.push(text);
-                } else {
-                    self.inputs.push(Input::Text(text));
-                }
-            }
-            "truncated" if self.opening => {
-                let channel = crate::json::parse(&event.data)
-                    .ok()
-                    .and_then(|v| v.get("channel").and_then(|c| c.as_str()).map(str::to_owned));
-                match channel {
-                    Some(channel) => self.truncated.push(channel),
-                    None => self.bad_event(&event.event),
-                }
-            }
-            "message" if event.data.is_empty() && self.opening && event.id.is_some() => {
-                self.opened();
-            }
-            "message" if !self.opening => {
-                let channel = event
-                    .data
-                    .strip_prefix("{\"channel\":\"")
-                    .and_then(|rest| rest.split_once('"'))
-                    .map(|(channel, _)| channel);
-                let Some(channel) = channel else {
-                    return self.bad_event(&event.event);
-                };
-                let text = format!(
-                    "{{\"type\":\"messages\",\"channel\":\"{channel}\",\"messages\":[{}]}}",
-                    event.data
-                );
-                self.inputs.push(Input::Text(text));
-            }
-            "error" => match error_body(&event.data) {
-                Some((code, message)) => self.close(DisconnectReason::Rejected { code, message }),
-                None => self.bad_event(&event.event),
-            },
-            other => self.bad_event(other),
-        }
-    }
-
-    /// Takes a resume token: the position of every channel, in the stream's order. Returns
-    /// whether it was one (one offset per channel).
-    fn positions(&mut self, token: &str) -> bool {
-        let ids: Vec<StreamId> = token
-            .split(',')
-            .filter_map(|id| StreamId::parse(id).ok())
-            .collect();
-        if ids.len() != self.live.len() || ids.len() != token.split(',').count() {
-            return false;
-        }
-        for (c, id) in self.live.iter_mut().zip(ids) {
-            c.at = Offset::Id(id);
-        }
-        true
-    }
-
-    /// The opening's resume token came: answer the batch, then pass the opening's gaps.
-    fn opened(&mut self) {
-        self.opening = false;
-        let batch = std::mem::take(&mut self.batch);
-        let new = |name: &str| {
-            batch
-                .iter()
-                .any(|f| matches!(f, ClientFrame::Subscribe { channel, .. } if channel == name))
-        };
-        if self.truncated.iter().any(|c| !new(c)) {
-            // A flowing channel's stream was recreated: the session must hear it on a
-            // re-subscribe, which the next connection makes.
-            return self.close(DisconnectReason::transport(
-                None,
-                "a channel's stream was recreated; resubscribing",
-            ));
-        }
-        for frame in &batch {
-            match frame {
-                ClientFrame::Subscribe { id, channel, .. } => {
-                    let offset = self.live.iter().find(|c| c.name == *channel).map(|c| c.at);
-                    let Some(Offset::Id(offset)) = offset else {
-                        continue;
-                    };
-                    let truncated = self.truncated.contains(channel);
-                    self.frame(ServerFrame::Subscribed {
-                        id: *id,
-                        channel: channel.clone(),
-                        offset,
-                        truncated,
-                    });
-                }
-                other => self.answer_unsubscribe(other),
-            }
-        }
-        for gap in std::mem::take(&mut self.early_gaps) {
-            self.inputs.push(Input::Text(gap));
-        }
-        self.advance();
-    }
-
     /// Answers an `unsubscribe` whose channel is no longer on the stream.
-    fn answer_unsubscribe(&mut self, frame: &ClientFrame) {
+    pub(super) fn answer_unsubscribe(&mut self, frame: &ClientFrame) {
         if let ClientFrame::Unsubscribe { id, channel } = frame {
             self.frame(ServerFrame::Unsubscribed {
                 id: *id,
@@ -620,18 +333,18 @@ impl Fallback {
     }
 
     /// Answers the `ping`s that waited for the stream.
-    fn answer_pings(&mut self) {
+    pub(super) fn answer_pings(&mut self) {
         for id in std::mem::take(&mut self.pings) {
             self.frame(ServerFrame::Pong { id });
         }
     }
 
-    fn frame(&mut self, frame: ServerFrame) {
+    pub(super) fn frame(&mut self, frame: ServerFrame) {
         self.inputs.push(Input::Frame(frame));
     }
 
     /// Answers request `id` with an error.
-    fn refuse(&mut self, id: u64, code: ErrorCode, message: &str) {
+    pub(super) fn refuse(&mut self, id: u64, code: ErrorCode, message: &str) {
         self.frame(ServerFrame::Error {
             id: Some(id),
             code,
@@ -639,21 +352,13 @@ impl Fallback {
         });
     }
 
-    /// An event the stream cannot have meant (unknown, malformed, or a message before the
-    /// resume token).
-    fn bad_event(&mut self, name: &str) {
-        self.bad(format!(
-            "an unexpected or malformed \"{name}\" event on the event stream"
-        ));
-    }
-
     /// The stream sent something it cannot have meant: end the transport.
-    fn bad(&mut self, reason: String) {
+    pub(super) fn bad(&mut self, reason: String) {
         self.close(DisconnectReason::BadFrame { reason });
     }
 
     /// Ends the transport: the session hears it once, and reconnects.
-    fn close(&mut self, reason: DisconnectReason) {
+    pub(super) fn close(&mut self, reason: DisconnectReason) {
         if self.closed {
             return;
         }
@@ -664,57 +369,5 @@ impl Fallback {
         }
         self.epoch += 1;
         self.inputs.push(Input::Closed(reason));
-    }
-}
-
-/// The code and message of an error body `{"error":{"code","message"}}`.
-fn error_body(body: &str) -> Option<(ErrorCode, String)> {
-    let value = crate::json::parse(body).ok()?;
-    let error = value.get("error")?;
-    let code = ErrorCode::from_wire(error.get("code")?.as_str()?)?;
-    let message = error.get("message")?.as_str()?.to_owned();
-    Some((code, message))
-}
-
-/// `http(s)://authority/prefix/` of a WebSocket target: its scheme mapped, its last path
-/// segment (and query) dropped.
-pub fn http_base(target: &str) -> String {
-    // Byte scans, not `str` patterns: the browser client ships this code.
-    let (mut base, rest) = match target.strip_prefix("ws") {
-        Some(rest) if rest.starts_with("s://") => (String::from("https"), &rest[1..]),
-        Some(rest) if rest.starts_with("://") => (String::from("http"), rest),
-        _ => (String::new(), target),
-    };
-    let end = rest
-        .bytes()
-        .position(|b| b == b'?' || b == b'#')
-        .unwrap_or(rest.len());
-    let rest = &rest[..end];
-    // The authority ends at the first `/` after `://`.
-    let path = rest
-        .get(3..)
-        .and_then(|r| r.bytes().position(|b| b == b'/'));
-    let keep = match path {
-        Some(_) => rest.bytes().rposition(|b| b == b'/').map_or(end, |i| i + 1),
-        None => end,
-    };
-    base.push_str(&rest[..keep]);
-    if !base.ends_with('/') {
-        base.push('/');
-    }
-    base
-}
-
-/// Appends `value` to a query, percent-encoding every byte but `A-Z a-z 0-9 - _ .`.
-fn escape(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
     }
 }
