@@ -167,7 +167,7 @@ impl Inner {
         link.close();
         link.fb.retarget(target);
         let conn = link.fb.conn();
-        let url = format!("{}healthz", link.fb.base());
+        let url = link.fb.route("healthz");
         let promise = fetch(&url, &init(None, None, None));
         self.then(&promise, Step::Health, conn, 0, None);
     }

@@ -88,7 +88,7 @@ impl Fallback {
         self.reader = SseReader::default();
         self.early_gaps.clear();
         self.truncated.clear();
-        let mut url = format!("{}sse?", self.base);
+        let mut url = self.route("sse?");
         for (i, c) in self.live.iter().enumerate() {
             if i > 0 {
                 url.push('&');

@@ -208,6 +208,14 @@ impl Fallback {
         self.conn
     }
 
+    /// The URL of `route` (relative to the base).
+    pub fn route(&self, route: &str) -> String {
+        // Concatenation, not `format!`: less code in the browser client.
+        let mut url = self.base.clone();
+        url.push_str(route);
+        url
+    }
+
     /// The routes' base, `http(s)://host[:port]/prefix/`.
     pub fn base(&self) -> &str {
         &self.base
@@ -268,7 +276,7 @@ impl Fallback {
                 self.ops.push(Op::Post {
                     conn: self.conn,
                     id,
-                    url: format!("{}publish", self.base),
+                    url: self.route("publish"),
                     token: self.token.clone(),
                     frame,
                 });

@@ -102,7 +102,8 @@ impl Fallback {
                 let Some(body) = event.data.strip_prefix('{') else {
                     return self.bad_event(&event.event);
                 };
-                let text = format!("{{\"type\":\"gap\",{body}");
+                let mut text = String::from("{\"type\":\"gap\",");
+                text.push_str(body);
                 if self.opening {
                     self.early_gaps.push(text);
                 } else {
@@ -130,10 +131,10 @@ impl Fallback {
                 let Some(channel) = channel else {
                     return self.bad_event(&event.event);
                 };
-                let text = format!(
-                    "{{\"type\":\"messages\",\"channel\":\"{channel}\",\"messages\":[{}]}}",
-                    event.data
-                );
+                let mut text = String::from("{\"type\":\"messages\",\"channel\":\"");
+                for part in [channel, "\",\"messages\":[", &event.data, "]}"] {
+                    text.push_str(part);
+                }
                 self.inputs.push(Input::Text(text));
             }
             "error" => match error_body(&event.data) {
