@@ -109,6 +109,13 @@ impl Harness {
     }
 }
 
+/// Whether a request failed with the server's `code`.
+fn failed_with(events: &[Event], code: ErrorCode) -> bool {
+    events.iter().any(|e| {
+        matches!(e, Event::RequestFailed { error: RequestError::Server { code: c, .. }, .. } if *c == code)
+    })
+}
+
 fn id(ms: u64) -> StreamId {
     StreamId::new(ms, 0)
 }
@@ -330,19 +337,7 @@ fn publishes_post_and_resend_with_their_key_after_a_loss() {
     h.fallback.post_response(conn, pid, 413, body);
     h.pump();
     let events = h.take_events();
-    assert!(
-        events.iter().any(|e| matches!(
-            e,
-            Event::RequestFailed {
-                error: RequestError::Server {
-                    code: ErrorCode::TooLarge,
-                    ..
-                },
-                ..
-            }
-        )),
-        "{events:?}"
-    );
+    assert!(failed_with(&events, ErrorCode::TooLarge), "{events:?}");
     assert!(!events
         .iter()
         .any(|e| matches!(e, Event::Disconnected { .. })));
@@ -380,16 +375,7 @@ fn refused_subscribes_are_told_apart() {
     assert!(events
         .iter()
         .any(|e| matches!(e, Event::Subscribed { channel, .. } if channel == "ok")));
-    assert!(events.iter().any(|e| matches!(
-        e,
-        Event::RequestFailed {
-            error: RequestError::Server {
-                code: ErrorCode::Forbidden,
-                ..
-            },
-            ..
-        }
-    )));
+    assert!(failed_with(&events, ErrorCode::Forbidden));
     assert_eq!(h.session.subscriptions().collect::<Vec<_>>(), ["ok"]);
     // A proxy's page instead of the server's error: the transport is lost.
     let (epoch, _) = h.last_open();
@@ -470,19 +456,7 @@ fn groups_and_acks_are_refused() {
         .unwrap();
     h.pump();
     let events = h.take_events();
-    assert!(
-        events.iter().any(|e| matches!(
-            e,
-            Event::RequestFailed {
-                error: RequestError::Server {
-                    code: ErrorCode::BadRequest,
-                    ..
-                },
-                ..
-            }
-        )),
-        "{events:?}"
-    );
+    assert!(failed_with(&events, ErrorCode::BadRequest), "{events:?}");
     assert!(!h.ops.iter().any(|op| matches!(op, Op::Open { .. })));
 }
 
