@@ -7,7 +7,8 @@
 //
 // * it receives every message exactly once, in order, while the proxy kills the event stream
 //   mid-flow (several times) and while the server restarts;
-// * it publishes through `POST /publish` (no WebSocket ever opens);
+// * it publishes through `POST /publish` (no WebSocket ever opens), and a publish whose answer
+//   the proxy drops is posted again under its idempotency key and stored once;
 // * a reload resumes from its localStorage cache: the cached messages are there, and only newer
 //   messages arrive;
 // * two tabs sharing one connection: the leader tab owns the fallback; the follower receives
@@ -53,6 +54,9 @@ window.ready = true;
 function blockingProxy(port) {
   const streams = new Set();
   const stats = { upgrades: 0, sse: 0, publish: 0 };
+  // Publishes to forward and then answer by dropping the connection (stored, but the client
+  // never hears it).
+  let dropPublishes = 0;
   const server = createServer((req, res) => {
     const path = new URL(req.url, 'http://x').pathname;
     if (path === '/sse') stats.sse += 1;
@@ -60,6 +64,12 @@ function blockingProxy(port) {
     const upstream = request(
       { host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers },
       (up) => {
+        if (path === '/publish' && dropPublishes > 0) {
+          dropPublishes -= 1;
+          up.resume();
+          up.once('end', () => res.destroy());
+          return;
+        }
         res.writeHead(up.statusCode, up.headers);
         if (path === '/sse') {
           streams.add(res);
@@ -85,6 +95,7 @@ function blockingProxy(port) {
       return n;
     };
     server.wsUrl = `ws://127.0.0.1:${server.address().port}/ws`;
+    server.dropNextPublish = () => { dropPublishes += 1; };
     ok(server);
   }));
 }
@@ -155,14 +166,23 @@ describe('SSE fallback behind a proxy that refuses WebSocket upgrades', { timeou
     assert.match(offset, /^\d+-\d+$/);
     assert.ok(proxy.stats.publish > before, 'the publish went through POST /publish');
     await receivesExactly(page, range(1, 41), 'its own publish');
+
+    // A publish whose answer is lost (stored, then the connection dropped): the client
+    // reconnects and posts it again under its idempotency key; it is stored once.
+    proxy.dropNextPublish();
+    const posts = proxy.stats.publish;
+    const again = await page.evaluate(() => window.client.publish('fb', { n: 42 }));
+    assert.match(again, /^\d+-\d+$/);
+    assert.ok(proxy.stats.publish >= posts + 2, `posted ${proxy.stats.publish - posts} times`);
+    await receivesExactly(page, range(1, 42), 'a re-posted publish, once');
     assert.deepEqual(await page.evaluate(() => window.errors.filter((e) => e !== 'connect_failed')), []);
 
     // A reload resumes from the cache: the cached messages, then only newer ones.
     await page.reload();
     await page.waitForFunction(() => window.ready === true, null, { timeout: 30000 });
-    assert.deepEqual(await page.evaluate(() => window.cached), range(1, 41));
-    await publish(42);
-    await receivesExactly(page, [42], 'only the new message after the reload');
+    assert.deepEqual(await page.evaluate(() => window.cached), range(1, 42));
+    await publish(43);
+    await receivesExactly(page, [43], 'only the new message after the reload');
     assert.equal(await page.evaluate(() => window.client.transport), 'sse');
     await page.close();
   });
