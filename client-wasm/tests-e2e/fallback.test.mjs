@@ -13,12 +13,16 @@
 //   messages arrive;
 // * two tabs sharing one connection: the leader tab owns the fallback; the follower receives
 //   and publishes through it and learns its transport;
-// * with `transports: ['websocket']` it never falls back.
+// * with `transports: ['websocket']` it never falls back;
+// * with authentication on, the token goes with every request: allowed channels flow and
+//   publish, a forbidden subscribe (alone or with an allowed one) and a forbidden publish are
+//   refused with `forbidden`, and the allowed channel keeps flowing.
 //
 // Real headless Chromium (playwright-core), a real `redistribute` server and redis-server on
 // free ports. Every wait is bounded.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import { createServer, request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { api, startStack, waitFor } from './fixtures.mjs';
@@ -38,6 +42,7 @@ const options = {
   maxReconnectDelay: 500,
   requestTimeout: 8000,
 };
+if (q.get('token')) options.token = q.get('token');
 if (q.get('transports')) options.transports = q.get('transports').split(',');
 const client = new Client(options);
 client.on('transport', (t) => window.transports.push(t));
@@ -217,6 +222,54 @@ describe('SSE fallback behind a proxy that refuses WebSocket upgrades', { timeou
     assert.equal(await page.evaluate(() => window.client.transport), 'websocket');
     assert.deepEqual(await page.evaluate(() => window.transports), []);
     assert.equal(await page.evaluate(() => window.client.connected), false);
+    await page.close();
+  });
+});
+
+const SECRET = 'fallback-e2e-secret-of-at-least-32-bytes';
+
+/** An HS256 JWT that may read one-segment channels and publish to `fb`. */
+function mint() {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = part({ alg: 'HS256', typ: 'JWT' });
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  const body = part({ sub: 'u', exp, subscribe: ['*'], publish: ['fb'] });
+  const signature = createHmac('sha256', SECRET).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${signature}`;
+}
+
+describe('SSE fallback with authentication on', { timeout: 240000 }, () => {
+  before(async () => {
+    stack = await startStack(PAGE, [
+      '--allowed-origin', '*', '--jwt-secret', SECRET, '--allow-open-api',
+    ]);
+    proxy = await blockingProxy(stack.server.port);
+  });
+  after(async () => {
+    proxy?.close();
+    proxy?.closeAllConnections();
+    await stack?.stop();
+  });
+
+  it('sends the token, refuses what it does not allow, keeps the rest flowing', async () => {
+    const page = await open(`&token=${mint()}`);
+    assert.equal(await page.evaluate(() => window.client.transport), 'sse');
+    await publish(1);
+    await receivesExactly(page, [1], 'an allowed channel');
+    // An allowed and a forbidden channel subscribed together: the server refuses the
+    // stream; the client tells them apart.
+    const outcomes = await page.evaluate(() => Promise.allSettled([
+      window.client.subscribe('other', '0'),
+      window.client.subscribe('private:x', '0'),
+    ]).then((r) => r.map((o) => (o.status === 'fulfilled' ? o.value.channel : o.reason.code))));
+    assert.deepEqual(outcomes, ['other', 'forbidden']);
+    const refused = await page.evaluate(() => window.client.publish('other', { n: 0 })
+      .then(() => 'stored', (e) => e.code));
+    assert.equal(refused, 'forbidden');
+    const offset = await page.evaluate(() => window.client.publish('fb', { n: 2 }));
+    assert.match(offset, /^\d+-\d+$/);
+    await publish(3);
+    await receivesExactly(page, [1, 2, 3], 'the allowed channel keeps flowing');
     await page.close();
   });
 });
