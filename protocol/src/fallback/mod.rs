@@ -37,8 +37,10 @@
 //! backoff and re-subscribes every channel from its position, exactly as after a dropped
 //! WebSocket.
 //!
-//! Requests this module does not know are answered `bad_request`; a new request frame gets
-//! its own HTTP route here (a `GET` whose JSON answer is turned into the reply frame).
+//! A new request frame needs an arm in [`Fallback::send`] (the match is exhaustive, so it
+//! cannot be forgotten): either an HTTP request like `publish`'s (an [`Op`] the driver
+//! carries out, whose answer becomes the reply frame, with the connection's token) or a
+//! `bad_request` refusal like `ack`'s.
 //!
 //! [`Session`]: crate::session::Session
 
