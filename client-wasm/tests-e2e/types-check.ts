@@ -2,7 +2,7 @@
 // them. The `@ts-expect-error` lines must fail to type-check, so a loosened type fails CI.
 import init, {
   Client, Subscription, type ClientError, type ClientState, type ErrorCode, type Fields, type HistoryPage,
-  type Message, type Subscribed, type SubscriptionState,
+  type Message, type Subscribed, type SubscriptionState, type Transport,
 } from '../pkg/redistribute_client.js';
 
 await init();
@@ -35,6 +35,14 @@ new Client({
   reconnectJitter: 0.5,
   pingInterval: 20000,
 });
+new Client({ targets: 'ws://127.0.0.1:8080/ws', transports: ['sse', 'websocket'] });
+// @ts-expect-error: not a transport
+new Client({ targets: 'ws://127.0.0.1:8080/ws', transports: ['long-poll'] });
+client.on('transport', (t: Transport) => console.log(t === 'sse'));
+const now: Transport = client.transport;
+// @ts-expect-error: transport is 'websocket' | 'sse'
+const wrong: 'polling' = client.transport;
+console.log(now, wrong);
 // @ts-expect-error reconnectJitter is a number
 new Client({ targets: 'ws://127.0.0.1:8080/ws', reconnectJitter: 'full' });
 const listener = (size: number) => console.log(size);

@@ -85,6 +85,12 @@ fn request_for(route: &Route) -> Result<(String, Vec<u8>)> {
                 .into_bytes(),
         ),
         "/api/history" => ("/api/history?channel=user:alice&from=0".into(), vec![]),
+        "/publish" => (
+            "/publish".into(),
+            json!({"channel": "user:alice", "fields": {"forged": true}})
+                .to_string()
+                .into_bytes(),
+        ),
         "/ws" | "/healthz" | "/readyz" | "/metrics" | "/status" | "/status.json" => {
             (route.path.into(), vec![])
         }

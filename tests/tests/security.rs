@@ -488,7 +488,8 @@ async fn authorization_hook_replaces_the_policy() -> Result<()> {
 }
 
 /// The library hook is consulted on every path that subscribes, publishes, acknowledges or
-/// reads history: WebSocket, SSE, long-poll, task poll and watch, and the back-end API.
+/// reads history: WebSocket, SSE, long-poll, a client's `POST /publish`, task poll and watch,
+/// and the back-end API.
 #[tokio::test]
 async fn authorization_hook_is_consulted_on_every_path() -> Result<()> {
     use redistribute_server::{Action, AuthContext, Denied};
@@ -532,6 +533,7 @@ async fn authorization_hook_is_consulted_on_every_path() -> Result<()> {
         ("GET", "/task/deny", ""),
         ("GET", "/task/deny?watch", ""),
         ("POST", "/api/publish", publish.as_str()),
+        ("POST", "/publish", publish.as_str()),
         ("GET", "/api/history?channel=deny:a", ""),
     ];
     for (method, path, body) in requests {
@@ -555,6 +557,7 @@ async fn authorization_hook_is_consulted_on_every_path() -> Result<()> {
         "task history task:deny",
         "task subscribe task:deny",
         "api publish deny:a",
+        "http publish deny:a",
         "api history deny:a",
         "api history allowed",
     ] {

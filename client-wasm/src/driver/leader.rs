@@ -32,6 +32,8 @@ pub(super) struct Leader {
     /// Tabs whose lock is watched.
     watched: Vec<String>,
     mux: Multiplexer,
+    /// The transport of the real connection, told to each tab with `open`.
+    pub(super) transport: &'static str,
 }
 
 impl Leader {
@@ -49,6 +51,7 @@ impl Driver {
         scope: &str,
         locks: LockManager,
         provider: Option<js_sys::Function>,
+        transports: super::Choice,
     ) -> Option<Driver> {
         let session = Session::new(config, seed).ok()?;
         let ch = BroadcastChannel::new(&bus_name(scope)).ok()?;
@@ -58,6 +61,7 @@ impl Driver {
             locks,
             watched: Vec::new(),
             mux: Multiplexer::new(),
+            transport: transports.name(),
         };
         leader.notice("leader", None);
         let driver = Driver(Rc::new(RefCell::new(Inner {
@@ -84,6 +88,7 @@ impl Driver {
             outbox_count: 0,
             retry_armed: false,
             tokens: provider.map(super::token::Tokens::new),
+            choice: transports,
         })));
         driver.attach();
         Some(driver)
@@ -152,7 +157,13 @@ impl Leader {
     fn flush(&mut self) {
         while let Some(output) = self.mux.poll_output() {
             match output {
-                Output::Open { tab } => self.notice("open", Some(&tab)),
+                Output::Open { tab } => {
+                    let fields = [
+                        ("id", self.id.as_str().into()),
+                        ("t", self.transport.into()),
+                    ];
+                    post(&self.ch, "open", Some(&tab), &fields);
+                }
                 Output::Close { tab } => self.notice("down", Some(&tab)),
                 Output::Down => self.notice("down", None),
                 Output::ConnectFailed { target, reason } => {

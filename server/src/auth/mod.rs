@@ -72,7 +72,7 @@ pub struct AuthContext {
     pub claims: Option<Arc<Claims>>,
     /// The client's address.
     pub peer: Option<SocketAddr>,
-    /// `ws`, `sse`, `poll`, `task`, `api`.
+    /// `ws`, `sse`, `poll`, `http` (a client's `POST /publish`), `task`, `api`.
     pub transport: &'static str,
     /// What the caller proved.
     pub credential: Credential,

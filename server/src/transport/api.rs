@@ -1,9 +1,12 @@
 //! The back-end API: `POST /api/publish`, `GET /api/history` and `GET /api/presence`, for an
-//! API key (full rights)
-//! or a token whose claims allow the request ([`crate::request::Access::Backend`]).
+//! API key (full rights) or a token whose claims allow the request
+//! ([`crate::request::Access::Backend`]). The same publish handler serves the clients'
+//! `POST /publish` ([`crate::request::Access::Client`]: a token, as on `/sse`), which the
+//! browser client publishes through when it cannot open a WebSocket.
 
 use std::sync::Arc;
 
+use axum::extract::rejection::StringRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,12 +22,21 @@ use crate::server::App;
 use crate::request::history::MAX_HISTORY;
 use redistribute_protocol::history::DEFAULT_HISTORY_LIMIT;
 
-/// `POST /api/publish` with `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
+/// `POST /api/publish` (and `POST /publish`) with
+/// `{"channel","fields","maxlen"?,"idempotency_key"?}` → `{"offset"}`.
 pub(crate) async fn publish_api(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<AuthContext>,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Response {
+    // A body over the request size limit, or not UTF-8: the same JSON error as any other.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return HttpError::new(e.status(), "too_large", e.body_text()).into_response()
+        }
+        Err(e) => return HttpError::bad_request(e.body_text()).into_response(),
+    };
     match publish_inner(&app, &caller, &body).await {
         Ok(offset) => json(StatusCode::OK, format!("{{\"offset\":\"{offset}\"}}")),
         Err(err) => err.into_response(),

@@ -58,7 +58,8 @@ pub struct Route {
     pub method: Method,
     /// Who may call it.
     pub access: Access,
-    /// The transport name the authorizer sees (`ws`, `sse`, `poll`, `task`, `api`, `ops`).
+    /// The transport name the authorizer sees (`ws`, `sse`, `poll`, `http`, `task`, `api`,
+    /// `ops`).
     pub transport: &'static str,
 }
 
@@ -99,6 +100,7 @@ pub(crate) fn app_routes() -> Vec<Entry> {
         entry("/ws", Get, Socket, "ws", ws::upgrade),
         entry("/sse", Get, Client, "sse", sse::sse),
         entry("/poll", Get, Client, "poll", poll::poll),
+        entry("/publish", Post, Client, "http", api::publish_api),
         entry("/task/{id}", Get, Task, "task", task::task),
         entry("/api/publish", Post, Backend, "api", api::publish_api),
         entry("/api/history", Get, Backend, "api", api::history),
