@@ -85,6 +85,7 @@ fn request_for(route: &Route) -> Result<(String, Vec<u8>)> {
                 .into_bytes(),
         ),
         "/api/history" => ("/api/history?channel=user:alice&from=0".into(), vec![]),
+        "/api/presence" => ("/api/presence?channel=user:alice".into(), vec![]),
         "/ws" | "/healthz" | "/readyz" | "/metrics" | "/status" | "/status.json" => {
             (route.path.into(), vec![])
         }
