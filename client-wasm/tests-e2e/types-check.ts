@@ -1,6 +1,7 @@
 // Compiled by `tsc --noEmit` (scripts/test.sh): the package's types as a TypeScript app uses
 // them. The `@ts-expect-error` lines must fail to type-check, so a loosened type fails CI.
-import init, { Client, type ClientError, type ErrorCode, type Fields, type Message } from '../pkg/redistribute_client.js';
+import init, { Client, type ClientError, type ErrorCode, type Fields, type Message,
+  type PresenceChange, type PresenceMember, type PresenceStats } from '../pkg/redistribute_client.js';
 
 await init();
 const client = new Client({ targets: ['ws://127.0.0.1:8080/ws'] });
@@ -51,4 +52,18 @@ const offset: string = await client.publish('chat', { text: 'hi', n: 1, tags: ['
 const sub = await client.subscribe('chat', offset);
 const truncated: boolean = sub.truncated;
 console.log(bad, truncated);
+
+// Presence: members, counts and join/leave events are typed.
+const members: PresenceMember[] = await client.presence('room:1');
+const who: string | undefined = members[0]?.user;
+const counts: PresenceStats = await client.presenceStats('room:1');
+const clients: number = counts.clients;
+client.on('presence', (channel: string, change: PresenceChange) => {
+  const missed: number | undefined = change.missed;
+  console.log(channel, change.joins.length, change.leaves.length, missed);
+});
+new Client({ targets: 'ws://127.0.0.1:8080/ws', joinLeave: true });
+// @ts-expect-error: joinLeave is a boolean
+new Client({ targets: 'ws://127.0.0.1:8080/ws', joinLeave: 'yes' });
+console.log(who, clients);
 client.close();
