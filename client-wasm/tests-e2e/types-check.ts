@@ -2,7 +2,8 @@
 // them. The `@ts-expect-error` lines must fail to type-check, so a loosened type fails CI.
 import init, {
   Client, Subscription, type ClientError, type ClientState, type ErrorCode, type Fields, type HistoryPage,
-  type Message, type Subscribed, type SubscriptionState, type Transport,
+  type Message, type PresenceChange, type PresenceMember, type PresenceStats, type Subscribed,
+  type SubscriptionState, type Transport,
 } from '../pkg/redistribute_client.js';
 
 await init();
@@ -100,4 +101,17 @@ chat.on('message', () => {});
 // @ts-expect-error: the offset is a string
 client.newSubscription('chat', { offset: 5 });
 console.log(wrong);
+// Presence: members, counts and join/leave events are typed.
+const members: PresenceMember[] = await client.presence('room:1');
+const who: string | undefined = members[0]?.user;
+const counts: PresenceStats = await client.presenceStats('room:1');
+const clients: number = counts.clients;
+client.on('presence', (channel: string, change: PresenceChange) => {
+  const missed: number | undefined = change.missed;
+  console.log(channel, change.joins.length, change.leaves.length, missed);
+});
+new Client({ targets: 'ws://127.0.0.1:8080/ws', joinLeave: true });
+// @ts-expect-error: joinLeave is a boolean
+new Client({ targets: 'ws://127.0.0.1:8080/ws', joinLeave: 'yes' });
+console.log(who, clients);
 client.close();

@@ -91,6 +91,7 @@ fn request_for(route: &Route) -> Result<(String, Vec<u8>)> {
                 .to_string()
                 .into_bytes(),
         ),
+        "/api/presence" => ("/api/presence?channel=user:alice".into(), vec![]),
         "/ws" | "/healthz" | "/readyz" | "/metrics" | "/status" | "/status.json" => {
             (route.path.into(), vec![])
         }

@@ -440,3 +440,88 @@ async fn sse_streams_are_members_and_long_polls_are_not() -> Result<()> {
     ensure!(answer.status == 200, "poll answered {}", answer.status);
     Ok(())
 }
+
+/// `n` raw WebSocket connections, each subscribed to `channel` on `server`.
+async fn raw_members(
+    server: &redistribute_testkit::ServerProcess,
+    channel: &str,
+    n: usize,
+) -> Result<Vec<redistribute_testkit::WsClient>> {
+    let mut sockets = Vec::new();
+    for _ in 0..n {
+        let mut ws = ws_client(server).await?;
+        ws.subscribe(channel, None).await?;
+        sockets.push(ws);
+    }
+    Ok(sockets)
+}
+
+/// A client without join/leave events (so the only Redis work is the members').
+async fn quiet_client(server: &redistribute_testkit::ServerProcess) -> Result<Client> {
+    let builder = Client::builder().target(server.ws_url());
+    Ok(within("connect", builder.connect()).await??)
+}
+
+/// The heartbeat refreshes all 100 members an instance has in a channel with one script call
+/// per heartbeat (not one Redis round trip per member).
+#[tokio::test]
+async fn a_heartbeat_is_one_script_call_per_channel_not_per_member() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let flags = ["--presence-channels", "room:*", "--presence-ttl-secs", "3"];
+    let server = start_server(Some(&redis), &flags).await?;
+    let _members = raw_members(&server, "room:h", 100).await?;
+    let observer = quiet_client(&server).await?;
+    ensure!(
+        within("stats", observer.presence_stats("room:h"))
+            .await??
+            .clients
+            == 100
+    );
+    redis.config_resetstat().await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let stats = redis.info_commandstats().await?;
+    let elapsed = started.elapsed();
+    let calls =
+        stats.get("eval").copied().unwrap_or(0) + stats.get("evalsha").copied().unwrap_or(0);
+    let refreshed = stats.get("zadd").copied().unwrap_or(0);
+    // A heartbeat every second (a third of the expiry), one call each, plus one in flight.
+    let heartbeats = elapsed.as_secs() + 2;
+    eprintln!("{elapsed:?}: {calls} script calls, {refreshed} ZADDs inside them, for 100 members");
+    ensure!(calls <= heartbeats, "{calls} script calls in {elapsed:?}");
+    ensure!(
+        refreshed >= 100,
+        "the members were not refreshed: {stats:?}"
+    );
+    // Still all there: refreshed before they could expire.
+    ensure!(
+        within("stats", observer.presence_stats("room:h"))
+            .await??
+            .clients
+            == 100
+    );
+    Ok(())
+}
+
+/// A drain (SIGTERM) removes its members at once, long before they would expire.
+#[tokio::test]
+async fn a_drained_instance_removes_its_members_at_once() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let flags = [
+        "--presence-channels",
+        "room:*",
+        "--presence-ttl-secs",
+        "120",
+    ];
+    let mut one = start_server(Some(&redis), &flags).await?;
+    let two = start_server(Some(&redis), &flags).await?;
+    let _members = raw_members(&one, "room:d", 20).await?;
+    let observer = quiet_client(&two).await?;
+    let stats = within("stats", observer.presence_stats("room:d")).await??;
+    ensure!(stats.clients == 20, "{stats:?}");
+    one.terminate()?;
+    one.wait_exit(STEP).await?;
+    let stats = within("stats", observer.presence_stats("room:d")).await??;
+    ensure!(stats.clients == 0, "after the drain: {stats:?}");
+    Ok(())
+}
