@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use redistribute_protocol::history::PageFrame;
 use redistribute_protocol::session::{Action, Config, DisconnectReason, Event, Session};
 use redistribute_protocol::{
     decode_client, encode_client, encode_server, ClientFrame, ErrorCode, Fields, Message, Offset,
@@ -304,7 +305,7 @@ impl FakeServer {
                     (Some(m), true) => m.offset.predecessor().unwrap_or_default(),
                     (None, _) => after,
                 };
-                let reply = ServerFrame::HistoryPage {
+                let reply = ServerFrame::HistoryPage(Box::new(PageFrame {
                     id,
                     channel,
                     messages: range,
@@ -312,7 +313,7 @@ impl FakeServer {
                     more,
                     truncated: false,
                     gap: None,
-                };
+                }));
                 self.reply(k, reply);
             }
         }
