@@ -241,24 +241,9 @@ pub enum ServerFrame {
         /// The highest removed offset (inclusive).
         to: StreamId,
     },
-    /// Reply to `history`: one page of the channel's stored messages.
-    HistoryPage {
-        /// Request id.
-        id: u64,
-        /// Channel name.
-        channel: String,
-        /// The messages: in offset order, newest first with `reverse`.
-        messages: Vec<Message>,
-        /// Where the next page starts: pass it as `from` (or as `to` with `reverse`).
-        next: StreamId,
-        /// Whether the range may hold messages beyond this page.
-        more: bool,
-        /// Messages of the requested range were removed (trimmed) before they could be read.
-        truncated: bool,
-        /// The removed range `(from, to]`, when known.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        gap: Option<crate::history::Removed>,
-    },
+    /// Reply to `history`: one page of the channel's stored messages (boxed: the largest
+    /// frame, and a rare one, so every other frame stays small).
+    HistoryPage(Box<crate::history::PageFrame>),
     /// A request failed, or the connection has a problem.
     Error {
         /// The request this answers, if any.

@@ -63,6 +63,52 @@ pub struct Page {
     pub gap: Option<Removed>,
 }
 
+/// The `history_page` reply as a frame ([`crate::ServerFrame::HistoryPage`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageFrame {
+    /// Request id.
+    pub id: u64,
+    /// Channel name.
+    pub channel: String,
+    /// The messages: in offset order, newest first with `reverse`.
+    pub messages: Vec<Message>,
+    /// Where the next page starts: pass it as `from` (or as `to` with `reverse`).
+    pub next: StreamId,
+    /// Whether the range may hold messages beyond this page.
+    pub more: bool,
+    /// Messages of the requested range were removed (trimmed) before they could be read.
+    pub truncated: bool,
+    /// The removed range `(from, to]`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Removed>,
+}
+
+impl PageFrame {
+    /// The page without its request id and channel.
+    pub fn into_page(self) -> Page {
+        Page {
+            messages: self.messages,
+            next: self.next,
+            more: self.more,
+            truncated: self.truncated,
+            gap: self.gap,
+        }
+    }
+
+    /// The reply to request `id` for `channel` carrying `page`.
+    pub fn new(id: u64, channel: String, page: Page) -> PageFrame {
+        PageFrame {
+            id,
+            channel,
+            messages: page.messages,
+            next: page.next,
+            more: page.more,
+            truncated: page.truncated,
+            gap: page.gap,
+        }
+    }
+}
+
 /// serde's `skip_serializing_if` for flags that are off by default.
 pub(crate) fn is_false(flag: &bool) -> bool {
     !*flag

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::codec::{validate_client, DecodeError, CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::frame::{ClientFrame, Fields, Message, ServerFrame};
-use crate::history::Removed;
+use crate::history::{PageFrame, Removed};
 use crate::json;
 use crate::offset::{Offset, StreamId};
 
@@ -165,15 +165,16 @@ pub fn encode_server(frame: &ServerFrame) -> String {
             .opt_u64("id", *id)
             .str("code", code.as_str())
             .str("message", message),
-        ServerFrame::HistoryPage {
-            id,
-            channel,
-            messages,
-            next,
-            more,
-            truncated,
-            gap,
-        } => {
+        ServerFrame::HistoryPage(page) => {
+            let PageFrame {
+                id,
+                channel,
+                messages,
+                next,
+                more,
+                truncated,
+                gap,
+            } = &**page;
             let w = Writer::new("history_page", *id)
                 .str("channel", channel)
                 .messages(messages)
@@ -499,7 +500,7 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
             channel: f.string("channel")?,
             messages: f.messages()?,
         },
-        "history_page" => ServerFrame::HistoryPage {
+        "history_page" => ServerFrame::HistoryPage(Box::new(PageFrame {
             id: f.u64("id")?,
             channel: f.string("channel")?,
             messages: f.messages()?,
@@ -512,7 +513,7 @@ fn server_frame(f: &mut Members) -> Result<ServerFrame, ProtocolError> {
                     to: g.stream_id("to")?,
                 })
             })?,
-        },
+        })),
         "gap" => ServerFrame::Gap {
             channel: f.string("channel")?,
             from: f.stream_id("from")?,

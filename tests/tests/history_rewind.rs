@@ -409,3 +409,61 @@ async fn hostile_history_and_rewind_requests_get_clear_answers() -> Result<()> {
     }
     Ok(())
 }
+
+/// `redistribute history …` with `args`: its stdout lines as JSON, its stderr and status.
+async fn cli_history(url: &str, args: &[&str]) -> Result<(Vec<Value>, String, bool)> {
+    let output = tokio::process::Command::new(redistribute_testkit::server_binary())
+        .arg("history")
+        .args(args)
+        .args(["--target", url])
+        .kill_on_drop(true)
+        .output();
+    let output = within("redistribute history", output).await??;
+    let lines = String::from_utf8(output.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()?;
+    Ok((
+        lines,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        output.status.success(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_history_pages_like_sub_and_reports_trims() -> Result<()> {
+    let setup = setup(Backend::Redis, &[]).await?;
+    let url = setup.server.ws_url();
+    let client = connect(&url).await?;
+    let stored = publish_many(&client, "cli", 2_500, None).await?;
+    let (all, _, ok) = cli_history(&url, &["cli"]).await?;
+    ensure!(ok, "history exits 0");
+    let offsets: Vec<String> = all
+        .iter()
+        .map(|l| l["offset"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let expected: Vec<String> = stored.iter().map(ToString::to_string).collect();
+    assert_eq!(offsets, expected, "the whole channel, read 1000 a request");
+    assert_eq!(all[0]["channel"], "cli");
+    assert_eq!(all[0]["fields"]["seq"], 0);
+    let (newest, _, _) = cli_history(&url, &["cli", "--reverse", "--limit", "3"]).await?;
+    let got: Vec<&str> = newest.iter().filter_map(|l| l["offset"].as_str()).collect();
+    assert_eq!(got, [&expected[2_499], &expected[2_498], &expected[2_497]]);
+    let (window, _, _) = cli_history(
+        &url,
+        &["cli", "--from", &expected[9], "--to", &expected[11]],
+    )
+    .await?;
+    assert_eq!(window.len(), 2);
+    publish_many(&client, "cli-short", 30, Some(5)).await?;
+    let (kept, stderr, ok) = cli_history(&url, &["cli-short"]).await?;
+    ensure!(ok && !kept.is_empty() && kept.len() < 30);
+    ensure!(
+        stderr.contains("trimmed: (0-0, "),
+        "the trim is reported: {stderr}"
+    );
+    let (_, stderr, ok) = cli_history(&url, &["cli", "--to", "nope"]).await?;
+    ensure!(!ok && stderr.contains("nope"), "{stderr}");
+    client.close().await;
+    Ok(())
+}

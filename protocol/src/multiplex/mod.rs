@@ -68,7 +68,7 @@ use std::collections::VecDeque;
 
 use crate::error::ErrorCode;
 use crate::frame::{ClientFrame, ServerFrame, PROTOCOL_VERSION};
-use crate::history::{HistoryOptions, Page};
+use crate::history::{HistoryOptions, Page, PageFrame};
 use crate::offset::Offset;
 use crate::session::{
     DisconnectReason, Event, PublishOptions, RequestError, RequestId, Session, SessionError,
@@ -483,15 +483,8 @@ impl Multiplexer {
                 self.subscribe(session, &tab, tab_id, channel, offset);
             }
             None => {
-                let frame = ServerFrame::HistoryPage {
-                    id: tab_id,
-                    channel,
-                    messages: page.messages,
-                    next: page.next,
-                    more: page.more,
-                    truncated: page.truncated,
-                    gap: page.gap,
-                };
+                let frame =
+                    ServerFrame::HistoryPage(Box::new(PageFrame::new(tab_id, channel, page)));
                 self.send(&tab, frame);
             }
         }

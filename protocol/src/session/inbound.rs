@@ -130,27 +130,14 @@ impl Session {
                 }
             }
             ServerFrame::Messages { channel, messages } => self.on_messages(channel, messages),
-            ServerFrame::HistoryPage {
-                id,
-                channel,
-                messages,
-                next,
-                more,
-                truncated,
-                gap,
-            } => {
+            ServerFrame::HistoryPage(mut frame) => {
                 if self
-                    .take_reply(id, |k| matches!(k, Kind::History { .. }))
+                    .take_reply(frame.id, |k| matches!(k, Kind::History { .. }))
                     .is_some()
                 {
-                    let page = crate::history::Page {
-                        messages,
-                        next,
-                        more,
-                        truncated,
-                        gap,
-                    };
-                    let id = RequestId(id);
+                    let id = RequestId(frame.id);
+                    let channel = std::mem::take(&mut frame.channel);
+                    let page = (*frame).into_page();
                     self.events.push_back(Event::History { id, channel, page });
                 }
             }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use redistribute_protocol::history::PageFrame;
 use redistribute_protocol::session::{Action, Config, DisconnectReason, Event, Session};
 use redistribute_protocol::{
     decode_client, encode_client, encode_server, ClientFrame, ErrorCode, Fields, Message, Offset,
@@ -306,7 +307,7 @@ impl FakeServer {
                     (Some(m), true) => m.offset.predecessor().unwrap_or_default(),
                     (None, _) => after,
                 };
-                let reply = ServerFrame::HistoryPage {
+                let reply = ServerFrame::HistoryPage(Box::new(PageFrame {
                     id,
                     channel,
                     messages: range,
@@ -314,7 +315,7 @@ impl FakeServer {
                     more,
                     truncated: false,
                     gap: None,
-                };
+                }));
                 self.reply(k, reply);
             }
             // Presence: this connection is the one member of every channel it subscribed.
