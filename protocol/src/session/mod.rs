@@ -145,7 +145,7 @@ mod requests;
 mod subscriptions;
 mod token;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 pub use backoff::BACKOFF_FACTOR;
@@ -159,6 +159,7 @@ pub use token::{refresh_lead, token_lifetime, MIN_REFRESH_LEAD};
 
 use crate::frame::ClientFrame;
 use crate::offset::StreamId;
+use crate::table::Set;
 use backoff::{Backoff, SplitMix64};
 use requests::Requests;
 use subscriptions::Subscriptions;
@@ -210,7 +211,7 @@ pub struct Session {
     last_heard: Duration,
     /// Subscribe retries after transient failures: `(due, channel)`. Entries whose channel no
     /// longer has that `retry_at` are stale and skipped.
-    retries: BTreeSet<(Duration, String)>,
+    retries: Set<(Duration, String)>,
     /// Random prefix of generated idempotency keys.
     key_prefix: u64,
     /// The latest time seen in an input.
@@ -245,7 +246,7 @@ impl Session {
             bad_frames: Backoff::new(config.backoff_initial, config.backoff_max, 1.0),
             opened_at: Duration::ZERO,
             last_heard: Duration::ZERO,
-            retries: BTreeSet::new(),
+            retries: Set::new(),
             config,
             rng,
             key_prefix,
