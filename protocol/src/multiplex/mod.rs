@@ -60,11 +60,10 @@
 
 mod channels;
 
-use std::collections::VecDeque;
-
 use crate::error::ErrorCode;
 use crate::frame::{ClientFrame, ServerFrame, PROTOCOL_VERSION};
 use crate::offset::Offset;
+use crate::queue::Queue;
 use crate::session::{
     DisconnectReason, Event, PublishOptions, RequestError, RequestId, Session, SessionError,
 };
@@ -116,7 +115,7 @@ pub struct Multiplexer {
     channels: Vec<Channel>,
     /// Tabs' publishes in flight: (session request, tab, the tab's request id).
     publishes: Vec<(RequestId, String, u64)>,
-    outputs: VecDeque<Output>,
+    outputs: Queue<Output>,
 }
 
 /// The older of two offsets to subscribe from (`0` before any id before `$`).

@@ -145,7 +145,7 @@ mod requests;
 mod subscriptions;
 mod token;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use backoff::BACKOFF_FACTOR;
@@ -159,6 +159,7 @@ pub use token::{refresh_lead, token_lifetime, MIN_REFRESH_LEAD};
 
 use crate::frame::ClientFrame;
 use crate::offset::StreamId;
+use crate::queue::Queue;
 use crate::table::Set;
 use backoff::{Backoff, SplitMix64};
 use requests::Requests;
@@ -225,9 +226,9 @@ pub struct Session {
     requests: Requests,
     /// When to ask the driver for a new token ([`Action::RefreshToken`]), if scheduled.
     token_refresh_at: Option<Duration>,
-    transmit: VecDeque<ClientFrame>,
-    events: VecDeque<Event>,
-    actions: VecDeque<Action>,
+    transmit: Queue<ClientFrame>,
+    events: Queue<Event>,
+    actions: Queue<Action>,
 }
 
 impl Session {
@@ -257,9 +258,9 @@ impl Session {
             subs: Subscriptions::default(),
             requests: Requests::default(),
             token_refresh_at: None,
-            transmit: VecDeque::new(),
-            events: VecDeque::new(),
-            actions: VecDeque::new(),
+            transmit: Queue::new(),
+            events: Queue::new(),
+            actions: Queue::new(),
         })
     }
 
