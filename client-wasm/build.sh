@@ -58,9 +58,11 @@ if [ -x "$tools/node_modules/.bin/wasm-opt" ]; then
   # functions that differ only in constants, flatten and re-loop the control flow before -Oz
   # (the passes run in the order given; ~1 KB), and inline a function with one caller only
   # when it is small (~7 KB: the raw file grows by a few KB, but many small functions compress
-  # much better than a few huge ones).
+  # much better than a few huge ones). Then merge the functions that the inlining made
+  # similar, and shrink once more (~0.2 KB).
   "$tools/node_modules/.bin/wasm-opt" --merge-similar-functions --flatten --rereloop \
     -Oz --converge --one-caller-inline-max-function-size 20 \
+    --merge-similar-functions -Oz \
     --low-memory-unused --zero-filled-memory \
     --strip-producers --strip-target-features \
     --enable-bulk-memory --enable-mutable-globals --enable-nontrapping-float-to-int \
