@@ -187,7 +187,7 @@ pub(crate) fn field(msg: &JsValue, key: &str) -> Option<String> {
 
 /// The session time: `performance.now()`, monotonic since the page started.
 fn now() -> Duration {
-    Duration::from_secs_f64(performance_now().max(0.0) / 1000.0)
+    crate::browser::millis(performance_now())
 }
 
 /// A JS `Error` with `code` (and `channel`, `from`, `to` when known).
