@@ -81,6 +81,12 @@ rm -f "$out/.gitignore"
 raw=$(wc -c <"$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
 echo "built client-wasm/pkg: wasm $raw bytes ($gz gzipped, gzip -9)"
+# String indexing (`&s[a..b]`, `split_at`) anywhere in the linked code brings in its panic
+# message, which prints the character a cut falls into: ~4 KB gzipped of Unicode tables.
+if grep -q "is not a char boundary" "$wasm"; then
+  echo "build.sh: warning: string indexing is linked (~4 KB gzipped); cut with" \
+    "redistribute_protocol::json::cut, str::get or split_at_checked instead" >&2
+fi
 # The size budget of the .wasm, gzipped (what a page downloads): 100 KiB. CI fails above it.
 budget="${WASM_GZIP_BUDGET:-102400}"
 if [ -x "$tools/node_modules/.bin/wasm-opt" ] && [ "$gz" -gt "$budget" ]; then
