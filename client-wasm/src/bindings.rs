@@ -766,7 +766,7 @@ fn number(options: &JsValue, name: &str) -> Result<Option<f64>, ErrorInfo> {
 /// `minReconnectDelay`, `maxReconnectDelay`, `reconnectJitter` and `pingInterval`, checked with
 /// the page's names in the messages.
 fn backoff(options: &JsValue, config: &mut Config) -> Result<(), ErrorInfo> {
-    let ms = |ms: f64| Duration::from_secs_f64(ms / 1000.0);
+    let ms = crate::browser::millis;
     if let Some(min) = number(options, "minReconnectDelay")? {
         if min == 0.0 {
             return Err(bad_config("minReconnectDelay must be positive"));
@@ -833,7 +833,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         );
     }
     if let Some(ms) = number(options, "requestTimeout")? {
-        config.request_timeout = Duration::from_secs_f64(ms / 1000.0);
+        config.request_timeout = crate::browser::millis(ms);
     }
     backoff(options, &mut config)?;
     // Transient subscribe failures are retried forever unless the page caps them.

@@ -3,6 +3,8 @@
 //! lifecycle events (`online`, `visibilitychange`). Nothing
 //! here is visible to JavaScript; the exported surface is in `bindings`.
 
+use std::time::Duration;
+
 use js_sys::{Function, Object, Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 
@@ -48,6 +50,13 @@ extern "C" {
 
     #[wasm_bindgen(method, js_name = request)]
     fn request(this: &LockManager, name: &str, options: &JsValue, callback: &JsValue) -> Promise;
+}
+
+/// `ms` milliseconds as a `Duration`, saturating: NaN and negative are zero, too large is the
+/// largest (about 584 years). `Duration::from_secs_f64` would add a conversion routine and
+/// its panics (a page passing `requestTimeout: 1e300` would abort the module) to the binary.
+pub(crate) fn millis(ms: f64) -> Duration {
+    Duration::from_nanos((ms * 1e6) as u64)
 }
 
 /// A random seed from `crypto.getRandomValues`.

@@ -85,7 +85,7 @@ pub fn normalize(target: &str) -> String {
     };
     let scheme = scheme.to_ascii_lowercase();
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(split);
+    let (authority, tail) = rest.split_at_checked(split).unwrap_or((rest, ""));
     let mut authority = authority.to_ascii_lowercase();
     let default_port = match scheme.as_str() {
         "ws" => Some(":80"),

@@ -250,13 +250,14 @@ impl Legacy {
         let Some(Value::Array(items)) = json::take(&mut o, "entries") else {
             return None;
         };
-        let entries = items
-            .into_iter()
-            .map(|item| match item {
-                Value::Object(mut e) => Entry::from_object(&mut e),
-                _ => None,
-            })
-            .collect::<Option<_>>()?;
+        // A loop, not `collect` into an `Option` (which links an in-place collection).
+        let mut entries = Vec::new();
+        for item in items {
+            let Value::Object(mut e) = item else {
+                return None;
+            };
+            entries.push(Entry::from_object(&mut e)?);
+        }
         Some(Legacy {
             v: u32::try_from(json::take(&mut o, "v")?.as_u64()?).ok()?,
             entries,

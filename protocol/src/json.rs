@@ -156,7 +156,7 @@ pub fn write_str(out: &mut String, s: &str) {
             c if (c as u32) < 0x20 => "",
             _ => continue,
         };
-        out.push_str(&s[start..i]);
+        out.push_str(cut(s, start, i));
         if escape.is_empty() {
             let _ = write!(out, "\\u{:04x}", c as u32);
         } else {
@@ -164,8 +164,15 @@ pub fn write_str(out: &mut String, s: &str) {
         }
         start = i + 1;
     }
-    out.push_str(&s[start..]);
+    out.push_str(cut(s, start, s.len()));
     out.push('"');
+}
+
+/// `s[from..to]`, for cuts next to an ASCII delimiter (always on a character boundary). Unlike
+/// indexing it has no panic path, whose message formatting (it prints the character a cut
+/// falls into, with Unicode tables) would otherwise be linked into the browser client.
+pub(crate) fn cut(s: &str, from: usize, to: usize) -> &str {
+    s.get(from..to).unwrap_or_default()
 }
 
 struct Reader<'a> {
@@ -311,7 +318,7 @@ impl Reader<'_> {
             }
             float = true;
         }
-        let text = &self.text[start..self.i];
+        let text = cut(self.text, start, self.i);
         if !float {
             if negative {
                 if let Ok(i) = text.parse::<i64>() {
@@ -357,13 +364,13 @@ impl Reader<'_> {
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {
-                    out.push_str(&self.text[start..self.i]);
+                    out.push_str(cut(self.text, start, self.i));
                     self.i += 1;
                     return Ok(out);
                 }
                 Some(0..=0x1f) => return Err(self.err("control character in string")),
                 Some(b'\\') => {
-                    out.push_str(&self.text[start..self.i]);
+                    out.push_str(cut(self.text, start, self.i));
                     self.i += 1;
                     let c = match self.peek() {
                         Some(b'"') => '"',

@@ -4,7 +4,7 @@
 //! encoding ([`codec`], and [`lite`] over [`json`] for clients that count their code size), stream offsets ([`offset`]), channel-name rules ([`channel`]), error
 //! codes ([`error`]), the sans-IO client [`session`] that both the native and the browser
 //! client drive, and the sans-IO [`multiplex`]er that lets several sessions (a browser's tabs)
-//! share one connection. It does no I/O, reads no clock and draws no randomness: time and random numbers
+//! share one connection, the ordered [`table`]s they keep their state in and the [`queue`] of their outputs. It does no I/O, reads no clock and draws no randomness: time and random numbers
 //! are inputs.
 
 pub mod channel;
@@ -17,7 +17,9 @@ pub mod json;
 pub mod lite;
 pub mod multiplex;
 pub mod offset;
+pub mod queue;
 pub mod session;
+pub mod table;
 
 pub use channel::{validate_channel, MAX_CHANNEL_LEN};
 pub use codec::{

@@ -461,10 +461,13 @@ impl Members {
         key: &str,
         mut item: impl FnMut(&mut Members, Value) -> Result<T, ProtocolError>,
     ) -> Result<Vec<T>, ProtocolError> {
-        self.array(key)?
-            .into_iter()
-            .map(|v| item(self, v))
-            .collect()
+        // A loop, not `collect` into a `Result`: that links an in-place collection per item
+        // type into the browser client.
+        let mut out = Vec::new();
+        for v in self.array(key)? {
+            out.push(item(self, v)?);
+        }
+        Ok(out)
     }
 }
 

@@ -9,12 +9,12 @@
 //! watch per tab that says `bye` on a tab's behalf when it goes away without saying so.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 use js_sys::Reflect;
 use redistribute_protocol::lite::{decode_client, encode_server};
 use redistribute_protocol::multiplex::{Multiplexer, Output};
+use redistribute_protocol::queue::Queue;
 use redistribute_protocol::session::{Config, Event, Session};
 use wasm_bindgen::prelude::*;
 use web_sys::BroadcastChannel;
@@ -77,7 +77,7 @@ impl Driver {
             cache: None,
             encode: None,
             decode: None,
-            queue: VecDeque::new(),
+            queue: Queue::new(),
             dispatching: false,
             leader: Some(Box::new(leader)),
             shared: None,

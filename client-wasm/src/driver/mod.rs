@@ -15,11 +15,11 @@
 //! (session events out to promises, the cache and page events).
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
+use redistribute_protocol::queue::Queue;
 use redistribute_protocol::session::{Config, RequestId, Session, SessionError};
 use redistribute_protocol::validate_channel;
 use wasm_bindgen::prelude::*;
@@ -170,7 +170,7 @@ struct Inner {
     cache: Option<Cache<LocalStorage>>,
     encode: Option<Function>,
     decode: Option<Function>,
-    queue: VecDeque<Out>,
+    queue: Queue<Out>,
     dispatching: bool,
     /// Set on the leader tab's driver (the one that holds the real socket for the tabs).
     leader: Option<Box<leader::Leader>>,
@@ -215,7 +215,7 @@ pub(crate) fn field(msg: &JsValue, key: &str) -> Option<String> {
 
 /// The session time: `performance.now()`, monotonic since the page started.
 fn now() -> Duration {
-    Duration::from_secs_f64(performance_now().max(0.0) / 1000.0)
+    crate::browser::millis(performance_now())
 }
 
 /// A JS `Error` with `code` (and `channel`, `from`, `to` when known).
@@ -285,7 +285,7 @@ impl Driver {
             Link::Ws(_) | Link::Sse(_) => setup.token_provider.map(token::Tokens::new),
             Link::Bus(_) => None,
         };
-        let mut queue = VecDeque::new();
+        let mut queue = Queue::new();
         if let Some(problem) = setup.cache_problem {
             queue.push_back(Out::Emit(Topic::Error, vec![js_error(&problem)]));
         }

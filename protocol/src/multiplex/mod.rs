@@ -64,12 +64,11 @@
 
 mod channels;
 
-use std::collections::VecDeque;
-
 use crate::error::ErrorCode;
 use crate::frame::{ClientFrame, ServerFrame, PROTOCOL_VERSION};
 use crate::history::{HistoryOptions, Page, PageFrame};
 use crate::offset::Offset;
+use crate::queue::Queue;
 use crate::session::{
     DisconnectReason, Event, PublishOptions, RequestError, RequestId, Session, SessionError,
 };
@@ -125,7 +124,7 @@ pub struct Multiplexer {
     /// Tabs' history reads in flight: (session request, tab, the tab's request id, and for a
     /// rewind being resolved, how many messages it asked for).
     histories: Vec<(RequestId, String, u64, Option<u64>)>,
-    outputs: VecDeque<Output>,
+    outputs: Queue<Output>,
 }
 
 /// The older of two offsets to subscribe from (`0` before any id before `$`).

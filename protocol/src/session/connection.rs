@@ -293,7 +293,7 @@ impl Session {
     pub(super) fn lose_connection(&mut self) {
         // A Vec, not a HashSet: the driver drains `transmit` at every turn, so it holds a few
         // frames at most, and the browser client ships less code.
-        let unsent: Vec<u64> = self.transmit.drain(..).map(|f| f.id()).collect();
+        let unsent: Vec<u64> = self.transmit.take_all().map(|f| f.id()).collect();
         self.subs.connection_lost();
         let confirmed: Vec<String> = self
             .subs

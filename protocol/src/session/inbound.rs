@@ -446,7 +446,7 @@ pub(crate) fn scan_frame(text: &str) -> (Option<String>, Option<String>) {
                     break;
                 };
                 if depth == 1 {
-                    let value = match crate::json::parse(&text[i..=end]) {
+                    let value = match crate::json::parse(crate::json::cut(text, i, end + 1)) {
                         Ok(serde_json::Value::String(s)) => Some(s),
                         _ => None,
                     };

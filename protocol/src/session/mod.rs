@@ -161,7 +161,7 @@ mod requests;
 mod subscriptions;
 mod token;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use backoff::BACKOFF_FACTOR;
@@ -175,6 +175,8 @@ pub use token::{refresh_lead, token_lifetime, MIN_REFRESH_LEAD};
 
 use crate::frame::ClientFrame;
 use crate::offset::StreamId;
+use crate::queue::Queue;
+use crate::table::Set;
 use backoff::{Backoff, SplitMix64};
 use requests::Requests;
 use subscriptions::Subscriptions;
@@ -226,7 +228,7 @@ pub struct Session {
     last_heard: Duration,
     /// Subscribe retries after transient failures: `(due, channel)`. Entries whose channel no
     /// longer has that `retry_at` are stale and skipped.
-    retries: BTreeSet<(Duration, String)>,
+    retries: Set<(Duration, String)>,
     /// Random prefix of generated idempotency keys.
     key_prefix: u64,
     /// The latest time seen in an input.
@@ -240,9 +242,9 @@ pub struct Session {
     requests: Requests,
     /// When to ask the driver for a new token ([`Action::RefreshToken`]), if scheduled.
     token_refresh_at: Option<Duration>,
-    transmit: VecDeque<ClientFrame>,
-    events: VecDeque<Event>,
-    actions: VecDeque<Action>,
+    transmit: Queue<ClientFrame>,
+    events: Queue<Event>,
+    actions: Queue<Action>,
 }
 
 impl Session {
@@ -261,7 +263,7 @@ impl Session {
             bad_frames: Backoff::new(config.backoff_initial, config.backoff_max, 1.0),
             opened_at: Duration::ZERO,
             last_heard: Duration::ZERO,
-            retries: BTreeSet::new(),
+            retries: Set::new(),
             config,
             rng,
             key_prefix,
@@ -272,9 +274,9 @@ impl Session {
             subs: Subscriptions::default(),
             requests: Requests::default(),
             token_refresh_at: None,
-            transmit: VecDeque::new(),
-            events: VecDeque::new(),
-            actions: VecDeque::new(),
+            transmit: Queue::new(),
+            events: Queue::new(),
+            actions: Queue::new(),
         })
     }
 

@@ -6,10 +6,10 @@
 //! timer after every command wakes up at once and supplies the time. Deadlines are indexed, so
 //! finding the next one and the expired ones costs O(log n), not a scan of up to 10,000 entries.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::frame::Fields;
+use crate::table::{Map, Set};
 
 /// Who asked for a request: the caller (it gets an outcome event) or the session itself
 /// (re-subscribes and liveness probes; their failure means the connection is unusable).
@@ -110,8 +110,8 @@ impl Pending {
 /// Pending requests by id, with a deadline index.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
-    by_id: BTreeMap<u64, Pending>,
-    deadlines: BTreeSet<(Duration, u64)>,
+    by_id: Map<u64, Pending>,
+    deadlines: Set<(Duration, u64)>,
     unstamped: Vec<u64>,
     user: usize,
 }

@@ -11,12 +11,12 @@
 //! offset names the first deliverable entry or the last removed one, keeping the older position
 //! can only cause a repeated gap report on a reconnect, never a lost or duplicated message.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::event::SubscriptionState;
 use crate::frame::Message;
 use crate::offset::{Offset, StreamId};
+use crate::table::Map;
 
 /// What the session knows about one subscribed channel.
 #[derive(Debug, Clone)]
@@ -162,11 +162,11 @@ impl Subscription {
 /// All subscriptions, by channel name (ordered, so re-subscribes go out in a stable order).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Subscriptions {
-    by_channel: BTreeMap<String, Subscription>,
+    by_channel: Map<String, Subscription>,
     /// Per channel, the latest `unsubscribe` sent on the current connection whose reply has not
     /// come yet (the caller's or the session's own): while one is unanswered the server may
     /// still send the channel's messages. Forgotten with the connection.
-    unsubscribing: BTreeMap<String, u64>,
+    unsubscribing: Map<String, u64>,
 }
 
 impl Subscriptions {
