@@ -31,7 +31,7 @@ pub(super) struct Channel {
     pub(super) pending: Option<(RequestId, Offset)>,
     /// The session's subscription is from `0` and has delivered nothing yet: its position
     /// (`0-0`) does not say whether entries were trimmed before the first retained one, so it
-    /// cannot answer a tab resuming from an offset.
+    /// answers only tabs that asked for `0` (not `$`, nor an offset).
     pub(super) unsettled: bool,
 }
 
@@ -208,8 +208,9 @@ impl Multiplexer {
     /// Answers the channel's waiting tabs that a subscription from `from`, answered with
     /// `offset` and `truncated`, serves: those that asked for `from` or later (`$` from
     /// `offset`, an offset at or after it from itself). `blind`: the subscription does not say
-    /// what was trimmed before `offset` (a reply to `0`, before any message), so it serves no
-    /// tab resuming from an offset. A standing subscription at `p` answers as one from `p`.
+    /// what was trimmed before `offset` (a reply to `0`, before any message), so it serves only
+    /// tabs that asked for `0`: a `$` answered `offset` would be owed the trimmed entries too,
+    /// and told of no gap. A standing subscription at `p` answers as one from `p`.
     pub(super) fn answer(
         &mut self,
         channel: &str,
@@ -228,8 +229,7 @@ impl Multiplexer {
             let Some((id, asked)) = m.waiting else {
                 continue;
             };
-            let resuming = matches!(asked, Offset::Id(_));
-            if oldest(from, asked) != from || (blind && resuming) {
+            if oldest(from, asked) != from || (blind && asked != Offset::Earliest) {
                 continue; // another round
             }
             m.waiting = None;

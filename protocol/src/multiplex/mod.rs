@@ -31,7 +31,9 @@
 //!   from P for `$`). Otherwise the session replaces its subscription with one from the oldest
 //!   offset the channel's waiting tabs asked for ([`Session::resubscribe`]), which replays the
 //!   messages after it to every tab, and each tab's session drops what it already has. So each
-//!   tab gets every message after its own offset, once, in order.
+//!   tab gets every message after its own offset, once, in order. A subscription from `0` that
+//!   delivered nothing yet answers only tabs asking for `0`: its `0-0` does not say what was
+//!   trimmed, so a `$` or an offset waits for a replacement (from `0-0`) that does.
 //! * `unsubscribe` is answered at once; the session's subscription ends with the channel's last
 //!   tab (an `unsubscribe`, or the tab leaving).
 //! * Messages are sent once per batch to all tabs ([`Output::Broadcast`]); a tab's session

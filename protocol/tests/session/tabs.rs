@@ -386,3 +386,40 @@ fn a_tab_joining_again_starts_afresh() {
         Some(Output::Open { tab: "a".into() })
     );
 }
+
+#[test]
+fn a_subscription_from_0_that_delivered_nothing_does_not_answer_a_latest_tab() {
+    // Everything stored was trimmed: the leader's subscription from `0` stands at `0-0` and
+    // does not say what was trimmed before it.
+    let mut world = World::with_tabs(&["a", "b"]);
+    let gone = world.append("ch", 2);
+    world.pair.server.trim("ch", 2);
+    world.subscribe("a", "ch", Offset::Earliest);
+    world.drive();
+    // Answered `0-0`, b would be owed the trimmed entries and told of no gap.
+    world.subscribe("b", "ch", Offset::Latest);
+    world.drive();
+    let answered = |world: &mut World, name: &str| {
+        world.tab(name).events.iter().find_map(|e| match e {
+            Event::Subscribed { offset, .. } => Some(*offset),
+            _ => None,
+        })
+    };
+    assert_eq!(answered(&mut world, "a"), Some(StreamId::ZERO));
+    let b = answered(&mut world, "b").expect("b is answered");
+    let told = world
+        .tab("b")
+        .gaps("ch")
+        .iter()
+        .any(|(_, to)| *to >= gone[1]);
+    assert!(
+        b >= gone[1] || told,
+        "b answered {b}, no gap to {}",
+        gone[1]
+    );
+    // a asked for whatever is retained: the trimmed entries are none of its business.
+    assert_eq!(world.tab("a").gaps("ch"), vec![]);
+    let more = world.append("ch", 2);
+    assert_eq!(world.tab("a").delivered("ch"), more);
+    assert_eq!(world.tab("b").delivered("ch"), more);
+}
