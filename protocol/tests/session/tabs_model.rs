@@ -379,8 +379,8 @@ fn regressions() {
     use Op::*;
     let cases: &[&[Op]] = &[
         // A `$` tab and a `0` tab wait while the leader reconnects; the channel's one entry is
-        // appended and trimmed meanwhile. The subscription from `0` that serves the `0` tab
-        // says nothing of what was trimmed: the `$` tab must not be answered `0-0` by it.
+        // appended and trimmed meanwhile. A subscription from `0` serving the `0` tab says
+        // nothing of what was trimmed: the `$` tab must not be answered `0-0` by it.
         &[
             DropLeader,
             Join(0),
