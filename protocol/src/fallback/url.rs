@@ -17,7 +17,9 @@ pub(super) fn error_body(body: &str) -> Option<(ErrorCode, String)> {
 pub fn http_base(target: &str) -> String {
     // Byte scans, not `str` patterns: the browser client ships this code.
     let (mut base, rest) = match target.strip_prefix("ws") {
-        Some(rest) if rest.starts_with("s://") => (String::from("https"), &rest[1..]),
+        Some(rest) if rest.starts_with("s://") => {
+            (String::from("https"), rest.get(1..).unwrap_or_default())
+        }
         Some(rest) if rest.starts_with("://") => (String::from("http"), rest),
         _ => (String::new(), target),
     };
@@ -25,7 +27,7 @@ pub fn http_base(target: &str) -> String {
         .bytes()
         .position(|b| b == b'?' || b == b'#')
         .unwrap_or(rest.len());
-    let rest = &rest[..end];
+    let rest = rest.get(..end).unwrap_or_default();
     // The authority ends at the first `/` after `://`.
     let path = rest
         .get(3..)
@@ -34,7 +36,7 @@ pub fn http_base(target: &str) -> String {
         Some(_) => rest.bytes().rposition(|b| b == b'/').map_or(end, |i| i + 1),
         None => end,
     };
-    base.push_str(&rest[..keep]);
+    base.push_str(rest.get(..keep).unwrap_or_default());
     if !base.ends_with('/') {
         base.push('/');
     }

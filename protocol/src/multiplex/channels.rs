@@ -17,9 +17,6 @@ pub(super) struct Member {
     /// Once answered: the tab session's position (what it was answered with, moved by the
     /// messages and gaps sent since), as its own session keeps it.
     pub(super) position: Option<StreamId>,
-    /// Asked for `0` and got nothing yet: a gap from `0-0` (entries trimmed before the first
-    /// retained one) is none of its business.
-    pub(super) from_start: bool,
 }
 
 /// A channel some tabs subscribe to.
@@ -29,10 +26,6 @@ pub(super) struct Channel {
     pub(super) members: Vec<Member>,
     /// The session's `subscribe` (or replacement) in flight, and the offset it asked for.
     pub(super) pending: Option<(RequestId, Offset)>,
-    /// The session's subscription is from `0` and has delivered nothing yet: its position
-    /// (`0-0`) does not say whether entries were trimmed before the first retained one, so it
-    /// cannot answer a tab resuming from an offset.
-    pub(super) unsettled: bool,
 }
 
 impl Multiplexer {
@@ -59,7 +52,6 @@ impl Multiplexer {
                 name: channel.clone(),
                 members: Vec::new(),
                 pending: None,
-                unsettled: false,
             });
         }
         self.remove_member(&channel, tab);
@@ -68,7 +60,6 @@ impl Multiplexer {
                 tab: tab.to_owned(),
                 waiting: Some((id, offset)),
                 position: None,
-                from_start: offset == Offset::Earliest,
             });
         }
         self.advance(session, &channel);
@@ -109,8 +100,7 @@ impl Multiplexer {
             let Some(p) = session.offset(channel) else {
                 return; // its (re-)subscribe is answered soon and moves it on
             };
-            let unsettled = c.unsettled;
-            self.answer(channel, Offset::Id(p), p, false, unsettled);
+            self.answer(channel, Offset::Id(p), p, false);
             let c = &self.channels[i];
             let wanted = c.members.iter().filter_map(|m| m.waiting.map(|w| w.1));
             let Some(from) = wanted.reduce(oldest) else {
@@ -118,6 +108,13 @@ impl Multiplexer {
             };
             // Never past what the tabs it serves still expect.
             oldest(from, Offset::Id(p))
+        } else {
+            from
+        };
+        // Never from `0`: its answer (`0-0`) does not say what was trimmed before the first
+        // retained entry, which every tab but one asking for `0` is owed as a gap.
+        let from = if from == Offset::Earliest {
+            Offset::Id(StreamId::ZERO)
         } else {
             from
         };
@@ -165,14 +162,10 @@ impl Multiplexer {
             return;
         };
         let mut gaps = Vec::new();
-        c.unsettled = false;
         for m in &mut c.members {
             let Some(p) = m.position.as_mut() else {
                 continue; // unanswered: its session takes no gap yet
             };
-            if m.from_start && from == StreamId::ZERO {
-                continue;
-            }
             if to > *p {
                 let from = from.max(*p);
                 if from == *p {
@@ -206,17 +199,15 @@ impl Multiplexer {
     }
 
     /// Answers the channel's waiting tabs that a subscription from `from`, answered with
-    /// `offset` and `truncated`, serves: those that asked for `from` or later (`$` from
-    /// `offset`, an offset at or after it from itself). `blind`: the subscription does not say
-    /// what was trimmed before `offset` (a reply to `0`, before any message), so it serves no
-    /// tab resuming from an offset. A standing subscription at `p` answers as one from `p`.
+    /// `offset` and `truncated`, serves: those that asked for `from` or later, `0` counting as
+    /// `0-0` (`$` and `0` from `offset`, after whatever was trimmed; an offset at or after it
+    /// from itself). A standing subscription at `p` answers as one from `p`.
     pub(super) fn answer(
         &mut self,
         channel: &str,
         from: Offset,
         offset: StreamId,
         truncated: bool,
-        blind: bool,
     ) {
         let Multiplexer {
             channels, outputs, ..
@@ -228,15 +219,18 @@ impl Multiplexer {
             let Some((id, asked)) = m.waiting else {
                 continue;
             };
-            let resuming = matches!(asked, Offset::Id(_));
-            if oldest(from, asked) != from || (blind && resuming) {
+            let floor = match asked {
+                Offset::Earliest => Offset::Id(StreamId::ZERO),
+                other => other,
+            };
+            if oldest(from, floor) != from {
                 continue; // another round
             }
             m.waiting = None;
             let (at, truncated) = match asked {
                 // Nothing after the tab's own offset was trimmed.
                 Offset::Id(x) if x >= offset => (x, false),
-                Offset::Latest => (offset, false),
+                Offset::Latest | Offset::Earliest => (offset, false),
                 _ => (offset, truncated),
             };
             // The tab's session keeps an offset it asked for when the reply is truncated.

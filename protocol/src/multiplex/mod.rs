@@ -31,7 +31,9 @@
 //!   from P for `$`). Otherwise the session replaces its subscription with one from the oldest
 //!   offset the channel's waiting tabs asked for ([`Session::resubscribe`]), which replays the
 //!   messages after it to every tab, and each tab's session drops what it already has. So each
-//!   tab gets every message after its own offset, once, in order.
+//!   tab gets every message after its own offset, once, in order. The session never subscribes
+//!   from `0` (whose answer, `0-0`, does not say what was trimmed) but from `0-0`, whose answer
+//!   does (`truncated` and a gap): a tab asking for `0` is answered after the trimmed entries.
 //! * `unsubscribe` is answered at once; the session's subscription ends with the channel's last
 //!   tab (an `unsubscribe`, or the tab leaving).
 //! * Messages are sent once per batch to all tabs ([`Output::Broadcast`]); a tab's session
@@ -348,20 +350,16 @@ impl Multiplexer {
                 if let Some(c) = self.channel_mut(&channel) {
                     if let Some((_, from)) = c.pending.filter(|p| p.0 == id) {
                         c.pending = None;
-                        let blind = from == Offset::Earliest;
-                        c.unsettled = blind;
-                        self.answer(&channel, from, offset, truncated, blind);
+                        self.answer(&channel, from, offset, truncated);
                     }
                 }
                 self.advance(session, &channel);
             }
             Event::Messages { channel, messages } => {
                 if let (Some(c), Some(last)) = (self.channel_mut(&channel), messages.last()) {
-                    c.unsettled = false;
                     for m in &mut c.members {
                         if let Some(p) = m.position.as_mut() {
                             *p = (*p).max(last.offset);
-                            m.from_start = false;
                         }
                     }
                 }

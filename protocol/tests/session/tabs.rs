@@ -83,7 +83,8 @@ fn an_older_offset_replaces_the_subscription_and_each_tab_gets_its_own_messages_
     world.subscribe("a", "ch", Offset::Latest);
     world.drive();
     let live = world.append("ch", 1);
-    // b needs everything: the leader replaces its subscription with one from `0`.
+    // b needs everything: the leader replaces its subscription with one from `0-0` (whose
+    // answer, unlike `0`'s, would report what was trimmed: a's messages then, as a gap).
     world.subscribe("b", "ch", Offset::Earliest);
     world.drive();
     let frames = world.pair.server.received_of("unsubscribe");
@@ -92,7 +93,7 @@ fn an_older_offset_replaces_the_subscription_and_each_tab_gets_its_own_messages_
         .server_subscribes()
         .last()
         .unwrap()
-        .contains("\"offset\":\"0\""));
+        .contains("\"offset\":\"0-0\""));
     let more = world.append("ch", 2);
     assert_eq!(
         world.tab("a").delivered("ch"),
@@ -426,4 +427,72 @@ fn presence_requests_go_through_the_leader_and_join_leave_reaches_the_channels_t
             .count();
         assert_eq!(heard, expected, "tab {name}");
     }
+}
+
+#[test]
+fn a_latest_tab_next_to_a_tab_that_asked_for_0_is_owed_no_trimmed_entry() {
+    // Everything stored was trimmed. A subscription from `0` would stand at `0-0`, saying
+    // nothing of what was trimmed before it.
+    let mut world = World::with_tabs(&["a", "b"]);
+    let gone = world.append("ch", 2);
+    world.pair.server.trim("ch", 2);
+    world.subscribe("a", "ch", Offset::Earliest);
+    world.drive();
+    // Answered `0-0`, b would be owed the trimmed entries and told of no gap.
+    world.subscribe("b", "ch", Offset::Latest);
+    world.drive();
+    let answered = |world: &mut World, name: &str| {
+        world.tab(name).events.iter().find_map(|e| match e {
+            Event::Subscribed { offset, .. } => Some(*offset),
+            _ => None,
+        })
+    };
+    let b = answered(&mut world, "b").expect("b is answered");
+    let told = world
+        .tab("b")
+        .gaps("ch")
+        .iter()
+        .any(|(_, to)| *to >= gone[1]);
+    assert!(
+        b >= gone[1] || told,
+        "b answered {b}, no gap to {}",
+        gone[1]
+    );
+    // a asked for whatever is retained: the trimmed entries are none of its business.
+    assert_eq!(world.tab("a").gaps("ch"), vec![]);
+    let more = world.append("ch", 2);
+    assert_eq!(world.tab("a").delivered("ch"), more);
+    assert_eq!(world.tab("b").delivered("ch"), more);
+}
+
+#[test]
+fn a_tab_asking_for_0_is_answered_after_the_trimmed_entries_and_the_others_hear_no_gap() {
+    let mut world = World::with_tabs(&["a", "b"]);
+    let old = world.append("ch", 3);
+    world.pair.server.trim("ch", 2);
+    world.subscribe("a", "ch", Offset::Latest);
+    world.drive();
+    let live = world.append("ch", 1);
+    // b needs everything retained: the replacement (from `0-0`) reports the trimmed entries,
+    // which are before b's answer and before a's position.
+    world.subscribe("b", "ch", Offset::Earliest);
+    world.drive();
+    let answered = world.tab("b").events.iter().find_map(|e| match e {
+        Event::Subscribed {
+            offset, truncated, ..
+        } => Some((*offset, *truncated)),
+        _ => None,
+    });
+    assert_eq!(answered, Some((old[1], false)));
+    let more = world.append("ch", 2);
+    assert_eq!(
+        world.tab("b").delivered("ch"),
+        [&old[2..], &live[..], &more[..]].concat()
+    );
+    assert_eq!(
+        world.tab("a").delivered("ch"),
+        [&live[..], &more[..]].concat()
+    );
+    assert_eq!(world.tab("a").gaps("ch"), vec![]);
+    assert_eq!(world.tab("b").gaps("ch"), vec![]);
 }

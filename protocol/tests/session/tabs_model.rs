@@ -392,3 +392,28 @@ fn run(ops: &[Op]) -> Result<(), String> {
 fn every_tab_gets_every_message_after_its_offset_once_or_a_gap() {
     check_model(prop::collection::vec(op(), 1..50), |ops| run(ops));
 }
+
+/// Sequences the model once found failing, kept as deterministic regressions.
+#[test]
+fn regressions() {
+    use At::*;
+    use Op::*;
+    let cases: &[&[Op]] = &[
+        // A `$` tab and a `0` tab wait while the leader reconnects; the channel's one entry is
+        // appended and trimmed meanwhile. A subscription from `0` serving the `0` tab says
+        // nothing of what was trimmed: the `$` tab must not be answered `0-0` by it.
+        &[
+            DropLeader,
+            Join(0),
+            Join(1),
+            Subscribe(1, 0, Stored(0)),
+            Join(0),
+            Append(0, 1),
+            Trim(0, 1),
+            Subscribe(0, 0, Earliest),
+        ],
+    ];
+    for ops in cases {
+        run(ops).unwrap_or_else(|e| panic!("{ops:?}: {e}"));
+    }
+}
