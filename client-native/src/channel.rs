@@ -72,6 +72,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
+use redistribute_protocol::history::{HistoryOptions, Page as HistoryPage};
 use redistribute_protocol::session::{PublishOptions, SubscriptionState};
 use redistribute_protocol::{Message, Offset, StreamId};
 use serde::Serialize;
@@ -310,6 +311,12 @@ impl ChannelSubscription {
         self.client
             .publish_with(self.channel.as_str(), fields, options)
             .await
+    }
+
+    /// Reads one page of the channel's stored messages (see
+    /// [`Client::history`](crate::Client::history)); works whatever the state.
+    pub async fn history(&self, options: HistoryOptions) -> Result<HistoryPage, Error> {
+        self.client.history(self.channel.as_str(), options).await
     }
 
     /// The next event; `None` once the object was replaced or the client stopped (after the

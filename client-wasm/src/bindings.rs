@@ -425,10 +425,7 @@ impl Client {
         channel: String,
         #[wasm_bindgen(unchecked_optional_param_type = "HistoryOptions")] options: Option<JsValue>,
     ) -> Promise {
-        match history_options(&options.unwrap_or(JsValue::UNDEFINED)) {
-            Ok(options) => self.driver.history(channel, options),
-            Err(e) => Promise::reject(&js_error(&e)),
-        }
+        history(&self.driver, channel, options)
     }
 
     /// A subscription object for a channel, not subscribed yet (call its `subscribe()`).
@@ -615,6 +612,23 @@ impl Subscription {
         >,
     ) -> Promise {
         publish(&self.driver, self.channel.clone(), &fields, options)
+    }
+
+    /// Reads one page of the channel's stored messages, like `Client.history`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<HistoryPage>")]
+    pub fn history(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "HistoryOptions")] options: Option<JsValue>,
+    ) -> Promise {
+        history(&self.driver, self.channel.clone(), options)
+    }
+}
+
+/// `history` of `Client` and `Subscription`.
+fn history(driver: &Driver, channel: String, options: Option<JsValue>) -> Promise {
+    match history_options(&options.unwrap_or(JsValue::UNDEFINED)) {
+        Ok(options) => driver.history(channel, options),
+        Err(e) => Promise::reject(&js_error(&e)),
     }
 }
 

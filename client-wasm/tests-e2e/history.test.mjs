@@ -139,6 +139,9 @@ describe('history and rewind in the browser', { timeout: 300000 }, () => {
     const page = await tab.evaluate(() => window.client.history('news', { limit: 2, reverse: true }));
     assert.deepEqual(page.messages.map((m) => m.offset), [stored[12], stored[11]]);
     assert.equal(page.more, true);
+    // A subscription object reads its channel's history too.
+    const fromObject = await tab.evaluate(() => window.client.getSubscription('news').history({ limit: 1, reverse: true }));
+    assert.deepEqual(fromObject.messages.map((m) => m.offset), [stored[12]]);
     await tab.close();
   });
 

@@ -86,12 +86,13 @@ chat.on('unsubscribed', (err?: ClientError) => err?.code);
 const started: Subscribed = await chat.subscribe();
 const recovered: boolean = started.recovered;
 const stored: string = await chat.publish({ text: 'hi' });
+const chatPage: HistoryPage = await chat.history({ limit: 1, reverse: true });
 const left: boolean = await chat.unsubscribe();
 const subState: SubscriptionState = chat.state;
 const clientState: ClientState = client.state;
 client.on('state', (state: ClientState) => state === 'closed');
 client.removeSubscription(chat);
-console.log(same, recovered, stored, left, subState, clientState, chat.channel);
+console.log(same, recovered, stored, chatPage.more, left, subState, clientState, chat.channel);
 // @ts-expect-error: not a subscription state
 const wrong: SubscriptionState = 'joined';
 // @ts-expect-error: `messages` listeners of a subscription get the messages only

@@ -10,12 +10,13 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use common::native::{check_offsets, within};
 use common::{setup, Backend};
 use futures_util::future::join_all;
 use redistribute_client::{
     Client, Error, HistoryOptions, HistoryPage, Offset, PublishOptions, StreamId, SubscribeOptions,
+    SubscriptionEvent,
 };
 use redistribute_testkit::{RespValue, WsClient};
 use serde_json::{json, Value};
@@ -465,5 +466,38 @@ async fn the_cli_prints_history_pages_like_sub_and_reports_trims() -> Result<()>
     let (_, stderr, ok) = cli_history(&url, &["cli", "--to", "nope"]).await?;
     ensure!(!ok && stderr.contains("nope"), "{stderr}");
     client.close().await;
+    Ok(())
+}
+
+/// A subscription object rewinds like `subscribe_with`, and reads its channel's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_object_rewinds_and_reads_its_history() -> Result<()> {
+    for backend in BACKENDS {
+        let setup = setup(backend, &[]).await?;
+        let client = connect(&setup.server.ws_url()).await?;
+        let stored = publish_many(&client, "obj", 5, None).await?;
+        let options = SubscribeOptions::new().rewind(2);
+        let mut object = within("new", client.new_subscription("obj", options)).await??;
+        let start = within("subscribe", object.subscribe()).await??;
+        assert_eq!(start.offset, stored[2]);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match within("event", object.recv()).await?.context("event")? {
+                SubscriptionEvent::Message(m) => got.push(m.offset),
+                SubscriptionEvent::Subscribed(_) => {}
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, stored[3..].to_vec());
+        let newest = HistoryOptions {
+            limit: Some(2),
+            reverse: true,
+            ..HistoryOptions::default()
+        };
+        let page = within("history", object.history(newest)).await??;
+        let offsets: Vec<StreamId> = page.messages.iter().map(|m| m.offset).collect();
+        assert_eq!(offsets, vec![stored[4], stored[3]]);
+        client.close().await;
+    }
     Ok(())
 }
