@@ -13,7 +13,7 @@ impl Fallback {
         let mut batch: Vec<ClientFrame> = Vec::new();
         let mut next = self.live.clone();
         let mut before = self.live.clone();
-        while let Some(frame) = self.queue.front() {
+        while let Some(frame) = self.queue.first() {
             let channel = match frame {
                 ClientFrame::Subscribe { channel, .. }
                 | ClientFrame::Unsubscribe { channel, .. } => channel,
@@ -32,9 +32,7 @@ impl Fallback {
             if seen || single {
                 break;
             }
-            let Some(frame) = self.queue.pop_front() else {
-                break;
-            };
+            let frame = self.queue.remove(0);
             match &frame {
                 ClientFrame::Subscribe {
                     channel, offset, ..

@@ -15,17 +15,19 @@ pub(super) fn error_body(body: &str) -> Option<(ErrorCode, String)> {
 /// `http(s)://authority/prefix/` of a WebSocket target: its scheme mapped, its last path
 /// segment (and query) dropped.
 pub fn http_base(target: &str) -> String {
-    // Byte scans, not `str` patterns: the browser client ships this code.
+    // Byte scans and checked splits, not `str` indexing: the browser client ships this code,
+    // and an index's panic links `str`'s slice error formatting (char Debug, Unicode tables).
     let (mut base, rest) = match target.strip_prefix("ws") {
-        Some(rest) if rest.starts_with("s://") => (String::from("https"), &rest[1..]),
-        Some(rest) if rest.starts_with("://") => (String::from("http"), rest),
-        _ => (String::new(), target),
+        Some(rest) if rest.starts_with("s://") => (String::from("https"), rest.get(1..)),
+        Some(rest) if rest.starts_with("://") => (String::from("http"), Some(rest)),
+        _ => (String::new(), Some(target)),
     };
+    let rest = rest.unwrap_or_default();
     let end = rest
         .bytes()
         .position(|b| b == b'?' || b == b'#')
         .unwrap_or(rest.len());
-    let rest = &rest[..end];
+    let rest = rest.get(..end).unwrap_or_default();
     // The authority ends at the first `/` after `://`.
     let path = rest
         .get(3..)
@@ -34,14 +36,13 @@ pub fn http_base(target: &str) -> String {
         Some(_) => rest.bytes().rposition(|b| b == b'/').map_or(end, |i| i + 1),
         None => end,
     };
-    base.push_str(&rest[..keep]);
+    base.push_str(rest.get(..keep).unwrap_or_default());
     if !base.ends_with('/') {
         base.push('/');
     }
     base
 }
 
-/// Appends `value` to a query, percent-encoding every byte but `A-Z a-z 0-9 - _ .`.
 pub(super) fn escape(out: &mut String, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in value.bytes() {
