@@ -78,7 +78,7 @@ impl Fallback {
             self.event(event);
         }
         if let Err(e) = read {
-            self.bad(e.to_string());
+            self.bad(e.message().to_owned());
         }
     }
 
