@@ -13,17 +13,9 @@ impl Fallback {
         let mut batch: Vec<ClientFrame> = Vec::new();
         let mut next = self.live.clone();
         let mut before = self.live.clone();
-        while let Some(frame) = self.queue.front() {
-            let channel = match frame {
-                ClientFrame::Subscribe { channel, .. }
-                | ClientFrame::Unsubscribe { channel, .. } => channel,
-                _ => unreachable!("only subscribe and unsubscribe are queued"),
-            };
-            let seen = batch.iter().any(|f| match f {
-                ClientFrame::Subscribe { channel: c, .. }
-                | ClientFrame::Unsubscribe { channel: c, .. } => c == channel,
-                _ => false,
-            });
+        while let Some(frame) = self.queue.first() {
+            let channel = change_channel(frame);
+            let seen = batch.iter().any(|f| change_channel(f) == channel);
             let single = self.one_by_one > 0
                 && matches!(frame, ClientFrame::Subscribe { .. })
                 && batch
@@ -32,9 +24,7 @@ impl Fallback {
             if seen || single {
                 break;
             }
-            let Some(frame) = self.queue.pop_front() else {
-                break;
-            };
+            let frame = self.queue.remove(0);
             match &frame {
                 ClientFrame::Subscribe {
                     channel, offset, ..
@@ -103,5 +93,16 @@ impl Fallback {
             url,
             token: self.token.clone(),
         });
+    }
+}
+
+/// The channel of a queued change (only `subscribe` and `unsubscribe` are queued; one match
+/// for both uses, and no panic path in the browser client).
+fn change_channel(frame: &ClientFrame) -> &str {
+    match frame {
+        ClientFrame::Subscribe { channel, .. } | ClientFrame::Unsubscribe { channel, .. } => {
+            channel
+        }
+        _ => "",
     }
 }

@@ -51,8 +51,6 @@ mod stream;
 mod tests;
 mod url;
 
-use std::collections::VecDeque;
-
 use crate::frame::{ClientFrame, ServerFrame, PROTOCOL_VERSION};
 use crate::offset::{Offset, StreamId};
 use crate::session::DisconnectReason;
@@ -127,7 +125,7 @@ pub struct Fallback {
     /// The `subscribe`/`unsubscribe` frames the opening stream answers, in order.
     batch: Vec<ClientFrame>,
     /// Frames waiting for the opening stream.
-    queue: VecDeque<ClientFrame>,
+    queue: Vec<ClientFrame>,
     /// Whether a stream is open or opening.
     streaming: bool,
     /// Whether the current stream has not sent its resume token yet.
@@ -165,7 +163,7 @@ impl Fallback {
             live: Vec::new(),
             before: Vec::new(),
             batch: Vec::new(),
-            queue: VecDeque::new(),
+            queue: Vec::new(),
             streaming: false,
             opening: false,
             epoch: 0,
@@ -304,7 +302,7 @@ impl Fallback {
                 "this request needs a WebSocket; this client is on the SSE fallback",
             ),
             ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. } => {
-                self.queue.push_back(frame);
+                self.queue.push(frame);
             }
         }
     }

@@ -25,11 +25,23 @@ pub struct SseEvent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SseError {
     /// A line is not UTF-8.
-    #[error("the event stream sent a line that is not UTF-8")]
+    #[error("{}", self.message())]
     NotUtf8,
     /// A line is longer than [`MAX_LINE`].
-    #[error("the event stream sent a line longer than {MAX_LINE} bytes")]
+    #[error("{}", self.message())]
     LineTooLong,
+}
+
+impl SseError {
+    /// The error's message (also its `Display`): a static string, so the browser client links
+    /// no formatting for it.
+    pub fn message(&self) -> &'static str {
+        match self {
+            SseError::NotUtf8 => "the event stream sent a line that is not UTF-8",
+            // MAX_LINE bytes (a test checks it).
+            SseError::LineTooLong => "the event stream sent a line longer than 16777216 bytes",
+        }
+    }
 }
 
 /// The reader's state between chunks.

@@ -43,9 +43,8 @@ impl Fallback {
         if subscribes > 1 && !code.is_transient() {
             // Find out which of them the error is about.
             self.one_by_one = subscribes;
-            for frame in batch.into_iter().rev() {
-                self.queue.push_front(frame);
-            }
+            let later = std::mem::replace(&mut self.queue, batch);
+            self.queue.extend(later);
         } else {
             for frame in batch {
                 match frame {
@@ -79,7 +78,7 @@ impl Fallback {
             self.event(event);
         }
         if let Err(e) = read {
-            self.bad(e.to_string());
+            self.bad(e.message().to_owned());
         }
     }
 

@@ -15,14 +15,14 @@ pub(super) fn error_body(body: &str) -> Option<(ErrorCode, String)> {
 /// `http(s)://authority/prefix/` of a WebSocket target: its scheme mapped, its last path
 /// segment (and query) dropped.
 pub fn http_base(target: &str) -> String {
-    // Byte scans, not `str` patterns: the browser client ships this code.
+    // Byte scans and checked splits, not `str` indexing: the browser client ships this code,
+    // and an index's panic links `str`'s slice error formatting (char Debug, Unicode tables).
     let (mut base, rest) = match target.strip_prefix("ws") {
-        Some(rest) if rest.starts_with("s://") => {
-            (String::from("https"), rest.get(1..).unwrap_or_default())
-        }
-        Some(rest) if rest.starts_with("://") => (String::from("http"), rest),
-        _ => (String::new(), target),
+        Some(rest) if rest.starts_with("s://") => (String::from("https"), rest.get(1..)),
+        Some(rest) if rest.starts_with("://") => (String::from("http"), Some(rest)),
+        _ => (String::new(), Some(target)),
     };
+    let rest = rest.unwrap_or_default();
     let end = rest
         .bytes()
         .position(|b| b == b'?' || b == b'#')
@@ -43,7 +43,6 @@ pub fn http_base(target: &str) -> String {
     base
 }
 
-/// Appends `value` to a query, percent-encoding every byte but `A-Z a-z 0-9 - _ .`.
 pub(super) fn escape(out: &mut String, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in value.bytes() {

@@ -496,3 +496,10 @@ fn pings_wait_for_the_stream_to_speak() {
         .iter()
         .any(|e| matches!(e, Event::Pong { id } if *id == second)));
 }
+
+#[test]
+fn sse_error_messages_name_the_limit() {
+    let too_long = SseError::LineTooLong.to_string();
+    assert!(too_long.contains(&MAX_LINE.to_string()), "{too_long}");
+    assert_eq!(SseError::NotUtf8.to_string(), SseError::NotUtf8.message());
+}
