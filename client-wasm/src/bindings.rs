@@ -713,10 +713,8 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
     Topic::parse(event).ok_or_else(|| {
         js_error(&ErrorInfo::new(
             BAD_REQUEST,
-            format!(
-                "unknown event \"{event}\": expected connect, disconnect, messages, error, \
-                 leader, follower, outbox, presence, state or transport"
-            ),
+            "unknown event: expected connect, disconnect, messages, error, leader, follower, \
+             outbox, presence, state or transport",
         ))
     })
 }
@@ -765,29 +763,52 @@ fn function(options: &JsValue, name: &str) -> Result<Option<Function>, ErrorInfo
         .map_err(|_| bad_config(format!("{name} must be a function")))
 }
 
-/// An optional non-negative number option.
-fn number(options: &JsValue, name: &str) -> Result<Option<f64>, ErrorInfo> {
+/// Message tail of a number option that must be a non-negative number.
+const NON_NEGATIVE: &str = " must be a non-negative number";
+/// Message tail of a number option that must be a non-negative whole number.
+const WHOLE: &str = " must be a non-negative whole number";
+
+/// An optional number option (absent when `undefined` or `null`) in `[min, max]`, and whole
+/// when `whole`; else a `bad_config` error whose message is `name` then `why`. One
+/// non-generic check for every number option keeps the browser's code small.
+fn number(
+    options: &JsValue,
+    name: &str,
+    min: f64,
+    max: f64,
+    whole: bool,
+    why: &str,
+) -> Result<Option<f64>, ErrorInfo> {
     let v = get(options, name);
     if v.is_undefined() || v.is_null() {
         return Ok(None);
     }
     match v.as_f64() {
-        Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
-        _ => Err(bad_config(format!("{name} must be a non-negative number"))),
+        Some(n) if n >= min && n <= max && (!whole || n.fract() == 0.0) => Ok(Some(n)),
+        _ => {
+            let mut message = String::from(name);
+            message.push_str(why);
+            Err(bad_config(message))
+        }
     }
+}
+
+/// An optional number option that must be a non-negative (finite) number.
+fn non_negative(options: &JsValue, name: &str) -> Result<Option<f64>, ErrorInfo> {
+    number(options, name, 0.0, f64::MAX, false, NON_NEGATIVE)
 }
 
 /// `minReconnectDelay`, `maxReconnectDelay`, `reconnectJitter` and `pingInterval`, checked with
 /// the page's names in the messages.
 fn backoff(options: &JsValue, config: &mut Config) -> Result<(), ErrorInfo> {
     let ms = crate::browser::millis;
-    if let Some(min) = number(options, "minReconnectDelay")? {
+    if let Some(min) = non_negative(options, "minReconnectDelay")? {
         if min == 0.0 {
             return Err(bad_config("minReconnectDelay must be positive"));
         }
         config.backoff_initial = ms(min);
     }
-    if let Some(max) = number(options, "maxReconnectDelay")? {
+    if let Some(max) = non_negative(options, "maxReconnectDelay")? {
         config.backoff_max = ms(max);
     }
     if config.backoff_max < config.backoff_initial {
@@ -795,13 +816,17 @@ fn backoff(options: &JsValue, config: &mut Config) -> Result<(), ErrorInfo> {
             "maxReconnectDelay must be at least minReconnectDelay (defaults: 10000 and 100)",
         ));
     }
-    if let Some(jitter) = number(options, "reconnectJitter")? {
-        if jitter > 1.0 {
-            return Err(bad_config("reconnectJitter must be between 0 and 1"));
-        }
+    if let Some(jitter) = number(
+        options,
+        "reconnectJitter",
+        0.0,
+        1.0,
+        false,
+        " must be between 0 and 1",
+    )? {
         config.backoff_jitter = jitter;
     }
-    config.ping_interval = match number(options, "pingInterval")? {
+    config.ping_interval = match non_negative(options, "pingInterval")? {
         Some(0.0) => None,
         Some(n) => Some(ms(n)),
         None => Some(DEFAULT_PING_INTERVAL),
@@ -833,9 +858,10 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         .iter()
         .find(|t| !(t.starts_with("ws://") || t.starts_with("wss://")))
     {
-        return Err(bad_config(format!(
-            "target \"{t}\" is not a ws:// or wss:// URL"
-        )));
+        let mut message = String::from("target \"");
+        message.push_str(t);
+        message.push_str("\" is not a ws:// or wss:// URL");
+        return Err(bad_config(message));
     }
     let mut config = Config::new(targets);
     let token = get(options, "token");
@@ -846,7 +872,7 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
                 .ok_or_else(|| bad_config("token must be a string"))?,
         );
     }
-    if let Some(ms) = number(options, "requestTimeout")? {
+    if let Some(ms) = non_negative(options, "requestTimeout")? {
         config.request_timeout = crate::browser::millis(ms);
     }
     backoff(options, &mut config)?;
@@ -855,11 +881,15 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         config.retry_subscribe = false;
     }
     config.join_leave = get(options, "joinLeave") == JsValue::TRUE;
-    config.subscribe_retry_limit = match number(options, "subscribeRetryLimit")? {
-        Some(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) => Some(n as u32),
-        Some(_) => return Err(bad_config("subscribeRetryLimit must be a whole number")),
-        None => None,
-    };
+    config.subscribe_retry_limit = number(
+        options,
+        "subscribeRetryLimit",
+        0.0,
+        f64::from(u32::MAX),
+        true,
+        WHOLE,
+    )?
+    .map(|n| n as u32);
     config.validate().map_err(|e| ErrorInfo::session(&e))?;
 
     let namespace = match get(options, "namespace") {
@@ -870,11 +900,8 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
         ),
     };
     let namespace = Namespace::new(&config.targets, namespace.as_deref());
-    let limit = match number(options, "cacheSize")? {
-        Some(n) if n.fract() == 0.0 => n as usize,
-        Some(_) => return Err(bad_config("cacheSize must be a whole number")),
-        None => DEFAULT_LIMIT,
-    };
+    let limit = number(options, "cacheSize", 0.0, f64::MAX, true, WHOLE)?
+        .map_or(DEFAULT_LIMIT, |n| n as usize);
     let (cache, cache_problem) = if get(options, "localStorage") == JsValue::FALSE {
         (None, None)
     } else {
@@ -895,15 +922,15 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
             .collect::<Vec<_>>(),
     );
     let share_scope = crate::outbox::scope(&[&scope, config.token.as_deref().unwrap_or("")]);
-    let outbox_limit = match number(options, "outboxSize")? {
-        Some(n) if n.fract() == 0.0 && n >= 1.0 => n as usize,
-        Some(_) => {
-            return Err(bad_config(
-                "outboxSize must be a whole number of at least 1",
-            ))
-        }
-        None => crate::outbox::DEFAULT_LIMIT,
-    };
+    let outbox_limit = number(
+        options,
+        "outboxSize",
+        1.0,
+        f64::MAX,
+        true,
+        " must be a whole number of at least 1",
+    )?
+    .map_or(crate::outbox::DEFAULT_LIMIT, |n| n as usize);
     let outbox = if get(options, "outbox") == JsValue::FALSE {
         None
     } else {
