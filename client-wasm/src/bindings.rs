@@ -401,9 +401,8 @@ impl Client {
     pub fn subscribe(
         &self,
         channel: String,
-        #[wasm_bindgen(unchecked_optional_param_type = "string | SubscribeOptions")] from: Option<
-            JsValue,
-        >,
+        #[wasm_bindgen(unchecked_optional_param_type = "string | SubscribeOptions | null")]
+        from: Option<JsValue>,
     ) -> Promise {
         let from = from.unwrap_or(JsValue::UNDEFINED);
         let (offset, rewind) = match from.as_string() {

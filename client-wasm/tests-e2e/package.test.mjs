@@ -42,7 +42,9 @@ test('npm pack gives an installable, typed package', { timeout: 180000 }, async 
       'publish(channel: string, fields: Fields, options?: PublishOptions): Promise<string>',
       'on<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): void',
       'export type ErrorCode = ServerErrorCode | ClientErrorCode', 'code: ErrorCode',
-      'subscribe(channel: string, offset?: string | null): Promise<Subscribed>',
+      'subscribe(channel: string, from?: string | SubscribeOptions | null): Promise<Subscribed>',
+      'newSubscription(channel: string, options?: SubscriptionOptions): Subscription',
+      'history(channel: string, options?: HistoryOptions): Promise<HistoryPage>',
       'export interface ClientError extends Error',
     ]) {
       assert.ok(types.includes(decl), `types declare ${decl}`);

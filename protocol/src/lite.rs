@@ -17,6 +17,9 @@ use crate::json;
 use crate::offset::{Offset, StreamId};
 
 mod presence;
+mod writer;
+
+use writer::Writer;
 
 /// Decodes a server frame (used by clients), like [`crate::codec::decode_server`].
 pub fn decode_server(text: &str) -> Result<ServerFrame, DecodeError> {
@@ -216,94 +219,6 @@ pub fn encode_server(frame: &ServerFrame) -> String {
             .opt_u64("missed", event.missed),
     };
     w.end()
-}
-
-/// Builds `{"type":…,…}` in field order.
-struct Writer {
-    out: String,
-}
-
-impl Writer {
-    fn start(kind: &str) -> Self {
-        let mut out = String::from("{\"type\":");
-        json::write_str(&mut out, kind);
-        Writer { out }
-    }
-
-    fn new(kind: &str, id: u64) -> Self {
-        Writer::start(kind).u64("id", id)
-    }
-
-    fn key(mut self, key: &str) -> Self {
-        self.out.push(',');
-        json::write_str(&mut self.out, key);
-        self.out.push(':');
-        self
-    }
-
-    fn raw(mut self, text: &str) -> Self {
-        self.out.push_str(text);
-        self
-    }
-
-    fn bool(self, key: &str, flag: bool) -> Self {
-        self.key(key).raw(if flag { "true" } else { "false" })
-    }
-
-    /// `"messages":[{"offset":…,"fields":{…}},…]`.
-    fn messages(self, messages: &[Message]) -> Self {
-        let mut w = self.key("messages");
-        w.out.push('[');
-        for (i, m) in messages.iter().enumerate() {
-            if i > 0 {
-                w.out.push(',');
-            }
-            w.out.push_str("{\"offset\":");
-            json::write_str(&mut w.out, &m.offset.to_string());
-            w.out.push_str(",\"fields\":");
-            json::write_object(&mut w.out, &m.fields);
-            w.out.push('}');
-        }
-        w.out.push(']');
-        w
-    }
-
-    fn u64(self, key: &str, n: u64) -> Self {
-        let mut w = self.key(key);
-        w.out.push_str(&n.to_string());
-        w
-    }
-
-    fn str(self, key: &str, s: &str) -> Self {
-        let mut w = self.key(key);
-        json::write_str(&mut w.out, s);
-        w
-    }
-
-    fn object(self, key: &str, map: &Map<String, Value>) -> Self {
-        let mut w = self.key(key);
-        json::write_object(&mut w.out, map);
-        w
-    }
-
-    fn opt_u64(self, key: &str, n: Option<u64>) -> Self {
-        match n {
-            Some(n) => self.u64(key, n),
-            None => self,
-        }
-    }
-
-    fn opt_str(self, key: &str, s: &Option<String>) -> Self {
-        match s {
-            Some(s) => self.str(key, s),
-            None => self,
-        }
-    }
-
-    fn end(mut self) -> String {
-        self.out.push('}');
-        self.out
-    }
 }
 
 /// A frame's members with its `type`, taken out one by one with type checks.
@@ -601,95 +516,4 @@ fn client_frame(f: &mut Members) -> Result<ClientFrame, ProtocolError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::codec;
-
-    #[test]
-    fn encodes_like_the_serde_codec() {
-        let mut fields = Fields::new();
-        fields.insert("text".into(), Value::String("hé \"x\"\n".into()));
-        fields.insert("n".into(), Value::from(-3.25));
-        let frames = [
-            ClientFrame::Connect {
-                id: 1,
-                token: Some("t".into()),
-            },
-            ClientFrame::Subscribe {
-                id: 2,
-                channel: "c".into(),
-                offset: Some(Offset::Id(StreamId::new(5, 6))),
-                group: None,
-                consumer: None,
-                rewind: None,
-                join_leave: true,
-            },
-            ClientFrame::Publish {
-                id: 3,
-                channel: "c".into(),
-                fields: fields.clone(),
-                maxlen: Some(10),
-                idempotency_key: None,
-            },
-            ClientFrame::Ack {
-                id: 4,
-                channel: "c".into(),
-                group: "g".into(),
-                offsets: vec![StreamId::new(1, 2), StreamId::new(3, 4)],
-            },
-        ];
-        for frame in frames {
-            let ours = encode_client(&frame);
-            assert_eq!(
-                json::parse(&ours).unwrap(),
-                json::parse(&codec::encode_client(&frame)).unwrap()
-            );
-            assert_eq!(decode_client(&ours).unwrap(), frame);
-        }
-        let server = [
-            ServerFrame::Messages {
-                channel: "c".into(),
-                messages: vec![Message {
-                    offset: StreamId::new(1, 0),
-                    fields,
-                }],
-            },
-            ServerFrame::Error {
-                id: None,
-                code: ErrorCode::RateLimited,
-                message: "slow".into(),
-            },
-        ];
-        for frame in server {
-            let ours = encode_server(&frame);
-            assert_eq!(
-                json::parse(&ours).unwrap(),
-                json::parse(&codec::encode_server(&frame)).unwrap()
-            );
-            assert_eq!(decode_server(&ours).unwrap(), frame);
-        }
-    }
-
-    #[test]
-    fn names_what_is_wrong() {
-        let err = |t: &str| decode_server(t).unwrap_err().error;
-        assert!(matches!(err("[1]"), ProtocolError::NotJson(_)));
-        assert!(matches!(err("{"), ProtocolError::NotJson(_)));
-        assert_eq!(err(r#"{"id":1}"#), ProtocolError::MissingType);
-        assert!(matches!(err(r#"{"type":"x"}"#), ProtocolError::UnknownType(t) if t == "x"));
-        assert!(matches!(
-            err(r#"{"type":"gap","channel":"c","from":"1-0","to":"x"}"#),
-            ProtocolError::BadOffset(o) if o == "x"
-        ));
-        assert!(matches!(
-            err(r#"{"type":"pong"}"#),
-            ProtocolError::InvalidFrame { reason, .. } if reason == "missing field `id`"
-        ));
-        assert!(matches!(
-            err(r#"{"type":"error","code":"nope","message":""}"#),
-            ProtocolError::InvalidFrame { reason, .. } if reason.contains("nope")
-        ));
-        let e = decode_client(r#"{"type":"publish","id":7,"channel":"c","fields":{}}"#);
-        assert_eq!(e.unwrap_err().id, Some(7));
-    }
-}
+mod tests;
