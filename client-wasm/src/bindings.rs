@@ -107,15 +107,6 @@ export interface ClientOptions {
    */
   shareSocket?: boolean;
   /**
-   * The transports the client may use, the first one first (default
-   * `['websocket', 'sse']`). With both, two WebSocket attempts in a row that fail before the
-   * socket opens (a proxy refusing the upgrade) switch to the SSE fallback (`GET /sse` to
-   * receive, `POST /publish` to publish), and two failed fallback connects in a row switch
-   * back; the `transport` event says when. `['websocket']` never falls back; `['sse']` never
-   * opens a WebSocket.
-   */
-  transports?: Transport[];
-  /**
    * Keep publishes made while disconnected in a persisted outbox (localStorage) and send them,
    * exactly once, when connected again, even after a reload (default `true`).
    */
@@ -142,9 +133,6 @@ export interface OutboxEntry {
   /** When `publish` was called (ms since the epoch). */
   createdAt: number;
 }
-
-/** How the client reaches the server: a WebSocket, or the SSE fallback. */
-export type Transport = 'websocket' | 'sse';
 
 /** `standalone` (no sharing), `pending` (election running), `leader` or `follower`. */
 export type Role = 'standalone' | 'pending' | 'leader' | 'follower';
@@ -301,11 +289,6 @@ export interface ClientEvents {
   outbox: (size: number) => void;
   /** The client's state changed (also the `state` property). */
   state: (state: ClientState) => void;
-  /**
-   * The connection switched transports (see `transports`); on a tab sharing another tab's
-   * connection, when it learns the leader's.
-   */
-  transport: (transport: Transport) => void;
   /** Members joined or left a subscribed presence channel (with `joinLeave`). */
   presence: (channel: string, change: PresenceChange) => void;
 }
@@ -525,12 +508,6 @@ impl Client {
         self.driver.close();
     }
 
-    /// The transport of the current (or next) connection.
-    #[wasm_bindgen(getter, unchecked_return_type = "Transport")]
-    pub fn transport(&self) -> String {
-        self.driver.transport().to_owned()
-    }
-
     /// Whether a connection is ready right now.
     #[wasm_bindgen(getter)]
     pub fn connected(&self) -> bool {
@@ -713,7 +690,7 @@ fn topic(event: &str) -> Result<Topic, JsValue> {
         js_error(&ErrorInfo::new(
             BAD_REQUEST,
             "unknown event: expected connect, disconnect, messages, error, leader, follower, \
-             outbox, presence, state or transport",
+             outbox, presence or state",
         ))
     })
 }
@@ -938,7 +915,6 @@ fn setup(options: &JsValue) -> Result<Setup, ErrorInfo> {
     };
     Ok(Setup {
         share: get(options, "shareSocket") != JsValue::FALSE,
-        transports: crate::driver::transports(&get(options, "transports"))?,
         outbox,
         scope: share_scope,
         outbox_seed: crate::browser::seed(),

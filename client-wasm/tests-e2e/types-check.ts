@@ -3,7 +3,7 @@
 import init, {
   Client, Subscription, type ClientError, type ClientState, type ErrorCode, type Fields, type HistoryPage,
   type Message, type PresenceChange, type PresenceMember, type PresenceStats, type Subscribed,
-  type SubscriptionState, type Transport,
+  type SubscriptionState,
 } from '../pkg/redistribute_client.js';
 
 await init();
@@ -36,14 +36,6 @@ new Client({
   reconnectJitter: 0.5,
   pingInterval: 20000,
 });
-new Client({ targets: 'ws://127.0.0.1:8080/ws', transports: ['sse', 'websocket'] });
-// @ts-expect-error: not a transport
-new Client({ targets: 'ws://127.0.0.1:8080/ws', transports: ['long-poll'] });
-client.on('transport', (t: Transport) => console.log(t === 'sse'));
-const now: Transport = client.transport;
-// @ts-expect-error: transport is 'websocket' | 'sse'
-const wrong: 'polling' = client.transport;
-console.log(now, wrong);
 // @ts-expect-error reconnectJitter is a number
 new Client({ targets: 'ws://127.0.0.1:8080/ws', reconnectJitter: 'full' });
 const listener = (size: number) => console.log(size);

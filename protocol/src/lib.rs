@@ -10,7 +10,6 @@
 pub mod channel;
 pub mod codec;
 pub mod error;
-pub mod fallback;
 pub mod frame;
 pub mod history;
 pub mod json;

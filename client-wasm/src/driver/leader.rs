@@ -32,8 +32,6 @@ pub(super) struct Leader {
     /// Tabs whose lock is watched.
     watched: Vec<String>,
     mux: Multiplexer,
-    /// The transport of the real connection, told to each tab with `open`.
-    pub(super) transport: &'static str,
 }
 
 impl Leader {
@@ -51,7 +49,6 @@ impl Driver {
         scope: &str,
         locks: LockManager,
         provider: Option<js_sys::Function>,
-        transports: super::Choice,
     ) -> Option<Driver> {
         let session = Session::new(config, seed).ok()?;
         let ch = BroadcastChannel::new(&bus_name(scope)).ok()?;
@@ -61,7 +58,6 @@ impl Driver {
             locks,
             watched: Vec::new(),
             mux: Multiplexer::new(),
-            transport: transports.name(),
         };
         leader.notice("leader", None);
         let driver = Driver(Rc::new(RefCell::new(Inner {
@@ -88,7 +84,6 @@ impl Driver {
             outbox_count: 0,
             retry_armed: false,
             tokens: provider.map(super::token::Tokens::new),
-            choice: transports,
         })));
         driver.attach();
         Some(driver)
@@ -157,13 +152,7 @@ impl Leader {
     fn flush(&mut self) {
         while let Some(output) = self.mux.poll_output() {
             match output {
-                Output::Open { tab } => {
-                    let fields = [
-                        ("id", self.id.as_str().into()),
-                        ("t", self.transport.into()),
-                    ];
-                    post(&self.ch, "open", Some(&tab), &fields);
-                }
+                Output::Open { tab } => self.notice("open", Some(&tab)),
                 Output::Close { tab } => self.notice("down", Some(&tab)),
                 Output::Down => self.notice("down", None),
                 Output::ConnectFailed { target, reason } => {

@@ -32,7 +32,6 @@ use crate::outbox::Outbox;
 use crate::storage::LocalStorage;
 
 mod events;
-mod fallback;
 mod leader;
 mod objects;
 mod outbox;
@@ -40,7 +39,6 @@ mod sharing;
 mod token;
 mod transport;
 
-pub(crate) use fallback::{transports, Choice, SSE, WEBSOCKET};
 pub(crate) use objects::{SubOptions, SubTopic};
 use transport::{Bus, Link};
 
@@ -56,7 +54,6 @@ pub(crate) enum Topic {
     Outbox = 6,
     Presence = 7,
     State = 8,
-    Transport = 9,
 }
 
 impl Topic {
@@ -72,7 +69,6 @@ impl Topic {
             "outbox" => Topic::Outbox,
             "presence" => Topic::Presence,
             "state" => Topic::State,
-            "transport" => Topic::Transport,
             _ => return None,
         })
     }
@@ -95,8 +91,6 @@ pub(crate) struct Setup {
     pub(crate) scope: String,
     /// Random bits for outbox ids.
     pub(crate) outbox_seed: u64,
-    /// The transports allowed (`WEBSOCKET | SSE` bits) and the first.
-    pub(crate) transports: Choice,
     /// The page's `tokenProvider`, if any.
     pub(crate) token_provider: Option<Function>,
 }
@@ -138,8 +132,6 @@ enum Out {
 /// The JS callbacks, created once per client. They hold a weak reference, so a client the
 /// page drops is freed (and [`Inner`]'s `Drop` detaches them).
 struct Handlers {
-    /// The fallback's settled requests (`fallback`), called with `(context, value)`.
-    http: Closure<dyn FnMut(JsValue, JsValue)>,
     open: Closure<dyn FnMut(web_sys::Event)>,
     message: Closure<dyn FnMut(web_sys::Event)>,
     close: Closure<dyn FnMut(web_sys::Event)>,
@@ -162,7 +154,7 @@ struct Inner {
     /// Promises by request id. A short list (requests settle within the request timeout), so
     /// a `Vec` beats a map in code size.
     waiting: Vec<(u64, Waiter)>,
-    listeners: [Vec<Function>; 10],
+    listeners: [Vec<Function>; 9],
     /// The page's subscription objects (a short list, like `waiting`).
     objects: Vec<objects::Object>,
     /// The id of the last object made.
@@ -186,8 +178,6 @@ struct Inner {
     retry_armed: bool,
     /// The page's `tokenProvider`, on a driver that holds a real socket.
     tokens: Option<token::Tokens>,
-    /// The transport of the next connection, and the count that switches it.
-    choice: Choice,
 }
 
 /// Posts `{k: kind, to?, ...fields}` on a BroadcastChannel.
@@ -268,7 +258,6 @@ impl Driver {
             Some((mut shared, bus)) => {
                 // The leader tab's driver holds the real socket and calls its provider.
                 shared.provider = setup.token_provider.clone();
-                shared.transports = setup.transports;
                 // The virtual connection to the leader: no token (the leader sends its
                 // own), and quick retries (they cost one BroadcastChannel message).
                 config.token = None;
@@ -282,7 +271,7 @@ impl Driver {
         };
         let session = Session::new(config, setup.seed).map_err(|e| ErrorInfo::session(&e))?;
         let tokens = match link {
-            Link::Ws(_) | Link::Sse(_) => setup.token_provider.map(token::Tokens::new),
+            Link::Ws(_) => setup.token_provider.map(token::Tokens::new),
             Link::Bus(_) => None,
         };
         let mut queue = Queue::new();
@@ -313,7 +302,6 @@ impl Driver {
             outbox_count: 0,
             retry_armed: false,
             tokens,
-            choice: setup.transports,
         })));
         driver.attach();
         if driver.0.borrow().shared.is_some() {
@@ -355,11 +343,6 @@ impl Driver {
         if let Some(i) = list.iter().position(|l| l == listener) {
             list.remove(i);
         }
-    }
-
-    /// The transport of the current (or next) connection: `websocket` or `sse`.
-    pub(crate) fn transport(&self) -> &'static str {
-        self.0.borrow().choice.name()
     }
 
     /// Whether a connection is ready.

@@ -51,8 +51,6 @@ pub(super) struct Shared {
     closed: bool,
     /// The page's `tokenProvider`, for the leader driver.
     pub(super) provider: Option<Function>,
-    /// The page's `transports`, for the leader driver.
-    pub(super) transports: super::Choice,
 }
 
 /// The name of the tabs' BroadcastChannel.
@@ -100,7 +98,6 @@ impl Shared {
             release: vec![release],
             closed: false,
             provider: None,
-            transports: super::Choice::new(super::WEBSOCKET | super::SSE, false),
         };
         let bus = Bus {
             ch,
@@ -166,7 +163,6 @@ fn lead(weak: &Weak<RefCell<Inner>>) -> JsValue {
                 &s.scope,
                 s.locks.clone(),
                 s.provider.clone(),
-                s.transports,
             ),
             _ => None,
         }
@@ -223,12 +219,6 @@ impl Inner {
             "open" if bus.state == 1 => {
                 bus.state = 2;
                 bus.leader = field(msg, "id").unwrap_or_default();
-                // The leader's transport, reported here as if it were this tab's.
-                let sse = field(msg, "t").as_deref() == Some("sse");
-                if sse != self.choice.sse {
-                    self.choice.sse = sse;
-                    self.transport_changed();
-                }
                 self.session.handle_transport_open(t);
             }
             "down" if bus.state == 2 && field(msg, "id").is_some_and(|id| id == bus.leader) => {

@@ -22,8 +22,6 @@ pub(super) enum Link {
     Ws(Option<WebSocket>),
     /// A virtual connection to the leader tab.
     Bus(Bus),
-    /// The SSE fallback (`fallback`).
-    Sse(Box<super::fallback::SseLink>),
 }
 
 /// The follower side of a virtual connection over the tabs' BroadcastChannel.
@@ -80,15 +78,7 @@ impl Handlers {
         let bus_weak = weak.clone();
         let retry_weak = weak.clone();
         let wake_weak = weak.clone();
-        let http_weak = weak.clone();
         Handlers {
-            http: Closure::new(move |ctx: JsValue, value: JsValue| {
-                let Some(rc) = http_weak.upgrade() else {
-                    return;
-                };
-                rc.borrow_mut().on_http(&ctx, value);
-                Driver(rc).pump();
-            }),
             wake: Closure::new(move |event: web_sys::Event| {
                 let Some(rc) = wake_weak.upgrade() else {
                     return;
@@ -124,7 +114,6 @@ impl Handlers {
                 Driver(rc).pump();
             }),
             open: on_socket(weak.clone(), |inner, _: &web_sys::Event| {
-                inner.choice.opened = true;
                 inner.session.handle_transport_open(now());
             }),
             message: on_socket(weak.clone(), |inner, event| {
@@ -180,7 +169,7 @@ impl Inner {
                 busy = true;
                 match action {
                     Action::Connect { target } => match &mut self.link {
-                        Link::Ws(_) | Link::Sse(_) => {
+                        Link::Ws(_) => {
                             if !self.fetch_token(Then::Open(target.clone())) {
                                 self.open_socket(&target);
                             }
@@ -206,7 +195,6 @@ impl Inner {
                 match &self.link {
                     // A failed send means the socket is closing: its close event follows.
                     Link::Ws(Some(ws)) => drop(ws.send_with_str(&encode_client(&frame))),
-                    Link::Sse(_) => self.send_sse(frame),
                     Link::Bus(bus) if bus.state == 2 => {
                         let text = JsValue::from(encode_client(&frame));
                         post(
@@ -219,10 +207,8 @@ impl Inner {
                     _ => {}
                 }
             }
-            busy |= self.drive_sse();
             while let Some(event) = self.session.poll_event() {
                 busy = true;
-                self.note_transport(&event);
                 self.on_event(event);
             }
             if !busy {
@@ -233,12 +219,7 @@ impl Inner {
     }
 
     pub(super) fn open_socket(&mut self, target: &str) {
-        if self.choice.sse {
-            return self.open_sse(target);
-        }
         self.close_socket();
-        self.link = Link::Ws(None);
-        self.choice.opened = false;
         match WebSocket::new(target) {
             Ok(ws) => {
                 if let Some(h) = &self.handlers {
@@ -259,7 +240,7 @@ impl Inner {
     fn ws(&self) -> Option<&WebSocket> {
         match &self.link {
             Link::Ws(ws) => ws.as_ref(),
-            Link::Bus(_) | Link::Sse(_) => None,
+            Link::Bus(_) => None,
         }
     }
 
@@ -267,7 +248,7 @@ impl Inner {
     fn detach_socket(&mut self) {
         let ws = match &mut self.link {
             Link::Ws(ws) => ws.take(),
-            Link::Bus(_) | Link::Sse(_) => None,
+            Link::Bus(_) => None,
         };
         if let Some(ws) = ws {
             ws.set_onopen(None);
@@ -284,9 +265,6 @@ impl Inner {
                 post(&bus.ch, "bye", None, &[("from", bus.tab.as_str().into())]);
             }
             return;
-        }
-        if let Link::Sse(link) = &mut self.link {
-            return link.close();
         }
         if let Some(ws) = self.ws().cloned() {
             self.detach_socket();
