@@ -175,7 +175,7 @@ mod tests {
 
     /// The codes of a `type X = | 'a' | 'b';` declaration of the package's TypeScript types.
     fn union(name: &str) -> Vec<String> {
-        let types = include_str!("bindings.rs");
+        let types = include_str!("bindings/types.rs");
         let start = types
             .find(&format!("export type {name} ="))
             .unwrap_or_else(|| panic!("no type {name}"));
