@@ -49,6 +49,9 @@ fn documented_user_args() -> Result<Vec<String>> {
 }
 
 /// A retention pattern with an age, so publishes read Redis' clock.
+/// The presence channels the server is started with.
+const PRESENCE: &str = "acl-room:*";
+
 const RETENTION: &str = "acl-aged:*=age=1h";
 
 /// A publish request over the WebSocket that must succeed; returns its offset.
@@ -99,6 +102,8 @@ async fn everything_works_as_the_documented_user(live: &str) -> Result<()> {
             live,
             "--retention",
             RETENTION,
+            "--presence-channels",
+            PRESENCE,
         ],
     )
     .await?;
@@ -130,7 +135,7 @@ async fn the_documented_acl_is_enough_on_a_cluster() -> Result<()> {
             flags.push("--redis-cluster".to_owned());
             flags.push(format!("redis://{}:{PASSWORD}@127.0.0.1:{port}", args[2]));
         }
-        flags.extend(["--retention", RETENTION].map(String::from));
+        flags.extend(["--retention", RETENTION, "--presence-channels", PRESENCE].map(String::from));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let server = start_server(None, &flags).await?;
         let result = drive_everything(&server).await;
@@ -247,6 +252,41 @@ async fn drive_everything(server: &ServerProcess) -> Result<()> {
         )
         .await?;
     ensure!(reply["type"] == "acked", "ack: {reply}");
+
+    // A reverse history page and a rewind (the read-back scripts).
+    let page = c
+        .request(json!({"type": "history", "channel": "acl-live", "limit": 2, "reverse": true}))
+        .await?;
+    ensure!(
+        page["type"] == "history_page" && page["messages"].as_array().map(Vec::len) == Some(2),
+        "reverse history: {page}"
+    );
+    let mut rewinder = client(server).await?;
+    let reply = rewinder
+        .request(json!({"type": "subscribe", "channel": "acl-live", "rewind": 2}))
+        .await?;
+    ensure!(reply["offset"] == offsets[2], "rewind: {reply}");
+
+    // Presence: a member joins, is listed and counted, and leaves (the presence scripts).
+    let reply = worker
+        .request(json!({"type": "subscribe", "channel": "acl-room:1", "join_leave": true}))
+        .await?;
+    ensure!(reply["type"] == "subscribed", "presence subscribe: {reply}");
+    let members = c
+        .request(json!({"type": "presence", "channel": "acl-room:1"}))
+        .await?;
+    ensure!(
+        members["members"].as_array().map(Vec::len) == Some(1),
+        "presence: {members}"
+    );
+    let counts = c
+        .request(json!({"type": "presence_stats", "channel": "acl-room:1"}))
+        .await?;
+    ensure!(counts["clients"] == 1, "presence_stats: {counts}");
+    let reply = worker
+        .request(json!({"type": "unsubscribe", "channel": "acl-room:1"}))
+        .await?;
+    ensure!(reply["type"] == "unsubscribed", "presence leave: {reply}");
     Ok(())
 }
 
