@@ -94,6 +94,51 @@ async fn history_limit_bounds() -> Result<()> {
     Ok(())
 }
 
+/// `reverse=` (history) and `stats=` (presence): `true` or `false`, anything else is 400 naming
+/// the parameter; `false` and an absent flag answer alike.
+#[tokio::test]
+async fn boolean_flags_are_true_or_false() -> Result<()> {
+    let setup = setup(Backend::Embedded, &["--presence-channels", "room:*"]).await?;
+    let addr = setup.server.addr();
+    let mut c = client(&setup.server).await?;
+    let first = c.publish("h", json!({ "n": 0 })).await?;
+    let last = c.publish("h", json!({ "n": 1 })).await?;
+    for (route, flag) in [
+        ("/api/history?channel=h", "reverse"),
+        ("/api/presence?channel=room:1", "stats"),
+    ] {
+        for bad in ["", "1", "0", "yes", "TRUE", "True", "true%20", "%00"] {
+            let path = format!("{route}&{flag}={bad}");
+            let r = http_get(addr, &path, STEP).await?;
+            assert_bad_request(&r, &path, flag)?;
+        }
+        let plain = http_get(addr, route, STEP).await?;
+        let off = http_get(addr, &format!("{route}&{flag}=false"), STEP).await?;
+        ensure!(
+            plain.status == 200 && off.status == 200,
+            "{route}: {} {}",
+            plain.text(),
+            off.text()
+        );
+        ensure!(
+            plain.json()? == off.json()?,
+            "{route}: {flag}=false differs from absent"
+        );
+    }
+    let newest = http_get(addr, "/api/history?channel=h&reverse=true&limit=1", STEP).await?;
+    let body = newest.json()?;
+    ensure!(
+        body["messages"][0]["offset"] == last.as_str(),
+        "reverse: {body}"
+    );
+    let oldest = http_get(addr, "/api/history?channel=h&limit=1", STEP).await?;
+    ensure!(
+        oldest.json()?["messages"][0]["offset"] == first.as_str(),
+        "forward"
+    );
+    Ok(())
+}
+
 async fn sse_status(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<u16> {
     Ok(HttpStream::open(addr, path, headers, STEP).await?.status)
 }

@@ -69,10 +69,7 @@ pub(crate) async fn history(
     Extension(caller): Extension<AuthContext>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match history_inner(&app, &caller, query.as_deref()).await {
-        Ok(body) => json(StatusCode::OK, body),
-        Err(err) => err.into_response(),
-    }
+    ok_json(history_inner(&app, &caller, query.as_deref()).await)
 }
 
 async fn history_inner(
@@ -95,15 +92,7 @@ async fn history_inner(
         None => None,
         Some(t) => Some(StreamId::parse(t).map_err(|e| HttpError::bad_request(e.to_string()))?),
     };
-    let reverse = match query_value(&pairs, "reverse") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(HttpError::bad_request(format!(
-                "reverse must be true or false, not {other:?}"
-            )))
-        }
-    };
+    let reverse = flag(&pairs, "reverse")?;
     let request = History {
         channel: channel.to_owned(),
         from,
@@ -143,10 +132,7 @@ pub(crate) async fn presence(
     Extension(caller): Extension<AuthContext>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match presence_inner(&app, &caller, query.as_deref()).await {
-        Ok(body) => json(StatusCode::OK, body),
-        Err(err) => err.into_response(),
-    }
+    ok_json(presence_inner(&app, &caller, query.as_deref()).await)
 }
 
 async fn presence_inner(
@@ -157,11 +143,7 @@ async fn presence_inner(
     let pairs = query_pairs(query);
     let channel = query_value(&pairs, "channel")
         .ok_or_else(|| HttpError::bad_request("channel= is required"))?;
-    let stats = match query_value(&pairs, "stats") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(HttpError::bad_request("stats= must be true or false")),
-    };
+    let stats = flag(&pairs, "stats")?;
     let query = PresenceQuery {
         channel: channel.to_owned(),
         stats,
@@ -179,6 +161,25 @@ async fn presence_inner(
         }),
     };
     Ok(body.to_string())
+}
+
+/// A query flag: absent or `false`, or `true`; anything else is `400 bad_request`.
+fn flag(pairs: &[(String, String)], name: &str) -> Result<bool, HttpError> {
+    match query_value(pairs, name) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(HttpError::bad_request(format!(
+            "{name}= must be true or false, not {other:?}"
+        ))),
+    }
+}
+
+/// A read's answer: its JSON body with `200`, or its error.
+fn ok_json(result: Result<String, HttpError>) -> Response {
+    match result {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(err) => err.into_response(),
+    }
 }
 
 fn json(status: StatusCode, body: String) -> Response {

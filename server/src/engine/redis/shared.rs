@@ -151,6 +151,25 @@ impl Shared {
         }
     }
 
+    /// Runs a page-reading script (read-only, on the page connection) over `channel`'s stream
+    /// and trim record; its reply's parts.
+    async fn read_script(
+        &self,
+        script: &'static str,
+        channel: &str,
+        args: Vec<String>,
+    ) -> Result<Vec<Value>, EngineError> {
+        let key = self.stream_key(channel);
+        let keys = vec![key.clone(), format!("{key}#trim")];
+        let reply: Value = eval_as("EVAL_RO", &self.pages, &self.options(), script, keys, args)
+            .await
+            .map_err(map_err)?;
+        match reply {
+            Value::Array(parts) => Ok(parts),
+            other => Err(unexpected_read(&[other])),
+        }
+    }
+
     /// One page of history ([`Engine::read`]).
     pub(super) async fn read_page(
         &self,
@@ -159,28 +178,15 @@ impl Shared {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Page, EngineError> {
-        let key = self.stream_key(channel);
-        let reply: Value = eval_as(
-            "EVAL_RO",
-            &self.pages,
-            &self.options(),
-            scripts::READ,
-            vec![key.clone(), format!("{key}#trim")],
-            vec![
-                after.to_string(),
-                limit.max(1).to_string(),
-                max_bytes.to_string(),
-                MAX_ENTRY_BYTES.to_string(),
-            ],
-        )
-        .await
-        .map_err(map_err)?;
-        let unexpected = || EngineError::Internal(format!("unexpected read reply {reply:?}"));
-        let Value::Array(parts) = &reply else {
-            return Err(unexpected());
-        };
+        let args = vec![
+            after.to_string(),
+            limit.max(1).to_string(),
+            max_bytes.to_string(),
+            MAX_ENTRY_BYTES.to_string(),
+        ];
+        let parts = self.read_script(scripts::READ, channel, args).await?;
         let [watermark, skipped, entries] = parts.as_slice() else {
-            return Err(unexpected());
+            return Err(unexpected_read(&parts));
         };
         let gap = parse::optional_id(watermark)?
             .filter(|w| *w > after)
@@ -201,34 +207,21 @@ impl Shared {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Page, EngineError> {
-        let key = self.stream_key(channel);
-        let reply: Value = eval_as(
-            "EVAL_RO",
-            &self.pages,
-            &self.options(),
-            scripts::READ_BACK,
-            vec![key.clone(), format!("{key}#trim")],
-            vec![
-                after.to_string(),
-                through.to_string(),
-                limit.max(1).to_string(),
-                max_bytes.to_string(),
-                MAX_ENTRY_BYTES.to_string(),
-            ],
-        )
-        .await
-        .map_err(map_err)?;
-        let unexpected = || EngineError::Internal(format!("unexpected read reply {reply:?}"));
-        let Value::Array(parts) = &reply else {
-            return Err(unexpected());
-        };
+        let args = vec![
+            after.to_string(),
+            through.to_string(),
+            limit.max(1).to_string(),
+            max_bytes.to_string(),
+            MAX_ENTRY_BYTES.to_string(),
+        ];
+        let parts = self.read_script(scripts::READ_BACK, channel, args).await?;
         let [watermark, entries] = parts.as_slice() else {
-            return Err(unexpected());
+            return Err(unexpected_read(&parts));
         };
         let mut entries = match entries {
             Value::Array(items) => items.clone(),
             Value::Null => Vec::new(),
-            _ => return Err(unexpected()),
+            _ => return Err(unexpected_read(&parts)),
         };
         entries.reverse();
         // The script bounded the bytes; cutting here would drop the newest entries, which a
@@ -353,4 +346,9 @@ fn position_of(last: &Value, trim: &Value) -> Result<Position, EngineError> {
         last_id: parse::optional_id(last)?.unwrap_or_default(),
         trimmed_through: parse::optional_id(trim)?,
     })
+}
+
+/// A page script's reply of an unexpected shape.
+fn unexpected_read(parts: &[Value]) -> EngineError {
+    EngineError::Internal(format!("unexpected read reply {parts:?}"))
 }
