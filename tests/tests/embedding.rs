@@ -338,31 +338,21 @@ async fn redis_down_is_unavailable() -> Result<()> {
         .context("a publish with Redis down must fail")?;
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
     redis.restart().await?;
-    let mut after = None;
-    for _ in 0..100 {
-        match server
-            .publish(
-                "embedded.down",
-                fields(json!({"n": 3})),
-                PublishOptions::default(),
-            )
-            .await
-        {
-            Ok(offset) => {
-                after = Some(offset);
-                break;
-            }
-            Err(err) if err.code == ErrorCode::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
-    let after = after.context("publishes work again once Redis is back")?;
+    let after = until_available("publish", || {
+        server.publish(
+            "embedded.down",
+            fields(json!({"n": 3})),
+            PublishOptions::default(),
+        )
+    })
+    .await?;
     assert!(after > before);
-    let page = server
-        .history("embedded.down", Offset::Earliest, 10)
-        .await?;
+    // Reads go over their own connection, which may still be reconnecting: `unavailable` is
+    // the retriable answer until it is back.
+    let page = until_available("history", || {
+        server.history("embedded.down", Offset::Earliest, 10)
+    })
+    .await?;
     let ns: Vec<_> = page
         .messages
         .iter()
@@ -370,4 +360,21 @@ async fn redis_down_is_unavailable() -> Result<()> {
         .collect();
     assert_eq!(ns, vec![json!(1), json!(3)]);
     served.stop().await
+}
+
+/// Calls `call` until it is answered with anything but `unavailable` (Redis coming back), for
+/// at most 100 tries 100 ms apart, each within `STEP`.
+async fn until_available<T, F>(what: &str, mut call: impl FnMut() -> F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T, ApiError>>,
+{
+    for _ in 0..100 {
+        match tokio::time::timeout(STEP, call()).await? {
+            Err(err) if err.code == ErrorCode::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            answer => return Ok(answer?),
+        }
+    }
+    anyhow::bail!("{what} still unavailable after Redis came back")
 }
